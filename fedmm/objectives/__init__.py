@@ -1,0 +1,43 @@
+"""Local training objectives, chosen by name (config ``objective = "<name>"``, parameters under
+``[objective]`` or ``--set objective.<param>=<value>``).
+
+How to add an objective
+-----------------------
+One module, one ``@register_objective`` class, one import line here:
+
+1. Write ``fedmm/objectives/<name>.py`` with a subclass of :class:`Objective` that sets
+   ``name: ClassVar[str] = "<name>"`` (and ``needs_heads = True`` if it uses ``heads.<m>``), a
+   nested ``@dataclass class Params`` whose fields all have defaults (optionally with
+   ``validate(self)`` raising ``ValueError`` for out-of-range values, and a class attribute
+   ``param_aliases = {"config-name": "field_name"}`` where a config name cannot be a Python
+   identifier), and the hooks it changes (see :mod:`fedmm.objectives.base`).
+2. Decorate the class with ``@register_objective`` (from :mod:`fedmm.objectives.registry`).
+3. Add the module to the import line below, so that ``import fedmm.objectives`` registers it.
+
+:func:`build_objective` then builds it from a mapping of config values, converting strings from
+the command line and naming the nearest valid key on a typo; :func:`describe_objective` lists its
+parameters with types and defaults.
+"""
+
+from fedmm.objectives.base import Objective, RoundContext
+from fedmm.objectives.registry import (
+    build_objective,
+    describe_objective,
+    objective_class,
+    objective_names,
+    register_objective,
+)
+
+# One import per objective module; importing registers it ("ce" is the base class, registered by
+# the registry itself).
+from fedmm.objectives import arm, boost, mnl, ogm_ge, pmr, remix, uniform  # noqa: E402,F401,I001
+
+__all__ = [
+    "Objective",
+    "RoundContext",
+    "build_objective",
+    "describe_objective",
+    "objective_class",
+    "objective_names",
+    "register_objective",
+]

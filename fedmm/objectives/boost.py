@@ -1,0 +1,363 @@
+"""Sustained Boosting with Adaptive Classifier Assignment ("AUG", Jiang et al., NeurIPS 2025).
+
+Spec: ``shared/specs/BALANCING_OBJECTIVES.md`` §2 and §8; reference code ``njustkmg/NeurIPS25-AUG``
+(``train_CREMAD.py``, ``model/AudioVideo.py``).
+
+Every modality ``m`` owns ``n_max`` pre-allocated *configurable classifiers*
+``h^m_j(u) = W_out ReLU(A^m_j u + c^m_j) + b_out`` (``A^m_j``, ``c^m_j`` under ``heads.<m>``), all sharing
+one output layer ``(W_out, b_out)`` stored as ``fusion.boost_out`` so that it aggregates with the
+shared group. Only the first ``n_m`` slots of modality ``m`` are *active*; the cumulative logits are
+``Z^m_t = sum_{j<=t} h^m_j(u^m)``. The server, not the clients, decides when a modality gets one more
+active slot, so every client keeps the same model shape (§8).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fedmm.data.base import LABEL_KEY, TensorDict
+from fedmm.objectives.base import Objective, RoundContext
+from fedmm.objectives.registry import register_objective
+
+#: Key of the active-slot counts in the server's extras (one int per modality, canonical order).
+ACTIVE_KEY = "boost-active"
+
+
+def conf_key(modality: str) -> str:
+    """Fact key of a client's summed target-class confidence for ``modality``."""
+    return f"boost-conf-{modality}"
+
+
+def count_key(modality: str) -> str:
+    """Fact key of the number of samples behind :func:`conf_key`."""
+    return f"boost-count-{modality}"
+
+
+class BoostClassifiers(nn.Module):
+    """The ``n_max`` Layer1 slots of one modality: slot ``j`` maps ``u -> ReLU(A_j u + c_j)``.
+
+    Parameters
+    ----------
+    embed_dim:
+        Width of the modality's encoder features ``u``.
+    hidden_dim:
+        Width of the hidden layer between ``A_j`` and the shared output layer.
+    n_max:
+        Number of pre-allocated slots.
+    """
+
+    def __init__(self, embed_dim: int, hidden_dim: int, n_max: int) -> None:
+        super().__init__()
+        self.slots = nn.ModuleList(nn.Linear(embed_dim, hidden_dim) for _ in range(n_max))
+        for layer in self.slots:  # the reference code's init for a new classifier
+            nn.init.xavier_normal_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def hidden(self, u: torch.Tensor, j: int, trainable: bool = True) -> torch.Tensor:
+        """``ReLU(A_j u + c_j)``; with ``trainable=False`` the slot's own parameters get no gradient
+        (gradients still flow to ``u`` and, through the caller, to the shared output layer)."""
+        layer = self.slots[j]
+        if trainable:
+            return F.relu(layer(u))
+        return F.relu(F.linear(u, layer.weight.detach(), layer.bias.detach()))
+
+
+@dataclass
+class BoostOutputs:
+    """Logits of one modality with ``n`` active classifiers.
+
+    ``total`` is ``Z_n``; ``previous`` is ``Z_{n-1}`` (``None`` when ``n == 1``); ``newest`` is ``h_n``.
+    """
+
+    total: torch.Tensor
+    previous: torch.Tensor | None
+    newest: torch.Tensor
+
+
+def boosting_loss(out: BoostOutputs, y: torch.Tensor, lam: float) -> torch.Tensor:
+    """The code-faithful sustained-boosting loss of one modality (spec §2.2).
+
+    ``CE(Z_1, y)`` for one classifier; otherwise
+    ``CE(Z_n, y) + CE(Z_{n-1}, y) + CE(h_n, y - lam * y * sg(softmax(Z_{n-1})))``, where the last
+    (residual) term equals ``-(1 - lam * p_prev_y) * log softmax(h_n)_y`` averaged over the batch.
+    """
+    if out.previous is None:
+        return F.cross_entropy(out.total, y)
+    p_prev_y = out.previous.detach().softmax(dim=1).gather(1, y[:, None]).squeeze(1)
+    log_q_y = out.newest.log_softmax(dim=1).gather(1, y[:, None]).squeeze(1)
+    residual = -((1.0 - lam * p_prev_y) * log_q_y).mean()
+    return F.cross_entropy(out.total, y) + F.cross_entropy(out.previous, y) + residual
+
+
+@register_objective
+class SustainedBoosting(Objective):
+    """Sustained boosting with adaptive classifier assignment, as a federated local objective.
+
+    Local training (per batch, for every trained modality in canonical order): the modality's
+    boosting loss -> backward -> optimizer step -> zero grad, so the shared output layer is updated
+    once per modality and the next modality's loss sees the updated layer (MLA-style alternating
+    unimodal steps). There is no fused loss: ``fusion.linear`` stays untrained under this objective.
+
+    Clients sum the target-class probability of ``Z^m_{n_m}`` (train mode, before each step) and
+    report it with the sample count; the server aggregates these and, every ``assign_every`` rounds,
+    activates one more classifier for the least confident modality (see :meth:`server_observe`).
+
+    Inference: ``z = sum_m alpha_m Z^m_{n_m}`` over the modalities present in the batch, the weights
+    renormalised over them (a one-modality batch gives that modality's own ``Z^m_{n_m}``).
+    """
+
+    name: ClassVar[str] = "boost"
+    needs_heads: ClassVar[bool] = False
+    #: ``lambda`` is a Python keyword: the config name ``lambda`` sets the field ``lam``.
+    param_aliases: ClassVar[dict[str, str]] = {"lambda": "lam"}
+
+    @dataclass
+    class Params:
+        """Parameters of ``boost``.
+
+        Parameters
+        ----------
+        lam:
+            ``lambda`` (config name ``lambda``) of the residual target ``y - lambda * y * sg(p_prev)``, in ``[0, 1]``
+            (0.5 in the released code; the paper searches {0.1, 0.2, 0.33, 0.5, 1.0}).
+        n_max:
+            Pre-allocated classifiers per modality (spec §8: about 11 = 1 base + 10 additions).
+        hidden_dim:
+            Width of the hidden layer of every classifier; 0 means ``embed_dim // 2`` (the reference
+            code uses 512 -> 256).
+        sigma:
+            Target confidence ratio of the compared pair (1.0 in the code).
+        tau:
+            Half-width of the no-change band around ``sigma`` (0.01 in the code).
+        assign_every:
+            Rounds between classifier-assignment decisions (the code decides after epoch 0 and then
+            every ``epochs / 10`` epochs; 2 suits the default 20 rounds: use ``rounds / 10``).
+        train_added_heads:
+            ``False`` (released code): classifiers ``j >= 2`` keep their initial ``A_j``, ``c_j`` (the
+            reference optimizer never sees them) yet still pass gradients to the encoder and the
+            shared output layer. ``True`` (paper text): every active classifier trains.
+        freeze_previous_heads:
+            Only with ``train_added_heads=True``: stage-wise boosting, i.e. only the newest active
+            classifier's ``A``, ``c`` train and the older ones are frozen.
+        merge_weights:
+            Inference weight of each modality in canonical order; empty means equal weights (the
+            code's ``merge_alpha`` 0.4/0.6 is audio/video, i.e. ``[0.4, 0.6]`` for CREMA-D).
+        """
+
+        lam: float = 0.5
+        n_max: int = 11
+        hidden_dim: int = 0
+        sigma: float = 1.0
+        tau: float = 0.01
+        assign_every: int = 2
+        train_added_heads: bool = False
+        freeze_previous_heads: bool = False
+        merge_weights: list[float] = field(default_factory=list)
+
+        def validate(self) -> None:
+            if not 0.0 <= self.lam <= 1.0:
+                raise ValueError(f"boost: lam (lambda) must be in [0, 1], got {self.lam}")
+            if self.n_max < 1:
+                raise ValueError(f"boost: n_max must be >= 1, got {self.n_max}")
+            if self.hidden_dim < 0:
+                raise ValueError(f"boost: hidden_dim must be >= 0 (0 = embed_dim // 2), got {self.hidden_dim}")
+            if not (self.sigma > 0.0 and math.isfinite(self.sigma)):
+                raise ValueError(f"boost: sigma must be a finite number > 0, got {self.sigma}")
+            if not 0.0 <= self.tau < self.sigma:
+                raise ValueError(f"boost: tau must be in [0, sigma), got tau={self.tau}, sigma={self.sigma}")
+            if self.assign_every < 1:
+                raise ValueError(f"boost: assign_every must be >= 1 round, got {self.assign_every}")
+            if self.freeze_previous_heads and not self.train_added_heads:
+                raise ValueError(
+                    "boost: freeze_previous_heads=True trains only the newest classifier, which "
+                    "train_added_heads=False never trains; set train_added_heads=True"
+                )
+            if any(not (w > 0.0 and math.isfinite(w)) for w in self.merge_weights):
+                raise ValueError(f"boost: merge_weights must all be > 0, got {self.merge_weights}")
+
+    params: Params
+
+    def __init__(self, params: SustainedBoosting.Params | None = None) -> None:
+        super().__init__(params)
+        self.params.validate()
+        self.modalities: list[str] = []
+        #: Active classifier count per modality (the server's decision; clients copy it from extras).
+        self.active: dict[str, int] = {}
+        self._conf: dict[str, float] = {}
+        self._count: dict[str, int] = {}
+        # server side: sums since the last assignment decision
+        self._window_conf: dict[str, float] = {}
+        self._window_count: dict[str, float] = {}
+
+    # -- model ---------------------------------------------------------------------------------
+    def extend_model(self, model: nn.Module) -> None:
+        """Add ``n_max`` classifier slots per modality under ``heads.<m>`` and the shared output
+        layer as ``fusion.boost_out``."""
+        p = self.params
+        modalities = list(model.modalities)
+        if p.merge_weights and len(p.merge_weights) != len(modalities):
+            raise ValueError(
+                f"boost: merge_weights has {len(p.merge_weights)} entries but the model has "
+                f"{len(modalities)} modalities {modalities}"
+            )
+        hidden = p.hidden_dim or max(1, model.embed_dim // 2)
+        for m in modalities:
+            model.heads[m] = BoostClassifiers(model.embed_dim, hidden, p.n_max)
+        out = nn.Linear(hidden, model.num_classes)
+        nn.init.xavier_normal_(out.weight)
+        nn.init.zeros_(out.bias)
+        model.fusion.add_module("boost_out", out)
+        self.modalities = modalities
+        self.active = {m: 1 for m in modalities}
+
+    def _trainable(self, j: int, n: int) -> bool:
+        if self.params.freeze_previous_heads:
+            return j == n - 1
+        return j == 0 or self.params.train_added_heads
+
+    def outputs(self, model: nn.Module, modality: str, u: torch.Tensor, n: int | None = None) -> BoostOutputs:
+        """Cumulative logits of ``modality`` from its features ``u`` with ``n`` (default: active)
+        classifiers; inactive slots are never evaluated, so they get no gradient."""
+        n = self.active.get(modality, 1) if n is None else n
+        slots: BoostClassifiers = model.heads[modality]
+        out_layer: nn.Linear = model.fusion.boost_out
+        total: torch.Tensor | None = None
+        previous = None
+        newest = None
+        for j in range(n):
+            newest = out_layer(slots.hidden(u, j, self._trainable(j, n)))
+            previous = total
+            total = newest if total is None else total + newest
+        assert total is not None and newest is not None
+        return BoostOutputs(total=total, previous=previous, newest=newest)
+
+    def predict(self, model: nn.Module, batch: TensorDict) -> torch.Tensor:
+        feats = model.encode(batch)
+        present = [m for m in model.modalities if m in feats]
+        weights = self._merge_weights(model.modalities)
+        norm = sum(weights[m] for m in present)
+        return sum((weights[m] / norm) * self.outputs(model, m, feats[m]).total for m in present)
+
+    def _merge_weights(self, modalities: list[str]) -> dict[str, float]:
+        if self.params.merge_weights:
+            return dict(zip(modalities, self.params.merge_weights, strict=True))
+        return {m: 1.0 for m in modalities}
+
+    # -- server side ---------------------------------------------------------------------------
+    def server_extras(self, server_round: int) -> dict[str, Any]:
+        return {ACTIVE_KEY: [int(self.active[m]) for m in self.modalities]}
+
+    def server_observe(self, server_round: int, facts: list[tuple[int, dict[str, Any]]]) -> None:
+        """Aggregate the clients' confidence sums and, on decision rounds, activate a classifier.
+
+        Decision rounds are round 1 and every multiple of ``assign_every`` (the code decides after
+        epoch 0 and after every ``epochs/10``-th epoch). The decision uses the mean confidence
+        ``c_m = sum S^m / sum n^m`` over all reports since the previous decision. Of the
+        strongest ``s`` and weakest ``w`` modality, take the one earlier in canonical order as
+        ``i`` and the other as ``k`` and let ``r = c_i / c_k``: ``r > sigma + tau`` gives ``k``
+        one more classifier, ``r < sigma - tau`` gives ``i`` one (for two modalities this is the
+        reference rule with ``r = S^a / S^v``; with ``sigma = 1`` it always strengthens the weakest
+        modality). A modality already at ``n_max`` gets nothing.
+        """
+        if not self.modalities:
+            raise RuntimeError("boost: server_observe before extend_model (the server builds the model first)")
+        for _, f in facts:
+            for m in self.modalities:
+                if count_key(m) in f and float(f[count_key(m)]) > 0:
+                    self._window_conf[m] = self._window_conf.get(m, 0.0) + float(f[conf_key(m)])
+                    self._window_count[m] = self._window_count.get(m, 0.0) + float(f[count_key(m)])
+        if server_round != 1 and server_round % self.params.assign_every != 0:
+            return
+        target = self.assignment(self._window_conf, self._window_count)
+        self._window_conf, self._window_count = {}, {}
+        if target is not None:
+            self.active[target] += 1
+
+    def assignment(self, conf: dict[str, float], count: dict[str, float]) -> str | None:
+        """The modality that gets the next classifier given summed confidences and counts, or
+        ``None`` (ratio inside the band, fewer than two modalities reported, or cap reached)."""
+        means = {m: conf[m] / count[m] for m in self.modalities if count.get(m, 0.0) > 0}
+        if len(means) < 2:
+            return None
+        strongest = max(means, key=lambda m: (means[m], -self.modalities.index(m)))
+        weakest = min(means, key=lambda m: (means[m], self.modalities.index(m)))
+        if strongest == weakest:
+            return None
+        first, second = sorted((strongest, weakest), key=self.modalities.index)
+        p = self.params
+        if means[second] == 0.0:
+            target = second
+        else:
+            ratio = means[first] / means[second]
+            if ratio > p.sigma + p.tau:
+                target = second
+            elif ratio < p.sigma - p.tau:
+                target = first
+            else:
+                return None
+        return target if self.active[target] < p.n_max else None
+
+    # -- client side ---------------------------------------------------------------------------
+    def begin_round(self, model: nn.Module, data: TensorDict, ctx: RoundContext) -> None:
+        """Copy the server's active counts from ``ctx.extras`` and reset the confidence sums."""
+        super().begin_round(model, data, ctx)
+        if not self.modalities:
+            self.modalities = list(model.modalities)
+            self.active = {m: 1 for m in self.modalities}
+        if ACTIVE_KEY in ctx.extras:
+            counts = [int(c) for c in ctx.extras[ACTIVE_KEY]]
+            if len(counts) != len(self.modalities) or not all(1 <= c <= self.params.n_max for c in counts):
+                raise ValueError(
+                    f"boost: server sent {ACTIVE_KEY}={counts}; expected {len(self.modalities)} counts in "
+                    f"[1, {self.params.n_max}] for {self.modalities}"
+                )
+            self.active = dict(zip(self.modalities, counts, strict=True))
+        self._conf = {}
+        self._count = {}
+
+    def _trained(self, model: nn.Module, batch: TensorDict) -> list[str]:
+        allowed = self.ctx.modalities if self.ctx is not None else model.modalities
+        return [m for m in model.modalities if m in batch and m in allowed]
+
+    def loss(self, model: nn.Module, batch: TensorDict) -> torch.Tensor:
+        """Sum of the boosting losses of the batch's modalities (no steps in between; for
+        evaluation — training uses :meth:`train_step`)."""
+        y = batch[LABEL_KEY]
+        feats = model.encode({m: batch[m] for m in self._trained(model, batch)})
+        return sum(boosting_loss(self.outputs(model, m, u), y, self.params.lam) for m, u in feats.items())
+
+    def train_step(self, model: nn.Module, batch: TensorDict, optimizer: torch.optim.Optimizer) -> float:
+        """One alternating step per trained modality; returns the mean of their losses."""
+        y = batch[LABEL_KEY]
+        losses = []
+        for m in self._trained(model, batch):
+            # set_to_none matters: a zero (not None) gradient would still move the other modality's
+            # parameters through momentum and weight decay.
+            optimizer.zero_grad(set_to_none=True)
+            out = self.outputs(model, m, model.encoders[m](batch[m]))
+            loss = boosting_loss(out, y, self.params.lam)
+            with torch.no_grad():
+                p_y = out.total.softmax(dim=1).gather(1, y[:, None]).sum()
+                self._conf[m] = self._conf.get(m, 0.0) + float(p_y)
+                self._count[m] = self._count.get(m, 0) + int(y.shape[0])
+            loss.backward()
+            self.adjust_gradients(model, batch)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        optimizer.zero_grad(set_to_none=True)
+        return sum(losses) / len(losses) if losses else 0.0
+
+    def end_round(self, model: nn.Module, data: TensorDict) -> dict[str, float | list[float]]:
+        """``boost-conf-<m>`` (summed target-class probability) and ``boost-count-<m>`` per trained
+        modality."""
+        facts: dict[str, float | list[float]] = {}
+        for m, c in self._conf.items():
+            facts[conf_key(m)] = c
+            facts[count_key(m)] = float(self._count[m])
+        return facts

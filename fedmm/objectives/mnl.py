@@ -1,0 +1,173 @@
+"""MNL: Multimodal Negative Learning (Gong et al., NeurIPS 2025).
+
+Spec: ``shared/specs/BALANCING_OBJECTIVES.md`` §3 and §8; reference code
+``BaoquanGong/Multimodal-Negative-Learning/train_latefusion.py`` (``model_forward``).
+
+Per sample, a robust dominant modality (the one with both the larger unimodal confidence margin
+against the fused prediction's strongest wrong class and the larger target probability) guides the
+other modalities: their heads are trained towards the dominant head's distribution over the
+NON-target classes ("learning not to be"), on top of the usual fused and per-head cross-entropies.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fedmm.data.base import LABEL_KEY, TensorDict
+from fedmm.objectives.base import Objective, RoundContext
+from fedmm.objectives.registry import register_objective
+
+
+def strongest_competitor(fused: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``j_i = argmax_{c != y_i} softmax(z^f_i)_c`` per sample."""
+    probs = fused.detach().softmax(dim=1)
+    probs = probs.scatter(1, y[:, None], -1.0)
+    return probs.argmax(dim=1)
+
+
+def _argmax_last(values: torch.Tensor) -> torch.Tensor:
+    """Argmax over dim 0 that returns the LAST index among ties (``torch.argmax`` returns the first)."""
+    return values.shape[0] - 1 - values.flip(0).argmax(dim=0)
+
+
+def select_guides(logits: list[torch.Tensor], y: torch.Tensor, competitor: torch.Tensor) -> torch.Tensor:
+    """Per sample, the index (into ``logits``) of the robust dominant modality, or -1 for none.
+
+    ``logits`` are the unimodal head logits in canonical order. With UCoM
+    ``xi^m_i = z^m_{i,y_i} - z^m_{i,j_i}`` and target confidence ``pi^m_i = softmax(z^m_i)_{y_i}``,
+    modality ``d`` guides sample ``i`` when it attains the maximum of ``xi`` and the maximum of
+    ``pi`` over the modalities; when the two criteria pick different modalities, nobody guides.
+    Ties go to the LATER modality in canonical order: this reproduces the reference's two-modality
+    rule exactly (1 guides 2 if ``xi^1 > xi^2 and pi^1 > pi^2``; 2 guides 1 if ``xi^1 <= xi^2 and
+    pi^1 <= pi^2``) and is our generalisation to ``M > 2``.
+    """
+    with torch.no_grad():
+        rows = torch.arange(y.shape[0], device=y.device)
+        xi = torch.stack([z[rows, y] - z[rows, competitor] for z in logits])
+        pi = torch.stack([z.softmax(dim=1)[rows, y] for z in logits])
+        by_margin, by_conf = _argmax_last(xi), _argmax_last(pi)
+        return torch.where(by_margin == by_conf, by_margin, torch.full_like(by_margin, -1))
+
+
+def negative_learning_term(
+    weak: torch.Tensor, dominant: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, lam: float
+) -> torch.Tensor:
+    """``(1 / (B K)) sum_{i in mask} -sum_c [y_ic + lam (1 - y_ic) p^d_ic] log q^w_ic``.
+
+    ``q^w = softmax(weak)``, ``p^d = softmax(dominant)`` detached. The mean over all ``B * K``
+    entries (unselected rows count as zeros) is the reference's reduction: per selected sample the
+    non-target term weighs ``lam / K`` and the target term ``1 / K``.
+    """
+    b, k = weak.shape
+    onehot = F.one_hot(y, k).to(weak.dtype)
+    p_dom = dominant.detach().softmax(dim=1)
+    target = onehot + lam * (1.0 - onehot) * p_dom
+    per_sample = -(target * weak.log_softmax(dim=1)).sum(dim=1)
+    return (per_sample * mask.to(weak.dtype)).sum() / (b * k)
+
+
+@register_objective
+class MNL(Objective):
+    """MNL: fused CE + per-head CEs + non-target guidance from the robust dominant modality.
+
+    Per batch with trained modalities ``S`` (``|S| >= 2``), from round ``start_round`` on:
+    ``L = CE(z^f, y) + sum_{m in S} CE(z^m, y) + sum_i sum_{w != d_i} l_i(w, d_i) / (B K)``, where
+    ``z^f`` is the fusion head (absent slots zero-filled), ``z^m = heads.<m>(u^m)``, ``j_i`` the
+    fused prediction's strongest wrong class, ``d_i`` the robust dominant modality of
+    :func:`select_guides` (no term when ``d_i`` is none) and ``l_i`` as in
+    :func:`negative_learning_term`. With ``M > 2`` the dominant modality guides every other
+    trained modality of that sample (one term each).
+
+    The reference fuses by averaging the two head logits; our model fuses through its concat
+    fusion layer, which is itself a sum of per-slot linear logits, and the separate heads carry the
+    unimodal losses. ``j_i`` comes from that fusion layer.
+
+    Before ``start_round`` (warm-up) and on a client or batch with one modality:
+    ``L = CE(z^f, y) + sum_{m in S} CE(z^m, y)`` (a lone modality has nobody to guide it).
+    Inference: the fusion head (the default ``predict``).
+    """
+
+    name: ClassVar[str] = "mnl"
+    needs_heads: ClassVar[bool] = True
+    #: Config names that differ from the ``Params`` field names (``lambda`` is a Python keyword).
+    param_aliases: ClassVar[dict[str, str]] = {"lambda": "lam"}
+
+    @dataclass
+    class Params:
+        """Parameters of ``mnl``.
+
+        Parameters
+        ----------
+        lam:
+            ``lambda`` (config name ``lambda``), the weight of the non-target guidance; reference
+            ``--weight1`` = 0.7. The reduction divides by ``K``: the per-sample weight is ``lam / K``.
+        start_round:
+            First server round with the guidance term; rounds before it train with the fused and
+            head CEs only (the paper's warm-up stage). 1 (reference code: from the first epoch).
+        """
+
+        lam: float = 0.7
+        start_round: int = 1
+
+        def validate(self) -> None:
+            if not self.lam >= 0.0 or math.isinf(self.lam):
+                raise ValueError(f"mnl: lambda must be a finite number >= 0, got {self.lam}")
+            if self.start_round < 1:
+                raise ValueError(f"mnl: start_round must be >= 1 (rounds are 1-based), got {self.start_round}")
+
+    params: Params
+
+    def __init__(self, params: MNL.Params | None = None) -> None:
+        super().__init__(params)
+        self.params.validate()
+        #: Per sample of the last batch: the guiding modality, or ``None``.
+        self.last_guides: list[str | None] = []
+
+    def extend_model(self, model: nn.Module) -> None:
+        """Add a linear head per modality when the model was built without them."""
+        for m in model.modalities:
+            if m not in model.heads:
+                head = nn.Linear(model.embed_dim, model.num_classes)
+                nn.init.xavier_normal_(head.weight)
+                nn.init.zeros_(head.bias)
+                model.heads[m] = head
+
+    def _trained(self, model: nn.Module, batch: TensorDict) -> list[str]:
+        allowed = self.ctx.modalities if self.ctx is not None else model.modalities
+        return [m for m in model.modalities if m in batch and m in allowed]
+
+    def guiding(self) -> bool:
+        """Whether this round adds the negative-learning term."""
+        r = self.ctx.server_round if self.ctx is not None else 1
+        return r >= self.params.start_round
+
+    def begin_round(self, model: nn.Module, data: TensorDict, ctx: RoundContext) -> None:
+        super().begin_round(model, data, ctx)
+        self.last_guides = []
+
+    def loss(self, model: nn.Module, batch: TensorDict) -> torch.Tensor:
+        y = batch[LABEL_KEY]
+        feats = model.encode({m: batch[m] for m in self._trained(model, batch)})
+        fused = model.fuse(feats)
+        heads = model.head_logits(feats)
+        loss = F.cross_entropy(fused, y) + sum(F.cross_entropy(z, y) for z in heads.values())
+        self.last_guides = []
+        if len(heads) < 2 or not self.guiding():
+            return loss
+        mods = list(heads)
+        guide = select_guides([heads[m] for m in mods], y, strongest_competitor(fused, y))
+        self.last_guides = [mods[g] if g >= 0 else None for g in guide.tolist()]
+        for d_idx, d in enumerate(mods):
+            mask = guide == d_idx
+            if not bool(mask.any()):
+                continue
+            for w in mods:
+                if w != d:
+                    loss = loss + negative_learning_term(heads[w], heads[d], y, mask, self.params.lam)
+        return loss

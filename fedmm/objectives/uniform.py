@@ -1,0 +1,72 @@
+"""``uniform``: the uniform multitask baseline (spec ``BALANCING_OBJECTIVES.md`` §6.1).
+
+The fusion head and one linear head per modality are trained together with equal weights:
+``L = CE(g([u_1; ...; u_M]), y) + w * sum_{m in S} CE(h_m(u_m), y)`` over the trained modalities
+``S`` present in the batch (``w = head_weight``, 1 for the uniform baseline; the Data Remixing
+paper's baseline uses 0.5). A client holding one modality ``m`` trains
+``CE(g([.., u_m, .., 0, ..]), y) + w * CE(h_m(u_m), y)``: absent slots are zero-filled by the
+model. Inference is the fusion head (the default ``predict``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fedmm.data.base import LABEL_KEY, TensorDict
+from fedmm.objectives.base import Objective
+from fedmm.objectives.registry import register_objective
+
+
+@register_objective
+class Uniform(Objective):
+    """Uniform multitask: fused CE plus the CE of every present modality's own head."""
+
+    name: ClassVar[str] = "uniform"
+    needs_heads: ClassVar[bool] = True
+
+    @dataclass
+    class Params:
+        """Parameters of ``uniform``.
+
+        Parameters
+        ----------
+        head_weight:
+            Weight of each per-modality head loss (1 = the uniform baseline).
+        """
+
+        head_weight: float = 1.0
+
+        def validate(self) -> None:
+            if not (self.head_weight >= 0.0 and math.isfinite(self.head_weight)):
+                raise ValueError(f"uniform: head_weight must be a finite number >= 0, got {self.head_weight}")
+
+    params: Params
+
+    def __init__(self, params: Uniform.Params | None = None) -> None:
+        super().__init__(params)
+        self.params.validate()
+
+    def extend_model(self, model: nn.Module) -> None:
+        """Add a linear head per modality when the model was built without them."""
+        for m in model.modalities:
+            if m not in model.heads:
+                head = nn.Linear(model.embed_dim, model.num_classes)
+                nn.init.xavier_normal_(head.weight)
+                nn.init.zeros_(head.bias)
+                model.heads[m] = head
+
+    def loss(self, model: nn.Module, batch: TensorDict) -> torch.Tensor:
+        y = batch[LABEL_KEY]
+        allowed = self.ctx.modalities if self.ctx is not None else model.modalities
+        feats = model.encode({m: batch[m] for m in model.modalities if m in batch and m in allowed})
+        loss = F.cross_entropy(model.fuse(feats), y)
+        if self.params.head_weight > 0.0:
+            heads = model.head_logits(feats)
+            loss = loss + self.params.head_weight * sum(F.cross_entropy(z, y) for z in heads.values())
+        return loss

@@ -1,0 +1,125 @@
+"""Model state <-> Flower records, by parameter group; the per-key aggregation rule; extras codec.
+
+A group is read from a parameter's name (``encoders.acc.0.weight`` -> ``encoders.acc``, see
+:func:`fedmm.models.net.parameter_group`). This module keeps the naming rule in one place for the
+server, which never builds torch models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord
+
+SHARED_GROUP = "fusion"
+MODALITY_GROUP_PREFIXES = ("encoders", "heads", "projectors")
+
+
+def key_group(name: str) -> str:
+    """The aggregation group of a state key (same rule as ``fedmm.models.net.parameter_group``)."""
+    parts = name.split(".")
+    if parts[0] in MODALITY_GROUP_PREFIXES and len(parts) > 2:
+        return f"{parts[0]}.{parts[1]}"
+    if parts[0] == SHARED_GROUP:
+        return SHARED_GROUP
+    raise ValueError(f"state key {name!r} belongs to no parameter group")
+
+
+def key_modality(name: str) -> str | None:
+    """The modality that owns a state key, ``None`` for shared keys."""
+    group = key_group(name)
+    return None if group == SHARED_GROUP else group.split(".", 1)[1]
+
+
+def keys_for_modalities(keys: Iterable[str], modalities: Iterable[str]) -> list[str]:
+    """The keys a client training ``modalities`` needs and uploads: theirs and the shared ones."""
+    allowed = {None, *modalities}
+    return [k for k in keys if key_modality(k) in allowed]
+
+
+def to_record(state: Mapping[str, Any], keys: Iterable[str] | None = None) -> ArrayRecord:
+    """An ``ArrayRecord`` of ``state`` (torch tensors or numpy arrays), restricted to ``keys``."""
+    keys = list(state) if keys is None else list(keys)
+    return ArrayRecord({k: Array(_to_numpy(state[k])) for k in keys})
+
+
+def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """The record's arrays as numpy, by key."""
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def subset_record(record: ArrayRecord, keys: Iterable[str]) -> ArrayRecord:
+    return ArrayRecord({k: record[k] for k in keys})
+
+
+def non_finite_keys(record: ArrayRecord) -> list[str]:
+    """Keys whose array holds NaN or an infinity (such a reply must never be averaged)."""
+    out = []
+    for k, v in record.items():
+        a = v.numpy()
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            out.append(k)
+    return out
+
+
+def aggregate(global_state: Mapping[str, np.ndarray], contributions: Sequence[tuple[float, Mapping[str, np.ndarray]]]) -> dict[str, np.ndarray]:
+    """Modality-aware FedAvg: every key averaged over the contributions that contain it.
+
+    Parameters
+    ----------
+    global_state:
+        The current global arrays; a key no contribution contains keeps this value.
+    contributions:
+        ``(weight, arrays)`` per client, where ``weight`` is its number of examples and ``arrays``
+        holds only the groups it trained.
+
+    Integer buffers (batch-norm ``num_batches_tracked``) are averaged and rounded back.
+    """
+    sums: dict[str, np.ndarray] = {}
+    weights: dict[str, float] = {}
+    for weight, arrays in contributions:
+        if weight <= 0:
+            continue
+        for k, a in arrays.items():
+            if k not in global_state:
+                raise KeyError(f"a client sent unknown parameter {k!r}")
+            acc = sums.get(k)
+            term = a.astype(np.float64) * weight
+            sums[k] = term if acc is None else acc + term
+            weights[k] = weights.get(k, 0.0) + weight
+    out = {}
+    for k, g in global_state.items():
+        if k in sums:
+            mean = sums[k] / weights[k]
+            out[k] = (np.rint(mean) if np.issubdtype(g.dtype, np.integer) else mean).astype(g.dtype)
+        else:
+            out[k] = g
+    return out
+
+
+def encode_extras(extras: Mapping[str, Any]) -> tuple[ConfigRecord, ArrayRecord]:
+    """Split objective/strategy extras into a ``ConfigRecord`` (scalars, strings, lists) and an
+    ``ArrayRecord`` (numpy arrays)."""
+    config, arrays = {}, {}
+    for k, v in extras.items():
+        if isinstance(v, np.ndarray):
+            arrays[k] = Array(np.ascontiguousarray(v))
+        elif isinstance(v, (list, tuple)):
+            config[k] = list(v)
+        else:
+            config[k] = v
+    return ConfigRecord(config), ArrayRecord(arrays)
+
+
+def decode_extras(config: ConfigRecord | None, arrays: ArrayRecord | None) -> dict[str, Any]:
+    out: dict[str, Any] = dict(config or {})
+    out.update({k: v.numpy() for k, v in (arrays or {}).items()})
+    return out
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.ascontiguousarray(value)

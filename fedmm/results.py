@@ -1,0 +1,129 @@
+"""One directory per run: per-round and per-client tables, the resolved config, summary, model, plot.
+
+Tables are rewritten atomically after every round, so a run that stops early keeps every finished
+round and never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fedmm.config import RunConfig
+
+ROUNDS_FILE = "rounds.csv"
+CLIENTS_FILE = "clients.csv"
+CONFIG_FILE = "config.toml"
+SUMMARY_FILE = "summary.json"
+MODEL_FILE = "model.safetensors"
+PLOT_FILE = "accuracy.png"
+
+
+def prepare_out_dir(path: str | Path, *, overwrite: bool) -> Path:
+    """Check that ``path`` can take a run's results (without creating anything yet)."""
+    path = Path(path).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"output path {str(path)!r} is a file; pass a directory with --out")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise ValueError(
+            f"output directory {str(path)!r} is not empty; pass --overwrite to replace its results "
+            "or choose another --out"
+        )
+    return path
+
+
+class ResultsWriter:
+    """Writes a run's results into ``out_dir`` as the run goes.
+
+    Parameters
+    ----------
+    out_dir:
+        The run directory (created here; it must have passed :func:`prepare_out_dir`).
+    config:
+        The resolved config, written as ``config.toml`` right away.
+    """
+
+    def __init__(self, out_dir: Path, config: RunConfig) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for name in (ROUNDS_FILE, CLIENTS_FILE, SUMMARY_FILE, MODEL_FILE, PLOT_FILE):
+            (self.out_dir / name).unlink(missing_ok=True)
+        self.rounds: list[dict[str, Any]] = []
+        self.clients: list[dict[str, Any]] = []
+        _atomic_write(self.out_dir / CONFIG_FILE, config.to_toml())
+
+    def add_round(self, row: Mapping[str, Any], client_rows: Sequence[Mapping[str, Any]] = ()) -> None:
+        self.rounds.append(dict(row))
+        self.clients.extend(dict(r) for r in client_rows)
+        _atomic_write(self.out_dir / ROUNDS_FILE, pd.DataFrame(self.rounds).to_csv(index=False))
+        if self.clients:
+            _atomic_write(self.out_dir / CLIENTS_FILE, pd.DataFrame(self.clients).to_csv(index=False))
+
+    def finish(self, model_state: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
+        """Write the final model (safetensors), ``summary.json`` and the accuracy plot."""
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
+        with tempfile.NamedTemporaryFile(dir=self.out_dir, suffix=".tmp", delete=False) as tmp:
+            tmp_path = tmp.name
+        save_file(state, tmp_path)
+        os.replace(tmp_path, self.out_dir / MODEL_FILE)
+        if not (self.out_dir / CLIENTS_FILE).exists():
+            _atomic_write(self.out_dir / CLIENTS_FILE, "round,node-id,partition-id,status\n")
+        plot_accuracy(pd.DataFrame(self.rounds), self.out_dir / PLOT_FILE)
+        _atomic_write(self.out_dir / SUMMARY_FILE, json.dumps(dict(summary), indent=2, default=float) + "\n")
+
+
+def summarize(rounds: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Final and best test accuracy (and the round of the best) plus ``extra``."""
+    df = pd.DataFrame(rounds)
+    last = df.iloc[-1]
+    best = int(df["test/acc"].idxmax())
+    out: dict[str, Any] = {
+        "rounds": int(last["round"]),
+        "final": {k: float(v) for k, v in last.items() if k.startswith("test/")},
+        "best-test/acc": float(df.loc[best, "test/acc"]),
+        "best-round": int(df.loc[best, "round"]),
+        "total-seconds": float(df["seconds"].sum()),
+        "total-bytes-up": float(df["bytes-up"].sum()),
+        "total-bytes-down": float(df["bytes-down"].sum()),
+    }
+    out.update(extra or {})
+    return out
+
+
+def plot_accuracy(rounds: pd.DataFrame, path: Path) -> None:
+    """Test accuracy per round: multimodal and each modality alone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    columns = ["test/acc", *sorted(c for c in rounds.columns if c.startswith("test/acc/"))]
+    for col in columns:
+        label = "multimodal" if col == "test/acc" else f"{col.rsplit('/', 1)[1]} alone"
+        ax.plot(rounds["round"], rounds[col], marker="o", markersize=3, label=label, lw=2 if col == "test/acc" else 1.2)
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as tmp:
+        tmp_path = tmp.name
+    fig.savefig(tmp_path)
+    plt.close(fig)
+    os.replace(tmp_path, path)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)

@@ -1,0 +1,1 @@
+"""The Flower ServerApp, the federated round loop and the in-process simulation."""

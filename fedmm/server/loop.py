@@ -1,0 +1,134 @@
+"""The federated round loop: select and train, aggregate, evaluate centrally, record.
+
+It follows Flower's ``Strategy.start`` step by step and adds what ``start`` has no hook for:
+a results row per round, the clients table, a progress display and objective server state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord
+from flwr.serverapp import Grid
+
+from fedmm.config import RunConfig
+from fedmm.data import Dataset, Scenario
+from fedmm.models import MultimodalNet
+from fedmm.objectives import Objective
+from fedmm.records import to_record
+from fedmm.results import ResultsWriter, prepare_out_dir, summarize
+from fedmm.strategies import STRATEGIES, ModalityAwareFedAvg
+from fedmm.strategies.selection import SelectionPolicy, build_policy
+from fedmm.training import evaluate, resolve_device
+from fedmm.workspace import dataset_of, model_of, objective_of, scenario_of
+
+log = logging.getLogger("fedmm")
+
+#: Called after every round with the round's results row (progress displays, tests).
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Plan:
+    """Everything a run needs, built and validated before any result file is written."""
+
+    run: RunConfig
+    dataset: Dataset
+    scenario: Scenario
+    objective: Objective
+    model: MultimodalNet
+    policy: SelectionPolicy
+    out_dir: Path | None
+
+
+def prepare(run: RunConfig, out_dir: str | Path | None = None, *, overwrite: bool = False) -> Plan:
+    """Load the data, build the scenario, objective, model and policy; check the output directory.
+
+    Every config error (unknown dataset, modality names, objective parameters, policy parameters,
+    a non-empty output directory) surfaces here, before anything is written.
+    """
+    dataset = dataset_of(run)
+    unknown = set(run.encoders) - set(dataset.modality_names)
+    if unknown:
+        raise ValueError(
+            f"config key 'encoder.{sorted(unknown)[0]}' names a modality that dataset {run.dataset!r} "
+            f"does not have; its modalities are {dataset.modality_names}"
+        )
+    scenario = scenario_of(run)
+    objective = objective_of(run)
+    model = model_of(run, objective)
+    policy = build_policy(run.selection, run.selection_params, seed=run.seed)
+    resolved = prepare_out_dir(out_dir, overwrite=overwrite) if out_dir else None
+    return Plan(run, dataset, scenario, objective, model, policy, resolved)
+
+
+def build_strategy(plan: Plan) -> ModalityAwareFedAvg:
+    run = plan.run
+    return STRATEGIES[run.strategy](
+        policy=plan.policy,
+        clients_per_round=run.clients_per_round,
+        min_available_nodes=run.min_available_nodes or len(plan.scenario.partitions),
+        run_config=ConfigRecord({"run-config": run.to_toml()}),
+        proximal_mu=run.proximal_mu if run.strategy == "fedprox" else 0.0,
+        extras_fn=plan.objective.server_extras,
+        fraction_evaluate=run.fraction_evaluate,
+        round_timeout=run.round_timeout,
+    )
+
+
+def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None) -> dict[str, Any]:
+    """Run ``num-server-rounds`` rounds on ``grid``; returns the summary (also written to disk)."""
+    run = plan.run
+    writer = ResultsWriter(plan.out_dir, run) if plan.out_dir else None
+    strategy = build_strategy(plan)
+    device = resolve_device(run.device)
+    model = plan.model.to(device)
+    arrays = to_record(model.state_dict())
+    rows: list[dict[str, Any]] = []
+
+    def record(server_round: int, seconds: float, stats: dict[str, float], clients_from: int) -> None:
+        metrics = evaluate(model, plan.dataset.test, plan.objective, device=device)
+        row = {"round": server_round, **{f"test/{k}": v for k, v in metrics.items()}, **stats, "seconds": seconds}
+        rows.append(row)
+        if writer:
+            writer.add_round(row, strategy.client_rows[clients_from:])
+        if on_round:
+            on_round(row)
+
+    record(0, 0.0, {"train/loss": float("nan"), "bytes-up": 0.0, "bytes-down": 0.0}, 0)
+    for server_round in range(1, run.num_server_rounds + 1):
+        started = time.perf_counter()
+        clients_from = len(strategy.client_rows)
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        replies = grid.send_and_receive(messages, timeout=run.round_timeout)
+        new_arrays, _ = strategy.aggregate_train(server_round, replies)
+        if new_arrays is not None:
+            arrays = new_arrays
+            model.load_state_dict(arrays.to_torch_state_dict())
+        plan.objective.server_observe(server_round, strategy.last_facts)
+        stats = _round_stats(strategy, clients_from)
+        eval_messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
+        if eval_messages:
+            fed = strategy.aggregate_evaluate(server_round, grid.send_and_receive(eval_messages, timeout=run.round_timeout))
+            stats.update(dict(fed or {}))
+        record(server_round, time.perf_counter() - started, stats, clients_from)
+    summary = summarize(rows, {"dataset": run.dataset, "strategy": run.strategy, "objective": run.objective,
+                               "selection": run.selection, "status": "completed"})
+    if writer:
+        writer.finish(model.state_dict(), summary)
+    return summary
+
+
+def _round_stats(strategy: ModalityAwareFedAvg, clients_from: int) -> dict[str, float]:
+    rows = strategy.client_rows[clients_from:]
+    stats = dict(strategy.round_stats)
+    stats.setdefault("train/loss", float("nan"))
+    stats["clients-ok"] = sum(r["status"] == "ok" for r in rows)
+    stats["clients-failed"] = sum(r["status"] != "ok" for r in rows)
+    return stats
+

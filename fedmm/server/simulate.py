@@ -1,0 +1,87 @@
+"""``fedmm simulate``: the Flower Simulation Engine on Ray, in this process, with explicit resources."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedmm.config import RunConfig
+from fedmm.server.loop import Plan, RoundCallback, prepare, run_federation
+
+log = logging.getLogger("fedmm")
+
+
+def client_resources(run: RunConfig) -> dict[str, float]:
+    """Ray resources of one simulated client; ``client-num-gpus=-1`` means 0.5 GPU when CUDA is
+    present (two clients share a GPU) and none otherwise."""
+    import torch
+
+    gpus = run.client_num_gpus
+    if gpus < 0:
+        gpus = 0.5 if (run.device != "cpu" and torch.cuda.is_available()) else 0.0
+    return {"num_cpus": run.client_num_cpus, "num_gpus": gpus}
+
+
+def simulate(
+    run: RunConfig,
+    out_dir: str | Path | None,
+    *,
+    overwrite: bool = False,
+    on_round: RoundCallback | None = None,
+    plan: Plan | None = None,
+) -> dict[str, Any]:
+    """Validate ``run``, then simulate it on Ray and write results to ``out_dir``.
+
+    Parameters
+    ----------
+    run:
+        The resolved configuration.
+    out_dir:
+        Results directory; ``None`` writes nothing (benchmarks).
+    overwrite:
+        Replace the results of an earlier run in ``out_dir``.
+    on_round:
+        Called with each round's results row.
+    plan:
+        An already prepared plan for ``run`` (skips preparing it again).
+    """
+    # Imported here so that `fedmm datasets` and config errors do not pay for Ray's import.
+    from flwr.simulation import run_simulation
+
+    from fedmm.clients.app import app as client_app
+
+    plan = plan or prepare(run, out_dir, overwrite=overwrite)
+    outcome: dict[str, Any] = {}
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        outcome["summary"] = run_federation(grid, plan, on_round)
+
+    resources = client_resources(run)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    backend_config = {
+        "client_resources": resources,
+        "init_args": {
+            "num_cpus": os.cpu_count() or 1,
+            "num_gpus": 1 if resources["num_gpus"] > 0 else 0,
+            "logging_level": "ERROR",
+            "log_to_driver": False,
+            "include_dashboard": False,
+        },
+    }
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=len(plan.scenario.partitions),
+        backend_config=backend_config,
+    )
+    if "summary" not in outcome:
+        raise RuntimeError("the simulation ended before the server finished; see the log above")
+    return outcome["summary"]

@@ -1,0 +1,301 @@
+"""The selection-policy interface: which (client, modality-subset) pairs train in a round.
+
+A policy is pure numpy (no torch, no Flower). The strategy owns the per-client facts
+(:class:`ClientState`), asks the policy which nodes to probe (:meth:`SelectionPolicy.probe`, used by
+Power-of-Choice), then for the round's :class:`Assignment` list (:meth:`SelectionPolicy.select`), and
+finally hands back what the selected clients sent (:meth:`SelectionPolicy.observe`).
+
+Every policy draws its randomness from its own ``np.random.Generator`` seeded by the ``seed`` given
+to :func:`fedmm.strategies.selection.build_policy`, so the same seed and the same inputs give the
+same selection sequence, and :meth:`SelectionPolicy.state_dict` /
+:meth:`SelectionPolicy.load_state_dict` carry that generator's state through a checkpoint.
+
+Parameters of a policy are the fields of its nested ``Params`` dataclass; field metadata gives
+``help`` and the bounds (``low``, ``high``, ``low_open``) that :func:`validate_params` checks.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import time
+import typing
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, ClassVar
+
+import numpy as np
+
+#: Value types a ``state_dict`` may hold (numpy arrays and plain scalars; no pickled objects).
+StateValue = np.ndarray | float | int | str
+
+#: Modes recorded in ``history``: how each selected client was chosen and what it trains.
+MODE_ALL = "all"  # no diversity function involved (all, random, powd): trains all its modalities
+MODE_MULTIMODAL = "multimodal"  # picked by the multimodal (full-vector) function: all its modalities
+MODE_WEAK = "weak"  # picked by CMSFed's weak-modality function: trains only the weak modality
+MODE_UNSEEN = "unseen"  # no update vector yet, picked before any greedy step: all its modalities
+
+
+@dataclass
+class ClientState:
+    """What the server knows about one client; the strategy owns and updates it.
+
+    Parameters
+    ----------
+    node_id:
+        Flower node id of the client (a non-negative integer below 2**64).
+    modalities:
+        Names of the modalities the client holds, e.g. ``("audio", "video")``.
+    num_examples:
+        Number of local training examples (weights sampling and the global imbalance ratio).
+    loss:
+        Latest local loss measured under a global model (Power-of-Choice); ``None`` if never measured.
+    imbalance_ratio:
+        The client's imbalance ratio rho_k = Acc_first / Acc_second of its prototype (nearest class
+        mean) accuracies (CMSFed, FEDCMI_CMSFED.md 3.3); 1.0 for unimodal clients; ``None`` if the
+        client has not reported one yet.
+    last_round:
+        Last server round the client trained in (staleness); ``None`` if it never trained.
+    """
+
+    node_id: int
+    modalities: tuple[str, ...]
+    num_examples: int
+    loss: float | None = None
+    imbalance_ratio: float | None = None
+    last_round: int | None = None
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One selected client and what it trains this round.
+
+    Parameters
+    ----------
+    node_id:
+        Flower node id of the selected client.
+    modalities:
+        Modalities it trains this round: all of those it holds, or a subset (CMSFed's weak-only mode).
+    """
+
+    node_id: int
+    modalities: tuple[str, ...]
+
+
+@dataclass
+class ClientUpdate:
+    """What a selected client sent back, as the policy sees it.
+
+    Parameters
+    ----------
+    node_id:
+        Flower node id of the client.
+    modalities:
+        Modalities it trained this round.
+    num_examples:
+        Number of local training examples it used.
+    deltas:
+        Per trained modality (key = modality name), the flat float32 update ``global - local`` over
+        that modality's ENCODER parameters. Empty when the strategy does not compute updates (the
+        policy's ``uses_updates`` is False).
+    loss:
+        Its local training loss, if reported.
+    imbalance_ratio:
+        Its rho_k after local training (CMSFed), if reported.
+    """
+
+    node_id: int
+    modalities: tuple[str, ...]
+    num_examples: int
+    deltas: dict[str, np.ndarray] = field(default_factory=dict)
+    loss: float | None = None
+    imbalance_ratio: float | None = None
+
+
+class SelectionPolicy(ABC):
+    """Chooses the (client, modalities) pairs of a round.
+
+    Parameters
+    ----------
+    params:
+        The policy's ``Params`` (validated); ``None`` gives the defaults.
+    seed:
+        Seed of the policy's own random generator (non-negative integer).
+
+    Attributes
+    ----------
+    history:
+        One record per :meth:`select` call: ``round``, ``node_ids``, ``modalities`` (one list per
+        selected node), ``modes`` (one of ``all``, ``multimodal``, ``weak``, ``unseen`` per node) and
+        ``seconds`` (time the call took), plus policy-specific keys. JSON-serialisable.
+    """
+
+    #: Registry name (``selection = "<name>"`` in the run config).
+    name: ClassVar[str]
+    #: Whether the strategy must fill :attr:`ClientUpdate.deltas` (update-vector policies).
+    uses_updates: ClassVar[bool] = False
+
+    @dataclass
+    class Params:
+        """This policy takes no parameters."""
+
+    def __init__(self, params: Any | None = None, *, seed: int = 0) -> None:
+        if params is None:
+            params = self.Params()
+        if not isinstance(params, self.Params):
+            raise TypeError(
+                f"selection {self.name!r} expects {type(self).__name__}.Params, got {type(params).__name__}"
+            )
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"selection {self.name!r}: seed must be a non-negative integer, got {seed!r}")
+        self.params = params
+        self.seed = int(seed)
+        self.rng = np.random.default_rng(self.seed)
+        self.history: list[dict[str, Any]] = []
+
+    def __repr__(self) -> str:
+        values = ", ".join(f"{f.name}={getattr(self.params, f.name)!r}" for f in fields(self.params))
+        return f"{type(self).__name__}({values + ', ' if values else ''}seed={self.seed})"
+
+    # -- the three hooks -----------------------------------------------------------------------------
+    def probe(self, server_round: int, clients: Sequence[ClientState], budget: int) -> list[int]:
+        """Node ids whose current local loss the strategy must measure before select (PowD); default []."""
+        return []
+
+    @abstractmethod
+    def select(self, server_round: int, clients: Sequence[ClientState], budget: int) -> list[Assignment]:
+        """This round's assignments, at most ``min(budget, len(clients))`` of them, distinct nodes.
+
+        Parameters
+        ----------
+        server_round:
+            Current server round (non-negative).
+        clients:
+            Every client the server knows, in a stable order (ties are broken by this order).
+        budget:
+            Clients per round (capped at ``len(clients)``; ``all`` ignores it).
+        """
+
+    def observe(self, server_round: int, updates: Sequence[ClientUpdate]) -> None:
+        """Receive what selected clients sent back; default no-op."""
+
+    # -- checkpointing -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, StateValue]:
+        """Everything needed to resume: policy name, seed, RNG state and history (JSON strings)."""
+        return {
+            "policy": self.name,
+            "seed": self.seed,
+            "rng": json.dumps(self.rng.bit_generator.state),
+            "history": json.dumps(self.history),
+        }
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        """Restore a :meth:`state_dict` written by the same policy (raises ValueError otherwise)."""
+        name = str(state.get("policy", ""))
+        if name != self.name:
+            raise ValueError(f"state_dict was written by selection {name!r}, not {self.name!r}")
+        missing = [k for k in ("seed", "rng", "history") if k not in state]
+        if missing:
+            raise ValueError(f"selection {self.name!r}: state_dict lacks {missing}")
+        self.seed = int(state["seed"])
+        self.rng.bit_generator.state = json.loads(str(state["rng"]))
+        self.history = json.loads(str(state["history"]))
+
+    # -- helpers for subclasses ------------------------------------------------------------------------
+    def _check(self, server_round: int, clients: Sequence[ClientState], budget: int) -> int:
+        """Validate the arguments of probe/select; returns the effective budget."""
+        if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
+            raise ValueError(f"selection {self.name!r}: budget must be a positive integer, got {budget!r}")
+        ids = [c.node_id for c in clients]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"selection {self.name!r}: duplicate node ids in clients")
+        if server_round < 0:
+            raise ValueError(f"selection {self.name!r}: server_round must be >= 0, got {server_round}")
+        return min(int(budget), len(clients))
+
+    def _record(self, server_round: int, assignments: Sequence[Assignment], modes: Sequence[str],
+                started: float, **extra: Any) -> list[Assignment]:
+        """Append one history record and return ``assignments`` as a list."""
+        self.history.append({
+            "round": int(server_round),
+            "node_ids": [int(a.node_id) for a in assignments],
+            "modalities": [list(a.modalities) for a in assignments],
+            "modes": list(modes),
+            "seconds": time.perf_counter() - started,
+            **extra,
+        })
+        return list(assignments)
+
+
+# -- parameter validation (scikit-learn style messages) --------------------------------------------------
+def param(default: Any, help: str, *, low: float | None = None, high: float | None = None,
+          low_open: bool = False) -> Any:
+    """A ``Params`` field with its help text and numeric bounds (``low_open``: ``> low`` not ``>=``)."""
+    return field(default=default, metadata={"help": help, "low": low, "high": high, "low_open": low_open})
+
+
+def _did_you_mean(value: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(value, list(valid), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def validate_params(policy: str, params_cls: type, given: Mapping[str, Any] | None) -> Any:
+    """Build ``params_cls`` from ``given`` (keys may use ``-`` or ``_``), checking names, types, bounds.
+
+    Raises ValueError naming the policy, the parameter and (for unknown names) the nearest valid one.
+    """
+    hints = typing.get_type_hints(params_cls)
+    specs = {f.name: f for f in fields(params_cls)}
+    kebab = {n.replace("_", "-"): n for n in specs}
+    values: dict[str, Any] = {}
+    for raw_key, value in (given or {}).items():
+        key = str(raw_key).replace("-", "_")
+        if key not in specs:
+            valid = sorted(kebab)
+            if not valid:
+                raise ValueError(f"selection {policy!r} takes no parameters, got {raw_key!r}")
+            raise ValueError(
+                f"unknown parameter {raw_key!r} for selection {policy!r}"
+                f"{_did_you_mean(str(raw_key).replace('_', '-'), valid)} Valid parameters: {', '.join(valid)}"
+            )
+        values[key] = _coerce(policy, key.replace("_", "-"), hints[key], specs[key].metadata, value)
+    for name, spec in specs.items():
+        if name not in values and spec.default is MISSING:
+            raise ValueError(f"selection {policy!r} needs parameter {name.replace('_', '-')!r}")
+    return params_cls(**values)
+
+
+def _coerce(policy: str, key: str, kind: Any, meta: Mapping[str, Any], value: Any) -> Any:
+    where = f"parameter {key!r} of selection {policy!r}"
+    if kind is bool:
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{where} must be a bool, got {value!r}")
+        return bool(value)
+    if kind is int:
+        if isinstance(value, (bool, np.bool_)) or not (
+            isinstance(value, (int, np.integer)) or (isinstance(value, float) and value.is_integer())
+        ):
+            raise ValueError(f"{where} must be an int, got {value!r}")
+        value = int(value)
+    elif kind is float:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{where} must be a number, got {value!r}")
+        value = float(value)
+        if not np.isfinite(value):
+            raise ValueError(f"{where} must be finite, got {value!r}")
+    elif kind is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where} must be a string, got {value!r}")
+        return value
+    low, high = meta.get("low"), meta.get("high")
+    if low is not None and (value <= low if meta.get("low_open") else value < low):
+        raise ValueError(f"{where} must be {'>' if meta.get('low_open') else '>='} {low}, got {value!r}")
+    if high is not None and value > high:
+        raise ValueError(f"{where} must be <= {high}, got {value!r}")
+    return value
+
+
+def params_help(params_cls: type) -> list[tuple[str, Any, str]]:
+    """``(kebab-name, default, help)`` of every parameter (CLI and docs)."""
+    return [(f.name.replace("_", "-"), f.default, f.metadata.get("help", "")) for f in fields(params_cls)]

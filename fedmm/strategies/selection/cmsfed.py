@@ -1,0 +1,192 @@
+"""CMSFed / BMSFed balanced greedy (FEDCMI_CMSFED.md 3.4): client-wise modality selection.
+
+Two facility-location functions run side by side over the same candidates:
+
+* the multimodal one on full update vectors g_k = [g^first_k; g^second_k] (coverage ``cov_mm``);
+* the weak-modality one on the weak modality's slices g^weak_k (coverage ``cov_w``).
+
+Each step draws the stochastic-greedy subset R of the remaining clients, finds the best candidate of
+each function (i_mm, i_w), and picks (i_w, weak modality only) when i_w's own data is biased beyond
+the threshold delta toward the globally dominant modality, else (i_mm, all its modalities). Only the
+function that made the pick updates its coverage; the pick leaves the candidate set.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedmm.strategies.selection.base import (
+    MODE_MULTIMODAL,
+    MODE_UNSEEN,
+    MODE_WEAK,
+    Assignment,
+    ClientState,
+    param,
+)
+from fedmm.strategies.selection.divfl import pick_unseen
+from fedmm.strategies.selection.facility import EuclideanDistances, FacilityLocation
+from fedmm.strategies.selection.sketch import UpdateVectorPolicy
+
+
+def global_imbalance_ratio(clients: Sequence[ClientState]) -> float:
+    """rho_bar = sum n_k rho_k / sum n_k over all clients, with their latest (possibly stale) rho_k.
+
+    Unimodal clients count with rho_k = 1 when they have not reported one; multimodal clients that
+    have not reported yet are left out of both sums. 1.0 when nobody counts.
+    """
+    num = den = 0.0
+    for c in clients:
+        rho = c.imbalance_ratio
+        if rho is None and len(c.modalities) == 1:
+            rho = 1.0
+        if rho is None or not math.isfinite(rho) or c.num_examples <= 0:
+            continue
+        num += c.num_examples * rho
+        den += c.num_examples
+    return num / den if den > 0 else 1.0
+
+
+class CMSFed(UpdateVectorPolicy):
+    """CMSFed balanced stochastic greedy over (client, modality-subset) pairs.
+
+    Two modalities only. rho_k = Acc_first / Acc_second (prototype accuracies, FEDCMI_CMSFED.md
+    3.3), where first/second is the ``modalities`` parameter or, when empty, the order of the
+    modality tuple of the first multimodal client (the dataset's declared order). The global ratio
+    rho_bar (:func:`global_imbalance_ratio`) decides the weak modality of the round: ``second`` if
+    rho_bar > 1, else ``first`` (reference code). The weak-only pick needs rho_{i_w} > delta
+    (weak = second) or rho_{i_w} < 1/delta (weak = first); a client with no reported rho counts as
+    balanced (1.0). More than two modalities raise ValueError: rho is a ratio of two accuracies and
+    the "beyond delta toward the dominant modality" test has no unique M-modality form (it would
+    need a per-modality score vector from clients, which the protocol does not send).
+
+    Ground sets and candidates:
+
+    * multimodal function: every client with a full vector (a unimodal client's full vector is its
+      one modality's update, zero for the other, as in the reference); any remaining client is a
+      candidate. A client
+      holding only the dominant modality can only be picked here (it has no weak slice).
+    * weak function: the clients holding the weak modality that have a weak-modality vector. A
+      client holding *only* the weak modality is a candidate too, and when it is i_w it is picked in
+      weak mode regardless of delta: its update is a pure weak-modality update (there is no dominant
+      modality to drop), so it belongs to the weak coverage. (A deliberate deviation: the reference
+      gives unimodal clients rho = 1, so with delta >= 1 it never picks them in weak mode.)
+
+    Clients without a full vector are picked first (mode ``unseen``, all modalities), as in
+    :class:`~fedmm.strategies.selection.divfl.DivFL`. ``history`` records per pick the mode
+    (``multimodal``/``weak``/``unseen``) and the ``staleness`` of its full vector, plus ``rho_bar``
+    and the round's ``weak`` and ``dominant`` modalities.
+
+    Parameters
+    ----------
+    params:
+        :class:`CMSFed.Params`: ``sketch_dim`` (256), ``stochastic`` (True), ``subsample`` (0.1),
+        ``delta`` (1.5), ``modalities`` ("" = inferred order).
+    seed:
+        Seed of the policy's generator and of the sketch hash.
+    """
+
+    name = "cmsfed"
+
+    @dataclass
+    class Params(UpdateVectorPolicy.Params):
+        """CMSFed parameters (plus the update-vector ones)."""
+
+        delta: float = param(1.5, "threshold on a client's rho beyond which it trains only the weak modality",
+                             low=1.0)
+        modalities: str = param("", "comma-separated modality order 'first,second' of rho = Acc_first/Acc_second "
+                                    "(empty: the order of the multimodal clients' modalities)")
+
+    def __init__(self, params: CMSFed.Params | None = None, *, seed: int = 0) -> None:
+        super().__init__(params, seed=seed)
+        order = tuple(m.strip() for m in self.params.modalities.split(",") if m.strip())
+        if order and (len(order) != 2 or len(set(order)) != 2):
+            raise ValueError(
+                f"parameter 'modalities' of selection 'cmsfed' must name 2 distinct modalities, got "
+                f"{self.params.modalities!r}"
+            )
+        self.order: tuple[str, ...] = order
+
+    def modality_order(self, clients: Sequence[ClientState]) -> tuple[str, str]:
+        """(first, second): the fixed ``modalities`` or the inferred order; ValueError unless 2 modalities."""
+        held: list[str] = []
+        for c in sorted(clients, key=lambda c: -len(c.modalities)):  # stable: multimodal clients first
+            held += [m for m in c.modalities if m not in held]
+        if self.order:
+            extra = sorted(set(held) - set(self.order))
+            if extra:
+                raise ValueError(
+                    f"selection 'cmsfed' was given modalities {list(self.order)} but clients hold {extra} too"
+                )
+            return self.order[0], self.order[1]
+        if len(held) != 2:
+            raise ValueError(
+                f"selection 'cmsfed' needs exactly 2 modalities (rho_k = Acc_first/Acc_second), but the "
+                f"clients hold {len(held)}: {held}"
+            )
+        return held[0], held[1]
+
+    def select(self, server_round: int, clients: Sequence[ClientState], budget: int) -> list[Assignment]:
+        started = time.perf_counter()
+        k = self._check(server_round, clients, budget)
+        self._remember(clients)
+        first, second = self.modality_order(clients)
+        rho_bar = global_imbalance_ratio(clients)
+        weak = second if rho_bar > 1 else first
+        delta = self.params.delta
+        ids = [int(c.node_id) for c in clients]
+        n = len(clients)
+
+        has_full = self.store.has_full(ids)
+        picks = [int(p) for p in pick_unseen(self.rng, np.flatnonzero(~has_full), k)]
+        modes = [MODE_UNSEEN] * len(picks)
+        mods: list[tuple[str, ...]] = [tuple(clients[p].modalities) for p in picks]
+
+        mm_ground = np.flatnonzero(has_full)
+        w_ground = np.flatnonzero(
+            self.store.has_slice(ids, weak) & np.array([weak in c.modalities for c in clients], dtype=bool)
+        )
+        mm_pos = np.full(n, -1, dtype=np.intp)
+        mm_pos[mm_ground] = np.arange(mm_ground.size)
+        w_pos = np.full(n, -1, dtype=np.intp)
+        w_pos[w_ground] = np.arange(w_ground.size)
+        avail = has_full.copy()  # V: clients with a full vector, minus picks
+        rest = k - len(picks)
+        if rest > 0 and mm_ground.size:
+            fl_mm = FacilityLocation(EuclideanDistances(self.store.full_features([ids[i] for i in mm_ground])))
+            fl_w = (FacilityLocation(EuclideanDistances(self.store.slice_features([ids[i] for i in w_ground], weak)))
+                    if w_ground.size else None)
+            m = self._sample_size(n, k)
+            for _ in range(rest):
+                remaining = np.flatnonzero(avail)
+                if remaining.size == 0:
+                    break
+                pool = remaining if m is None or m >= remaining.size else self.rng.choice(
+                    remaining, size=m, replace=False)
+                i_mm = int(mm_ground[fl_mm.best(mm_pos[pool])])
+                pick, mode = i_mm, MODE_MULTIMODAL
+                w_pool = pool[w_pos[pool] >= 0]
+                if fl_w is not None and w_pool.size:
+                    i_w = int(w_ground[fl_w.best(w_pos[w_pool])])
+                    c = clients[i_w]
+                    rho = 1.0 if c.imbalance_ratio is None else float(c.imbalance_ratio)
+                    biased = rho > delta if weak == second else rho < 1.0 / delta
+                    if biased or tuple(c.modalities) == (weak,):
+                        pick, mode = i_w, MODE_WEAK
+                if mode == MODE_WEAK:
+                    fl_w.add(int(w_pos[pick]))  # type: ignore[union-attr]
+                    mods.append((weak,))
+                else:
+                    fl_mm.add(int(mm_pos[pick]))
+                    mods.append(tuple(clients[pick].modalities))
+                avail[pick] = False
+                picks.append(pick)
+                modes.append(mode)
+        out = [Assignment(ids[p], mod) for p, mod in zip(picks, mods)]
+        return self._record(server_round, out, modes, started, rho_bar=rho_bar, weak=weak,
+                            dominant=first if weak == second else second,
+                            staleness=self.store.staleness([a.node_id for a in out], server_round).tolist())

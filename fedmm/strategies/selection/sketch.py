@@ -1,0 +1,358 @@
+"""Update vectors and their memory: seeded count-sketch projections and a per-client store.
+
+Why a count sketch
+------------------
+DivFL and CMSFed compare clients by the Euclidean distance between their model updates. Updates have
+P = 1e5 to 1e7 entries per modality, and the server keeps one (or three) per client, so they are
+stored as k-dimensional random projections (``sketch_dim = k``, default 256). A dense Gaussian or
+Rademacher k x P matrix would be 4 k P bytes (1 GB for k = 256, P = 1e6) and O(kP) work per vector.
+We use the *count sketch* (hashing trick with sign hashing; Charikar et al. 2002, Weinberger et al.
+2009), the sparsest JL transform: coordinate j goes to bucket h(j) in [0, k) with sign s(j) = +-1,
+
+    (S x)_b = sum_{j : h(j) = b} s(j) x_j.
+
+It needs no scaling: E <Sx, Sy> = <x, y> (cross terms vanish because E s(i)s(j) = 0 for i != j),
+hence E ||Sx - Sy||^2 = ||x - y||^2, and Var ||Sz||^2 = (2/k)(||z||_2^4 - ||z||_4^4) <= 2 ||z||^4 / k,
+the same relative spread sqrt(2/k) as a dense Gaussian projection (6.3 % for the squared distance,
+about half that for the distance, at k = 512). Sketching is O(P) (one ``np.bincount``). The hash is
+generated in chunks of ``CHUNK`` columns, each from its own counter-based seed
+``SeedSequence([seed, crc32(modality), chunk])``, so any column range can be regenerated
+independently, nothing of size k x P ever exists, and the same seed gives the same sketch in every
+process. Generated chunks are cached (O(P) memory, bounded by ``cache_entries``).
+
+Full vectors: sum of the per-modality sketches
+----------------------------------------------
+The multimodal vector is the concatenation g = [g_a; g_v] (FEDCMI_CMSFED.md 3.4). A linear projection
+of a concatenation is the sum of the blockwise projections: for R = [R_a, R_v],
+R g = R_a g_a + R_v g_v. For count sketches with independent hashes per modality, S_a g_a + S_v g_v
+is *exactly* the count sketch of g with k buckets (coordinate (m, j) of g hashed to h_m(j) with sign
+s_m(j)), so it inherits every property above: E ||S g - S g'||^2 = ||g - g'||^2, relative spread
+sqrt(2/k). The store keeps one sketch per modality (the weak-modality function of CMSFed needs them)
+and builds the full sketch as their sum (zero for a modality the client lacks, as in the reference
+code, where the untrained encoder's delta is 0).
+
+We use the sum, not the concatenation [S_a g_a; S_v g_v] (the block-diagonal projection, also an
+unbiased sketch, with M k dimensions): the distance blocks of the greedy cost O(dimension) per
+entry and dominate selection time, and the sum keeps the multimodal function at k dimensions (the
+same accuracy as each per-modality sketch) instead of M k. Raise ``sketch_dim`` for more accuracy.
+
+``sketch_dim = 0`` stores the exact vectors instead (memory N x P per modality).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedmm.strategies.selection.base import ClientState, ClientUpdate, SelectionPolicy, StateValue, param
+
+#: Round number stored for "never refreshed".
+NEVER = -1
+
+
+class CountSketch:
+    """Seeded count-sketch projection R^P -> R^k, one independent hash per key (modality).
+
+    Parameters
+    ----------
+    dim:
+        Sketch dimension k (number of buckets), at least 1.
+    seed:
+        Seed of the hash functions; the same seed gives the same projection everywhere.
+    cache_entries:
+        Most hash entries (columns) kept in memory across keys (12 bytes each); beyond it, chunks are
+        regenerated on every call.
+    """
+
+    CHUNK = 1 << 16
+
+    def __init__(self, dim: int, seed: int, *, cache_entries: int = 1 << 22) -> None:
+        if dim < 1:
+            raise ValueError(f"sketch dimension must be >= 1, got {dim}")
+        self.dim = int(dim)
+        self.seed = int(seed)
+        self.cache_entries = int(cache_entries)
+        self._cache: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._cached = 0
+
+    def _chunk(self, key: str, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """Buckets (intp) and signs (float32, +-1) of columns [c*CHUNK, (c+1)*CHUNK) for ``key``."""
+        hit = self._cache.get((key, c))
+        if hit is not None:
+            return hit
+        rng = np.random.default_rng([self.seed, zlib.crc32(key.encode()), c])
+        v = rng.integers(0, 2 * self.dim, size=self.CHUNK, dtype=np.int64)
+        bucket = (v >> 1).astype(np.intp)
+        sign = (1 - 2 * (v & 1)).astype(np.float32)
+        if self._cached + self.CHUNK <= self.cache_entries:
+            self._cache[(key, c)] = (bucket, sign)
+            self._cached += self.CHUNK
+        return bucket, sign
+
+    def __call__(self, x: np.ndarray, key: str) -> np.ndarray:
+        """Sketch of the flat vector ``x`` under ``key``'s hash (float32, shape (dim,))."""
+        x = np.asarray(x, dtype=np.float32).ravel()
+        out = np.zeros(self.dim, dtype=np.float64)
+        for c in range(math.ceil(x.size / self.CHUNK)):
+            part = x[c * self.CHUNK:(c + 1) * self.CHUNK]
+            bucket, sign = self._chunk(key, c)
+            out += np.bincount(bucket[:part.size], weights=part * sign[:part.size], minlength=self.dim)
+        return out.astype(np.float32)
+
+
+class UpdateStore:
+    """Per-client update vectors (sketched, or exact with ``sketch_dim = 0``) and their staleness.
+
+    For every client row and modality m it keeps
+
+    * ``slice[m]``: the client's latest update of modality m (from any round it trained m: a
+      multimodal update's m-slice, or a unimodal update), with ``slice_round[m]``;
+    * ``full[m]``: the m-block of the client's latest *full* update (a round in which it trained every
+      modality it holds; zero for modalities it lacks), with ``full_round`` per client.
+
+    The full vector of a client (FEDCMI_CMSFED.md 3.4: g_k; its slices g^m_k are replaced by
+    unimodal updates) is the sum of its ``full[m]`` sketches, or the concatenation of its exact
+    ``full[m]`` blocks in :attr:`modalities` order when ``sketch_dim = 0``.
+
+    Parameters
+    ----------
+    sketch_dim:
+        Sketch dimension per modality; 0 stores exact vectors.
+    seed:
+        Seed of the count-sketch hash.
+    """
+
+    def __init__(self, sketch_dim: int, seed: int) -> None:
+        self.sketch_dim = int(sketch_dim)
+        self.seed = int(seed)
+        self.sketch = CountSketch(self.sketch_dim, seed) if self.sketch_dim > 0 else None
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget every stored vector (keeps the sketch and its hash cache)."""
+        self.modalities: list[str] = []
+        self.dims: dict[str, int] = {}
+        self.rows: dict[int, int] = {}
+        self.node_ids = np.zeros(0, dtype=np.uint64)
+        self.slice: dict[str, np.ndarray] = {}
+        self.slice_round: dict[str, np.ndarray] = {}
+        self.full: dict[str, np.ndarray] = {}
+        self.full_round = np.zeros(0, dtype=np.int64)
+
+    @property
+    def capacity(self) -> int:
+        return int(self.full_round.size)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    # -- writing -----------------------------------------------------------------------------------------
+    def _grow(self, need: int) -> None:
+        if need <= self.capacity:
+            return
+        cap = max(need, 2 * self.capacity, 16)
+        extra = cap - self.capacity
+        self.node_ids = np.concatenate([self.node_ids, np.zeros(extra, dtype=np.uint64)])
+        self.full_round = np.concatenate([self.full_round, np.full(extra, NEVER, dtype=np.int64)])
+        for m in self.modalities:
+            d = self.dims[m]
+            self.slice[m] = np.concatenate([self.slice[m], np.zeros((extra, d), dtype=np.float32)])
+            self.full[m] = np.concatenate([self.full[m], np.zeros((extra, d), dtype=np.float32)])
+            self.slice_round[m] = np.concatenate([self.slice_round[m], np.full(extra, NEVER, dtype=np.int64)])
+
+    def _add_modality(self, m: str, dim: int) -> None:
+        self.modalities.append(m)
+        self.dims[m] = dim
+        cap = self.capacity
+        self.slice[m] = np.zeros((cap, dim), dtype=np.float32)
+        self.full[m] = np.zeros((cap, dim), dtype=np.float32)
+        self.slice_round[m] = np.full(cap, NEVER, dtype=np.int64)
+
+    def row(self, node_id: int) -> int:
+        """The row of ``node_id``, created if new."""
+        r = self.rows.get(int(node_id))
+        if r is None:
+            r = len(self.rows)
+            self._grow(r + 1)
+            self.rows[int(node_id)] = r
+            self.node_ids[r] = int(node_id)
+        return r
+
+    def project(self, x: np.ndarray, modality: str) -> np.ndarray:
+        """The stored representation of a flat update: its sketch, or the float32 vector itself."""
+        x = np.asarray(x, dtype=np.float32).ravel()
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"update of modality {modality!r} has non-finite values")
+        return self.sketch(x, modality) if self.sketch is not None else x.copy()
+
+    def add(self, node_id: int, deltas: Mapping[str, np.ndarray], server_round: int, *, full: bool) -> None:
+        """Store a client's per-modality updates of ``server_round``.
+
+        ``full`` says the update covers every modality the client holds: then its full vector is
+        replaced too (blocks of modalities absent from ``deltas`` become zero).
+        """
+        vecs = {m: self.project(x, m) for m, x in deltas.items()}
+        for m, v in vecs.items():
+            if m not in self.dims:
+                self._add_modality(m, v.size)
+            elif v.size != self.dims[m]:
+                raise ValueError(
+                    f"update of modality {m!r} has {v.size} values, earlier ones had {self.dims[m]} "
+                    "(exact vectors, sketch-dim = 0, need a fixed size per modality)"
+                )
+        r = self.row(node_id)
+        for m, v in vecs.items():
+            self.slice[m][r] = v
+            self.slice_round[m][r] = server_round
+        if full and vecs:
+            for m in self.modalities:
+                self.full[m][r] = vecs[m] if m in vecs else 0.0
+            self.full_round[r] = server_round
+
+    # -- reading -----------------------------------------------------------------------------------------
+    def _rows_of(self, node_ids: Sequence[int]) -> np.ndarray:
+        return np.array([self.rows.get(int(n), -1) for n in node_ids], dtype=np.intp)
+
+    def has_full(self, node_ids: Sequence[int]) -> np.ndarray:
+        """Boolean mask: which of ``node_ids`` have a full vector."""
+        rows = self._rows_of(node_ids)
+        ok = rows >= 0
+        ok[ok] = self.full_round[rows[ok]] != NEVER
+        return ok
+
+    def has_slice(self, node_ids: Sequence[int], modality: str) -> np.ndarray:
+        """Boolean mask: which of ``node_ids`` have an update of ``modality``."""
+        rows = self._rows_of(node_ids)
+        ok = rows >= 0
+        if modality not in self.slice_round:
+            return np.zeros(len(rows), dtype=bool)
+        ok[ok] = self.slice_round[modality][rows[ok]] != NEVER
+        return ok
+
+    def full_features(self, node_ids: Sequence[int]) -> np.ndarray:
+        """Full vectors of ``node_ids`` (caller checks :meth:`has_full`), float32.
+
+        Sketched: (len, sketch_dim), the sum of the per-modality sketches (the count sketch of the
+        concatenation). Exact: (len, sum of dims), the concatenation.
+        """
+        rows = self._rows_of(node_ids)
+        if not self.modalities:
+            return np.zeros((len(rows), max(self.sketch_dim, 0)), dtype=np.float32)
+        if self.sketch is None:
+            return np.concatenate([self.full[m][rows] for m in self.modalities], axis=1)
+        out = self.full[self.modalities[0]][rows]
+        for m in self.modalities[1:]:
+            out += self.full[m][rows]
+        return out
+
+    def slice_features(self, node_ids: Sequence[int], modality: str) -> np.ndarray:
+        """(len(node_ids), dim) float32: the latest ``modality`` updates (caller checks :meth:`has_slice`)."""
+        return self.slice[modality][self._rows_of(node_ids)]
+
+    def staleness(self, node_ids: Sequence[int], server_round: int) -> np.ndarray:
+        """Rounds since each client's full vector was refreshed (-1 where it has none)."""
+        rows = self._rows_of(node_ids)
+        out = np.full(len(rows), -1, dtype=np.int64)
+        ok = rows >= 0
+        fr = self.full_round[rows[ok]]
+        out[ok] = np.where(fr == NEVER, -1, server_round - fr)
+        return out
+
+    # -- checkpointing ---------------------------------------------------------------------------------------
+    def state_dict(self, prefix: str = "store.") -> dict[str, StateValue]:
+        n = len(self.rows)
+        state: dict[str, StateValue] = {
+            f"{prefix}sketch_dim": self.sketch_dim,
+            f"{prefix}seed": self.seed,
+            f"{prefix}modalities": json.dumps(self.modalities),
+            f"{prefix}node_ids": self.node_ids[:n].copy(),
+            f"{prefix}full_round": self.full_round[:n].copy(),
+        }
+        for i, m in enumerate(self.modalities):
+            state[f"{prefix}slice.{i}"] = self.slice[m][:n].copy()
+            state[f"{prefix}full.{i}"] = self.full[m][:n].copy()
+            state[f"{prefix}slice_round.{i}"] = self.slice_round[m][:n].copy()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, StateValue], prefix: str = "store.") -> None:
+        if int(state[f"{prefix}sketch_dim"]) != self.sketch_dim:
+            raise ValueError(
+                f"state_dict has sketch-dim {int(state[f'{prefix}sketch_dim'])}, this policy {self.sketch_dim}"
+            )
+        node_ids = np.asarray(state[f"{prefix}node_ids"], dtype=np.uint64)
+        if int(state[f"{prefix}seed"]) != self.seed:  # new updates must be sketched as the stored ones
+            self.seed = int(state[f"{prefix}seed"])
+            self.sketch = CountSketch(self.sketch_dim, self.seed) if self.sketch_dim > 0 else None
+        self._reset()
+        for i, m in enumerate(json.loads(str(state[f"{prefix}modalities"]))):
+            self._add_modality(m, int(np.asarray(state[f"{prefix}slice.{i}"]).shape[1]))
+        self._grow(node_ids.size)
+        for n in node_ids:
+            self.row(int(n))
+        k = node_ids.size
+        self.full_round[:k] = np.asarray(state[f"{prefix}full_round"], dtype=np.int64)
+        for i, m in enumerate(self.modalities):
+            self.slice[m][:k] = np.asarray(state[f"{prefix}slice.{i}"], dtype=np.float32)
+            self.full[m][:k] = np.asarray(state[f"{prefix}full.{i}"], dtype=np.float32)
+            self.slice_round[m][:k] = np.asarray(state[f"{prefix}slice_round.{i}"], dtype=np.int64)
+
+
+class UpdateVectorPolicy(SelectionPolicy):
+    """Base of the policies that select on update vectors (DivFL, CMSFed).
+
+    It keeps an :class:`UpdateStore`, fills it in :meth:`observe`, and remembers the modalities each
+    client holds (from the last :meth:`select`) to know whether an update is a full one.
+    """
+
+    uses_updates = True
+
+    @dataclass
+    class Params:
+        """Parameters shared by the update-vector policies."""
+
+        sketch_dim: int = param(256, "count-sketch dimension per modality (0 = store exact vectors)", low=0)
+        stochastic: bool = param(True, "stochastic greedy (random candidate subset per step) instead of full greedy")
+        subsample: float = param(0.1, "stochastic-greedy sample size m = max(budget, floor(subsample * N))",
+                                 low=0.0, high=1.0, low_open=True)
+
+    def __init__(self, params: UpdateVectorPolicy.Params | None = None, *, seed: int = 0) -> None:
+        super().__init__(params, seed=seed)
+        # The hash seed depends only on the policy seed (never on RNG consumption), so a restored
+        # policy sketches new updates exactly as the original would.
+        sketch_seed = int(np.random.SeedSequence([self.seed, 0x5CE7C4]).generate_state(1)[0])
+        self.store = UpdateStore(self.params.sketch_dim, sketch_seed)
+        self._held: dict[int, tuple[str, ...]] = {}
+
+    def _remember(self, clients: Sequence[ClientState]) -> None:
+        self._held = {int(c.node_id): tuple(c.modalities) for c in clients}
+
+    def _sample_size(self, n_clients: int, budget: int) -> int | None:
+        """Stochastic-greedy m = max(K, floor(subsample * N)); None for the full greedy."""
+        if not self.params.stochastic:
+            return None
+        return max(budget, int(math.floor(self.params.subsample * n_clients)))
+
+    def observe(self, server_round: int, updates: Sequence[ClientUpdate]) -> None:
+        """Store each update's per-modality vectors; a full vector only if it covers all held modalities."""
+        for u in updates:
+            deltas = {m: x for m, x in u.deltas.items() if x is not None}
+            if not deltas:
+                continue
+            held = self._held.get(int(u.node_id), tuple(u.modalities) or tuple(deltas))
+            self.store.add(u.node_id, deltas, server_round, full=set(deltas) >= set(held))
+
+    def state_dict(self) -> dict[str, StateValue]:
+        state = super().state_dict()
+        state.update(self.store.state_dict())
+        state["held"] = json.dumps({str(k): list(v) for k, v in self._held.items()})
+        return state
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        super().load_state_dict(state)
+        self.store.load_state_dict(state)
+        self._held = {int(k): tuple(v) for k, v in json.loads(str(state["held"])).items()}

@@ -1,0 +1,383 @@
+"""The local training and evaluation loop: device, batches, optimizer, objective hooks.
+
+A client's data lives in memory as one tensor per modality. :func:`train_local` moves it to the
+device once per round and the objective slices it by index, so the inner loop has no DataLoader
+and no host/device copies. The loop owns the device, the optimizer and the epochs; the objective
+owns the batches, the loss and the step (see :mod:`fedmm.objectives.base`).
+
+This module imports neither Flower nor Ray: it runs on machines that have only torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.hooks import RemovableHandle
+
+from fedmm.data.base import LABEL_KEY, ModalitySpec, TensorDict, num_examples
+from fedmm.metrics import accuracy, imbalance_ratio, macro_f1
+from fedmm.models.net import MODALITY_GROUP_PREFIXES, ModelConfig, MultimodalNet, group_modality, parameter_group
+from fedmm.objectives.base import Objective, RoundContext
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
+
+
+# -- device and model ------------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    """The torch device for a config value.
+
+    Parameters
+    ----------
+    name:
+        ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises
+    ------
+    ValueError
+        An unknown name, or CUDA asked for on a machine without it (or without GPU ``N``).
+    """
+    text = str(name).strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={name!r} but CUDA is not available on this machine "
+                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); use device='auto' or 'cpu'"
+            )
+        device = torch.device(text)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return device
+    raise ValueError(f"unknown device {name!r}; expected one of {', '.join(DEVICE_CHOICES)}")
+
+
+def build_model(
+    modalities: list[ModalitySpec], num_classes: int, model_config: ModelConfig, objective: Objective
+) -> MultimodalNet:
+    """The model ``objective`` trains: per-modality heads when it needs them, plus its own modules.
+
+    Built from the global torch RNG, so the server and every client get the same initial model
+    from the same inputs after the same ``torch.manual_seed``.
+
+    Parameters
+    ----------
+    modalities:
+        The dataset's modalities in canonical order (this order fixes the fusion slots).
+    num_classes:
+        Number of output classes.
+    model_config:
+        Widths and encoder choices; ``heads`` is forced on when ``objective.needs_heads`` (the
+        caller's config is not modified).
+    objective:
+        The objective whose ``extend_model`` adds its modules after the base model is built.
+
+    Raises
+    ------
+    ValueError
+        When the objective added a parameter outside the aggregation groups (see
+        :func:`fedmm.models.net.parameter_group`).
+    """
+    if objective.needs_heads and not model_config.heads:
+        model_config = dataclasses.replace(model_config, encoders=dict(model_config.encoders), heads=True)
+    model = MultimodalNet(modalities, num_classes, model_config)
+    objective.extend_model(model)
+    for key in model.state_dict():
+        parameter_group(key)  # raises on a name that belongs to no group
+    return model
+
+
+# -- configuration and result ----------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """Local optimisation settings of one round.
+
+    Parameters
+    ----------
+    epochs:
+        Passes over the local data (>= 1).
+    batch_size:
+        Mini-batch size (>= 2: batch-norm needs two rows).
+    lr:
+        SGD learning rate (> 0).
+    momentum:
+        SGD momentum in ``[0, 1)``.
+    weight_decay:
+        SGD L2 weight decay (>= 0), applied to the trained parameters only.
+    proximal_mu:
+        FedProx weight ``mu`` (>= 0): every optimizer step adds ``mu * (w - w_start)`` to the
+        gradient of each trained parameter, ``w_start`` being its value when the round began
+        (the received global model). 0 disables it.
+    seed:
+        Seeds the generator the objective draws batch orders from; same seed, same batches.
+    """
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    proximal_mu: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "seed"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"TrainConfig.{key} must be an integer, got {value!r}")
+            setattr(self, key, int(value))
+        for key in ("lr", "momentum", "weight_decay", "proximal_mu"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"TrainConfig.{key} must be a finite number, got {value!r}")
+            setattr(self, key, float(value))
+        if self.epochs < 1:
+            raise ValueError(f"TrainConfig.epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise ValueError(f"TrainConfig.batch_size must be >= 2 (batch-norm needs two rows), got {self.batch_size}")
+        if self.lr <= 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"TrainConfig.momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.proximal_mu < 0:
+            raise ValueError(f"TrainConfig.proximal_mu must be >= 0, got {self.proximal_mu}")
+
+
+@dataclass
+class TrainResult:
+    """What one round of local training produced.
+
+    Parameters
+    ----------
+    loss:
+        Mean of the batch losses (as returned by ``train_step``) of the last epoch; ``nan`` when
+        it had no batch.
+    num_examples:
+        Local training examples (the aggregation weight).
+    num_steps:
+        ``train_step`` calls over all epochs (an objective may take several optimizer steps in one).
+    facts:
+        The objective's ``end_round`` report for the server.
+    """
+
+    loss: float
+    num_examples: int
+    num_steps: int
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+# -- training --------------------------------------------------------------------------------------
+def trainable_parameters(model: nn.Module, modalities: list[str]) -> list[nn.Parameter]:
+    """The parameters a client training ``modalities`` updates: the ``encoders.<m>``,
+    ``heads.<m>`` and ``projectors.<m>`` groups of those modalities plus the shared ``fusion``
+    group (parameters with ``requires_grad=False`` are left out).
+
+    Parameters
+    ----------
+    model:
+        A model whose parameter names follow :func:`fedmm.models.net.parameter_group`.
+    modalities:
+        The modalities trained this round.
+    """
+    allowed = {None, *modalities}
+    return [
+        p for name, p in model.named_parameters() if p.requires_grad and group_modality(parameter_group(name)) in allowed
+    ]
+
+
+def add_proximal_hook(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], mu: float) -> RemovableHandle:
+    """FedProx as a gradient term: before every ``optimizer.step()``, ``grad += mu * (w - w_0)``.
+
+    That is the gradient of ``mu / 2 * ||w - w_0||^2`` with ``w_0`` a detached copy of ``params``
+    taken now. Being an optimizer pre-hook, it also applies when an objective's ``train_step``
+    takes several steps per batch. A parameter whose gradient is ``None`` at a step (it took no
+    part in that step's loss) is left alone, as the optimizer itself leaves it.
+
+    Parameters
+    ----------
+    optimizer:
+        The optimizer whose steps get the term.
+    params:
+        The parameters to anchor (those the optimizer updates).
+    mu:
+        The proximal weight.
+
+    Returns
+    -------
+    The hook's handle (``handle.remove()`` detaches it).
+    """
+    anchors = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        pairs = [(p, a) for p, a in zip(params, anchors, strict=True) if p.grad is not None]
+        if pairs:
+            diffs = torch._foreach_sub([p for p, _ in pairs], [a for _, a in pairs])
+            torch._foreach_add_([p.grad for p, _ in pairs], diffs, alpha=mu)
+
+    return optimizer.register_step_pre_hook(hook)
+
+
+def _set_modes(model: nn.Module, trained: list[str]) -> None:
+    """Train mode for the model, eval mode for the modules of modalities that are not trained, so
+    that nothing of theirs, batch-norm statistics included, can change."""
+    model.train()
+    for prefix in MODALITY_GROUP_PREFIXES:
+        container = getattr(model, prefix, None)
+        if isinstance(container, nn.ModuleDict):
+            for m, module in container.items():
+                if m not in trained:
+                    module.eval()
+
+
+def train_local(
+    model: MultimodalNet, data: TensorDict, objective: Objective, ctx: RoundContext, config: TrainConfig
+) -> TrainResult:
+    """Train ``model`` on ``data`` with ``objective`` for ``config.epochs`` epochs (one round).
+
+    Only the modalities in ``ctx.modalities`` are fed and optimised: the other modalities are
+    dropped from ``data`` up front, their encoders/heads/projectors are left out of the optimizer
+    and kept in eval mode, so their weights and batch-norm statistics stay exactly as received.
+
+    Parameters
+    ----------
+    model:
+        The model to train in place; moved to ``ctx.device``.
+    data:
+        The client's local split (modality tensors and ``"y"``); moved to ``ctx.device`` once.
+    objective:
+        The local objective; its hooks are called in the order given in
+        :mod:`fedmm.objectives.base`.
+    ctx:
+        The round: trained modalities, device, global model and server extras.
+    config:
+        Epochs, batch size, SGD settings, proximal weight and the batch-order seed.
+
+    Returns
+    -------
+    :class:`TrainResult` with the last epoch's mean loss, the number of examples and steps, and
+    the objective's ``end_round`` facts.
+    """
+    trained = [m for m in model.modalities if m in ctx.modalities]
+    unknown = [m for m in ctx.modalities if m not in model.modalities]
+    if unknown:
+        raise ValueError(f"asked to train modalities {unknown} that the model lacks; it has {model.modalities}")
+    missing = [m for m in trained if m not in data]
+    if missing:
+        raise ValueError(f"asked to train modalities {missing} that the local data lacks; it has {sorted(data)}")
+    if not trained:
+        raise ValueError("ctx.modalities is empty: a client must train at least one modality")
+    device = ctx.device
+    local = {k: data[k].to(device, non_blocking=True) for k in (*trained, LABEL_KEY)}
+    model.to(device)
+    was_training = model.training
+    params = trainable_parameters(model, trained)
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.proximal_mu > 0:
+        add_proximal_hook(optimizer, params, config.proximal_mu)
+    generator = torch.Generator().manual_seed(config.seed)  # CPU: objectives call randperm with it
+
+    _set_modes(model, trained)
+    objective.begin_round(model, local, ctx)
+    steps = 0
+    epoch_loss, epoch_batches = 0.0, 0
+    for epoch in range(config.epochs):
+        epoch_loss, epoch_batches = 0.0, 0
+        for batch in objective.batches(model, local, epoch, config.batch_size, generator):
+            epoch_loss += objective.train_step(model, batch, optimizer)
+            epoch_batches += 1
+        steps += epoch_batches
+    facts = objective.end_round(model, local)
+    model.train(was_training)
+    return TrainResult(
+        loss=epoch_loss / epoch_batches if epoch_batches else float("nan"),
+        num_examples=num_examples(data),
+        num_steps=steps,
+        facts=dict(facts),
+    )
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(
+    model: MultimodalNet,
+    data: TensorDict,
+    objective: Objective,
+    *,
+    batch_size: int = 1024,
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
+    """Multimodal and per-modality accuracy, macro-F1 and loss of ``model`` on ``data``.
+
+    Every prediction goes through ``objective.predict`` in eval mode. The multimodal prediction
+    sees every modality of ``data``; the per-modality ones see a batch holding that modality
+    alone (zero-filled fusion by default).
+
+    Parameters
+    ----------
+    model:
+        The model to evaluate (left in the train/eval mode it came in; moved to ``device``).
+    data:
+        Modality tensors (any subset of the model's modalities) and ``"y"``; moved to ``device``
+        chunk by chunk.
+    objective:
+        Supplies ``predict``.
+    batch_size:
+        Rows per forward pass.
+    device:
+        Where to run; ``None`` uses the device of the model's parameters.
+
+    Returns
+    -------
+    ``acc``, ``f1`` (macro, see :func:`fedmm.metrics.macro_f1`) and ``loss`` (mean CE) of the
+    multimodal prediction; ``acc/<m>`` and ``f1/<m>`` per modality in ``data``; ``imbalance``,
+    the best over the worst ``acc/<m>`` (:func:`fedmm.metrics.imbalance_ratio`).
+    """
+    unknown = [k for k in data if k != LABEL_KEY and k not in model.modalities]
+    if unknown:
+        raise ValueError(f"data holds modalities {unknown} that the model lacks; it has {model.modalities}")
+    modalities = [m for m in model.modalities if m in data]
+    if not modalities:
+        raise ValueError(f"data holds none of the model's modalities {model.modalities}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
+    was_training = model.training
+    model.eval()
+    y = data[LABEL_KEY]
+    views = {"": modalities, **{f"/{m}": [m] for m in modalities}}
+    preds: dict[str, list[torch.Tensor]] = {suffix: [] for suffix in views}
+    loss_sum = torch.zeros((), device=device)
+    try:
+        for start in range(0, y.shape[0], batch_size):
+            chunk = {m: data[m][start : start + batch_size].to(device, non_blocking=True) for m in modalities}
+            target = y[start : start + batch_size].to(device, non_blocking=True)
+            for suffix, mods in views.items():
+                logits = objective.predict(model, {m: chunk[m] for m in mods})
+                preds[suffix].append(logits.argmax(dim=1))
+                if not suffix:
+                    loss_sum += F.cross_entropy(logits.float(), target, reduction="sum")
+    finally:
+        model.train(was_training)
+    out: dict[str, float] = {}
+    n = int(y.shape[0])
+    num_classes = int(model.num_classes)
+    for suffix in views:
+        pred = torch.cat(preds[suffix]).cpu() if preds[suffix] else torch.empty(0, dtype=torch.long)
+        out[f"acc{suffix}"] = accuracy(pred, y)
+        out[f"f1{suffix}"] = macro_f1(pred, y, num_classes)
+    out["loss"] = float(loss_sum) / n if n else float("nan")
+    out["imbalance"] = imbalance_ratio({m: out[f"acc/{m}"] for m in modalities})
+    return out

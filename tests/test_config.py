@@ -1,0 +1,58 @@
+import pytest
+
+from fedmm.config import RunConfig, flatten, load_config, parse_overrides
+
+
+def test_defaults_validate_and_round_trip_through_toml():
+    import tomllib
+
+    run = load_config(None, ["objective=mnl", "objective.lambda=0.7", "encoder.acc=mlp"])
+    again = RunConfig.from_mapping(flatten(tomllib.loads(run.to_toml())))
+    assert again == run
+    assert run.objective_params == {"lambda": 0.7}
+    assert run.encoders == {"acc": "mlp"}
+
+
+def test_toml_file_with_nested_tables(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('num-server-rounds = 3\n[objective]\nname = "mnl"\nlambda = 0.5\n')
+    run = load_config(path, ["num-server-rounds=4"])
+    assert run.num_server_rounds == 4  # overrides win over the file
+    assert run.objective == "mnl" and run.objective_params == {"lambda": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("num-round=3", "did you mean 'num-server-rounds'"),
+        ("partition=dirichle", "did you mean 'dirichlet'"),
+        ("lr=abc", "'lr' expects float"),
+        ("multi-ratio=1.5", "'multi-ratio' must be <= 1.0"),
+        ("local-epochs=0", "'local-epochs' must be >= 1"),
+        ("dirichlet-alpha=0", "'dirichlet-alpha' must be > 0"),
+        ("local-epochs=1.5", "'local-epochs' expects int"),
+        ("device=tpu", "'device' must be one of"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, [override])
+
+
+def test_combinations_are_checked():
+    with pytest.raises(ValueError, match="num-clients"):
+        load_config(None, ["partition=iid"])
+    with pytest.raises(ValueError, match="modality-fractions"):
+        load_config(None, ["allocation=fractions"])
+
+
+def test_override_parsing():
+    assert parse_overrides(["a=1", "b=0.5", "c=mnl", "d='x y'", "e=true"]) == {
+        "a": 1, "b": 0.5, "c": "mnl", "d": "x y", "e": True}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["lr"])
+
+
+def test_missing_config_file_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")

@@ -1,0 +1,150 @@
+"""ARM reconstruction (``arm``): loss on a hand case, roles, the 2-modality limit, params."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from fedmm.data.base import ModalitySpec
+from fedmm.models.net import ModelConfig, MultimodalNet, parameter_group
+from fedmm.objectives.arm import ARMReconstruction
+from fedmm.objectives.base import RoundContext
+from fedmm.objectives.registry import build_objective
+from fedmm.training import TrainConfig, train_local
+
+P = ARMReconstruction.Params
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def hand_model(obj: ARMReconstruction) -> MultimodalNet:
+    """Identity encoders (d = 2), k = 1, K = 2: z_a = [u0, -u0], z_v = [2 u0, 0]."""
+    model = MultimodalNet([ModalitySpec(m, (2,), "vector") for m in ("a", "v")], 2, ModelConfig(embed_dim=2))
+    obj.extend_model(model)
+    with torch.no_grad():
+        for m in ("a", "v"):
+            model.encoders[m] = nn.Identity()
+            model.heads[m].classifier.bias.zero_()
+        model.heads["a"].proj.weight.copy_(torch.tensor([[1.0, 0.0]]))  # P^T P = 1: no penalty
+        model.heads["a"].classifier.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        model.heads["v"].proj.weight.copy_(torch.tensor([[2.0, 0.0]]))  # P^T P = 4: penalty (4 - 1)^2 = 9
+        model.heads["v"].classifier.weight.copy_(torch.tensor([[1.0], [0.0]]))
+    return model
+
+
+def ctx(modalities: list[str]) -> RoundContext:
+    return RoundContext(server_round=1, num_rounds=10, modalities=modalities)
+
+
+BATCH = {"a": torch.tensor([[1.0, 0.0]]), "v": torch.tensor([[0.5, 0.0]]), "y": torch.tensor([0])}
+
+
+def test_loss_matches_hand_computation() -> None:
+    obj = ARMReconstruction(P(strong_modality="a", subspace_dim=1, distill_weight=1.0, temperature=2.0,
+                              ortho_weight=0.01, strong_ce_weight=1.0))
+    model = hand_model(obj)
+    obj.begin_round(model, BATCH, ctx(["a", "v"]))
+    # z_a = [1, -1] (strong), z_v = [1, 0] (weak), y = 0
+    ce_weak = math.log(1 + math.exp(-1))
+    ce_strong = math.log(1 + math.exp(-2))
+    p = [sigmoid(1.0), sigmoid(-1.0)]  # softmax([1, -1] / 2)
+    q = [sigmoid(0.5), sigmoid(-0.5)]  # softmax([1, 0] / 2)
+    kl = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True))
+    expected = ce_weak + kl + 0.01 * 9 + ce_strong
+    assert obj.loss(model, BATCH).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_teacher_gets_no_gradient_from_the_distillation() -> None:
+    obj = ARMReconstruction(P(strong_modality="a", subspace_dim=1, strong_ce_weight=0.0, ortho_weight=0.0))
+    model = hand_model(obj)
+    obj.begin_round(model, BATCH, ctx(["a", "v"]))
+    obj.loss(model, BATCH).backward()
+    assert all(p.grad is None for p in model.heads["a"].parameters())
+    assert model.heads["v"].classifier.weight.grad is not None
+
+
+def test_roles_follow_confidence_when_not_fixed() -> None:
+    obj = ARMReconstruction(P(subspace_dim=1))
+    model = hand_model(obj)
+    z = obj.logits(model, BATCH)
+    # y = 0: p_a = sigmoid(2) > p_v = sigmoid(1) -> a strong; y = 1: sigmoid(-2) < sigmoid(-1) -> v strong
+    assert obj.roles(model, z, torch.tensor([0])) == ("a", "v")
+    assert obj.roles(model, z, torch.tensor([1])) == ("v", "a")
+    fixed = ARMReconstruction(P(subspace_dim=1, strong_modality="v"))
+    assert fixed.roles(hand_model(fixed), z, torch.tensor([0])) == ("v", "a")
+
+
+def test_single_modality_loss_and_predict() -> None:
+    obj = ARMReconstruction(P(subspace_dim=1, ortho_weight=0.1))
+    model = hand_model(obj)
+    obj.begin_round(model, BATCH, ctx(["v"]))
+    # z_v = [1, 0], y = 0, penalty 9
+    assert obj.loss(model, BATCH).item() == pytest.approx(math.log(1 + math.exp(-1)) + 0.9, rel=1e-6)
+    both = obj.predict(model, BATCH)
+    assert torch.allclose(both, torch.tensor([[1.0, -0.5]]))  # mean of [1, -1] and [1, 0]
+    assert torch.allclose(obj.predict(model, {"v": BATCH["v"], "y": BATCH["y"]}), torch.tensor([[1.0, 0.0]]))
+
+
+def test_orthogonality_penalty_starts_at_zero() -> None:
+    obj = ARMReconstruction(P())
+    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v")], 3, ModelConfig(embed_dim=8))
+    obj.extend_model(model)
+    assert model.heads["a"].proj.weight.shape == (4, 8)
+    assert model.heads["a"].orthogonality_penalty().item() == pytest.approx(0.0, abs=1e-10)
+    assert {parameter_group(n) for n, _ in model.named_parameters()} == {
+        "encoders.a", "encoders.v", "heads.a", "heads.v", "fusion"}
+
+
+def test_more_than_two_modalities_is_an_error() -> None:
+    obj = ARMReconstruction(P())
+    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v", "t")], 3, ModelConfig(embed_dim=8))
+    with pytest.raises(ValueError, match=r"arm .*3 modalities"):
+        obj.extend_model(model)
+
+
+def test_model_dependent_param_errors() -> None:
+    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v")], 3, ModelConfig(embed_dim=8))
+    with pytest.raises(ValueError, match="strong_modality"):
+        ARMReconstruction(P(strong_modality="x")).extend_model(model)
+    with pytest.raises(ValueError, match="subspace_dim"):
+        ARMReconstruction(P(subspace_dim=8)).extend_model(model)
+
+
+@pytest.mark.parametrize(("params", "match"), [({"subspace_dim": -1}, "subspace_dim"),
+                                               ({"distill_weight": -1.0}, "distill_weight"),
+                                               ({"temperature": 0.0}, "temperature"),
+                                               ({"temperature": float("nan")}, "temperature"),
+                                               ({"ortho_weight": -0.1}, "ortho_weight"),
+                                               ({"strong_ce_weight": -1.0}, "strong_ce_weight")])
+def test_bad_params(params: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ARMReconstruction(P(**params))
+    with pytest.raises(ValueError):
+        build_objective("arm", params)
+
+
+@pytest.mark.parametrize("single", [False, True])
+def test_one_local_epoch(single: bool) -> None:
+    obj = build_objective("arm", {})
+    torch.manual_seed(0)
+    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v")], 3, ModelConfig(embed_dim=8))
+    obj.extend_model(model)
+    held = ["a"] if single else ["a", "v"]
+    g = torch.Generator().manual_seed(3)
+    y = torch.randint(0, 3, (24,), generator=g)
+    data = {m: torch.randn(24, 5, generator=g) + y[:, None].float() for m in held}
+    data["y"] = y
+    result = train_local(model, data, obj, ctx(held), TrainConfig(epochs=1, batch_size=8, lr=0.05))
+    assert math.isfinite(result.loss)
+
+
+def test_three_modality_local_training_is_refused() -> None:
+    obj = build_objective("arm", {})
+    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v", "t")], 3, ModelConfig(embed_dim=8))
+    with pytest.raises(ValueError, match="3 modalities"):
+        obj.extend_model(model)

@@ -1,0 +1,306 @@
+"""Selection policies: registry and params, all/random/powd basics, DivFL, the CMSFed delta rule,
+determinism by seed, and state_dict round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedmm.strategies.selection import (
+    Assignment,
+    ClientState,
+    ClientUpdate,
+    SelectionPolicy,
+    build_policy,
+    policy_names,
+    register_policy,
+)
+from fedmm.strategies.selection.cmsfed import global_imbalance_ratio
+
+AV = ("a", "v")
+
+
+def states(n: int, mods: tuple[str, ...] = AV, **kw) -> list[ClientState]:
+    return [ClientState(node_id=100 + i, modalities=mods, num_examples=10 + i, **kw) for i in range(n)]
+
+
+# -- registry and parameters ---------------------------------------------------------------------------
+def test_registry_names_and_errors() -> None:
+    assert policy_names() == ["all", "cmsfed", "divfl", "powd", "random"]
+    with pytest.raises(ValueError, match=r"unknown selection policy 'divf'; did you mean 'divfl'\?"):
+        build_policy("divf", None, seed=0)
+    with pytest.raises(ValueError, match=r"unknown parameter 'sketch-dm' .*did you mean 'sketch-dim'\?"):
+        build_policy("cmsfed", {"sketch-dm": 8}, seed=0)
+    with pytest.raises(ValueError, match="'d' of selection 'powd' must be an int"):
+        build_policy("powd", {"d": 2.5}, seed=0)
+    with pytest.raises(ValueError, match="'delta' of selection 'cmsfed' must be >= 1.0"):
+        build_policy("cmsfed", {"delta": 0.5}, seed=0)
+    with pytest.raises(ValueError, match="'subsample' .* must be > 0.0"):
+        build_policy("divfl", {"subsample": 0}, seed=0)
+    with pytest.raises(ValueError, match="'stochastic' .* must be a bool"):
+        build_policy("divfl", {"stochastic": 1}, seed=0)
+    with pytest.raises(ValueError, match="takes no parameters"):
+        build_policy("random", {"d": 3}, seed=0)
+    with pytest.raises(ValueError, match="seed"):
+        build_policy("random", None, seed=-1)
+    with pytest.raises(ValueError, match="2 distinct modalities"):
+        build_policy("cmsfed", {"modalities": "a,b,c"}, seed=0)
+
+
+def test_params_accept_kebab_and_snake_case() -> None:
+    p = build_policy("cmsfed", {"sketch-dim": 16, "delta": 2, "subsample": 0.5, "stochastic": False}, seed=1)
+    assert (p.params.sketch_dim, p.params.delta, p.params.subsample, p.params.stochastic) == (16, 2.0, 0.5, False)
+    assert build_policy("divfl", {"sketch_dim": 0}, seed=1).params.sketch_dim == 0
+    assert build_policy("powd", {"d": 3.0}, seed=1).params.d == 3
+    assert [build_policy(n, None, seed=0).uses_updates for n in policy_names()] == [False, True, True, False, False]
+
+
+def test_register_policy_rejects_duplicates() -> None:
+    class Other(SelectionPolicy):
+        name = "random"
+
+        def select(self, server_round, clients, budget):  # pragma: no cover - never called
+            return []
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_policy(Other)
+
+
+# -- all / random --------------------------------------------------------------------------------------
+def test_all_selects_everybody_with_their_modalities() -> None:
+    clients = states(3) + [ClientState(7, ("v",), 5)]
+    out = build_policy("all", None, seed=0).select(1, clients, budget=2)
+    assert out == [Assignment(100, AV), Assignment(101, AV), Assignment(102, AV), Assignment(7, ("v",))]
+
+
+def test_random_samples_distinct_clients_capped_at_n() -> None:
+    pol = build_policy("random", None, seed=0)
+    clients = states(10)
+    out = pol.select(1, clients, budget=4)
+    ids = [a.node_id for a in out]
+    assert len(set(ids)) == 4 and set(ids) <= {c.node_id for c in clients}
+    assert all(a.modalities == AV for a in out)
+    assert sorted(a.node_id for a in pol.select(2, clients, budget=50)) == [c.node_id for c in clients]
+    assert pol.history[0]["node_ids"] == ids and pol.history[0]["modes"] == ["all"] * 4
+    with pytest.raises(ValueError, match="budget must be a positive integer"):
+        pol.select(3, clients, budget=0)
+    with pytest.raises(ValueError, match="duplicate node ids"):
+        pol.select(3, clients + clients[:1], budget=1)
+
+
+def test_random_is_roughly_uniform() -> None:
+    pol = build_policy("random", None, seed=3)
+    counts = np.zeros(10)
+    for r in range(2000):
+        for a in pol.select(r, states(10), budget=2):
+            counts[a.node_id - 100] += 1
+    assert np.all(np.abs(counts / 4000 - 0.1) < 0.02)
+
+
+# -- powd ----------------------------------------------------------------------------------------------
+def test_powd_selects_highest_losses_among_probed() -> None:
+    pol = build_policy("powd", {"d": 5}, seed=0)
+    clients = states(20)
+    probed = pol.probe(1, clients, budget=3)
+    assert len(probed) == 5 and len(set(probed)) == 5
+    by_id = {c.node_id: c for c in clients}
+    for c in clients:  # the highest losses overall belong to clients that were NOT probed
+        c.loss = 1000.0 if c.node_id not in probed else float(c.node_id)
+    by_id[probed[2]].loss = None  # never measured: explored first
+    out = [a.node_id for a in pol.select(1, clients, budget=3)]
+    rest = sorted((p for p in probed if p != probed[2]), reverse=True)
+    assert out == [probed[2], *rest[:2]]
+    assert pol.history[-1]["candidates"] == probed
+
+
+def test_powd_probes_at_least_budget_and_weights_by_examples() -> None:
+    pol = build_policy("powd", {"d": 2}, seed=0)
+    assert len(pol.probe(1, states(10), budget=4)) == 4
+    clients = [ClientState(i, AV, num_examples=0 if i % 2 else 100) for i in range(10)]
+    for r in range(20):  # proportional to examples: clients without examples are never drawn
+        assert all(n % 2 == 0 for n in pol.probe(r, clients, budget=5))
+    # without a probe for the round, select draws the candidates itself
+    assert len(pol.select(99, clients, budget=2)) == 2
+
+
+# -- update vectors --------------------------------------------------------------------------------------
+def updates_for(assignments: list[Assignment], vectors: dict[int, dict[str, np.ndarray]]) -> list[ClientUpdate]:
+    return [ClientUpdate(a.node_id, a.modalities, 10, {m: vectors[a.node_id][m] for m in a.modalities})
+            for a in assignments]
+
+
+def test_divfl_picks_unseen_first_then_one_per_cluster() -> None:
+    rng = np.random.default_rng(0)
+    clients = states(12)
+    centers = {0: 0.0, 1: 10.0, 2: 25.0}
+    vectors = {c.node_id: {m: rng.normal(centers[i % 3], 0.1, size=50) for m in AV} for i, c in enumerate(clients)}
+    pol = build_policy("divfl", {"sketch-dim": 64, "stochastic": False}, seed=0)
+    first = pol.select(1, clients, budget=3)
+    assert pol.history[-1]["modes"] == ["unseen"] * 3
+    pol.observe(1, updates_for([Assignment(c.node_id, AV) for c in clients], vectors))
+    out = pol.select(2, clients, budget=3)
+    assert pol.history[-1]["modes"] == ["multimodal"] * 3
+    assert sorted((a.node_id - 100) % 3 for a in out) == [0, 1, 2]
+    assert all(a.modalities == AV for a in out + first)
+    # a new client without a vector jumps the queue
+    newcomer = ClientState(5, AV, 10)
+    assert pol.select(3, clients + [newcomer], budget=2)[0].node_id == 5
+
+
+def cms_policy(**params) -> SelectionPolicy:
+    return build_policy("cmsfed", {"sketch-dim": 0, "stochastic": False, **params}, seed=0)
+
+
+def feed(pol: SelectionPolicy, clients: list[ClientState], vectors: dict[int, dict[str, np.ndarray]]) -> None:
+    pol.select(0, clients, budget=len(clients))  # round 0: everybody is unseen
+    pol.observe(0, updates_for([Assignment(c.node_id, c.modalities) for c in clients], vectors))
+
+
+# Four multimodal clients. In each modality's space client 100 is the centre of the other three
+# (the best weak-function facility); in the full space [a; v] client 103 is the most central.
+CROSS = [np.array([0.0, 0.0]), np.array([1.0, 0.0]), np.array([-1.0, 0.0]), np.array([0.0, 1.0])]
+FAR = [np.array([5.0, 5.0]), np.zeros(2), np.zeros(2), np.zeros(2)]
+
+
+@pytest.mark.parametrize(
+    ("rhos", "vectors", "expected", "mode", "weak"),
+    [
+        # audio dominates (rho_bar > 1): weak = v; client 100 is biased toward audio (3.0 > 1.5)
+        ((3.0, 1.2, 1.2, 1.2), {"a": FAR, "v": CROSS}, Assignment(100, ("v",)), "weak", "v"),
+        # same, but client 100 is balanced: the multimodal function's pick, with both modalities
+        ((1.0, 1.2, 1.2, 1.2), {"a": FAR, "v": CROSS}, Assignment(103, AV), "multimodal", "v"),
+        # just below the threshold still counts as balanced
+        ((1.5, 1.2, 1.2, 1.2), {"a": FAR, "v": CROSS}, Assignment(103, AV), "multimodal", "v"),
+        # video dominates (rho_bar < 1): weak = a; client 100 is biased toward video (0.3 < 1/1.5)
+        ((0.3, 0.9, 0.9, 0.9), {"a": CROSS, "v": FAR}, Assignment(100, ("a",)), "weak", "a"),
+        ((0.8, 0.9, 0.9, 0.9), {"a": CROSS, "v": FAR}, Assignment(103, AV), "multimodal", "a"),
+    ],
+)
+def test_cmsfed_delta_rule(rhos, vectors, expected, mode, weak) -> None:
+    clients = states(4)
+    for c, rho in zip(clients, rhos):
+        c.imbalance_ratio = rho
+    vecs = {c.node_id: {m: vectors[m][i] for m in AV} for i, c in enumerate(clients)}
+    pol = cms_policy()
+    feed(pol, clients, vecs)
+    assert pol.select(1, clients, budget=1) == [expected]
+    record = pol.history[-1]
+    assert record["modes"] == [mode] and record["weak"] == weak
+    assert record["rho_bar"] == pytest.approx(global_imbalance_ratio(clients))
+
+
+def test_cmsfed_weak_pick_updates_only_the_weak_coverage() -> None:
+    clients = states(4)
+    for c, rho in zip(clients, (3.0, 3.0, 3.0, 3.0)):  # everybody biased: every pick is weak-only
+        c.imbalance_ratio = rho
+    vecs = {c.node_id: {"a": FAR[i], "v": CROSS[i]} for i, c in enumerate(clients)}
+    pol = cms_policy()
+    feed(pol, clients, vecs)
+    out = pol.select(1, clients, budget=4)
+    assert [a.modalities for a in out] == [("v",)] * 4 and out[0].node_id == 100
+    # the weak-only update refreshes the v slice, not the full vector
+    pol.observe(1, updates_for(out[:1], {100: {"v": np.array([9.0, 9.0])}}))
+    np.testing.assert_array_equal(pol.store.slice_features([100], "v"), [[9, 9]])
+    np.testing.assert_array_equal(pol.store.full_features([100]), [[5, 5, 0, 0]])
+
+
+def test_cmsfed_unimodal_clients() -> None:
+    # 100..102 multimodal and balanced (rho 1.2, so weak = v); 103 holds only v, 104 only a.
+    clients = states(3, imbalance_ratio=1.2) + [ClientState(103, ("v",), 10), ClientState(104, ("a",), 10)]
+    vecs = {100: {"a": np.array([1.0, 0.0]), "v": np.array([1.0, 0.0])},
+            101: {"a": np.array([-1.0, 0.0]), "v": np.array([-1.0, 0.0])},
+            102: {"a": np.array([0.0, 1.0]), "v": np.array([0.0, 1.0])},
+            103: {"v": np.array([0.0, 0.0])},  # the centre of the v space
+            104: {"a": np.array([0.0, 0.0])}}
+    pol = cms_policy()
+    feed(pol, clients, vecs)
+    np.testing.assert_array_equal(pol.store.full_features([103, 104]), [[0, 0, 0, 0], [0, 0, 0, 0]])
+    out = pol.select(1, clients, budget=5)
+    modes = dict(zip([a.node_id for a in out], pol.history[-1]["modes"]))
+    # the v-only client is the weak function's best and trains its (weak) modality in weak mode;
+    # the a-only client has no weak slice: it comes in through the multimodal function only
+    assert out[0] == Assignment(103, ("v",)) and modes[103] == "weak"
+    assert modes[104] == "multimodal" and Assignment(104, ("a",)) in out
+    assert sorted(a.node_id for a in out) == [100, 101, 102, 103, 104]
+
+
+def test_global_imbalance_ratio_by_hand() -> None:
+    clients = [ClientState(1, AV, 10, imbalance_ratio=2.0), ClientState(2, AV, 30, imbalance_ratio=1.0),
+               ClientState(3, ("a",), 20), ClientState(4, AV, 50)]  # unimodal: 1.0; unreported: left out
+    assert global_imbalance_ratio(clients) == pytest.approx((10 * 2.0 + 30 * 1.0 + 20 * 1.0) / 60)
+    assert global_imbalance_ratio([ClientState(4, AV, 50)]) == 1.0
+
+
+def test_cmsfed_needs_two_modalities() -> None:
+    clients = [ClientState(i, ("a", "v", "t"), 10) for i in range(3)]
+    with pytest.raises(ValueError, match=r"'cmsfed' needs exactly 2 modalities .* hold 3"):
+        cms_policy().select(1, clients, budget=1)
+    with pytest.raises(ValueError, match=r"clients hold \['t'\] too"):
+        cms_policy(modalities="a,v").select(1, clients, budget=1)
+    # an explicit order decides which modality is 'first' (rho = Acc_first / Acc_second)
+    pol = cms_policy(modalities="v,a")
+    assert pol.modality_order(states(2)) == ("v", "a")
+
+
+# -- determinism and checkpoints ---------------------------------------------------------------------------
+def run_rounds(pol: SelectionPolicy, rounds: range, clients: list[ClientState]) -> list[list[Assignment]]:
+    """Probe, select, observe (updates from a fixed generator keyed by round and node)."""
+    out = []
+    for r in rounds:
+        if pol.probe(r, clients, 5):
+            for c in clients:
+                c.loss = float(np.random.default_rng([r, c.node_id]).random())
+        picks = pol.select(r, clients, 5)
+        ups = []
+        for a in picks:
+            g = np.random.default_rng([r, a.node_id])
+            ups.append(ClientUpdate(a.node_id, a.modalities, 10, {m: g.normal(size=300) for m in a.modalities}))
+        pol.observe(r, ups)
+        out.append(picks)
+    return out
+
+
+def make_clients() -> list[ClientState]:
+    rng = np.random.default_rng(0)
+    mods = [AV, AV, ("a",), ("v",)]
+    return [ClientState(i, mods[i % 4], 10 + i, imbalance_ratio=float(rng.lognormal(0.3, 0.5)) if i % 4 < 2 else 1.0)
+            for i in range(40)]
+
+
+PARAMS = {"all": {}, "random": {}, "powd": {"d": 8}, "divfl": {"sketch-dim": 32},
+          "cmsfed": {"sketch-dim": 32, "subsample": 0.2}}
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_same_seed_same_sequence(name: str) -> None:
+    a = run_rounds(build_policy(name, PARAMS[name], seed=4), range(4), make_clients())
+    b = run_rounds(build_policy(name, PARAMS[name], seed=4), range(4), make_clients())
+    assert a == b
+    if name != "all":
+        c = run_rounds(build_policy(name, PARAMS[name], seed=5), range(4), make_clients())
+        assert a != c
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_state_dict_round_trip_reproduces_next_selection(name: str) -> None:
+    clients = make_clients()
+    original = build_policy(name, PARAMS[name], seed=1)
+    run_rounds(original, range(3), clients)
+    state = original.state_dict()
+    assert all(isinstance(v, (np.ndarray, float, int, str)) for v in state.values())
+    restored = build_policy(name, PARAMS[name], seed=99)  # the seed comes from the state
+    restored.load_state_dict(state)
+    assert restored.history == original.history
+    assert run_rounds(restored, range(3, 6), clients) == run_rounds(original, range(3, 6), clients)
+    after, expected = restored.state_dict(), original.state_dict()  # incl. sketches of new updates
+    assert sorted(after) == sorted(expected)
+    for key, value in expected.items():
+        if key == "history":  # selection timings differ
+            continue
+        np.testing.assert_array_equal(after[key], value, err_msg=key)
+
+
+def test_load_state_dict_of_another_policy_fails() -> None:
+    state = build_policy("random", None, seed=0).state_dict()
+    with pytest.raises(ValueError, match="written by selection 'random', not 'divfl'"):
+        build_policy("divfl", None, seed=0).load_state_dict(state)

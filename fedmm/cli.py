@@ -140,7 +140,11 @@ class _progress:
 def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+        # run_simulation warns that it is deprecated in favour of `flwr run`; fedmm simulate uses it
+        # on purpose (in-process, explicit resources), so only Flower's errors are shown.
+        flwr_log = logging.getLogger("flwr")
+        flwr_log.setLevel(logging.ERROR)
+        flwr_log.propagate = False
 
 
 if __name__ == "__main__":

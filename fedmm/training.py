@@ -229,6 +229,9 @@ def add_proximal_hook(optimizer: torch.optim.Optimizer, params: list[nn.Paramete
     return optimizer.register_step_pre_hook(hook)
 
 
+_add_proximal_hook = add_proximal_hook  # the name an earlier draft of this module used
+
+
 def _set_modes(model: nn.Module, trained: list[str]) -> None:
     """Train mode for the model, eval mode for the modules of modalities that are not trained, so
     that nothing of theirs, batch-norm statistics included, can change."""
@@ -272,10 +275,10 @@ def train_local(
     trained = [m for m in model.modalities if m in ctx.modalities]
     unknown = [m for m in ctx.modalities if m not in model.modalities]
     if unknown:
-        raise ValueError(f"asked to train modalities {unknown} that the model lacks; it has {model.modalities}")
+        raise ValueError(f"asked to train modalities {unknown} that the model does not have; it has {model.modalities}")
     missing = [m for m in trained if m not in data]
     if missing:
-        raise ValueError(f"asked to train modalities {missing} that the local data lacks; it has {sorted(data)}")
+        raise ValueError(f"asked to train modalities {missing} that the local data does not have; it has {sorted(data)}")
     if not trained:
         raise ValueError("ctx.modalities is empty: a client must train at least one modality")
     device = ctx.device

@@ -68,6 +68,18 @@ def _set_threads(run: RunConfig) -> None:
     torch.set_num_threads(max(1, int(run.client_num_cpus)))
 
 
+def _round_context(msg: Message, run: RunConfig, modalities: list[str], device: torch.device,
+                   global_model: torch.nn.Module | None) -> RoundContext:
+    return RoundContext(
+        server_round=int(msg.content["config"]["server-round"]),
+        num_rounds=run.num_server_rounds,
+        modalities=modalities,
+        global_model=global_model,
+        extras=decode_extras(msg.content.get("extras"), msg.content.get("extra-arrays")),
+        device=device,
+    )
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Discovery: partition id, held modalities and number of examples."""
@@ -100,16 +112,7 @@ def train(msg: Message, context: Context) -> Message:
     model = model_of(run, objective)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict(), strict=False)
     model.to(device)
-    global_model = copy.deepcopy(model).eval().requires_grad_(False)
-    extras = decode_extras(msg.content.get("extras"), msg.content.get("extra-arrays"))
-    ctx = RoundContext(
-        server_round=server_round,
-        num_rounds=run.num_server_rounds,
-        modalities=modalities,
-        global_model=global_model,
-        extras=extras,
-        device=device,
-    )
+    ctx = _round_context(msg, run, modalities, device, copy.deepcopy(model).eval().requires_grad_(False))
     data = _local_data(run, node.partition_id)
     train_config = train_config_of(
         run, proximal_mu=float(config["proximal-mu"]), seed=run.seed * 100_003 + server_round * 1_009 + node.partition_id
@@ -141,6 +144,8 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict(), strict=False)
     model.to(device)
     data = _local_data(node.run, node.partition_id)
+    # The objective's round state (e.g. active boosting classifiers) shapes its predictions.
+    objective.begin_round(model, data, _round_context(msg, node.run, list(node.modalities), device, None))
     metrics = evaluate(model, data, objective, device=device)
     reply = MetricRecord(
         {"num-examples": int(data["y"].shape[0]), "loss": float(metrics["loss"]), "acc": float(metrics["acc"])}

@@ -16,7 +16,7 @@ One module, one ``@register_objective`` class, one import line here:
 
 :func:`build_objective` then builds it from a mapping of config values, converting strings from
 the command line and naming the nearest valid key on a typo; :func:`describe_objective` lists its
-parameters with types and defaults.
+parameters with types and defaults. docs/objectives.md says what each objective does.
 """
 
 from fedmm.objectives.base import Objective, RoundContext

@@ -29,13 +29,13 @@ from fedmm.objectives.base import Objective
 
 _OBJECTIVES: dict[str, type[Objective]] = {}
 
-O = TypeVar("O", bound=type[Objective])
+ObjectiveType = TypeVar("ObjectiveType", bound=type[Objective])
 
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
 
 
-def register_objective(cls: O) -> O:
+def register_objective(cls: ObjectiveType) -> ObjectiveType:
     """Class decorator: register objective ``cls`` under ``cls.name``.
 
     Parameters
@@ -56,6 +56,13 @@ def register_objective(cls: O) -> O:
     if not dataclasses.is_dataclass(cls.Params):
         raise TypeError(f"objective {name!r}: `Params` must be a dataclass")
     fields = {f.name for f in dataclasses.fields(cls.Params)}
+    required = [
+        f.name
+        for f in dataclasses.fields(cls.Params)
+        if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if required:
+        raise ValueError(f"objective {name!r}: Params fields {required} need defaults")
     bad_aliases = {a: f for a, f in _aliases(cls).items() if f not in fields}
     if bad_aliases:
         raise ValueError(f"objective {name!r}: param_aliases {bad_aliases} point at no Params field; fields are {sorted(fields)}")
@@ -78,8 +85,8 @@ def objective_class(name: str) -> type[Objective]:
         return _OBJECTIVES[name]
     except KeyError:
         raise ValueError(
-            f"unknown objective {name!r}{_did_you_mean(name, objective_names())}; "
-            f"valid objectives: {', '.join(objective_names())}"
+            f"unknown objective {name!r}{_did_you_mean(name, objective_names())} "
+            f"Valid objectives: {', '.join(objective_names())}"
         ) from None
 
 
@@ -119,8 +126,8 @@ def parse_params(cls: type[Objective], params: Mapping[str, Any]) -> Any:
             if not valid:
                 raise ValueError(f"objective {name!r} takes no parameters, got {key!r}")
             raise ValueError(
-                f"objective {name!r} has no parameter {key!r}{_did_you_mean(key, valid)}; "
-                f"valid parameters: {', '.join(valid)}"
+                f"objective {name!r} has no parameter {key!r}{_did_you_mean(key, valid)} "
+                f"Valid parameters: {', '.join(valid)}"
             )
         if field in kwargs:
             raise ValueError(f"objective {name!r}: parameter {to_config.get(field, field)!r} given twice (as {key!r})")
@@ -297,7 +304,7 @@ def _qualified(cls: type) -> str:
 
 def _did_you_mean(word: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return f"; did you mean {close[0]!r}?" if close else "."
 
 
 def _docstring_params(doc: str) -> dict[str, str]:

@@ -125,8 +125,7 @@ class ModalityAwareFedAvg(Strategy):
         started = time.perf_counter()
         assignments = self.policy.select(server_round, states, self.clients_per_round)
         self.round_stats["selection-seconds"] = time.perf_counter() - started
-        extras = dict(self.extras_fn(server_round)) if self.extras_fn else {}
-        extra_config, extra_arrays = encode_extras(extras)
+        extra_config, extra_arrays = self._extras(server_round)
         self._sent = {}
         messages = []
         for a in assignments:
@@ -240,7 +239,13 @@ class ModalityAwareFedAvg(Strategy):
         mods = self.clients[node].modalities
         payload = subset_record(arrays, keys_for_modalities(arrays.keys(), mods))
         config = self._config({"server-round": server_round, "modalities": ",".join(mods)})
-        return self._message(node, MessageType.EVALUATE, RecordDict({"arrays": payload, "config": config}))
+        extra_config, extra_arrays = self._extras(server_round)
+        content = RecordDict({"arrays": payload, "config": config, "extras": extra_config, "extra-arrays": extra_arrays})
+        return self._message(node, MessageType.EVALUATE, content)
+
+    def _extras(self, server_round: int) -> tuple[ConfigRecord, ArrayRecord]:
+        """The round's extras (objective state such as active classifier slots), encoded."""
+        return encode_extras(dict(self.extras_fn(server_round)) if self.extras_fn else {})
 
     def _update(self, node: int, modalities: tuple[str, ...], n: int, local: dict[str, np.ndarray],
                 loss: float, ratio: float | None) -> ClientUpdate:

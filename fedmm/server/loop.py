@@ -52,6 +52,8 @@ def prepare(run: RunConfig, out_dir: str | Path | None = None, *, overwrite: boo
     Every config error (unknown dataset, modality names, objective parameters, policy parameters,
     a non-empty output directory) surfaces here, before anything is written.
     """
+    if run.strategy not in STRATEGIES:
+        raise ValueError(f"strategy {run.strategy!r} is not available in this build; use one of {sorted(STRATEGIES)}")
     dataset = dataset_of(run)
     unknown = set(run.encoders) - set(dataset.modality_names)
     if unknown:

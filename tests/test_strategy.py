@@ -1,0 +1,92 @@
+"""ModalityAwareFedAvg on hand-made Flower messages: per-node configs, partial uploads, failures."""
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedmm.records import from_record, to_record
+from fedmm.strategies import ModalityAwareFedAvg
+from fedmm.strategies.selection import build_policy
+from fedmm.strategies.selection.base import ClientState
+
+GLOBAL = {
+    "encoders.a.w": np.zeros(2, np.float32),
+    "encoders.b.w": np.ones(2, np.float32),
+    "fusion.linear.weight": np.zeros(2, np.float32),
+}
+HELD = {1: ("a", "b"), 2: ("a",), 3: ("b",), 4: ("a", "b")}
+
+
+class FakeGrid:
+    """Answers nothing by itself: the test writes the replies."""
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+
+@pytest.fixture(autouse=True)
+def _identity():
+    # Messages need a run id; the real Grid sets it inside a ServerApp.
+    before = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = before
+
+
+def make_strategy():
+    s = ModalityAwareFedAvg(policy=build_policy("all", seed=0), clients_per_round=4, min_available_nodes=4,
+                            run_config=ConfigRecord({"run-config": "x"}), extras_fn=lambda r: {"active": [1, 2]})
+    for node, mods in HELD.items():  # as discovery would have filled it
+        s.clients[node] = ClientState(node_id=node, modalities=mods, num_examples=10)
+        s.partition_of[node] = node - 1
+    return s
+
+
+def reply(msg, arrays, n=10, loss=0.5):
+    content = RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord({"num-examples": n, "train-loss": loss})})
+    return Message(content, reply_to=msg)
+
+
+def test_each_node_gets_its_own_config_and_only_its_groups():
+    s = make_strategy()
+    msgs = {m.metadata.dst_node_id: m for m in s.configure_train(1, to_record(GLOBAL), ConfigRecord(), FakeGrid(HELD))}
+    assert set(msgs) == {1, 2, 3, 4}
+    assert set(msgs[2].content["arrays"].keys()) == {"encoders.a.w", "fusion.linear.weight"}
+    assert set(msgs[3].content["arrays"].keys()) == {"encoders.b.w", "fusion.linear.weight"}
+    assert msgs[2].content["config"]["modalities"] == "a" and msgs[1].content["config"]["modalities"] == "a,b"
+    assert msgs[2].content["config"] is not msgs[3].content["config"]  # never one shared record
+    assert list(msgs[1].content["extras"]["active"]) == [1, 2]
+    assert s.round_stats["bytes-down"] == sum(m.content["arrays"].count_bytes() for m in msgs.values())
+
+
+def test_failures_are_recorded_and_left_out_of_the_average():
+    s = make_strategy()
+    msgs = {m.metadata.dst_node_id: m for m in s.configure_train(1, to_record(GLOBAL), ConfigRecord(), FakeGrid(HELD))}
+    good = reply(msgs[2], {"encoders.a.w": np.full(2, 4.0, np.float32), "fusion.linear.weight": np.full(2, 2.0, np.float32)})
+    nan = reply(msgs[1], {"encoders.a.w": np.array([np.nan, 0], np.float32), "encoders.b.w": np.zeros(2, np.float32),
+                          "fusion.linear.weight": np.zeros(2, np.float32)})
+    sneaky = reply(msgs[3], {"encoders.a.w": np.full(2, 9.0, np.float32), "fusion.linear.weight": np.zeros(2, np.float32)})
+    # node 4 never answers; node 3 sends a parameter of a modality it was not asked to train
+    error = Message(Error(code=0, reason="crashed"), reply_to=msgs[4])
+    arrays, metrics = s.aggregate_train(1, [good, nan, sneaky, error])
+    out = from_record(arrays)
+    np.testing.assert_allclose(out["encoders.a.w"], [4.0, 4.0])  # only the good reply counts
+    np.testing.assert_allclose(out["fusion.linear.weight"], [2.0, 2.0])
+    np.testing.assert_array_equal(out["encoders.b.w"], GLOBAL["encoders.b.w"])  # nobody trained it
+    status = {r["node-id"]: r["status"] for r in s.client_rows}
+    assert status[2] == "ok"
+    assert status[1].startswith("rejected: non-finite")
+    assert status[3].startswith("rejected: unexpected parameters")
+    assert status[4] == "error: crashed"
+
+
+def test_missing_reply_is_recorded_and_an_empty_round_keeps_the_model():
+    s = make_strategy()
+    list(s.configure_train(1, to_record(GLOBAL), ConfigRecord(), FakeGrid(HELD)))
+    arrays, metrics = s.aggregate_train(1, [])
+    assert arrays is None and metrics is None
+    assert sorted(r["status"] for r in s.client_rows) == ["no-reply"] * 4

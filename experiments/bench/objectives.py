@@ -25,7 +25,7 @@ from fedmm.objectives import objective_names
 from fedmm.server.simulate import simulate
 
 SETTINGS = {
-    "centralized": ["partition=iid", "num-clients=1", "allocation=all"],
+    "centralized": ["partition=iid", "num-clients=1", "allocation=all", "client-num-cpus=2"],
     "federated": ["partition=natural", "allocation=multi-ratio", "multi-ratio=0.5"],
 }
 #: Epoch-based schedules of the specs mapped to rounds for a 15-round run (fraction of training kept).
@@ -68,7 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--objectives", default=",".join(objective_names()))
-    parser.add_argument("--settings", default="centralized,federated")
+    parser.add_argument("--settings", default="federated,centralized")
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)

@@ -90,3 +90,9 @@ def test_missing_reply_is_recorded_and_an_empty_round_keeps_the_model():
     arrays, metrics = s.aggregate_train(1, [])
     assert arrays is None and metrics is None
     assert sorted(r["status"] for r in s.client_rows) == ["no-reply"] * 4
+
+
+def test_only_connected_nodes_are_selected():
+    s = make_strategy()
+    msgs = list(s.configure_train(1, to_record(GLOBAL), ConfigRecord(), FakeGrid({1: 0, 2: 0, 4: 0})))
+    assert sorted(m.metadata.dst_node_id for m in msgs) == [1, 2, 4]  # node 3 dropped out

@@ -79,6 +79,7 @@ class ModalityAwareFedAvg(Strategy):
         self.fraction_evaluate = fraction_evaluate
         self.round_timeout = round_timeout
         self.clients: dict[int, ClientState] = {}
+        self.connected: set[int] = set()
         self.partition_of: dict[int, int] = {}
         self.client_rows: list[dict[str, Any]] = []
         self.round_stats: dict[str, float] = {}
@@ -89,10 +90,16 @@ class ModalityAwareFedAvg(Strategy):
 
     # -- discovery ---------------------------------------------------------------------------------
     def discover(self, grid: Grid) -> None:
-        """Wait for ``min_available_nodes`` and ask every new node for its partition and modalities."""
-        while len(node_ids := list(grid.get_node_ids())) < self.min_available_nodes:
-            log.info("waiting for nodes: %d of %d connected", len(node_ids), self.min_available_nodes)
+        """Ask every node not seen before for its partition and modalities.
+
+        The first call waits for ``min_available_nodes``; later rounds go on with whoever is
+        connected, so a node that drops out is skipped and one that (re)joins is discovered.
+        """
+        while not self.clients and len(list(grid.get_node_ids())) < self.min_available_nodes:
+            log.info("waiting for nodes: %d of %d connected", len(list(grid.get_node_ids())), self.min_available_nodes)
             time.sleep(1.0)
+        node_ids = list(grid.get_node_ids())
+        self.connected = set(node_ids)
         new = [n for n in node_ids if n not in self.clients]
         if not new:
             return
@@ -118,7 +125,8 @@ class ModalityAwareFedAvg(Strategy):
         self.discover(grid)
         self._global = from_record(arrays)
         self.round_stats = {"bytes-down": 0.0, "bytes-up": 0.0}
-        states = sorted(self.clients.values(), key=lambda c: self.partition_of[c.node_id])
+        states = sorted((c for c in self.clients.values() if c.node_id in self.connected),
+                        key=lambda c: self.partition_of[c.node_id])
         probe = self.policy.probe(server_round, states, self.clients_per_round)
         if probe:
             self._measure_losses(server_round, arrays, probe, grid)

@@ -95,4 +95,8 @@ def test_missing_reply_is_recorded_and_an_empty_round_keeps_the_model():
 def test_only_connected_nodes_are_selected():
     s = make_strategy()
     msgs = list(s.configure_train(1, to_record(GLOBAL), ConfigRecord(), FakeGrid({1: 0, 2: 0, 4: 0})))
-    assert sorted(m.metadata.dst_node_id for m in msgs) == [1, 2, 4]  # node 3 dropped out
+    assert sorted(m.metadata.dst_node_id for m in msgs) == [1, 2, 4]  # node 3 is not connected
+    s.connected = {1, 2, 3, 4}
+    list(s.configure_train(2, to_record(GLOBAL), ConfigRecord(), FakeGrid({1: 0, 2: 0})))
+    lost = [(r["round"], r["node-id"], r["status"]) for r in s.client_rows]
+    assert lost == [(2, 3, "disconnected"), (2, 4, "disconnected")]

@@ -89,7 +89,7 @@ class ModalityAwareFedAvg(Strategy):
         self._rng = np.random.default_rng(0)
 
     # -- discovery ---------------------------------------------------------------------------------
-    def discover(self, grid: Grid) -> None:
+    def discover(self, grid: Grid, server_round: int = 0) -> None:
         """Ask every node not seen before for its partition and modalities.
 
         The first call waits for ``min_available_nodes``; later rounds go on with whoever is
@@ -99,6 +99,11 @@ class ModalityAwareFedAvg(Strategy):
             log.info("waiting for nodes: %d of %d connected", len(list(grid.get_node_ids())), self.min_available_nodes)
             time.sleep(1.0)
         node_ids = list(grid.get_node_ids())
+        for node in sorted(self.connected - set(node_ids)):
+            row = self._row(server_round, node, None)
+            row["status"] = "disconnected"
+            log.warning("round %d: node %d (partition %d) is gone", server_round, node, self.partition_of.get(node, -1))
+            self.client_rows.append(row)
         self.connected = set(node_ids)
         new = [n for n in node_ids if n not in self.clients]
         if not new:
@@ -122,7 +127,7 @@ class ModalityAwareFedAvg(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self.discover(grid)
+        self.discover(grid, server_round)
         self._global = from_record(arrays)
         self.round_stats = {"bytes-down": 0.0, "bytes-up": 0.0}
         states = sorted((c for c in self.clients.values() if c.node_id in self.connected),

@@ -73,3 +73,63 @@ def mlp(input_shape: tuple[int, ...], embed_dim: int) -> nn.Module:
         nn.Linear(hidden, embed_dim),
         nn.ReLU(),
     )
+
+
+def _resnet18_trunk(in_channels: int) -> nn.Module:
+    """torchvision ResNet-18 without weights (trained from scratch), ``conv1`` taking
+    ``in_channels`` channels and the classifier removed: ``(N, C, H, W) -> (N, 512)`` after global
+    average pooling. ``MultimodalNet`` re-initialises it with :func:`fedmm.models.net.init_weights`."""
+    from torchvision.models import resnet18
+
+    net = resnet18(weights=None)
+    if in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    net.fc = nn.Identity()
+    return net
+
+
+class ResNet18Audio(nn.Module):
+    """ResNet-18 over a ``(C, F, T)`` spectrogram image; 512 features, or a Linear projection to
+    ``embed_dim`` when ``embed_dim != 512`` (CREMA-D configs use 512, so no projection)."""
+
+    def __init__(self, input_shape: tuple[int, ...], embed_dim: int) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(f"resnet18-audio expects (channels, freq, time) inputs such as (1, 257, 188), "
+                             f"got shape {input_shape}")
+        self.net = _resnet18_trunk(input_shape[0])
+        self.proj = nn.Identity() if embed_dim == 512 else nn.Linear(512, embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.net(x))
+
+
+class ResNet18Video(nn.Module):
+    """ResNet-18 over ``(T, 3, H, W)`` clips: the T frames are folded into the batch, the 512-d
+    pooled features are averaged over T (the same as OGM-GE's 3-D average pool over T, H, W), then
+    projected to ``embed_dim`` by a Linear layer when ``embed_dim != 512``."""
+
+    def __init__(self, input_shape: tuple[int, ...], embed_dim: int) -> None:
+        super().__init__()
+        if len(input_shape) != 4:
+            raise ValueError(f"resnet18-video expects (frames, channels, height, width) inputs such as "
+                             f"(1, 3, 224, 224), got shape {input_shape}")
+        self.net = _resnet18_trunk(input_shape[1])
+        self.proj = nn.Identity() if embed_dim == 512 else nn.Linear(512, embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t = x.shape[:2]
+        feats = self.net(x.reshape(b * t, *x.shape[2:])).reshape(b, t, -1).mean(dim=1)
+        return self.proj(feats)
+
+
+@register_encoder("resnet18-audio")
+def resnet18_audio(input_shape: tuple[int, ...], embed_dim: int) -> nn.Module:
+    """ResNet-18 from scratch for ``(1, F, T)`` log-spectrograms (1-channel ``conv1``)."""
+    return ResNet18Audio(input_shape, embed_dim)
+
+
+@register_encoder("resnet18-video")
+def resnet18_video(input_shape: tuple[int, ...], embed_dim: int) -> nn.Module:
+    """ResNet-18 from scratch for ``(T, 3, H, W)`` frame clips (frames folded into the batch)."""
+    return ResNet18Video(input_shape, embed_dim)

@@ -44,9 +44,42 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", type=Path)
     report.set_defaults(func=_report)
 
+    deploy = sub.add_parser("deploy", help="TLS certificates; a SuperLink and SuperNodes on this machine")
+    deploy_sub = deploy.add_subparsers(dest="deploy_command", required=True)
+    local = deploy_sub.add_parser("local", help="start a SuperLink and N SuperNodes on loopback until Ctrl-C")
+    local.add_argument("--nodes", type=int, default=3, help="number of SuperNodes (partition-id 0..N-1)")
+    local.add_argument("--tls", action="store_true", help="serve over TLS with generated certificates")
+    local.add_argument("--port", type=int, default=9092, help="SuperLink port")
+    local.add_argument("--workdir", type=Path, default=Path(".fedmm-deploy"), help="logs, state, certificates")
+    local.set_defaults(func=_deploy_local)
+    certs = deploy_sub.add_parser("certs", help="write a CA and a SuperLink certificate for the given hosts")
+    certs.add_argument("--host", action="append", required=True, help="name or IP the SuperNodes dial; repeatable")
+    certs.add_argument("--out", type=Path, default=Path("certificates"))
+    certs.set_defaults(func=_deploy_certs)
+
     keys = sub.add_parser("config", help="list every config key with its default and meaning")
     keys.set_defaults(func=_config_keys)
+
+    prep = sub.add_parser("prepare", help="build a user-owned dataset's directory (CREMA-D frames at 1 fps)")
+    prep.add_argument("dataset", choices=["cremad"], help="dataset to prepare")
+    prep.add_argument("--video-dir", type=Path, required=True, help="CREMA-D's VideoFlash folder (*.flv)")
+    prep.add_argument("--audio-dir", type=Path, help="CREMA-D's AudioWAV folder, copied to OUT/AudioWAV")
+    prep.add_argument("--out", type=Path, required=True, help="data directory to write (config key data-dir)")
+    prep.add_argument("--fps", type=float, default=1.0, help="frames per second to extract (default 1)")
+    prep.add_argument("--overwrite", action="store_true", help="re-extract clips that already have frames")
+    prep.set_defaults(func=_prepare)
     return parser
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from fedmm.data.prepare_cremad import prepare_cremad
+
+    rep = prepare_cremad(args.video_dir, args.out, audio_dir=args.audio_dir, fps=args.fps, overwrite=args.overwrite)
+    print(f"{args.out}: frames extracted for {rep.extracted} clips with {rep.decoder}, {rep.skipped} already "
+          f"present, {rep.audio_copied} WAV files copied, {len(rep.failed)} failed")
+    for clip, reason in rep.failed[:20]:
+        print(f"  failed {clip}: {reason}", file=sys.stderr)
+    return 1 if rep.failed else 0
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -97,6 +130,34 @@ def _report(args: argparse.Namespace) -> int:
     rounds = pd.read_csv(run_dir / "rounds.csv")
     cols = ["round", *[c for c in rounds.columns if c.startswith("test/acc")], "train/loss", "seconds"]
     print(rounds[cols].tail(10).to_string(index=False, float_format="%.4f"))
+    return 0
+
+
+def _deploy_local(args: argparse.Namespace) -> int:
+    import time
+
+    from fedmm.deploy import CONNECTION, LocalDeployment
+
+    with LocalDeployment(args.workdir, args.nodes, tls=args.tls, port=args.port) as deployment:
+        print(f"SuperLink on {deployment.address} ({'TLS' if args.tls else 'insecure'}), {args.nodes} SuperNodes; "
+              f"logs in {deployment.workdir}")
+        print("Submit the app from this directory with:\n"
+              f"  FLWR_HOME={deployment.flwr_home} flwr run . {CONNECTION} --stream "
+              f"--run-config \"num-clients={args.nodes} partition='iid' out-dir='{Path.cwd() / 'results' / 'deploy'}'\"")
+        print("Ctrl-C stops every process started here.")
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            print("stopping")
+    return 0
+
+
+def _deploy_certs(args: argparse.Namespace) -> int:
+    from fedmm.deploy import generate_certificates
+
+    paths = generate_certificates(args.out, args.host)
+    print(f"CA: {paths.ca}\nSuperLink certificate: {paths.server_cert}\nSuperLink key: {paths.server_key}")
     return 0
 
 

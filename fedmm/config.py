@@ -69,8 +69,15 @@ class RunConfig:
     local_epochs: int = _key("local-epochs", 2, "local epochs per round", low=1)
     batch_size: int = _key("batch-size", 32, "local mini-batch size", low=2)
     lr: float = _key("lr", 0.05, "local SGD learning rate", low=0.0, low_open=True)
+    lr_min: float = _key("lr-min", 0.0, "learning rate of the last round when lr-decay-start > 0 (must then be "
+                         "in (0, lr])", low=0.0)
+    lr_decay_start: int = _key("lr-decay-start", 0, "0 = constant lr; else lr until this round, then "
+                               "lr - (lr - lr-min) * round / num-server-rounds (FedCMI/CMSFed schedule)", low=0)
     momentum: float = _key("momentum", 0.9, "local SGD momentum", low=0.0, high=1.0)
     weight_decay: float = _key("weight-decay", 1e-4, "local SGD weight decay", low=0.0)
+    precision: str = _key("precision", "fp32", "precision of local training steps: fp32, or autocast bf16 "
+                          "(Ampere+ GPUs, CPU) or fp16 (with loss scaling); evaluation stays fp32",
+                          choices=("fp32", "bf16", "fp16"))
     # model
     embed_dim: int = _key("embed-dim", 64, "feature width of every encoder", low=1)
     # resources
@@ -138,6 +145,17 @@ class RunConfig:
             raise ValueError("allocation='fractions' needs 'modality-fractions', e.g. 'acc=0.3,gyro=0.3,acc+gyro=0.4'")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(_choice_message("device", self.device, ("auto", "cpu", "cuda", "cuda:N")))
+        if self.lr_decay_start > 0:
+            if self.lr_decay_start >= self.num_server_rounds:
+                raise ValueError(
+                    f"config key 'lr-decay-start' must be < num-server-rounds ({self.num_server_rounds}) or 0 "
+                    f"(constant lr), got {self.lr_decay_start}: the decay would never start"
+                )
+            if not 0.0 < self.lr_min <= self.lr:
+                raise ValueError(
+                    f"config key 'lr-min' must be in (0, lr] = (0, {self.lr}] when lr-decay-start > 0 (the learning "
+                    f"rate decays from lr to lr-min in the last round), got {self.lr_min}"
+                )
 
     def __hash__(self) -> int:  # the dict fields make the generated hash fail; the TOML text is canonical
         return hash(self.to_toml())

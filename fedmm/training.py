@@ -24,7 +24,7 @@ from torch.utils.hooks import RemovableHandle
 from fedmm.data.base import LABEL_KEY, ModalitySpec, TensorDict, num_examples
 from fedmm.metrics import accuracy, imbalance_ratio, macro_f1
 from fedmm.models.net import MODALITY_GROUP_PREFIXES, ModelConfig, MultimodalNet, group_modality, parameter_group
-from fedmm.objectives.base import Objective, RoundContext
+from fedmm.objectives.base import PRECISIONS, Objective, Precision, RoundContext
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
 
@@ -119,6 +119,11 @@ class TrainConfig:
         (the received global model). 0 disables it.
     seed:
         Seeds the generator the objective draws batch orders from; same seed, same batches.
+    precision:
+        ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the forward pass and loss of every
+        training step run under autocast in that type (fp16 with loss scaling); weights,
+        gradients, optimizer and evaluation stay float32 (see
+        :class:`fedmm.objectives.base.Precision`).
     """
 
     epochs: int
@@ -128,6 +133,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     proximal_mu: float = 0.0
     seed: int = 0
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "seed"):
@@ -152,6 +158,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
         if self.proximal_mu < 0:
             raise ValueError(f"TrainConfig.proximal_mu must be >= 0, got {self.proximal_mu}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainConfig.precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass
@@ -263,9 +271,10 @@ def train_local(
         The local objective; its hooks are called in the order given in
         :mod:`fedmm.objectives.base`.
     ctx:
-        The round: trained modalities, device, global model and server extras.
+        The round: trained modalities, device, global model and server extras. The objective
+        gets a copy whose ``precision`` is built from ``config.precision`` and ``ctx.device``.
     config:
-        Epochs, batch size, SGD settings, proximal weight and the batch-order seed.
+        Epochs, batch size, SGD settings, proximal weight, the batch-order seed and the precision.
 
     Returns
     -------
@@ -290,6 +299,7 @@ def train_local(
     if config.proximal_mu > 0:
         add_proximal_hook(optimizer, params, config.proximal_mu)
     generator = torch.Generator().manual_seed(config.seed)  # CPU: objectives call randperm with it
+    ctx = dataclasses.replace(ctx, precision=Precision(config.precision, device))
 
     _set_modes(model, trained)
     objective.begin_round(model, local, ctx)

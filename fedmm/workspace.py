@@ -56,13 +56,60 @@ def model_of(run: RunConfig, objective: Objective) -> MultimodalNet:
     return build_model(dataset.modalities, dataset.num_classes, config, objective)
 
 
-def train_config_of(run: RunConfig, *, proximal_mu: float, seed: int) -> TrainConfig:
+def round_lr(run: RunConfig, server_round: int) -> float:
+    """The local learning rate of server round ``server_round``.
+
+    With ``T = num-server-rounds`` and ``D = lr-decay-start``: ``lr`` when ``D == 0`` (constant
+    lr) or ``server_round <= D``; afterwards ``lr - (lr - lr-min) * server_round / T``, which
+    drops at round ``D + 1`` straight to the line through ``(0, lr)`` and ``(T, lr-min)`` and
+    reaches ``lr-min`` in the last round. This is the per-round schedule of the FedCMI/CMSFed
+    reference (``shared/specs/FEDCMI_CMSFED.md`` section 1: ``lr = local_lr`` while ``E <= 80``,
+    then ``local_lr - (local_lr - lr_min) * E / T``); the reference counts ``E`` from 0, so its
+    last round trains at ``lr - (lr - lr_min) * (T - 1) / T``, slightly above ``lr_min``.
+
+    Parameters
+    ----------
+    run:
+        The run config: ``lr``, ``lr-min``, ``lr-decay-start`` and ``num-server-rounds``.
+    server_round:
+        The 1-based server round, in ``1 .. num-server-rounds``.
+
+    Raises
+    ------
+    ValueError
+        ``server_round`` outside ``1 .. num-server-rounds``.
+    """
+    if isinstance(server_round, bool) or not 1 <= server_round <= run.num_server_rounds:
+        raise ValueError(
+            f"server_round must be in 1..{run.num_server_rounds} (num-server-rounds), got {server_round!r}"
+        )
+    if run.lr_decay_start == 0 or server_round <= run.lr_decay_start:
+        return run.lr
+    # lr - (lr - lr-min) * r / T, written so that the last round gives lr-min exactly
+    return run.lr_min + (run.lr - run.lr_min) * (run.num_server_rounds - server_round) / run.num_server_rounds
+
+
+def train_config_of(run: RunConfig, *, server_round: int, proximal_mu: float, seed: int) -> TrainConfig:
+    """The local training settings of one round.
+
+    Parameters
+    ----------
+    run:
+        The run config (local epochs, batch size, SGD settings, lr schedule, precision).
+    server_round:
+        The 1-based server round; picks the learning rate (:func:`round_lr`).
+    proximal_mu:
+        FedProx weight the server sent for this round (0 disables the proximal term).
+    seed:
+        Seed of the round's batch order.
+    """
     return TrainConfig(
         epochs=run.local_epochs,
         batch_size=run.batch_size,
-        lr=run.lr,
+        lr=round_lr(run, server_round),
         momentum=run.momentum,
         weight_decay=run.weight_decay,
         proximal_mu=proximal_mu,
         seed=seed,
+        precision=run.precision,
     )

@@ -115,7 +115,8 @@ def train(msg: Message, context: Context) -> Message:
     ctx = _round_context(msg, run, modalities, device, copy.deepcopy(model).eval().requires_grad_(False))
     data = _local_data(run, node.partition_id)
     train_config = train_config_of(
-        run, proximal_mu=float(config["proximal-mu"]), seed=run.seed * 100_003 + server_round * 1_009 + node.partition_id
+        run, server_round=server_round, proximal_mu=float(config["proximal-mu"]),
+        seed=run.seed * 100_003 + server_round * 1_009 + node.partition_id,
     )
     result = train_local(model, data, objective, ctx, train_config)
     state = model.state_dict()

@@ -7,8 +7,8 @@ device, the optimizer and the epochs; it calls, in order:
 2. per epoch, ``batches(model, data, epoch, ...)`` to get the epoch's mini-batches (Data Remixing
    overrides this to build unimodal batches);
 3. per batch, ``train_step(model, batch, optimizer)``; the default is ``loss`` -> backward ->
-   ``adjust_gradients`` -> ``optimizer.step()`` (Sustained Boosting overrides it for alternating
-   unimodal steps);
+   ``adjust_gradients`` -> ``optimizer.step()`` at the round's :class:`Precision` (Sustained
+   Boosting overrides it for alternating unimodal steps);
 4. ``end_round(model, data)`` once, returning the facts the server asked for (numbers or lists).
 
 Parameters are declared as dataclass fields on a ``Params`` class nested in each objective and
@@ -17,6 +17,7 @@ validated by :func:`fedmm.objectives.registry.build_objective`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -25,6 +26,84 @@ import torch
 from torch import nn
 
 from fedmm.data.base import LABEL_KEY, TensorDict, num_examples
+
+#: Precisions of local training: ``fp32`` (plain float32) and the autocast mixed precisions.
+PRECISIONS = ("fp32", "bf16", "fp16")
+_HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Precision:
+    """The numeric precision of local training steps; ``fp32`` is a no-op.
+
+    ``bf16`` and ``fp16`` run the forward pass and the loss under :func:`torch.autocast`
+    (convolutions and matrix products in the half type, losses and reductions in float32); the
+    weights, the gradients and the optimizer stay float32. ``fp16`` also scales the loss with a
+    :class:`torch.amp.GradScaler` so that small gradients do not underflow: :meth:`backward`
+    unscales the gradients before it returns, so ``adjust_gradients`` (OGM-GE) and optimizer
+    pre-hooks (FedProx) see the true gradients, and :meth:`step` skips a step whose gradients
+    overflowed and adapts the scale. Evaluation never uses this class (it runs in float32).
+
+    Parameters
+    ----------
+    name:
+        ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+    device:
+        The device the model trains on; its type (``cpu``, ``cuda``) selects the autocast
+        backend and the gradient scaler's.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``name``, or a half precision on a device type this torch has no autocast for.
+    """
+
+    def __init__(self, name: str = "fp32", device: torch.device | str = "cpu") -> None:
+        if name not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {name!r}")
+        self.name = name
+        self.device = torch.device(device)
+        if name != "fp32" and not torch.amp.is_autocast_available(self.device.type):
+            raise ValueError(
+                f"precision={name!r} needs torch.autocast, which torch {torch.__version__} does not offer on "
+                f"device type {self.device.type!r}; use precision='fp32'"
+            )
+        #: The autocast type (``None`` under fp32).
+        self.dtype: torch.dtype | None = _HALF_DTYPES.get(name)
+        #: The loss scaler (fp16 only).
+        self.scaler: torch.amp.GradScaler | None = torch.amp.GradScaler(self.device.type) if name == "fp16" else None
+
+    def __repr__(self) -> str:
+        return f"Precision({self.name!r}, device={str(self.device)!r})"
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Context for the forward pass and the loss (run ``backward`` outside it)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """``loss.backward()``; under fp16 the scaled loss's, after which the gradients of
+        ``optimizer``'s parameters are unscaled in place, so they are the true gradients."""
+        if self.scaler is None:
+            loss.backward()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """``optimizer.step()``; under fp16 skipped when a gradient is inf or NaN (the scaler then
+        lowers its scale), and the scale is updated after every step."""
+        if self.scaler is None:
+            optimizer.step()
+            return
+        if not any(p.grad is not None for group in optimizer.param_groups for p in group["params"]):
+            return  # nothing to step (optimizer.step() would do nothing either); the scaler has no record
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+
+#: The precision of a step taken outside :func:`fedmm.training.train_local` (no round context).
+FP32 = Precision()
 
 
 @dataclass
@@ -46,6 +125,9 @@ class RoundContext:
         active classifier slots, ...), already decoded into tensors or numbers.
     device:
         The device the model lives on.
+    precision:
+        The precision of the round's training steps (:func:`fedmm.training.train_local` builds it
+        from ``TrainConfig.precision`` and the device); fp32 by default.
     """
 
     server_round: int
@@ -54,6 +136,7 @@ class RoundContext:
     global_model: nn.Module | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: Precision = field(default_factory=Precision)
 
 
 class Objective:
@@ -121,11 +204,20 @@ class Objective:
     def adjust_gradients(self, model: nn.Module, batch: TensorDict) -> None:
         """Change gradients after ``backward`` and before the optimizer step (OGM-GE)."""
 
+    @property
+    def precision(self) -> Precision:
+        """The round's :class:`Precision` (``ctx.precision``; fp32 before :meth:`begin_round`)."""
+        return self.ctx.precision if self.ctx is not None else FP32
+
     def train_step(self, model: nn.Module, batch: TensorDict, optimizer: torch.optim.Optimizer) -> float:
-        """One optimisation step on ``batch``; returns the loss as a float."""
+        """One optimisation step on ``batch`` at the round's precision: ``loss`` under its autocast,
+        backward, ``adjust_gradients`` on the true (unscaled) gradients, optimizer step; returns
+        the loss as a float."""
+        precision = self.precision
         optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(model, batch)
-        loss.backward()
+        with precision.autocast():
+            loss = self.loss(model, batch)
+        precision.backward(loss, optimizer)
         self.adjust_gradients(model, batch)
-        optimizer.step()
+        precision.step(optimizer)
         return float(loss.detach())

@@ -333,22 +333,25 @@ class SustainedBoosting(Objective):
         return sum(boosting_loss(self.outputs(model, m, u), y, self.params.lam) for m, u in feats.items())
 
     def train_step(self, model: nn.Module, batch: TensorDict, optimizer: torch.optim.Optimizer) -> float:
-        """One alternating step per trained modality; returns the mean of their losses."""
+        """One alternating step per trained modality at the round's precision (forward, loss and
+        confidence under its autocast); returns the mean of their losses."""
         y = batch[LABEL_KEY]
+        precision = self.precision
         losses = []
         for m in self._trained(model, batch):
             # set_to_none matters: a zero (not None) gradient would still move the other modality's
             # parameters through momentum and weight decay.
             optimizer.zero_grad(set_to_none=True)
-            out = self.outputs(model, m, model.encoders[m](batch[m]))
-            loss = boosting_loss(out, y, self.params.lam)
-            with torch.no_grad():
-                p_y = out.total.softmax(dim=1).gather(1, y[:, None]).sum()
-                self._conf[m] = self._conf.get(m, 0.0) + float(p_y)
-                self._count[m] = self._count.get(m, 0) + int(y.shape[0])
-            loss.backward()
+            with precision.autocast():
+                out = self.outputs(model, m, model.encoders[m](batch[m]))
+                loss = boosting_loss(out, y, self.params.lam)
+                with torch.no_grad():
+                    p_y = out.total.float().softmax(dim=1).gather(1, y[:, None]).sum()
+            self._conf[m] = self._conf.get(m, 0.0) + float(p_y)
+            self._count[m] = self._count.get(m, 0) + int(y.shape[0])
+            precision.backward(loss, optimizer)
             self.adjust_gradients(model, batch)
-            optimizer.step()
+            precision.step(optimizer)
             losses.append(float(loss.detach()))
         optimizer.zero_grad(set_to_none=True)
         return sum(losses) / len(losses) if losses else 0.0

@@ -56,7 +56,8 @@ class RunConfig:
                                   "(ignored by selection=all)", low=1)
     strategy: str = _key("strategy", "fedavg", "server strategy", choices=("fedavg", "fedprox", "fedcmi", "cmsfed"))
     proximal_mu: float = _key("proximal-mu", 0.01, "FedProx proximal weight (strategy=fedprox)", low=0.0)
-    selection: str = _key("selection", "all", "client/modality selection policy")
+    selection: str = _key("selection", "auto", "client/modality selection policy; auto = the strategy's own "
+                          "(cmsfed for strategy=cmsfed, else all)")
     fraction_evaluate: float = _key("fraction-evaluate", 0.0, "fraction of clients that evaluate the global "
                                     "model on their own data each round (central evaluation always runs)",
                                     low=0.0, high=1.0)
@@ -65,7 +66,8 @@ class RunConfig:
     round_timeout: float = _key("round-timeout", 600.0, "seconds to wait for replies in a round",
                                 low=0.0, low_open=True)
     # local training
-    objective: str = _key("objective", "ce", "local training objective (see docs/objectives.md)")
+    objective: str = _key("objective", "auto", "local training objective (docs/objectives.md); auto = the "
+                          "strategy's own (fedcmi, cmsfed), else ce")
     local_epochs: int = _key("local-epochs", 2, "local epochs per round", low=1)
     batch_size: int = _key("batch-size", 32, "local mini-batch size", low=2)
     lr: float = _key("lr", 0.05, "local SGD learning rate", low=0.0, low_open=True)
@@ -113,6 +115,9 @@ class RunConfig:
                 raise ValueError(_unknown_key_message(key, [*plain, *(f"{ns}.<name>" for ns in NAMESPACES)]))
             f = plain[key]
             kwargs[f.name] = _coerce(key, value, f.default)
+        strategy = kwargs.get("strategy", cls.strategy)
+        kwargs["objective"] = resolve_objective(strategy, kwargs.get("objective", cls.objective))
+        kwargs["selection"] = resolve_selection(strategy, kwargs.get("selection", cls.selection))
         config = cls(
             **kwargs,
             objective_params=namespaced["objective"],
@@ -179,6 +184,35 @@ class RunConfig:
     def replace(self, **overrides: Any) -> RunConfig:
         """A copy with kebab-case ``overrides`` applied and validated."""
         return RunConfig.from_mapping({**self.to_flat(), **overrides})
+
+
+#: Strategies that bring their own client-side objective (FEDCMI_CMSFED.md sections 2.3 and 3.3).
+STRATEGY_OBJECTIVES = {"fedcmi": "fedcmi", "cmsfed": "cmsfed"}
+#: Strategies whose own selection policy ``selection = "auto"`` stands for (others: ``all``).
+STRATEGY_SELECTIONS = {"cmsfed": "cmsfed"}
+
+
+def resolve_objective(strategy: str, objective: str) -> str:
+    """The local objective a run trains with: ``auto`` is the strategy's own objective (``ce`` for
+    fedavg/fedprox); a strategy with its own objective accepts only that one, and that objective
+    needs its strategy (its server half: teacher model, global prototypes)."""
+    own = STRATEGY_OBJECTIVES.get(strategy)
+    if objective == "auto":
+        return own or "ce"
+    if own is not None and objective != own:
+        raise ValueError(
+            f"config key 'objective' must be 'auto' or {own!r} with strategy={strategy!r} (the strategy trains "
+            f"clients with its own local loss), got {objective!r}; use strategy='fedavg' to train with {objective!r}"
+        )
+    owner = next((s for s, o in STRATEGY_OBJECTIVES.items() if o == objective), None)
+    if owner is not None and owner != strategy:
+        raise ValueError(f"objective {objective!r} is the client side of strategy {owner!r}; set strategy={owner!r}")
+    return objective
+
+
+def resolve_selection(strategy: str, selection: str) -> str:
+    """``auto`` is the strategy's own selection policy (``cmsfed`` for CMSFed), else ``all``."""
+    return STRATEGY_SELECTIONS.get(strategy, "all") if selection == "auto" else selection
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> RunConfig:

@@ -354,7 +354,9 @@ def evaluate(
     Returns
     -------
     ``acc``, ``f1`` (macro, see :func:`fedmm.metrics.macro_f1`) and ``loss`` (mean CE) of the
-    multimodal prediction; ``acc/<m>`` and ``f1/<m>`` per modality in ``data``; ``imbalance``,
+    multimodal prediction; ``acc/<m>`` and ``f1/<m>`` per modality in ``data``; for an objective
+    that ``fills_missing`` also ``acc-fill/<m>`` and ``f1-fill/<m>``, modality ``m`` alone with the
+    other slots filled by ``objective.predict_filled`` (missing-modality inference); ``imbalance``,
     the best over the worst ``acc/<m>`` (:func:`fedmm.metrics.imbalance_ratio`).
     """
     unknown = [k for k in data if k != LABEL_KEY and k not in model.modalities]
@@ -370,15 +372,17 @@ def evaluate(
     was_training = model.training
     model.eval()
     y = data[LABEL_KEY]
-    views = {"": modalities, **{f"/{m}": [m] for m in modalities}}
+    views = {"": (modalities, objective.predict), **{f"/{m}": ([m], objective.predict) for m in modalities}}
+    if objective.fills_missing and len(model.modalities) > 1:
+        views.update({f"-fill/{m}": ([m], objective.predict_filled) for m in modalities})
     preds: dict[str, list[torch.Tensor]] = {suffix: [] for suffix in views}
     loss_sum = torch.zeros((), device=device)
     try:
         for start in range(0, y.shape[0], batch_size):
             chunk = {m: data[m][start : start + batch_size].to(device, non_blocking=True) for m in modalities}
             target = y[start : start + batch_size].to(device, non_blocking=True)
-            for suffix, mods in views.items():
-                logits = objective.predict(model, {m: chunk[m] for m in mods})
+            for suffix, (mods, predict) in views.items():
+                logits = predict(model, {m: chunk[m] for m in mods})
                 preds[suffix].append(logits.argmax(dim=1))
                 if not suffix:
                     loss_sum += F.cross_entropy(logits.float(), target, reduction="sum")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedmm.config import load_config
+from fedmm.config import STRATEGY_OBJECTIVES, load_config
 from fedmm.objectives import objective_names
 from fedmm.server.simulate import simulate
 
@@ -67,7 +67,8 @@ def markdown(df: pd.DataFrame) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--objectives", default=",".join(objective_names()))
+    local = [n for n in objective_names() if n not in STRATEGY_OBJECTIVES.values()]  # fedcmi, cmsfed: strategies
+    parser.add_argument("--objectives", default=",".join(local))
     parser.add_argument("--settings", default="federated,centralized")
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()

@@ -30,7 +30,7 @@ from fedmm.objectives.registry import (
 
 # One import per objective module; importing registers it ("ce" is the base class, registered by
 # the registry itself).
-from fedmm.objectives import arm, boost, mnl, ogm_ge, pmr, remix, uniform  # noqa: E402,F401,I001
+from fedmm.objectives import arm, boost, cmsfed, fedcmi, mnl, ogm_ge, pmr, remix, uniform  # noqa: E402,F401,I001
 
 __all__ = [
     "Objective",

@@ -167,6 +167,21 @@ class Objective:
         accuracy. The default is the fusion head with zero-filled absent slots."""
         return model(batch)
 
+    #: Whether :meth:`predict_filled` exists: the objective's model can stand in for missing
+    #: modalities (FedCMI's infiltration projectors); evaluation then adds ``acc-fill/<m>``.
+    fills_missing: ClassVar[bool] = False
+
+    def predict_filled(self, model: nn.Module, batch: TensorDict) -> torch.Tensor:
+        """Logits for a batch that lacks some modalities, with the missing slots filled by the
+        model instead of zeros (missing-modality inference)."""
+        raise NotImplementedError(f"objective {self.name!r} cannot fill missing modalities")
+
+    @property
+    def uses_proximal(self) -> bool:
+        """Whether clients add the proximal term of ``proximal-mu`` under a strategy other than
+        fedprox (FedCMI's optional ``--prox``)."""
+        return False
+
     # -- server side (plain numbers; runs in the ServerApp) ---------------------------------------
     def server_extras(self, server_round: int) -> dict[str, Any]:
         """Values the server sends every client this round (scalars, lists or numpy arrays)."""
@@ -174,6 +189,13 @@ class Objective:
 
     def server_observe(self, server_round: int, facts: list[tuple[int, dict[str, Any]]]) -> None:
         """Receive ``(num_examples, end_round facts)`` of every client that trained this round."""
+
+    def server_state(self) -> dict[str, Any]:
+        """The server half's state for a checkpoint: numpy arrays, numbers or strings (none by default)."""
+        return {}
+
+    def load_server_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`server_state` returned (on the objective of a resumed run)."""
 
     # -- round hooks -------------------------------------------------------------------------
     def begin_round(self, model: nn.Module, data: TensorDict, ctx: RoundContext) -> None:

@@ -58,6 +58,22 @@ class ResultsWriter:
         self.clients: list[dict[str, Any]] = []
         _atomic_write(self.out_dir / CONFIG_FILE, config.to_toml())
 
+    @classmethod
+    def resume(cls, out_dir: Path, config: RunConfig, last_round: int) -> ResultsWriter:
+        """A writer that continues the tables of ``out_dir`` after ``last_round`` (rows of later
+        rounds, written before the checkpoint of that round, are dropped)."""
+        writer = cls.__new__(cls)
+        writer.out_dir = Path(out_dir)
+        writer.rounds, writer.clients = [], []
+        for name, rows in ((ROUNDS_FILE, writer.rounds), (CLIENTS_FILE, writer.clients)):
+            path = writer.out_dir / name
+            if path.is_file():
+                table = pd.read_csv(path)
+                rows.extend(r for r in table.to_dict("records") if int(r["round"]) <= last_round)
+        (writer.out_dir / SUMMARY_FILE).unlink(missing_ok=True)
+        _atomic_write(writer.out_dir / CONFIG_FILE, config.to_toml())
+        return writer
+
     def add_round(self, row: Mapping[str, Any], client_rows: Sequence[Mapping[str, Any]] = ()) -> None:
         self.rounds.append(dict(row))
         self.clients.extend(dict(r) for r in client_rows)
@@ -78,6 +94,14 @@ class ResultsWriter:
             _atomic_write(self.out_dir / CLIENTS_FILE, "round,node-id,partition-id,status\n")
         plot_accuracy(pd.DataFrame(self.rounds), self.out_dir / PLOT_FILE)
         _atomic_write(self.out_dir / SUMMARY_FILE, json.dumps(dict(summary), indent=2, default=float) + "\n")
+
+
+def write_interrupted(out_dir: Path, rounds: Sequence[Mapping[str, Any]], reason: str) -> None:
+    """``summary.json`` of a run that stopped before its last round (``fedmm simulate --resume``
+    continues it from its checkpoint)."""
+    summary = summarize(rounds, {"status": "interrupted", "reason": reason}) if rounds else {
+        "status": "interrupted", "reason": reason}
+    _atomic_write(Path(out_dir) / SUMMARY_FILE, json.dumps(summary, indent=2, default=float) + "\n")
 
 
 def summarize(rounds: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -72,16 +72,17 @@ def round_lr(run: RunConfig, server_round: int) -> float:
     run:
         The run config: ``lr``, ``lr-min``, ``lr-decay-start`` and ``num-server-rounds``.
     server_round:
-        The 1-based server round, in ``1 .. num-server-rounds``.
+        The 1-based server round, in ``1 .. num-server-rounds``; 0 is the update pass before
+        round 1 (DivFL, CMSFed), which trains at ``lr``.
 
     Raises
     ------
     ValueError
-        ``server_round`` outside ``1 .. num-server-rounds``.
+        ``server_round`` outside ``0 .. num-server-rounds``.
     """
-    if isinstance(server_round, bool) or not 1 <= server_round <= run.num_server_rounds:
+    if isinstance(server_round, bool) or not 0 <= server_round <= run.num_server_rounds:
         raise ValueError(
-            f"server_round must be in 1..{run.num_server_rounds} (num-server-rounds), got {server_round!r}"
+            f"server_round must be in 0..{run.num_server_rounds} (num-server-rounds), got {server_round!r}"
         )
     if run.lr_decay_start == 0 or server_round <= run.lr_decay_start:
         return run.lr

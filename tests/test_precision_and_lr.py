@@ -47,8 +47,9 @@ def test_lr_decay_start_zero_keeps_lr_constant() -> None:
 
 def test_round_lr_rejects_rounds_outside_the_run() -> None:
     run = schedule()
-    for bad in (0, 181, -3):
-        with pytest.raises(ValueError, match=r"server_round must be in 1\.\.180"):
+    assert round_lr(run, 0) == 1e-3  # the update pass before round 1 trains at lr
+    for bad in (181, -3):
+        with pytest.raises(ValueError, match=r"server_round must be in 0\.\.180"):
             round_lr(run, bad)
 
 

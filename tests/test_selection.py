@@ -21,7 +21,7 @@ AV = ("a", "v")
 
 
 def states(n: int, mods: tuple[str, ...] = AV, **kw) -> list[ClientState]:
-    return [ClientState(node_id=100 + i, modalities=mods, num_examples=10 + i, **kw) for i in range(n)]
+    return [ClientState(client_id=100 + i, modalities=mods, num_examples=10 + i, **kw) for i in range(n)]
 
 
 # -- registry and parameters ---------------------------------------------------------------------------
@@ -77,14 +77,14 @@ def test_random_samples_distinct_clients_capped_at_n() -> None:
     pol = build_policy("random", None, seed=0)
     clients = states(10)
     out = pol.select(1, clients, budget=4)
-    ids = [a.node_id for a in out]
-    assert len(set(ids)) == 4 and set(ids) <= {c.node_id for c in clients}
+    ids = [a.client_id for a in out]
+    assert len(set(ids)) == 4 and set(ids) <= {c.client_id for c in clients}
     assert all(a.modalities == AV for a in out)
-    assert sorted(a.node_id for a in pol.select(2, clients, budget=50)) == [c.node_id for c in clients]
-    assert pol.history[0]["node_ids"] == ids and pol.history[0]["modes"] == ["all"] * 4
+    assert sorted(a.client_id for a in pol.select(2, clients, budget=50)) == [c.client_id for c in clients]
+    assert pol.history[0]["client_ids"] == ids and pol.history[0]["modes"] == ["all"] * 4
     with pytest.raises(ValueError, match="budget must be a positive integer"):
         pol.select(3, clients, budget=0)
-    with pytest.raises(ValueError, match="duplicate node ids"):
+    with pytest.raises(ValueError, match="duplicate client ids"):
         pol.select(3, clients + clients[:1], budget=1)
 
 
@@ -93,7 +93,7 @@ def test_random_is_roughly_uniform() -> None:
     counts = np.zeros(10)
     for r in range(2000):
         for a in pol.select(r, states(10), budget=2):
-            counts[a.node_id - 100] += 1
+            counts[a.client_id - 100] += 1
     assert np.all(np.abs(counts / 4000 - 0.1) < 0.02)
 
 
@@ -103,11 +103,11 @@ def test_powd_selects_highest_losses_among_probed() -> None:
     clients = states(20)
     probed = pol.probe(1, clients, budget=3)
     assert len(probed) == 5 and len(set(probed)) == 5
-    by_id = {c.node_id: c for c in clients}
+    by_id = {c.client_id: c for c in clients}
     for c in clients:  # the highest losses overall belong to clients that were NOT probed
-        c.loss = 1000.0 if c.node_id not in probed else float(c.node_id)
+        c.loss = 1000.0 if c.client_id not in probed else float(c.client_id)
     by_id[probed[2]].loss = None  # never measured: explored first
-    out = [a.node_id for a in pol.select(1, clients, budget=3)]
+    out = [a.client_id for a in pol.select(1, clients, budget=3)]
     rest = sorted((p for p in probed if p != probed[2]), reverse=True)
     assert out == [probed[2], *rest[:2]]
     assert pol.history[-1]["candidates"] == probed
@@ -125,7 +125,7 @@ def test_powd_probes_at_least_budget_and_weights_by_examples() -> None:
 
 # -- update vectors --------------------------------------------------------------------------------------
 def updates_for(assignments: list[Assignment], vectors: dict[int, dict[str, np.ndarray]]) -> list[ClientUpdate]:
-    return [ClientUpdate(a.node_id, a.modalities, 10, {m: vectors[a.node_id][m] for m in a.modalities})
+    return [ClientUpdate(a.client_id, a.modalities, 10, {m: vectors[a.client_id][m] for m in a.modalities})
             for a in assignments]
 
 
@@ -133,18 +133,18 @@ def test_divfl_picks_unseen_first_then_one_per_cluster() -> None:
     rng = np.random.default_rng(0)
     clients = states(12)
     centers = {0: 0.0, 1: 10.0, 2: 25.0}
-    vectors = {c.node_id: {m: rng.normal(centers[i % 3], 0.1, size=50) for m in AV} for i, c in enumerate(clients)}
+    vectors = {c.client_id: {m: rng.normal(centers[i % 3], 0.1, size=50) for m in AV} for i, c in enumerate(clients)}
     pol = build_policy("divfl", {"sketch-dim": 64, "stochastic": False}, seed=0)
     first = pol.select(1, clients, budget=3)
     assert pol.history[-1]["modes"] == ["unseen"] * 3
-    pol.observe(1, updates_for([Assignment(c.node_id, AV) for c in clients], vectors))
+    pol.observe(1, updates_for([Assignment(c.client_id, AV) for c in clients], vectors))
     out = pol.select(2, clients, budget=3)
     assert pol.history[-1]["modes"] == ["multimodal"] * 3
-    assert sorted((a.node_id - 100) % 3 for a in out) == [0, 1, 2]
+    assert sorted((a.client_id - 100) % 3 for a in out) == [0, 1, 2]
     assert all(a.modalities == AV for a in out + first)
     # a new client without a vector jumps the queue
     newcomer = ClientState(5, AV, 10)
-    assert pol.select(3, clients + [newcomer], budget=2)[0].node_id == 5
+    assert pol.select(3, clients + [newcomer], budget=2)[0].client_id == 5
 
 
 def cms_policy(**params) -> SelectionPolicy:
@@ -153,7 +153,7 @@ def cms_policy(**params) -> SelectionPolicy:
 
 def feed(pol: SelectionPolicy, clients: list[ClientState], vectors: dict[int, dict[str, np.ndarray]]) -> None:
     pol.select(0, clients, budget=len(clients))  # round 0: everybody is unseen
-    pol.observe(0, updates_for([Assignment(c.node_id, c.modalities) for c in clients], vectors))
+    pol.observe(0, updates_for([Assignment(c.client_id, c.modalities) for c in clients], vectors))
 
 
 # Four multimodal clients. In each modality's space client 100 is the centre of the other three
@@ -180,7 +180,7 @@ def test_cmsfed_delta_rule(rhos, vectors, expected, mode, weak) -> None:
     clients = states(4)
     for c, rho in zip(clients, rhos):
         c.imbalance_ratio = rho
-    vecs = {c.node_id: {m: vectors[m][i] for m in AV} for i, c in enumerate(clients)}
+    vecs = {c.client_id: {m: vectors[m][i] for m in AV} for i, c in enumerate(clients)}
     pol = cms_policy()
     feed(pol, clients, vecs)
     assert pol.select(1, clients, budget=1) == [expected]
@@ -193,11 +193,11 @@ def test_cmsfed_weak_pick_updates_only_the_weak_coverage() -> None:
     clients = states(4)
     for c, rho in zip(clients, (3.0, 3.0, 3.0, 3.0)):  # everybody biased: every pick is weak-only
         c.imbalance_ratio = rho
-    vecs = {c.node_id: {"a": FAR[i], "v": CROSS[i]} for i, c in enumerate(clients)}
+    vecs = {c.client_id: {"a": FAR[i], "v": CROSS[i]} for i, c in enumerate(clients)}
     pol = cms_policy()
     feed(pol, clients, vecs)
     out = pol.select(1, clients, budget=4)
-    assert [a.modalities for a in out] == [("v",)] * 4 and out[0].node_id == 100
+    assert [a.modalities for a in out] == [("v",)] * 4 and out[0].client_id == 100
     # the weak-only update refreshes the v slice, not the full vector
     pol.observe(1, updates_for(out[:1], {100: {"v": np.array([9.0, 9.0])}}))
     np.testing.assert_array_equal(pol.store.slice_features([100], "v"), [[9, 9]])
@@ -216,12 +216,12 @@ def test_cmsfed_unimodal_clients() -> None:
     feed(pol, clients, vecs)
     np.testing.assert_array_equal(pol.store.full_features([103, 104]), [[0, 0, 0, 0], [0, 0, 0, 0]])
     out = pol.select(1, clients, budget=5)
-    modes = dict(zip([a.node_id for a in out], pol.history[-1]["modes"]))
+    modes = dict(zip([a.client_id for a in out], pol.history[-1]["modes"]))
     # the v-only client is the weak function's best and trains its (weak) modality in weak mode;
     # the a-only client has no weak slice: it comes in through the multimodal function only
     assert out[0] == Assignment(103, ("v",)) and modes[103] == "weak"
     assert modes[104] == "multimodal" and Assignment(104, ("a",)) in out
-    assert sorted(a.node_id for a in out) == [100, 101, 102, 103, 104]
+    assert sorted(a.client_id for a in out) == [100, 101, 102, 103, 104]
 
 
 def test_global_imbalance_ratio_by_hand() -> None:
@@ -249,12 +249,12 @@ def run_rounds(pol: SelectionPolicy, rounds: range, clients: list[ClientState]) 
     for r in rounds:
         if pol.probe(r, clients, 5):
             for c in clients:
-                c.loss = float(np.random.default_rng([r, c.node_id]).random())
+                c.loss = float(np.random.default_rng([r, c.client_id]).random())
         picks = pol.select(r, clients, 5)
         ups = []
         for a in picks:
-            g = np.random.default_rng([r, a.node_id])
-            ups.append(ClientUpdate(a.node_id, a.modalities, 10, {m: g.normal(size=300) for m in a.modalities}))
+            g = np.random.default_rng([r, a.client_id])
+            ups.append(ClientUpdate(a.client_id, a.modalities, 10, {m: g.normal(size=300) for m in a.modalities}))
         pol.observe(r, ups)
         out.append(picks)
     return out

@@ -62,3 +62,41 @@ def test_bad_input_fails_before_any_file_is_written(tmp_path):
     assert not out.exists()
     code = main(["simulate", "--set", "dataset=synthetic", "--set", "partition=natural", "--out", str(out)])
     assert code == 2 and not out.exists()
+
+
+def test_fedcmi_simulation_with_unimodal_and_multimodal_clients(tmp_path):
+    from fedmm.server.simulate import simulate
+
+    run = load_config(None, [
+        "dataset=synthetic", "partition=iid", "num-clients=4", "allocation=multi-ratio", "multi-ratio=0.5",
+        "strategy=fedcmi", "num-server-rounds=2", "local-epochs=1", "batch-size=16", "device=cpu",
+        "objective.proximal=true", "proximal-mu=0.1",
+    ])
+    assert run.objective == "fedcmi"
+    summary = simulate(run, tmp_path / "run")
+    rounds = pd.read_csv(tmp_path / "run" / ROUNDS_FILE)
+    assert {"test/acc-fill/m0", "test/acc-fill/m1"} <= set(rounds.columns)
+    assert rounds["test/acc"].iloc[-1] > 0.5 and summary["status"] == "completed"
+    clients = pd.read_csv(tmp_path / "run" / CLIENTS_FILE)
+    assert set(clients["modalities-trained"]) == {"m0", "m1", "m0+m1"} and (clients["status"] == "ok").all()
+
+
+def test_cmsfed_simulation_runs_the_update_pass_and_selects_modalities(tmp_path):
+    from fedmm.server.simulate import simulate
+
+    run = load_config(None, [
+        "dataset=synthetic", "partition=iid", "num-clients=6", "allocation=multi-ratio", "multi-ratio=0.5",
+        "strategy=cmsfed", "clients-per-round=3", "num-server-rounds=2", "local-epochs=1", "batch-size=16",
+        "device=cpu", "selection.delta=1.0",
+    ])
+    assert (run.objective, run.selection) == ("cmsfed", "cmsfed")
+    summary = simulate(run, tmp_path / "run")
+    assert summary["status"] == "completed"
+    clients = pd.read_csv(tmp_path / "run" / CLIENTS_FILE)
+    update_pass = clients[clients["round"] == 0]
+    assert len(update_pass) == 6 and (update_pass["status"] == "ok").all()  # every client, before round 1
+    assert (update_pass["modalities-trained"] == update_pass["modalities-held"]).all()
+    for r in (1, 2):
+        assert len(clients[clients["round"] == r]) == 3
+    rounds = pd.read_csv(tmp_path / "run" / ROUNDS_FILE)
+    assert rounds["clients-ok"].tolist()[1:] == [3, 3] and rounds["test/acc"].iloc[-1] > 0.4

@@ -8,7 +8,6 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedmm.records import from_record, to_record
 from fedmm.strategies import ModalityAwareFedAvg
 from fedmm.strategies.selection import build_policy
-from fedmm.strategies.selection.base import ClientState
 
 GLOBAL = {
     "encoders.a.w": np.zeros(2, np.float32),
@@ -40,9 +39,9 @@ def _identity():
 def make_strategy():
     s = ModalityAwareFedAvg(policy=build_policy("all", seed=0), clients_per_round=4, min_available_nodes=4,
                             run_config=ConfigRecord({"run-config": "x"}), extras_fn=lambda r: {"active": [1, 2]})
-    for node, mods in HELD.items():  # as discovery would have filled it
-        s.clients[node] = ClientState(node_id=node, modalities=mods, num_examples=10)
-        s.partition_of[node] = node - 1
+    for node, mods in HELD.items():  # as discovery would have filled it: node n serves partition n - 1
+        s.register(node, node - 1, mods, 10)
+    s.waited_for_nodes = True
     return s
 
 

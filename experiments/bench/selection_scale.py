@@ -116,7 +116,7 @@ def fidelity(params: int, rows: list[dict], n: int = 200, budget: int = 20, seed
         for u in ups:
             for m, x in u.deltas.items():
                 j = MODALITIES.index(m)
-                full[u.node_id, j * params:(j + 1) * params] = x
+                full[u.client_id, j * params:(j + 1) * params] = x
         gram = full.astype(np.float64) @ full.T.astype(np.float64)
         sq = np.diag(gram)
         exact_d = MatrixDistances(np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * gram, 0.0)))
@@ -124,7 +124,7 @@ def fidelity(params: int, rows: list[dict], n: int = 200, budget: int = 20, seed
         def picks_of(sketch_dim: int) -> list[int]:
             policy = build_policy("divfl", {"sketch-dim": sketch_dim, "stochastic": False}, seed=seed)
             policy.observe(0, ups)
-            return [a.node_id for a in policy.select(1, states, budget)]
+            return [a.client_id for a in policy.select(1, states, budget)]
 
         g_exact = facility_value(exact_d, picks_of(0))
         for d in dims:

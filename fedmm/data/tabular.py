@@ -11,7 +11,6 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from fedmm.data.base import Dataset, ModalitySpec
@@ -61,6 +60,8 @@ def views_dataset(name: str, views: dict[str, np.ndarray], y: np.ndarray, class_
 @register_dataset("segment", description="Statlog image segmentation, shape (weak) vs colour, 7 classes",
                   package="river==0.26.1", module="river")
 def load_segment(*, data_dir: str | None = None, seed: int = 0, split_seed: int = 0) -> Dataset:
+    import pandas as pd  # here, not at the top: a training-only machine (torch, no pandas) imports fedmm.data
+
     df = pd.read_csv(package_dir("river", "river==0.26.1") / "datasets" / "segment.csv.zip")
     codes, names = pd.factorize(df["category"], sort=True)
     views = {"shape": df.iloc[:, :8].to_numpy(float), "colour": df.iloc[:, 8:18].to_numpy(float)}

@@ -13,6 +13,7 @@ active slot, so every client keeps the same model shape (§8).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -278,6 +279,13 @@ class SustainedBoosting(Objective):
         self._window_conf, self._window_count = {}, {}
         if target is not None:
             self.active[target] += 1
+
+    def server_state(self) -> dict[str, Any]:
+        return {"active": json.dumps(self.active), "window": json.dumps([self._window_conf, self._window_count])}
+
+    def load_server_state(self, state: dict[str, Any]) -> None:
+        self.active = {m: int(n) for m, n in json.loads(str(state["active"])).items()}
+        self._window_conf, self._window_count = json.loads(str(state["window"]))
 
     def assignment(self, conf: dict[str, float], count: dict[str, float]) -> str | None:
         """The modality that gets the next classifier given summed confidences and counts, or

@@ -227,3 +227,37 @@ class PMR(Objective):
             facts[proto_key(m)] = s.flatten().tolist()
             facts[proto_count_key(m)] = counts.tolist()
         return facts
+
+
+@torch.no_grad()
+def prototype_accuracies(model: nn.Module, data: TensorDict, modalities: list[str]) -> dict[str, float]:
+    """Nearest-class-mean accuracy of each modality on ``data``, with prototypes computed from
+    ``data`` itself (CMSFed's rho_k ingredients, FEDCMI_CMSFED.md 3.3); eval mode."""
+    sums, counts = class_feature_sums(model, data, modalities)
+    protos = {m: prototypes_from_sums(s, counts) for m, s in sums.items()}
+    was_training = model.training
+    model.eval()
+    try:
+        correct = dict.fromkeys(modalities, 0)
+        y_all = data[LABEL_KEY]
+        ref = next(model.parameters())
+        for start in range(0, num_examples(data), 256):
+            y = y_all[start : start + 256].to(ref.device)
+            feats = model.encode({m: data[m][start : start + 256].to(ref.device) for m in modalities})
+            for m, u in feats.items():
+                correct[m] += int((prototype_logits(u, protos[m]).argmax(dim=1) == y).sum())
+        n = max(num_examples(data), 1)
+        return {m: c / n for m, c in correct.items()}
+    finally:
+        model.train(was_training)
+
+
+def prototype_imbalance_ratio(model: nn.Module, data: TensorDict, order: tuple[str, str],
+                              floor: float = 1e-3) -> float:
+    """rho_k = Acc_first / Acc_second of the prototype (nearest-class-mean) classifiers on the
+    client's data; 1.0 for a client that lacks one of the two modalities. The denominator is
+    raised to ``floor`` so that a modality at 0 % gives a large finite ratio."""
+    if not all(m in data for m in order):
+        return 1.0
+    acc = prototype_accuracies(model, data, list(order))
+    return acc[order[0]] / max(acc[order[1]], floor)

@@ -13,15 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 
+from fedmm.checkpoint import Checkpoint, prefixed, save_checkpoint, unprefixed
 from fedmm.config import RunConfig
 from fedmm.data import Dataset, Scenario
 from fedmm.models import MultimodalNet
 from fedmm.objectives import Objective
-from fedmm.records import to_record
-from fedmm.results import ResultsWriter, prepare_out_dir, summarize
+from fedmm.records import from_record, to_record
+from fedmm.results import ResultsWriter, prepare_out_dir, summarize, write_interrupted
 from fedmm.strategies import STRATEGIES, ModalityAwareFedAvg
 from fedmm.strategies.selection import SelectionPolicy, build_policy
 from fedmm.training import evaluate, resolve_device
@@ -46,11 +48,13 @@ class Plan:
     out_dir: Path | None
 
 
-def prepare(run: RunConfig, out_dir: str | Path | None = None, *, overwrite: bool = False) -> Plan:
+def prepare(run: RunConfig, out_dir: str | Path | None = None, *, overwrite: bool = False,
+            resume: bool = False) -> Plan:
     """Load the data, build the scenario, objective, model and policy; check the output directory.
 
     Every config error (unknown dataset, modality names, objective parameters, policy parameters,
-    a non-empty output directory) surfaces here, before anything is written.
+    a non-empty output directory) surfaces here, before anything is written. With ``resume`` the
+    output directory must hold the run's checkpoint instead of being empty.
     """
     if run.strategy not in STRATEGIES:
         raise ValueError(f"strategy {run.strategy!r} is not available in this build; use one of {sorted(STRATEGIES)}")
@@ -65,7 +69,7 @@ def prepare(run: RunConfig, out_dir: str | Path | None = None, *, overwrite: boo
     objective = objective_of(run)
     model = model_of(run, objective)
     policy = build_policy(run.selection, run.selection_params, seed=run.seed)
-    resolved = prepare_out_dir(out_dir, overwrite=overwrite) if out_dir else None
+    resolved = prepare_out_dir(out_dir, overwrite=overwrite or resume) if out_dir else None
     return Plan(run, dataset, scenario, objective, model, policy, resolved)
 
 
@@ -76,49 +80,77 @@ def build_strategy(plan: Plan) -> ModalityAwareFedAvg:
         clients_per_round=run.clients_per_round,
         min_available_nodes=run.min_available_nodes or len(plan.scenario.partitions),
         run_config=ConfigRecord({"run-config": run.to_toml()}),
-        proximal_mu=run.proximal_mu if run.strategy == "fedprox" else 0.0,
+        proximal_mu=run.proximal_mu if run.strategy == "fedprox" or plan.objective.uses_proximal else 0.0,
         extras_fn=plan.objective.server_extras,
+        observe_fn=plan.objective.server_observe,
         fraction_evaluate=run.fraction_evaluate,
         round_timeout=run.round_timeout,
+        seed=run.seed,
     )
 
 
-def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None) -> dict[str, Any]:
-    """Run ``num-server-rounds`` rounds on ``grid``; returns the summary (also written to disk)."""
+def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None,
+                   resume: Checkpoint | None = None) -> dict[str, Any]:
+    """Run ``num-server-rounds`` rounds on ``grid``; returns the summary (also written to disk).
+
+    With an output directory, the server checkpoints after every round (:mod:`fedmm.checkpoint`);
+    ``resume`` continues from such a checkpoint: model, strategy, policy and objective state come
+    back, the tables keep their finished rounds, and the run goes on with the next round. A run
+    that raises (an interrupt, a crash) leaves ``summary.json`` with status ``interrupted``.
+    """
     run = plan.run
-    writer = ResultsWriter(plan.out_dir, run) if plan.out_dir else None
     strategy = build_strategy(plan)
     device = resolve_device(run.device)
     model = plan.model.to(device)
+    first_round = 0
+    if resume is not None:
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in resume.model.items()})
+        strategy.load_state_dict(unprefixed("strategy-state.", resume.state))
+        plan.objective.load_server_state(unprefixed("objective.", resume.state))
+        first_round = resume.server_round + 1
+    writer = None
+    if plan.out_dir:
+        writer = (ResultsWriter.resume(plan.out_dir, run, resume.server_round) if resume is not None
+                  else ResultsWriter(plan.out_dir, run))
     arrays = to_record(model.state_dict())
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = writer.rounds if writer else []
 
     def record(server_round: int, seconds: float, stats: dict[str, float], clients_from: int) -> None:
         metrics = evaluate(model, plan.dataset.test, plan.objective, device=device)
         row = {"round": server_round, **{f"test/{k}": v for k, v in metrics.items()}, **stats, "seconds": seconds}
-        rows.append(row)
         if writer:
             writer.add_round(row, strategy.client_rows[clients_from:])
+            save_checkpoint(plan.out_dir, Checkpoint(server_round, from_record(arrays), {
+                **prefixed("strategy-state.", strategy.state_dict()),
+                **prefixed("objective.", plan.objective.server_state()),
+            }))
+        else:
+            rows.append(row)
         if on_round:
             on_round(row)
 
-    record(0, 0.0, {"train/loss": float("nan"), "bytes-up": 0.0, "bytes-down": 0.0}, 0)
-    for server_round in range(1, run.num_server_rounds + 1):
-        started = time.perf_counter()
-        clients_from = len(strategy.client_rows)
-        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
-        replies = grid.send_and_receive(messages, timeout=run.round_timeout)
-        new_arrays, _ = strategy.aggregate_train(server_round, replies)
-        if new_arrays is not None:
-            arrays = new_arrays
-            model.load_state_dict(arrays.to_torch_state_dict())
-        plan.objective.server_observe(server_round, strategy.last_facts)
-        stats = _round_stats(strategy, clients_from)
-        eval_messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
-        if eval_messages:
-            fed = strategy.aggregate_evaluate(server_round, grid.send_and_receive(eval_messages, timeout=run.round_timeout))
-            stats.update(dict(fed or {}))
-        record(server_round, time.perf_counter() - started, stats, clients_from)
+    try:
+        if first_round == 0:
+            record(0, 0.0, {"train/loss": float("nan"), "bytes-up": 0.0, "bytes-down": 0.0}, 0)
+        for server_round in range(max(first_round, 1), run.num_server_rounds + 1):
+            started = time.perf_counter()
+            clients_from = len(strategy.client_rows)
+            messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+            replies = grid.send_and_receive(messages, timeout=run.round_timeout)
+            new_arrays, _ = strategy.aggregate_train(server_round, replies)
+            if new_arrays is not None:
+                arrays = new_arrays
+                model.load_state_dict(arrays.to_torch_state_dict())
+            stats = _round_stats(strategy, server_round, clients_from)
+            eval_messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
+            if eval_messages:
+                replies = grid.send_and_receive(eval_messages, timeout=run.round_timeout)
+                stats.update(dict(strategy.aggregate_evaluate(server_round, replies) or {}))
+            record(server_round, time.perf_counter() - started, stats, clients_from)
+    except BaseException as err:
+        if writer:
+            write_interrupted(plan.out_dir, rows, f"{type(err).__name__}: {err}")
+        raise
     summary = summarize(rows, {"dataset": run.dataset, "strategy": run.strategy, "objective": run.objective,
                                "selection": run.selection, "status": "completed"})
     if writer:
@@ -126,8 +158,10 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
     return summary
 
 
-def _round_stats(strategy: ModalityAwareFedAvg, clients_from: int) -> dict[str, float]:
-    rows = strategy.client_rows[clients_from:]
+def _round_stats(strategy: ModalityAwareFedAvg, server_round: int, clients_from: int) -> dict[str, float]:
+    """The strategy's byte and time counts plus this round's client outcomes (the rows of the
+    update pass before round 1 are round 0)."""
+    rows = [r for r in strategy.client_rows[clients_from:] if r["round"] == server_round]
     stats = dict(strategy.round_stats)
     stats.setdefault("train/loss", float("nan"))
     stats["clients-ok"] = sum(r["status"] == "ok" for r in rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -10,7 +11,9 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedmm.config import RunConfig
+from fedmm.checkpoint import load_checkpoint
+from fedmm.config import RunConfig, load_config
+from fedmm.results import CONFIG_FILE, SUMMARY_FILE
 from fedmm.server.loop import Plan, RoundCallback, prepare, run_federation
 
 log = logging.getLogger("fedmm")
@@ -20,6 +23,22 @@ def _drop_run_simulation_deprecation(record: logging.LogRecord) -> bool:
     """fedmm simulate uses ``run_simulation`` on purpose (in-process, explicit resources); its
     deprecation notice in favour of ``flwr run`` would only confuse users, so it is not shown."""
     return "run_simulation" not in str(record.msg) and "deprecated feature" not in str(record.msg).lower()
+
+
+def resume_config(run_dir: str | Path) -> RunConfig:
+    """The resolved config of the run in ``run_dir``, checked to be resumable: a checkpoint exists
+    and the run has not completed."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise ValueError(f"{str(run_dir)!r} has no {CONFIG_FILE}; pass a directory written by `fedmm simulate --out`")
+    checkpoint_round = load_checkpoint(run_dir).server_round
+    summary = run_dir / SUMMARY_FILE
+    if summary.is_file() and json.loads(summary.read_text()).get("status") == "completed":
+        raise ValueError(f"the run in {str(run_dir)!r} has completed (all its rounds); there is nothing to resume")
+    run = load_config(config_path)
+    log.info("resuming %s after round %d of %d", run_dir, checkpoint_round, run.num_server_rounds)
+    return run
 
 
 def client_resources(run: RunConfig) -> dict[str, float]:
@@ -40,6 +59,7 @@ def simulate(
     overwrite: bool = False,
     on_round: RoundCallback | None = None,
     plan: Plan | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Validate ``run``, then simulate it on Ray and write results to ``out_dir``.
 
@@ -55,19 +75,22 @@ def simulate(
         Called with each round's results row.
     plan:
         An already prepared plan for ``run`` (skips preparing it again).
+    resume:
+        Continue the run whose checkpoint is in ``out_dir`` (see :func:`resume_config`).
     """
     # Imported here so that `fedmm datasets` and config errors do not pay for Ray's import.
     from flwr.simulation import run_simulation
 
     from fedmm.clients.app import app as client_app
 
-    plan = plan or prepare(run, out_dir, overwrite=overwrite)
+    plan = plan or prepare(run, out_dir, overwrite=overwrite, resume=resume)
+    checkpoint = load_checkpoint(out_dir) if resume and out_dir is not None else None
     outcome: dict[str, Any] = {}
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        outcome["summary"] = run_federation(grid, plan, on_round)
+        outcome["summary"] = run_federation(grid, plan, on_round, resume=checkpoint)
 
     logging.getLogger("flwr").addFilter(_drop_run_simulation_deprecation)
     resources = client_resources(run)

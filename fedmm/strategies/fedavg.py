@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedmm.checkpoint import prefixed, unprefixed
 from fedmm.records import (
     aggregate,
     encode_extras,
@@ -27,6 +31,28 @@ from fedmm.strategies.selection.base import Assignment, ClientState, ClientUpdat
 log = logging.getLogger("fedmm")
 
 WEIGHT_KEY = "num-examples"
+#: Local epochs of the pass that gives update-vector policies their first vectors (the reference's
+#: ``grad_epochs``, FEDCMI_CMSFED.md 3.5 step 1).
+UPDATE_PASS_EPOCHS = 1
+#: The server round of that pass (it runs before round 1 and does not change the global model).
+UPDATE_PASS_ROUND = 0
+
+#: ``round -> extras`` for every client (objective state such as global prototypes).
+ExtrasFn = Callable[[int], Mapping[str, Any]]
+#: ``(round, [(num_examples, facts), ...])`` of the clients whose replies were accepted.
+ObserveFn = Callable[[int, list[tuple[int, dict[str, Any]]]], None]
+
+
+@dataclass
+class Accepted:
+    """A usable training reply: who sent it, what it trained and what it sent."""
+
+    client_id: int
+    modalities: tuple[str, ...]
+    num_examples: int
+    loss: float
+    arrays: dict[str, np.ndarray]
+    facts: dict[str, Any]
 
 
 class ModalityAwareFedAvg(Strategy):
@@ -35,12 +61,17 @@ class ModalityAwareFedAvg(Strategy):
     Every array is averaged over the clients that sent it, weighted by ``num-examples``; an array
     nobody trained keeps its value. Each node gets its own message holding only the parameter groups
     of the modalities it trains this round plus the shared ``fusion`` group, and it uploads only
-    those.
+    those. When the policy needs each client's imbalance ratio (CMSFed), a client also receives the
+    groups of the modalities it holds but does not train, to measure its ratio with all of them.
+
+    Clients are identified by their partition id (learnt through a ``query`` message), not by
+    their Flower node id: a node that reconnects under a new id, or a resumed run, keeps the
+    client's state.
 
     Parameters
     ----------
     policy:
-        Decides which (node, modalities) pairs train each round.
+        Decides which (client, modalities) pairs train each round.
     clients_per_round:
         Budget handed to the policy (``all`` ignores it).
     min_available_nodes:
@@ -52,10 +83,15 @@ class ModalityAwareFedAvg(Strategy):
         FedProx proximal weight sent to clients; 0 disables it.
     extras_fn:
         ``round -> dict`` of extra values for all clients this round (objective or strategy state).
+    observe_fn:
+        Called with the facts of the accepted replies of every training round (and of the update
+        pass, as round 0): the objective's server half (boosting confidences, prototypes).
     fraction_evaluate:
         Fraction of known nodes asked to evaluate the global model on their own data.
     round_timeout:
         Seconds to wait for replies; missing replies are recorded as failures.
+    seed:
+        Seed of the strategy's own generator (which nodes evaluate).
     """
 
     def __init__(
@@ -66,9 +102,11 @@ class ModalityAwareFedAvg(Strategy):
         min_available_nodes: int,
         run_config: ConfigRecord,
         proximal_mu: float = 0.0,
-        extras_fn: Callable[[int], Mapping[str, Any]] | None = None,
+        extras_fn: ExtrasFn | None = None,
+        observe_fn: ObserveFn | None = None,
         fraction_evaluate: float = 0.0,
         round_timeout: float = 600.0,
+        seed: int = 0,
     ) -> None:
         self.policy = policy
         self.clients_per_round = clients_per_round
@@ -76,36 +114,53 @@ class ModalityAwareFedAvg(Strategy):
         self.run_config = run_config
         self.proximal_mu = proximal_mu
         self.extras_fn = extras_fn
+        self.observe_fn = observe_fn
         self.fraction_evaluate = fraction_evaluate
         self.round_timeout = round_timeout
+        #: Client state by client (partition) id.
         self.clients: dict[int, ClientState] = {}
+        #: Current Flower node id of each client, and the client of every node id seen.
+        self.node_of: dict[int, int] = {}
+        self.client_of: dict[int, int] = {}
         self.connected: set[int] = set()
-        self.partition_of: dict[int, int] = {}
         self.client_rows: list[dict[str, Any]] = []
         self.round_stats: dict[str, float] = {}
-        self.last_facts: list[tuple[int, dict[str, Any]]] = []
         self._global: dict[str, np.ndarray] = {}
         self._sent: dict[int, Assignment] = {}
-        self._rng = np.random.default_rng(0)
+        self._rng = np.random.default_rng(seed)
+        self.waited_for_nodes = False
 
     # -- discovery ---------------------------------------------------------------------------------
+    def register(self, node_id: int, client_id: int, modalities: Sequence[str], num_examples: int) -> None:
+        """Record that node ``node_id`` serves client ``client_id`` (a client that comes back under
+        a new node id keeps its state)."""
+        old = self.clients.get(client_id)
+        state = ClientState(client_id=client_id, modalities=tuple(modalities), num_examples=int(num_examples))
+        if old is not None:
+            state = dataclasses.replace(old, modalities=state.modalities, num_examples=state.num_examples)
+        self.clients[client_id] = state
+        self.node_of[client_id] = node_id
+        self.client_of[node_id] = client_id
+
     def discover(self, grid: Grid, server_round: int = 0) -> None:
         """Ask every node not seen before for its partition and modalities.
 
-        The first call waits for ``min_available_nodes``; later rounds go on with whoever is
-        connected, so a node that drops out is skipped and one that (re)joins is discovered.
+        The first call of a run (also of a resumed one) waits for ``min_available_nodes``; later
+        rounds go on with whoever is connected, so a node that drops out is skipped and one that
+        (re)joins is discovered.
         """
-        while not self.clients and len(list(grid.get_node_ids())) < self.min_available_nodes:
+        while not self.waited_for_nodes and len(list(grid.get_node_ids())) < self.min_available_nodes:
             log.info("waiting for nodes: %d of %d connected", len(list(grid.get_node_ids())), self.min_available_nodes)
             time.sleep(1.0)
+        self.waited_for_nodes = True
         node_ids = list(grid.get_node_ids())
         for node in sorted(self.connected - set(node_ids)):
             row = self._row(server_round, node, None)
             row["status"] = "disconnected"
-            log.warning("round %d: node %d (partition %d) is gone", server_round, node, self.partition_of.get(node, -1))
+            log.warning("round %d: node %d (partition %d) is gone", server_round, node, self.client_of.get(node, -1))
             self.client_rows.append(row)
         self.connected = set(node_ids)
-        new = [n for n in node_ids if n not in self.clients]
+        new = [n for n in node_ids if n not in self.client_of]
         if not new:
             return
         queries = [self._message(n, MessageType.QUERY, RecordDict({"config": self._config()})) for n in new]
@@ -115,13 +170,12 @@ class ModalityAwareFedAvg(Strategy):
                 log.warning("node %d did not answer discovery: %s", node, reply.error.reason)
                 continue
             info = reply.content["info"]
-            self.partition_of[node] = int(info["partition-id"])
-            self.clients[node] = ClientState(
-                node_id=node,
-                modalities=tuple(str(info["modalities"]).split(",")),
-                num_examples=int(info["num-examples"]),
-            )
-        log.info("discovered %d nodes (%d total)", len(new), len(self.clients))
+            self.register(node, int(info["partition-id"]), str(info["modalities"]).split(","), int(info["num-examples"]))
+        log.info("discovered %d nodes (%d clients known)", len(new), len(self.clients))
+
+    def available(self) -> list[ClientState]:
+        """Known clients whose node is connected now, by client id."""
+        return [self.clients[c] for c in sorted(self.clients) if self.node_of.get(c) in self.connected]
 
     # -- training ----------------------------------------------------------------------------------
     def configure_train(
@@ -130,102 +184,122 @@ class ModalityAwareFedAvg(Strategy):
         self.discover(grid, server_round)
         self._global = from_record(arrays)
         self.round_stats = {"bytes-down": 0.0, "bytes-up": 0.0}
-        states = sorted((c for c in self.clients.values() if c.node_id in self.connected),
-                        key=lambda c: self.partition_of[c.node_id])
+        states = self.available()
+        pending = self.policy.update_pass(states)
+        if pending:
+            self._update_pass(arrays, pending, grid)
         probe = self.policy.probe(server_round, states, self.clients_per_round)
         if probe:
             self._measure_losses(server_round, arrays, probe, grid)
         started = time.perf_counter()
         assignments = self.policy.select(server_round, states, self.clients_per_round)
         self.round_stats["selection-seconds"] = time.perf_counter() - started
-        extra_config, extra_arrays = self._extras(server_round)
         self._sent = {}
         messages = []
         for a in assignments:
-            keys = keys_for_modalities(arrays.keys(), a.modalities)
-            payload = subset_record(arrays, keys)
-            self.round_stats["bytes-down"] += payload.count_bytes()
-            node_config = self._config(
-                {"server-round": server_round, "modalities": ",".join(a.modalities), "proximal-mu": self.proximal_mu}
-            )
-            content = RecordDict(
-                {"arrays": payload, "config": node_config, "extras": extra_config, "extra-arrays": extra_arrays}
-            )
-            self._sent[a.node_id] = a
-            messages.append(self._message(a.node_id, MessageType.TRAIN, content))
+            node = self.node_of[a.client_id]
+            self._sent[node] = a
+            messages.append(self._train_message(node, a, arrays, server_round, states))
         return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        contributions: list[tuple[float, dict[str, np.ndarray]]] = []
-        updates: list[ClientUpdate] = []
-        self.last_facts = []
+        accepted = self._accept(server_round, replies, self._sent)
+        self._observe(server_round, accepted)
+        if not accepted:
+            log.warning("round %d: no usable replies; the global model is unchanged", server_round)
+            return None, None
+        new = aggregate(self._global, [(r.num_examples, r.arrays) for r in accepted])
+        weights = [r.num_examples for r in accepted]
+        mean_loss = float(np.average([r.loss for r in accepted], weights=weights))
+        self.round_stats.update({"train/loss": mean_loss, "clients-ok": len(accepted)})
+        return to_record(new), MetricRecord({"train/loss": mean_loss, WEIGHT_KEY: int(sum(weights))})
+
+    def _update_pass(self, arrays: ArrayRecord, client_ids: list[int], grid: Grid) -> None:
+        """A short training pass of ``client_ids`` on all their modalities, before the first selection:
+        the policy gets their update vectors (and imbalance ratios), the objective's server half their
+        facts as round 0 (e.g. global prototypes from every client); the global model does not change.
+        It uses the run's learning rate (the reference ran it at lr 0, FEDCMI_CMSFED.md 3.9)."""
+        states = self.available()
+        sent = {self.node_of[c]: Assignment(c, self.clients[c].modalities) for c in client_ids}
+        messages = [self._train_message(node, a, arrays, UPDATE_PASS_ROUND, states, epochs=UPDATE_PASS_EPOCHS)
+                    for node, a in sent.items()]
+        replies = grid.send_and_receive(messages, timeout=self.round_timeout)
+        self._observe(UPDATE_PASS_ROUND, self._accept(UPDATE_PASS_ROUND, replies, sent))
+
+    def _accept(self, server_round: int, replies: Iterable[Message], sent: Mapping[int, Assignment]) -> list[Accepted]:
+        """Check every reply, record each client's outcome in ``client_rows`` (ok, error, rejected,
+        no-reply) and return the usable ones; rows and replies are in client-id order, so that
+        neither the tables nor the average depend on the order in which replies arrived."""
+        accepted: list[Accepted] = []
+        rows: list[dict[str, Any]] = []
         answered: set[int] = set()
-        losses, weights = [], []
         for reply in replies:
             node = reply.metadata.src_node_id
             answered.add(node)
-            sent = self._sent.get(node)
-            row = self._row(server_round, node, sent)
+            assignment = sent.get(node)
+            row = self._row(server_round, node, assignment)
+            rows.append(row)
             if reply.has_error():
                 row["status"] = f"error: {reply.error.reason}"
                 log.warning("round %d: node %d failed: %s", server_round, node, reply.error.reason)
-                self.client_rows.append(row)
                 continue
             arrays = reply.content["arrays"]
-            metrics = reply.content["metrics"]
             bad = non_finite_keys(arrays)
-            unexpected = [k for k in arrays.keys() if key_modality(k) not in (None, *sent.modalities)] if sent else []
-            if bad or unexpected or sent is None:
-                reason = f"non-finite values in {bad[:3]}" if bad else f"unexpected parameters {unexpected[:3]}"
+            unexpected = [k for k in arrays.keys() if key_modality(k) not in (None, *assignment.modalities)] \
+                if assignment else []
+            if bad or unexpected or assignment is None:
+                reason = (f"non-finite values in {bad[:3]}" if bad else f"unexpected parameters {unexpected[:3]}"
+                          if unexpected else "no training request was sent to this node")
                 row["status"] = f"rejected: {reason}"
                 log.warning("round %d: rejected reply of node %d: %s", server_round, node, reason)
-                self.client_rows.append(row)
                 continue
-            n = int(metrics[WEIGHT_KEY])
-            loss = float(metrics["train-loss"])
-            local = from_record(arrays)
-            contributions.append((n, local))
-            self.round_stats["bytes-up"] += arrays.count_bytes()
-            losses.append(loss)
-            weights.append(n)
-            facts = dict(reply.content["facts"]) if "facts" in reply.content else {}
-            self.last_facts.append((n, facts))
-            state = self.clients[node]
-            state.loss, state.last_round = loss, server_round
-            if "imbalance-ratio" in facts:
-                state.imbalance_ratio = float(facts["imbalance-ratio"])
-            updates.append(self._update(node, sent.modalities, n, local, loss, state.imbalance_ratio))
-            row.update(
-                {"status": "ok", "num-examples": n, "train-loss": loss, "bytes-up": arrays.count_bytes(),
-                 "seconds": float(metrics.get("seconds", 0.0))}
+            metrics = reply.content["metrics"]
+            item = Accepted(
+                client_id=assignment.client_id,
+                modalities=assignment.modalities,
+                num_examples=int(metrics[WEIGHT_KEY]),
+                loss=float(metrics["train-loss"]),
+                arrays=from_record(arrays),
+                facts=dict(reply.content["facts"]) if "facts" in reply.content else {},
             )
-            self.client_rows.append(row)
-        for node in sorted(set(self._sent) - answered):
-            row = self._row(server_round, node, self._sent[node])
+            accepted.append(item)
+            self.round_stats["bytes-up"] = self.round_stats.get("bytes-up", 0.0) + arrays.count_bytes()
+            row.update({"status": "ok", "num-examples": item.num_examples, "train-loss": item.loss,
+                        "bytes-up": arrays.count_bytes(), "seconds": float(metrics.get("seconds", 0.0))})
+        for node in sorted(set(sent) - answered):
+            row = self._row(server_round, node, sent[node])
             row["status"] = "no-reply"
             log.warning("round %d: node %d sent no reply within %.0f s", server_round, node, self.round_timeout)
-            self.client_rows.append(row)
+            rows.append(row)
+        self.client_rows.extend(sorted(rows, key=lambda r: r["partition-id"]))
+        return sorted(accepted, key=lambda r: r.client_id)
+
+    def _observe(self, server_round: int, accepted: list[Accepted]) -> None:
+        """Update client states, then hand the round to the policy and the objective's server half."""
+        updates = []
+        for r in accepted:
+            state = self.clients[r.client_id]
+            state.loss, state.last_round = r.loss, server_round
+            if "imbalance-ratio" in r.facts:
+                state.imbalance_ratio = float(r.facts["imbalance-ratio"])
+            updates.append(ClientUpdate(client_id=r.client_id, modalities=r.modalities, num_examples=r.num_examples,
+                                        deltas=self._deltas(r), loss=r.loss, imbalance_ratio=state.imbalance_ratio))
         self.policy.observe(server_round, updates)
-        if not contributions:
-            log.warning("round %d: no usable replies; the global model is unchanged", server_round)
-            return None, None
-        new = aggregate(self._global, contributions)
-        mean_loss = float(np.average(losses, weights=weights))
-        self.round_stats.update({"train/loss": mean_loss, "clients-ok": len(contributions)})
-        return to_record(new), MetricRecord({"train/loss": mean_loss, WEIGHT_KEY: int(sum(weights))})
+        if self.observe_fn is not None:
+            self.observe_fn(server_round, [(r.num_examples, r.facts) for r in accepted])
 
     # -- federated evaluation ------------------------------------------------------------------------
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        if self.fraction_evaluate <= 0 or not self.clients:
+        clients = [c.client_id for c in self.available()]
+        if self.fraction_evaluate <= 0 or not clients:
             return []
-        nodes = sorted(self.clients)
-        k = max(1, int(round(self.fraction_evaluate * len(nodes))))
-        chosen = self._rng.choice(nodes, size=min(k, len(nodes)), replace=False)
-        return [self._evaluate_message(int(n), server_round, arrays) for n in chosen]
+        k = max(1, int(round(self.fraction_evaluate * len(clients))))
+        chosen = self._rng.choice(clients, size=min(k, len(clients)), replace=False)
+        return [self._evaluate_message(int(c), server_round, arrays) for c in chosen]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         ok = [r for r in replies if not r.has_error()]
@@ -238,48 +312,87 @@ class ModalityAwareFedAvg(Strategy):
                              "fedeval/loss": float(np.average(loss, weights=n))})
 
     def summary(self) -> None:
-        log.info("%s with selection %r over %d nodes", type(self).__name__, self.policy.name, len(self.clients))
+        log.info("%s with selection %r over %d clients", type(self).__name__, self.policy.name, len(self.clients))
+
+    # -- checkpointing -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs: client states, the strategy's generator and the policy state
+        (numpy arrays and JSON strings; node ids are not kept, nodes are discovered again)."""
+        clients = [dataclasses.asdict(c) for c in self.clients.values()]
+        return {
+            "strategy.clients": json.dumps(clients),
+            "strategy.rng": json.dumps(self._rng.bit_generator.state),
+            **prefixed("policy.", self.policy.state_dict()),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (the policy must be of the same kind)."""
+        self.clients = {}
+        for c in json.loads(str(state["strategy.clients"])):
+            c["modalities"] = tuple(c["modalities"])
+            self.clients[int(c["client_id"])] = ClientState(**c)
+        self._rng.bit_generator.state = json.loads(str(state["strategy.rng"]))
+        self.policy.load_state_dict(unprefixed("policy.", state))
 
     # -- helpers -------------------------------------------------------------------------------------
-    def _measure_losses(self, server_round: int, arrays: ArrayRecord, nodes: list[int], grid: Grid) -> None:
-        """Ask ``nodes`` for their local loss under the current global model (Power-of-Choice)."""
-        messages = [self._evaluate_message(n, server_round, arrays) for n in nodes]
-        for reply in grid.send_and_receive(messages, timeout=self.round_timeout):
-            if not reply.has_error():
-                self.clients[reply.metadata.src_node_id].loss = float(reply.content["metrics"]["loss"])
+    def _train_message(self, node: int, a: Assignment, arrays: ArrayRecord, server_round: int,
+                       states: Sequence[ClientState], *, epochs: int | None = None) -> Message:
+        """The training message of one node: the groups it needs, its own config and the extras."""
+        order = self.policy.imbalance_order(states)
+        held = self.clients[a.client_id].modalities
+        payload = subset_record(arrays, keys_for_modalities(arrays.keys(), held if order else a.modalities))
+        per_node: dict[str, Any] = {"server-round": server_round, "modalities": ",".join(a.modalities),
+                                    "proximal-mu": self.proximal_mu}
+        if order:
+            per_node["imbalance-order"] = ",".join(order)
+        if epochs is not None:
+            per_node["local-epochs"] = epochs
+        extra_config, extra_arrays = self._extras(server_round)
+        self.round_stats["bytes-down"] = (self.round_stats.get("bytes-down", 0.0) + payload.count_bytes()
+                                          + extra_arrays.count_bytes())
+        content = RecordDict({"arrays": payload, "config": self._config(per_node), "extras": extra_config,
+                              "extra-arrays": extra_arrays})
+        return self._message(node, MessageType.TRAIN, content)
 
-    def _evaluate_message(self, node: int, server_round: int, arrays: ArrayRecord) -> Message:
-        mods = self.clients[node].modalities
+    def _measure_losses(self, server_round: int, arrays: ArrayRecord, client_ids: list[int], grid: Grid) -> None:
+        """Ask ``client_ids`` for their local loss under the current global model (Power-of-Choice)."""
+        messages = [self._evaluate_message(c, server_round, arrays) for c in client_ids]
+        for reply in grid.send_and_receive(messages, timeout=self.round_timeout):
+            client = self.client_of.get(reply.metadata.src_node_id)
+            if not reply.has_error() and client is not None:
+                self.clients[client].loss = float(reply.content["metrics"]["loss"])
+
+    def _evaluate_message(self, client_id: int, server_round: int, arrays: ArrayRecord) -> Message:
+        mods = self.clients[client_id].modalities
         payload = subset_record(arrays, keys_for_modalities(arrays.keys(), mods))
         config = self._config({"server-round": server_round, "modalities": ",".join(mods)})
         extra_config, extra_arrays = self._extras(server_round)
         content = RecordDict({"arrays": payload, "config": config, "extras": extra_config, "extra-arrays": extra_arrays})
-        return self._message(node, MessageType.EVALUATE, content)
+        return self._message(self.node_of[client_id], MessageType.EVALUATE, content)
 
     def _extras(self, server_round: int) -> tuple[ConfigRecord, ArrayRecord]:
         """The round's extras (objective state such as active classifier slots), encoded."""
         return encode_extras(dict(self.extras_fn(server_round)) if self.extras_fn else {})
 
-    def _update(self, node: int, modalities: tuple[str, ...], n: int, local: dict[str, np.ndarray],
-                loss: float, ratio: float | None) -> ClientUpdate:
-        """The client's update per modality (global - local over that modality's encoder)."""
+    def _deltas(self, r: Accepted) -> dict[str, np.ndarray]:
+        """The client's update per trained modality, ``global - local`` over that modality's encoder
+        (only for policies that use update vectors)."""
+        if not self.policy.uses_updates:
+            return {}
         deltas: dict[str, np.ndarray] = {}
-        if getattr(self.policy, "uses_updates", False):
-            for m in modalities:
-                keys = [k for k in local if k.startswith(f"encoders.{m}.") and np.issubdtype(local[k].dtype, np.floating)]
-                if keys:
-                    deltas[m] = np.concatenate(
-                        [(self._global[k] - local[k]).ravel().astype(np.float32) for k in keys]
-                    )
-        return ClientUpdate(node_id=node, modalities=modalities, num_examples=n, deltas=deltas,
-                            loss=loss, imbalance_ratio=ratio)
+        for m in r.modalities:
+            keys = [k for k in r.arrays if k.startswith(f"encoders.{m}.") and np.issubdtype(r.arrays[k].dtype, np.floating)]
+            if keys:
+                deltas[m] = np.concatenate([(self._global[k] - r.arrays[k]).ravel().astype(np.float32) for k in keys])
+        return deltas
 
     def _row(self, server_round: int, node: int, sent: Assignment | None) -> dict[str, Any]:
-        state = self.clients.get(node)
+        client = self.client_of.get(node)
+        state = self.clients.get(client) if client is not None else None
         return {
             "round": server_round,
             "node-id": node,
-            "partition-id": self.partition_of.get(node, -1),
+            "partition-id": -1 if client is None else client,
             "modalities-held": "+".join(state.modalities) if state else "",
             "modalities-trained": "+".join(sent.modalities) if sent else "",
             "num-examples": 0,

@@ -43,8 +43,10 @@ class ClientState:
 
     Parameters
     ----------
-    node_id:
-        Flower node id of the client (a non-negative integer below 2**64).
+    client_id:
+        Stable id of the client (a non-negative integer below 2**64). The strategy uses the
+        client's partition id, so a node that reconnects under a new Flower node id, or a resumed
+        run whose nodes got new ids, keeps the client's history.
     modalities:
         Names of the modalities the client holds, e.g. ``("audio", "video")``.
     num_examples:
@@ -59,7 +61,7 @@ class ClientState:
         Last server round the client trained in (staleness); ``None`` if it never trained.
     """
 
-    node_id: int
+    client_id: int
     modalities: tuple[str, ...]
     num_examples: int
     loss: float | None = None
@@ -73,13 +75,13 @@ class Assignment:
 
     Parameters
     ----------
-    node_id:
-        Flower node id of the selected client.
+    client_id:
+        Id of the selected client (see :attr:`ClientState.client_id`).
     modalities:
         Modalities it trains this round: all of those it holds, or a subset (CMSFed's weak-only mode).
     """
 
-    node_id: int
+    client_id: int
     modalities: tuple[str, ...]
 
 
@@ -89,8 +91,8 @@ class ClientUpdate:
 
     Parameters
     ----------
-    node_id:
-        Flower node id of the client.
+    client_id:
+        Id of the client (see :attr:`ClientState.client_id`).
     modalities:
         Modalities it trained this round.
     num_examples:
@@ -105,7 +107,7 @@ class ClientUpdate:
         Its rho_k after local training (CMSFed), if reported.
     """
 
-    node_id: int
+    client_id: int
     modalities: tuple[str, ...]
     num_examples: int
     deltas: dict[str, np.ndarray] = field(default_factory=dict)
@@ -126,7 +128,7 @@ class SelectionPolicy(ABC):
     Attributes
     ----------
     history:
-        One record per :meth:`select` call: ``round``, ``node_ids``, ``modalities`` (one list per
+        One record per :meth:`select` call: ``round``, ``client_ids``, ``modalities`` (one list per
         selected node), ``modes`` (one of ``all``, ``multimodal``, ``weak``, ``unseen`` per node) and
         ``seconds`` (time the call took), plus policy-specific keys. JSON-serialisable.
     """
@@ -180,6 +182,16 @@ class SelectionPolicy(ABC):
     def observe(self, server_round: int, updates: Sequence[ClientUpdate]) -> None:
         """Receive what selected clients sent back; default no-op."""
 
+    def update_pass(self, clients: Sequence[ClientState]) -> list[int]:
+        """Clients that must run a short training pass before this round's selection so that the
+        policy has their update vectors (FEDCMI_CMSFED.md 3.5 step 1); default none."""
+        return []
+
+    def imbalance_order(self, clients: Sequence[ClientState]) -> tuple[str, str] | None:
+        """``(first, second)`` when the policy needs every client's imbalance ratio
+        rho_k = Acc_first / Acc_second (its prototype accuracies); default ``None`` (not needed)."""
+        return None
+
     # -- checkpointing -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, StateValue]:
         """Everything needed to resume: policy name, seed, RNG state and history (JSON strings)."""
@@ -207,9 +219,9 @@ class SelectionPolicy(ABC):
         """Validate the arguments of probe/select; returns the effective budget."""
         if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
             raise ValueError(f"selection {self.name!r}: budget must be a positive integer, got {budget!r}")
-        ids = [c.node_id for c in clients]
+        ids = [c.client_id for c in clients]
         if len(set(ids)) != len(ids):
-            raise ValueError(f"selection {self.name!r}: duplicate node ids in clients")
+            raise ValueError(f"selection {self.name!r}: duplicate client ids in clients")
         if server_round < 0:
             raise ValueError(f"selection {self.name!r}: server_round must be >= 0, got {server_round}")
         return min(int(budget), len(clients))
@@ -219,7 +231,7 @@ class SelectionPolicy(ABC):
         """Append one history record and return ``assignments`` as a list."""
         self.history.append({
             "round": int(server_round),
-            "node_ids": [int(a.node_id) for a in assignments],
+            "client_ids": [int(a.client_id) for a in assignments],
             "modalities": [list(a.modalities) for a in assignments],
             "modes": list(modes),
             "seconds": time.perf_counter() - started,

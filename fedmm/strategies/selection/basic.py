@@ -29,7 +29,7 @@ class AllClients(SelectionPolicy):
     def select(self, server_round: int, clients: Sequence[ClientState], budget: int) -> list[Assignment]:
         started = time.perf_counter()
         self._check(server_round, clients, max(int(budget), 1))
-        out = [Assignment(c.node_id, tuple(c.modalities)) for c in clients]
+        out = [Assignment(c.client_id, tuple(c.modalities)) for c in clients]
         return self._record(server_round, out, [MODE_ALL] * len(out), started)
 
 
@@ -42,7 +42,7 @@ class RandomClients(SelectionPolicy):
         started = time.perf_counter()
         k = self._check(server_round, clients, budget)
         picks = self.rng.choice(len(clients), size=k, replace=False) if k else np.empty(0, dtype=int)
-        out = [Assignment(clients[i].node_id, tuple(clients[i].modalities)) for i in picks]
+        out = [Assignment(clients[i].client_id, tuple(clients[i].modalities)) for i in picks]
         return self._record(server_round, out, [MODE_ALL] * len(out), started)
 
 
@@ -58,7 +58,7 @@ class PowerOfChoice(SelectionPolicy):
     candidates with the highest :attr:`ClientState.loss`; a candidate whose loss is ``None`` counts
     as +inf (explored first); ties keep the probe order.
 
-    The candidate set is kept as an array of node ids (the reference code indexed a Python list with
+    The candidate set is kept as an array of client ids (the reference code indexed a Python list with
     a NumPy array). If :meth:`select` is called for a round without a :meth:`probe` for that round, it
     draws the candidates itself and uses whatever losses the states hold.
     """
@@ -81,7 +81,7 @@ class PowerOfChoice(SelectionPolicy):
         k = self._check(server_round, clients, budget)
         size = min(len(clients), max(self.params.d, k))
         picks = self._draw(clients, size)
-        self._candidates = np.array([clients[i].node_id for i in picks], dtype=np.uint64)
+        self._candidates = np.array([clients[i].client_id for i in picks], dtype=np.uint64)
         self._candidates_round = int(server_round)
         return [int(n) for n in self._candidates]
 
@@ -101,13 +101,13 @@ class PowerOfChoice(SelectionPolicy):
         k = self._check(server_round, clients, budget)
         if self._candidates_round != server_round:
             self.probe(server_round, clients, budget)
-        by_id = {c.node_id: c for c in clients}
+        by_id = {c.client_id: c for c in clients}
         cands = [by_id[int(n)] for n in self._candidates if int(n) in by_id]
         losses = np.array([np.inf if c.loss is None else float(c.loss) for c in cands], dtype=np.float64)
         order = np.argsort(-losses, kind="stable")[:k]
-        out = [Assignment(cands[i].node_id, tuple(cands[i].modalities)) for i in order]
+        out = [Assignment(cands[i].client_id, tuple(cands[i].modalities)) for i in order]
         return self._record(server_round, out, [MODE_ALL] * len(out), started,
-                            candidates=[c.node_id for c in cands],
+                            candidates=[c.client_id for c in cands],
                             losses=[None if c.loss is None else float(c.loss) for c in cands])
 
     def state_dict(self) -> dict[str, StateValue]:

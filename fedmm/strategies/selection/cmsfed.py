@@ -130,6 +130,10 @@ class CMSFed(UpdateVectorPolicy):
             )
         return held[0], held[1]
 
+    def imbalance_order(self, clients: Sequence[ClientState]) -> tuple[str, str]:
+        """rho_k = Acc_first / Acc_second in :meth:`modality_order`."""
+        return self.modality_order(clients)
+
     def select(self, server_round: int, clients: Sequence[ClientState], budget: int) -> list[Assignment]:
         started = time.perf_counter()
         k = self._check(server_round, clients, budget)
@@ -138,7 +142,7 @@ class CMSFed(UpdateVectorPolicy):
         rho_bar = global_imbalance_ratio(clients)
         weak = second if rho_bar > 1 else first
         delta = self.params.delta
-        ids = [int(c.node_id) for c in clients]
+        ids = [int(c.client_id) for c in clients]
         n = len(clients)
 
         has_full = self.store.has_full(ids)
@@ -189,4 +193,4 @@ class CMSFed(UpdateVectorPolicy):
         out = [Assignment(ids[p], mod) for p, mod in zip(picks, mods)]
         return self._record(server_round, out, modes, started, rho_bar=rho_bar, weak=weak,
                             dominant=first if weak == second else second,
-                            staleness=self.store.staleness([a.node_id for a in out], server_round).tolist())
+                            staleness=self.store.staleness([a.client_id for a in out], server_round).tolist())

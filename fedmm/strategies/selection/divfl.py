@@ -61,7 +61,7 @@ class DivFL(UpdateVectorPolicy):
         started = time.perf_counter()
         k = self._check(server_round, clients, budget)
         self._remember(clients)
-        ids = [int(c.node_id) for c in clients]
+        ids = [int(c.client_id) for c in clients]
         has = self.store.has_full(ids)
         picks = list(pick_unseen(self.rng, np.flatnonzero(~has), k))
         modes = [MODE_UNSEEN] * len(picks)
@@ -73,4 +73,4 @@ class DivFL(UpdateVectorPolicy):
             modes += [MODE_MULTIMODAL] * len(local)
         out = [Assignment(ids[p], tuple(clients[p].modalities)) for p in picks]
         return self._record(server_round, out, modes, started,
-                            staleness=self.store.staleness([a.node_id for a in out], server_round).tolist())
+                            staleness=self.store.staleness([a.client_id for a in out], server_round).tolist())

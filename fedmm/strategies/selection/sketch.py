@@ -138,7 +138,7 @@ class UpdateStore:
         self.modalities: list[str] = []
         self.dims: dict[str, int] = {}
         self.rows: dict[int, int] = {}
-        self.node_ids = np.zeros(0, dtype=np.uint64)
+        self.client_ids = np.zeros(0, dtype=np.uint64)
         self.slice: dict[str, np.ndarray] = {}
         self.slice_round: dict[str, np.ndarray] = {}
         self.full: dict[str, np.ndarray] = {}
@@ -157,7 +157,7 @@ class UpdateStore:
             return
         cap = max(need, 2 * self.capacity, 16)
         extra = cap - self.capacity
-        self.node_ids = np.concatenate([self.node_ids, np.zeros(extra, dtype=np.uint64)])
+        self.client_ids = np.concatenate([self.client_ids, np.zeros(extra, dtype=np.uint64)])
         self.full_round = np.concatenate([self.full_round, np.full(extra, NEVER, dtype=np.int64)])
         for m in self.modalities:
             d = self.dims[m]
@@ -173,14 +173,14 @@ class UpdateStore:
         self.full[m] = np.zeros((cap, dim), dtype=np.float32)
         self.slice_round[m] = np.full(cap, NEVER, dtype=np.int64)
 
-    def row(self, node_id: int) -> int:
-        """The row of ``node_id``, created if new."""
-        r = self.rows.get(int(node_id))
+    def row(self, client_id: int) -> int:
+        """The row of ``client_id``, created if new."""
+        r = self.rows.get(int(client_id))
         if r is None:
             r = len(self.rows)
             self._grow(r + 1)
-            self.rows[int(node_id)] = r
-            self.node_ids[r] = int(node_id)
+            self.rows[int(client_id)] = r
+            self.client_ids[r] = int(client_id)
         return r
 
     def project(self, x: np.ndarray, modality: str) -> np.ndarray:
@@ -190,7 +190,7 @@ class UpdateStore:
             raise ValueError(f"update of modality {modality!r} has non-finite values")
         return self.sketch(x, modality) if self.sketch is not None else x.copy()
 
-    def add(self, node_id: int, deltas: Mapping[str, np.ndarray], server_round: int, *, full: bool) -> None:
+    def add(self, client_id: int, deltas: Mapping[str, np.ndarray], server_round: int, *, full: bool) -> None:
         """Store a client's per-modality updates of ``server_round``.
 
         ``full`` says the update covers every modality the client holds: then its full vector is
@@ -205,7 +205,7 @@ class UpdateStore:
                     f"update of modality {m!r} has {v.size} values, earlier ones had {self.dims[m]} "
                     "(exact vectors, sketch-dim = 0, need a fixed size per modality)"
                 )
-        r = self.row(node_id)
+        r = self.row(client_id)
         for m, v in vecs.items():
             self.slice[m][r] = v
             self.slice_round[m][r] = server_round
@@ -215,32 +215,32 @@ class UpdateStore:
             self.full_round[r] = server_round
 
     # -- reading -----------------------------------------------------------------------------------------
-    def _rows_of(self, node_ids: Sequence[int]) -> np.ndarray:
-        return np.array([self.rows.get(int(n), -1) for n in node_ids], dtype=np.intp)
+    def _rows_of(self, client_ids: Sequence[int]) -> np.ndarray:
+        return np.array([self.rows.get(int(n), -1) for n in client_ids], dtype=np.intp)
 
-    def has_full(self, node_ids: Sequence[int]) -> np.ndarray:
-        """Boolean mask: which of ``node_ids`` have a full vector."""
-        rows = self._rows_of(node_ids)
+    def has_full(self, client_ids: Sequence[int]) -> np.ndarray:
+        """Boolean mask: which of ``client_ids`` have a full vector."""
+        rows = self._rows_of(client_ids)
         ok = rows >= 0
         ok[ok] = self.full_round[rows[ok]] != NEVER
         return ok
 
-    def has_slice(self, node_ids: Sequence[int], modality: str) -> np.ndarray:
-        """Boolean mask: which of ``node_ids`` have an update of ``modality``."""
-        rows = self._rows_of(node_ids)
+    def has_slice(self, client_ids: Sequence[int], modality: str) -> np.ndarray:
+        """Boolean mask: which of ``client_ids`` have an update of ``modality``."""
+        rows = self._rows_of(client_ids)
         ok = rows >= 0
         if modality not in self.slice_round:
             return np.zeros(len(rows), dtype=bool)
         ok[ok] = self.slice_round[modality][rows[ok]] != NEVER
         return ok
 
-    def full_features(self, node_ids: Sequence[int]) -> np.ndarray:
-        """Full vectors of ``node_ids`` (caller checks :meth:`has_full`), float32.
+    def full_features(self, client_ids: Sequence[int]) -> np.ndarray:
+        """Full vectors of ``client_ids`` (caller checks :meth:`has_full`), float32.
 
         Sketched: (len, sketch_dim), the sum of the per-modality sketches (the count sketch of the
         concatenation). Exact: (len, sum of dims), the concatenation.
         """
-        rows = self._rows_of(node_ids)
+        rows = self._rows_of(client_ids)
         if not self.modalities:
             return np.zeros((len(rows), max(self.sketch_dim, 0)), dtype=np.float32)
         if self.sketch is None:
@@ -250,13 +250,13 @@ class UpdateStore:
             out += self.full[m][rows]
         return out
 
-    def slice_features(self, node_ids: Sequence[int], modality: str) -> np.ndarray:
-        """(len(node_ids), dim) float32: the latest ``modality`` updates (caller checks :meth:`has_slice`)."""
-        return self.slice[modality][self._rows_of(node_ids)]
+    def slice_features(self, client_ids: Sequence[int], modality: str) -> np.ndarray:
+        """(len(client_ids), dim) float32: the latest ``modality`` updates (caller checks :meth:`has_slice`)."""
+        return self.slice[modality][self._rows_of(client_ids)]
 
-    def staleness(self, node_ids: Sequence[int], server_round: int) -> np.ndarray:
+    def staleness(self, client_ids: Sequence[int], server_round: int) -> np.ndarray:
         """Rounds since each client's full vector was refreshed (-1 where it has none)."""
-        rows = self._rows_of(node_ids)
+        rows = self._rows_of(client_ids)
         out = np.full(len(rows), -1, dtype=np.int64)
         ok = rows >= 0
         fr = self.full_round[rows[ok]]
@@ -270,7 +270,7 @@ class UpdateStore:
             f"{prefix}sketch_dim": self.sketch_dim,
             f"{prefix}seed": self.seed,
             f"{prefix}modalities": json.dumps(self.modalities),
-            f"{prefix}node_ids": self.node_ids[:n].copy(),
+            f"{prefix}client_ids": self.client_ids[:n].copy(),
             f"{prefix}full_round": self.full_round[:n].copy(),
         }
         for i, m in enumerate(self.modalities):
@@ -284,17 +284,17 @@ class UpdateStore:
             raise ValueError(
                 f"state_dict has sketch-dim {int(state[f'{prefix}sketch_dim'])}, this policy {self.sketch_dim}"
             )
-        node_ids = np.asarray(state[f"{prefix}node_ids"], dtype=np.uint64)
+        client_ids = np.asarray(state[f"{prefix}client_ids"], dtype=np.uint64)
         if int(state[f"{prefix}seed"]) != self.seed:  # new updates must be sketched as the stored ones
             self.seed = int(state[f"{prefix}seed"])
             self.sketch = CountSketch(self.sketch_dim, self.seed) if self.sketch_dim > 0 else None
         self._reset()
         for i, m in enumerate(json.loads(str(state[f"{prefix}modalities"]))):
             self._add_modality(m, int(np.asarray(state[f"{prefix}slice.{i}"]).shape[1]))
-        self._grow(node_ids.size)
-        for n in node_ids:
+        self._grow(client_ids.size)
+        for n in client_ids:
             self.row(int(n))
-        k = node_ids.size
+        k = client_ids.size
         self.full_round[:k] = np.asarray(state[f"{prefix}full_round"], dtype=np.int64)
         for i, m in enumerate(self.modalities):
             self.slice[m][:k] = np.asarray(state[f"{prefix}slice.{i}"], dtype=np.float32)
@@ -329,7 +329,7 @@ class UpdateVectorPolicy(SelectionPolicy):
         self._held: dict[int, tuple[str, ...]] = {}
 
     def _remember(self, clients: Sequence[ClientState]) -> None:
-        self._held = {int(c.node_id): tuple(c.modalities) for c in clients}
+        self._held = {int(c.client_id): tuple(c.modalities) for c in clients}
 
     def _sample_size(self, n_clients: int, budget: int) -> int | None:
         """Stochastic-greedy m = max(K, floor(subsample * N)); None for the full greedy."""
@@ -337,14 +337,19 @@ class UpdateVectorPolicy(SelectionPolicy):
             return None
         return max(budget, int(math.floor(self.params.subsample * n_clients)))
 
+    def update_pass(self, clients: Sequence[ClientState]) -> list[int]:
+        """Clients without a full update vector: they train a short pass before the first selection."""
+        ids = [int(c.client_id) for c in clients]
+        return [i for i, has in zip(ids, self.store.has_full(ids)) if not has]
+
     def observe(self, server_round: int, updates: Sequence[ClientUpdate]) -> None:
         """Store each update's per-modality vectors; a full vector only if it covers all held modalities."""
         for u in updates:
             deltas = {m: x for m, x in u.deltas.items() if x is not None}
             if not deltas:
                 continue
-            held = self._held.get(int(u.node_id), tuple(u.modalities) or tuple(deltas))
-            self.store.add(u.node_id, deltas, server_round, full=set(deltas) >= set(held))
+            held = self._held.get(int(u.client_id), tuple(u.modalities) or tuple(deltas))
+            self.store.add(u.client_id, deltas, server_round, full=set(deltas) >= set(held))
 
     def state_dict(self) -> dict[str, StateValue]:
         state = super().state_dict()

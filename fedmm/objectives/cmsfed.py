@@ -1,0 +1,147 @@
+"""CMSFed's client side: the modal-enhancement (ME) loss toward server-aggregated global prototypes.
+
+Spec: ``shared/specs/FEDCMI_CMSFED.md`` sections 3.3 and 3.5; reference code
+``fanyunfeng-bit/Balanced-Modality-Selection-in-MFL`` (``client/mmdrop.py``, ``server/mmdrop.py``,
+internal name FedMDrop, ``--clientsel_algo PMR_submodular``). Used by ``strategy = "cmsfed"``.
+
+The ME loss is PMR's prototype loss (:class:`~fedmm.objectives.pmr.PMR`) with the prototypes
+replaced by the global ones:
+
+* training both modalities: ``L = CE(F([z_a; z_v]), y) + alpha * CE(s^w, y)`` for the batch's weak
+  modality ``w`` only (the lower summed prototype confidence), nothing on a tie;
+* training one modality ``m`` (a unimodal client, or a multimodal one the server assigned to ``m``):
+  ``L = CE(F(z_m with zeros elsewhere), y) + alpha * CE(s^m, y)``, which aligns the feature spaces
+  of clients that trained different modality subsets;
+
+with ``s^m_c = -||phi_m(x) - P^m_c||``. The global prototypes are fixed during local training. A
+client that has no global prototype of a modality yet (the update pass before round 1) uses its
+local ones, as the reference's round-0 pass does.
+
+Server half (plain numpy): after every round (and the update pass) ``P^m_c = sum_k S^m_{k,c} /
+sum_k n^m_{k,c}`` over the accepted clients that trained ``m``, where ``S`` are the reported class
+feature sums and ``n`` the class counts: the class-count-weighted mean of the local prototypes.
+A class nobody reported this round keeps its previous global prototype. Clients report the
+modalities they trained (a modality left out of training is left out of the upload, prototypes
+included; the reference also uploads the dropped modality's prototypes from the received encoder).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedmm.data.base import TensorDict
+from fedmm.objectives.base import Objective, RoundContext
+from fedmm.objectives.pmr import PMR, Prototypes, proto_count_key, proto_key
+from fedmm.objectives.registry import register_objective
+
+
+def global_proto_key(modality: str) -> str:
+    """Extras key of the global prototypes of ``modality`` (``K x D`` float32)."""
+    return f"cmsfed-proto/{modality}"
+
+
+def global_present_key(modality: str) -> str:
+    """Extras key of which global prototypes exist (``K`` int8, 1 = the class was seen)."""
+    return f"cmsfed-present/{modality}"
+
+
+@register_objective
+class CMSFedObjective(PMR):
+    """CMSFed: fused CE plus the weak modality's CE toward the global class prototypes."""
+
+    name: ClassVar[str] = "cmsfed"
+
+    @dataclass
+    class Params:
+        """Parameters of ``cmsfed``.
+
+        Parameters
+        ----------
+        alpha:
+            Weight of the ME (prototype) loss, the reference's ``--MI_alpha`` (2.0 in its scripts).
+        """
+
+        alpha: float = 2.0
+
+        def validate(self) -> None:
+            if not (self.alpha >= 0.0 and math.isfinite(self.alpha)):
+                raise ValueError(f"cmsfed: alpha must be a finite number >= 0, got {self.alpha}")
+
+    params: Params
+
+    def __init__(self, params: CMSFedObjective.Params | None = None) -> None:
+        super().__init__(params)
+        #: Server side: global prototype centers and presence per modality.
+        self.global_centers: dict[str, np.ndarray] = {}
+        self.global_present: dict[str, np.ndarray] = {}
+
+    # -- client side -----------------------------------------------------------------------------
+    def begin_round(self, model: nn.Module, data: TensorDict, ctx: RoundContext) -> None:
+        """Global prototypes from the server's extras; local ones for a modality without them."""
+        Objective.begin_round(self, model, data, ctx)
+        received = {}
+        for m in self._trained(model, data):
+            if global_proto_key(m) in ctx.extras:
+                ref = next(model.parameters())
+                centers = torch.as_tensor(np.asarray(ctx.extras[global_proto_key(m)]), device=ref.device, dtype=ref.dtype)
+                present = torch.as_tensor(np.asarray(ctx.extras[global_present_key(m)]) > 0, device=ref.device)
+                received[m] = Prototypes(centers=centers, present=present)
+        local = self.compute_prototypes(model, data) if set(received) != set(self._trained(model, data)) else {}
+        self.prototypes = {**local, **received}
+
+    def batches(
+        self, model: nn.Module, data: TensorDict, epoch: int, batch_size: int, generator: torch.Generator
+    ) -> Iterator[TensorDict]:
+        # The prototypes stay fixed for the round (no per-epoch refresh as in PMR).
+        yield from Objective.batches(self, model, data, epoch, batch_size, generator)
+
+    # -- server side -----------------------------------------------------------------------------
+    def server_observe(self, server_round: int, facts: list[tuple[int, dict[str, Any]]]) -> None:
+        sums: dict[str, np.ndarray] = {}
+        counts: dict[str, np.ndarray] = {}
+        for _, f in facts:
+            for key, value in f.items():
+                prefix = proto_key("")
+                if not key.startswith(prefix):
+                    continue
+                m = key[len(prefix):]
+                c = np.asarray(f[proto_count_key(m)], dtype=np.float64)
+                s = np.asarray(value, dtype=np.float64).reshape(c.size, -1)
+                sums[m] = s if m not in sums else sums[m] + s
+                counts[m] = c if m not in counts else counts[m] + c
+        for m, s in sums.items():
+            seen = counts[m] > 0
+            centers = self.global_centers.get(m, np.zeros(s.shape, dtype=np.float32)).copy()
+            present = self.global_present.get(m, np.zeros(s.shape[0], dtype=bool))
+            centers[seen] = (s[seen] / counts[m][seen, None]).astype(np.float32)
+            self.global_centers[m] = centers
+            self.global_present[m] = present | seen
+
+    def server_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"modalities": ",".join(self.global_centers)}
+        for m in self.global_centers:
+            state[f"centers.{m}"] = self.global_centers[m]
+            state[f"present.{m}"] = self.global_present[m]
+        return state
+
+    def load_server_state(self, state: dict[str, Any]) -> None:
+        names = [m for m in str(state["modalities"]).split(",") if m]
+        self.global_centers = {m: np.asarray(state[f"centers.{m}"], dtype=np.float32) for m in names}
+        self.global_present = {m: np.asarray(state[f"present.{m}"], dtype=bool) for m in names}
+
+    def server_extras(self, server_round: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for m, centers in self.global_centers.items():
+            out[global_proto_key(m)] = centers
+            out[global_present_key(m)] = self.global_present[m].astype(np.int8)
+        return out
+
+
+__all__ = ["CMSFedObjective", "global_present_key", "global_proto_key"]

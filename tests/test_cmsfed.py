@@ -1,0 +1,156 @@
+"""CMSFed's client objective, global prototypes, rho_k, and the strategy's update pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from torch.nn import functional as F
+
+from fedmm.config import load_config
+from fedmm.data.base import ModalitySpec
+from fedmm.models.net import ModelConfig, MultimodalNet
+from fedmm.objectives import RoundContext, build_objective
+from fedmm.objectives.cmsfed import global_present_key, global_proto_key
+from fedmm.objectives.pmr import proto_count_key, proto_key, prototype_accuracies, prototype_imbalance_ratio
+from fedmm.records import to_record
+from fedmm.strategies import ModalityAwareFedAvg
+from fedmm.strategies.selection import build_policy
+
+
+def identity_model() -> MultimodalNet:
+    """Two 2-d modalities whose encoders are the identity (features = inputs)."""
+    model = MultimodalNet([ModalitySpec("a", (2,), "vector"), ModalitySpec("v", (2,), "vector")], 2,
+                          ModelConfig(embed_dim=2))
+    for m in ("a", "v"):
+        model.encoders[m] = torch.nn.Identity()
+    return model
+
+
+# -- the ME loss ----------------------------------------------------------------------------------------
+def test_me_loss_pulls_the_weak_modality_toward_the_global_prototypes():
+    objective = build_objective("cmsfed", {"alpha": 2.0})
+    model = identity_model()
+    batch = {"a": torch.tensor([[1.0, 0.0], [0.0, 1.0]]), "v": torch.tensor([[0.2, 0.1], [0.1, 0.2]]),
+             "y": torch.tensor([0, 1])}
+    centers = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)  # global prototypes: class c at unit vector c
+    extras = {global_proto_key("a"): centers, global_present_key("a"): np.ones(2, np.int8),
+              global_proto_key("v"): centers, global_present_key("v"): np.ones(2, np.int8)}
+    objective.begin_round(model, batch, RoundContext(server_round=3, num_rounds=5, modalities=["a", "v"], extras=extras))
+    assert torch.equal(objective.prototypes["v"].centers, torch.from_numpy(centers))  # global, not local
+    s_v = -torch.cdist(batch["v"], torch.from_numpy(centers))
+    expected = F.cross_entropy(model(batch), batch["y"]) + 2.0 * F.cross_entropy(s_v, batch["y"])
+    assert objective.loss(model, batch).item() == pytest.approx(expected.item(), rel=1e-5)  # a dominates: v term only
+    assert objective.last_scores["a"] > objective.last_scores["v"]
+
+
+def test_update_pass_without_global_prototypes_uses_local_ones():
+    objective = build_objective("cmsfed")
+    model = identity_model()
+    data = {"a": torch.tensor([[2.0, 0.0], [0.0, 4.0]]), "v": torch.tensor([[1.0, 1.0], [3.0, 3.0]]),
+            "y": torch.tensor([0, 1])}
+    objective.begin_round(model, data, RoundContext(server_round=0, num_rounds=5, modalities=["a", "v"]))
+    assert torch.equal(objective.prototypes["a"].centers, data["a"])  # one sample per class: the samples
+
+
+# -- server half: global prototypes ------------------------------------------------------------------------
+def test_global_prototypes_are_class_count_weighted_and_keep_unreported_classes():
+    objective = build_objective("cmsfed")
+
+    def facts(m, sums, counts):
+        return {proto_key(m): list(np.ravel(sums)), proto_count_key(m): list(counts)}
+
+    # client 1: class 0 mean (1, 1) over 3 samples; client 2: class 0 mean (5, 5) over 1, class 1 mean (2, 0)
+    c1 = facts("a", [[3.0, 3.0], [0.0, 0.0]], [3, 0])
+    c2 = {**facts("a", [[5.0, 5.0], [4.0, 0.0]], [1, 2]), **facts("v", [[1.0, 1.0], [0.0, 0.0]], [1, 0])}
+    objective.server_observe(0, [(3, c1), (3, c2)])
+    extras = objective.server_extras(1)
+    np.testing.assert_allclose(extras[global_proto_key("a")], [[2.0, 2.0], [2.0, 0.0]])  # (3*1 + 1*5) / 4
+    np.testing.assert_array_equal(extras[global_present_key("a")], [1, 1])
+    np.testing.assert_array_equal(extras[global_present_key("v")], [1, 0])  # only client 2 holds v
+    objective.server_observe(1, [(2, facts("a", [[0.0, 0.0], [6.0, 6.0]], [0, 2]))])
+    np.testing.assert_allclose(objective.server_extras(2)[global_proto_key("a")], [[2.0, 2.0], [3.0, 3.0]])
+
+
+# -- rho_k --------------------------------------------------------------------------------------------------
+def test_prototype_imbalance_ratio_by_hand():
+    model = identity_model()
+    # a separates the classes; v puts one sample of class 1 nearer to the class-0 mean
+    data = {"a": torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]]),
+            "v": torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.4, 0.0], [9.0, 0.0]]),
+            "y": torch.tensor([0, 0, 1, 1])}
+    acc = prototype_accuracies(model, data, ["a", "v"])
+    assert acc == {"a": 1.0, "v": 0.75}  # v's class means 0.5 and 4.7: 0.4 goes to class 0
+    assert prototype_imbalance_ratio(model, data, ("a", "v")) == pytest.approx(1.0 / 0.75)
+    assert prototype_imbalance_ratio(model, {"a": data["a"], "y": data["y"]}, ("a", "v")) == 1.0  # unimodal
+
+
+# -- strategy: update pass and imbalance order -----------------------------------------------------------
+class Grid:
+    """Answers train messages like a client would: a fixed update and the requested facts."""
+
+    def __init__(self, nodes):
+        self.nodes, self.sent = nodes, []
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+    def send_and_receive(self, messages, timeout=None):
+        out = []
+        for msg in messages:
+            self.sent.append(msg)
+            arrays = {k: v.numpy() - 0.1 * msg.metadata.dst_node_id for k, v in msg.content["arrays"].items()
+                      if k.split(".")[1] in str(msg.content["config"]["modalities"]).split(",") or k.startswith("fusion")}
+            facts = MetricRecord({"imbalance-ratio": 3.0 if msg.metadata.dst_node_id == 2 else 1.0})
+            out.append(Message(RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord(
+                {"num-examples": 10, "train-loss": 0.5}), "facts": facts}), reply_to=msg))
+        return out
+
+
+@pytest.fixture(autouse=True)
+def _identity():
+    before = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = before
+
+
+def test_update_pass_runs_once_before_the_first_selection_and_feeds_rho():
+    global_state = {"encoders.a.w": np.zeros(3, np.float32), "encoders.v.w": np.zeros(3, np.float32),
+                    "fusion.linear.weight": np.zeros(2, np.float32)}
+    observed = []
+    s = ModalityAwareFedAvg(policy=build_policy("cmsfed", {"delta": 1.5, "stochastic": False}, seed=0),
+                            clients_per_round=2,
+                            min_available_nodes=3, run_config=ConfigRecord({"run-config": "x"}),
+                            observe_fn=lambda r, facts: observed.append((r, len(facts))))
+    for node in (1, 2, 3):
+        s.register(node, node - 1, ("a", "v"), 10)
+    s.waited_for_nodes = True
+    grid = Grid([1, 2, 3])
+    msgs = list(s.configure_train(1, to_record(global_state), ConfigRecord(), grid))
+    probes = grid.sent
+    assert len(probes) == 3 and all(int(m.content["config"]["server-round"]) == 0 for m in probes)
+    assert all(int(m.content["config"]["local-epochs"]) == 1 and m.content["config"]["modalities"] == "a,v"
+               for m in probes)
+    assert observed == [(0, 3)]  # the objective's server half saw every client (global prototypes)
+    assert s.clients[1].imbalance_ratio == 3.0 and s.clients[0].imbalance_ratio == 1.0
+    assert [r["round"] for r in s.client_rows] == [0, 0, 0]
+    # Every client now has a vector (node n's update is 0.1 n everywhere), so the greedy selects: its
+    # first pick is the central client 1, whose rho = 3 > delta = 1.5 sends it to the weak modality
+    # (rho_bar = 5/3 > 1: v is weak); the second pick trains both.
+    assert len(msgs) == 2 and all(m.content["config"]["imbalance-order"] == "a,v" for m in msgs)
+    picked = {s.client_of[m.metadata.dst_node_id]: m for m in msgs}
+    assert picked[1].content["config"]["modalities"] == "v"
+    assert "encoders.a.w" in picked[1].content["arrays"].keys()  # still sent, to measure rho with both
+    assert [m.content["config"]["modalities"] for c, m in picked.items() if c != 1] == ["a,v"]
+    grid.sent = []
+    list(s.configure_train(2, to_record(global_state), ConfigRecord(), grid))
+    assert all(int(m.content["config"]["server-round"]) == 2 for m in grid.sent)  # no second update pass
+
+
+def test_cmsfed_config_defaults():
+    run = load_config(None, ["strategy=cmsfed"])
+    assert (run.objective, run.selection) == ("cmsfed", "cmsfed")
+    assert load_config(None, ["strategy=cmsfed", "selection=random"]).selection == "random"  # an ablation

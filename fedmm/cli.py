@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     local = deploy_sub.add_parser("local", help="start a SuperLink and N SuperNodes on loopback until Ctrl-C")
     local.add_argument("--nodes", type=int, default=3, help="number of SuperNodes (partition-id 0..N-1)")
     local.add_argument("--tls", action="store_true", help="serve over TLS with generated certificates")
+    local.add_argument("--auth", action="store_true", help="SuperNode authentication: admit only nodes whose "
+                       "keys are registered with `flwr supernode register` (implies --tls)")
     local.add_argument("--port", type=int, default=9092, help="SuperLink port")
     local.add_argument("--workdir", type=Path, default=Path(".fedmm-deploy"), help="logs, state, certificates")
     local.set_defaults(func=_deploy_local)
@@ -138,8 +140,10 @@ def _deploy_local(args: argparse.Namespace) -> int:
 
     from fedmm.deploy import CONNECTION, LocalDeployment
 
-    with LocalDeployment(args.workdir, args.nodes, tls=args.tls, port=args.port) as deployment:
-        print(f"SuperLink on {deployment.address} ({'TLS' if args.tls else 'insecure'}), {args.nodes} SuperNodes; "
+    tls = args.tls or args.auth
+    with LocalDeployment(args.workdir, args.nodes, tls=tls, port=args.port, auth=args.auth) as deployment:
+        security = "TLS, SuperNode authentication" if args.auth else "TLS" if tls else "insecure"
+        print(f"SuperLink on {deployment.address} ({security}), {args.nodes} SuperNodes; "
               f"logs in {deployment.workdir}")
         print("Submit the app from this directory with:\n"
               f"  FLWR_HOME={deployment.flwr_home} flwr run . {CONNECTION} --stream "

@@ -3,13 +3,17 @@
 ``fedmm deploy certs`` writes a CA and a SuperLink certificate whose subject alternative names
 cover the hosts the SuperNodes will dial. ``fedmm deploy local`` starts a SuperLink and N
 SuperNodes on loopback (each node with its own ``partition-id``), writes a Flower configuration
-with a ``fedmm-local`` connection, and stops every process it started when it ends.
+with a ``fedmm-local`` connection, and stops every process it started when it ends. With
+``--auth`` the SuperLink admits only SuperNodes whose public keys were registered with
+``flwr supernode register`` (Flower's CLI-managed SuperNode authentication; it needs TLS).
+See docs/deploy.md for the same steps across machines.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -90,6 +94,32 @@ def generate_certificates(out_dir: str | Path, hosts: Sequence[str] = ("localhos
     return paths
 
 
+def generate_node_key(path: str | Path) -> Path:
+    """An EC (NIST P-384) key pair for SuperNode authentication, in OpenSSH format.
+
+    Parameters
+    ----------
+    path:
+        The private key file (``flower-supernode --auth-supernode-private-key``); the public key,
+        the one to register with ``flwr supernode register``, is written beside it as ``<path>.pub``.
+
+    Returns the path of the public key.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    private = Path(path)
+    private.parent.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                          serialization.NoEncryption()))
+    private.chmod(0o600)
+    public = private.with_name(private.name + ".pub")
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                     serialization.PublicFormat.OpenSSH) + b"\n")
+    return public
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -111,20 +141,30 @@ class LocalDeployment:
         Serve over TLS with freshly generated certificates instead of ``--insecure``.
     port:
         SuperLink port (0 picks a free one).
+    auth:
+        SuperNode authentication (needs ``tls``): the SuperLink runs with ``--enable-supernode-auth``,
+        each node gets a key pair ``keys/node<i>`` (+ ``.pub``) whose public key is registered with
+        ``flwr supernode register`` before the node starts with ``--auth-supernode-private-key``;
+        a node without a registered key is refused.
     """
 
     workdir: Path
     num_nodes: int
     tls: bool = False
     port: int = 0
+    auth: bool = False
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.num_nodes < 1:
             raise ValueError(f"--nodes must be >= 1, got {self.num_nodes}")
+        if self.auth and not self.tls:
+            raise ValueError("SuperNode authentication needs TLS (flower-superlink refuses --enable-supernode-auth "
+                             "with --insecure): pass tls=True as well (fedmm deploy local --auth implies --tls)")
         self.workdir = Path(self.workdir).resolve()
         self.port = self.port or free_port()
         self.certs: Certificates | None = None
+        self.node_ids: dict[int, int] = {}
 
     @property
     def address(self) -> str:
@@ -136,24 +176,49 @@ class LocalDeployment:
         return self.workdir / "flwr-home"
 
     def start(self) -> LocalDeployment:
+        """Start the SuperLink and every SuperNode; on any failure stop what was started and raise."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         security = ["--insecure"]
         if self.tls:
             self.certs = generate_certificates(self.workdir / "certs")
             security = ["--ssl-ca-certfile", str(self.certs.ca), "--ssl-certfile", str(self.certs.server_cert),
                         "--ssl-keyfile", str(self.certs.server_key)]
-        self._spawn("superlink", ["flower-superlink", *security, "--port", str(self.port),
-                                  "--database", str(self.workdir / "state.db"),
-                                  "--disable-runtime-dependency-installation"])
-        self._wait_for_port(self.port)
-        for i in range(self.num_nodes):
-            self.start_node(i)
-        self._write_flwr_config()
+        if self.auth:
+            security.append("--enable-supernode-auth")
+        try:
+            self._spawn("superlink", ["flower-superlink", *security, "--port", str(self.port),
+                                      "--database", str(self.workdir / "state.db"),
+                                      "--disable-runtime-dependency-installation"])
+            self._wait_for_port(self.port)
+            self._write_flwr_config()  # `flwr supernode register` needs the connection
+            for i in range(self.num_nodes):
+                self.start_node(i)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
+    def node_key(self, partition_id: int) -> Path:
+        """Private key of SuperNode ``partition_id`` (``keys/node<i>``; its public key ``.pub``)."""
+        return self.workdir / "keys" / f"node{partition_id}"
+
+    def register_node(self, public_key: Path) -> int:
+        """Register ``public_key`` with the SuperLink (``flwr supernode register``); its node id."""
+        out = self._flwr("supernode", "register", str(public_key), CONNECTION, "--format", "json")
+        try:
+            return int(json.loads(out[out.index("{"):])["node-id"])
+        except (ValueError, KeyError) as err:
+            raise RuntimeError(f"flwr supernode register {public_key} gave no node id ({err}):\n{out}") from None
+
     def start_node(self, partition_id: int) -> None:
-        """Start (or restart) SuperNode ``partition_id``."""
+        """Start (or restart) SuperNode ``partition_id``; with ``auth`` its key is generated and
+        registered the first time (a restarted node reuses it)."""
         security = ["--root-certificates", str(self.certs.ca)] if self.certs else ["--insecure"]
+        if self.auth:
+            key = self.node_key(partition_id)
+            if partition_id not in self.node_ids:
+                self.node_ids[partition_id] = self.register_node(generate_node_key(key))
+            security += ["--auth-supernode-private-key", str(key)]
         self._spawn(f"node{partition_id}", [
             "flower-supernode", *security, "--superlink", self.address,
             "--port", str(free_port()),
@@ -175,13 +240,19 @@ class LocalDeployment:
         self.stop()
 
     # -- helpers -----------------------------------------------------------------------------------
+    def _flwr(self, *args: str, timeout: float = 60.0) -> str:
+        """Run ``flwr <args>`` against this deployment's Flower configuration; its output."""
+        path = _path_with_venv()
+        env = {**os.environ, "FLWR_HOME": str(self.flwr_home), "PATH": path}
+        proc = subprocess.run([_executable("flwr", path), *args], env=env, capture_output=True, text=True,
+                              timeout=timeout, cwd=self.workdir)
+        if proc.returncode != 0:
+            raise RuntimeError(f"flwr {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+        return proc.stdout
+
     def _spawn(self, name: str, argv: list[str]) -> None:
-        # Flower's executables live beside this interpreter (the virtual environment), and the
-        # processes they start look up the next ones (flower-superexec, flwr-clientapp) on PATH.
-        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-        exe = shutil.which(argv[0], path=path)
-        if exe is None:
-            raise FileNotFoundError(f"{argv[0]} is not installed; install fedmm in this environment (make install)")
+        path = _path_with_venv()
+        exe = _executable(argv[0], path)
         env = {**os.environ, "FLWR_HOME": str(self.workdir / name), "PATH": path}
         log = open(self.workdir / f"{name}.log", "ab")
         self.processes[name] = subprocess.Popen([exe, *argv[1:]], stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -218,6 +289,20 @@ class LocalDeployment:
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
             f'address = "{self.address}"\n{security}\n'
         )
+
+
+def _path_with_venv() -> str:
+    """``PATH`` with this interpreter's directory first: Flower's executables live there (the
+    virtual environment), and the processes they start look up the next ones (flower-superexec,
+    flwr-clientapp) on ``PATH``."""
+    return f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def _executable(name: str, path: str) -> str:
+    exe = shutil.which(name, path=path)
+    if exe is None:
+        raise FileNotFoundError(f"{name} is not installed; install fedmm in this environment (make install)")
+    return exe
 
 
 def _kill_by_flwr_home(home: Path) -> None:

@@ -2,13 +2,20 @@
 
 Every message carries the resolved run config (``config["run-config"]``, TOML text), so a client
 builds the same dataset, scenario, model and objective as the server in simulation and in
-deployment alike. The node's own facts come from its node config: ``partition-id`` and
-``num-partitions`` (injected by the simulation engine, passed with ``--node-config`` on a SuperNode).
+deployment alike. The node's own facts come from its node config (``--node-config`` on a
+SuperNode; the simulation engine injects the first two):
+
+* ``partition-id``, ``num-partitions`` (required): which client of the run's scenario this node is;
+* ``data-dir`` (optional): a directory with the node's own copy of a user-owned dataset (CREMA-D);
+  the node then trains on the whole train split found there instead of a partition of the shared data;
+* ``modalities`` (optional, e.g. ``'audio,visual'``): the modalities the node holds, overriding the
+  scenario's allocation (default: the allocation, or every modality for a node with its own data-dir).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass
@@ -18,7 +25,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedmm.config import RunConfig
-from fedmm.data import TensorDict, client_data
+from fedmm.data import LABEL_KEY, TensorDict, subset
 from fedmm.objectives import RoundContext
 from fedmm.records import decode_extras, keys_for_modalities, to_record
 from fedmm.training import evaluate, resolve_device, train_local
@@ -27,41 +34,124 @@ from fedmm.workspace import dataset_of, model_of, objective_of, parse_run_config
 app = ClientApp()
 
 REQUIRED_NODE_KEYS = ("partition-id", "num-partitions")
+#: Datasets read from a directory the user provides: only these can come from a node's own ``data-dir``
+#: (the others ship with the install and ignore any directory).
+USER_OWNED_DATASETS = frozenset({"cremad"})
 
 
 @dataclass(frozen=True)
 class Node:
-    """What this node is: its partition of the run's scenario and the modalities it holds."""
+    """What this node is: where its data comes from and which modalities it holds.
+
+    Parameters
+    ----------
+    run:
+        The run config as this node uses it: the server's, except that ``data-dir`` is the node's own
+        directory when its node config has one (so the dataset and the model's input shapes come from
+        the node's data).
+    partition_id:
+        Node config ``partition-id``: the scenario partition this node holds; for a node with its own
+        ``data-dir`` only its identity in the results and part of its training seed.
+    modalities:
+        The modalities the node holds, in the dataset's order: node config ``modalities`` when given,
+        else every modality of the dataset for a node with its own ``data-dir``, else the scenario's
+        allocation for ``partition_id``.
+    data_dir:
+        Node config ``data-dir``, or ``None`` when the node holds a partition of the shared dataset.
+    """
 
     run: RunConfig
     partition_id: int
     modalities: tuple[str, ...]
+    data_dir: str | None = None
 
     @classmethod
     def from_message(cls, msg: Message, context: Context) -> Node:
+        """The node described by ``context.node_config`` for the run whose config ``msg`` carries.
+
+        Raises ``ValueError`` naming the node-config key to fix when a required key is missing,
+        ``partition-id``/``num-partitions`` do not fit the run, ``data-dir`` is given for a dataset
+        that ships with the install, or ``modalities`` names a modality the dataset lacks.
+        """
         run = parse_run_config(str(msg.content["config"]["run-config"]))
-        missing = [k for k in REQUIRED_NODE_KEYS if k not in context.node_config]
+        node_config = context.node_config
+        missing = [k for k in REQUIRED_NODE_KEYS if k not in node_config]
         if missing:
             raise ValueError(
                 f"this node has no {', '.join(missing)} in its node config; start the SuperNode with "
                 "--node-config \"partition-id=<i> num-partitions=<n>\""
             )
-        pid, nparts = int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
-        scenario = scenario_of(run)
-        if nparts != len(scenario.partitions):
-            raise ValueError(
-                f"node config says num-partitions={nparts} but the run's scenario has "
-                f"{len(scenario.partitions)} clients; set num-clients (or the number of SuperNodes) to match"
-            )
+        pid, nparts = int(node_config["partition-id"]), int(node_config["num-partitions"])
+        data_dir = str(node_config.get("data-dir", "")).strip() or None
+        if data_dir is None:
+            scenario = scenario_of(run)
+            if nparts != len(scenario.partitions):
+                raise ValueError(
+                    f"node config says num-partitions={nparts} but the run's scenario has "
+                    f"{len(scenario.partitions)} clients; set num-clients (or the number of SuperNodes) to match"
+                )
+        else:
+            if run.dataset not in USER_OWNED_DATASETS:
+                raise ValueError(
+                    f"node config data-dir={data_dir!r} applies to user-owned datasets such as "
+                    f"{', '.join(sorted(USER_OWNED_DATASETS))}; the run's dataset {run.dataset!r} ships with the "
+                    "install and has no directory to read: remove data-dir from this node's --node-config "
+                    "(the node then holds partition partition-id of the shared dataset)"
+                )
+            if run.num_clients and nparts != run.num_clients:
+                raise ValueError(f"node config says num-partitions={nparts} but the run has num-clients="
+                                 f"{run.num_clients}; make them agree")
+            run = dataclasses.replace(run, data_dir=data_dir)
         if not 0 <= pid < nparts:
             raise ValueError(f"partition-id={pid} is outside 0..{nparts - 1}")
-        return cls(run=run, partition_id=pid, modalities=tuple(scenario.modalities[pid]))
+        dataset = dataset_of(run)
+        if "modalities" in node_config:
+            held = _parse_modalities(str(node_config["modalities"]), dataset.modality_names)
+        elif data_dir is not None:
+            held = tuple(dataset.modality_names)
+        else:
+            held = tuple(scenario_of(run).modalities[pid])
+        return cls(run=run, partition_id=pid, modalities=held, data_dir=data_dir)
+
+    @property
+    def data(self) -> TensorDict:
+        """This node's training data: only its modalities and ``"y"``."""
+        return _local_data(self.run, self.partition_id, self.data_dir, self.modalities)
+
+
+def _parse_modalities(text: str, valid: list[str]) -> tuple[str, ...]:
+    """Node config ``modalities`` (comma-separated) as a tuple in the dataset's order."""
+    names = {m.strip() for m in text.split(",") if m.strip()}
+    unknown = sorted(names - set(valid))
+    if unknown or not names:
+        what = f"names {', '.join(repr(m) for m in unknown)}, not" if unknown else "names no modality of"
+        raise ValueError(f"node config modalities={text!r} {what} the dataset's modalities; give a "
+                         f"comma-separated subset of: {', '.join(valid)} (e.g. modalities='{valid[0]}')")
+    return tuple(m for m in valid if m in names)
 
 
 @functools.lru_cache(maxsize=64)
-def _local_data(run: RunConfig, partition_id: int) -> TensorDict:
-    """This partition's training data (cached per partition id, never shared across partitions)."""
-    return client_data(dataset_of(run), scenario_of(run), partition_id)
+def _local_data(run: RunConfig, partition_id: int, data_dir: str | None, modalities: tuple[str, ...]
+                ) -> TensorDict:
+    """A node's training data, cached per (run, partition id, data-dir, modalities), so nodes that
+    share a process (simulation) never share an entry.
+
+    Parameters
+    ----------
+    run:
+        The node's run config (its ``data-dir`` already the node's own when ``data_dir`` is set).
+    partition_id:
+        Scenario partition whose rows the node holds (unused with ``data_dir``).
+    data_dir:
+        The node's own data directory: the node holds the whole train split there; ``None``: the
+        node holds partition ``partition_id`` of the shared dataset.
+    modalities:
+        The modalities kept (with the labels); every other modality is dropped.
+    """
+    dataset = dataset_of(run)
+    if data_dir is None:
+        return subset(dataset.train, scenario_of(run).partitions[partition_id], list(modalities))
+    return {k: dataset.train[k] for k in (*modalities, LABEL_KEY)}
 
 
 def _set_threads(run: RunConfig) -> None:
@@ -84,7 +174,7 @@ def _round_context(msg: Message, run: RunConfig, modalities: list[str], device: 
 def query(msg: Message, context: Context) -> Message:
     """Discovery: partition id, held modalities and number of examples."""
     node = Node.from_message(msg, context)
-    data = _local_data(node.run, node.partition_id)
+    data = node.data
     info = ConfigRecord(
         {
             "partition-id": node.partition_id,
@@ -113,7 +203,7 @@ def train(msg: Message, context: Context) -> Message:
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict(), strict=False)
     model.to(device)
     ctx = _round_context(msg, run, modalities, device, copy.deepcopy(model).eval().requires_grad_(False))
-    data = _local_data(run, node.partition_id)
+    data = node.data
     train_config = train_config_of(
         run, server_round=server_round, proximal_mu=float(config["proximal-mu"]),
         seed=run.seed * 100_003 + server_round * 1_009 + node.partition_id,
@@ -144,7 +234,7 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     model = model_of(node.run, objective)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict(), strict=False)
     model.to(device)
-    data = _local_data(node.run, node.partition_id)
+    data = node.data
     # The objective's round state (e.g. active boosting classifiers) shapes its predictions.
     objective.begin_round(model, data, _round_context(msg, node.run, list(node.modalities), device, None))
     metrics = evaluate(model, data, objective, device=device)

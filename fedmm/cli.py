@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a config key; repeatable (e.g. --set num-server-rounds=5)")
     sim.add_argument("--out", type=Path, help="results directory (default: the config's out-dir)")
     sim.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    sim.add_argument("--resume", type=Path, metavar="DIR",
+                     help="continue the stopped run in DIR from its last checkpoint (no --config/--set)")
     sim.add_argument("--quiet", action="store_true", help="no progress display")
     sim.set_defaults(func=_simulate)
 
@@ -58,6 +60,18 @@ def _parser() -> argparse.ArgumentParser:
     certs.add_argument("--host", action="append", required=True, help="name or IP the SuperNodes dial; repeatable")
     certs.add_argument("--out", type=Path, default=Path("certificates"))
     certs.set_defaults(func=_deploy_certs)
+
+    bench = sub.add_parser("bench", help="benchmark grids of runs")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    sel = bench_sub.add_parser("selection", help="the same federation and budget under each selection policy")
+    sel.add_argument("--config", type=Path, help="TOML file of the federation (see README)")
+    sel.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key of every run; repeatable")
+    sel.add_argument("--policies", default="random,powd,divfl,cmsfed", help="comma-separated selection policies")
+    sel.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    sel.add_argument("--out", type=Path, default=Path("experiments/out/selection"),
+                     help="directory of the runs, CSVs, table and plot (finished runs are not repeated)")
+    sel.set_defaults(func=_bench_selection)
 
     keys = sub.add_parser("config", help="list every config key with its default and meaning")
     keys.set_defaults(func=_config_keys)
@@ -87,20 +101,44 @@ def _prepare(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from fedmm.config import load_config
     from fedmm.server.loop import prepare
-    from fedmm.server.simulate import simulate
+    from fedmm.server.simulate import resume_config, simulate
 
-    run = load_config(args.config, args.overrides)
-    out = args.out or (Path(run.out_dir) if run.out_dir else None)
+    if args.resume:
+        if args.config or args.overrides or args.out:
+            raise ValueError("--resume DIR continues the run exactly as configured in DIR/config.toml; "
+                             "drop --config, --set and --out")
+        run, out = resume_config(args.resume), args.resume
+    else:
+        run = load_config(args.config, args.overrides)
+        out = args.out or (Path(run.out_dir) if run.out_dir else None)
     if out is None:
         raise ValueError("no output directory: pass --out DIR (or set out-dir in the config)")
-    plan = prepare(run, out, overwrite=args.overwrite)
+    plan = prepare(run, out, overwrite=args.overwrite, resume=bool(args.resume))
     with _progress(run.num_server_rounds, enabled=not args.quiet) as on_round:
-        summary = simulate(run, out, plan=plan, on_round=on_round)
+        summary = simulate(run, out, plan=plan, on_round=on_round, resume=bool(args.resume))
     final = summary["final"]
     per_mod = "  ".join(f"{k.rsplit('/', 1)[1]} {v:.3f}" for k, v in final.items() if k.startswith("test/acc/"))
     print(f"test/acc {final['test/acc']:.4f} (best {summary['best-test/acc']:.4f} at round {summary['best-round']})"
           f"  alone: {per_mod}  in {summary['total-seconds']:.0f} s")
     print(f"results: {plan.out_dir}")
+    return 0
+
+
+def _bench_selection(args: argparse.Namespace) -> int:
+    from fedmm.bench import selection_benchmark
+
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+
+    def progress(row: dict) -> None:
+        print(f"{row['policy']} seed {row['seed']}: test/acc {row['test/acc']:.4f} in {row['seconds']:.0f} s", flush=True)
+
+    table = selection_benchmark(args.config, args.overrides, policies, seeds, args.out, on_row=progress)
+    print(table)
+    print(f"results: {args.out}")
     return 0
 
 

@@ -27,6 +27,7 @@ from flwr.clientapp import ClientApp
 from fedmm.config import RunConfig
 from fedmm.data import LABEL_KEY, TensorDict, subset
 from fedmm.objectives import RoundContext
+from fedmm.objectives.pmr import prototype_imbalance_ratio
 from fedmm.records import decode_extras, keys_for_modalities, to_record
 from fedmm.training import evaluate, resolve_device, train_local
 from fedmm.workspace import dataset_of, model_of, objective_of, parse_run_config, scenario_of, train_config_of
@@ -208,7 +209,13 @@ def train(msg: Message, context: Context) -> Message:
         run, server_round=server_round, proximal_mu=float(config["proximal-mu"]),
         seed=run.seed * 100_003 + server_round * 1_009 + node.partition_id,
     )
+    if "local-epochs" in config:  # the strategy's update pass before round 1 trains a single epoch
+        train_config = dataclasses.replace(train_config, epochs=int(config["local-epochs"]))
     result = train_local(model, data, objective, ctx, train_config)
+    facts = dict(result.facts)
+    if "imbalance-order" in config:  # CMSFed's rho_k, with every held modality (trained or not)
+        order = tuple(str(config["imbalance-order"]).split(","))
+        facts["imbalance-ratio"] = prototype_imbalance_ratio(model, data, order)  # type: ignore[arg-type]
     state = model.state_dict()
     arrays = to_record(state, keys_for_modalities(state.keys(), modalities))
     metrics = MetricRecord(
@@ -219,8 +226,8 @@ def train(msg: Message, context: Context) -> Message:
         }
     )
     content = RecordDict({"arrays": arrays, "metrics": metrics})
-    if result.facts:
-        content["facts"] = MetricRecord(dict(result.facts))
+    if facts:
+        content["facts"] = MetricRecord(facts)
     return Message(content, reply_to=msg)
 
 

@@ -1,0 +1,220 @@
+"""Benchmarks over grids of runs: the same base config under several variants and seeds.
+
+:func:`run_grid` simulates every (case, seed), one after the other, and appends one row per run to
+a tidy CSV that is rewritten after every run, so an interrupted benchmark keeps what it finished
+and a rerun skips it. ``fedmm bench selection`` (:func:`selection_benchmark`) is the grid over
+selection policies, with per-round curves, a Markdown table and plots.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fedmm.config import load_config
+from fedmm.results import ROUNDS_FILE
+
+
+@dataclass(frozen=True)
+class Case:
+    """One variant of the base config.
+
+    Parameters
+    ----------
+    labels:
+        Columns that identify the case in the CSV (``{"policy": "divfl"}``).
+    overrides:
+        ``key=value`` overrides applied on top of the base config and its overrides.
+    """
+
+    labels: dict[str, Any]
+    overrides: tuple[str, ...] = field(default_factory=tuple)
+
+    def slug(self, seed: int) -> str:
+        """A directory name for this case and seed."""
+        return "-".join(f"{v}" for v in self.labels.values()).replace("/", "_") + f"-seed{seed}"
+
+
+def run_grid(
+    config: Path | None,
+    overrides: Sequence[str],
+    cases: Sequence[Case],
+    seeds: Iterable[int],
+    csv_path: Path,
+    runs_dir: Path | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> pd.DataFrame:
+    """Simulate every case with every seed; one CSV row per run (labels, seed, final metrics).
+
+    Parameters
+    ----------
+    config:
+        Base TOML config (``None``: the defaults).
+    overrides:
+        ``key=value`` overrides of the base config, before each case's own.
+    cases:
+        The variants.
+    seeds:
+        Seeds; each run sets ``seed``.
+    csv_path:
+        The tidy CSV (read first: rows already there are not run again).
+    runs_dir:
+        Where each run writes its results directory (``<case>-seed<k>``); ``None`` keeps none.
+    on_row:
+        Called with every new row.
+    """
+    from fedmm.server.simulate import simulate
+
+    seeds = list(seeds)
+    label_names = sorted({k for c in cases for k in c.labels})
+    runs = [(case, seed, load_config(config, [*overrides, *case.overrides, f"seed={seed}"]))
+            for case in cases for seed in seeds]  # every config error surfaces before the first run
+    rows = pd.read_csv(csv_path).to_dict("records") if csv_path.is_file() else []
+    done = {tuple(str(r[k]) for k in (*label_names, "seed")) for r in rows}
+    for case, seed, run in runs:
+        key = tuple(str(case.labels.get(k)) for k in label_names) + (str(seed),)
+        if key in done:
+            continue
+        out = runs_dir / case.slug(seed) if runs_dir is not None else None
+        summary = simulate(run, out, overwrite=True)
+        row = {**case.labels, "seed": seed, **summary["final"], "best-test/acc": summary["best-test/acc"],
+               "best-round": summary["best-round"], "bytes-up": summary["total-bytes-up"],
+               "seconds": summary["total-seconds"]}
+        rows.append(row)
+        _write_csv(pd.DataFrame(rows), csv_path)
+        if on_row:
+            on_row(row)
+    return pd.DataFrame(rows)
+
+
+# -- fedmm bench selection ---------------------------------------------------------------------------
+def selection_benchmark(
+    config: Path | None,
+    overrides: Sequence[str],
+    policies: Sequence[str],
+    seeds: Sequence[int],
+    out_dir: Path,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> str:
+    """The same federation and budget (``clients-per-round``) under each selection policy.
+
+    Writes into ``out_dir``: ``runs/<policy>-seed<k>/`` (every run's results), ``selection.csv``
+    (one row per policy, seed and round: accuracies, cumulative uploaded bytes, selection time),
+    ``selection.md`` (the table below) and ``selection.png`` (accuracy against rounds and against
+    uploaded megabytes). Returns the Markdown table: per policy, mean ± std over seeds of the final
+    and the best multimodal accuracy, the final accuracy of the weak modality (the one with the
+    lowest final accuracy alone, over all runs), the rounds needed to reach 95 % of the best
+    policy's mean final accuracy, the uploaded megabytes and the mean selection time per round.
+    """
+    from fedmm.strategies.selection import policy_class
+
+    if not policies:
+        raise ValueError("give at least one selection policy, e.g. --policies random,powd,divfl,cmsfed")
+    for p in policies:
+        policy_class(p)  # an unknown name fails here, naming the valid ones
+    cases = [Case({"policy": p}, (f"selection={p}",)) for p in policies]
+    runs_dir = out_dir / "runs"
+    run_grid(config, overrides, cases, seeds, out_dir / "runs.csv", runs_dir, on_row)
+    curves = pd.concat(
+        [pd.read_csv(runs_dir / c.slug(s) / ROUNDS_FILE).assign(policy=c.labels["policy"], seed=s)
+         for c in cases for s in seeds],
+        ignore_index=True,
+    )
+    curves["mb-up"] = curves.groupby(["policy", "seed"])["bytes-up"].cumsum() / 1e6
+    _write_csv(curves, out_dir / "selection.csv")
+    table = selection_table(curves, policies)
+    (out_dir / "selection.md").write_text(table + "\n")
+    plot_selection(curves, policies, out_dir / "selection.png")
+    return table
+
+
+def weak_modality(curves: pd.DataFrame) -> str:
+    """The modality whose accuracy alone is lowest at the last round, averaged over all runs."""
+    last = curves[curves["round"] == curves["round"].max()]
+    alone = {c.rsplit("/", 1)[1]: last[c].mean() for c in curves.columns if c.startswith("test/acc/")}
+    if not alone:
+        raise ValueError("the runs report no single-modality accuracy (test/acc/<m>)")
+    return min(alone, key=alone.get)
+
+
+def selection_table(curves: pd.DataFrame, policies: Sequence[str]) -> str:
+    """The Markdown table of :func:`selection_benchmark` from its per-round curves."""
+    weak = weak_modality(curves)
+    last_round = curves["round"].max()
+    final = curves[curves["round"] == last_round]
+    target = 0.95 * final.groupby("policy")["test/acc"].mean().max()
+    lines = [
+        f"| policy | final acc | best acc | {weak} alone (final) | rounds to {target:.3f} | uploaded MB | "
+        "selection ms/round |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in policies:
+        runs = curves[curves["policy"] == p]
+        per_seed = runs.groupby("seed")
+        fin = runs[runs["round"] == last_round]
+        reach = per_seed.apply(lambda r: _first_round(r, target), include_groups=False)
+        reached = reach.dropna()
+        reach_text = f"{reached.mean():.1f}" if len(reached) else "never"
+        if 0 < len(reached) < len(reach):
+            reach_text += f" ({len(reached)}/{len(reach)} seeds)"
+        cells = [
+            _mean_std(fin["test/acc"]),
+            _mean_std(per_seed["test/acc"].max()),
+            _mean_std(fin[f"test/acc/{weak}"]),
+            reach_text,
+            _mean_std(per_seed["bytes-up"].sum() / 1e6, digits=1),
+            _mean_std(runs[runs["round"] > 0]["selection-seconds"] * 1e3, digits=2),
+        ]
+        lines.append(f"| {p} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_selection(curves: pd.DataFrame, policies: Sequence[str], path: Path) -> None:
+    """Mean multimodal test accuracy per policy against rounds and against uploaded megabytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120, sharey=True)
+    for p in policies:
+        mean = curves[curves["policy"] == p].groupby("round")[["test/acc", "mb-up"]].mean()
+        axes[0].plot(mean.index, mean["test/acc"], label=p)
+        axes[1].plot(mean["mb-up"], mean["test/acc"], label=p)
+    axes[0].set_xlabel("round")
+    axes[1].set_xlabel("uploaded MB (cumulative)")
+    axes[0].set_ylabel("test accuracy (mean over seeds)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _first_round(run: pd.DataFrame, target: float) -> float:
+    hit = run[run["test/acc"] >= target]["round"]
+    return float(hit.min()) if len(hit) else math.nan
+
+
+def _mean_std(values: pd.Series, digits: int = 3) -> str:
+    values = pd.Series(values).dropna()
+    if values.empty:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std():.{digits}f}"
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        df.to_csv(tmp, index=False)
+    os.replace(tmp.name, path)

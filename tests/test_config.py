@@ -56,3 +56,19 @@ def test_override_parsing():
 def test_missing_config_file_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_every_plain_key_is_declared_for_flwr_run_and_the_declared_defaults_resolve():
+    import tomllib
+    from pathlib import Path
+
+    from fedmm.config import config_keys
+    from fedmm.server.app import OVERRIDES_KEY, run_config_from_flower
+
+    declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert {k for k, _, _ in config_keys()} | {OVERRIDES_KEY} == set(declared)
+    run = run_config_from_flower(dict(declared))
+    assert (run.objective, run.selection) == ("ce", "all")
+    run = run_config_from_flower({**declared, "strategy": "fedcmi",
+                                  OVERRIDES_KEY: "objective.lambda2=0.5 'encoder.acc=mlp'"})
+    assert run.objective == "fedcmi" and run.objective_params == {"lambda2": 0.5} and run.encoders == {"acc": "mlp"}

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 from torch.nn import functional as F
 
 from fedmm.config import load_config
@@ -18,6 +17,8 @@ from fedmm.objectives.pmr import proto_count_key, proto_key, prototype_accuracie
 from fedmm.records import to_record
 from fedmm.strategies import ModalityAwareFedAvg
 from fedmm.strategies.selection import build_policy
+
+pytestmark = pytest.mark.usefixtures("flower_identity")
 
 
 def identity_model() -> MultimodalNet:
@@ -107,14 +108,6 @@ class Grid:
             out.append(Message(RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord(
                 {"num-examples": 10, "train-loss": 0.5}), "facts": facts}), reply_to=msg))
         return out
-
-
-@pytest.fixture(autouse=True)
-def _identity():
-    before = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = before
 
 
 def test_update_pass_runs_once_before_the_first_selection_and_feeds_rho():

@@ -60,16 +60,20 @@ def write_frames(folder: Path, label: int = 0) -> None:
         Image.new("RGB", (24, 20), colour).save(folder / f"{i:05d}.jpg", quality=95)
 
 
-@pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("FEDMM_CACHE_DIR", str(tmp_path / "cache"))
-    root = tmp_path / "CREMA-D"
+def write_cremad_dir(root: Path) -> Path:
+    """The fixture in the CREMA-D layout under ``root``: ``AudioWAV/*.wav`` and ``Image-01-FPS/<clip>/``."""
     (root / "AudioWAV").mkdir(parents=True)
     for name in clip_names():
         label = PROTOCOL_LABELS[name.split("_")[2]]
         write_wav(root / "AudioWAV" / f"{name}.wav", tone_hz(label))
         write_frames(root / "Image-01-FPS" / name, label)
     return root
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("FEDMM_CACHE_DIR", str(tmp_path / "cache"))
+    return write_cremad_dir(tmp_path / "CREMA-D")
 
 
 def test_loader_labels_split_and_actor_groups(data_dir: Path) -> None:

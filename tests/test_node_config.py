@@ -15,38 +15,24 @@ from pathlib import Path
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
-from test_cremad import PROTOCOL_LABELS, clip_names, tone_hz, write_frames, write_wav
+from test_cremad import write_cremad_dir
 
 from fedmm.clients.app import Node, app
 from fedmm.config import RunConfig, load_config
 from fedmm.records import encode_extras, key_modality, keys_for_modalities, to_record
 from fedmm.workspace import model_of, objective_of
 
+pytestmark = pytest.mark.usefixtures("flower_identity")
+
 SYNTHETIC = ["dataset=synthetic", "dataset.num_train=60", "dataset.num_test=20", "partition=iid", "num-clients=3",
              "allocation=all", "local-epochs=1", "batch-size=8", "device=cpu", "client-num-cpus=1"]
-
-
-@pytest.fixture(autouse=True)
-def _identity():
-    # Messages need a run id; the real Grid sets it inside a ServerApp.
-    before = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = before
 
 
 @pytest.fixture
 def cremad_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A node's own CREMA-D directory: the fixture of test_cremad.py (3 actors x 6 emotions)."""
     monkeypatch.setenv("FEDMM_CACHE_DIR", str(tmp_path / "cache"))
-    root = tmp_path / "node-data"
-    (root / "AudioWAV").mkdir(parents=True)
-    for name in clip_names():
-        label = PROTOCOL_LABELS[name.split("_")[2]]
-        write_wav(root / "AudioWAV" / f"{name}.wav", tone_hz(label))
-        write_frames(root / "Image-01-FPS" / name, label)
-    return root
+    return write_cremad_dir(tmp_path / "node-data")
 
 
 def cremad_run(tmp_path: Path) -> RunConfig:

@@ -2,12 +2,13 @@
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from fedmm.records import from_record, to_record
 from fedmm.strategies import ModalityAwareFedAvg
 from fedmm.strategies.selection import build_policy
+
+pytestmark = pytest.mark.usefixtures("flower_identity")
 
 GLOBAL = {
     "encoders.a.w": np.zeros(2, np.float32),
@@ -25,15 +26,6 @@ class FakeGrid:
 
     def get_node_ids(self):
         return list(self.nodes)
-
-
-@pytest.fixture(autouse=True)
-def _identity():
-    # Messages need a run id; the real Grid sets it inside a ServerApp.
-    before = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = before
 
 
 def make_strategy():

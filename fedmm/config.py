@@ -54,8 +54,10 @@ class RunConfig:
     num_server_rounds: int = _key("num-server-rounds", 20, "number of federated rounds", low=1)
     clients_per_round: int = _key("clients-per-round", 10, "budget of clients trained per round "
                                   "(ignored by selection=all)", low=1)
-    strategy: str = _key("strategy", "fedavg", "server strategy", choices=("fedavg", "fedprox", "fedcmi", "cmsfed"))
-    proximal_mu: float = _key("proximal-mu", 0.01, "FedProx proximal weight (strategy=fedprox)", low=0.0)
+    strategy: str = _key("strategy", "fedavg", "server strategy: fedavg, fedprox (with the proximal term), fedcmi, "
+                         "cmsfed", choices=("fedavg", "fedprox", "fedcmi", "cmsfed"))
+    proximal_mu: float = _key("proximal-mu", 0.01, "FedProx proximal weight (strategy=fedprox, or fedcmi with "
+                              "objective.proximal=true)", low=0.0)
     selection: str = _key("selection", "auto", "client/modality selection policy; auto = the strategy's own "
                           "(cmsfed for strategy=cmsfed, else all)")
     fraction_evaluate: float = _key("fraction-evaluate", 0.0, "fraction of clients that evaluate the global "

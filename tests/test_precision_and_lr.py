@@ -224,7 +224,7 @@ def old_boost_train_step(self, model: nn.Module, batch: TensorDict, optimizer: t
     """``SustainedBoosting.train_step`` as it was before mixed precision."""
     y = batch[LABEL_KEY]
     losses = []
-    for m in self._trained(model, batch):
+    for m in self.trained_modalities(model, batch):
         optimizer.zero_grad(set_to_none=True)
         out = self.outputs(model, m, model.encoders[m](batch[m]))
         loss = boosting_loss(out, y, self.params.lam)

@@ -141,10 +141,6 @@ class ARMReconstruction(Objective):
         for m in modalities:
             model.heads[m] = SubspaceClassifier(model.embed_dim, k, model.num_classes)
 
-    def _trained(self, model: nn.Module, batch: TensorDict) -> list[str]:
-        allowed = self.ctx.modalities if self.ctx is not None else model.modalities
-        return [m for m in model.modalities if m in batch and m in allowed]
-
     def logits(self, model: nn.Module, batch: TensorDict, modalities: list[str] | None = None) -> dict[str, torch.Tensor]:
         """``z_m = f_m(P_m^T u_m)`` for ``modalities`` (default: all present in ``batch``)."""
         mods = [m for m in model.modalities if m in batch] if modalities is None else modalities
@@ -168,7 +164,7 @@ class ARMReconstruction(Objective):
     def loss(self, model: nn.Module, batch: TensorDict) -> torch.Tensor:
         p = self.params
         y = batch[LABEL_KEY]
-        z = self.logits(model, batch, self._trained(model, batch))
+        z = self.logits(model, batch, self.trained_modalities(model, batch))
         loss: torch.Tensor | float = 0.0
         if p.ortho_weight > 0.0:
             loss = p.ortho_weight * sum(model.heads[m].orthogonality_penalty() for m in z)

@@ -198,6 +198,12 @@ class Objective:
         """Restore what :meth:`server_state` returned (on the objective of a resumed run)."""
 
     # -- round hooks -------------------------------------------------------------------------
+    def trained_modalities(self, model: nn.Module, batch: TensorDict) -> list[str]:
+        """The modalities of ``batch`` that this round trains (``ctx.modalities``; all of the
+        model's before :meth:`begin_round`), in the model's canonical order."""
+        allowed = self.ctx.modalities if self.ctx is not None else model.modalities
+        return [m for m in model.modalities if m in batch and m in allowed]
+
     def begin_round(self, model: nn.Module, data: TensorDict, ctx: RoundContext) -> None:
         """Called once before local training; the default only remembers ``ctx``."""
         self.ctx = ctx

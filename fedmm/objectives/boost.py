@@ -329,15 +329,11 @@ class SustainedBoosting(Objective):
         self._conf = {}
         self._count = {}
 
-    def _trained(self, model: nn.Module, batch: TensorDict) -> list[str]:
-        allowed = self.ctx.modalities if self.ctx is not None else model.modalities
-        return [m for m in model.modalities if m in batch and m in allowed]
-
     def loss(self, model: nn.Module, batch: TensorDict) -> torch.Tensor:
         """Sum of the boosting losses of the batch's modalities (no steps in between; for
         evaluation — training uses :meth:`train_step`)."""
         y = batch[LABEL_KEY]
-        feats = model.encode({m: batch[m] for m in self._trained(model, batch)})
+        feats = model.encode({m: batch[m] for m in self.trained_modalities(model, batch)})
         return sum(boosting_loss(self.outputs(model, m, u), y, self.params.lam) for m, u in feats.items())
 
     def train_step(self, model: nn.Module, batch: TensorDict, optimizer: torch.optim.Optimizer) -> float:
@@ -346,7 +342,7 @@ class SustainedBoosting(Objective):
         y = batch[LABEL_KEY]
         precision = self.precision
         losses = []
-        for m in self._trained(model, batch):
+        for m in self.trained_modalities(model, batch):
             # set_to_none matters: a zero (not None) gradient would still move the other modality's
             # parameters through momentum and weight decay.
             optimizer.zero_grad(set_to_none=True)

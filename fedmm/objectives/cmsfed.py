@@ -87,13 +87,13 @@ class CMSFedObjective(PMR):
         """Global prototypes from the server's extras; local ones for a modality without them."""
         Objective.begin_round(self, model, data, ctx)
         received = {}
-        for m in self._trained(model, data):
+        for m in self.trained_modalities(model, data):
             if global_proto_key(m) in ctx.extras:
                 ref = next(model.parameters())
                 centers = torch.as_tensor(np.asarray(ctx.extras[global_proto_key(m)]), device=ref.device, dtype=ref.dtype)
                 present = torch.as_tensor(np.asarray(ctx.extras[global_present_key(m)]) > 0, device=ref.device)
                 received[m] = Prototypes(centers=centers, present=present)
-        local = self.compute_prototypes(model, data) if set(received) != set(self._trained(model, data)) else {}
+        local = self.compute_prototypes(model, data) if set(received) != set(self.trained_modalities(model, data)) else {}
         self.prototypes = {**local, **received}
 
     def batches(

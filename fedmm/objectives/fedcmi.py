@@ -152,11 +152,6 @@ class FedCMI(Objective):
     def extend_model(self, model: nn.Module) -> None:
         add_projectors(model, self.params.projector)
 
-    # -- forward pieces ----------------------------------------------------------------------------
-    def _trained(self, model: nn.Module, batch: TensorDict) -> list[str]:
-        allowed = self.ctx.modalities if self.ctx is not None else model.modalities
-        return [m for m in model.modalities if m in batch and m in allowed]
-
     def distilling(self) -> bool:
         """Whether the infiltration loss is on this round (after the warm-up)."""
         return self.ctx is not None and self.ctx.server_round > self.params.warmup_rounds
@@ -178,7 +173,7 @@ class FedCMI(Objective):
         for multimodal training after the warm-up; evaluation (no global model) needs none."""
         super().begin_round(model, data, ctx)
         self.temperatures = {}
-        trained = self._trained(model, data)
+        trained = self.trained_modalities(model, data)
         if ctx.global_model is None or len(trained) < 2 or not self.distilling() or not self.params.class_wise:
             return
         conf, present = self.class_confidences(model, data, trained)
@@ -210,7 +205,7 @@ class FedCMI(Objective):
 
     def loss(self, model: nn.Module, batch: TensorDict) -> torch.Tensor:
         y = batch[LABEL_KEY]
-        trained = self._trained(model, batch)
+        trained = self.trained_modalities(model, batch)
         own, infiltrated = project(model, model.encode({m: batch[m] for m in trained}))
         fused = model.fuse(filled_slots(model.modalities, own, infiltrated))
         loss = F.cross_entropy(fused, y)

@@ -138,10 +138,6 @@ class MNL(Objective):
                 nn.init.zeros_(head.bias)
                 model.heads[m] = head
 
-    def _trained(self, model: nn.Module, batch: TensorDict) -> list[str]:
-        allowed = self.ctx.modalities if self.ctx is not None else model.modalities
-        return [m for m in model.modalities if m in batch and m in allowed]
-
     def guiding(self) -> bool:
         """Whether this round adds the negative-learning term."""
         r = self.ctx.server_round if self.ctx is not None else 1
@@ -153,7 +149,7 @@ class MNL(Objective):
 
     def loss(self, model: nn.Module, batch: TensorDict) -> torch.Tensor:
         y = batch[LABEL_KEY]
-        feats = model.encode({m: batch[m] for m in self._trained(model, batch)})
+        feats = model.encode({m: batch[m] for m in self.trained_modalities(model, batch)})
         fused = model.fuse(feats)
         heads = model.head_logits(feats)
         loss = F.cross_entropy(fused, y) + sum(F.cross_entropy(z, y) for z in heads.values())

@@ -153,10 +153,6 @@ class OGMGE(Objective):
         self._coeff_sums: dict[str, float] = {}
         self._modulated_steps = 0
 
-    def _trained(self, model: nn.Module, batch: TensorDict) -> list[str]:
-        allowed = self.ctx.modalities if self.ctx is not None else model.modalities
-        return [m for m in model.modalities if m in batch and m in allowed]
-
     def modulating(self) -> bool:
         """Whether this round lies inside the modulation window."""
         r = self.ctx.server_round if self.ctx is not None else 1
@@ -170,7 +166,7 @@ class OGMGE(Objective):
 
     def loss(self, model: nn.Module, batch: TensorDict) -> torch.Tensor:
         y = batch[LABEL_KEY]
-        feats = model.encode({m: batch[m] for m in self._trained(model, batch)})
+        feats = model.encode({m: batch[m] for m in self.trained_modalities(model, batch)})
         logits = model.fuse(feats)
         self.last_coefficients = None
         if len(feats) >= 2 and self.modulating():

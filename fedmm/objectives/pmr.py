@@ -174,13 +174,9 @@ class PMR(Objective):
         self.last_scores: dict[str, float] = {}
         self._fresh = False
 
-    def _trained(self, model: nn.Module, data: TensorDict) -> list[str]:
-        allowed = self.ctx.modalities if self.ctx is not None else model.modalities
-        return [m for m in model.modalities if m in data and m in allowed]
-
     def compute_prototypes(self, model: nn.Module, data: TensorDict) -> dict[str, Prototypes]:
         """Fresh prototypes (no momentum) of every trained modality from ``data``."""
-        sums, counts = class_feature_sums(model, data, self._trained(model, data))
+        sums, counts = class_feature_sums(model, data, self.trained_modalities(model, data))
         return {m: prototypes_from_sums(s, counts) for m, s in sums.items()}
 
     def begin_round(self, model: nn.Module, data: TensorDict, ctx: RoundContext) -> None:
@@ -203,7 +199,7 @@ class PMR(Objective):
 
     def loss(self, model: nn.Module, batch: TensorDict) -> torch.Tensor:
         y = batch[LABEL_KEY]
-        feats = model.encode({m: batch[m] for m in self._trained(model, batch)})
+        feats = model.encode({m: batch[m] for m in self.trained_modalities(model, batch)})
         loss = F.cross_entropy(model.fuse(feats), y)
         missing = [m for m in feats if m not in self.prototypes]
         if missing:
@@ -221,7 +217,7 @@ class PMR(Objective):
         """Per trained modality, the class feature sums of the trained model (``proto/<m>``, flat
         ``K x D`` class-major) and the class counts (``proto-count/<m>``), so that a server can form
         sample-weighted global prototypes."""
-        sums, counts = class_feature_sums(model, data, self._trained(model, data))
+        sums, counts = class_feature_sums(model, data, self.trained_modalities(model, data))
         facts: dict[str, float | list[float]] = {}
         for m, s in sums.items():
             facts[proto_key(m)] = s.flatten().tolist()

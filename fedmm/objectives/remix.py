@@ -130,11 +130,6 @@ class DataRemixing(Objective):
                 nn.init.zeros_(head.bias)
                 model.heads[m] = head
 
-    # -- helpers -------------------------------------------------------------------------------
-    def _trained(self, model: nn.Module, data: TensorDict) -> list[str]:
-        allowed = self.ctx.modalities if self.ctx is not None else model.modalities
-        return [m for m in model.modalities if m in data and m in allowed]
-
     def in_warmup(self) -> bool:
         """Whether this round trains jointly (round ``<= warmup_rounds``)."""
         return self.ctx is not None and self.ctx.server_round <= self.params.warmup_rounds
@@ -160,7 +155,7 @@ class DataRemixing(Objective):
     def batches(
         self, model: nn.Module, data: TensorDict, epoch: int, batch_size: int, generator: torch.Generator
     ) -> Iterator[TensorDict]:
-        mods = self._trained(model, data)
+        mods = self.trained_modalities(model, data)
         keep = {k: v for k, v in data.items() if k in mods or k == LABEL_KEY}
         if self.in_warmup() or len(mods) < 2:
             # one modality: every sample belongs to it, so a remix epoch is a plain epoch
@@ -187,7 +182,7 @@ class DataRemixing(Objective):
 
     def loss(self, model: nn.Module, batch: TensorDict) -> torch.Tensor:
         y = batch[LABEL_KEY]
-        feats = model.encode({m: batch[m] for m in self._trained(model, batch)})
+        feats = model.encode({m: batch[m] for m in self.trained_modalities(model, batch)})
         weight = self.params.warmup_head_weight if self.in_warmup() else self.params.head_weight
         loss = F.cross_entropy(model.fuse(feats), y)
         if weight > 0.0:

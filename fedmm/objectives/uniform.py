@@ -63,8 +63,7 @@ class Uniform(Objective):
 
     def loss(self, model: nn.Module, batch: TensorDict) -> torch.Tensor:
         y = batch[LABEL_KEY]
-        allowed = self.ctx.modalities if self.ctx is not None else model.modalities
-        feats = model.encode({m: batch[m] for m in model.modalities if m in batch and m in allowed})
+        feats = model.encode({m: batch[m] for m in self.trained_modalities(model, batch)})
         loss = F.cross_entropy(model.fuse(feats), y)
         if self.params.head_weight > 0.0:
             heads = model.head_logits(feats)

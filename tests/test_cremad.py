@@ -158,7 +158,7 @@ def test_frames_are_picked_resized_and_imagenet_normalised(data_dir: Path) -> No
 
 def test_second_load_reads_the_cache_and_options_change_the_key(data_dir: Path, monkeypatch, tmp_path: Path) -> None:
     first = load_cremad(data_dir=str(data_dir), image_size=16)
-    files = list((tmp_path / "cache").glob("cremad-*.pt"))
+    files = list((tmp_path / "cache").glob("cremad-*.safetensors"))
     assert len(files) == 1 and not list((tmp_path / "cache").glob("*.tmp"))
 
     def no_decoding(*args, **kwargs):
@@ -348,3 +348,12 @@ def test_one_round_simulation_on_the_fixture(data_dir: Path, tmp_path: Path) -> 
     clients = pd.read_csv(tmp_path / "run" / "clients.csv")
     assert len(clients) == 3 and (clients["status"] == "ok").all()  # one client per actor
     assert 0.0 <= summary["final"]["test/acc"] <= 1.0
+
+
+def test_a_damaged_cache_file_is_rebuilt(data_dir: Path, tmp_path: Path) -> None:
+    first = load_cremad(data_dir=str(data_dir), image_size=16)
+    (cache,) = (tmp_path / "cache").glob("cremad-*.safetensors")
+    cache.write_bytes(b"not a safetensors file")
+    again = load_cremad(data_dir=str(data_dir), image_size=16)
+    assert torch.equal(first.train["audio"], again.train["audio"])
+    assert cache.stat().st_size > 100  # rewritten

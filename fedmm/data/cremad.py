@@ -32,7 +32,7 @@ Defaults: ``num_frames=1`` as OGM-GE/AUG (the lineage of the FedCMI/CMSFed code;
 2, PMR 3), ``image_size=224``. Memory: every process that loads the full dataset holds
 ``7442 x (257 x 188 + num_frames x 3 x S^2) x 4`` bytes, about 5.9 GB with one 224 x 224 frame.
 
-Decoded clips are cached as one file ``$FEDMM_CACHE_DIR/cremad-<hash>.pt`` (default
+Decoded clips are cached as one file ``$FEDMM_CACHE_DIR/cremad-<hash>.safetensors`` (default
 ``~/.cache/fedmm``), keyed by the data directory, its file listing (names, sizes, mtimes) and the
 preprocessing options; frames are stored as uint8, so later runs only normalise.
 """
@@ -328,22 +328,29 @@ def decode_clips(clips: list[Clip], num_frames: int, image_size: int) -> dict[st
 
 
 def cached_clips(root: Path, clips: list[Clip], num_frames: int, image_size: int) -> dict[str, torch.Tensor]:
-    """Decoded clips from ``$FEDMM_CACHE_DIR/cremad-<hash>.pt``; decoded and written atomically on a miss."""
+    """Decoded clips from ``$FEDMM_CACHE_DIR/cremad-<hash>.safetensors`` (clip names in its
+    metadata; no pickle); decoded and written atomically on a miss."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file, save_file
+
     key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
-    path = cache_dir() / f"cremad-{key}-{fingerprint(clips, num_frames, image_size)}.pt"
+    path = cache_dir() / f"cremad-{key}-{fingerprint(clips, num_frames, image_size)}.safetensors"
     names = [c.name for c in clips]
     if path.is_file():
         try:
-            stored = torch.load(path, map_location="cpu", weights_only=True)
-            if stored.get("clips") == names:
+            with safe_open(str(path), framework="pt") as f:
+                stored_names = json.loads((f.metadata() or {}).get("clips", "[]"))
+            if stored_names == names:
+                stored = load_file(path)
                 return {"audio": stored["audio"], "frames": stored["frames"]}
-        except Exception as err:  # a damaged cache file is rebuilt, never trusted
+        except (SafetensorError, OSError, ValueError, KeyError) as err:  # a damaged cache is rebuilt
             log.warning("cremad: ignoring unreadable cache %s (%s)", path, err)
     decoded = decode_clips(clips, num_frames, image_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.stem, suffix=".tmp", delete=False) as tmp:
-        torch.save({"clips": names, **decoded}, tmp)
-    os.replace(tmp.name, path)
+        tmp_path = tmp.name
+    save_file({k: v.contiguous() for k, v in decoded.items()}, tmp_path, metadata={"clips": json.dumps(names)})
+    os.replace(tmp_path, path)
     return decoded
 
 

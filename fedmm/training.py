@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.hooks import RemovableHandle
 
+from fedmm.data.augment import Augment
 from fedmm.data.base import LABEL_KEY, ModalitySpec, TensorDict, num_examples
 from fedmm.metrics import accuracy, imbalance_ratio, macro_f1
 from fedmm.models.net import MODALITY_GROUP_PREFIXES, ModelConfig, MultimodalNet, group_modality, parameter_group
@@ -253,7 +254,8 @@ def _set_modes(model: nn.Module, trained: list[str]) -> None:
 
 
 def train_local(
-    model: MultimodalNet, data: TensorDict, objective: Objective, ctx: RoundContext, config: TrainConfig
+    model: MultimodalNet, data: TensorDict, objective: Objective, ctx: RoundContext, config: TrainConfig,
+    augment: Augment | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data`` with ``objective`` for ``config.epochs`` epochs (one round).
 
@@ -275,6 +277,9 @@ def train_local(
         gets a copy whose ``precision`` is built from ``config.precision`` and ``ctx.device``.
     config:
         Epochs, batch size, SGD settings, proximal weight, the batch-order seed and the precision.
+    augment:
+        The dataset's random train transform, applied to every training batch (drawn from the
+        batch-order generator); ``None`` trains on the batches as they are.
 
     Returns
     -------
@@ -308,6 +313,8 @@ def train_local(
     for epoch in range(config.epochs):
         epoch_loss, epoch_batches = 0.0, 0
         for batch in objective.batches(model, local, epoch, config.batch_size, generator):
+            if augment is not None:
+                batch = augment(batch, generator)
             epoch_loss += objective.train_step(model, batch, optimizer)
             epoch_batches += 1
         steps += epoch_batches

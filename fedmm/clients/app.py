@@ -211,7 +211,7 @@ def train(msg: Message, context: Context) -> Message:
     )
     if "local-epochs" in config:  # the strategy's update pass before round 1 trains a single epoch
         train_config = dataclasses.replace(train_config, epochs=int(config["local-epochs"]))
-    result = train_local(model, data, objective, ctx, train_config)
+    result = train_local(model, data, objective, ctx, train_config, augment=dataset_of(run).train_augment)
     facts = dict(result.facts)
     if "imbalance-order" in config:  # CMSFed's rho_k, with every held modality (trained or not)
         order = tuple(str(config["imbalance-order"]).split(","))

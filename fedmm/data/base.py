@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +52,11 @@ class Dataset:
         ``TensorDict`` with every modality and ``"y"``.
     train_groups:
         Natural client id of each train example (HAPT user), or ``None`` when the data has none.
+    notes:
+        Free-text facts about how it was loaded (directory, split).
+    train_augment:
+        Random transform of every training batch (``(batch, generator) -> batch``, see
+        :mod:`fedmm.data.augment`), or ``None``.
     """
 
     name: str
@@ -60,6 +66,7 @@ class Dataset:
     test: TensorDict
     train_groups: np.ndarray | None = None
     notes: dict[str, str] = field(default_factory=dict)
+    train_augment: Callable[[TensorDict, torch.Generator], TensorDict] | None = None
 
     @property
     def modality_names(self) -> list[str]:

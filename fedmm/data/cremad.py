@@ -24,9 +24,10 @@ Preprocessing follows the OGM-GE code (spec BALANCING_OBJECTIVES.md section 0.2)
   (the middle frame of each of ``num_frames`` equal parts, the test-time choice of MMPareto/Remix;
   frames repeat when a clip has fewer), resized to ``S x S`` with PIL bilinear (antialiased, as
   torchvision's ``Resize`` on PIL images) and normalised with the ImageNet mean and std.
-  The same deterministic transform is used for train and test: the data lives in memory as fixed
-  tensors, so the random train transform (RandomResizedCrop + flip) of the reference code is not
-  applied.
+  This is the test transform. The train transform of the reference code, RandomResizedCrop(224) +
+  horizontal flip, runs on every training batch on its device (``dataset.augment``, on by default;
+  :class:`fedmm.data.augment.FrameAugment`), because the data lives in memory as fixed tensors; it
+  crops the resized frame rather than the original one.
 
 Defaults: ``num_frames=1`` as OGM-GE/AUG (the lineage of the FedCMI/CMSFed code; MMPareto/Remix use
 2, PMR 3), ``image_size=224``. Memory: every process that loads the full dataset holds
@@ -52,6 +53,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedmm.data.augment import FrameAugment
 from fedmm.data.base import Dataset, ModalitySpec
 from fedmm.data.registry import register_dataset
 
@@ -358,7 +360,8 @@ def cached_clips(root: Path, clips: list[Clip], num_frames: int, image_size: int
 @register_dataset("cremad", description="CREMA-D audio spectrogram vs face frames, 91 actors, 6 emotions "
                   "(user-owned: set data-dir; see `fedmm prepare cremad`)")
 def load_cremad(*, data_dir: str | None = None, seed: int = 0, num_frames: int = 1, image_size: int = 224,
-                split_seed: int = 0, test_fraction: float = 0.1, skip_incomplete: bool = False) -> Dataset:
+                split_seed: int = 0, test_fraction: float = 0.1, skip_incomplete: bool = False,
+                augment: bool = True) -> Dataset:
     """CREMA-D from ``data_dir`` (config key ``data-dir``), preprocessed as in the module docstring.
 
     Parameters
@@ -377,6 +380,9 @@ def load_cremad(*, data_dir: str | None = None, seed: int = 0, num_frames: int =
         Fraction of each class held out as the central test set by that split (744/7442 ~ 0.1 in OGM-GE).
     skip_incomplete:
         Drop clips without frames (and split-file entries without data) instead of failing.
+    augment:
+        Apply the protocol's train transform, RandomResizedCrop + horizontal flip, to the frames of
+        every training batch (``dataset.augment``; :class:`fedmm.data.augment.FrameAugment`).
 
     ``train_groups`` holds the actor id of every train clip (the natural partition).
     """
@@ -420,4 +426,5 @@ def load_cremad(*, data_dir: str | None = None, seed: int = 0, num_frames: int =
         test=part(test_idx),
         train_groups=actors[train_idx].copy(),
         notes={"data-dir": str(root), "split": split, "clips": str(len(clips))},
+        train_augment=FrameAugment("visual") if augment else None,
     )

@@ -147,3 +147,14 @@ def test_cmsfed_config_defaults():
     run = load_config(None, ["strategy=cmsfed"])
     assert (run.objective, run.selection) == ("cmsfed", "cmsfed")
     assert load_config(None, ["strategy=cmsfed", "selection=random"]).selection == "random"  # an ablation
+
+
+def test_cmsfed_on_three_modalities_or_foreign_names_fails_before_any_file(tmp_path):
+    from fedmm.server.loop import prepare
+
+    base = ["dataset=synthetic", "partition=iid", "num-clients=3", "strategy=cmsfed"]
+    with pytest.raises(ValueError, match="needs exactly 2 modalities"):
+        prepare(load_config(None, [*base, "dataset.num_modalities=3"]), tmp_path / "a")
+    with pytest.raises(ValueError, match="was given modalities"):
+        prepare(load_config(None, [*base, "selection.modalities=audio,visual"]), tmp_path / "b")
+    assert not list(tmp_path.iterdir())

@@ -25,7 +25,7 @@ from fedmm.objectives import Objective
 from fedmm.records import from_record, to_record
 from fedmm.results import ResultsWriter, prepare_out_dir, summarize, write_interrupted
 from fedmm.strategies import STRATEGIES, ModalityAwareFedAvg
-from fedmm.strategies.selection import SelectionPolicy, build_policy
+from fedmm.strategies.selection import ClientState, SelectionPolicy, build_policy
 from fedmm.training import evaluate, resolve_device
 from fedmm.workspace import dataset_of, model_of, objective_of, scenario_of
 
@@ -69,6 +69,8 @@ def prepare(run: RunConfig, out_dir: str | Path | None = None, *, overwrite: boo
     objective = objective_of(run)
     model = model_of(run, objective)
     policy = build_policy(run.selection, run.selection_params, seed=run.seed)
+    # a policy that needs the imbalance ratio of two modalities (cmsfed) checks the dataset's here
+    policy.imbalance_order([ClientState(client_id=0, modalities=tuple(dataset.modality_names), num_examples=1)])
     resolved = prepare_out_dir(out_dir, overwrite=overwrite or resume) if out_dir else None
     return Plan(run, dataset, scenario, objective, model, policy, resolved)
 

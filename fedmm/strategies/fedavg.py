@@ -194,12 +194,13 @@ class ModalityAwareFedAvg(Strategy):
         started = time.perf_counter()
         assignments = self.policy.select(server_round, states, self.clients_per_round)
         self.round_stats["selection-seconds"] = time.perf_counter() - started
+        order = self.policy.imbalance_order(states)
         self._sent = {}
         messages = []
         for a in assignments:
             node = self.node_of[a.client_id]
             self._sent[node] = a
-            messages.append(self._train_message(node, a, arrays, server_round, states))
+            messages.append(self._train_message(node, a, arrays, server_round, order))
         return messages
 
     def aggregate_train(
@@ -221,9 +222,9 @@ class ModalityAwareFedAvg(Strategy):
         the policy gets their update vectors (and imbalance ratios), the objective's server half their
         facts as round 0 (e.g. global prototypes from every client); the global model does not change.
         It uses the run's learning rate (the reference ran it at lr 0, FEDCMI_CMSFED.md 3.9)."""
-        states = self.available()
+        order = self.policy.imbalance_order(self.available())
         sent = {self.node_of[c]: Assignment(c, self.clients[c].modalities) for c in client_ids}
-        messages = [self._train_message(node, a, arrays, UPDATE_PASS_ROUND, states, epochs=UPDATE_PASS_EPOCHS)
+        messages = [self._train_message(node, a, arrays, UPDATE_PASS_ROUND, order, epochs=UPDATE_PASS_EPOCHS)
                     for node, a in sent.items()]
         replies = grid.send_and_receive(messages, timeout=self.round_timeout)
         self._observe(UPDATE_PASS_ROUND, self._accept(UPDATE_PASS_ROUND, replies, sent))
@@ -336,9 +337,12 @@ class ModalityAwareFedAvg(Strategy):
 
     # -- helpers -------------------------------------------------------------------------------------
     def _train_message(self, node: int, a: Assignment, arrays: ArrayRecord, server_round: int,
-                       states: Sequence[ClientState], *, epochs: int | None = None) -> Message:
-        """The training message of one node: the groups it needs, its own config and the extras."""
-        order = self.policy.imbalance_order(states)
+                       order: tuple[str, str] | None, *, epochs: int | None = None) -> Message:
+        """The training message of one node: the groups it needs, its own config and the extras.
+
+        ``order`` is the policy's imbalance order (the node then measures rho_k with every modality
+        it holds, so it also gets the groups of those it does not train); ``epochs`` overrides the
+        run's local epochs."""
         held = self.clients[a.client_id].modalities
         payload = subset_record(arrays, keys_for_modalities(arrays.keys(), held if order else a.modalities))
         per_node: dict[str, Any] = {"server-round": server_round, "modalities": ",".join(a.modalities),

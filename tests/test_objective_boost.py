@@ -359,3 +359,12 @@ def test_one_local_epoch(names: list[str], single: bool) -> None:
     reported = {k for k in result.facts if k.startswith("boost-count-")}
     assert reported == {f"boost-count-{m}" for m in held}
     assert result.facts[f"boost-count-{names[0]}"] == 24.0
+
+
+def test_the_update_pass_round_counts_but_decides_nothing() -> None:
+    obj = SustainedBoosting(P(assign_every=2))
+    make_model(obj)
+    obj.server_observe(0, [(10, facts(a=(9.0, 10), v=(1.0, 10)))])  # round 0: the update pass of divfl/cmsfed
+    assert obj.active == {"a": 1, "v": 1}
+    obj.server_observe(1, [(10, facts(a=(1.0, 10), v=(1.5, 10)))])  # a alone would get the slot ...
+    assert obj.active == {"a": 1, "v": 2}  # ... but the update pass's report counts in the window

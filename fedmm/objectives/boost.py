@@ -273,8 +273,8 @@ class SustainedBoosting(Objective):
                 if count_key(m) in f and float(f[count_key(m)]) > 0:
                     self._window_conf[m] = self._window_conf.get(m, 0.0) + float(f[conf_key(m)])
                     self._window_count[m] = self._window_count.get(m, 0.0) + float(f[count_key(m)])
-        if server_round != 1 and server_round % self.params.assign_every != 0:
-            return
+        if server_round == 0 or (server_round != 1 and server_round % self.params.assign_every != 0):
+            return  # round 0 is the update pass of divfl/cmsfed: its facts count, it decides nothing
         target = self.assignment(self._window_conf, self._window_count)
         self._window_conf, self._window_count = {}, {}
         if target is not None:

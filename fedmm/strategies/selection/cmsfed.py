@@ -171,8 +171,9 @@ class CMSFed(UpdateVectorPolicy):
                     break
                 pool = remaining if m is None or m >= remaining.size else self.rng.choice(
                     remaining, size=m, replace=False)
-                i_mm = int(mm_ground[fl_mm.best(mm_pos[pool])])
-                pick, mode = i_mm, MODE_MULTIMODAL
+                # i_w first: i_mm matters only when i_w is not picked, so it is computed only then
+                # (the same picks as computing both, with about half the multimodal evaluations).
+                pick, mode = -1, MODE_MULTIMODAL
                 w_pool = pool[w_pos[pool] >= 0]
                 if fl_w is not None and w_pool.size:
                     i_w = int(w_ground[fl_w.best(w_pos[w_pool])])
@@ -181,6 +182,8 @@ class CMSFed(UpdateVectorPolicy):
                     biased = rho > delta if weak == second else rho < 1.0 / delta
                     if biased or tuple(c.modalities) == (weak,):
                         pick, mode = i_w, MODE_WEAK
+                if mode != MODE_WEAK:
+                    pick = int(mm_ground[fl_mm.best(mm_pos[pool])])
                 if mode == MODE_WEAK:
                     fl_w.add(int(w_pos[pick]))  # type: ignore[union-attr]
                     mods.append((weak,))

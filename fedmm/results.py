@@ -47,32 +47,27 @@ class ResultsWriter:
         The run directory (created here; it must have passed :func:`prepare_out_dir`).
     config:
         The resolved config, written as ``config.toml`` right away.
+    resume_after:
+        ``None``: a new run (earlier result files are removed). A round number: continue the tables
+        already in ``out_dir`` after that round (the checkpoint's; rows of later rounds, written
+        before the run stopped, are dropped).
     """
 
-    def __init__(self, out_dir: Path, config: RunConfig) -> None:
+    def __init__(self, out_dir: Path, config: RunConfig, *, resume_after: int | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        for name in (ROUNDS_FILE, CLIENTS_FILE, SUMMARY_FILE, MODEL_FILE, PLOT_FILE):
-            (self.out_dir / name).unlink(missing_ok=True)
         self.rounds: list[dict[str, Any]] = []
         self.clients: list[dict[str, Any]] = []
+        if resume_after is None:
+            for name in (ROUNDS_FILE, CLIENTS_FILE, SUMMARY_FILE, MODEL_FILE, PLOT_FILE):
+                (self.out_dir / name).unlink(missing_ok=True)
+        else:
+            for name, rows in ((ROUNDS_FILE, self.rounds), (CLIENTS_FILE, self.clients)):
+                if (self.out_dir / name).is_file():
+                    table = pd.read_csv(self.out_dir / name).to_dict("records")
+                    rows.extend(r for r in table if int(r["round"]) <= resume_after)
+            (self.out_dir / SUMMARY_FILE).unlink(missing_ok=True)
         _atomic_write(self.out_dir / CONFIG_FILE, config.to_toml())
-
-    @classmethod
-    def resume(cls, out_dir: Path, config: RunConfig, last_round: int) -> ResultsWriter:
-        """A writer that continues the tables of ``out_dir`` after ``last_round`` (rows of later
-        rounds, written before the checkpoint of that round, are dropped)."""
-        writer = cls.__new__(cls)
-        writer.out_dir = Path(out_dir)
-        writer.rounds, writer.clients = [], []
-        for name, rows in ((ROUNDS_FILE, writer.rounds), (CLIENTS_FILE, writer.clients)):
-            path = writer.out_dir / name
-            if path.is_file():
-                table = pd.read_csv(path)
-                rows.extend(r for r in table.to_dict("records") if int(r["round"]) <= last_round)
-        (writer.out_dir / SUMMARY_FILE).unlink(missing_ok=True)
-        _atomic_write(writer.out_dir / CONFIG_FILE, config.to_toml())
-        return writer
 
     def add_round(self, row: Mapping[str, Any], client_rows: Sequence[Mapping[str, Any]] = ()) -> None:
         self.rounds.append(dict(row))

@@ -112,8 +112,7 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
         first_round = resume.server_round + 1
     writer = None
     if plan.out_dir:
-        writer = (ResultsWriter.resume(plan.out_dir, run, resume.server_round) if resume is not None
-                  else ResultsWriter(plan.out_dir, run))
+        writer = ResultsWriter(plan.out_dir, run, resume_after=resume.server_round if resume else None)
     arrays = to_record(model.state_dict())
     rows: list[dict[str, Any]] = writer.rounds if writer else []
 

@@ -86,14 +86,16 @@ class CMSFedObjective(PMR):
     def begin_round(self, model: nn.Module, data: TensorDict, ctx: RoundContext) -> None:
         """Global prototypes from the server's extras; local ones for a modality without them."""
         Objective.begin_round(self, model, data, ctx)
-        received = {}
-        for m in self.trained_modalities(model, data):
-            if global_proto_key(m) in ctx.extras:
-                ref = next(model.parameters())
-                centers = torch.as_tensor(np.asarray(ctx.extras[global_proto_key(m)]), device=ref.device, dtype=ref.dtype)
-                present = torch.as_tensor(np.asarray(ctx.extras[global_present_key(m)]) > 0, device=ref.device)
-                received[m] = Prototypes(centers=centers, present=present)
-        local = self.compute_prototypes(model, data) if set(received) != set(self.trained_modalities(model, data)) else {}
+        ref = next(model.parameters())
+        trained = self.trained_modalities(model, data)
+        received = {
+            m: Prototypes(
+                centers=torch.as_tensor(np.asarray(ctx.extras[global_proto_key(m)]), device=ref.device, dtype=ref.dtype),
+                present=torch.as_tensor(np.asarray(ctx.extras[global_present_key(m)]) > 0, device=ref.device),
+            )
+            for m in trained if global_proto_key(m) in ctx.extras
+        }
+        local = self.compute_prototypes(model, data) if len(received) < len(trained) else {}
         self.prototypes = {**local, **received}
 
     def batches(
@@ -106,9 +108,9 @@ class CMSFedObjective(PMR):
     def server_observe(self, server_round: int, facts: list[tuple[int, dict[str, Any]]]) -> None:
         sums: dict[str, np.ndarray] = {}
         counts: dict[str, np.ndarray] = {}
+        prefix = proto_key("")
         for _, f in facts:
             for key, value in f.items():
-                prefix = proto_key("")
                 if not key.startswith(prefix):
                     continue
                 m = key[len(prefix):]

@@ -226,24 +226,29 @@ class PMR(Objective):
 
 
 @torch.no_grad()
-def prototype_accuracies(model: nn.Module, data: TensorDict, modalities: list[str]) -> dict[str, float]:
+def prototype_accuracies(model: nn.Module, data: TensorDict, modalities: list[str], chunk: int = 256
+                         ) -> dict[str, float]:
     """Nearest-class-mean accuracy of each modality on ``data``, with prototypes computed from
-    ``data`` itself (CMSFed's rho_k ingredients, FEDCMI_CMSFED.md 3.3); eval mode."""
-    sums, counts = class_feature_sums(model, data, modalities)
-    protos = {m: prototypes_from_sums(s, counts) for m, s in sums.items()}
+    ``data`` itself (CMSFed's rho_k ingredients, FEDCMI_CMSFED.md 3.3); eval mode, one encoder
+    pass (the features serve both the prototypes and the predictions)."""
+    n = num_examples(data)
+    if n == 0:
+        return dict.fromkeys(modalities, 0.0)
     was_training = model.training
     model.eval()
     try:
-        correct = dict.fromkeys(modalities, 0)
-        y_all = data[LABEL_KEY]
         ref = next(model.parameters())
-        for start in range(0, num_examples(data), 256):
-            y = y_all[start : start + 256].to(ref.device)
-            feats = model.encode({m: data[m][start : start + 256].to(ref.device) for m in modalities})
-            for m, u in feats.items():
-                correct[m] += int((prototype_logits(u, protos[m]).argmax(dim=1) == y).sum())
-        n = max(num_examples(data), 1)
-        return {m: c / n for m, c in correct.items()}
+        y = data[LABEL_KEY].to(ref.device)
+        chunks = [model.encode({m: data[m][s : s + chunk].to(ref.device) for m in modalities})
+                  for s in range(0, n, chunk)]
+        counts = torch.bincount(y, minlength=model.num_classes).to(ref.dtype)
+        out = {}
+        for m in modalities:
+            feats = torch.cat([c[m] for c in chunks]).to(ref.dtype)
+            sums = torch.zeros(model.num_classes, feats.shape[1], device=ref.device, dtype=ref.dtype)
+            protos = prototypes_from_sums(sums.index_add_(0, y, feats), counts)
+            out[m] = float((prototype_logits(feats, protos).argmax(dim=1) == y).double().mean())
+        return out
     finally:
         model.train(was_training)
 

@@ -69,20 +69,30 @@ def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> None:
     os.replace(tmp.name, run_dir / CHECKPOINT_STATE)
 
 
+def _saved_state(run_dir: Path) -> dict[str, Any]:
+    """``checkpoint.json`` of ``run_dir``; ``ValueError`` when either checkpoint file is missing."""
+    missing = [name for name in (CHECKPOINT_ARRAYS, CHECKPOINT_STATE) if not (run_dir / name).is_file()]
+    if missing:
+        raise ValueError(
+            f"{str(run_dir)!r} has no checkpoint ({', '.join(missing)} missing); resume a directory "
+            "written by `fedmm simulate --out DIR` that finished at least round 0"
+        )
+    return json.loads((run_dir / CHECKPOINT_STATE).read_text())
+
+
+def checkpoint_round(run_dir: str | Path) -> int:
+    """The round of the checkpoint in ``run_dir``, without reading its arrays."""
+    return int(_saved_state(Path(run_dir))["round"])
+
+
 def load_checkpoint(run_dir: str | Path) -> Checkpoint:
     """The checkpoint in ``run_dir``; ``ValueError`` naming the problem when there is none or the
     two files disagree."""
     from safetensors import safe_open
 
     run_dir = Path(run_dir)
-    arrays_path, state_path = run_dir / CHECKPOINT_ARRAYS, run_dir / CHECKPOINT_STATE
-    missing = [p.name for p in (arrays_path, state_path) if not p.is_file()]
-    if missing:
-        raise ValueError(
-            f"{str(run_dir)!r} has no checkpoint ({', '.join(missing)} missing); resume a directory "
-            "written by `fedmm simulate --out DIR` that finished at least round 0"
-        )
-    saved = json.loads(state_path.read_text())
+    arrays_path = run_dir / CHECKPOINT_ARRAYS
+    saved = _saved_state(run_dir)
     model: dict[str, np.ndarray] = {}
     state: dict[str, Any] = dict(saved["state"])
     with safe_open(str(arrays_path), framework="numpy") as f:

@@ -11,7 +11,7 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedmm.checkpoint import load_checkpoint
+from fedmm.checkpoint import checkpoint_round, load_checkpoint
 from fedmm.config import RunConfig, load_config
 from fedmm.results import CONFIG_FILE, SUMMARY_FILE
 from fedmm.server.loop import Plan, RoundCallback, prepare, run_federation
@@ -32,12 +32,12 @@ def resume_config(run_dir: str | Path) -> RunConfig:
     config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
         raise ValueError(f"{str(run_dir)!r} has no {CONFIG_FILE}; pass a directory written by `fedmm simulate --out`")
-    checkpoint_round = load_checkpoint(run_dir).server_round
+    last_round = checkpoint_round(run_dir)
     summary = run_dir / SUMMARY_FILE
     if summary.is_file() and json.loads(summary.read_text()).get("status") == "completed":
         raise ValueError(f"the run in {str(run_dir)!r} has completed (all its rounds); there is nothing to resume")
     run = load_config(config_path)
-    log.info("resuming %s after round %d of %d", run_dir, checkpoint_round, run.num_server_rounds)
+    log.info("resuming %s after round %d of %d", run_dir, last_round, run.num_server_rounds)
     return run
 
 

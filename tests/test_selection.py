@@ -304,3 +304,13 @@ def test_load_state_dict_of_another_policy_fails() -> None:
     state = build_policy("random", None, seed=0).state_dict()
     with pytest.raises(ValueError, match="written by selection 'random', not 'divfl'"):
         build_policy("divfl", None, seed=0).load_state_dict(state)
+
+
+@pytest.mark.parametrize("name", ["divfl", "cmsfed"])
+def test_kept_supports_do_not_change_the_picks(name: str) -> None:
+    with_supports = run_rounds(build_policy(name, PARAMS[name], seed=2), range(5), make_clients())
+    without = run_rounds(build_policy(name, {**PARAMS[name], "support-fraction": 0.0}, seed=2), range(5),
+                         make_clients())
+    assert with_supports == without
+    with pytest.raises(ValueError, match="support-fraction"):
+        build_policy(name, {"support-fraction": 1.5}, seed=0)

@@ -8,8 +8,11 @@ multimodal clients is log-normal around 1.3 (audio dominant), 1 for unimodal cli
 
 1. Scale: for N = 1,000 and 10,000 clients, every client's update goes through ``observe`` (count
    sketch, ``sketch-dim`` 256; reported per client), then ``select`` with K = 100 is timed alone
-   (``time.perf_counter``), and run once more under ``tracemalloc`` for its peak Python/numpy
-   allocation. The process max RSS (``resource``) is reported too (it includes the data generation).
+   (``time.perf_counter``; 3 calls, each with new stochastic-greedy subsets: median and slowest), and
+   run once more under ``tracemalloc`` for its peak Python/numpy allocation. The same selections
+   with ``support-fraction = 0`` (no kept supports: every evaluation computes a new distance
+   column) run side by side; their time ratio does not depend on how fast the machine is at the
+   moment. The process max RSS (``resource``) is reported too (it includes the data generation).
 2. Fidelity: at N = 200, K = 20, the DivFL greedy in its deterministic form (``stochastic=false``:
    every remaining client is a candidate at every step, so no sampling noise) runs on sketches and on
    exact vectors (``sketch-dim=0``); both selected sets are scored by G(S) = sum_k min_{i in S} D[k, i]
@@ -43,6 +46,8 @@ from fedmm.strategies.selection.facility import MatrixDistances, facility_value
 
 MODALITIES = ("audio", "video")
 OUT = Path(__file__).resolve().parents[1] / "out" / "selection_scale.csv"
+#: Label of the runs with ``support-fraction = 0`` (every evaluation computes a distance column).
+NO_SUPPORTS = "(no supports)"
 
 
 def federation(n: int, params: int, rng: np.random.Generator, clusters: int = 20):
@@ -69,7 +74,7 @@ def max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def scale(n: int, params: int, budget: int, rows: list[dict]) -> None:
+def scale(n: int, params: int, budget: int, rows: list[dict], repeats: int = 3) -> None:
     rng = np.random.default_rng(n)
     states, updates = federation(n, params, rng)
     divfl = build_policy("divfl", {}, seed=0)
@@ -86,27 +91,33 @@ def scale(n: int, params: int, budget: int, rows: list[dict]) -> None:
         t = time.perf_counter()
         divfl.observe(0, batch)
         sketch_s += time.perf_counter() - t
-    cmsfed = build_policy("cmsfed", {}, seed=0)
-    cmsfed.store.load_state_dict(divfl.store.state_dict())  # same seed, same sketches
+    policies = {"divfl": divfl}
+    for name, kind, extra in (("cmsfed", "cmsfed", {}), (f"divfl {NO_SUPPORTS}", "divfl", {"support-fraction": 0.0}),
+                              (f"cmsfed {NO_SUPPORTS}", "cmsfed", {"support-fraction": 0.0})):
+        policies[name] = build_policy(kind, extra, seed=0)
+        policies[name].store.load_state_dict(divfl.store.state_dict())  # same seed, same sketches
     common = {"n_clients": n, "budget": budget, "params_per_modality": params, "sketch_dim": 256}
     rows.append({"section": "scale", "policy": "sketch", **common, "metric": "sketch_ms_per_client",
                  "value": 1e3 * sketch_s / n})
-    for policy in (divfl, cmsfed):
-        t = time.perf_counter()
-        picks = policy.select(1, states, budget)
-        seconds = time.perf_counter() - t
+    for name, policy in policies.items():
+        times = []
+        for r in range(repeats):  # each call draws new stochastic-greedy subsets from the policy's generator
+            t = time.perf_counter()
+            picks = policy.select(1 + r, states, budget)
+            times.append(time.perf_counter() - t)
         tracemalloc.start()
-        policy.select(2, states, budget)
+        policy.select(1 + repeats, states, budget)
         peak = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
         weak = policy.history[0]["modes"].count("weak")
-        for metric, value in (("select_s", seconds), ("select_peak_mb", peak), ("max_rss_mb", max_rss_mb()),
+        for metric, value in (("select_s", float(np.median(times))), ("select_s_max", max(times)),
+                              ("select_peak_mb", peak), ("max_rss_mb", max_rss_mb()),
                               ("selected", len(picks)), ("weak_only_picks", weak)):
-            rows.append({"section": "scale", "policy": policy.name, **common, "metric": metric, "value": value})
+            rows.append({"section": "scale", "policy": name, **common, "metric": metric, "value": value})
 
 
 def fidelity(params: int, rows: list[dict], n: int = 200, budget: int = 20, seeds: int = 5,
-             dims: tuple[int, ...] = (64, 256, 512)) -> None:
+             dims: tuple[int, ...] = (64, 256, 512, 1024)) -> None:
     ratios: dict[str, list[float]] = {**{f"sketch-{d}": [] for d in dims}, "random": []}
     for seed in range(seeds):
         rng = np.random.default_rng(1000 + seed)
@@ -139,14 +150,23 @@ def fidelity(params: int, rows: list[dict], n: int = 200, budget: int = 20, seed
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| N | policy | select (s) | select peak (MiB, tracemalloc) | max RSS (MiB) | weak-only picks |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| N | policy | select (s, median of 3) | slowest (s) | select peak (MiB, tracemalloc) | max RSS (MiB) "
+             "| weak-only picks |",
+             "|---|---|---|---|---|---|---|"]
     get = {(r["section"], r["policy"], r["n_clients"], r["metric"]): r["value"] for r in rows}
     for n in sorted({r["n_clients"] for r in rows if r["section"] == "scale"}):
-        for p in ("divfl", "cmsfed"):
+        for p in ("divfl", "cmsfed", f"divfl {NO_SUPPORTS}", f"cmsfed {NO_SUPPORTS}"):
             lines.append(f"| {n:,} | {p} | {get[('scale', p, n, 'select_s')]:.3f} | "
+                         f"{get[('scale', p, n, 'select_s_max')]:.3f} | "
                          f"{get[('scale', p, n, 'select_peak_mb')]:.1f} | {get[('scale', p, n, 'max_rss_mb')]:.0f} | "
                          f"{int(get[('scale', p, n, 'weak_only_picks')])} |")
+    lines.append("")
+    lines.append("| N | policy | select time with supports / without (same run, same sketches) |")
+    lines.append("|---|---|---|")
+    for n in sorted({r["n_clients"] for r in rows if r["section"] == "scale"}):
+        for p in ("divfl", "cmsfed"):
+            ratio = get[("scale", p, n, "select_s")] / get[("scale", f"{p} {NO_SUPPORTS}", n, "select_s")]
+            lines.append(f"| {n:,} | {p} | {ratio:.2f} |")
     lines.append("")
     lines.append("| N | sketch time per client (ms, all its modalities) |")
     lines.append("|---|---|")

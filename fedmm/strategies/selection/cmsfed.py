@@ -29,7 +29,6 @@ from fedmm.strategies.selection.base import (
     param,
 )
 from fedmm.strategies.selection.divfl import pick_unseen
-from fedmm.strategies.selection.facility import EuclideanDistances, FacilityLocation
 from fedmm.strategies.selection.sketch import UpdateVectorPolicy
 
 
@@ -85,7 +84,7 @@ class CMSFed(UpdateVectorPolicy):
     ----------
     params:
         :class:`CMSFed.Params`: ``sketch_dim`` (256), ``stochastic`` (True), ``subsample`` (0.1),
-        ``delta`` (1.5), ``modalities`` ("" = inferred order).
+        ``support_fraction`` (0.25), ``delta`` (1.5), ``modalities`` ("" = inferred order).
     seed:
         Seed of the policy's generator and of the sketch hash.
     """
@@ -161,8 +160,8 @@ class CMSFed(UpdateVectorPolicy):
         avail = has_full.copy()  # V: clients with a full vector, minus picks
         rest = k - len(picks)
         if rest > 0 and mm_ground.size:
-            fl_mm = FacilityLocation(EuclideanDistances(self.store.full_features([ids[i] for i in mm_ground])))
-            fl_w = (FacilityLocation(EuclideanDistances(self.store.slice_features([ids[i] for i in w_ground], weak)))
+            fl_mm = self._facility(self.store.full_features([ids[i] for i in mm_ground]))
+            fl_w = (self._facility(self.store.slice_features([ids[i] for i in w_ground], weak))
                     if w_ground.size else None)
             m = self._sample_size(n, k)
             for _ in range(rest):

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedmm.strategies.selection.base import MODE_MULTIMODAL, MODE_UNSEEN, Assignment, ClientState
-from fedmm.strategies.selection.facility import EuclideanDistances, FacilityLocation, greedy
+from fedmm.strategies.selection.facility import greedy
 from fedmm.strategies.selection.sketch import UpdateVectorPolicy
 
 
@@ -50,7 +50,8 @@ class DivFL(UpdateVectorPolicy):
     ----------
     params:
         :class:`DivFL.Params`: ``sketch_dim`` (default 256; 0 = exact vectors), ``stochastic``
-        (default True), ``subsample`` (default 0.1).
+        (default True), ``subsample`` (default 0.1), ``support_fraction`` (default 0.25; see
+        :mod:`fedmm.strategies.selection.facility`).
     seed:
         Seed of the policy's generator and of the sketch hash.
     """
@@ -67,7 +68,7 @@ class DivFL(UpdateVectorPolicy):
         modes = [MODE_UNSEEN] * len(picks)
         seen = np.flatnonzero(has)
         if k > len(picks) and seen.size:
-            fl = FacilityLocation(EuclideanDistances(self.store.full_features([ids[i] for i in seen])))
+            fl = self._facility(self.store.full_features([ids[i] for i in seen]))
             local = greedy(fl, k - len(picks), sample_size=self._sample_size(len(clients), k), rng=self.rng)
             picks += [int(seen[j]) for j in local]
             modes += [MODE_MULTIMODAL] * len(local)

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedmm.strategies.selection.base import ClientState, ClientUpdate, SelectionPolicy, StateValue, param
+from fedmm.strategies.selection.facility import EuclideanDistances, FacilityLocation
 
 #: Round number stored for "never refreshed".
 NEVER = -1
@@ -319,6 +320,9 @@ class UpdateVectorPolicy(SelectionPolicy):
         stochastic: bool = param(True, "stochastic greedy (random candidate subset per step) instead of full greedy")
         subsample: float = param(0.1, "stochastic-greedy sample size m = max(budget, floor(subsample * N))",
                                  low=0.0, high=1.0, low_open=True)
+        support_fraction: float = param(0.25, "largest share of the clients a candidate's kept support may "
+                                              "hold (0 keeps none: less memory, slower selection)",
+                                        low=0.0, high=1.0)
 
     def __init__(self, params: UpdateVectorPolicy.Params | None = None, *, seed: int = 0) -> None:
         super().__init__(params, seed=seed)
@@ -330,6 +334,10 @@ class UpdateVectorPolicy(SelectionPolicy):
 
     def _remember(self, clients: Sequence[ClientState]) -> None:
         self._held = {int(c.client_id): tuple(c.modalities) for c in clients}
+
+    def _facility(self, features: np.ndarray) -> FacilityLocation:
+        """The facility-location function over ``features`` (one row per client)."""
+        return FacilityLocation(EuclideanDistances(features), support_fraction=self.params.support_fraction)
 
     def _sample_size(self, n_clients: int, budget: int) -> int | None:
         """Stochastic-greedy m = max(K, floor(subsample * N)); None for the full greedy."""

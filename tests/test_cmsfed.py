@@ -158,3 +158,52 @@ def test_cmsfed_on_three_modalities_or_foreign_names_fails_before_any_file(tmp_p
     with pytest.raises(ValueError, match="was given modalities"):
         prepare(load_config(None, [*base, "selection.modalities=audio,visual"]), tmp_path / "b")
     assert not list(tmp_path.iterdir())
+
+
+# -- the ClientApp: rho_k and the prototypes of a modality left out of training ---------------------------
+def cmsfed_run():
+    return load_config(None, ["dataset=synthetic", "dataset.num_train=40", "dataset.num_test=8", "partition=iid",
+                              "num-clients=2", "allocation=all", "strategy=cmsfed", "local-epochs=2",
+                              "batch-size=8", "lr=0.2", "device=cpu", "client-num-cpus=1"])
+
+
+def client_train(run, server_round: int, modalities: str):
+    """The ClientApp's reply to a CMSFed train message: the groups of both held modalities, training
+    ``modalities``; also the node's data and the model the node received."""
+    from flwr.app import MessageType
+    from test_node_config import context
+
+    from fedmm.clients.app import Node, app
+    from fedmm.records import encode_extras, keys_for_modalities
+    from fedmm.workspace import model_of, objective_of
+
+    received = model_of(run, objective_of(run))
+    with torch.no_grad():  # a received model that differs from the node's own initialisation
+        for p in received.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    state = received.state_dict()
+    config = ConfigRecord({"run-config": run.to_toml(), "server-round": server_round, "modalities": modalities,
+                           "proximal-mu": 0.0, "imbalance-order": "m0,m1"})
+    extras, extra_arrays = encode_extras({})
+    msg = Message(RecordDict({"config": config, "arrays": to_record(state, keys_for_modalities(state, ["m0", "m1"])),
+                              "extras": extras, "extra-arrays": extra_arrays}),
+                  dst_node_id=7, message_type=MessageType.TRAIN)
+    node_config = {"partition-id": 0, "num-partitions": 2}
+    reply = app(msg, context(**node_config))
+    return dict(reply.content["facts"]), Node.from_message(msg, context(**node_config)).data, received
+
+
+def test_client_in_weak_mode_reports_rho_and_the_dropped_modality_prototypes():
+    from fedmm.objectives.pmr import class_feature_sums
+
+    facts, data, received = client_train(cmsfed_run(), 3, "m1")
+    assert proto_key("m1") in facts and proto_key("m0") in facts
+    sums, counts = class_feature_sums(received.eval(), data, ["m0"])  # m0 as received: not trained
+    np.testing.assert_allclose(facts[proto_key("m0")], sums["m0"].flatten().numpy(), rtol=1e-5, atol=1e-6)
+    assert facts[proto_count_key("m0")] == counts.tolist()
+    assert facts["imbalance-ratio"] > 0
+
+
+def test_update_pass_measures_rho_with_the_received_model():
+    facts, data, received = client_train(cmsfed_run(), 0, "m0,m1")  # before training (3.5 step 1)
+    assert facts["imbalance-ratio"] == pytest.approx(prototype_imbalance_ratio(received, data, ("m0", "m1")))

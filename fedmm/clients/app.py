@@ -171,6 +171,14 @@ def _round_context(msg: Message, run: RunConfig, modalities: list[str], device: 
     )
 
 
+def _imbalance_order(config: ConfigRecord) -> tuple[str, str] | None:
+    """``(first, second)`` of rho_k = Acc_first / Acc_second when the server asks for it (CMSFed)."""
+    if "imbalance-order" not in config:
+        return None
+    first, second = str(config["imbalance-order"]).split(",")
+    return first, second
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Discovery: partition id, held modalities and number of examples."""
@@ -211,11 +219,17 @@ def train(msg: Message, context: Context) -> Message:
     )
     if "local-epochs" in config:  # the strategy's update pass before round 1 trains a single epoch
         train_config = dataclasses.replace(train_config, epochs=int(config["local-epochs"]))
+    # CMSFed's rho_k, with every held modality (the server then sends the groups of all of them):
+    # from the received model in the update pass, after training in the rounds (FEDCMI_CMSFED.md 3.5)
+    order = _imbalance_order(config)
+    rho = prototype_imbalance_ratio(model, data, order) if order and server_round == 0 else None
     result = train_local(model, data, objective, ctx, train_config, augment=dataset_of(run).train_augment)
     facts = dict(result.facts)
-    if "imbalance-order" in config:  # CMSFed's rho_k, with every held modality (trained or not)
-        order = tuple(str(config["imbalance-order"]).split(","))
-        facts["imbalance-ratio"] = prototype_imbalance_ratio(model, data, order)  # type: ignore[arg-type]
+    if order:
+        facts["imbalance-ratio"] = rho if rho is not None else prototype_imbalance_ratio(model, data, order)
+        untrained = [m for m in node.modalities if m not in modalities]
+        if untrained:
+            facts.update(objective.untrained_facts(model, data, untrained))
     state = model.state_dict()
     arrays = to_record(state, keys_for_modalities(state.keys(), modalities))
     metrics = MetricRecord(

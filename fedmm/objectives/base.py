@@ -11,6 +11,9 @@ device, the optimizer and the epochs; it calls, in order:
    Boosting overrides it for alternating unimodal steps);
 4. ``end_round(model, data)`` once, returning the facts the server asked for (numbers or lists).
 
+The ClientApp also calls ``untrained_facts(model, data, modalities)`` after training when the
+server sent encoders of held modalities that the round does not train (CMSFed's weak-only mode).
+
 Parameters are declared as dataclass fields on a ``Params`` class nested in each objective and
 validated by :func:`fedmm.objectives.registry.build_objective`.
 """
@@ -210,6 +213,12 @@ class Objective:
 
     def end_round(self, model: nn.Module, data: TensorDict) -> dict[str, float | list[float]]:
         """Facts reported to the server after local training (none by default)."""
+        return {}
+
+    def untrained_facts(self, model: nn.Module, data: TensorDict, modalities: list[str]
+                        ) -> dict[str, float | list[float]]:
+        """Facts about ``modalities``: held by the client and received from the server this round,
+        but not trained (their encoders are as received); ``data`` holds them. None by default."""
         return {}
 
     # -- epoch and batch hooks ---------------------------------------------------------------

@@ -18,11 +18,12 @@ client that has no global prototype of a modality yet (the update pass before ro
 local ones, as the reference's round-0 pass does.
 
 Server half (plain numpy): after every round (and the update pass) ``P^m_c = sum_k S^m_{k,c} /
-sum_k n^m_{k,c}`` over the accepted clients that trained ``m``, where ``S`` are the reported class
+sum_k n^m_{k,c}`` over the accepted clients that hold ``m``, where ``S`` are the reported class
 feature sums and ``n`` the class counts: the class-count-weighted mean of the local prototypes.
 A class nobody reported this round keeps its previous global prototype. Clients report the
-modalities they trained (a modality left out of training is left out of the upload, prototypes
-included; the reference also uploads the dropped modality's prototypes from the received encoder).
+prototypes of every modality they hold (FEDCMI_CMSFED.md 3.5 step 5): a modality the server left
+out of this round's training is measured with the encoder as received (its parameters are still
+left out of the upload).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from torch import nn
 
 from fedmm.data.base import TensorDict
 from fedmm.objectives.base import Objective, RoundContext
-from fedmm.objectives.pmr import PMR, Prototypes, proto_count_key, proto_key
+from fedmm.objectives.pmr import PMR, Prototypes, proto_count_key, proto_key, prototype_facts
 from fedmm.objectives.registry import register_objective
 
 
@@ -103,6 +104,11 @@ class CMSFedObjective(PMR):
     ) -> Iterator[TensorDict]:
         # The prototypes stay fixed for the round (no per-epoch refresh as in PMR).
         yield from Objective.batches(self, model, data, epoch, batch_size, generator)
+
+    def untrained_facts(self, model: nn.Module, data: TensorDict, modalities: list[str]
+                        ) -> dict[str, float | list[float]]:
+        """The prototypes of held modalities left out of training, from the received encoders."""
+        return prototype_facts(model, data, modalities)
 
     # -- server side -----------------------------------------------------------------------------
     def server_observe(self, server_round: int, facts: list[tuple[int, dict[str, Any]]]) -> None:

@@ -217,12 +217,18 @@ class PMR(Objective):
         """Per trained modality, the class feature sums of the trained model (``proto/<m>``, flat
         ``K x D`` class-major) and the class counts (``proto-count/<m>``), so that a server can form
         sample-weighted global prototypes."""
-        sums, counts = class_feature_sums(model, data, self.trained_modalities(model, data))
-        facts: dict[str, float | list[float]] = {}
-        for m, s in sums.items():
-            facts[proto_key(m)] = s.flatten().tolist()
-            facts[proto_count_key(m)] = counts.tolist()
-        return facts
+        return prototype_facts(model, data, self.trained_modalities(model, data))
+
+
+def prototype_facts(model: nn.Module, data: TensorDict, modalities: list[str]) -> dict[str, float | list[float]]:
+    """``proto/<m>`` (class feature sums, flat ``K x D`` class-major) and ``proto-count/<m>`` (class
+    counts) of each of ``modalities`` over ``data``."""
+    sums, counts = class_feature_sums(model, data, modalities)
+    facts: dict[str, float | list[float]] = {}
+    for m, s in sums.items():
+        facts[proto_key(m)] = s.flatten().tolist()
+        facts[proto_count_key(m)] = counts.tolist()
+    return facts
 
 
 @torch.no_grad()

@@ -223,8 +223,9 @@ class FacilityLocation:
             squares = self.oracle.squared_rows(cols[rows])
             flat = np.flatnonzero(squares < self._reach[None, :])  # a superset of D < cov, by row
             counts = np.diff(np.searchsorted(flat, np.arange(rows.size + 1) * self.n))
-            k = flat - np.repeat(np.arange(rows.size) * self.n, counts)
-            d = np.sqrt(np.abs(squares.ravel()[flat]))  # the entries rows() would give
+            k = (flat - np.repeat(np.arange(rows.size) * self.n, counts)).astype(np.int32)
+            d = squares.ravel()[flat]
+            np.sqrt(np.abs(d, out=d), out=d)  # the entries rows() would give
             out[rows] = self._segment_gains(counts, k, d)
             self._keep(cols[rows], counts, k, d)
         self.evaluations += fresh.size
@@ -233,17 +234,16 @@ class FacilityLocation:
     def _segment_gains(self, counts: np.ndarray, k: np.ndarray, d: np.ndarray) -> np.ndarray:
         """Per segment (``counts`` entries each, in order) the sum of max(cov[k] - d, 0): the gains of
         distance columns and of supports alike."""
-        w = (self.coverage[k] - d).astype(np.float64, copy=False)
+        w = self.coverage[k] - d  # float32 for sketches, float64 for an explicit matrix
         np.maximum(w, 0.0, out=w)
         out = np.zeros(counts.size, dtype=np.float64)
         filled = counts > 0
         if filled.any():
-            out[filled] = np.add.reduceat(w, (np.cumsum(counts) - counts)[filled])
+            out[filled] = np.add.reduceat(w, (np.cumsum(counts) - counts)[filled], dtype=np.float64)
         return out
 
     def _keep(self, cols: np.ndarray, counts: np.ndarray, k: np.ndarray, d: np.ndarray) -> None:
         """Store the supports of ``cols`` (``counts`` entries each, concatenated in ``k``, ``d``)."""
-        k = k.astype(np.int32)
         ends = np.cumsum(counts)
         for j, count, end in zip(cols.tolist(), counts.tolist(), ends.tolist()):
             fits = count <= self.support_limit and self._support_size + count <= self.support_elements

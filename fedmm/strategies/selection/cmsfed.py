@@ -172,7 +172,7 @@ class CMSFed(UpdateVectorPolicy):
                     remaining, size=m, replace=False)
                 # i_w first: i_mm matters only when i_w is not picked, so it is computed only then
                 # (the same picks as computing both, with about half the multimodal evaluations).
-                pick, mode = -1, MODE_MULTIMODAL
+                i_w, mode = -1, MODE_MULTIMODAL
                 w_pool = pool[w_pos[pool] >= 0]
                 if fl_w is not None and w_pool.size:
                     i_w = int(w_ground[fl_w.best(w_pos[w_pool])])
@@ -180,13 +180,13 @@ class CMSFed(UpdateVectorPolicy):
                     rho = 1.0 if c.imbalance_ratio is None else float(c.imbalance_ratio)
                     biased = rho > delta if weak == second else rho < 1.0 / delta
                     if biased or tuple(c.modalities) == (weak,):
-                        pick, mode = i_w, MODE_WEAK
-                if mode != MODE_WEAK:
-                    pick = int(mm_ground[fl_mm.best(mm_pos[pool])])
+                        mode = MODE_WEAK
                 if mode == MODE_WEAK:
+                    pick = i_w
                     fl_w.add(int(w_pos[pick]))  # type: ignore[union-attr]
                     mods.append((weak,))
                 else:
+                    pick = int(mm_ground[fl_mm.best(mm_pos[pool])])
                     fl_mm.add(int(mm_pos[pick]))
                     mods.append(tuple(clients[pick].modalities))
                 avail[pick] = False

@@ -56,8 +56,8 @@ class RunConfig:
                                   "(ignored by selection=all)", low=1)
     strategy: str = _key("strategy", "fedavg", "server strategy: fedavg, fedprox (with the proximal term), fedcmi, "
                          "cmsfed", choices=("fedavg", "fedprox", "fedcmi", "cmsfed"))
-    proximal_mu: float = _key("proximal-mu", 0.01, "FedProx proximal weight (strategy=fedprox, or fedcmi with "
-                              "objective.proximal=true)", low=0.0)
+    proximal_mu: float = _key("proximal-mu", 0.01, "FedProx proximal weight (strategy=fedprox; fedcmi's is "
+                              "objective.mu)", low=0.0)
     selection: str = _key("selection", "auto", "client/modality selection policy; auto = the strategy's own "
                           "(cmsfed for strategy=cmsfed, else all)")
     fraction_evaluate: float = _key("fraction-evaluate", 0.0, "fraction of clients that evaluate the global "

@@ -1,4 +1,5 @@
-"""MNL (``mnl``): guide selection, the loss on hand cases, M = 3, warm-up, single modality, params."""
+"""MNL (``mnl``): guide selection, the loss on hand cases, the mean-of-heads fusion and the concat
+alternative, M = 3, warm-up, single modality, one local epoch by hand, params."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from fedmm.models.net import ModelConfig, MultimodalNet
 from fedmm.objectives.base import RoundContext
 from fedmm.objectives.mnl import MNL, negative_learning_term, select_guides, strongest_competitor
 from fedmm.objectives.registry import build_objective
-from fedmm.training import TrainConfig, build_model, train_local
+from fedmm.training import TrainConfig, evaluate, train_local
 
 P = MNL.Params
 
@@ -25,6 +26,16 @@ def softplus(x: float) -> float:
 
 def sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x))
+
+
+def ce(z: list[float], y: int) -> float:
+    """Cross-entropy of one row of logits, by hand."""
+    return math.log(sum(math.exp(v) for v in z)) - z[y]
+
+
+def softmax(z: list[float]) -> list[float]:
+    total = sum(math.exp(v) for v in z)
+    return [math.exp(v) / total for v in z]
 
 
 def ctx(modalities: list[str], server_round: int = 1) -> RoundContext:
@@ -112,7 +123,7 @@ def test_loss_matches_hand_computation() -> None:
 
 def test_loss_matches_the_reference_on_random_logits() -> None:
     torch.manual_seed(0)
-    obj = MNL(P(lam=0.7))
+    obj = MNL(P(lam=0.7))  # default fusion: the reference's out = 0.5 * z_a + 0.5 * z_v
     model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v")], 5, ModelConfig(embed_dim=5))
     obj.extend_model(model)
     with torch.no_grad():
@@ -120,13 +131,11 @@ def test_loss_matches_the_reference_on_random_logits() -> None:
             model.encoders[m] = nn.Identity()
             model.heads[m].weight.copy_(torch.randn(5, 5) * 2)
             model.heads[m].bias.zero_()
-        model.fusion.linear.weight.copy_(torch.cat([model.heads["a"].weight, model.heads["v"].weight], 1) / 2)
-        model.fusion.linear.bias.zero_()
     batch = {"a": torch.randn(16, 5), "v": torch.randn(16, 5), "y": torch.randint(0, 5, (16,))}
     obj.begin_round(model, batch, ctx(["a", "v"]))
     loss = obj.loss(model, batch)
     z = {m: model.heads[m](batch[m]) for m in ("a", "v")}
-    ref = reference_mnl_loss(model(batch), z["a"], z["v"], batch["y"], 0.7)
+    ref = reference_mnl_loss(0.5 * z["a"] + 0.5 * z["v"], z["a"], z["v"], batch["y"], 0.7)
     assert set(obj.last_guides) >= {"a", "v"}  # both directions occur in this batch
     assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
 
@@ -139,8 +148,8 @@ def test_the_guide_gets_no_gradient_from_the_guidance() -> None:
     obj.loss(model, batch).backward()
     guided = model.heads["a"].weight.grad.clone()
     model.zero_grad()
-    base = F.cross_entropy(model(batch), batch["y"]) + sum(
-        F.cross_entropy(model.heads[m](batch[m]), batch["y"]) for m in ("a", "v"))
+    z = {m: model.heads[m](batch[m]) for m in ("a", "v")}
+    base = F.cross_entropy((z["a"] + z["v"]) / 2, batch["y"]) + sum(F.cross_entropy(v, batch["y"]) for v in z.values())
     base.backward()
     assert torch.allclose(guided, model.heads["a"].weight.grad)  # a guides: its head is untouched
     assert obj.last_guides == ["a"]
@@ -172,8 +181,13 @@ def test_warm_up_and_single_modality_have_no_guidance() -> None:
     obj.begin_round(model, batch, ctx(["a", "v"], server_round=3))
     assert obj.loss(model, batch).item() > base + 1e-3
     obj.begin_round(model, batch, ctx(["v"], server_round=5))
-    # fused = [0.5, 0] (a slot zero) + head v
-    assert obj.loss(model, batch).item() == pytest.approx(softplus(-0.5) + softplus(-1.0), rel=1e-6)
+    # mean fusion of the lone head v: z^f = z^v = [1, 0], one CE
+    assert obj.loss(model, batch).item() == pytest.approx(softplus(-1.0), rel=1e-6)
+    concat = MNL(P(lam=0.7, fusion="concat"))
+    model = hand_model(("a", "v"), concat)
+    concat.begin_round(model, batch, ctx(["v"], server_round=5))
+    # concat fusion: fused = [0.5, 0] (a slot zero) + head v
+    assert concat.loss(model, batch).item() == pytest.approx(softplus(-0.5) + softplus(-1.0), rel=1e-6)
 
 
 def test_negative_learning_term_reduction() -> None:
@@ -201,16 +215,145 @@ def test_bad_params(params: dict, match: str) -> None:
         MNL(P(**direct))
 
 
+# -- fusion: the mean of the head logits by default, the concat head under fusion = "concat" ------
+def k3_model(obj: MNL) -> MultimodalNet:
+    """d = K = 3, identity encoders and heads (z^m = x^m); the concat fusion head ignores its input
+    and always says [0, 0, 3], so it differs from the mean of the heads."""
+    model = MultimodalNet([ModalitySpec(m, (3,), "vector") for m in ("a", "v")], 3, ModelConfig(embed_dim=3))
+    obj.extend_model(model)
+    with torch.no_grad():
+        for m in ("a", "v"):
+            model.encoders[m] = nn.Identity()
+            model.heads[m].weight.copy_(torch.eye(3))
+            model.heads[m].bias.zero_()
+        model.fusion.linear.weight.zero_()
+        model.fusion.linear.bias.copy_(torch.tensor([0.0, 0.0, 3.0]))
+    return model
+
+
+K3_BATCH = {"a": torch.tensor([[2.0, 0.0, 1.0]]), "v": torch.tensor([[1.0, 1.0, -2.0]]), "y": torch.tensor([0])}
+
+
+def test_default_fusion_is_the_mean_of_the_heads_and_the_guide_comes_from_it() -> None:
+    lam = 0.7
+    obj = build_objective("mnl", {"lambda": lam})
+    assert obj.params.fusion == "mean"
+    model = k3_model(obj)
+    obj.begin_round(model, K3_BATCH, ctx(["a", "v"]))
+    loss = obj.loss(model, K3_BATCH)
+    za, zv = [2.0, 0.0, 1.0], [1.0, 1.0, -2.0]
+    fused = [(p + q) / 2 for p, q in zip(za, zv, strict=True)]  # [1.5, 0.5, -0.5]: j = 1
+    # j = 1: xi^a = 2 - 0 = 2 > xi^v = 1 - 1 = 0, pi^a = softmax(za)_0 > pi^v -> a guides v
+    assert softmax(za)[0] > softmax(zv)[0] and obj.last_guides == ["a"]
+    pa, qv = softmax(za), softmax(zv)
+    term = -math.log(qv[0]) - lam * (pa[1] * math.log(qv[1]) + pa[2] * math.log(qv[2]))
+    expected = ce(fused, 0) + ce(za, 0) + ce(zv, 0) + term / 3  # B K = 3
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert model.fusion.linear.weight.grad is None  # the concat head takes no part
+
+
+def test_concat_fusion_under_its_parameter() -> None:
+    obj = build_objective("mnl", {"lambda": 0.7, "fusion": "concat"})
+    model = k3_model(obj)
+    obj.begin_round(model, K3_BATCH, ctx(["a", "v"]))
+    loss = obj.loss(model, K3_BATCH)
+    # fused = [0, 0, 3]: j = 2; xi^a = 2 - 1 = 1 < xi^v = 1 + 2 = 3 but pi^a > pi^v -> nobody guides
+    assert obj.last_guides == [None]
+    za, zv = [2.0, 0.0, 1.0], [1.0, 1.0, -2.0]
+    assert loss.item() == pytest.approx(ce([0.0, 0.0, 3.0], 0) + ce(za, 0) + ce(zv, 0), rel=1e-6)
+    loss.backward()
+    assert model.fusion.linear.bias.grad is not None
+
+
+def test_predict_is_the_fused_output_and_one_modality_gives_its_head() -> None:
+    obj = MNL(P())
+    model = k3_model(obj).eval()
+    both = {m: K3_BATCH[m] for m in ("a", "v")}
+    assert torch.allclose(obj.predict(model, both), torch.tensor([[1.5, 0.5, -0.5]]))
+    assert torch.allclose(obj.predict(model, {"a": K3_BATCH["a"]}), K3_BATCH["a"])
+    assert torch.allclose(obj.predict(model, {"v": K3_BATCH["v"]}), K3_BATCH["v"])
+    # central evaluation: head a and the mean say class 0, head v (tie 0/1) says 0, the concat head 2
+    metrics = evaluate(model, K3_BATCH, obj)
+    assert (metrics["acc"], metrics["acc/a"], metrics["acc/v"]) == (1.0, 1.0, 1.0)
+    concat = MNL(P(fusion="concat"))
+    model = k3_model(concat).eval()
+    assert torch.allclose(concat.predict(model, both), torch.tensor([[0.0, 0.0, 3.0]]))
+    assert torch.allclose(concat.predict(model, {"a": K3_BATCH["a"]}), torch.tensor([[0.0, 0.0, 3.0]]))
+    assert evaluate(model, K3_BATCH, concat)["acc"] == 0.0
+
+
+def test_bad_fusion() -> None:
+    with pytest.raises(ValueError, match="fusion"):
+        build_objective("mnl", {"fusion": "sum"})
+    with pytest.raises(ValueError, match="fusion"):
+        MNL(P(fusion="sum"))
+
+
+# -- one local epoch, checked by hand ---------------------------------------------------------------
+def spec_mnl_loss(z: dict[str, torch.Tensor], y: torch.Tensor, lam: float) -> torch.Tensor:
+    """Spec §3.2 with the mean fusion, written out on its own: z^f = mean_m z^m, j from z^f, the
+    guide d_i has the largest xi and the largest pi (ties: the later modality), (1/(B K)) sum."""
+    mods = list(z)
+    b, k = z[mods[0]].shape
+    fused = sum(z.values()) / len(z)
+    loss = F.cross_entropy(fused, y) if len(z) > 1 else 0.0
+    loss = loss + sum(F.cross_entropy(v, y) for v in z.values())
+    if len(z) == 1:
+        return loss
+    for i in range(b):
+        yi = int(y[i])
+        probs = fused[i].detach().softmax(0).tolist()
+        j = max((c for c in range(k) if c != yi), key=lambda c: probs[c])
+        xi = [float((z[m][i, yi] - z[m][i, j]).detach()) for m in mods]
+        pi = [float(z[m][i].detach().softmax(0)[yi]) for m in mods]
+        by_xi = max(range(len(mods)), key=lambda n: (xi[n], n))
+        by_pi = max(range(len(mods)), key=lambda n: (pi[n], n))
+        if by_xi != by_pi:
+            continue
+        p_d = z[mods[by_xi]][i].detach().softmax(0)
+        for n, w in enumerate(mods):
+            if n != by_xi:
+                log_q = z[w][i].log_softmax(0)
+                weights = torch.tensor([1.0 if c == yi else lam * float(p_d[c]) for c in range(k)])
+                loss = loss - (weights * log_q).sum() / (b * k)
+    return loss
+
+
 @pytest.mark.parametrize("held", [["m0", "m1"], ["m0", "m1", "m2"], ["m0"]])
-def test_one_local_epoch(held: list[str]) -> None:
-    torch.manual_seed(0)
-    specs = [ModalitySpec(m, (6,), "vector") for m in ("m0", "m1", "m2")[: max(2, len(held))]]
-    obj = build_objective("mnl", {"lambda": 0.7})
-    model = build_model(specs, 3, ModelConfig(embed_dim=8), obj)
-    assert set(model.heads) == {s.name for s in specs}
-    g = torch.Generator().manual_seed(1)
-    y = torch.randint(0, 3, (40,), generator=g)
-    data = {m: torch.randn(40, 6, generator=g) + y[:, None].float() for m in held}
-    data["y"] = y
-    result = train_local(model, data, obj, ctx(held), TrainConfig(epochs=1, batch_size=8, lr=0.05))
-    assert math.isfinite(result.loss)
+def test_one_local_epoch_by_hand(held: list[str]) -> None:
+    """One full batch through ``train_local``: the reported loss is the spec's value at the
+    received weights, and the step moves each trained head by -lr times the spec loss's gradient."""
+    lam, lr = 0.7, 0.1
+    names = ("m0", "m1", "m2")[: max(2, len(held))]
+    obj = build_objective("mnl", {"lambda": lam})
+    model = MultimodalNet([ModalitySpec(m, (3,), "vector") for m in names], 3, ModelConfig(embed_dim=3))
+    obj.extend_model(model)
+    weights = {"m0": [[1.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+               "m1": [[0.5, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 0.0, 1.0]],
+               "m2": [[2.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.5]]}
+    with torch.no_grad():
+        for m in names:
+            model.encoders[m] = nn.Identity()
+            model.heads[m].weight.copy_(torch.tensor(weights[m]))
+            model.heads[m].bias.copy_(torch.tensor([0.1, 0.0, -0.1]))
+    fusion_before = model.fusion.linear.weight.detach().clone()
+    x = {"m0": torch.tensor([[2.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0]]),
+         "m1": torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0]]),
+         "m2": torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 2.0]])}
+    y = torch.tensor([0, 1, 2])
+    w = {m: torch.tensor(weights[m], requires_grad=True) for m in held}
+    bias = {m: torch.tensor([0.1, 0.0, -0.1], requires_grad=True) for m in held}
+    expected = spec_mnl_loss({m: x[m] @ w[m].T + bias[m] for m in held}, y, lam)
+    expected.backward()
+    data = {**{m: x[m] for m in held}, "y": y}
+    result = train_local(model, data, obj, ctx(held),
+                         TrainConfig(epochs=1, batch_size=3, lr=lr, momentum=0.0, weight_decay=0.0))
+    assert result.num_steps == 1
+    assert result.loss == pytest.approx(expected.item(), rel=1e-6)
+    if len(held) > 1:
+        assert any(g is not None for g in obj.last_guides)  # the batch has guidance
+    for m in held:
+        assert torch.allclose(model.heads[m].weight, w[m].detach() - lr * w[m].grad, atol=1e-6)
+        assert torch.allclose(model.heads[m].bias, bias[m].detach() - lr * bias[m].grad, atol=1e-6)
+    assert torch.equal(model.fusion.linear.weight, fusion_before)  # mean fusion: the concat head is not trained

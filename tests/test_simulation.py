@@ -70,7 +70,7 @@ def test_fedcmi_simulation_with_unimodal_and_multimodal_clients(tmp_path):
     run = load_config(None, [
         "dataset=synthetic", "partition=iid", "num-clients=4", "allocation=multi-ratio", "multi-ratio=0.5",
         "strategy=fedcmi", "num-server-rounds=2", "local-epochs=1", "batch-size=16", "device=cpu",
-        "objective.proximal=true", "proximal-mu=0.1",
+        "objective.proximal=true", "objective.mu=0.1",
     ])
     assert run.objective == "fedcmi"
     summary = simulate(run, tmp_path / "run")

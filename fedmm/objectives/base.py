@@ -180,10 +180,11 @@ class Objective:
         raise NotImplementedError(f"objective {self.name!r} cannot fill missing modalities")
 
     @property
-    def uses_proximal(self) -> bool:
-        """Whether clients add the proximal term of ``proximal-mu`` under a strategy other than
-        fedprox (FedCMI's optional ``--prox``)."""
-        return False
+    def proximal_mu(self) -> float:
+        """The weight ``mu`` of the proximal term ``mu / 2 * ||w - w_global||^2`` that clients add
+        under a strategy other than fedprox (FedCMI's ``proximal`` and ``mu``); 0, none, by
+        default. Under fedprox the run's ``proximal-mu`` applies instead."""
+        return 0.0
 
     # -- server side (plain numbers; runs in the ServerApp) ---------------------------------------
     def server_extras(self, server_round: int) -> dict[str, Any]:

@@ -19,7 +19,9 @@ Loss of a client training two or more modalities ``S``, batch ``B``, received gl
   softmax(C_w(u~_w,i) / tau_{y_i}))``: the frozen global model's dominant self branch teaches
   every weaker modality's local infiltration branch (with two modalities: the reference's one
   term); ``H(p, q) = -sum_c p_c log q_c``, no ``tau^2`` rescaling, the same ``tau`` on both sides;
-* ``L = L_task + lambda2 * L_CMI``, with ``L_CMI`` off in the first ``warmup_rounds`` rounds.
+* ``L = L_task + lambda2 * L_CMI``, with ``L_CMI`` off in the first ``warmup_rounds`` rounds;
+  with ``proximal`` on, the clients' steps add the gradient of ``mu / 2 * ||w - w_g||^2``
+  (``mu`` default 1.0, the reference's ``--mu``; :attr:`FedCMI.proximal_mu`).
 
 A client training one modality ``m`` (it holds only ``m``, or the server assigned only ``m``):
 ``L = CE(F(u_m with u~_m in the other slots), y)``, no self-branch CE and no distillation.
@@ -113,7 +115,10 @@ class FedCMI(Objective):
         projector:
             Projector shape: ``linear`` (one Linear layer, default) or ``mlp`` (three layers).
         proximal:
-            Add the FedProx term ``proximal-mu / 2 * ||w - w_global||^2`` (the reference's ``--prox``).
+            Add the FedProx term ``mu / 2 * ||w - w_global||^2`` (the reference's ``--prox``).
+        mu:
+            The proximal weight when ``proximal`` is on (the reference's ``--mu``, default 1.0); the
+            run key ``proximal-mu`` is fedprox's and does not apply here.
         """
 
         lambda1: float = 2.0
@@ -124,9 +129,10 @@ class FedCMI(Objective):
         warmup_rounds: int = 1
         projector: Literal["linear", "mlp"] = "linear"
         proximal: bool = False
+        mu: float = 1.0
 
         def validate(self) -> None:
-            for key in ("lambda1", "lambda2", "kappa"):
+            for key in ("lambda1", "lambda2", "kappa", "mu"):
                 value = getattr(self, key)
                 if not (value >= 0.0 and math.isfinite(value)):
                     raise ValueError(f"fedcmi: {key} must be a finite number >= 0, got {value}")
@@ -146,8 +152,9 @@ class FedCMI(Objective):
         self.last_dominant: str | None = None
 
     @property
-    def uses_proximal(self) -> bool:
-        return self.params.proximal
+    def proximal_mu(self) -> float:
+        """``mu`` when ``proximal`` is on, else 0."""
+        return self.params.mu if self.params.proximal else 0.0
 
     def extend_model(self, model: nn.Module) -> None:
         add_projectors(model, self.params.projector)
@@ -169,14 +176,15 @@ class FedCMI(Objective):
 
     # -- round hooks -----------------------------------------------------------------------------
     def begin_round(self, model: nn.Module, data: TensorDict, ctx: RoundContext) -> None:
-        """Class-wise temperatures from the received model (= the global one) on the local data,
-        for multimodal training after the warm-up; evaluation (no global model) needs none."""
+        """Class-wise temperatures from the self branches of the received global model
+        (``ctx.global_model``) on the local data, for multimodal training after the warm-up;
+        evaluation (no global model) needs none."""
         super().begin_round(model, data, ctx)
         self.temperatures = {}
         trained = self.trained_modalities(model, data)
         if ctx.global_model is None or len(trained) < 2 or not self.distilling() or not self.params.class_wise:
             return
-        conf, present = self.class_confidences(model, data, trained)
+        conf, present = self.class_confidences(ctx.global_model, data, trained)
         for a, b in combinations(trained, 2):  # canonical order: r_c = p_a / p_b as in the reference
             tau = class_wise_temperature(conf[a], conf[b], present, self.params.kappa)
             self.temperatures[(a, b)] = self.temperatures[(b, a)] = tau
@@ -185,7 +193,8 @@ class FedCMI(Objective):
     def class_confidences(self, model: nn.Module, data: TensorDict, modalities: list[str],
                           chunk: int = 512) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Per modality the ``(K,)`` mean of ``softmax(C_m(u_m))_c`` over the local samples of
-        class ``c`` (eval mode), and which classes are present."""
+        class ``c``, from ``model``'s self branches ``C_m(S_m(.))`` (in eval mode), and which
+        classes are present."""
         was_training = model.training
         model.eval()
         try:

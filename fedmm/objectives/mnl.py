@@ -7,13 +7,15 @@ Per sample, a robust dominant modality (the one with both the larger unimodal co
 against the fused prediction's strongest wrong class and the larger target probability) guides the
 other modalities: their heads are trained towards the dominant head's distribution over the
 NON-target classes ("learning not to be"), on top of the usual fused and per-head cross-entropies.
+The fused prediction is, as in the reference's late fusion, the mean of the per-modality head
+logits (``fusion = "mean"``); ``fusion = "concat"`` uses the model's concat fusion head instead.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -22,6 +24,9 @@ from torch.nn import functional as F
 from fedmm.data.base import LABEL_KEY, TensorDict
 from fedmm.objectives.base import Objective, RoundContext
 from fedmm.objectives.registry import register_objective
+
+#: How MNL forms the fused prediction ``z^f`` (the ``fusion`` parameter).
+FUSIONS = ("mean", "concat")
 
 
 def strongest_competitor(fused: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -78,19 +83,19 @@ class MNL(Objective):
 
     Per batch with trained modalities ``S`` (``|S| >= 2``), from round ``start_round`` on:
     ``L = CE(z^f, y) + sum_{m in S} CE(z^m, y) + sum_i sum_{w != d_i} l_i(w, d_i) / (B K)``, where
-    ``z^f`` is the fusion head (absent slots zero-filled), ``z^m = heads.<m>(u^m)``, ``j_i`` the
-    fused prediction's strongest wrong class, ``d_i`` the robust dominant modality of
-    :func:`select_guides` (no term when ``d_i`` is none) and ``l_i`` as in
-    :func:`negative_learning_term`. With ``M > 2`` the dominant modality guides every other
-    trained modality of that sample (one term each).
-
-    The reference fuses by averaging the two head logits; our model fuses through its concat
-    fusion layer, which is itself a sum of per-slot linear logits, and the separate heads carry the
-    unimodal losses. ``j_i`` comes from that fusion layer.
+    ``z^m = heads.<m>(u^m)``, ``z^f`` the fused prediction (:meth:`fuse`: by default the mean of
+    the ``z^m`` over ``S``, the reference's late fusion; with ``fusion = "concat"`` the concat
+    fusion head, absent slots zero-filled), ``j_i`` the strongest wrong class of ``z^f``, ``d_i``
+    the robust dominant modality of :func:`select_guides` (no term when ``d_i`` is none) and
+    ``l_i`` as in :func:`negative_learning_term`. With ``M > 2`` the dominant modality guides
+    every other trained modality of that sample (one term each).
 
     Before ``start_round`` (warm-up) and on a client or batch with one modality:
     ``L = CE(z^f, y) + sum_{m in S} CE(z^m, y)`` (a lone modality has nobody to guide it).
-    Inference: the fusion head (the default ``predict``).
+    Under ``mean`` a lone modality's ``z^f`` is its head ``z^m``, counted once: ``L = CE(z^m, y)``.
+    Inference (:meth:`predict`): ``z^f`` over the modalities of the batch, so a batch holding one
+    modality gives that modality's head under ``mean``. Under ``mean`` the model's ``fusion.linear``
+    is neither trained nor used; it stays in the model so that every client has the same shape.
     """
 
     name: ClassVar[str] = "mnl"
@@ -104,6 +109,11 @@ class MNL(Objective):
 
         Parameters
         ----------
+        fusion:
+            How the fused prediction ``z^f`` is made (the one the strongest wrong class ``j_i`` comes
+            from, and the inference output): ``mean`` (default, the reference's late fusion), the
+            mean of the per-modality head logits; ``concat``, the model's concat fusion head
+            (``fusion.linear`` over the zero-filled modality slots).
         lam:
             ``lambda`` (config name ``lambda``), the weight of the non-target guidance; reference
             ``--weight1`` = 0.7. The reduction divides by ``K``: the per-sample weight is ``lam / K``.
@@ -112,10 +122,13 @@ class MNL(Objective):
             head CEs only (the paper's warm-up stage). 1 (reference code: from the first epoch).
         """
 
+        fusion: Literal["mean", "concat"] = "mean"
         lam: float = 0.7
         start_round: int = 1
 
         def validate(self) -> None:
+            if self.fusion not in FUSIONS:
+                raise ValueError(f"mnl: fusion must be one of {list(FUSIONS)}, got {self.fusion!r}")
             if not self.lam >= 0.0 or math.isinf(self.lam):
                 raise ValueError(f"mnl: lambda must be a finite number >= 0, got {self.lam}")
             if self.start_round < 1:
@@ -147,12 +160,26 @@ class MNL(Objective):
         super().begin_round(model, data, ctx)
         self.last_guides = []
 
+    def fuse(self, model: nn.Module, feats: dict[str, torch.Tensor], heads: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The fused logits ``z^f`` of the modalities in ``feats``: the mean of their head logits
+        ``heads`` (``fusion = "mean"``) or the concat fusion head (``fusion = "concat"``)."""
+        if self.params.fusion == "mean":
+            return torch.stack(list(heads.values())).mean(dim=0)
+        return model.fuse(feats)
+
+    def predict(self, model: nn.Module, batch: TensorDict) -> torch.Tensor:
+        """``z^f`` over the modalities present in ``batch`` (see :meth:`fuse`)."""
+        feats = model.encode(batch)
+        return self.fuse(model, feats, model.head_logits(feats))
+
     def loss(self, model: nn.Module, batch: TensorDict) -> torch.Tensor:
         y = batch[LABEL_KEY]
         feats = model.encode({m: batch[m] for m in self.trained_modalities(model, batch)})
-        fused = model.fuse(feats)
         heads = model.head_logits(feats)
-        loss = F.cross_entropy(fused, y) + sum(F.cross_entropy(z, y) for z in heads.values())
+        fused = self.fuse(model, feats, heads)
+        loss = sum(F.cross_entropy(z, y) for z in heads.values())
+        if len(heads) > 1 or self.params.fusion != "mean":  # a lone head under mean is z^f itself: once
+            loss = F.cross_entropy(fused, y) + loss
         self.last_guides = []
         if len(heads) < 2 or not self.guiding():
             return loss

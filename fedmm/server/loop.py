@@ -82,7 +82,7 @@ def build_strategy(plan: Plan) -> ModalityAwareFedAvg:
         clients_per_round=run.clients_per_round,
         min_available_nodes=run.min_available_nodes or len(plan.scenario.partitions),
         run_config=ConfigRecord({"run-config": run.to_toml()}),
-        proximal_mu=run.proximal_mu if run.strategy == "fedprox" or plan.objective.uses_proximal else 0.0,
+        proximal_mu=run.proximal_mu if run.strategy == "fedprox" else plan.objective.proximal_mu,
         extras_fn=plan.objective.server_extras,
         observe_fn=plan.objective.server_observe,
         fraction_evaluate=run.fraction_evaluate,

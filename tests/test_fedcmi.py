@@ -1,4 +1,5 @@
-"""FedCMI: class-wise temperature, teacher/student direction, fill-in forward pass, aggregation."""
+"""FedCMI: class-wise temperature, teacher/student direction, fill-in forward pass, aggregation,
+the proximal weight."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from fedmm.data import load_dataset
 from fedmm.data.base import ModalitySpec
-from fedmm.models.net import ModelConfig
+from fedmm.config import load_config
+from fedmm.models.net import ModelConfig, MultimodalNet
 from fedmm.models.projectors import filled_slots, project
 from fedmm.objectives import RoundContext, build_objective
 from fedmm.objectives.fedcmi import class_wise_temperature
@@ -32,6 +35,35 @@ def fedcmi_model(num_modalities: int = 2, seed: int = 0, **params):
 
 def ctx(modalities, server_round=2, global_model=None) -> RoundContext:
     return RoundContext(server_round=server_round, num_rounds=5, modalities=list(modalities), global_model=global_model)
+
+
+def softplus(x: float) -> float:
+    return math.log(1 + math.exp(x))
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def hand_model(objective, own: float = 1.0, infiltration: float = 1.0) -> MultimodalNet:
+    """d = K = 2, identity encoders and classifiers: ``C_m(S_m(x)) = own * x`` and
+    ``C_m(I_m(x)) = infiltration * x`` (no biases)."""
+    model = MultimodalNet(specs_2d(), 2, ModelConfig(embed_dim=2, heads=True))
+    objective.extend_model(model)
+    with torch.no_grad():
+        for m in ("m0", "m1"):
+            model.encoders[m] = nn.Identity()
+            model.heads[m].weight.copy_(torch.eye(2))
+            model.heads[m].bias.zero_()
+            model.projectors[m].own.weight.copy_(own * torch.eye(2))
+            model.projectors[m].own.bias.zero_()
+            model.projectors[m].infiltration.weight.copy_(infiltration * torch.eye(2))
+            model.projectors[m].infiltration.bias.zero_()
+    return model
+
+
+def specs_2d() -> list[ModalitySpec]:
+    return [ModalitySpec(m, (2,), "vector") for m in ("m0", "m1")]
 
 
 # -- class-wise temperature ----------------------------------------------------------------------------
@@ -56,6 +88,24 @@ def test_temperature_swaps_direction_when_the_second_modality_dominates():
     assert tau[0].item() == pytest.approx(1.0 / (1.0 + 2.0 * math.log(4.0 / inv_mean)))
     assert tau[1].item() == 1.0
     assert tau[2].item() == pytest.approx(1.0 / (1.0 + 2.0 * math.log(2.0 / inv_mean)))
+
+
+def test_class_confidences_come_from_the_received_models_self_branches():
+    objective = build_objective("fedcmi", {"kappa": 2.0})
+    received = hand_model(objective, own=1.0, infiltration=0.0).eval().requires_grad_(False)
+    local = hand_model(objective, own=-1.0, infiltration=1.0)  # differs from the received model
+    # self logits of the received model = x: class 0 confidences m0 0.9, 0.7 (mean 0.8) and
+    # m1 0.2, 0.2; class 1 confidences 0.5 for both
+    data = {"m0": torch.tensor([[math.log(9.0), 0.0], [math.log(7.0 / 3.0), 0.0], [0.0, 0.0]]),
+            "m1": torch.tensor([[-math.log(4.0), 0.0], [-math.log(4.0), 0.0], [0.0, 0.0]]),
+            "y": torch.tensor([0, 0, 1])}
+    objective.begin_round(local, data, ctx(["m0", "m1"], global_model=received))
+    # r = [0.8 / 0.2, 0.5 / 0.5] = [4, 1], mean 2.5 > 1: m0 dominates, class 0 is above the mean
+    # (the local model's self branches would give r = [0.25, 1] and tau_0 = 1 / (1 + 2 ln 2.5);
+    # the received infiltration branches give 0.5 everywhere and tau = 1)
+    tau = objective.temperatures[("m0", "m1")]
+    assert tau[0].item() == pytest.approx(1.0 / (1.0 + 2.0 * math.log(4.0 / 2.5)), rel=1e-5)
+    assert tau[1].item() == 1.0
 
 
 def test_temperature_of_a_client_without_counted_classes_is_one():
@@ -114,6 +164,27 @@ def test_global_dominant_self_branch_teaches_the_weak_infiltration_branch():
     assert model.projectors[w].infiltration.weight.grad is not None  # the student learns
     assert model.projectors[d].own.weight.grad is None  # the teacher side gets nothing
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_infiltration_loss_with_a_class_wise_temperature_table():
+    objective = build_objective("fedcmi", {})
+    model = hand_model(objective)
+    teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    batch = {"m0": torch.tensor([[2.0, 0.0], [0.0, 1.0]]), "m1": torch.tensor([[1.0, 0.0], [0.0, 0.0]]),
+             "y": torch.tensor([0, 1])}
+    objective.begin_round(model, batch, ctx(["m0", "m1"], global_model=teacher))
+    tau = torch.tensor([0.5, 1.0])
+    objective.temperatures = {("m0", "m1"): tau, ("m1", "m0"): tau}
+    own, inf = project(model, model.encode(batch))
+    self_logits = model.head_logits(own)
+    got = objective.infiltration_loss(model, batch, self_logits, inf)
+    # local self confidences: m0 sigmoid(2) + sigmoid(1) > m1 sigmoid(1) + 1/2 -> m0 teaches m1
+    assert objective.last_dominant == "m0"
+    # sample 0 (y = 0, tau = 0.5): teacher [2, 0] / 0.5 = [4, 0], student [1, 0] / 0.5 = [2, 0]
+    h0 = sigmoid(4.0) * softplus(-2.0) + sigmoid(-4.0) * softplus(2.0)
+    # sample 1 (y = 1, tau = 1): teacher [0, 1], student [0, 0] -> H = log 2
+    h1 = math.log(2.0)
+    assert got.item() == pytest.approx((h0 + h1) / 2, rel=1e-6)
 
 
 def test_dominance_and_tie_rule():
@@ -200,3 +271,24 @@ def test_bad_parameters():
         build_objective("fedcmi", {"lambda2": -1})
     with pytest.raises(ValueError, match="projector"):
         build_objective("fedcmi", {"projector": "conv"})
+
+
+# -- the proximal weight ----------------------------------------------------------------------------
+@pytest.mark.parametrize(("overrides", "mu"), [
+    (["strategy=fedcmi", "objective.proximal=true"], 1.0),  # the reference's --mu
+    (["strategy=fedcmi", "objective.proximal=true", "objective.mu=0.25"], 0.25),  # the user's value wins
+    (["strategy=fedcmi", "objective.proximal=true", "proximal-mu=0.3"], 1.0),  # fedprox's key does not apply
+    (["strategy=fedcmi"], 0.0),
+    (["strategy=fedprox"], 0.01),
+    (["strategy=fedprox", "proximal-mu=0.3"], 0.3),
+])
+def test_proximal_weight_sent_to_the_clients(overrides, mu):
+    from fedmm.server.loop import build_strategy, prepare
+
+    run = load_config(None, ["dataset=synthetic", "partition=iid", "num-clients=2", "device=cpu", *overrides])
+    assert build_strategy(prepare(run)).proximal_mu == pytest.approx(mu)
+
+
+def test_bad_mu():
+    with pytest.raises(ValueError, match="mu"):
+        build_objective("fedcmi", {"mu": -1.0})

@@ -1,4 +1,5 @@
-"""ARM reconstruction (``arm``): loss on a hand case, roles, the 2-modality limit, params."""
+"""ARM reconstruction (``arm``): loss on hand cases, one local epoch by hand, roles, the 2-modality
+limit, params."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from fedmm.data.base import ModalitySpec
 from fedmm.models.net import ModelConfig, MultimodalNet, parameter_group
@@ -128,19 +130,56 @@ def test_bad_params(params: dict, match: str) -> None:
         build_objective("arm", params)
 
 
-@pytest.mark.parametrize("single", [False, True])
-def test_one_local_epoch(single: bool) -> None:
+def softplus(x: float) -> float:
+    return math.log(1 + math.exp(x))
+
+
+@pytest.mark.parametrize("held", [["a", "v"], ["v"]])
+def test_one_local_epoch_by_hand(held: list[str]) -> None:
+    """One full batch through ``train_local`` with the default parameters (k = 1, T = 2, weights 1,
+    ortho 0.01, roles by confidence): the reported loss is the hand value at the received weights,
+    and the step moves every trained weight by -lr times the gradient of the spec's formula."""
+    lr = 0.1
     obj = build_objective("arm", {})
-    torch.manual_seed(0)
-    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v")], 3, ModelConfig(embed_dim=8))
-    obj.extend_model(model)
-    held = ["a"] if single else ["a", "v"]
-    g = torch.Generator().manual_seed(3)
-    y = torch.randint(0, 3, (24,), generator=g)
-    data = {m: torch.randn(24, 5, generator=g) + y[:, None].float() for m in held}
-    data["y"] = y
-    result = train_local(model, data, obj, ctx(held), TrainConfig(epochs=1, batch_size=8, lr=0.05))
-    assert math.isfinite(result.loss)
+    model = hand_model(obj)  # z_a = [u0, -u0], z_v = [2 u0, 0]
+    x = {"a": torch.tensor([[1.0, 0.0], [-1.0, 3.0]]), "v": torch.tensor([[0.5, 1.0], [0.25, 0.0]])}
+    y = torch.tensor([0, 1])
+    data = {**{m: x[m] for m in held}, "y": y}
+    # z_a = [1, -1], [-1, 1]; z_v = [1, 0], [0.5, 0]. Summed target probabilities: a 2 sigmoid(2) = 1.76,
+    # v sigmoid(1) + sigmoid(-0.5) = 1.11 -> a is strong, v weak. Penalties: a 0, v (4 - 1)^2 = 9.
+    ce_v = (softplus(-1.0) + softplus(0.5)) / 2
+    ce_a = softplus(-2.0)
+    if held == ["v"]:
+        hand = ce_v + 0.01 * 9
+    else:
+        p = [[sigmoid(1.0), sigmoid(-1.0)], [sigmoid(-1.0), sigmoid(1.0)]]  # softmax(z_a / 2)
+        q = [[sigmoid(0.5), sigmoid(-0.5)], [sigmoid(0.25), sigmoid(-0.25)]]  # softmax(z_v / 2)
+        kl = sum(pc * math.log(pc / qc) for pr, qr in zip(p, q, strict=True)
+                 for pc, qc in zip(pr, qr, strict=True)) / 2
+        hand = ce_v + kl + 0.01 * 9 + ce_a
+
+    # the spec's formula on plain tensors, for the gradient of the step
+    proj = {m: model.heads[m].proj.weight.detach().clone().requires_grad_() for m in held}
+    clf = {m: model.heads[m].classifier.weight.detach().clone().requires_grad_() for m in held}
+    bias = {m: model.heads[m].classifier.bias.detach().clone().requires_grad_() for m in held}
+    z = {m: x[m] @ proj[m].T @ clf[m].T + bias[m] for m in held}
+    spec = F.cross_entropy(z["v"], y) + 0.01 * sum(((proj[m] @ proj[m].T) - 1).pow(2).sum() for m in held)
+    if held == ["a", "v"]:
+        teacher = (z["a"].detach() / 2).softmax(1)
+        spec = spec + (teacher * (teacher.log() - (z["v"] / 2).log_softmax(1))).sum(1).mean()
+        spec = spec + F.cross_entropy(z["a"], y)
+    assert spec.item() == pytest.approx(hand, rel=1e-6)
+    spec.backward()
+
+    result = train_local(model, data, obj, ctx(held),
+                         TrainConfig(epochs=1, batch_size=2, lr=lr, momentum=0.0, weight_decay=0.0))
+    assert result.num_steps == 1
+    assert result.loss == pytest.approx(hand, rel=1e-6)
+    for m in held:
+        head = model.heads[m]
+        assert torch.allclose(head.proj.weight, proj[m].detach() - lr * proj[m].grad, atol=1e-6)
+        assert torch.allclose(head.classifier.weight, clf[m].detach() - lr * clf[m].grad, atol=1e-6)
+        assert torch.allclose(head.classifier.bias, bias[m].detach() - lr * bias[m].grad, atol=1e-6)
 
 
 def test_three_modality_local_training_is_refused() -> None:

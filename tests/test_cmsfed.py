@@ -12,8 +12,8 @@ from fedmm.config import load_config
 from fedmm.data.base import ModalitySpec
 from fedmm.models.net import ModelConfig, MultimodalNet
 from fedmm.objectives import RoundContext, build_objective
-from fedmm.objectives.cmsfed import global_present_key, global_proto_key
-from fedmm.objectives.pmr import proto_count_key, proto_key, prototype_accuracies, prototype_imbalance_ratio
+from fedmm.objectives.cmsfed import global_present_key, global_proto_key, proto_count_key, proto_key
+from fedmm.objectives.pmr import prototype_accuracies, prototype_imbalance_ratio
 from fedmm.records import to_record
 from fedmm.strategies import ModalityAwareFedAvg
 from fedmm.strategies.selection import build_policy
@@ -117,7 +117,8 @@ def test_update_pass_runs_once_before_the_first_selection_and_feeds_rho():
     s = ModalityAwareFedAvg(policy=build_policy("cmsfed", {"delta": 1.5, "stochastic": False}, seed=0),
                             clients_per_round=2,
                             min_available_nodes=3, run_config=ConfigRecord({"run-config": "x"}),
-                            observe_fn=lambda r, facts: observed.append((r, len(facts))))
+                            observe_fn=lambda r, facts: observed.append((r, len(facts))),
+                            parameter_keys=list(global_state))
     for node in (1, 2, 3):
         s.register(node, node - 1, ("a", "v"), 10)
     s.waited_for_nodes = True

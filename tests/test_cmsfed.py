@@ -12,8 +12,8 @@ from fedmm.config import load_config
 from fedmm.data.base import ModalitySpec
 from fedmm.models.net import ModelConfig, MultimodalNet
 from fedmm.objectives import RoundContext, build_objective
-from fedmm.objectives.cmsfed import global_present_key, global_proto_key
-from fedmm.objectives.pmr import proto_count_key, proto_key, prototype_accuracies, prototype_imbalance_ratio
+from fedmm.objectives.cmsfed import global_present_key, global_proto_key, proto_count_key, proto_key
+from fedmm.objectives.pmr import prototype_accuracies, prototype_imbalance_ratio
 from fedmm.records import to_record
 from fedmm.strategies import ModalityAwareFedAvg
 from fedmm.strategies.selection import build_policy
@@ -117,7 +117,8 @@ def test_update_pass_runs_once_before_the_first_selection_and_feeds_rho():
     s = ModalityAwareFedAvg(policy=build_policy("cmsfed", {"delta": 1.5, "stochastic": False}, seed=0),
                             clients_per_round=2,
                             min_available_nodes=3, run_config=ConfigRecord({"run-config": "x"}),
-                            observe_fn=lambda r, facts: observed.append((r, len(facts))))
+                            observe_fn=lambda r, facts: observed.append((r, len(facts))),
+                            parameter_keys=list(global_state))
     for node in (1, 2, 3):
         s.register(node, node - 1, ("a", "v"), 10)
     s.waited_for_nodes = True
@@ -207,3 +208,76 @@ def test_client_in_weak_mode_reports_rho_and_the_dropped_modality_prototypes():
 def test_update_pass_measures_rho_with_the_received_model():
     facts, data, received = client_train(cmsfed_run(), 0, "m0,m1")  # before training (3.5 step 1)
     assert facts["imbalance-ratio"] == pytest.approx(prototype_imbalance_ratio(received, data, ("m0", "m1")))
+
+
+def test_client_in_the_update_pass_reports_the_received_models_prototypes():
+    from fedmm.objectives.pmr import class_feature_sums
+
+    facts, data, received = client_train(cmsfed_run(), 0, "m0,m1")  # 3.5 step 1, 3.10
+    sums, counts = class_feature_sums(received.eval(), data, ["m0", "m1"])
+    for m in ("m0", "m1"):
+        np.testing.assert_allclose(facts[proto_key(m)], sums[m].flatten().numpy(), rtol=1e-5, atol=1e-6)
+        assert facts[proto_count_key(m)] == counts.tolist()
+
+
+def test_the_strategy_gets_the_models_parameter_names_not_its_buffers():
+    from fedmm.server.loop import build_strategy, prepare
+
+    plan = prepare(load_config(None, ["dataset=synthetic", "partition=iid", "num-clients=3", "strategy=cmsfed"]))
+    keys = build_strategy(plan).parameter_keys
+    buffers = {name for name, _ in plan.model.named_buffers()}
+    assert any(name.endswith("running_mean") and name.startswith("encoders.") for name in buffers)
+    assert keys == {name for name, _ in plan.model.named_parameters()} and not keys & buffers
+
+
+# -- the prototypes that seed the global ones: the received model's in the update pass ----------------------
+def linear_model() -> MultimodalNet:
+    """Two 2-d modalities whose encoders are linear maps initialised to the identity."""
+    torch.manual_seed(0)
+    model = MultimodalNet([ModalitySpec("a", (2,), "vector"), ModalitySpec("v", (2,), "vector")], 2,
+                          ModelConfig(embed_dim=2))
+    with torch.no_grad():
+        for m in ("a", "v"):
+            model.encoders[m] = torch.nn.Linear(2, 2)
+            model.encoders[m].weight.copy_(torch.eye(2))
+            model.encoders[m].bias.zero_()
+    return model
+
+
+LINEAR_DATA = {"a": torch.tensor([[1.0, 0.0], [3.0, 2.0], [0.0, 5.0]]),
+               "v": torch.tensor([[0.0, 1.0], [1.0, 1.0], [2.0, 2.0]]), "y": torch.tensor([0, 0, 1])}
+
+
+def test_update_pass_reports_the_prototypes_of_the_received_model():
+    from fedmm.training import TrainConfig, train_local
+
+    model = linear_model()
+    ctx = RoundContext(server_round=0, num_rounds=5, modalities=["a", "v"])
+    result = train_local(model, LINEAR_DATA, build_objective("cmsfed"), ctx, TrainConfig(epochs=2, batch_size=3, lr=0.5))
+    assert not torch.allclose(model.encoders["a"].weight, torch.eye(2))  # training moved the encoders
+    # identity encoders as received: the class sums of the inputs (class 0: rows 1 and 2; class 1: row 3)
+    assert result.facts[proto_key("a")] == [4.0, 2.0, 0.0, 5.0]
+    assert result.facts[proto_key("v")] == [1.0, 2.0, 2.0, 2.0]
+    assert result.facts[proto_count_key("a")] == [2.0, 1.0] == result.facts[proto_count_key("v")]
+
+
+def test_a_round_reports_the_prototypes_of_the_trained_model():
+    from fedmm.objectives.pmr import class_feature_sums
+    from fedmm.training import TrainConfig, train_local
+
+    model = linear_model()
+    centers = np.array([[2.0, 1.0], [0.0, 5.0]], np.float32)
+    extras = {global_proto_key(m): centers for m in ("a", "v")} | {global_present_key(m): np.ones(2, np.int8)
+                                                                    for m in ("a", "v")}
+    ctx = RoundContext(server_round=1, num_rounds=5, modalities=["a", "v"], extras=extras)
+    result = train_local(model, LINEAR_DATA, build_objective("cmsfed"), ctx, TrainConfig(epochs=2, batch_size=3, lr=0.5))
+    sums, _ = class_feature_sums(model, LINEAR_DATA, ["a", "v"])  # the trained model's
+    np.testing.assert_allclose(result.facts[proto_key("a")], sums["a"].flatten().numpy(), rtol=1e-6)
+    assert result.facts[proto_key("a")] != [4.0, 2.0, 0.0, 5.0]
+
+
+def test_the_objective_and_the_strategy_agree_on_the_update_pass_round():
+    from fedmm.objectives import cmsfed
+    from fedmm.strategies.selection import base
+
+    assert cmsfed.UPDATE_PASS_ROUND == base.UPDATE_PASS_ROUND

@@ -204,6 +204,89 @@ def test_cmsfed_weak_pick_updates_only_the_weak_coverage() -> None:
     np.testing.assert_array_equal(pol.store.full_features([100]), [[5, 5, 0, 0]])
 
 
+def test_cmsfed_weak_pick_grows_only_the_weak_function_coverage() -> None:
+    # Client 100 (rho 3 > delta) is the centre of the v space: the first step picks it in weak mode.
+    # The full vectors [a; v] lie near the line a = 0, 1, 10, 11, 12 (v is within 0.01 of 0). With
+    # the multimodal coverage still empty, the second step's multimodal pick is the best single
+    # facility among 101..104 over all five points: 102 (cost ~ 10+9+0+1+2 = 22; 103: 23, 104: 26,
+    # 101: 31). Had the weak pick also covered the multimodal function (cov = |a - 0|), it would be
+    # 103 (cost ~ 0+1+1+0+1 = 3; 102 and 104: 4).
+    clients = states(5)
+    for c, rho in zip(clients, (3.0, 1.2, 1.2, 1.2, 1.2)):
+        c.imbalance_ratio = rho
+    a = [0.0, 1.0, 10.0, 11.0, 12.0]
+    v = [0.0, 0.01, -0.01, 0.01, -0.01]
+    vecs = {c.client_id: {"a": np.array([a[i]]), "v": np.array([v[i]])} for i, c in enumerate(clients)}
+    pol = cms_policy()
+    feed(pol, clients, vecs)
+    out = pol.select(1, clients, budget=2)
+    assert out == [Assignment(100, ("v",)), Assignment(102, AV)]
+    assert pol.history[-1]["modes"] == ["weak", "multimodal"]
+
+
+class DrawSpy:
+    """A policy's generator that records the size of every ``choice`` draw."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng, self.sizes = rng, []
+
+    def choice(self, a, size=None, replace=True):
+        self.sizes.append(size)
+        return self.rng.choice(a, size=size, replace=replace)
+
+    def permutation(self, x):
+        return self.rng.permutation(x)
+
+
+@pytest.mark.parametrize("name", ["divfl", "cmsfed"])
+@pytest.mark.parametrize(("n", "budget", "m"), [(59, 2, 5), (50, 8, 8)])
+def test_stochastic_greedy_sample_size_is_max_of_budget_and_a_tenth(name: str, n: int, budget: int, m: int) -> None:
+    # m = max(K, floor(0.1 N)) (the reference's stochastic_greedy): floor(5.9) = 5 > K = 2; K = 8 > 5
+    clients = states(n)
+    rng = np.random.default_rng(0)
+    pol = build_policy(name, {"sketch-dim": 0}, seed=0)
+    feed(pol, clients, {c.client_id: {x: rng.normal(size=3) for x in AV} for c in clients})
+    pol.rng = spy = DrawSpy(pol.rng)
+    assert len(pol.select(1, clients, budget=budget)) == budget
+    assert spy.sizes == [m] * budget  # one subset per greedy step, drawn from more than m clients
+
+
+def test_cmsfed_slices_are_refreshed_by_the_pass_and_by_one_modality_updates() -> None:
+    clients = states(3)
+    vecs = {100: {"a": np.array([1.0, 0.0]), "v": np.array([0.0, 1.0])},
+            101: {"a": np.array([4.0, 4.0]), "v": np.array([4.0, 4.0])}}  # 102 lost its update-pass reply
+    pol = cms_policy()
+    pol.select(0, clients, budget=3)
+    pol.observe(0, updates_for([Assignment(100, AV), Assignment(101, AV)], vecs))
+    store = pol.store
+    # a multimodal update after the pass replaces g and leaves g^a, g^v as the pass left them
+    pol.observe(1, [ClientUpdate(100, AV, 10, {"a": np.array([2.0, 2.0]), "v": np.array([3.0, 3.0])})])
+    np.testing.assert_array_equal(store.full_features([100]), [[2, 2, 3, 3]])
+    np.testing.assert_array_equal(store.slice_features([100], "a"), [[1, 0]])
+    np.testing.assert_array_equal(store.slice_features([100], "v"), [[0, 1]])
+    # a weak-only update replaces g^v and nothing else
+    pol.observe(2, [ClientUpdate(100, ("v",), 10, {"v": np.array([5.0, 5.0])})])
+    np.testing.assert_array_equal(store.slice_features([100], "v"), [[5, 5]])
+    np.testing.assert_array_equal(store.slice_features([100], "a"), [[1, 0]])
+    np.testing.assert_array_equal(store.full_features([100]), [[2, 2, 3, 3]])
+    assert store.slice_round["v"][store.rows[100]] == 2 and store.slice_round["a"][store.rows[100]] == 0
+    # a client without slices (its pass reply was lost) gets them from its first update
+    pol.observe(3, [ClientUpdate(102, AV, 10, {"a": np.array([6.0, 0.0]), "v": np.array([0.0, 6.0])})])
+    np.testing.assert_array_equal(store.slice_features([102], "a"), [[6, 0]])
+    pol.observe(4, [ClientUpdate(102, AV, 10, {"a": np.array([7.0, 7.0]), "v": np.array([7.0, 7.0])})])
+    np.testing.assert_array_equal(store.slice_features([102], "a"), [[6, 0]])
+
+    # the former rule, as an explicit choice: every update replaces the slices of what it trained
+    every = cms_policy(slice_refresh="every")
+    every.select(0, clients, budget=3)
+    every.observe(0, updates_for([Assignment(100, AV)], vecs))
+    every.observe(1, [ClientUpdate(100, AV, 10, {"a": np.array([2.0, 2.0]), "v": np.array([3.0, 3.0])})])
+    np.testing.assert_array_equal(every.store.slice_features([100], "a"), [[2, 2]])
+    np.testing.assert_array_equal(every.store.slice_features([100], "v"), [[3, 3]])
+    with pytest.raises(ValueError, match="'slice-refresh' of selection 'cmsfed' must be one of"):
+        cms_policy(slice_refresh="never")
+
+
 def test_cmsfed_unimodal_clients() -> None:
     # 100..102 multimodal and balanced (rho 1.2, so weak = v); 103 holds only v, 104 only a.
     clients = states(3, imbalance_ratio=1.2) + [ClientState(103, ("v",), 10), ClientState(104, ("a",), 10)]

@@ -91,3 +91,51 @@ def test_only_connected_nodes_are_selected():
     list(s.configure_train(2, to_record(GLOBAL), ConfigRecord(), FakeGrid({1: 0, 2: 0})))
     lost = [(r["round"], r["node-id"], r["status"]) for r in s.client_rows]
     assert lost == [(2, 3, "disconnected"), (2, 4, "disconnected")]
+
+
+# -- update vectors --------------------------------------------------------------------------------------
+BN_GLOBAL = {
+    "encoders.a.lin.weight": np.zeros(2, np.float32),
+    "encoders.a.bn.weight": np.ones(1, np.float32),
+    "encoders.a.bn.running_mean": np.zeros(1, np.float32),
+    "encoders.a.bn.running_var": np.ones(1, np.float32),
+    "encoders.a.bn.num_batches_tracked": np.zeros((), np.int64),
+    "encoders.b.lin.weight": np.zeros(1, np.float32),
+    "fusion.linear.weight": np.zeros(2, np.float32),
+}
+BN_PARAMETERS = ["encoders.a.lin.weight", "encoders.a.bn.weight", "encoders.b.lin.weight", "fusion.linear.weight"]
+
+
+class TrainingGrid(FakeGrid):
+    """Answers every train message like one local epoch would: the parameters move by -0.5 (so
+    global - local = 0.5), the batch-norm statistics by +100 (50-200x, as in a real probe)."""
+
+    @staticmethod
+    def moved(key, value):
+        if "running" in key:
+            return value + 100
+        return value + 1 if key.endswith("num_batches_tracked") else value - 0.5
+
+    def send_and_receive(self, messages, timeout=None):
+        out = []
+        for msg in messages:
+            trained = str(msg.content["config"]["modalities"]).split(",")
+            out.append(reply(msg, {k: self.moved(k, v.numpy()) for k, v in msg.content["arrays"].items()
+                                   if k.split(".")[1] in trained or k.startswith("fusion")}))
+        return out
+
+
+def test_update_vectors_hold_the_encoder_parameters_only():
+    policy = build_policy("divfl", {"sketch-dim": 0}, seed=0)
+    s = ModalityAwareFedAvg(policy=policy, clients_per_round=1, min_available_nodes=1,
+                            run_config=ConfigRecord({"run-config": "x"}), parameter_keys=BN_PARAMETERS)
+    s.register(1, 0, ("a", "b"), 10)
+    s.waited_for_nodes = True
+    list(s.configure_train(1, to_record(BN_GLOBAL), ConfigRecord(), TrainingGrid({1: 0})))  # the update pass
+    # g = [lin.weight (2), bn.weight (1) of a; lin.weight (1) of b], each 0 - (-0.5); no running
+    # statistics, no step counter, no fusion head
+    np.testing.assert_array_equal(policy.store.full_features([0]), [[0.5, 0.5, 0.5, 0.5]])
+    np.testing.assert_array_equal(policy.store.slice_features([0], "a"), [[0.5, 0.5, 0.5]])
+    with pytest.raises(ValueError, match="pass their names as parameter_keys"):
+        ModalityAwareFedAvg(policy=policy, clients_per_round=1, min_available_nodes=1,
+                            run_config=ConfigRecord({"run-config": "x"}))

@@ -17,13 +17,18 @@ with ``s^m_c = -||phi_m(x) - P^m_c||``. The global prototypes are fixed during l
 client that has no global prototype of a modality yet (the update pass before round 1) uses its
 local ones, as the reference's round-0 pass does.
 
+Clients report their prototypes as facts: per modality the class feature sums ``proto/<m>`` and
+the class counts ``proto-count/<m>``. In the update pass (server round :data:`UPDATE_PASS_ROUND`)
+these are the received model's, the very local prototypes the pass trained toward (FEDCMI_CMSFED.md
+3.5 step 1, 3.10: the prototypes of round 1 come from the initial model, whose feature space every
+client starts round 1 from); in the rounds they are the trained model's. The prototypes of every
+held modality are reported (3.5 step 5): a modality the server left out of this round's training
+is measured with the encoder as received (its parameters are still left out of the upload).
+
 Server half (plain numpy): after every round (and the update pass) ``P^m_c = sum_k S^m_{k,c} /
 sum_k n^m_{k,c}`` over the accepted clients that hold ``m``, where ``S`` are the reported class
 feature sums and ``n`` the class counts: the class-count-weighted mean of the local prototypes.
-A class nobody reported this round keeps its previous global prototype. Clients report the
-prototypes of every modality they hold (FEDCMI_CMSFED.md 3.5 step 5): a modality the server left
-out of this round's training is measured with the encoder as received (its parameters are still
-left out of the upload).
+A class nobody reported this round keeps its previous global prototype.
 """
 
 from __future__ import annotations
@@ -39,8 +44,36 @@ from torch import nn
 
 from fedmm.data.base import TensorDict
 from fedmm.objectives.base import Objective, RoundContext
-from fedmm.objectives.pmr import PMR, Prototypes, proto_count_key, proto_key, prototype_facts
+from fedmm.objectives.pmr import PMR, Prototypes, class_feature_sums, prototypes_from_sums
 from fedmm.objectives.registry import register_objective
+
+#: The server round of the strategy's update pass before round 1 (the same value as
+#: ``fedmm.strategies.selection.base.UPDATE_PASS_ROUND``; objectives import no strategy code).
+UPDATE_PASS_ROUND = 0
+
+
+def proto_key(modality: str) -> str:
+    """Fact key of a client's per-class feature sums of ``modality`` (flat, class-major ``K x D``)."""
+    return f"proto/{modality}"
+
+
+def proto_count_key(modality: str) -> str:
+    """Fact key of the per-class sample counts behind :func:`proto_key` (``K`` numbers)."""
+    return f"proto-count/{modality}"
+
+
+def facts_from_sums(sums: dict[str, torch.Tensor], counts: torch.Tensor) -> dict[str, float | list[float]]:
+    """``proto/<m>`` and ``proto-count/<m>`` of the class feature sums and counts of each modality."""
+    facts: dict[str, float | list[float]] = {}
+    for m, s in sums.items():
+        facts[proto_key(m)] = s.flatten().tolist()
+        facts[proto_count_key(m)] = counts.tolist()
+    return facts
+
+
+def prototype_facts(model: nn.Module, data: TensorDict, modalities: list[str]) -> dict[str, float | list[float]]:
+    """:func:`facts_from_sums` of ``modalities`` over ``data`` with ``model`` (one encoder pass)."""
+    return facts_from_sums(*class_feature_sums(model, data, modalities))
 
 
 def global_proto_key(modality: str) -> str:
@@ -82,10 +115,14 @@ class CMSFedObjective(PMR):
         #: Server side: global prototype centers and presence per modality.
         self.global_centers: dict[str, np.ndarray] = {}
         self.global_present: dict[str, np.ndarray] = {}
+        #: Client side, update pass: the facts of the received model (reported by end_round).
+        self._received_facts: dict[str, float | list[float]] = {}
 
     # -- client side -----------------------------------------------------------------------------
     def begin_round(self, model: nn.Module, data: TensorDict, ctx: RoundContext) -> None:
-        """Global prototypes from the server's extras; local ones for a modality without them."""
+        """Global prototypes from the server's extras; local ones of the received model for a
+        modality without them. In the update pass the received model's class feature sums of every
+        trained modality are also kept: they are this pass's facts."""
         Objective.begin_round(self, model, data, ctx)
         ref = next(model.parameters())
         trained = self.trained_modalities(model, data)
@@ -96,7 +133,11 @@ class CMSFedObjective(PMR):
             )
             for m in trained if global_proto_key(m) in ctx.extras
         }
-        local = self.compute_prototypes(model, data) if len(received) < len(trained) else {}
+        update_pass = ctx.server_round == UPDATE_PASS_ROUND
+        need = [m for m in trained if update_pass or m not in received]
+        sums, counts = class_feature_sums(model, data, need) if need else ({}, None)
+        local = {m: prototypes_from_sums(s, counts) for m, s in sums.items()}
+        self._received_facts = facts_from_sums(sums, counts) if update_pass else {}
         self.prototypes = {**local, **received}
 
     def batches(
@@ -104,6 +145,13 @@ class CMSFedObjective(PMR):
     ) -> Iterator[TensorDict]:
         # The prototypes stay fixed for the round (no per-epoch refresh as in PMR).
         yield from Objective.batches(self, model, data, epoch, batch_size, generator)
+
+    def end_round(self, model: nn.Module, data: TensorDict) -> dict[str, float | list[float]]:
+        """The class feature sums and counts of every trained modality: of the received model in
+        the update pass (kept by :meth:`begin_round`), of the trained model in the rounds."""
+        if self.ctx is not None and self.ctx.server_round == UPDATE_PASS_ROUND:
+            return dict(self._received_facts)
+        return prototype_facts(model, data, self.trained_modalities(model, data))
 
     def untrained_facts(self, model: nn.Module, data: TensorDict, modalities: list[str]
                         ) -> dict[str, float | list[float]]:
@@ -152,4 +200,13 @@ class CMSFedObjective(PMR):
         return out
 
 
-__all__ = ["CMSFedObjective", "global_present_key", "global_proto_key"]
+__all__ = [
+    "UPDATE_PASS_ROUND",
+    "CMSFedObjective",
+    "facts_from_sums",
+    "global_present_key",
+    "global_proto_key",
+    "proto_count_key",
+    "proto_key",
+    "prototype_facts",
+]

@@ -26,16 +26,6 @@ from fedmm.objectives.base import Objective, RoundContext
 from fedmm.objectives.registry import register_objective
 
 
-def proto_key(modality: str) -> str:
-    """Fact key of a client's per-class feature sums of ``modality`` (flat, class-major ``K x D``)."""
-    return f"proto/{modality}"
-
-
-def proto_count_key(modality: str) -> str:
-    """Fact key of the per-class sample counts behind :func:`proto_key` (``K`` numbers)."""
-    return f"proto-count/{modality}"
-
-
 @dataclass
 class Prototypes:
     """Class prototypes of one modality.
@@ -212,23 +202,6 @@ class PMR(Objective):
             for m in targets:
                 loss = loss + self.params.alpha * F.cross_entropy(logits[m], y)
         return loss
-
-    def end_round(self, model: nn.Module, data: TensorDict) -> dict[str, float | list[float]]:
-        """Per trained modality, the class feature sums of the trained model (``proto/<m>``, flat
-        ``K x D`` class-major) and the class counts (``proto-count/<m>``), so that a server can form
-        sample-weighted global prototypes."""
-        return prototype_facts(model, data, self.trained_modalities(model, data))
-
-
-def prototype_facts(model: nn.Module, data: TensorDict, modalities: list[str]) -> dict[str, float | list[float]]:
-    """``proto/<m>`` (class feature sums, flat ``K x D`` class-major) and ``proto-count/<m>`` (class
-    counts) of each of ``modalities`` over ``data``."""
-    sums, counts = class_feature_sums(model, data, modalities)
-    facts: dict[str, float | list[float]] = {}
-    for m, s in sums.items():
-        facts[proto_key(m)] = s.flatten().tolist()
-        facts[proto_count_key(m)] = counts.tolist()
-    return facts
 
 
 @torch.no_grad()

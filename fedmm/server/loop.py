@@ -76,6 +76,8 @@ def prepare(run: RunConfig, out_dir: str | Path | None = None, *, overwrite: boo
 
 
 def build_strategy(plan: Plan) -> ModalityAwareFedAvg:
+    """The run's strategy with its policy, the objective's server half and the names of the model's
+    parameters (update vectors hold parameters only, never buffers)."""
     run = plan.run
     return STRATEGIES[run.strategy](
         policy=plan.policy,
@@ -88,6 +90,7 @@ def build_strategy(plan: Plan) -> ModalityAwareFedAvg:
         fraction_evaluate=run.fraction_evaluate,
         round_timeout=run.round_timeout,
         seed=run.seed,
+        parameter_keys=[name for name, _ in plan.model.named_parameters()],
     )
 
 

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,13 @@ from fedmm.records import (
     subset_record,
     to_record,
 )
-from fedmm.strategies.selection.base import Assignment, ClientState, ClientUpdate, SelectionPolicy
+from fedmm.strategies.selection.base import (
+    UPDATE_PASS_ROUND,
+    Assignment,
+    ClientState,
+    ClientUpdate,
+    SelectionPolicy,
+)
 
 log = logging.getLogger("fedmm")
 
@@ -34,8 +40,6 @@ WEIGHT_KEY = "num-examples"
 #: Local epochs of the pass that gives update-vector policies their first vectors (the reference's
 #: ``grad_epochs``, FEDCMI_CMSFED.md 3.5 step 1).
 UPDATE_PASS_EPOCHS = 1
-#: The server round of that pass (it runs before round 1 and does not change the global model).
-UPDATE_PASS_ROUND = 0
 
 #: ``round -> extras`` for every client (objective state such as global prototypes).
 ExtrasFn = Callable[[int], Mapping[str, Any]]
@@ -92,6 +96,11 @@ class ModalityAwareFedAvg(Strategy):
         Seconds to wait for replies; missing replies are recorded as failures.
     seed:
         Seed of the strategy's own generator (which nodes evaluate).
+    parameter_keys:
+        Names of the global model's parameters (``named_parameters()``: no batch-norm statistics
+        or other buffers). The update vectors of a policy that uses them (DivFL, CMSFed) are built
+        from the encoder parameters among these only, as the reference does (FEDCMI_CMSFED.md 3.10);
+        required by such a policy (ValueError otherwise), ignored by the others.
     """
 
     def __init__(
@@ -107,8 +116,13 @@ class ModalityAwareFedAvg(Strategy):
         fraction_evaluate: float = 0.0,
         round_timeout: float = 600.0,
         seed: int = 0,
+        parameter_keys: Collection[str] | None = None,
     ) -> None:
+        if policy.uses_updates and parameter_keys is None:
+            raise ValueError(f"selection {policy.name!r} builds update vectors from the model's parameters: "
+                             "pass their names as parameter_keys")
         self.policy = policy
+        self.parameter_keys = frozenset(parameter_keys or ())
         self.clients_per_round = clients_per_round
         self.min_available_nodes = min_available_nodes
         self.run_config = run_config
@@ -380,12 +394,14 @@ class ModalityAwareFedAvg(Strategy):
 
     def _deltas(self, r: Accepted) -> dict[str, np.ndarray]:
         """The client's update per trained modality, ``global - local`` over that modality's encoder
-        (only for policies that use update vectors)."""
+        parameters (``parameter_keys``; buffers never enter), in the global model's key order (only
+        for policies that use update vectors)."""
         if not self.policy.uses_updates:
             return {}
         deltas: dict[str, np.ndarray] = {}
         for m in r.modalities:
-            keys = [k for k in r.arrays if k.startswith(f"encoders.{m}.") and np.issubdtype(r.arrays[k].dtype, np.floating)]
+            keys = [k for k in self._global
+                    if k.startswith(f"encoders.{m}.") and k in self.parameter_keys and k in r.arrays]
             if keys:
                 deltas[m] = np.concatenate([(self._global[k] - r.arrays[k]).ravel().astype(np.float32) for k in keys])
         return deltas

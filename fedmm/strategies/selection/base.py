@@ -30,6 +30,10 @@ import numpy as np
 #: Value types a ``state_dict`` may hold (numpy arrays and plain scalars; no pickled objects).
 StateValue = np.ndarray | float | int | str
 
+#: The server round of the update pass (FEDCMI_CMSFED.md 3.5 step 1): the short training pass that
+#: gives update-vector policies their first vectors before round 1 (rounds count from 1).
+UPDATE_PASS_ROUND = 0
+
 #: Modes recorded in ``history``: how each selected client was chosen and what it trains.
 MODE_ALL = "all"  # no diversity function involved (all, random, powd): trains all its modalities
 MODE_MULTIMODAL = "multimodal"  # picked by the multimodal (full-vector) function: all its modalities

@@ -32,6 +32,10 @@ from fedmm.strategies.selection.divfl import pick_unseen
 from fedmm.strategies.selection.sketch import UpdateVectorPolicy
 
 
+#: Values of the ``slice_refresh`` parameter.
+SLICE_REFRESH = ("unimodal", "every")
+
+
 def global_imbalance_ratio(clients: Sequence[ClientState]) -> float:
     """rho_bar = sum n_k rho_k / sum n_k over all clients, with their latest (possibly stale) rho_k.
 
@@ -75,6 +79,13 @@ class CMSFed(UpdateVectorPolicy):
       modality to drop), so it belongs to the weak coverage. (A deliberate deviation: the reference
       gives unimodal clients rho = 1, so with delta >= 1 it never picks them in weak mode.)
 
+    Stored vectors (FEDCMI_CMSFED.md 3.4, 3.10): the update pass gives every client its full vector
+    g and its slices g^m; afterwards a multimodal update replaces g only and a weak-only update
+    replaces g^weak only (``slice_refresh = 'unimodal'``, the reference's ``server/mmdrop.py``).
+    ``slice_refresh = 'every'`` lets every update replace the slices of the modalities it trained
+    (a multimodal update then also overwrites g^a and g^v with its own slices). A unimodal client's
+    update is both: its full vector and its one slice.
+
     Clients without a full vector are picked first (mode ``unseen``, all modalities), as in
     :class:`~fedmm.strategies.selection.divfl.DivFL`. ``history`` records per pick the mode
     (``multimodal``/``weak``/``unseen``) and the ``staleness`` of its full vector, plus ``rho_bar``
@@ -83,8 +94,9 @@ class CMSFed(UpdateVectorPolicy):
     Parameters
     ----------
     params:
-        :class:`CMSFed.Params`: ``sketch_dim`` (256), ``stochastic`` (True), ``subsample`` (0.1),
-        ``support_fraction`` (0.25), ``delta`` (1.5), ``modalities`` ("" = inferred order).
+        :class:`CMSFed.Params`: ``sketch_dim`` (256; 0 = exact vectors, as the reference), ``stochastic``
+        (True), ``subsample`` (0.1), ``support_fraction`` (0.25), ``delta`` (1.5), ``modalities``
+        ("" = inferred order), ``slice_refresh`` ("unimodal").
     seed:
         Seed of the policy's generator and of the sketch hash.
     """
@@ -99,6 +111,9 @@ class CMSFed(UpdateVectorPolicy):
                              low=1.0)
         modalities: str = param("", "comma-separated modality order 'first,second' of rho = Acc_first/Acc_second "
                                     "(empty: the order of the multimodal clients' modalities)")
+        slice_refresh: str = param("unimodal", "which updates replace a client's modality slices g^m: 'unimodal' "
+                                               "(the update pass and updates that trained m alone, the reference) "
+                                               "or 'every' (every update that trained m)")
 
     def __init__(self, params: CMSFed.Params | None = None, *, seed: int = 0) -> None:
         super().__init__(params, seed=seed)
@@ -109,6 +124,16 @@ class CMSFed(UpdateVectorPolicy):
                 f"{self.params.modalities!r}"
             )
         self.order: tuple[str, ...] = order
+        if self.params.slice_refresh not in SLICE_REFRESH:
+            raise ValueError(
+                f"parameter 'slice-refresh' of selection 'cmsfed' must be one of {list(SLICE_REFRESH)}, got "
+                f"{self.params.slice_refresh!r}"
+            )
+
+    def refreshes_slices(self, server_round: int, trained: Sequence[str]) -> bool:
+        """The reference rule (:meth:`UpdateVectorPolicy.refreshes_slices`) with ``slice_refresh =
+        'unimodal'``; with ``'every'`` every update replaces the slices of the modalities it trained."""
+        return self.params.slice_refresh == "every" or super().refreshes_slices(server_round, trained)
 
     def modality_order(self, clients: Sequence[ClientState]) -> tuple[str, str]:
         """(first, second): the fixed ``modalities`` or the inferred order; ValueError unless 2 modalities."""

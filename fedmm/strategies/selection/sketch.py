@@ -44,12 +44,19 @@ from __future__ import annotations
 import json
 import math
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from fedmm.strategies.selection.base import ClientState, ClientUpdate, SelectionPolicy, StateValue, param
+from fedmm.strategies.selection.base import (
+    UPDATE_PASS_ROUND,
+    ClientState,
+    ClientUpdate,
+    SelectionPolicy,
+    StateValue,
+    param,
+)
 from fedmm.strategies.selection.facility import EuclideanDistances, FacilityLocation
 
 #: Round number stored for "never refreshed".
@@ -111,14 +118,15 @@ class UpdateStore:
 
     For every client row and modality m it keeps
 
-    * ``slice[m]``: the client's latest update of modality m (from any round it trained m: a
-      multimodal update's m-slice, or a unimodal update), with ``slice_round[m]``;
+    * ``slice[m]``: the client's modality-m slice g^m_k, from the latest update :meth:`add` was told
+      to refresh the slices with (the policy decides which: :meth:`UpdateVectorPolicy.refreshes_slices`),
+      with ``slice_round[m]``;
     * ``full[m]``: the m-block of the client's latest *full* update (a round in which it trained every
       modality it holds; zero for modalities it lacks), with ``full_round`` per client.
 
-    The full vector of a client (FEDCMI_CMSFED.md 3.4: g_k; its slices g^m_k are replaced by
-    unimodal updates) is the sum of its ``full[m]`` sketches, or the concatenation of its exact
-    ``full[m]`` blocks in :attr:`modalities` order when ``sketch_dim = 0``.
+    The full vector of a client (FEDCMI_CMSFED.md 3.4: g_k) is the sum of its ``full[m]`` sketches,
+    or the concatenation of its exact ``full[m]`` blocks in :attr:`modalities` order when
+    ``sketch_dim = 0``.
 
     Parameters
     ----------
@@ -191,11 +199,13 @@ class UpdateStore:
             raise ValueError(f"update of modality {modality!r} has non-finite values")
         return self.sketch(x, modality) if self.sketch is not None else x.copy()
 
-    def add(self, client_id: int, deltas: Mapping[str, np.ndarray], server_round: int, *, full: bool) -> None:
+    def add(self, client_id: int, deltas: Mapping[str, np.ndarray], server_round: int, *, full: bool,
+            slices: Collection[str] | None = None) -> None:
         """Store a client's per-modality updates of ``server_round``.
 
         ``full`` says the update covers every modality the client holds: then its full vector is
-        replaced too (blocks of modalities absent from ``deltas`` become zero).
+        replaced (blocks of modalities absent from ``deltas`` become zero). ``slices`` names the
+        modalities of ``deltas`` whose slices the update replaces (``None``: all of them).
         """
         vecs = {m: self.project(x, m) for m, x in deltas.items()}
         for m, v in vecs.items():
@@ -208,6 +218,8 @@ class UpdateStore:
                 )
         r = self.row(client_id)
         for m, v in vecs.items():
+            if slices is not None and m not in slices:
+                continue
             self.slice[m][r] = v
             self.slice_round[m][r] = server_round
         if full and vecs:
@@ -350,14 +362,25 @@ class UpdateVectorPolicy(SelectionPolicy):
         ids = [int(c.client_id) for c in clients]
         return [i for i, has in zip(ids, self.store.has_full(ids)) if not has]
 
+    def refreshes_slices(self, server_round: int, trained: Sequence[str]) -> bool:
+        """Whether an update of ``server_round`` that trained ``trained`` replaces the client's
+        slices g^m of those modalities: at the update pass and when it trained one modality alone
+        (FEDCMI_CMSFED.md 3.4 and 3.10, ``server/mmdrop.py``); a multimodal update after the pass
+        replaces only the full vector g."""
+        return server_round == UPDATE_PASS_ROUND or len(trained) == 1
+
     def observe(self, server_round: int, updates: Sequence[ClientUpdate]) -> None:
-        """Store each update's per-modality vectors; a full vector only if it covers all held modalities."""
+        """Store each update: as the full vector if it covers all held modalities; as the slice of
+        each of its modalities when :meth:`refreshes_slices` says so, or when the client has no
+        slice of that modality yet (a client whose update-pass reply was lost)."""
         for u in updates:
             deltas = {m: x for m, x in u.deltas.items() if x is not None}
             if not deltas:
                 continue
             held = self._held.get(int(u.client_id), tuple(u.modalities) or tuple(deltas))
-            self.store.add(u.client_id, deltas, server_round, full=set(deltas) >= set(held))
+            refresh = self.refreshes_slices(server_round, tuple(deltas))
+            slices = [m for m in deltas if refresh or not self.store.has_slice([u.client_id], m)[0]]
+            self.store.add(u.client_id, deltas, server_round, full=set(deltas) >= set(held), slices=slices)
 
     def state_dict(self) -> dict[str, StateValue]:
         state = super().state_dict()

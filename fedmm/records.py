@@ -15,6 +15,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord
 
 SHARED_GROUP = "fusion"
 MODALITY_GROUP_PREFIXES = ("encoders", "heads", "projectors")
+#: Config key of an ``evaluate`` message that asks for the objective's facts of the received global
+#: model (``Objective.global_model_facts``) instead of an evaluation.
+GLOBAL_MODEL_FACTS_KEY = "global-model-facts"
 
 
 def key_group(name: str) -> str:

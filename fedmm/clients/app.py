@@ -28,7 +28,7 @@ from fedmm.config import RunConfig
 from fedmm.data import LABEL_KEY, TensorDict, subset
 from fedmm.objectives import RoundContext
 from fedmm.objectives.pmr import prototype_imbalance_ratio
-from fedmm.records import decode_extras, keys_for_modalities, to_record
+from fedmm.records import GLOBAL_MODEL_FACTS_KEY, decode_extras, keys_for_modalities, to_record
 from fedmm.training import evaluate, resolve_device, train_local
 from fedmm.workspace import dataset_of, model_of, objective_of, parse_run_config, scenario_of, train_config_of
 
@@ -227,9 +227,6 @@ def train(msg: Message, context: Context) -> Message:
     facts = dict(result.facts)
     if order:
         facts["imbalance-ratio"] = rho if rho is not None else prototype_imbalance_ratio(model, data, order)
-        untrained = [m for m in node.modalities if m not in modalities]
-        if untrained:
-            facts.update(objective.untrained_facts(model, data, untrained))
     state = model.state_dict()
     arrays = to_record(state, keys_for_modalities(state.keys(), modalities))
     metrics = MetricRecord(
@@ -247,7 +244,8 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_local(msg: Message, context: Context) -> Message:
-    """Loss and accuracy of the received global model on this node's own data."""
+    """Loss and accuracy of the received global model on this node's own data; when the server asks
+    for them (``global-model-facts``), the objective's facts of that model instead."""
     node = Node.from_message(msg, context)
     _set_threads(node.run)
     device = resolve_device(node.run.device)
@@ -258,6 +256,12 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     data = node.data
     # The objective's round state (e.g. active boosting classifiers) shapes its predictions.
     objective.begin_round(model, data, _round_context(msg, node.run, list(node.modalities), device, None))
+    if GLOBAL_MODEL_FACTS_KEY in msg.content["config"]:
+        facts = objective.global_model_facts(model, data, list(node.modalities))
+        reply = RecordDict({"metrics": MetricRecord({"num-examples": int(data["y"].shape[0])})})
+        if facts:
+            reply["facts"] = MetricRecord(facts)
+        return Message(reply, reply_to=msg)
     metrics = evaluate(model, data, objective, device=device)
     reply = MetricRecord(
         {"num-examples": int(data["y"].shape[0]), "loss": float(metrics["loss"]), "acc": float(metrics["acc"])}

@@ -11,8 +11,10 @@ device, the optimizer and the epochs; it calls, in order:
    Boosting overrides it for alternating unimodal steps);
 4. ``end_round(model, data)`` once, returning the facts the server asked for (numbers or lists).
 
-The ClientApp also calls ``untrained_facts(model, data, modalities)`` after training when the
-server sent encoders of held modalities that the round does not train (CMSFed's weak-only mode).
+An objective whose server half needs facts of the *aggregated* model (``observes_global_model``:
+CMSFed's global prototypes) also has ``global_model_facts(model, data, modalities)``: after every
+round's aggregation the server sends the new global model to that round's clients, which answer
+with these facts on their own data, without training.
 
 Parameters are declared as dataclass fields on a ``Params`` class nested in each objective and
 validated by :func:`fedmm.objectives.registry.build_objective`.
@@ -216,10 +218,14 @@ class Objective:
         """Facts reported to the server after local training (none by default)."""
         return {}
 
-    def untrained_facts(self, model: nn.Module, data: TensorDict, modalities: list[str]
-                        ) -> dict[str, float | list[float]]:
-        """Facts about ``modalities``: held by the client and received from the server this round,
-        but not trained (their encoders are as received); ``data`` holds them. None by default."""
+    #: Whether the server half needs :meth:`global_model_facts` from the clients of every round.
+    observes_global_model: ClassVar[bool] = False
+
+    def global_model_facts(self, model: nn.Module, data: TensorDict, modalities: list[str]
+                           ) -> dict[str, float | list[float]]:
+        """Facts about the received global ``model`` on the client's ``data`` for its held
+        ``modalities``, measured without training (asked after aggregation when
+        :attr:`observes_global_model`). None by default."""
         return {}
 
     # -- epoch and batch hooks ---------------------------------------------------------------

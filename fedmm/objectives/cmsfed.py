@@ -17,13 +17,21 @@ with ``s^m_c = -||phi_m(x) - P^m_c||``. The global prototypes are fixed during l
 client that has no global prototype of a modality yet (the update pass before round 1) uses its
 local ones, as the reference's round-0 pass does.
 
-Clients report their prototypes as facts: per modality the class feature sums ``proto/<m>`` and
-the class counts ``proto-count/<m>``. In the update pass (server round :data:`UPDATE_PASS_ROUND`)
-these are the received model's, the very local prototypes the pass trained toward (FEDCMI_CMSFED.md
-3.5 step 1, 3.10: the prototypes of round 1 come from the initial model, whose feature space every
-client starts round 1 from); in the rounds they are the trained model's. The prototypes of every
-held modality are reported (3.5 step 5): a modality the server left out of this round's training
-is measured with the encoder as received (its parameters are still left out of the upload).
+Clients report prototypes as facts: per modality the class feature sums ``proto/<m>`` and the
+class counts ``proto-count/<m>``, always measured with a model the server holds, never with a
+client's locally trained one (the reference's ``server/mmdrop.py`` computes
+``aggregate_global_proto(selected_clients)`` with the aggregated ``self.model``):
+
+* in the update pass (server round :data:`UPDATE_PASS_ROUND`) the training replies carry the
+  received initial model's sums, the very local prototypes the pass trained toward
+  (FEDCMI_CMSFED.md 3.5 step 1, 3.10);
+* after every round's aggregation the server sends the new global model to that round's clients
+  (:attr:`observes_global_model`), and each answers with the sums of every modality it holds
+  (:meth:`global_model_facts`), whatever it trained.
+
+Prototypes of the locally trained models (spec 3.5 step 5 as written) lie beyond the aggregated
+model's feature space: the next round's ME loss pulls the received model toward them, the
+features grow, the next prototypes lie further out, and training diverges (docs/objectives.md).
 
 Server half (plain numpy): after every round (and the update pass) ``P^m_c = sum_k S^m_{k,c} /
 sum_k n^m_{k,c}`` over the accepted clients that hold ``m``, where ``S`` are the reported class
@@ -147,15 +155,19 @@ class CMSFedObjective(PMR):
         yield from Objective.batches(self, model, data, epoch, batch_size, generator)
 
     def end_round(self, model: nn.Module, data: TensorDict) -> dict[str, float | list[float]]:
-        """The class feature sums and counts of every trained modality: of the received model in
-        the update pass (kept by :meth:`begin_round`), of the trained model in the rounds."""
+        """In the update pass, the received model's class feature sums and counts of every trained
+        modality (kept by :meth:`begin_round`); nothing in the rounds (the server asks for the
+        aggregated model's with :meth:`global_model_facts`)."""
         if self.ctx is not None and self.ctx.server_round == UPDATE_PASS_ROUND:
             return dict(self._received_facts)
-        return prototype_facts(model, data, self.trained_modalities(model, data))
+        return {}
 
-    def untrained_facts(self, model: nn.Module, data: TensorDict, modalities: list[str]
-                        ) -> dict[str, float | list[float]]:
-        """The prototypes of held modalities left out of training, from the received encoders."""
+    #: The global prototypes come from the aggregated model on each round's clients.
+    observes_global_model: ClassVar[bool] = True
+
+    def global_model_facts(self, model: nn.Module, data: TensorDict, modalities: list[str]
+                           ) -> dict[str, float | list[float]]:
+        """The class feature sums and counts of the received global model, per held modality."""
         return prototype_facts(model, data, modalities)
 
     # -- server side -----------------------------------------------------------------------------

@@ -145,6 +145,8 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
             if new_arrays is not None:
                 arrays = new_arrays
                 model.load_state_dict(arrays.to_torch_state_dict())
+                if plan.objective.observes_global_model:
+                    strategy.observe_global_model(server_round, arrays, grid)
             stats = _round_stats(strategy, server_round, clients_from)
             eval_messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
             if eval_messages:

@@ -17,6 +17,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedmm.checkpoint import prefixed, unprefixed
 from fedmm.records import (
+    GLOBAL_MODEL_FACTS_KEY,
     aggregate,
     encode_extras,
     from_record,
@@ -141,6 +142,8 @@ class ModalityAwareFedAvg(Strategy):
         self.round_stats: dict[str, float] = {}
         self._global: dict[str, np.ndarray] = {}
         self._sent: dict[int, Assignment] = {}
+        #: Clients whose training reply the last :meth:`aggregate_train` accepted, by client id.
+        self.last_accepted: list[int] = []
         self._rng = np.random.default_rng(seed)
         self.waited_for_nodes = False
 
@@ -221,6 +224,7 @@ class ModalityAwareFedAvg(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         accepted = self._accept(server_round, replies, self._sent)
+        self.last_accepted = [r.client_id for r in accepted]
         self._observe(server_round, accepted)
         if not accepted:
             log.warning("round %d: no usable replies; the global model is unchanged", server_round)
@@ -230,6 +234,23 @@ class ModalityAwareFedAvg(Strategy):
         mean_loss = float(np.average([r.loss for r in accepted], weights=weights))
         self.round_stats.update({"train/loss": mean_loss, "clients-ok": len(accepted)})
         return to_record(new), MetricRecord({"train/loss": mean_loss, WEIGHT_KEY: int(sum(weights))})
+
+    def observe_global_model(self, server_round: int, arrays: ArrayRecord, grid: Grid) -> None:
+        """Send the aggregated model ``arrays`` to the clients of :attr:`last_accepted` and hand the
+        facts they measure with it on their own data (``Objective.global_model_facts``, e.g.
+        CMSFed's prototypes) to the objective's server half as this round's; no training, and the
+        model does not change. A client that does not answer is left out (logged)."""
+        messages = [self._evaluate_message(c, server_round, arrays, {GLOBAL_MODEL_FACTS_KEY: True})
+                    for c in self.last_accepted if self.node_of.get(c) in self.connected]
+        facts = []
+        for reply in grid.send_and_receive(messages, timeout=self.round_timeout):
+            if reply.has_error():
+                log.warning("round %d: node %d did not report on the global model: %s", server_round,
+                            reply.metadata.src_node_id, reply.error.reason)
+            elif "facts" in reply.content:
+                facts.append((int(reply.content["metrics"][WEIGHT_KEY]), dict(reply.content["facts"])))
+        if self.observe_fn is not None:
+            self.observe_fn(server_round, facts)
 
     def _update_pass(self, arrays: ArrayRecord, client_ids: list[int], grid: Grid) -> None:
         """A short training pass of ``client_ids`` on all their modalities, before the first selection:
@@ -380,10 +401,12 @@ class ModalityAwareFedAvg(Strategy):
             if not reply.has_error() and client is not None:
                 self.clients[client].loss = float(reply.content["metrics"]["loss"])
 
-    def _evaluate_message(self, client_id: int, server_round: int, arrays: ArrayRecord) -> Message:
+    def _evaluate_message(self, client_id: int, server_round: int, arrays: ArrayRecord,
+                          per_node: Mapping[str, Any] | None = None) -> Message:
         mods = self.clients[client_id].modalities
         payload = subset_record(arrays, keys_for_modalities(arrays.keys(), mods))
-        config = self._config({"server-round": server_round, "modalities": ",".join(mods)})
+        self.round_stats["bytes-down"] = self.round_stats.get("bytes-down", 0.0) + payload.count_bytes()
+        config = self._config({"server-round": server_round, "modalities": ",".join(mods), **(per_node or {})})
         extra_config, extra_arrays = self._extras(server_round)
         content = RecordDict({"arrays": payload, "config": config, "extras": extra_config, "extra-arrays": extra_arrays})
         return self._message(self.node_of[client_id], MessageType.EVALUATE, content)

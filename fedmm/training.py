@@ -312,6 +312,7 @@ def train_local(
     epoch_loss, epoch_batches = 0.0, 0
     for epoch in range(config.epochs):
         epoch_loss, epoch_batches = 0.0, 0
+        objective.begin_epoch(epoch)
         for batch in objective.batches(model, local, epoch, config.batch_size, generator):
             if augment is not None:
                 batch = augment(batch, generator)

@@ -11,7 +11,7 @@ import torch
 from fedmm.config import RunConfig, flatten
 from fedmm.data import Dataset, Scenario, build_scenario, load_dataset
 from fedmm.models import ModelConfig, MultimodalNet
-from fedmm.objectives import Objective, build_objective
+from fedmm.objectives import Objective, Schedule, build_objective
 from fedmm.training import TrainConfig, build_model
 
 
@@ -44,8 +44,12 @@ def scenario_of(run: RunConfig) -> Scenario:
 
 
 def objective_of(run: RunConfig) -> Objective:
-    """A fresh objective instance (objectives keep per-round state, so never share one)."""
-    return build_objective(run.objective, run.objective_params)
+    """A fresh objective instance (objectives keep per-round state, so never share one), with the
+    run's :class:`~fedmm.objectives.base.Schedule` (``num-server-rounds`` x ``local-epochs``) for
+    a server half whose decisions follow the schedule."""
+    objective = build_objective(run.objective, run.objective_params)
+    objective.schedule = Schedule(run.num_server_rounds, run.local_epochs)
+    return objective
 
 
 def model_of(run: RunConfig, objective: Objective) -> MultimodalNet:

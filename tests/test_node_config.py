@@ -189,3 +189,20 @@ def test_with_supernode_auth_only_registered_nodes_join_the_run(tmp_path: Path) 
     clients = pd.read_csv(out / "clients.csv")
     assert set(clients["node-id"]) == registered and (clients["status"] == "ok").all()
     assert sorted(clients["partition-id"]) == [0, 1]
+
+
+def test_the_round_context_carries_the_runs_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fedmm.clients.app as client_app
+    from fedmm.objectives import Schedule
+
+    run = load_config(None, [*SYNTHETIC, "num-server-rounds=7", "local-epochs=3"])
+    seen = []
+    real = client_app.train_local
+
+    def spy(model, data, objective, ctx, config, **kwargs):
+        seen.append(ctx)
+        return real(model, data, objective, ctx, config, **kwargs)
+
+    monkeypatch.setattr(client_app, "train_local", spy)
+    train(run, "m0,m1", **{"partition-id": 0, "num-partitions": 3})
+    assert [(c.server_round, c.schedule) for c in seen] == [(1, Schedule(num_rounds=7, local_epochs=3))]

@@ -11,7 +11,7 @@ from torch import nn
 
 from fedmm.data.base import ModalitySpec
 from fedmm.models.net import ModelConfig, MultimodalNet, parameter_group
-from fedmm.objectives.base import RoundContext
+from fedmm.objectives.base import RoundContext, Schedule
 from fedmm.objectives.boost import ACTIVE_KEY, BoostOutputs, SustainedBoosting, boosting_loss
 from fedmm.objectives.registry import build_objective
 from fedmm.training import TrainConfig, train_local
@@ -111,13 +111,18 @@ def facts(**conf_count: tuple[float, float]) -> dict[str, float]:
 
 
 def test_weaker_modality_gets_the_slot() -> None:
+    # A decision taken after round r takes effect from round r + 1: the counts of round r (its
+    # training, its evaluations, obj.active on the server) stay as they were.
     obj = SustainedBoosting(P(assign_every=1))
     make_model(obj)
     obj.server_observe(1, [(10, facts(a=(8.0, 10), v=(5.0, 10)))])
-    assert obj.active == {"a": 1, "v": 2}
-    assert obj.server_extras(2) == {ACTIVE_KEY: [1, 2]}
+    assert obj.active == obj.active_in_round(1) == {"a": 1, "v": 1}
+    assert obj.active_in_round(2) == {"a": 1, "v": 2}
+    assert obj.server_extras(1) == {ACTIVE_KEY: [1, 1]} and obj.server_extras(2) == {ACTIVE_KEY: [1, 2]}
     obj.server_observe(2, [(10, facts(a=(4.0, 10), v=(6.0, 10)))])
-    assert obj.active == {"a": 2, "v": 2}
+    assert obj.active == {"a": 1, "v": 2}
+    assert obj.active_in_round(3) == {"a": 2, "v": 2}
+    assert obj.decisions == [(1, "v"), (2, "a")]
 
 
 def test_band_is_respected() -> None:
@@ -126,10 +131,10 @@ def test_band_is_respected() -> None:
     # ratio 1.005 and 0.995: inside [0.99, 1.01]
     obj.server_observe(1, [(10, facts(a=(5.025, 10), v=(5.0, 10)))])
     obj.server_observe(2, [(10, facts(a=(4.975, 10), v=(5.0, 10)))])
-    assert obj.active == {"a": 1, "v": 1}
+    assert obj.active_in_round(3) == {"a": 1, "v": 1}
     # ratio 1.02: outside
     obj.server_observe(3, [(10, facts(a=(5.1, 10), v=(5.0, 10)))])
-    assert obj.active == {"a": 1, "v": 2}
+    assert obj.active_in_round(4) == {"a": 1, "v": 2}
 
 
 def test_means_pool_clients_with_different_modalities() -> None:
@@ -137,14 +142,14 @@ def test_means_pool_clients_with_different_modalities() -> None:
     make_model(obj)
     # a: (9 + 1) / 20 = 0.5, v: 6 / 10 = 0.6 -> a is weaker, although client 0 alone says a is strong
     obj.server_observe(1, [(10, facts(a=(9.0, 10))), (10, facts(a=(1.0, 10), v=(6.0, 10)))])
-    assert obj.active == {"a": 2, "v": 1}
+    assert obj.active_in_round(2) == {"a": 2, "v": 1}
 
 
 def test_only_one_reported_modality_decides_nothing() -> None:
     obj = SustainedBoosting(P(assign_every=1))
     make_model(obj)
     obj.server_observe(1, [(10, facts(a=(1.0, 10)))])
-    assert obj.active == {"a": 1, "v": 1}
+    assert obj.active_in_round(2) == {"a": 1, "v": 1}
 
 
 def test_decision_schedule_and_window() -> None:
@@ -152,10 +157,10 @@ def test_decision_schedule_and_window() -> None:
     make_model(obj)
     obj.server_observe(1, [(10, facts(a=(5.0, 10), v=(5.0, 10)))])  # decision: tie
     obj.server_observe(2, [(10, facts(a=(9.0, 10), v=(1.0, 10)))])  # no decision round
-    assert obj.active == {"a": 1, "v": 1}
+    assert obj.active_in_round(3) == {"a": 1, "v": 1}
     # round 3 decides on rounds 2-3 together: a = 10/20, v = 9/20 -> ratio 1.11 -> v
     obj.server_observe(3, [(10, facts(a=(1.0, 10), v=(8.0, 10)))])
-    assert obj.active == {"a": 1, "v": 2}
+    assert obj.active_in_round(4) == {"a": 1, "v": 2}
 
 
 def test_n_max_caps_activations() -> None:
@@ -163,17 +168,17 @@ def test_n_max_caps_activations() -> None:
     make_model(obj)
     for r in range(1, 5):
         obj.server_observe(r, [(10, facts(a=(8.0, 10), v=(2.0, 10)))])
-    assert obj.active == {"a": 1, "v": 2}
+    assert obj.active_in_round(5) == {"a": 1, "v": 2}
 
 
 def test_three_modalities_weakest_gets_the_slot() -> None:
     obj = SustainedBoosting(P(assign_every=1))
     make_model(obj, names=("a", "v", "t"))
     obj.server_observe(1, [(10, facts(a=(8.0, 10), v=(5.0, 10), t=(7.0, 10)))])
-    assert obj.active == {"a": 1, "v": 2, "t": 1}
+    assert obj.active_in_round(2) == {"a": 1, "v": 2, "t": 1}
     # weakest first in canonical order: ratio a / strongest < 0.99 -> a
     obj.server_observe(2, [(10, facts(a=(3.0, 10), v=(6.0, 10), t=(9.0, 10)))])
-    assert obj.active == {"a": 2, "v": 2, "t": 1}
+    assert obj.active_in_round(3) == {"a": 2, "v": 2, "t": 1}
 
 
 # -- client side ---------------------------------------------------------------------------------
@@ -319,7 +324,10 @@ def test_predict_weights_present_modalities() -> None:
         ({"sigma": 0.0}, "sigma"),
         ({"sigma": float("nan")}, "sigma"),
         ({"lam": float("nan")}, "lam"),
-        ({"assign_every": 0}, "assign_every"),
+        ({"assign_every": -1}, "assign_every"),
+        ({"assign_interval": 0.0}, "assign_interval"),
+        ({"assign_interval": 1.5}, "assign_interval"),
+        ({"assign_every": 2, "assign_interval": 0.2}, "not both"),
         ({"hidden_dim": -1}, "hidden_dim"),
         ({"merge_weights": [0.5, -0.5]}, "merge_weights"),
         ({"freeze_previous_heads": True}, "train_added_heads"),
@@ -365,6 +373,178 @@ def test_the_update_pass_round_counts_but_decides_nothing() -> None:
     obj = SustainedBoosting(P(assign_every=2))
     make_model(obj)
     obj.server_observe(0, [(10, facts(a=(9.0, 10), v=(1.0, 10)))])  # round 0: the update pass of divfl/cmsfed
-    assert obj.active == {"a": 1, "v": 1}
+    assert obj.active_in_round(1) == {"a": 1, "v": 1}
     obj.server_observe(1, [(10, facts(a=(1.0, 10), v=(1.5, 10)))])  # a alone would get the slot ...
-    assert obj.active == {"a": 1, "v": 2}  # ... but the update pass's report counts in the window
+    assert obj.active_in_round(2) == {"a": 1, "v": 2}  # ... but the update pass's report counts in the window
+
+
+# -- schedule: decisions a fraction of training apart ----------------------------------------------
+def decision_rounds(num_rounds: int, local_epochs: int, **params: object) -> list[int]:
+    obj = SustainedBoosting(P(**params))
+    obj.schedule = Schedule(num_rounds, local_epochs)
+    return [r for r in range(num_rounds + 1) if obj.decides(r)]
+
+
+def reference_decision_epochs(epochs: int) -> list[int]:
+    """``train_CREMAD.py``: after epoch ``e`` when ``(e + 1) % check == 0 or e == 0``."""
+    check = int(epochs / 10) if epochs > 10 else 1
+    return [e for e in range(epochs) if (e + 1) % check == 0 or e == 0]
+
+
+def test_assignment_decisions_are_a_fraction_of_training_apart() -> None:
+    # T = 40 local epochs in both runs: an interval of 4 epochs; the decision after epoch 0 is round 1's.
+    a = decision_rounds(20, 2)
+    b = decision_rounds(10, 4)
+    assert a == [1, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
+    assert b == list(range(1, 11))
+    # at the same fractions of training (after the epoch-0 decision, which the 4-epoch round 1 absorbs)
+    assert [r * 2 / 40 for r in a[1:]] == [r * 4 / 40 for r in b] == [k / 10 for k in range(1, 11)]
+    # one epoch per round: exactly the reference's decision epochs (200 epochs: after 0, 19, 39, ..., 199)
+    assert [r - 1 for r in decision_rounds(200, 1)] == reference_decision_epochs(200)
+    assert [r - 1 for r in decision_rounds(7, 1)] == reference_decision_epochs(7) == list(range(7))
+    # in general: the rounds that hold one of the reference's decision epochs (15 x 2: an interval of 3 epochs)
+    assert decision_rounds(15, 2) == [1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15]
+    for rounds, epochs in ((15, 2), (20, 2), (10, 4), (7, 3), (30, 1)):
+        held = sorted({e // epochs + 1 for e in reference_decision_epochs(rounds * epochs)})
+        assert decision_rounds(rounds, epochs) == held, (rounds, epochs)
+    # explicit rounds override the fraction
+    assert decision_rounds(10, 4, assign_every=3) == [1, 3, 6, 9]
+
+
+def test_the_server_gets_the_runs_schedule() -> None:
+    from fedmm.config import load_config
+    from fedmm.workspace import objective_of
+
+    run = load_config(None, ["dataset=synthetic", "objective=boost", "num-server-rounds=10", "local-epochs=4"])
+    assert objective_of(run).schedule == Schedule(10, 4)
+    with pytest.raises(RuntimeError, match="schedule"):
+        SustainedBoosting(P()).decides(2)
+
+
+# -- federation: no evaluation scores a classifier before a round has trained it -------------------
+FEDERATION = [
+    "dataset=synthetic", "partition=iid", "num-clients=4", "allocation=all", "num-server-rounds=3",
+    "local-epochs=1", "batch-size=16", "device=cpu", "objective=boost", "objective.tau=0",
+    "objective.train_added_heads=true", "selection=powd", "clients-per-round=2", "fraction-evaluate=0.5",
+]
+
+
+class InProcessGrid:
+    """A Flower Grid without Ray: every message goes straight to the ClientApp's handlers, in this
+    process (node ``n`` serves partition ``n - 1``)."""
+
+    def __init__(self, num_nodes: int) -> None:
+        from flwr.app import Context, RecordDict
+
+        self.contexts = {n: Context(run_id=1, node_id=n, node_config={"partition-id": n - 1, "num-partitions": num_nodes},
+                                    state=RecordDict(), run_config={}) for n in range(1, num_nodes + 1)}
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, timeout=None) -> list:
+        from flwr.app import MessageType
+
+        from fedmm.clients.app import evaluate_local, query, train
+
+        handlers = {MessageType.QUERY: query, MessageType.TRAIN: train, MessageType.EVALUATE: evaluate_local}
+        return [handlers[m.metadata.message_type](m, self.contexts[m.metadata.dst_node_id]) for m in messages]
+
+
+class SlotLog:
+    """Patches ``SustainedBoosting`` (server and clients share this process): the added classifiers
+    (slot ``j >= 1``) each training step uses, and those each prediction uses that no step had used."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.trained: set[tuple[str, int]] = set()
+        self.evaluations = 0
+        self.untrained: list[set[tuple[str, int]]] = []
+        step, predict = SustainedBoosting.train_step, SustainedBoosting.predict
+
+        def logged_step(obj, model, batch, optimizer):
+            self.trained |= {(m, j) for m in obj.trained_modalities(model, batch) for j in range(1, obj.active[m])}
+            return step(obj, model, batch, optimizer)
+
+        def logged_predict(obj, model, batch):
+            used = {(m, j) for m in model.modalities if m in batch for j in range(1, obj.active[m])}
+            self.evaluations += 1
+            if not used <= self.trained:
+                self.untrained.append(used - self.trained)
+            return predict(obj, model, batch)
+
+        monkeypatch.setattr(SustainedBoosting, "train_step", logged_step)
+        monkeypatch.setattr(SustainedBoosting, "predict", logged_predict)
+
+
+@pytest.mark.usefixtures("flower_identity")
+def test_no_evaluation_uses_an_untrained_classifier_and_a_resume_keeps_the_pending_decision(tmp_path, monkeypatch) -> None:
+    from fedmm.checkpoint import load_checkpoint
+    from fedmm.config import load_config
+    from fedmm.server.loop import prepare, run_federation
+
+    run = load_config(None, FEDERATION)
+    log = SlotLog(monkeypatch)
+    plan = prepare(run, tmp_path / "whole")
+    rows: list[dict] = []
+    whole = run_federation(InProcessGrid(4), plan, on_round=rows.append)
+    # evaluations: central after rounds 0-3, federated after rounds 1-3, PowD's probes before rounds 1-3
+    assert log.evaluations > 3 * (1 + 2) and log.untrained == []
+    assert [r for r, _ in plan.objective.decisions] == [1, 2, 3]  # tau = 0: every round decides
+    assert log.trained == {(m, j) for m in ("m0", "m1") for j in range(1, plan.objective.active[m])} != set()
+    assert plan.objective.active == plan.objective.active_in_round(3) != plan.objective.active_in_round(4)
+    assert whole["final"]["test/acc"] == rows[-1]["test/acc"]
+
+    # Interrupted after round 1 (round 1's decision is pending), then resumed: the same run.
+    def stop_after_round_1(row: dict) -> None:
+        if row["round"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_federation(InProcessGrid(4), prepare(run, tmp_path / "split"), on_round=stop_after_round_1)
+    checkpoint = load_checkpoint(tmp_path / "split")
+    assert checkpoint.server_round == 1
+    resumed_plan = prepare(run, tmp_path / "split", resume=True)
+    resumed = run_federation(InProcessGrid(4), resumed_plan, resume=checkpoint)
+    assert resumed_plan.objective.decisions == plan.objective.decisions
+    assert resumed["final"] == pytest.approx(whole["final"], abs=1e-9)
+    assert log.untrained == []
+
+
+@pytest.mark.integration
+def test_ray_federation_evaluates_only_classifiers_that_moved(tmp_path, monkeypatch) -> None:
+    """With ``train_added_heads`` a classifier that trained has left its initial weights: every
+    model the server evaluates, or sends out to be evaluated (federated evaluation, PowD's probes),
+    uses only added classifiers that have."""
+    from fedmm.config import load_config
+    from fedmm.records import decode_extras
+    from fedmm.server.loop import prepare
+    from fedmm.server.simulate import simulate
+    from fedmm.strategies import ModalityAwareFedAvg
+    from fedmm.workspace import model_of, objective_of
+
+    run = load_config(None, FEDERATION)
+    plan = prepare(run, tmp_path / "run")
+    init = {k: v.detach().clone() for k, v in model_of(run, objective_of(run)).state_dict().items()}
+    checked: list[tuple[str, int, bool]] = []  # (modality, slot, moved) of every use in an evaluation
+
+    def check(counts: dict[str, int], weight) -> None:
+        for m, n in counts.items():
+            for j in range(1, n):
+                key = f"heads.{m}.slots.{j}.weight"
+                checked.append((m, j, not torch.equal(torch.as_tensor(weight(key)), init[key])))
+
+    message = ModalityAwareFedAvg._evaluate_message
+
+    def checked_message(strategy, client_id, server_round, arrays):
+        msg = message(strategy, client_id, server_round, arrays)
+        extras = decode_extras(msg.content["extras"], msg.content["extra-arrays"])
+        sent = msg.content["arrays"]
+        check(dict(zip(plan.objective.modalities, (int(c) for c in extras[ACTIVE_KEY]), strict=True)),
+              lambda key: sent[key].numpy())
+        return msg
+
+    monkeypatch.setattr(ModalityAwareFedAvg, "_evaluate_message", checked_message)
+    simulate(run, tmp_path / "run", plan=plan,
+             on_round=lambda row: check(dict(plan.objective.active), lambda key: plan.model.state_dict()[key].cpu()))
+    assert [r for r, _ in plan.objective.decisions] == [1, 2, 3] and checked
+    assert all(moved for *_, moved in checked), [c for c in checked if not c[2]]

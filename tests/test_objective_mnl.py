@@ -206,7 +206,8 @@ def test_lambda_is_the_config_name() -> None:
 
 
 @pytest.mark.parametrize(("params", "match"), [({"lambda": -0.1}, "lambda"), ({"lambda": float("nan")}, "lambda"),
-                                               ({"start_round": 0}, "start_round")])
+                                               ({"start_round": -1}, "start_round"), ({"start": 1.5}, "start"),
+                                               ({"start": 0.25, "start_round": 3}, "not both")])
 def test_bad_params(params: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         build_objective("mnl", params)
@@ -357,3 +358,33 @@ def test_one_local_epoch_by_hand(held: list[str]) -> None:
         assert torch.allclose(model.heads[m].weight, w[m].detach() - lr * w[m].grad, atol=1e-6)
         assert torch.allclose(model.heads[m].bias, bias[m].detach() - lr * bias[m].grad, atol=1e-6)
     assert torch.equal(model.fusion.linear.weight, fusion_before)  # mean fusion: the concat head is not trained
+
+
+# -- schedule: a fraction of the run's local epochs ------------------------------------------------
+def guided_epochs(params: MNL.Params, num_rounds: int, local_epochs: int) -> list[tuple[int, int]]:
+    """``(round, local epoch)`` of every epoch with the negative-learning term."""
+    obj = MNL(params)
+    model = hand_model(("a", "v"), obj)
+    batch = {"a": torch.tensor([[2.0, 0.0]]), "v": torch.tensor([[1.0, 0.0]]), "y": torch.tensor([0])}
+    out = []
+    for r in range(1, num_rounds + 1):
+        obj.begin_round(model, batch, RoundContext(server_round=r, num_rounds=num_rounds, local_epochs=local_epochs,
+                                                   modalities=["a", "v"]))
+        for e in range(local_epochs):
+            obj.begin_epoch(e)
+            if obj.guiding():
+                out.append((r, e))
+    return out
+
+
+def test_start_is_a_fraction_of_the_runs_local_epochs() -> None:
+    # the default: the reference guides from the first epoch
+    assert guided_epochs(P(), num_rounds=3, local_epochs=2) == [(r, e) for r in (1, 2, 3) for e in (0, 1)]
+    # T = 40 in both runs; epoch g guides when g / 40 >= 0.25: g = 10..39, 30 of 40.
+    a = guided_epochs(P(start=0.25), num_rounds=20, local_epochs=2)
+    b = guided_epochs(P(start=0.25), num_rounds=10, local_epochs=4)
+    assert a == [(r, e) for r in range(6, 21) for e in (0, 1)]
+    assert b == [(3, 2), (3, 3)] + [(r, e) for r in range(4, 11) for e in range(4)]
+    assert [(r - 1) * 2 + e for r, e in a] == [(r - 1) * 4 + e for r, e in b] == list(range(10, 40))
+    # an explicit start round overrides the fraction
+    assert guided_epochs(P(start_round=3), num_rounds=4, local_epochs=2) == [(3, 0), (3, 1), (4, 0), (4, 1)]

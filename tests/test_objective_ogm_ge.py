@@ -185,9 +185,12 @@ def test_ge_noise_has_the_gradient_std_and_spares_1d_tensors() -> None:
 
 @pytest.mark.parametrize(("params", "match"), [({"alpha": -0.1}, "alpha"),
                                                ({"alpha": float("nan")}, "alpha"),
-                                               ({"modulation_start_round": 0}, "modulation_start_round"),
+                                               ({"modulation_start_round": -1}, "modulation_start_round"),
                                                ({"modulation_start_round": 10, "modulation_end_round": 5},
-                                                "modulation_end_round")])
+                                                "modulation_end_round"),
+                                               ({"modulation_start": 0.6, "modulation_end": 0.5}, "modulation_start"),
+                                               ({"modulation_end": 1.5}, "modulation_end"),
+                                               ({"modulation_end": 0.4, "modulation_end_round": 8}, "not both")])
 def test_bad_params(params: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         OGMGE(P(**params))
@@ -213,3 +216,44 @@ def test_one_local_epoch(held: list[str]) -> None:
         assert all(0.0 <= v <= 1.0 for v in facts.values())
     else:
         assert facts == {}
+
+
+# -- schedule: a fraction of the run's local epochs ------------------------------------------------
+def modulated_epochs(params: OGMGE.Params, num_rounds: int, local_epochs: int) -> list[tuple[int, int]]:
+    """``(round, local epoch)`` of every epoch whose batches ``loss`` modulates."""
+    obj = OGMGE(params)
+    model = hand_model()
+    out = []
+    for r in range(1, num_rounds + 1):
+        obj.begin_round(model, BATCH, RoundContext(server_round=r, num_rounds=num_rounds, local_epochs=local_epochs,
+                                                   modalities=["a", "v"]))
+        for e in range(local_epochs):
+            obj.begin_epoch(e)
+            obj.loss(model, BATCH)
+            if obj.last_coefficients is not None:
+                out.append((r, e))
+    return out
+
+
+def test_window_is_a_fraction_of_the_runs_local_epochs() -> None:
+    # T = 40 local epochs in both runs; epoch g is modulated when g / 40 <= 0.5: g = 0..20, 21 of 40.
+    a = modulated_epochs(P(), num_rounds=20, local_epochs=2)
+    b = modulated_epochs(P(), num_rounds=10, local_epochs=4)
+    assert a == [(r, e) for r in range(1, 11) for e in range(2)] + [(11, 0)]  # round 11 is half inside
+    assert b == [(r, e) for r in range(1, 6) for e in range(4)] + [(6, 0)]
+    assert [(r - 1) * 2 + e for r, e in a] == [(r - 1) * 4 + e for r, e in b] == list(range(21))
+    # the reference: epochs 0..50 (inclusive) of 100
+    assert modulated_epochs(P(), num_rounds=100, local_epochs=1) == [(r, 0) for r in range(1, 52)]
+
+
+def test_window_in_rounds_is_an_explicit_override() -> None:
+    assert modulated_epochs(P(modulation_end_round=3), num_rounds=6, local_epochs=2) == [
+        (r, e) for r in (1, 2, 3) for e in (0, 1)]
+    assert modulated_epochs(P(modulation_start_round=5), num_rounds=6, local_epochs=1) == [(5, 0), (6, 0)]
+    assert modulated_epochs(P(modulation_start=0.5, modulation_end=0.75), num_rounds=4, local_epochs=1) == [
+        (3, 0), (4, 0)]
+    # the update pass before round 1 (round 0) is the start of training
+    obj = OGMGE(P())
+    obj.begin_round(hand_model(), BATCH, RoundContext(server_round=0, num_rounds=20, local_epochs=2,
+                                                      modalities=["a", "v"]))
+    assert obj.modulating()

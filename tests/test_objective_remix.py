@@ -173,7 +173,9 @@ def test_unimodal_loss_uses_zero_filled_fusion() -> None:
     assert obj.loss(model, batch).item() == pytest.approx(math.log(1 + 2 / math.e), rel=1e-6)
 
 
-@pytest.mark.parametrize(("params", "match"), [({"warmup_rounds": -1}, "warmup_rounds"),
+@pytest.mark.parametrize(("params", "match"), [({"warmup_rounds": -2}, "warmup_rounds"),
+                                               ({"warmup": 1.5}, "warmup"),
+                                               ({"warmup": 0.5, "warmup_rounds": 2}, "not both"),
                                                ({"warmup_head_weight": -0.5}, "warmup_head_weight"),
                                                ({"head_weight": -1.0}, "head_weight"),
                                                ({"head_weight": float("inf")}, "head_weight")])
@@ -206,3 +208,37 @@ def test_one_local_epoch(names: list[str], single: bool, server_round: int) -> N
     assert math.isfinite(result.loss)
     if server_round > 2 and not single:
         assert sum(result.facts.values()) == 30
+
+
+# -- schedule: a fraction of the run's local epochs ------------------------------------------------
+def warmup_epochs(params: DataRemixing.Params, num_rounds: int, local_epochs: int) -> list[tuple[int, int]]:
+    """``(round, local epoch)`` of every epoch whose batches are joint (warm-up), not unimodal."""
+    obj = DataRemixing(params)
+    model = identity_model(obj)
+    data = remix_data()
+    out = []
+    for r in range(1, num_rounds + 1):
+        obj.begin_round(model, data, RoundContext(server_round=r, num_rounds=num_rounds, local_epochs=local_epochs,
+                                                  modalities=["a", "v"]))
+        for e in range(local_epochs):
+            obj.begin_epoch(e)
+            batches = list(obj.batches(model, data, e, 4, torch.Generator().manual_seed(0)))
+            joint = [set(b) == {"a", "v", "y"} for b in batches]
+            assert all(joint) or not any(joint)
+            if all(joint):
+                out.append((r, e))
+    return out
+
+
+def test_warmup_is_a_fraction_of_the_runs_local_epochs() -> None:
+    # T = 40 in both runs; epoch g warms up when g / 40 < 1/6: g = 0..6, 7 of 40.
+    a = warmup_epochs(P(), num_rounds=20, local_epochs=2)
+    b = warmup_epochs(P(), num_rounds=10, local_epochs=4)
+    assert a == [(r, e) for r in (1, 2, 3) for e in (0, 1)] + [(4, 0)]
+    assert b == [(1, e) for e in range(4)] + [(2, 0), (2, 1), (2, 2)]
+    assert [(r - 1) * 2 + e for r, e in a] == [(r - 1) * 4 + e for r, e in b] == list(range(7))
+    # the reference: 10 warm-up epochs of 60
+    assert warmup_epochs(P(), num_rounds=60, local_epochs=1) == [(r, 0) for r in range(1, 11)]
+    # explicit rounds override the fraction
+    assert warmup_epochs(P(warmup_rounds=2), num_rounds=10, local_epochs=2) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert warmup_epochs(P(warmup=0.0), num_rounds=5, local_epochs=2) == []

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from fedmm.data.base import ModalitySpec, TensorDict
 from fedmm.metrics import accuracy
 from fedmm.models.net import ModelConfig, MultimodalNet
-from fedmm.objectives import Objective, RoundContext, build_objective
+from fedmm.objectives import Objective, RoundContext, Schedule, build_objective
 from fedmm.training import (
     TrainConfig,
     add_proximal_hook,
@@ -183,6 +183,42 @@ def test_hooks_order_batches_and_optimizer_parameters() -> None:
     names = {n for n, p in model.named_parameters() if id(p) in spy.param_ids}
     assert names and all(n.startswith(("encoders.m1.", "fusion.")) for n in names)
     assert result.facts == {"seen": 1.0}
+
+
+class EpochSpy(Spy):
+    """``Spy`` that also records ``begin_epoch`` and the training progress each step sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.progress_seen: list[tuple[int, float]] = []
+
+    def begin_epoch(self, epoch: int) -> None:
+        super().begin_epoch(epoch)
+        self.calls.append(f"begin-epoch:{epoch}")
+
+    def train_step(self, model: nn.Module, batch: TensorDict, optimizer: torch.optim.Optimizer) -> float:
+        self.progress_seen.append((self.epoch, self.progress()))
+        return super().train_step(model, batch, optimizer)
+
+
+def test_each_epoch_begins_before_its_batches_and_knows_its_place_in_the_run() -> None:
+    spy = EpochSpy()
+    # round 3 of 5 rounds of 2 local epochs: its epochs are the run's epochs 4 and 5 of 10
+    context = RoundContext(server_round=3, num_rounds=5, local_epochs=2, modalities=["m0", "m1"])
+    train_local(model_for(spy), synthetic(n=32), spy, context, cfg(epochs=2))
+    assert spy.calls == ["begin:m0,m1,y", "begin-epoch:0", "epoch:0", "begin-epoch:1", "epoch:1", "end"]
+    assert spy.progress_seen == [(0, 0.4), (0, 0.4), (1, 0.5), (1, 0.5)]
+
+
+def test_schedule_counts_local_epochs_over_the_run() -> None:
+    schedule = Schedule(num_rounds=20, local_epochs=2)
+    assert schedule.total_epochs == 40
+    assert schedule.global_epoch(11, 1) == 21 and schedule.progress(11, 0) == 0.5
+    assert schedule.global_epoch(0) == schedule.global_epoch(1) == 0  # the update pass is the start of training
+    assert Schedule(60, 1).progress(11) == 1 / 6  # one exact division: equal to the fraction where it falls on it
+    assert RoundContext(server_round=2, num_rounds=20, modalities=["m0"], local_epochs=2).schedule == schedule
+    with pytest.raises(ValueError, match="schedule"):
+        Schedule(num_rounds=0, local_epochs=2)
 
 
 def test_unknown_or_missing_modalities_are_errors() -> None:

@@ -2,8 +2,9 @@
 
 Centralized = one client holding all training data and both modalities; federated = the default
 federation of `make demo` (24 natural clients, multi-ratio 0.5, FedAvg, all clients per round).
-Both run through `fedmm simulate` with the same rounds, epochs and optimizer; the only round-mapped
-settings are the ones each method's spec defines in epochs (see ROUND_MAPPED).
+Both run through `fedmm simulate` with the same rounds, epochs and optimizer, and every method with
+its default parameters (schedules the specs give in epochs default to the same fraction of the
+run's local epochs, see docs/objectives.md).
 
 Writes a tidy CSV (one row per setting, objective, seed) and a Markdown table of means and standard
 deviations: multimodal accuracy, each modality alone, and the imbalance ratio (acc alone / gyro
@@ -28,11 +29,6 @@ SETTINGS = {
     "centralized": ("partition=iid", "num-clients=1", "allocation=all", "client-num-cpus=2"),
     "federated": ("partition=natural", "allocation=multi-ratio", "multi-ratio=0.5"),
 }
-#: Epoch-based schedules of the specs mapped to rounds for a 15-round run (fraction of training kept).
-ROUND_MAPPED = {
-    "remix": ("objective.warmup_rounds=3",),  # the official code warms up for about 1/6 of training
-    "ogm-ge": ("objective.modulation_end_round=8",),  # modulation epochs 0..50 of 100
-}
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -56,7 +52,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--out", type=Path, default=Path("experiments/out"))
     args = parser.parse_args()
-    cases = [Case({"setting": s, "objective": o}, (*SETTINGS[s], f"objective={o}", *ROUND_MAPPED.get(o, ())))
+    cases = [Case({"setting": s, "objective": o}, (*SETTINGS[s], f"objective={o}"))
              for s in args.settings.split(",") for o in args.objectives.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     df = run_grid(CONFIG, [f"num-server-rounds={args.rounds}"], cases, seeds, args.out / "objectives.csv",

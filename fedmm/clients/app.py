@@ -164,6 +164,7 @@ def _round_context(msg: Message, run: RunConfig, modalities: list[str], device: 
     return RoundContext(
         server_round=int(msg.content["config"]["server-round"]),
         num_rounds=run.num_server_rounds,
+        local_epochs=run.local_epochs,
         modalities=modalities,
         global_model=global_model,
         extras=decode_extras(msg.content.get("extras"), msg.content.get("extra-arrays")),

@@ -19,7 +19,7 @@ the command line and naming the nearest valid key on a typo; :func:`describe_obj
 parameters with types and defaults. docs/objectives.md says what each objective does.
 """
 
-from fedmm.objectives.base import Objective, RoundContext
+from fedmm.objectives.base import Objective, RoundContext, Schedule
 from fedmm.objectives.registry import (
     build_objective,
     describe_objective,
@@ -35,6 +35,7 @@ from fedmm.objectives import arm, boost, cmsfed, fedcmi, mnl, ogm_ge, pmr, remix
 __all__ = [
     "Objective",
     "RoundContext",
+    "Schedule",
     "build_objective",
     "describe_objective",
     "objective_class",

@@ -4,8 +4,9 @@ An objective decides how a client trains in one round. The loop in :mod:`fedmm.t
 device, the optimizer and the epochs; it calls, in order:
 
 1. ``begin_round(model, data, ctx)`` once, before local training (temperatures, prototypes, ...);
-2. per epoch, ``batches(model, data, epoch, ...)`` to get the epoch's mini-batches (Data Remixing
-   overrides this to build unimodal batches);
+2. per epoch, ``begin_epoch(epoch)`` (the default remembers it as ``self.epoch``: schedules that act
+   per local epoch read :meth:`Objective.progress`), then ``batches(model, data, epoch, ...)`` to
+   get the epoch's mini-batches (Data Remixing overrides this to build unimodal batches);
 3. per batch, ``train_step(model, batch, optimizer)``; the default is ``loss`` -> backward ->
    ``adjust_gradients`` -> ``optimizer.step()`` at the round's :class:`Precision` (Sustained
    Boosting overrides it for alternating unimodal steps);
@@ -111,6 +112,49 @@ class Precision:
 FP32 = Precision()
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """How long a run trains: ``num_rounds`` server rounds of ``local_epochs`` local epochs each.
+
+    The balancing methods define their schedules in epochs of centralized training (OGM-GE
+    modulates the first half of them, Remix warms up for a sixth, ...). In a federation, training
+    is ``num_rounds * local_epochs`` local epochs, and local epoch ``e`` (0-based) of round ``r``
+    (1-based) is global epoch ``(r - 1) * local_epochs + e``; a schedule that is a fraction of
+    training is the same fraction of that. Round 0 (the update pass of divfl/cmsfed before round 1)
+    counts as round 1: the start of training.
+
+    Parameters
+    ----------
+    num_rounds:
+        The run's server rounds (``num-server-rounds``, >= 1).
+    local_epochs:
+        The local epochs of a normal round (``local-epochs``, >= 1; the update pass trains fewer).
+    """
+
+    num_rounds: int
+    local_epochs: int
+
+    def __post_init__(self) -> None:
+        if self.num_rounds < 1 or self.local_epochs < 1:
+            raise ValueError(f"a schedule needs num_rounds >= 1 and local_epochs >= 1, got {self}")
+
+    @property
+    def total_epochs(self) -> int:
+        """``num_rounds * local_epochs``: the local epochs of the whole run."""
+        return self.num_rounds * self.local_epochs
+
+    def global_epoch(self, server_round: int, epoch: int = 0) -> int:
+        """``(max(server_round, 1) - 1) * local_epochs + epoch``: 0-based epoch ``epoch`` of round
+        ``server_round`` counted from the start of training."""
+        return (max(server_round, 1) - 1) * self.local_epochs + epoch
+
+    def progress(self, server_round: int, epoch: int = 0) -> float:
+        """The fraction of training done when local epoch ``epoch`` of round ``server_round``
+        starts: ``global_epoch / total_epochs``, in ``[0, 1)`` (one exact division, so it equals a
+        fraction such as ``0.5`` or ``1 / 6`` exactly where the epoch falls on it)."""
+        return self.global_epoch(server_round, epoch) / self.total_epochs
+
+
 @dataclass
 class RoundContext:
     """What a client knows about this round when it trains.
@@ -118,7 +162,7 @@ class RoundContext:
     Parameters
     ----------
     server_round:
-        1-based round number.
+        1-based round number (0: the update pass before round 1).
     num_rounds:
         Total number of server rounds of the run.
     modalities:
@@ -133,6 +177,9 @@ class RoundContext:
     precision:
         The precision of the round's training steps (:func:`fedmm.training.train_local` builds it
         from ``TrainConfig.precision`` and the device); fp32 by default.
+    local_epochs:
+        The run's local epochs of a normal round (``local-epochs``; the update pass, which trains
+        fewer, keeps the run's value); with ``num_rounds`` it gives :attr:`schedule`. Default 1.
     """
 
     server_round: int
@@ -142,6 +189,12 @@ class RoundContext:
     extras: dict[str, Any] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: Precision = field(default_factory=Precision)
+    local_epochs: int = 1
+
+    @property
+    def schedule(self) -> Schedule:
+        """The run's :class:`Schedule` (``num_rounds`` rounds of ``local_epochs`` epochs)."""
+        return Schedule(self.num_rounds, self.local_epochs)
 
 
 class Objective:
@@ -155,9 +208,15 @@ class Objective:
     class Params:
         """``ce`` takes no parameters."""
 
+    #: The run's schedule, for a server half whose decisions follow it (Sustained Boosting's
+    #: assignment rounds); :func:`fedmm.workspace.objective_of` sets it, ``None`` until then.
+    schedule: Schedule | None = None
+
     def __init__(self, params: Objective.Params | None = None) -> None:
         self.params = params if params is not None else self.Params()
         self.ctx: RoundContext | None = None
+        #: The current local epoch of the round (0-based), set by :meth:`begin_epoch`.
+        self.epoch = 0
 
     # -- model ---------------------------------------------------------------------------------
     def extend_model(self, model: nn.Module) -> None:
@@ -211,8 +270,9 @@ class Objective:
         return [m for m in model.modalities if m in batch and m in allowed]
 
     def begin_round(self, model: nn.Module, data: TensorDict, ctx: RoundContext) -> None:
-        """Called once before local training; the default only remembers ``ctx``."""
+        """Called once before local training; the default remembers ``ctx`` (and starts at epoch 0)."""
         self.ctx = ctx
+        self.epoch = 0
 
     def end_round(self, model: nn.Module, data: TensorDict) -> dict[str, float | list[float]]:
         """Facts reported to the server after local training (none by default)."""
@@ -229,6 +289,24 @@ class Objective:
         return {}
 
     # -- epoch and batch hooks ---------------------------------------------------------------
+    def begin_epoch(self, epoch: int) -> None:
+        """Called at the start of every local epoch (0-based), before :meth:`batches`; the default
+        remembers it as ``self.epoch``."""
+        self.epoch = epoch
+
+    def progress(self) -> float:
+        """The fraction of the run's training done when the current local epoch started
+        (:meth:`Schedule.progress` of ``ctx``'s round and ``self.epoch``); 0 before
+        :meth:`begin_round`."""
+        if self.ctx is None:
+            return 0.0
+        return self.ctx.schedule.progress(self.ctx.server_round, self.epoch)
+
+    def training_round(self) -> int:
+        """``ctx.server_round`` as schedules in rounds count it: the update pass (round 0) is round 1,
+        the start of training; 1 before :meth:`begin_round`."""
+        return max(self.ctx.server_round, 1) if self.ctx is not None else 1
+
     def batches(
         self, model: nn.Module, data: TensorDict, epoch: int, batch_size: int, generator: torch.Generator
     ) -> Iterator[TensorDict]:

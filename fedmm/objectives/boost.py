@@ -106,8 +106,9 @@ class SustainedBoosting(Objective):
     unimodal steps). There is no fused loss: ``fusion.linear`` stays untrained under this objective.
 
     Clients sum the target-class probability of ``Z^m_{n_m}`` (train mode, before each step) and
-    report it with the sample count; the server aggregates these and, every ``assign_every`` rounds,
-    activates one more classifier for the least confident modality (see :meth:`server_observe`).
+    report it with the sample count; the server aggregates these and, on its decision rounds (a
+    tenth of training apart by default, see ``assign_interval``), activates one more classifier for
+    the least confident modality from the next round's training on (see :meth:`server_observe`).
 
     Inference: ``z = sum_m alpha_m Z^m_{n_m}`` over the modalities present in the batch, the weights
     renormalised over them (a one-modality batch gives that modality's own ``Z^m_{n_m}``).
@@ -136,9 +137,18 @@ class SustainedBoosting(Objective):
             Target confidence ratio of the compared pair (1.0 in the code).
         tau:
             Half-width of the no-change band around ``sigma`` (0.01 in the code).
+        assign_interval:
+            Epochs between classifier-assignment decisions as a fraction of the run's training
+            (``T = num-server-rounds x local-epochs`` local epochs), in ``(0, 1]``. The reference
+            decides after epoch 0 and then after every ``c``-th epoch, ``c = epochs / 10``; here
+            ``c = max(1, floor(assign_interval * T))``, and since the server decides once per round,
+            round ``r`` decides when it is round 1 or its epochs ``(r - 1) E .. r E - 1`` end a
+            ``c``-epoch interval (``floor(r E / c) > floor((r - 1) E / c)``). Default 0.1, as the
+            reference (20 rounds of 2 epochs: rounds 1, 2, 4, ..., 20).
         assign_every:
-            Rounds between classifier-assignment decisions (the code decides after epoch 0 and then
-            every ``epochs / 10`` epochs; 2 suits the default 20 rounds: use ``rounds / 10``).
+            An explicit interval in rounds instead of ``assign_interval``: decisions after round 1
+            and every ``assign_every``-th round. 0 (default) = not set; setting it together with a
+            non-default ``assign_interval`` is an error.
         train_added_heads:
             ``False`` (released code): classifiers ``j >= 2`` keep their initial ``A_j``, ``c_j`` (the
             reference optimizer never sees them) yet still pass gradients to the encoder and the
@@ -156,7 +166,8 @@ class SustainedBoosting(Objective):
         hidden_dim: int = 0
         sigma: float = 1.0
         tau: float = 0.01
-        assign_every: int = 2
+        assign_interval: float = 0.1
+        assign_every: int = 0
         train_added_heads: bool = False
         freeze_previous_heads: bool = False
         merge_weights: list[float] = field(default_factory=list)
@@ -172,8 +183,17 @@ class SustainedBoosting(Objective):
                 raise ValueError(f"boost: sigma must be a finite number > 0, got {self.sigma}")
             if not 0.0 <= self.tau < self.sigma:
                 raise ValueError(f"boost: tau must be in [0, sigma), got tau={self.tau}, sigma={self.sigma}")
-            if self.assign_every < 1:
-                raise ValueError(f"boost: assign_every must be >= 1 round, got {self.assign_every}")
+            if not 0.0 < self.assign_interval <= 1.0:
+                raise ValueError(
+                    f"boost: assign_interval must be a fraction of training in (0, 1], got {self.assign_interval}"
+                )
+            if self.assign_every < 0:
+                raise ValueError(f"boost: assign_every must be >= 1 round or 0 (not set), got {self.assign_every}")
+            if self.assign_every and self.assign_interval != SustainedBoosting.Params().assign_interval:
+                raise ValueError(
+                    "boost: set the assignment interval either as a fraction (assign_interval) or in rounds "
+                    "(assign_every), not both"
+                )
             if self.freeze_previous_heads and not self.train_added_heads:
                 raise ValueError(
                     "boost: freeze_previous_heads=True trains only the newest classifier, which "
@@ -188,11 +208,18 @@ class SustainedBoosting(Objective):
         super().__init__(params)
         self.params.validate()
         self.modalities: list[str] = []
-        #: Active classifier count per modality (the server's decision; clients copy it from extras).
+        #: Active classifier count per modality, used by :meth:`outputs` and :meth:`predict`: on a
+        #: client the round's counts from the server's extras, on the server those the global model
+        #: was last trained with (see :meth:`server_observe`).
         self.active: dict[str, int] = {}
         self._conf: dict[str, float] = {}
         self._count: dict[str, int] = {}
-        # server side: sums since the last assignment decision
+        # server side
+        #: ``(round, modality)`` of every assignment decision: taken after that round, it takes
+        #: effect from the next round's training (:meth:`active_in_round`).
+        self.decisions: list[tuple[int, str]] = []
+        self._observed_round = 0
+        # sums since the last assignment decision
         self._window_conf: dict[str, float] = {}
         self._window_count: dict[str, float] = {}
 
@@ -251,14 +278,51 @@ class SustainedBoosting(Objective):
         return {m: 1.0 for m in modalities}
 
     # -- server side ---------------------------------------------------------------------------
+    def active_in_round(self, server_round: int) -> dict[str, int]:
+        """The active classifier counts of round ``server_round``: those its training uses and
+        every evaluation of the model it produces. One per modality plus one per decision taken
+        after an earlier round, so a decision taken after round ``r`` takes effect from round
+        ``r + 1``'s training and no evaluation sees a classifier before a round has trained it
+        (the reference evaluates an epoch before it adds a classifier)."""
+        counts = {m: 1 for m in self.modalities}
+        for decided_after, m in self.decisions:
+            if decided_after < server_round:
+                counts[m] += 1
+        return counts
+
     def server_extras(self, server_round: int) -> dict[str, Any]:
-        return {ACTIVE_KEY: [int(self.active[m]) for m in self.modalities]}
+        """``boost-active``: :meth:`active_in_round` of ``server_round``, for the round's training
+        and for evaluations of the model it produces (a probe before round ``r``'s training
+        evaluates round ``r - 1``'s model and asks for round ``r - 1``)."""
+        active = self.active_in_round(server_round)
+        return {ACTIVE_KEY: [int(active[m]) for m in self.modalities]}
+
+    def decides(self, server_round: int) -> bool:
+        """Whether an assignment decision follows round ``server_round`` (see ``assign_interval``
+        and ``assign_every``); never after round 0, the update pass of divfl/cmsfed."""
+        if server_round < 1:
+            return False
+        if server_round == 1:
+            return True
+        p = self.params
+        if p.assign_every:
+            return server_round % p.assign_every == 0
+        if self.schedule is None:
+            raise RuntimeError(
+                "boost: the server half needs the run's schedule to place its decisions "
+                "(fedmm.workspace.objective_of sets objective.schedule), or an explicit assign_every"
+            )
+        epochs = self.schedule.local_epochs
+        interval = max(1, math.floor(p.assign_interval * self.schedule.total_epochs + 1e-9))
+        return (server_round * epochs) // interval > ((server_round - 1) * epochs) // interval
 
     def server_observe(self, server_round: int, facts: list[tuple[int, dict[str, Any]]]) -> None:
-        """Aggregate the clients' confidence sums and, on decision rounds, activate a classifier.
+        """Aggregate the clients' confidence sums and, on decision rounds, decide a classifier.
 
-        Decision rounds are round 1 and every multiple of ``assign_every`` (the code decides after
-        epoch 0 and after every ``epochs/10``-th epoch). The decision uses the mean confidence
+        The global model is now round ``server_round``'s, so :attr:`active` (the central
+        evaluation's counts) becomes :meth:`active_in_round` of that round, the counts it was
+        trained with. A decision is recorded in :attr:`decisions` and takes effect from the next
+        round's training. Decision rounds: :meth:`decides`. The decision uses the mean confidence
         ``c_m = sum S^m / sum n^m`` over all reports since the previous decision. Of the
         strongest ``s`` and weakest ``w`` modality, take the one earlier in canonical order as
         ``i`` and the other as ``k`` and let ``r = c_i / c_k``: ``r > sigma + tau`` gives ``k``
@@ -268,23 +332,36 @@ class SustainedBoosting(Objective):
         """
         if not self.modalities:
             raise RuntimeError("boost: server_observe before extend_model (the server builds the model first)")
+        self.active = self.active_in_round(server_round)
+        self._observed_round = server_round
         for _, f in facts:
             for m in self.modalities:
                 if count_key(m) in f and float(f[count_key(m)]) > 0:
                     self._window_conf[m] = self._window_conf.get(m, 0.0) + float(f[conf_key(m)])
                     self._window_count[m] = self._window_count.get(m, 0.0) + float(f[count_key(m)])
-        if server_round == 0 or (server_round != 1 and server_round % self.params.assign_every != 0):
-            return  # round 0 is the update pass of divfl/cmsfed: its facts count, it decides nothing
+        if not self.decides(server_round):
+            return  # not a decision round (round 0, the update pass, never is): its facts count towards the next
         target = self.assignment(self._window_conf, self._window_count)
         self._window_conf, self._window_count = {}, {}
         if target is not None:
-            self.active[target] += 1
+            self.decisions.append((server_round, target))
 
     def server_state(self) -> dict[str, Any]:
-        return {"active": json.dumps(self.active), "window": json.dumps([self._window_conf, self._window_count])}
+        return {
+            "decisions": json.dumps(self.decisions),
+            "round": self._observed_round,
+            "window": json.dumps([self._window_conf, self._window_count]),
+        }
 
     def load_server_state(self, state: dict[str, Any]) -> None:
-        self.active = {m: int(n) for m, n in json.loads(str(state["active"])).items()}
+        if "decisions" not in state:
+            raise ValueError(
+                "boost: this checkpoint holds classifier counts without the rounds of their decisions (written "
+                "by an older fedmm, which applied a decision before the round's evaluation); it cannot be resumed"
+            )
+        self.decisions = [(int(r), str(m)) for r, m in json.loads(str(state["decisions"]))]
+        self._observed_round = int(state["round"])
+        self.active = self.active_in_round(self._observed_round)
         self._window_conf, self._window_count = json.loads(str(state["window"]))
 
     def assignment(self, conf: dict[str, float], count: dict[str, float]) -> str | None:

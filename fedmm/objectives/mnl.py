@@ -81,7 +81,7 @@ def negative_learning_term(
 class MNL(Objective):
     """MNL: fused CE + per-head CEs + non-target guidance from the robust dominant modality.
 
-    Per batch with trained modalities ``S`` (``|S| >= 2``), from round ``start_round`` on:
+    Per batch with trained modalities ``S`` (``|S| >= 2``), from the ``start`` of training on:
     ``L = CE(z^f, y) + sum_{m in S} CE(z^m, y) + sum_i sum_{w != d_i} l_i(w, d_i) / (B K)``, where
     ``z^m = heads.<m>(u^m)``, ``z^f`` the fused prediction (:meth:`fuse`: by default the mean of
     the ``z^m`` over ``S``, the reference's late fusion; with ``fusion = "concat"`` the concat
@@ -90,7 +90,7 @@ class MNL(Objective):
     ``l_i`` as in :func:`negative_learning_term`. With ``M > 2`` the dominant modality guides
     every other trained modality of that sample (one term each).
 
-    Before ``start_round`` (warm-up) and on a client or batch with one modality:
+    Before ``start`` (warm-up) and on a client or batch with one modality:
     ``L = CE(z^f, y) + sum_{m in S} CE(z^m, y)`` (a lone modality has nobody to guide it).
     Under ``mean`` a lone modality's ``z^f`` is its head ``z^m``, counted once: ``L = CE(z^m, y)``.
     Inference (:meth:`predict`): ``z^f`` over the modalities of the batch, so a batch holding one
@@ -117,22 +117,36 @@ class MNL(Objective):
         lam:
             ``lambda`` (config name ``lambda``), the weight of the non-target guidance; reference
             ``--weight1`` = 0.7. The reduction divides by ``K``: the per-sample weight is ``lam / K``.
+        start:
+            The fraction of the run's training before the guidance term starts (the paper's
+            warm-up stage, fused and head CEs only): training is ``T = num-server-rounds x
+            local-epochs`` local epochs, and local epoch ``g`` (0-based, counted over the run)
+            guides when ``g / T >= start``, per local epoch. Default 0: the released code guides
+            from the first epoch (it has no warm-up switch).
         start_round:
-            First server round with the guidance term; rounds before it train with the fused and
-            head CEs only (the paper's warm-up stage). 1 (reference code: from the first epoch).
+            An explicit first server round with the guidance term instead of ``start`` (the update
+            pass counts as round 1). 0 (default) = not set; setting it together with a non-zero
+            ``start`` is an error.
         """
 
         fusion: Literal["mean", "concat"] = "mean"
         lam: float = 0.7
-        start_round: int = 1
+        start: float = 0.0
+        start_round: int = 0
 
         def validate(self) -> None:
             if self.fusion not in FUSIONS:
                 raise ValueError(f"mnl: fusion must be one of {list(FUSIONS)}, got {self.fusion!r}")
             if not self.lam >= 0.0 or math.isinf(self.lam):
                 raise ValueError(f"mnl: lambda must be a finite number >= 0, got {self.lam}")
-            if self.start_round < 1:
-                raise ValueError(f"mnl: start_round must be >= 1 (rounds are 1-based), got {self.start_round}")
+            if not 0.0 <= self.start <= 1.0:
+                raise ValueError(f"mnl: start must be a fraction of training in [0, 1], got {self.start}")
+            if self.start_round < 0:
+                raise ValueError(f"mnl: start_round must be >= 1 (rounds are 1-based) or 0 (not set), "
+                                 f"got {self.start_round}")
+            if self.start_round and self.start:
+                raise ValueError("mnl: set the start of the guidance either as a fraction (start) or as a round "
+                                 "(start_round), not both")
 
     params: Params
 
@@ -152,9 +166,11 @@ class MNL(Objective):
                 model.heads[m] = head
 
     def guiding(self) -> bool:
-        """Whether this round adds the negative-learning term."""
-        r = self.ctx.server_round if self.ctx is not None else 1
-        return r >= self.params.start_round
+        """Whether the current local epoch adds the negative-learning term (from ``start`` of
+        training on, or from round ``start_round`` when it is set)."""
+        if self.params.start_round:
+            return self.training_round() >= self.params.start_round
+        return self.progress() >= self.params.start
 
     def begin_round(self, model: nn.Module, data: TensorDict, ctx: RoundContext) -> None:
         super().begin_round(model, data, ctx)

@@ -99,8 +99,9 @@ class OGMGE(Objective):
        gradient (``eps = 0`` when ``ge`` is off). Noise goes to every trained encoder, damped or not,
        as in the reference.
 
-    Outside the window, and on a batch or client with a single modality: plain fused CE, no
-    modulation, no noise.
+    The window is a fraction of the run's local epochs (default the first half, as the reference's
+    epochs 0..50 of 100) and acts per local epoch. Outside it, and on a batch or client with a
+    single modality: plain fused CE, no modulation, no noise.
     """
 
     name: ClassVar[str] = "ogm-ge"
@@ -117,31 +118,66 @@ class OGMGE(Objective):
             the command line; its README gives 0.8 for CREMA-D and 0.1 for VGGSound, and its
             "default modulation setting" and example command use 0.1. Default 0.1 (mild: ``k`` stays
             above 0.75 for ``rho <= 2.5``); set 0.8 to reproduce the CREMA-D setting.
-        modulation_start_round, modulation_end_round:
-            Inclusive window of server rounds (1-based) in which gradients are modulated; other
-            rounds train with plain CE. The reference modulates epochs 0..50 of 100 (inclusive);
-            with round ``r`` standing for epoch ``r - 1`` that is rounds 1..51.
+        modulation_start:
+            First fraction of the run's training in the inclusive modulation window: training is
+            ``T = num-server-rounds x local-epochs`` local epochs (see
+            :class:`~fedmm.objectives.base.Schedule`), and local epoch ``g`` (0-based, counted over
+            the run) is modulated when ``modulation_start <= g / T <= modulation_end``; other epochs
+            train with plain CE. The window acts per local epoch, so a round can lie partly inside
+            it. Default 0 (the reference's ``modulation_starts = 0``).
+        modulation_end:
+            Last fraction of the window, in ``[modulation_start, 1]``. Default 0.5: the reference
+            modulates epochs 0..50 (inclusive) of 100, the first half of training; 0.5 gives
+            exactly those epochs for ``T = 100``.
+        modulation_start_round:
+            An explicit window in server rounds instead of the fractions: first round (1-based) of
+            the inclusive window, every local epoch of a round inside it being modulated. 0
+            (default) = not set; set only ``modulation_end_round`` and the window starts at round 1.
+            Setting a round bound together with a non-default ``modulation_start`` or
+            ``modulation_end`` is an error.
+        modulation_end_round:
+            Last round of the explicit window; 0 (default) = not set, i.e. the last round when only
+            ``modulation_start_round`` is set.
         ge:
             Add the Gaussian generalisation-enhancement noise (OGM-GE); ``False`` gives plain OGM.
         """
 
         alpha: float = 0.1
-        modulation_start_round: int = 1
-        modulation_end_round: int = 51
+        modulation_start: float = 0.0
+        modulation_end: float = 0.5
+        modulation_start_round: int = 0
+        modulation_end_round: int = 0
         ge: bool = True
 
         def validate(self) -> None:
             if not self.alpha >= 0.0 or math.isinf(self.alpha):
                 raise ValueError(f"ogm-ge: alpha must be a finite number >= 0, got {self.alpha}")
-            if self.modulation_start_round < 1:
+            if not 0.0 <= self.modulation_start <= self.modulation_end <= 1.0:
                 raise ValueError(
-                    f"ogm-ge: modulation_start_round must be >= 1 (rounds are 1-based), got {self.modulation_start_round}"
+                    "ogm-ge: the window needs 0 <= modulation_start <= modulation_end <= 1 (fractions of "
+                    f"training), got modulation_start={self.modulation_start}, modulation_end={self.modulation_end}"
                 )
-            if self.modulation_end_round < self.modulation_start_round:
+            if self.modulation_start_round < 0 or self.modulation_end_round < 0:
+                raise ValueError(
+                    "ogm-ge: modulation_start_round and modulation_end_round must be >= 1 (rounds are 1-based) "
+                    f"or 0 (not set), got {self.modulation_start_round} and {self.modulation_end_round}"
+                )
+            if self.modulation_end_round and self.modulation_end_round < self.modulation_start_round:
                 raise ValueError(
                     f"ogm-ge: modulation_end_round ({self.modulation_end_round}) must be >= "
                     f"modulation_start_round ({self.modulation_start_round})"
                 )
+            defaults = OGMGE.Params()
+            if self.uses_rounds() and (self.modulation_start, self.modulation_end) != (
+                    defaults.modulation_start, defaults.modulation_end):
+                raise ValueError(
+                    "ogm-ge: set the window either as fractions (modulation_start, modulation_end) or as "
+                    "rounds (modulation_start_round, modulation_end_round), not both"
+                )
+
+        def uses_rounds(self) -> bool:
+            """Whether the window is given in rounds (either round bound set)."""
+            return self.modulation_start_round > 0 or self.modulation_end_round > 0
 
     params: Params
 
@@ -154,9 +190,14 @@ class OGMGE(Objective):
         self._modulated_steps = 0
 
     def modulating(self) -> bool:
-        """Whether this round lies inside the modulation window."""
-        r = self.ctx.server_round if self.ctx is not None else 1
-        return self.params.modulation_start_round <= r <= self.params.modulation_end_round
+        """Whether the current local epoch lies inside the modulation window (the round, with the
+        round bounds; the update pass counts as round 1)."""
+        p = self.params
+        if p.uses_rounds():
+            r = self.training_round()
+            last = p.modulation_end_round or (self.ctx.num_rounds if self.ctx is not None else r)
+            return max(p.modulation_start_round, 1) <= r <= last
+        return p.modulation_start <= self.progress() <= p.modulation_end
 
     def begin_round(self, model: nn.Module, data: TensorDict, ctx: RoundContext) -> None:
         super().begin_round(model, data, ctx)

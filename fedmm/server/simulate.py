@@ -6,15 +6,18 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedmm.checkpoint import checkpoint_round, load_checkpoint
+from fedmm.checkpoint import Checkpoint, check_model_fits, config_digest, load_checkpoint
 from fedmm.config import RunConfig, load_config
 from fedmm.results import CONFIG_FILE, SUMMARY_FILE
 from fedmm.server.loop import Plan, RoundCallback, prepare, run_federation
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("fedmm")
 
@@ -26,19 +29,60 @@ def _drop_run_simulation_deprecation(record: logging.LogRecord) -> bool:
 
 
 def resume_config(run_dir: str | Path) -> RunConfig:
-    """The resolved config of the run in ``run_dir``, checked to be resumable: a checkpoint exists
-    and the run has not completed."""
+    """The resolved config of the run in ``run_dir``, checked to be resumable: its checkpoint is
+    readable, was written under this ``config.toml`` (:func:`resume_checkpoint`), and the run has
+    not completed. Every check runs here, before any dataset is loaded or Ray starts.
+
+    Parameters
+    ----------
+    run_dir:
+        A run directory written by ``fedmm simulate --out``.
+    """
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
         raise ValueError(f"{str(run_dir)!r} has no {CONFIG_FILE}; pass a directory written by `fedmm simulate --out`")
-    last_round = checkpoint_round(run_dir)
-    summary = run_dir / SUMMARY_FILE
-    if summary.is_file() and json.loads(summary.read_text()).get("status") == "completed":
-        raise ValueError(f"the run in {str(run_dir)!r} has completed (all its rounds); there is nothing to resume")
     run = load_config(config_path)
+    last_round = resume_checkpoint(run_dir, run).server_round
+    summary = run_dir / SUMMARY_FILE
+    if summary.is_file():
+        try:
+            status = json.loads(summary.read_text()).get("status")
+        except (ValueError, AttributeError):  # damaged: resuming rewrites it
+            status = None
+        if status == "completed":
+            raise ValueError(f"the run in {str(run_dir)!r} has completed (all its rounds); there is nothing to resume")
     log.info("resuming %s after round %d of %d", run_dir, last_round, run.num_server_rounds)
     return run
+
+
+def resume_checkpoint(run_dir: str | Path, run: RunConfig, model: torch.nn.Module | None = None) -> Checkpoint:
+    """The checkpoint in ``run_dir``, refused (``ValueError`` naming the file and what to do) when it
+    is damaged, was written under another config than ``run``, or does not fit ``model``.
+
+    Parameters
+    ----------
+    run_dir:
+        The run directory holding ``checkpoint.*`` and ``config.toml``.
+    run:
+        The config the run is resumed under (``run_dir``'s ``config.toml``).
+    model:
+        The model ``run`` builds; when given, the checkpoint's keys and shapes must be its own.
+    """
+    run_dir = Path(run_dir)
+    checkpoint = load_checkpoint(run_dir)
+    if checkpoint.config_sha256 is None:
+        log.warning("the checkpoint in %s does not record its config (an older fedmm wrote it); "
+                    "resuming under %s unchecked", run_dir, run_dir / CONFIG_FILE)
+    elif checkpoint.config_sha256 != config_digest(run.to_toml()):
+        raise ValueError(
+            f"{str(run_dir / CONFIG_FILE)!r} is not the config the checkpoint in {str(run_dir)!r} was trained under "
+            "(it was edited or replaced since); restore the run's config.toml, or start the run over with "
+            f"`fedmm simulate --config {run_dir / CONFIG_FILE} --out {run_dir} --overwrite`"
+        )
+    if model is not None:
+        check_model_fits(run_dir, checkpoint, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+    return checkpoint
 
 
 def client_resources(run: RunConfig) -> dict[str, float]:
@@ -84,7 +128,7 @@ def simulate(
     from fedmm.clients.app import app as client_app
 
     plan = plan or prepare(run, out_dir, overwrite=overwrite, resume=resume)
-    checkpoint = load_checkpoint(out_dir) if resume and out_dir is not None else None
+    checkpoint = resume_checkpoint(out_dir, run, plan.model) if resume and out_dir is not None else None
     outcome: dict[str, Any] = {}
     server_app = ServerApp()
 

@@ -7,7 +7,7 @@ server, which never builds torch models.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -64,6 +64,56 @@ def non_finite_keys(record: ArrayRecord) -> list[str]:
         a = v.numpy()
         if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
             out.append(k)
+    return out
+
+
+class RecordMismatch(ValueError):
+    """A record a client sent that the server cannot use; the message is the reason (one line)."""
+
+
+def vet_arrays(record: ArrayRecord, global_state: Mapping[str, np.ndarray], expected: Collection[str]
+               ) -> dict[str, np.ndarray]:
+    """The arrays of a client's ``record`` as numpy, checked against the global model.
+
+    Parameters
+    ----------
+    record:
+        What the client uploaded.
+    global_state:
+        The current global arrays: every uploaded key must be one of them, with the same shape and
+        dtype, so an average can never change the model's keys, shapes or dtypes.
+    expected:
+        The keys the client had to upload (its trained groups and the shared one): it must send
+        exactly these.
+
+    Raises :class:`RecordMismatch` naming the first problem: a key the global model lacks, a key
+    outside ``expected``, a missing key, an array that cannot be read, a shape or dtype that
+    differs from the global one, or NaN/inf values.
+    """
+    keys = list(record.keys())
+    unknown = [k for k in keys if k not in global_state]
+    if unknown:
+        raise RecordMismatch(f"unknown parameters {unknown[:3]} (not in the global model)")
+    unexpected = [k for k in keys if k not in expected]
+    if unexpected:
+        raise RecordMismatch(f"unexpected parameters {unexpected[:3]} (of groups it was not asked to train)")
+    missing = [k for k in expected if k not in record]
+    if missing:
+        raise RecordMismatch(f"missing parameters {missing[:3]}")
+    out = {}
+    for k in keys:
+        try:
+            a = record[k].numpy()
+        except Exception as err:  # noqa: BLE001 - any undecodable payload is the client's fault
+            raise RecordMismatch(f"parameter {k!r} cannot be read ({type(err).__name__})") from None
+        g = global_state[k]
+        if a.shape != g.shape or a.dtype != g.dtype:
+            raise RecordMismatch(f"parameter {k!r} has shape {a.shape} and dtype {a.dtype}; "
+                                 f"the global model's is {g.shape} {g.dtype}")
+        out[k] = a
+    bad = [k for k, a in out.items() if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all()]
+    if bad:
+        raise RecordMismatch(f"non-finite values in {bad[:3]}")
     return out
 
 

@@ -316,7 +316,7 @@ def test_strategy_asks_the_rounds_accepted_clients_for_facts_of_the_aggregated_m
     s = ModalityAwareFedAvg(policy=build_policy("all", seed=0), clients_per_round=3, min_available_nodes=3,
                             run_config=ConfigRecord({"run-config": "x"}), observe_fn=lambda r, f: seen.append((r, f)))
     for node, mods in {1: ("a", "v"), 2: ("a",), 3: ("v",)}.items():
-        s.register(node, node - 1, mods, 10)
+        s.register(node, node - 1, mods, 20)
     s.connected, s.last_accepted = {1, 2, 3}, [0, 2]  # client 1 (node 2) failed this round
     arrays = to_record({"encoders.a.w": np.ones(2, np.float32), "encoders.v.w": np.zeros(3, np.float32),
                         "fusion.linear.weight": np.ones(1, np.float32)})

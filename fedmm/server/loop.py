@@ -91,6 +91,7 @@ def build_strategy(plan: Plan) -> ModalityAwareFedAvg:
         round_timeout=run.round_timeout,
         seed=run.seed,
         parameter_keys=[name for name, _ in plan.model.named_parameters()],
+        num_partitions=len(plan.scenario.partitions),
     )
 
 

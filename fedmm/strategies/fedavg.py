@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,14 +19,15 @@ from flwr.serverapp.strategy import Strategy
 from fedmm.checkpoint import prefixed, unprefixed
 from fedmm.records import (
     GLOBAL_MODEL_FACTS_KEY,
+    RecordMismatch,
     aggregate,
     encode_extras,
     from_record,
     key_modality,
     keys_for_modalities,
-    non_finite_keys,
     subset_record,
     to_record,
+    vet_arrays,
 )
 from fedmm.strategies.selection.base import (
     UPDATE_PASS_ROUND,
@@ -58,6 +60,7 @@ class Accepted:
     loss: float
     arrays: dict[str, np.ndarray]
     facts: dict[str, Any]
+    seconds: float = 0.0
 
 
 class ModalityAwareFedAvg(Strategy):
@@ -102,6 +105,9 @@ class ModalityAwareFedAvg(Strategy):
         or other buffers). The update vectors of a policy that uses them (DivFL, CMSFed) are built
         from the encoder parameters among these only, as the reference does (FEDCMI_CMSFED.md 3.10);
         required by such a policy (ValueError otherwise), ignored by the others.
+    num_partitions:
+        Clients of the run's scenario: a node whose discovery reply names a partition id outside
+        ``0 .. num_partitions - 1`` is skipped; ``None`` checks only that the id is not negative.
     """
 
     def __init__(
@@ -118,6 +124,7 @@ class ModalityAwareFedAvg(Strategy):
         round_timeout: float = 600.0,
         seed: int = 0,
         parameter_keys: Collection[str] | None = None,
+        num_partitions: int | None = None,
     ) -> None:
         if policy.uses_updates and parameter_keys is None:
             raise ValueError(f"selection {policy.name!r} builds update vectors from the model's parameters: "
@@ -132,6 +139,7 @@ class ModalityAwareFedAvg(Strategy):
         self.observe_fn = observe_fn
         self.fraction_evaluate = fraction_evaluate
         self.round_timeout = round_timeout
+        self.num_partitions = num_partitions
         #: Client state by client (partition) id.
         self.clients: dict[int, ClientState] = {}
         #: Current Flower node id of each client, and the client of every node id seen.
@@ -142,6 +150,9 @@ class ModalityAwareFedAvg(Strategy):
         self.round_stats: dict[str, float] = {}
         self._global: dict[str, np.ndarray] = {}
         self._sent: dict[int, Assignment] = {}
+        #: This round's training message of every node in ``_sent`` (its id, set when the grid
+        #: pushes it, ties each reply to the node it answers).
+        self._messages: dict[int, Message] = {}
         #: Clients whose training reply the last :meth:`aggregate_train` accepted, by client id.
         self.last_accepted: list[int] = []
         self._rng = np.random.default_rng(seed)
@@ -180,15 +191,40 @@ class ModalityAwareFedAvg(Strategy):
         new = [n for n in node_ids if n not in self.client_of]
         if not new:
             return
-        queries = [self._message(n, MessageType.QUERY, RecordDict({"config": self._config()})) for n in new]
-        for reply in grid.send_and_receive(queries, timeout=self.round_timeout):
-            node = reply.metadata.src_node_id
+        queries = {n: self._message(n, MessageType.QUERY, RecordDict({"config": self._config()})) for n in new}
+        replies = grid.send_and_receive(list(queries.values()), timeout=self.round_timeout)
+        for node, reply in _answered_nodes(replies, queries):
             if reply.has_error():
                 log.warning("node %d did not answer discovery: %s", node, reply.error.reason)
                 continue
-            info = reply.content["info"]
-            self.register(node, int(info["partition-id"]), str(info["modalities"]).split(","), int(info["num-examples"]))
+            try:
+                client_id, modalities, num_examples = self._client_info(reply)
+            except RecordMismatch as err:
+                log.warning("node %d is skipped: its discovery reply %s; fix that SuperNode's --node-config "
+                            "(partition-id, num-partitions, modalities) or run the server's fedmm version on it",
+                            node, err)
+                continue
+            self.register(node, client_id, modalities, num_examples)
         log.info("discovered %d nodes (%d clients known)", len(new), len(self.clients))
+
+    def _client_info(self, reply: Message) -> tuple[int, tuple[str, ...], int]:
+        """``(partition id, modalities, num-examples)`` of a discovery reply; raises
+        :class:`RecordMismatch` when its ``info`` lacks one, the partition id is out of range, a
+        modality is not one of the global model's or the number of examples is not positive."""
+        info = reply.content.get("info")
+        if not isinstance(info, ConfigRecord):
+            raise RecordMismatch("has no 'info' record")
+        pid, mods, n = info.get("partition-id"), info.get("modalities"), info.get("num-examples")
+        if not _is_int(pid) or not 0 <= pid < (self.num_partitions or math.inf):
+            top = f"0..{self.num_partitions - 1}" if self.num_partitions else "0 or more"
+            raise RecordMismatch(f"names partition-id {pid!r}, not an integer in {top}")
+        known = {key_modality(k) for k in self._global} - {None}
+        held = tuple(str(mods).split(",")) if isinstance(mods, str) and mods else ()
+        if not held or (known and not set(held) <= known):
+            raise RecordMismatch(f"names modalities {mods!r}, not a subset of {','.join(sorted(known))}")
+        if not _is_int(n) or n < 1:
+            raise RecordMismatch(f"names num-examples {n!r}, not a positive integer")
+        return int(pid), held, int(n)
 
     def available(self) -> list[ClientState]:
         """Known clients whose node is connected now, by client id."""
@@ -198,8 +234,8 @@ class ModalityAwareFedAvg(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self.discover(grid, server_round)
         self._global = from_record(arrays)
+        self.discover(grid, server_round)
         self.round_stats = {"bytes-down": 0.0, "bytes-up": 0.0}
         states = self.available()
         pending = self.policy.update_pass(states)
@@ -212,18 +248,17 @@ class ModalityAwareFedAvg(Strategy):
         assignments = self.policy.select(server_round, states, self.clients_per_round)
         self.round_stats["selection-seconds"] = time.perf_counter() - started
         order = self.policy.imbalance_order(states)
-        self._sent = {}
-        messages = []
+        self._sent, self._messages = {}, {}
         for a in assignments:
             node = self.node_of[a.client_id]
             self._sent[node] = a
-            messages.append(self._train_message(node, a, arrays, server_round, order))
-        return messages
+            self._messages[node] = self._train_message(node, a, arrays, server_round, order)
+        return list(self._messages.values())
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        accepted = self._accept(server_round, replies, self._sent)
+        accepted = self._accept(server_round, replies, self._sent, self._messages)
         self.last_accepted = [r.client_id for r in accepted]
         self._observe(server_round, accepted)
         if not accepted:
@@ -240,15 +275,23 @@ class ModalityAwareFedAvg(Strategy):
         facts they measure with it on their own data (``Objective.global_model_facts``, e.g.
         CMSFed's prototypes) to the objective's server half as this round's; no training, and the
         model does not change. A client that does not answer is left out (logged)."""
-        messages = [self._evaluate_message(c, server_round, arrays, {GLOBAL_MODEL_FACTS_KEY: True})
-                    for c in self.last_accepted if self.node_of.get(c) in self.connected]
+        messages = {self.node_of[c]: self._evaluate_message(c, server_round, arrays, {GLOBAL_MODEL_FACTS_KEY: True})
+                    for c in self.last_accepted if self.node_of.get(c) in self.connected}
         facts = []
-        for reply in grid.send_and_receive(messages, timeout=self.round_timeout):
+        replies = grid.send_and_receive(list(messages.values()), timeout=self.round_timeout)
+        for node, reply in _answered_nodes(replies, messages):
             if reply.has_error():
                 log.warning("round %d: node %d did not report on the global model: %s", server_round,
-                            reply.metadata.src_node_id, reply.error.reason)
-            elif "facts" in reply.content:
-                facts.append((int(reply.content["metrics"][WEIGHT_KEY]), dict(reply.content["facts"])))
+                            node, reply.error.reason)
+                continue
+            try:
+                n = self._examples(_metrics(reply), node)
+                node_facts = _facts(reply)
+            except RecordMismatch as err:
+                log.warning("round %d: node %d's report on the global model is left out: %s", server_round, node, err)
+                continue
+            if node_facts:
+                facts.append((n, node_facts))
         if self.observe_fn is not None:
             self.observe_fn(server_round, facts)
 
@@ -259,20 +302,27 @@ class ModalityAwareFedAvg(Strategy):
         It uses the run's learning rate (the reference ran it at lr 0, FEDCMI_CMSFED.md 3.9)."""
         order = self.policy.imbalance_order(self.available())
         sent = {self.node_of[c]: Assignment(c, self.clients[c].modalities) for c in client_ids}
-        messages = [self._train_message(node, a, arrays, UPDATE_PASS_ROUND, order, epochs=UPDATE_PASS_EPOCHS)
-                    for node, a in sent.items()]
-        replies = grid.send_and_receive(messages, timeout=self.round_timeout)
-        self._observe(UPDATE_PASS_ROUND, self._accept(UPDATE_PASS_ROUND, replies, sent))
+        messages = {node: self._train_message(node, a, arrays, UPDATE_PASS_ROUND, order, epochs=UPDATE_PASS_EPOCHS)
+                    for node, a in sent.items()}
+        replies = grid.send_and_receive(list(messages.values()), timeout=self.round_timeout)
+        self._observe(UPDATE_PASS_ROUND, self._accept(UPDATE_PASS_ROUND, replies, sent, messages))
 
-    def _accept(self, server_round: int, replies: Iterable[Message], sent: Mapping[int, Assignment]) -> list[Accepted]:
+    def _accept(self, server_round: int, replies: Iterable[Message], sent: Mapping[int, Assignment],
+                messages: Mapping[int, Message]) -> list[Accepted]:
         """Check every reply, record each client's outcome in ``client_rows`` (ok, error, rejected,
         no-reply) and return the usable ones; rows and replies are in client-id order, so that
-        neither the tables nor the average depend on the order in which replies arrived."""
+        neither the tables nor the average depend on the order in which replies arrived.
+
+        A reply counts for the node whose message (in ``messages``, by node) it answers, so the
+        error the SuperLink sends for a node that died counts once, for that node's partition. A
+        second reply for the same node is ignored."""
         accepted: list[Accepted] = []
         rows: list[dict[str, Any]] = []
         answered: set[int] = set()
-        for reply in replies:
-            node = reply.metadata.src_node_id
+        for node, reply in _answered_nodes(replies, messages):
+            if node in answered:
+                log.warning("round %d: node %d sent a second reply; it is ignored", server_round, node)
+                continue
             answered.add(node)
             assignment = sent.get(node)
             row = self._row(server_round, node, assignment)
@@ -281,29 +331,20 @@ class ModalityAwareFedAvg(Strategy):
                 row["status"] = f"error: {reply.error.reason}"
                 log.warning("round %d: node %d failed: %s", server_round, node, reply.error.reason)
                 continue
-            arrays = reply.content["arrays"]
-            bad = non_finite_keys(arrays)
-            unexpected = [k for k in arrays.keys() if key_modality(k) not in (None, *assignment.modalities)] \
-                if assignment else []
-            if bad or unexpected or assignment is None:
-                reason = (f"non-finite values in {bad[:3]}" if bad else f"unexpected parameters {unexpected[:3]}"
-                          if unexpected else "no training request was sent to this node")
-                row["status"] = f"rejected: {reason}"
-                log.warning("round %d: rejected reply of node %d: %s", server_round, node, reason)
+            try:
+                if assignment is None:
+                    raise RecordMismatch("no training request was sent to this node")
+                item = self._vet_train_reply(reply, node, assignment)
+            except RecordMismatch as err:
+                row["status"] = f"rejected: {err}"
+                log.warning("round %d: rejected reply of node %d (partition %d): %s", server_round, node,
+                            row["partition-id"], err)
                 continue
-            metrics = reply.content["metrics"]
-            item = Accepted(
-                client_id=assignment.client_id,
-                modalities=assignment.modalities,
-                num_examples=int(metrics[WEIGHT_KEY]),
-                loss=float(metrics["train-loss"]),
-                arrays=from_record(arrays),
-                facts=dict(reply.content["facts"]) if "facts" in reply.content else {},
-            )
             accepted.append(item)
-            self.round_stats["bytes-up"] = self.round_stats.get("bytes-up", 0.0) + arrays.count_bytes()
+            size = reply.content["arrays"].count_bytes()
+            self.round_stats["bytes-up"] = self.round_stats.get("bytes-up", 0.0) + size
             row.update({"status": "ok", "num-examples": item.num_examples, "train-loss": item.loss,
-                        "bytes-up": arrays.count_bytes(), "seconds": float(metrics.get("seconds", 0.0))})
+                        "bytes-up": size, "seconds": item.seconds})
         for node in sorted(set(sent) - answered):
             row = self._row(server_round, node, sent[node])
             row["status"] = "no-reply"
@@ -311,6 +352,38 @@ class ModalityAwareFedAvg(Strategy):
             rows.append(row)
         self.client_rows.extend(sorted(rows, key=lambda r: r["partition-id"]))
         return sorted(accepted, key=lambda r: r.client_id)
+
+    def _vet_train_reply(self, reply: Message, node: int, a: Assignment) -> Accepted:
+        """The training reply of ``node`` (assigned ``a``) as an :class:`Accepted`; raises
+        :class:`RecordMismatch` naming what makes it unusable: metrics missing or not finite
+        numbers, ``num-examples`` outside ``1 ..`` what the node reported at discovery, arrays that
+        do not match the global model's trained groups exactly (:func:`vet_arrays`), or facts that
+        are not numbers."""
+        metrics = _metrics(reply)
+        num_examples = self._examples(metrics, node)
+        loss = _number(metrics, "train-loss")
+        seconds = _number(metrics, "seconds", required=False)
+        facts = _facts(reply)
+        if "imbalance-ratio" in facts:
+            facts["imbalance-ratio"] = _number(facts, "imbalance-ratio")
+        record = reply.content.get("arrays")
+        if not isinstance(record, ArrayRecord):
+            raise RecordMismatch("the reply has no 'arrays' record")
+        expected = keys_for_modalities(self._global, a.modalities)
+        return Accepted(client_id=a.client_id, modalities=a.modalities, num_examples=num_examples, loss=loss,
+                        arrays=vet_arrays(record, self._global, expected), facts=facts,
+                        seconds=0.0 if seconds is None else seconds)
+
+    def _examples(self, metrics: Mapping[str, Any], node: int) -> int:
+        """``num-examples`` of a reply of ``node``: an integer from 1 to what the node reported at
+        discovery (:class:`RecordMismatch` otherwise, so no client can outweigh its data)."""
+        n = _number(metrics, WEIGHT_KEY)
+        client = self.client_of.get(node)
+        limit = self.clients[client].num_examples if client in self.clients else math.inf
+        if n != int(n) or not 1 <= n <= limit:
+            raise RecordMismatch(f"num-examples {metrics[WEIGHT_KEY]!r} is not an integer in 1..{limit} "
+                                 "(the examples it reported at discovery)")
+        return int(n)
 
     def _observe(self, server_round: int, accepted: list[Accepted]) -> None:
         """Update client states, then hand the round to the policy and the objective's server half."""
@@ -338,12 +411,24 @@ class ModalityAwareFedAvg(Strategy):
         return [self._evaluate_message(int(c), server_round, arrays) for c in chosen]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        ok = [r for r in replies if not r.has_error()]
-        if not ok:
+        """Example-weighted accuracy and loss of the nodes' evaluations; error replies and replies
+        without usable ``num-examples``, ``acc`` and ``loss`` are left out (logged)."""
+        n, acc, loss = [], [], []
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                log.warning("round %d: node %d did not evaluate: %s", server_round, node, reply.error.reason)
+                continue
+            try:
+                metrics = _metrics(reply)
+                row = (self._examples(metrics, node), _number(metrics, "acc"), _number(metrics, "loss"))
+            except RecordMismatch as err:
+                log.warning("round %d: evaluation of node %d is left out: %s", server_round, node, err)
+                continue
+            for values, v in zip((n, acc, loss), row):
+                values.append(v)
+        if not n:
             return None
-        n = np.array([int(r.content["metrics"][WEIGHT_KEY]) for r in ok], dtype=float)
-        acc = np.array([float(r.content["metrics"]["acc"]) for r in ok])
-        loss = np.array([float(r.content["metrics"]["loss"]) for r in ok])
         return MetricRecord({"fedeval/acc": float(np.average(acc, weights=n)),
                              "fedeval/loss": float(np.average(loss, weights=n))})
 
@@ -398,11 +483,16 @@ class ModalityAwareFedAvg(Strategy):
 
         That model is round ``server_round - 1``'s (this round has not trained yet), so the messages
         carry that round and its extras (e.g. the boosting classifiers it was trained with)."""
-        messages = [self._evaluate_message(c, server_round - 1, arrays) for c in client_ids]
-        for reply in grid.send_and_receive(messages, timeout=self.round_timeout):
-            client = self.client_of.get(reply.metadata.src_node_id)
-            if not reply.has_error() and client is not None:
-                self.clients[client].loss = float(reply.content["metrics"]["loss"])
+        messages = {self.node_of[c]: self._evaluate_message(c, server_round - 1, arrays) for c in client_ids}
+        replies = grid.send_and_receive(list(messages.values()), timeout=self.round_timeout)
+        for node, reply in _answered_nodes(replies, messages):
+            client = self.client_of.get(node)
+            if reply.has_error() or client is None:
+                continue
+            try:
+                self.clients[client].loss = _number(_metrics(reply), "loss")
+            except RecordMismatch as err:
+                log.warning("round %d: node %d's loss probe is left out: %s", server_round, node, err)
 
     def _evaluate_message(self, client_id: int, server_round: int, arrays: ArrayRecord,
                           per_node: Mapping[str, Any] | None = None) -> Message:
@@ -455,3 +545,56 @@ class ModalityAwareFedAvg(Strategy):
     @staticmethod
     def _message(node: int, message_type: str, content: RecordDict) -> Message:
         return Message(content=content, dst_node_id=node, message_type=message_type)
+
+
+def _answered_nodes(replies: Iterable[Message], messages: Mapping[int, Message]) -> list[tuple[int, Message]]:
+    """Each reply with the node whose message (``messages``, by node) it answers, matched by the id
+    the grid gave that message (``reply_to_message_id``): the error the SuperLink writes for an
+    unavailable node comes from the SuperLink's own node id, not the node's. A reply that matches
+    no pushed message keeps its sender."""
+    by_id = {m.metadata.message_id: node for node, m in messages.items() if m.metadata.message_id}
+    return [(by_id.get(r.metadata.reply_to_message_id, r.metadata.src_node_id), r) for r in replies]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number(values: Mapping[str, Any], key: str, *, required: bool = True) -> float | None:
+    """``values[key]`` as a finite float; ``None`` when absent and not ``required``; raises
+    :class:`RecordMismatch` when it is missing (and required), not a number or not finite."""
+    if key not in values:
+        if required:
+            raise RecordMismatch(f"the reply has no {key!r}")
+        return None
+    value = values[key]
+    if not _is_number(value) or not math.isfinite(value):
+        raise RecordMismatch(f"{key!r} is {value!r}, not a finite number")
+    return float(value)
+
+
+def _metrics(reply: Message) -> MetricRecord:
+    """The reply's ``metrics`` record (:class:`RecordMismatch` when it has none)."""
+    metrics = reply.content.get("metrics")
+    if not isinstance(metrics, MetricRecord):
+        raise RecordMismatch("the reply has no 'metrics' record")
+    return metrics
+
+
+def _facts(reply: Message) -> dict[str, Any]:
+    """The reply's ``facts`` (empty when it has none); raises :class:`RecordMismatch` when a value
+    is not a number or a list of numbers."""
+    facts = reply.content.get("facts")
+    if facts is None:
+        return {}
+    if not isinstance(facts, (MetricRecord, ConfigRecord)):
+        raise RecordMismatch("the reply's 'facts' is not a record of numbers")
+    out = dict(facts)
+    for k, v in out.items():
+        if not all(_is_number(x) for x in (v if isinstance(v, list) else [v])):
+            raise RecordMismatch(f"fact {k!r} is {str(v)[:40]!r}, not a number or a list of numbers")
+    return out

@@ -83,6 +83,9 @@ def run_grid(
             continue
         out = runs_dir / case.slug(seed) if runs_dir is not None else None
         summary = simulate(run, out, overwrite=True)
+        if summary.get("status") == "failed":  # a failed run is no benchmark row; finished rows stay in the CSV
+            raise ValueError(f"run {case.slug(seed)} stopped, {summary['reason']}; first client error: "
+                             f"{summary['first-client-error']}")
         row = {**case.labels, "seed": seed, **summary["final"], "best-test/acc": summary["best-test/acc"],
                "best-round": summary["best-round"], "bytes-up": summary["total-bytes-up"],
                "seconds": summary["total-seconds"]}

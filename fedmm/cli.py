@@ -116,6 +116,10 @@ def _simulate(args: argparse.Namespace) -> int:
     plan = prepare(run, out, overwrite=args.overwrite, resume=bool(args.resume))
     with _progress(run.num_server_rounds, enabled=not args.quiet) as on_round:
         summary = simulate(run, out, plan=plan, on_round=on_round, resume=bool(args.resume))
+    if summary.get("status") == "failed":
+        print(f"fedmm: error: run stopped, {summary['reason']}; first client error: {summary['first-client-error']}; "
+              f"fix its cause and rerun (finished rounds are in {plan.out_dir})", file=sys.stderr)
+        return 1
     final = summary["final"]
     per_mod = "  ".join(f"{k.rsplit('/', 1)[1]} {v:.3f}" for k, v in final.items() if k.startswith("test/acc/"))
     print(f"test/acc {final['test/acc']:.4f} (best {summary['best-test/acc']:.4f} at round {summary['best-round']})"

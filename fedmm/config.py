@@ -8,6 +8,7 @@ component they configure and are validated by it: ``objective.<param>``, ``selec
 from __future__ import annotations
 
 import difflib
+import math
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -34,7 +35,7 @@ class RunConfig:
     # data and scenario
     dataset: str = _key("dataset", "hapt", "registry name of the dataset (see `fedmm datasets`)")
     data_dir: str = _key("data-dir", "", "directory of user-owned data (CREMA-D); empty for embedded data")
-    seed: int = _key("seed", 0, "one seed for partition, allocation, selection and initialisation")
+    seed: int = _key("seed", 0, "one seed for partition, allocation, selection and initialisation", low=0)
     partition: str = _key("partition", "natural", "how train data is split among clients",
                           choices=("natural", "iid", "dirichlet"))
     num_clients: int = _key("num-clients", 0, "number of clients; 0 = one per natural group (natural only)", low=0)
@@ -131,10 +132,16 @@ class RunConfig:
         return config
 
     def validate(self) -> None:
-        """Check choices and ranges of the plain keys and the combinations between them."""
+        """Check choices, finiteness and ranges of the plain keys and the combinations between them;
+        numbers in the ``objective.*``/``selection.*``/``dataset.*`` namespaces must be finite too."""
         for f in fields(self):
             meta = f.metadata
             value = getattr(self, f.name)
+            if meta["key"].endswith(".*"):
+                _check_finite_params(meta["key"][:-2], value)
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"config key '{meta['key']}' must be a finite number, got {value!r}")
             if meta.get("choices") and value not in meta["choices"]:
                 raise ValueError(_choice_message(meta["key"], value, meta["choices"]))
             low, high = meta.get("low"), meta.get("high")
@@ -222,15 +229,36 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     ``key=value`` overrides (values parsed as TOML literals, bare words as strings)."""
     values: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file {str(path)!r} does not exist; pass the path of a TOML file")
-        try:
-            values.update(flatten(tomllib.loads(path.read_text())))
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"config file {str(path)!r} is not valid TOML: {err}") from None
+        values.update(flatten(read_toml(path)))
     values.update(parse_overrides(overrides))
     return RunConfig.from_mapping(values)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The table in the TOML file at ``path``; every problem with the file is one ValueError naming it.
+
+    Parameters
+    ----------
+    path:
+        A UTF-8 TOML file (not a directory).
+    """
+    path = Path(path)
+    name = str(path)
+    if path.is_dir():
+        raise ValueError(f"config file {name!r} is a directory; pass the path of a TOML file")
+    if not path.exists():
+        raise ValueError(f"config file {name!r} does not exist; pass the path of a TOML file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"config file {name!r} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise ValueError(f"config file {name!r} cannot be read ({err.strerror}); check its path and permissions") \
+            from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"config file {name!r} is not valid TOML: {err}") from None
 
 
 def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -277,6 +305,22 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         if isinstance(value, str):
             return value
     raise ValueError(f"config key '{key}' expects {expected.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def _check_finite_params(namespace: str, params: Mapping[str, Any]) -> None:
+    """Refuse NaN and infinity among the numbers of a namespace's parameters (also inside lists).
+
+    Parameters
+    ----------
+    namespace:
+        ``objective``, ``selection``, ``dataset`` or ``encoder``: the prefix of the keys in messages.
+    params:
+        The namespace's parameters as given (``{"lambda": 0.7}`` for ``objective.lambda = 0.7``).
+    """
+    for name, value in params.items():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            raise ValueError(f"config key '{namespace}.{name}' must be a finite number, got {value!r}")
 
 
 def _unknown_key_message(key: str, valid: list[str]) -> str:

@@ -34,6 +34,10 @@ def prepare_out_dir(path: str | Path, *, overwrite: bool) -> Path:
     path = Path(path).expanduser().resolve()
     if path.exists() and not path.is_dir():
         raise ValueError(f"output path {str(path)!r} is a file; pass a directory with --out")
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"output path {str(path)!r} lies below {str(blocker)!r}, which is a file; "
+                         "pass a directory with --out")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise ValueError(
             f"output directory {str(path)!r} is not empty; pass --overwrite to replace its results "
@@ -99,6 +103,20 @@ def write_interrupted(out_dir: Path, rounds: Sequence[Mapping[str, Any]], reason
     summary = summarize(rounds, {"status": "interrupted", "reason": reason}) if rounds else {
         "status": "interrupted", "reason": reason}
     atomic_write(Path(out_dir) / SUMMARY_FILE, json.dumps(summary, indent=2, default=float) + "\n")
+
+
+def write_summary(out_dir: Path, summary: Mapping[str, Any]) -> None:
+    """Write ``summary`` as ``summary.json`` of the run in ``out_dir`` (a run that stopped with status
+    ``failed``: its tables and checkpoint are already written).
+
+    Parameters
+    ----------
+    out_dir:
+        The run directory.
+    summary:
+        What :func:`summarize` returned, with the ``status`` fields.
+    """
+    _atomic_write(Path(out_dir) / SUMMARY_FILE, json.dumps(dict(summary), indent=2, default=float) + "\n")
 
 
 def summarize(rounds: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:

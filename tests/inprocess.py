@@ -2,14 +2,17 @@
 
 Node ``n`` serves partition ``n - 1``; replies come back in the order the messages were sent. It
 runs the real server loop and the real client handlers, one after the other, so a small federation
-runs in seconds and its numbers equal a Ray simulation's with the same seed.
+runs in seconds and its numbers equal a Ray simulation's with the same seed. A handler that raises
+gets the error reply Flower's simulation engine builds for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp.client_app import ClientAppException
+from flwr.common.constant import ErrorCode
 
 from fedmm.clients.app import app
 
@@ -35,7 +38,12 @@ class InProcessGrid:
             node = msg.metadata.dst_node_id
             context = Context(run_id=1, node_id=node, state=RecordDict(), run_config={},
                               node_config={"partition-id": node - 1, "num-partitions": self.num_nodes})
-            replies.append(app(msg, context))
+            try:
+                replies.append(app(msg, context))
+            except Exception as ex:  # Flower's engines turn a raised exception into an error reply
+                wrapped = ClientAppException(str(ex))
+                reason = f"{type(wrapped)}:<'{wrapped}'>"
+                replies.append(Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg))
         return replies
 
 

@@ -37,4 +37,7 @@ def main(grid: Grid, context: Context) -> None:
     plan = prepare(run, out_dir, overwrite=True)
     log.info("fedmm: writing results to %s", plan.out_dir)
     summary = run_federation(grid, plan)
+    if summary.get("status") == "failed":
+        log.error("fedmm: run failed: %s; first client error: %s", summary["reason"], summary["first-client-error"])
+        return
     log.info("fedmm: final test/acc %.4f (best %.4f)", summary["final"]["test/acc"], summary["best-test/acc"])

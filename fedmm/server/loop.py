@@ -23,13 +23,17 @@ from fedmm.data import Dataset, Scenario
 from fedmm.models import MultimodalNet
 from fedmm.objectives import Objective
 from fedmm.records import from_record, to_record
-from fedmm.results import ResultsWriter, prepare_out_dir, summarize, write_interrupted
+from fedmm.results import ResultsWriter, prepare_out_dir, summarize, write_interrupted, write_summary
 from fedmm.strategies import STRATEGIES, ModalityAwareFedAvg
 from fedmm.strategies.selection import ClientState, SelectionPolicy, build_policy
 from fedmm.training import evaluate, resolve_device
 from fedmm.workspace import dataset_of, model_of, objective_of, scenario_of
 
 log = logging.getLogger("fedmm")
+
+#: A run stops with status ``failed`` after this many consecutive rounds without a usable reply
+#: (every selected client failed, was rejected or did not answer): retrying cannot help then.
+MAX_FAILED_ROUNDS = 3
 
 #: Called after every round with the round's results row (progress displays, tests).
 RoundCallback = Callable[[dict[str, Any]], None]
@@ -102,7 +106,10 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
     With an output directory, the server checkpoints after every round (:mod:`fedmm.checkpoint`);
     ``resume`` continues from such a checkpoint: model, strategy, policy and objective state come
     back, the tables keep their finished rounds, and the run goes on with the next round. A run
-    that raises (an interrupt, a crash) leaves ``summary.json`` with status ``interrupted``.
+    that raises (an interrupt, a crash) leaves ``summary.json`` with status ``interrupted``. After
+    :data:`MAX_FAILED_ROUNDS` consecutive rounds without a usable reply the run stops: the summary
+    has status ``failed``, the ``reason`` and the ``first-client-error`` of those rounds (the
+    finished rounds and the checkpoint stay written).
     """
     run = plan.run
     strategy = build_strategy(plan)
@@ -134,6 +141,9 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
         if on_round:
             on_round(row)
 
+    meta = {"dataset": run.dataset, "strategy": run.strategy, "objective": run.objective, "selection": run.selection}
+    failed_rounds: list[int] = []
+    failure: dict[str, Any] | None = None
     try:
         if first_round == 0:
             record(0, 0.0, {"train/loss": float("nan"), "bytes-up": 0.0, "bytes-down": 0.0}, 0)
@@ -143,6 +153,7 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
             messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
             replies = grid.send_and_receive(messages, timeout=run.round_timeout)
             new_arrays, _ = strategy.aggregate_train(server_round, replies)
+            failed_rounds = [*failed_rounds, server_round] if new_arrays is None else []
             if new_arrays is not None:
                 arrays = new_arrays
                 model.load_state_dict(arrays.to_torch_state_dict())
@@ -154,15 +165,53 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
                 replies = grid.send_and_receive(eval_messages, timeout=run.round_timeout)
                 stats.update(dict(strategy.aggregate_evaluate(server_round, replies) or {}))
             record(server_round, time.perf_counter() - started, stats, clients_from)
+            if len(failed_rounds) >= MAX_FAILED_ROUNDS:
+                failure = _failure(strategy, failed_rounds)
+                break
     except BaseException as err:
         if writer:
             write_interrupted(plan.out_dir, rows, f"{type(err).__name__}: {err}")
         raise
-    summary = summarize(rows, {"dataset": run.dataset, "strategy": run.strategy, "objective": run.objective,
-                               "selection": run.selection, "status": "completed"})
+    if failure is not None:
+        summary = summarize(rows, {**meta, **failure})
+        if writer:
+            write_summary(plan.out_dir, summary)
+        return summary
+    summary = summarize(rows, {**meta, "status": "completed"})
     if writer:
         writer.finish(model.state_dict(), summary)
     return summary
+
+
+def _failure(strategy: ModalityAwareFedAvg, rounds: list[int]) -> dict[str, Any]:
+    """The ``status``/``reason``/``first-client-error`` summary fields of a run stopped after the
+    failed ``rounds``; the error is the first client outcome of those rounds that is not ``ok``,
+    cut to the message the client raised (one line)."""
+    outcomes = [r for r in strategy.client_rows if r["round"] in rounds and r["status"] != "ok"]
+    first = outcomes[0] if outcomes else None
+    error = (f"node {first['node-id']} (partition {first['partition-id']}): {client_error_text(first['status'])}"
+             if first else "no client was selected")
+    reason = f"no usable client reply in {len(rounds)} consecutive rounds ({rounds[0]}-{rounds[-1]})"
+    return {"status": "failed", "reason": reason, "first-client-error": error}
+
+
+def client_error_text(status: str) -> str:
+    """The message a client raised, out of a ``clients.csv`` status such as ``error: <reason>``.
+
+    Flower's engines wrap a ClientApp exception as ``<class ...>:<'... Message: <text>'>`` (Ray
+    adds the remote traceback); this keeps ``<text>``'s first line, or the last line of anything else.
+
+    Parameters
+    ----------
+    status:
+        A client outcome: ``error: ...``, ``rejected: ...``, ``no-reply`` or ``disconnected``.
+    """
+    marker = "Message: "
+    if marker in status:
+        first = (status.rsplit(marker, 1)[1].strip().splitlines() or [""])[0]
+        return "error: " + first.removesuffix("'>")
+    lines = [line.strip() for line in status.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else status
 
 
 def _round_stats(strategy: ModalityAwareFedAvg, server_round: int, clients_from: int) -> dict[str, float]:

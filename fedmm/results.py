@@ -94,7 +94,7 @@ class ResultsWriter:
         if not (self.out_dir / CLIENTS_FILE).exists():
             atomic_write(self.out_dir / CLIENTS_FILE, "round,node-id,partition-id,status\n")
         plot_accuracy(pd.DataFrame(self.rounds), self.out_dir / PLOT_FILE)
-        atomic_write(self.out_dir / SUMMARY_FILE, json.dumps(dict(summary), indent=2, default=float) + "\n")
+        write_summary(self.out_dir, summary)
 
 
 def write_interrupted(out_dir: Path, rounds: Sequence[Mapping[str, Any]], reason: str) -> None:
@@ -102,12 +102,12 @@ def write_interrupted(out_dir: Path, rounds: Sequence[Mapping[str, Any]], reason
     continues it from its checkpoint)."""
     summary = summarize(rounds, {"status": "interrupted", "reason": reason}) if rounds else {
         "status": "interrupted", "reason": reason}
-    atomic_write(Path(out_dir) / SUMMARY_FILE, json.dumps(summary, indent=2, default=float) + "\n")
+    write_summary(out_dir, summary)
 
 
 def write_summary(out_dir: Path, summary: Mapping[str, Any]) -> None:
-    """Write ``summary`` as ``summary.json`` of the run in ``out_dir`` (a run that stopped with status
-    ``failed``: its tables and checkpoint are already written).
+    """Write ``summary`` as ``summary.json`` of the run in ``out_dir`` (completed, interrupted, or
+    failed: then its tables and checkpoint are already written).
 
     Parameters
     ----------
@@ -116,7 +116,7 @@ def write_summary(out_dir: Path, summary: Mapping[str, Any]) -> None:
     summary:
         What :func:`summarize` returned, with the ``status`` fields.
     """
-    _atomic_write(Path(out_dir) / SUMMARY_FILE, json.dumps(dict(summary), indent=2, default=float) + "\n")
+    atomic_write(Path(out_dir) / SUMMARY_FILE, json.dumps(dict(summary), indent=2, default=float) + "\n")
 
 
 def summarize(rounds: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -9,7 +9,7 @@ selection policies, with per-round curves, a Markdown table and plots.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,6 +199,30 @@ def plot_selection(curves: pd.DataFrame, policies: Sequence[str], path: Path) ->
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def mean_std_table(df: pd.DataFrame, by: Sequence[str], columns: Mapping[str, str], *, sort: bool = True) -> str:
+    """A Markdown table of per-group ``mean ± std`` over the rows (seeds) of ``df``.
+
+    Parameters
+    ----------
+    df:
+        One row per run.
+    by:
+        The label columns that make a row of the table (its first cells).
+    columns:
+        Data column -> header of the table's column; a column missing from ``df`` or holding only
+        NaN in a group gives ``n/a``.
+    sort:
+        Sort the groups by their labels (else keep their order of first appearance).
+    """
+    header = [*by, *columns.values()]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for keys, group in df.groupby(list(by), sort=sort):
+        labels = keys if isinstance(keys, tuple) else (keys,)
+        cells = [_mean_std(group[c]) if c in group else "n/a" for c in columns]
+        lines.append("| " + " | ".join([*map(str, labels), *cells]) + " |")
+    return "\n".join(lines)
 
 
 def _first_round(run: pd.DataFrame, target: float) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedmm.bench import Case, run_grid
+from fedmm.bench import Case, mean_std_table, run_grid
 from fedmm.results import ROUNDS_FILE
 
 FEDERATIONS = {
@@ -36,14 +36,9 @@ def loss_stats(rounds: pd.DataFrame) -> dict[str, float]:
 
 
 def markdown(df: pd.DataFrame) -> str:
-    cols = ["loss-round-1", "loss-max", "loss-growth", "test/acc", "best-test/acc"]
-    agg = df.groupby(["dataset", "strategy"], sort=False)[cols].agg(["mean", "std"])
-    lines = ["| dataset | strategy | train loss round 1 | largest train loss | largest / round 1 | final acc | best acc |",
-             "|---|---|---|---|---|---|---|"]
-    for (dataset, strategy), row in agg.iterrows():
-        cells = [f"{row[(c, 'mean')]:.3f} ± {row[(c, 'std')]:.3f}" for c in cols]
-        lines.append(f"| {dataset} | {strategy} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return mean_std_table(df, ["dataset", "strategy"], {
+        "loss-round-1": "train loss round 1", "loss-max": "largest train loss", "loss-growth": "largest / round 1",
+        "test/acc": "final acc", "best-test/acc": "best acc"}, sort=False)
 
 
 def main() -> None:

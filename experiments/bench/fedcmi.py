@@ -16,27 +16,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedmm.bench import Case, run_grid
+from fedmm.bench import Case, mean_std_table, run_grid
 
 CONFIG = Path("experiments/configs/hapt_fedcmi.toml")
 STRATEGIES = ("fedavg", "fedprox", "fedcmi")
 MODALITIES = ("acc", "gyro")
 
 
-def cell(values: pd.Series) -> str:
-    values = values.dropna()
-    return "n/a" if values.empty else f"{values.mean():.3f} ± {values.std():.3f}"
-
-
 def markdown(df: pd.DataFrame) -> str:
-    cols = ["test/acc", *(f"test/acc/{m}" for m in MODALITIES), *(f"test/acc-fill/{m}" for m in MODALITIES)]
-    head = ["multi-ratio", "strategy", "multimodal acc", *(f"{m} alone (zero fill)" for m in MODALITIES),
-            *(f"{m} alone (infiltration fill)" for m in MODALITIES)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (ratio, strategy), group in df.groupby(["multi-ratio", "strategy"], sort=True):
-        cells = [cell(group[c]) if c in group else "n/a" for c in cols]
-        lines.append(f"| {ratio} | {strategy} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    columns = {"test/acc": "multimodal acc", **{f"test/acc/{m}": f"{m} alone (zero fill)" for m in MODALITIES},
+               **{f"test/acc-fill/{m}": f"{m} alone (infiltration fill)" for m in MODALITIES}}
+    return mean_std_table(df, ["multi-ratio", "strategy"], columns)
 
 
 def main() -> None:

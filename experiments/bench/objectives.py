@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedmm.bench import Case, run_grid
+from fedmm.bench import Case, mean_std_table, run_grid
 from fedmm.config import STRATEGY_OBJECTIVES
 from fedmm.objectives import objective_names
 
@@ -33,14 +33,9 @@ SETTINGS = {
 
 def markdown(df: pd.DataFrame) -> str:
     df = df.assign(imbalance=df["test/acc/acc"] / df["test/acc/gyro"].clip(lower=1e-9))
-    cols = ["test/acc", "test/acc/acc", "test/acc/gyro", "imbalance"]
-    agg = df.groupby(["setting", "objective"])[cols].agg(["mean", "std"])
-    lines = ["| setting | objective | multimodal acc | acc alone | gyro alone | imbalance (acc/gyro) |",
-             "|---|---|---|---|---|---|"]
-    for (setting, objective), row in agg.iterrows():
-        cells = [f"{row[(c, 'mean')]:.3f} ± {row[(c, 'std')]:.3f}" for c in cols]
-        lines.append(f"| {setting} | {objective} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return mean_std_table(df, ["setting", "objective"], {
+        "test/acc": "multimodal acc", "test/acc/acc": "acc alone", "test/acc/gyro": "gyro alone",
+        "imbalance": "imbalance (acc/gyro)"})
 
 
 def main() -> None:

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from schedules import scheduled_epochs
+
 from fedmm.data.base import ModalitySpec
 from fedmm.models.net import ModelConfig, MultimodalNet
 from fedmm.objectives.base import RoundContext
@@ -366,15 +368,7 @@ def guided_epochs(params: MNL.Params, num_rounds: int, local_epochs: int) -> lis
     obj = MNL(params)
     model = hand_model(("a", "v"), obj)
     batch = {"a": torch.tensor([[2.0, 0.0]]), "v": torch.tensor([[1.0, 0.0]]), "y": torch.tensor([0])}
-    out = []
-    for r in range(1, num_rounds + 1):
-        obj.begin_round(model, batch, RoundContext(server_round=r, num_rounds=num_rounds, local_epochs=local_epochs,
-                                                   modalities=["a", "v"]))
-        for e in range(local_epochs):
-            obj.begin_epoch(e)
-            if obj.guiding():
-                out.append((r, e))
-    return out
+    return scheduled_epochs(obj, model, batch, num_rounds, local_epochs, lambda epoch: obj.guiding())
 
 
 def test_start_is_a_fraction_of_the_runs_local_epochs() -> None:

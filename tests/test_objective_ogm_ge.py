@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from schedules import scheduled_epochs
+
 from fedmm.data.base import ModalitySpec
 from fedmm.models.net import ModelConfig, MultimodalNet
 from fedmm.objectives.base import RoundContext
@@ -223,16 +225,12 @@ def modulated_epochs(params: OGMGE.Params, num_rounds: int, local_epochs: int) -
     """``(round, local epoch)`` of every epoch whose batches ``loss`` modulates."""
     obj = OGMGE(params)
     model = hand_model()
-    out = []
-    for r in range(1, num_rounds + 1):
-        obj.begin_round(model, BATCH, RoundContext(server_round=r, num_rounds=num_rounds, local_epochs=local_epochs,
-                                                   modalities=["a", "v"]))
-        for e in range(local_epochs):
-            obj.begin_epoch(e)
-            obj.loss(model, BATCH)
-            if obj.last_coefficients is not None:
-                out.append((r, e))
-    return out
+
+    def modulates(epoch: int) -> bool:
+        obj.loss(model, BATCH)
+        return obj.last_coefficients is not None
+
+    return scheduled_epochs(obj, model, BATCH, num_rounds, local_epochs, modulates)
 
 
 def test_window_is_a_fraction_of_the_runs_local_epochs() -> None:

@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from schedules import scheduled_epochs
+
 from fedmm.data.base import ModalitySpec
 from fedmm.models.net import ModelConfig, MultimodalNet
 from fedmm.objectives.base import RoundContext
@@ -216,18 +218,13 @@ def warmup_epochs(params: DataRemixing.Params, num_rounds: int, local_epochs: in
     obj = DataRemixing(params)
     model = identity_model(obj)
     data = remix_data()
-    out = []
-    for r in range(1, num_rounds + 1):
-        obj.begin_round(model, data, RoundContext(server_round=r, num_rounds=num_rounds, local_epochs=local_epochs,
-                                                  modalities=["a", "v"]))
-        for e in range(local_epochs):
-            obj.begin_epoch(e)
-            batches = list(obj.batches(model, data, e, 4, torch.Generator().manual_seed(0)))
-            joint = [set(b) == {"a", "v", "y"} for b in batches]
-            assert all(joint) or not any(joint)
-            if all(joint):
-                out.append((r, e))
-    return out
+
+    def joint(epoch: int) -> bool:
+        batches = [set(b) == {"a", "v", "y"} for b in obj.batches(model, data, epoch, 4, torch.Generator().manual_seed(0))]
+        assert all(batches) or not any(batches)
+        return all(batches)
+
+    return scheduled_epochs(obj, model, data, num_rounds, local_epochs, joint)
 
 
 def test_warmup_is_a_fraction_of_the_runs_local_epochs() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"fedmm: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside a simulation (loading data, between benchmark runs)
+        return _interrupted(signal.SIGINT, "interrupted (SIGINT)")
+    except Exception as err:
+        from fedmm.server.loop import Interrupted
+
+        if not isinstance(err, Interrupted):
+            raise
+        return _interrupted(err.signum, f"interrupted ({err.signal_name}); the run under way was dropped")
+
+
+def _interrupted(signum: int, message: str) -> int:
+    """Print ``message`` as the one error line of a stopped command and return the shell's exit
+    code for ``signum`` (130 for SIGINT, 143 for SIGTERM); further Ctrl-Cs are ignored while the
+    process exits, so none of them prints a traceback.
+
+    Parameters
+    ----------
+    signum:
+        The signal that stopped the command.
+    message:
+        What the user reads after ``fedmm: error:``.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print(f"fedmm: error: {message}", file=sys.stderr)
+    return 128 + int(signum)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,7 +126,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     from fedmm.config import load_config
-    from fedmm.server.loop import prepare
+    from fedmm.server.loop import Interrupted, prepare
     from fedmm.server.simulate import resume_config, simulate
 
     if args.resume:
@@ -114,8 +140,16 @@ def _simulate(args: argparse.Namespace) -> int:
     if out is None:
         raise ValueError("no output directory: pass --out DIR (or set out-dir in the config)")
     plan = prepare(run, out, overwrite=args.overwrite, resume=bool(args.resume))
-    with _progress(run.num_server_rounds, enabled=not args.quiet) as on_round:
-        summary = simulate(run, out, plan=plan, on_round=on_round, resume=bool(args.resume))
+    try:
+        with _progress(run.num_server_rounds, enabled=not args.quiet) as on_round:
+            summary = simulate(run, out, plan=plan, on_round=on_round, resume=bool(args.resume))
+    except Interrupted as err:
+        if err.last_round is None:
+            advice = "no round finished; run the same command again (with --overwrite)"
+        else:
+            advice = (f"rounds 0-{err.last_round} of {run.num_server_rounds} are in {plan.out_dir}; "
+                      f"continue with `fedmm simulate --resume {plan.out_dir}`")
+        return _interrupted(err.signum, f"interrupted ({err.signal_name}), the round under way was dropped; {advice}")
     if summary.get("status") == "failed":
         print(f"fedmm: error: run stopped, {summary['reason']}; first client error: {summary['first-client-error']}; "
               f"fix its cause and rerun (finished rounds are in {plan.out_dir})", file=sys.stderr)

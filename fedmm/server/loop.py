@@ -7,14 +7,16 @@ a results row per round, the clients table, a progress display and objective ser
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ConfigRecord
+from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 
 from fedmm.checkpoint import Checkpoint, config_digest, prefixed, save_checkpoint, unprefixed
@@ -37,6 +39,96 @@ MAX_FAILED_ROUNDS = 3
 
 #: Called after every round with the round's results row (progress displays, tests).
 RoundCallback = Callable[[dict[str, Any]], None]
+
+
+class Interrupted(Exception):
+    """The run was stopped by a signal (Ctrl-C's SIGINT, or SIGTERM): the round under way was dropped
+    (not aggregated, written or checkpointed), so ``fedmm simulate --resume`` starts it again.
+
+    Parameters
+    ----------
+    signum:
+        The signal that stopped the run.
+    last_round:
+        The last finished (written and checkpointed) round; ``None`` when none finished.
+    """
+
+    def __init__(self, signum: int, last_round: int | None = None) -> None:
+        self.signum, self.last_round = signum, last_round
+        super().__init__(f"stopped by {self.signal_name}")
+
+    @property
+    def signal_name(self) -> str:
+        """``SIGINT``, ``SIGTERM``, ..."""
+        return signal.Signals(self.signum).name
+
+
+class StopRequest:
+    """Set from a signal handler (any thread may set it); the round loop checks it between its steps
+    and while it waits for replies (:class:`StoppableGrid`), and raises :class:`Interrupted`."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.signum: int | None = None
+
+    def request(self, signum: int) -> None:
+        """Ask the run to stop because of ``signum``; later requests keep the first signal."""
+        if not self._event.is_set():
+            self.signum = signum
+            self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; ``True`` as soon as a stop is requested."""
+        return self._event.wait(seconds)
+
+    def check(self) -> None:
+        """Raise :class:`Interrupted` when a stop was requested."""
+        if self._event.is_set():
+            raise Interrupted(self.signum or signal.SIGINT)
+
+
+class StoppableGrid:
+    """A ``Grid`` whose waits end within ``poll_interval`` seconds of a :class:`StopRequest`
+    (raising :class:`Interrupted`); everything else is the wrapped grid's.
+
+    Parameters
+    ----------
+    grid:
+        The grid to wrap (the simulation's in-memory grid, a deployment's gRPC grid).
+    stop:
+        The stop request the waits watch.
+    poll_interval:
+        Seconds between pulls for replies.
+    """
+
+    def __init__(self, grid: Grid, stop: StopRequest, poll_interval: float = 0.1) -> None:
+        self._grid, self._stop, self._poll_interval = grid, stop, poll_interval
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    def get_node_ids(self) -> Iterable[int]:
+        self._stop.check()
+        return self._grid.get_node_ids()
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        """``Grid.send_and_receive``: push ``messages``, pull their replies until all came or
+        ``timeout`` seconds passed (``None``: no limit); raises :class:`Interrupted` on a stop."""
+        self._stop.check()
+        pending = set(self._grid.push_messages(messages))
+        end = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while True:
+            pulled = list(self._grid.pull_messages(pending))
+            replies.extend(pulled)
+            pending.difference_update(m.metadata.reply_to_message_id for m in pulled)
+            if not pending or (end is not None and time.monotonic() >= end):
+                return replies
+            if self._stop.wait(self._poll_interval):
+                self._stop.check()
 
 
 @dataclass
@@ -100,7 +192,7 @@ def build_strategy(plan: Plan) -> ModalityAwareFedAvg:
 
 
 def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None,
-                   resume: Checkpoint | None = None) -> dict[str, Any]:
+                   resume: Checkpoint | None = None, stop: StopRequest | None = None) -> dict[str, Any]:
     """Run ``num-server-rounds`` rounds on ``grid``; returns the summary (also written to disk).
 
     With an output directory, the server checkpoints after every round (:mod:`fedmm.checkpoint`);
@@ -110,8 +202,14 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
     :data:`MAX_FAILED_ROUNDS` consecutive rounds without a usable reply the run stops: the summary
     has status ``failed``, the ``reason`` and the ``first-client-error`` of those rounds (the
     finished rounds and the checkpoint stay written).
+
+    With ``stop``, a stop request (Ctrl-C, SIGTERM) ends the run within a fraction of a second of
+    the next wait for replies: it raises :class:`Interrupted` and drops the round under way (not
+    aggregated, not written, not checkpointed), so a resumed run starts that round again.
     """
     run = plan.run
+    if stop is not None:
+        grid = StoppableGrid(grid, stop)
     strategy = build_strategy(plan)
     device = resolve_device(run.device)
     model = plan.model.to(device)
@@ -148,6 +246,8 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
         if first_round == 0:
             record(0, 0.0, {"train/loss": float("nan"), "bytes-up": 0.0, "bytes-down": 0.0}, 0)
         for server_round in range(max(first_round, 1), run.num_server_rounds + 1):
+            if stop is not None:
+                stop.check()
             started = time.perf_counter()
             clients_from = len(strategy.client_rows)
             messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
@@ -164,6 +264,8 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
             if eval_messages:
                 replies = grid.send_and_receive(eval_messages, timeout=run.round_timeout)
                 stats.update(dict(strategy.aggregate_evaluate(server_round, replies) or {}))
+            if stop is not None:
+                stop.check()  # a stop during the round's last steps drops it too
             record(server_round, time.perf_counter() - started, stats, clients_from)
             if len(failed_rounds) >= MAX_FAILED_ROUNDS:
                 failure = _failure(strategy, failed_rounds)
@@ -171,6 +273,8 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
     except BaseException as err:
         if writer:
             write_interrupted(plan.out_dir, rows, f"{type(err).__name__}: {err}")
+        if isinstance(err, Interrupted):
+            err.last_round = int(rows[-1]["round"]) if rows else None
         raise
     if failure is not None:
         summary = summarize(rows, {**meta, **failure})

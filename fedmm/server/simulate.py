@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedmm.checkpoint import Checkpoint, check_model_fits, config_digest, load_checkpoint
 from fedmm.config import RunConfig, load_config
 from fedmm.results import CONFIG_FILE, SUMMARY_FILE
-from fedmm.server.loop import Plan, RoundCallback, prepare, run_federation
+from fedmm.server.loop import Plan, RoundCallback, StopRequest, prepare, run_federation
 
 if TYPE_CHECKING:
     import torch
@@ -85,6 +89,58 @@ def resume_checkpoint(run_dir: str | Path, run: RunConfig, model: torch.nn.Modul
     return checkpoint
 
 
+#: The signals that stop a simulation (Ctrl-C, ``kill``); the run's status becomes ``interrupted``.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def stop_on_signals(stop: StopRequest) -> Iterator[Callable[[], None]]:
+    """While the body runs, SIGINT and SIGTERM set ``stop`` instead of raising ``KeyboardInterrupt``
+    in whichever thread the signal lands (``run_simulation`` runs the Ray backend in the main thread
+    and the server loop in another). Further signals are ignored while the run shuts down; the
+    previous handlers come back afterwards. Outside the main thread (no handlers there) it does
+    nothing.
+
+    Yields a function that installs the handlers again: ``ray.init`` replaces SIGTERM's with its own
+    (``sys.exit`` in the main thread, then a C++ handler that aborts the process).
+
+    Parameters
+    ----------
+    stop:
+        The request the round loop watches (:func:`fedmm.server.loop.run_federation`).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        stop.request(signum)
+
+    def install() -> dict[int, Any]:
+        return {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+
+    previous = install()
+    try:
+        yield install
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def start_ray(backend_config: dict[str, Any]) -> None:
+    """Start Ray in this process exactly as Flower's Ray backend would (it then finds Ray running
+    and uses it), so that the caller can put its signal handlers back after ``ray.init``.
+
+    Parameters
+    ----------
+    backend_config:
+        The ``backend_config`` passed to ``run_simulation`` (``init_args``, ``client_resources``).
+    """
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    RayBackend(backend_config)  # initialises Ray; its actor pool is only built by run_simulation's
+
+
 def client_resources(run: RunConfig) -> dict[str, float]:
     """Ray resources of one simulated client; ``client-num-gpus=-1`` means 0.5 GPU when CUDA is
     present (two clients share a GPU) and none otherwise."""
@@ -121,8 +177,13 @@ def simulate(
         An already prepared plan for ``run`` (skips preparing it again).
     resume:
         Continue the run whose checkpoint is in ``out_dir`` (see :func:`resume_config`).
+
+    A SIGINT (Ctrl-C) or SIGTERM stops the run within seconds: the round under way is dropped,
+    ``summary.json`` gets status ``interrupted``, Ray shuts down and
+    :class:`fedmm.server.loop.Interrupted` is raised (``--resume`` continues the run).
     """
     # Imported here so that `fedmm datasets` and config errors do not pay for Ray's import.
+    import ray
     from flwr.simulation import run_simulation
 
     from fedmm.clients.app import app as client_app
@@ -130,11 +191,12 @@ def simulate(
     plan = plan or prepare(run, out_dir, overwrite=overwrite, resume=resume)
     checkpoint = resume_checkpoint(out_dir, run, plan.model) if resume and out_dir is not None else None
     outcome: dict[str, Any] = {}
+    stop = StopRequest()
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        outcome["summary"] = run_federation(grid, plan, on_round, resume=checkpoint)
+        outcome["summary"] = run_federation(grid, plan, on_round, resume=checkpoint, stop=stop)
 
     logging.getLogger("flwr").addFilter(_drop_run_simulation_deprecation)
     resources = client_resources(run)
@@ -150,12 +212,20 @@ def simulate(
             "include_dashboard": False,
         },
     }
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=len(plan.scenario.partitions),
-        backend_config=backend_config,
-    )
+    with stop_on_signals(stop) as reinstall_handlers:
+        try:
+            start_ray(backend_config)
+            reinstall_handlers()
+            # the server thread's Interrupted comes back out of run_simulation after Ray's shutdown
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=len(plan.scenario.partitions),
+                backend_config=backend_config,
+            )
+        finally:
+            if ray.is_initialized():  # run_simulation failed before its backend took Ray over
+                ray.shutdown()
     if "summary" not in outcome:
         raise RuntimeError("the simulation ended before the server finished; see the log above")
     return outcome["summary"]

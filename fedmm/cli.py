@@ -214,22 +214,27 @@ def _report(args: argparse.Namespace) -> int:
 def _deploy_local(args: argparse.Namespace) -> int:
     import time
 
-    from fedmm.deploy import CONNECTION, LocalDeployment
+    from fedmm.deploy import CONNECTION, DeployError, LocalDeployment, stop_on_signals
 
     tls = args.tls or args.auth
-    with LocalDeployment(args.workdir, args.nodes, tls=tls, port=args.port, auth=args.auth) as deployment:
-        security = "TLS, SuperNode authentication" if args.auth else "TLS" if tls else "insecure"
-        print(f"SuperLink on {deployment.address} ({security}), {args.nodes} SuperNodes; "
-              f"logs in {deployment.workdir}")
-        print("Submit the app from this directory with:\n"
-              f"  FLWR_HOME={deployment.flwr_home} flwr run . {CONNECTION} --stream "
-              f"--run-config \"num-clients={args.nodes} partition='iid' out-dir='{Path.cwd() / 'results' / 'deploy'}'\"")
-        print("Ctrl-C stops every process started here.")
-        try:
+    try:
+        with stop_on_signals(), LocalDeployment(args.workdir, args.nodes, tls=tls, port=args.port,
+                                                auth=args.auth) as deployment:
+            security = "TLS, SuperNode authentication" if args.auth else "TLS" if tls else "insecure"
+            print(f"SuperLink on {deployment.address} ({security}), {args.nodes} SuperNodes; "
+                  f"logs in {deployment.workdir}")
+            print("Submit the app from this directory with:\n"
+                  f"  FLWR_HOME={deployment.flwr_home} flwr run . {CONNECTION} --stream "
+                  f"--run-config \"num-clients={args.nodes} partition='iid' "
+                  f"out-dir='{Path.cwd() / 'results' / 'deploy'}'\"")
+            print("Ctrl-C (or SIGTERM, SIGHUP) stops every process started here.", flush=True)
             while True:
                 time.sleep(1)
-        except KeyboardInterrupt:
-            print("stopping")
+    except DeployError as err:
+        print(f"fedmm: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stopped every process started here")
     return 0
 
 

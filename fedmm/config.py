@@ -66,7 +66,8 @@ class RunConfig:
                                     low=0.0, high=1.0)
     min_available_nodes: int = _key("min-available-nodes", 0, "nodes to wait for before round 1; "
                                     "0 = all clients", low=0)
-    round_timeout: float = _key("round-timeout", 600.0, "seconds to wait for replies in a round",
+    round_timeout: float = _key("round-timeout", 600.0, "seconds to wait for replies in a round, and for "
+                                "min-available-nodes nodes to connect before round 1",
                                 low=0.0, low_open=True)
     # local training
     objective: str = _key("objective", "auto", "local training objective (docs/objectives.md); auto = the "

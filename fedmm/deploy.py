@@ -11,7 +11,9 @@ See docs/deploy.md for the same steps across machines.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import ipaddress
 import json
 import os
@@ -21,11 +23,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 CONNECTION = "fedmm-local"
+#: Seconds a started process gets to exit after SIGTERM before its process group is killed.
+STOP_GRACE = 10.0
+
+
+class DeployError(RuntimeError):
+    """The local deployment cannot start: a port is taken, or the SuperLink exited at start-up."""
 
 
 @dataclass(frozen=True)
@@ -121,9 +129,64 @@ def generate_node_key(path: str | Path) -> Path:
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def check_port_free(port: int, host: str = "127.0.0.1") -> None:
+    """Raise :class:`DeployError` naming ``port`` when another process listens on it.
+
+    Parameters
+    ----------
+    port:
+        The TCP port the SuperLink is to bind.
+    host:
+        The address it binds (``127.0.0.1`` for the loopback deployment).
+    """
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed connection in TIME_WAIT is no user
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            if err.errno != errno.EADDRINUSE:
+                raise DeployError(f"cannot use port {port} on {host} for the SuperLink: {err.strerror}; "
+                                  "pass another --port") from None
+            raise DeployError(f"port {port} on {host} is already in use by another process; stop it or "
+                              f"pass another --port (e.g. --port {free_port()})") from None
+
+
+@contextlib.contextmanager
+def stop_on_signals(signals: Sequence[signal.Signals] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP),
+                    ) -> Iterator[None]:
+    """Within the block, the first of ``signals`` raises :class:`KeyboardInterrupt` in the main
+    thread (so ``with LocalDeployment(...)`` stops what it started); later ones are ignored while
+    the processes stop. A signal the process inherited as ignored (``nohup`` ignores SIGHUP) stays
+    ignored. The previous handlers come back at the end.
+
+    Parameters
+    ----------
+    signals:
+        The signals that stop the deployment.
+    """
+    received: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if received:
+            return
+        received.append(signum)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    for sig, old in previous.items():
+        if old is not signal.SIG_IGN:
+            signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @dataclass
@@ -140,7 +203,8 @@ class LocalDeployment:
     tls:
         Serve over TLS with freshly generated certificates instead of ``--insecure``.
     port:
-        SuperLink port (0 picks a free one).
+        SuperLink port on 127.0.0.1 (0 picks a free one); :meth:`start` raises :class:`DeployError`
+        naming it when another process listens there.
     auth:
         SuperNode authentication (needs ``tls``): the SuperLink runs with ``--enable-supernode-auth``,
         each node gets a key pair ``keys/node<i>`` (+ ``.pub``) whose public key is registered with
@@ -176,7 +240,10 @@ class LocalDeployment:
         return self.workdir / "flwr-home"
 
     def start(self) -> LocalDeployment:
-        """Start the SuperLink and every SuperNode; on any failure stop what was started and raise."""
+        """Start the SuperLink and every SuperNode; on any failure (also an interrupt) stop what was
+        started and raise. A taken port or a SuperLink that exits at start-up raises
+        :class:`DeployError` before any SuperNode starts."""
+        check_port_free(self.port)
         self.workdir.mkdir(parents=True, exist_ok=True)
         security = ["--insecure"]
         if self.tls:
@@ -193,6 +260,7 @@ class LocalDeployment:
             self._write_flwr_config()  # `flwr supernode register` needs the connection
             for i in range(self.num_nodes):
                 self.start_node(i)
+            self._check_superlink()
         except BaseException:
             self.stop()
             raise
@@ -229,9 +297,23 @@ class LocalDeployment:
         """Kill SuperNode ``partition_id`` and everything it started (a crashed machine)."""
         self._kill(f"node{partition_id}", signal.SIGKILL)
 
-    def stop(self) -> None:
-        for name in list(self.processes):
-            self._kill(name, signal.SIGTERM)
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """Stop every process started here: the SuperNodes first, then the SuperLink; each group
+        gets SIGTERM and ``grace`` seconds, then SIGKILL, and the processes Flower started in
+        sessions of their own (SuperExec, ClientApps) are killed too.
+
+        Parameters
+        ----------
+        grace:
+            Seconds the processes of one step get to exit after SIGTERM.
+        """
+        nodes = [name for name in self.processes if name != "superlink"]
+        self._stop_group(nodes, grace)
+        self._stop_group(["superlink"], grace)
+
+    def pids(self) -> dict[str, int]:
+        """Process id (also its process group's id) of every process started here, by name."""
+        return {name: proc.pid for name, proc in self.processes.items()}
 
     def __enter__(self) -> LocalDeployment:
         return self.start()
@@ -259,28 +341,44 @@ class LocalDeployment:
                                                 start_new_session=True, cwd=self.workdir)
 
     def _kill(self, name: str, sig: signal.Signals) -> None:
-        proc = self.processes.pop(name, None)
-        if proc is None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        _kill_by_flwr_home(self.workdir / name)
+        if name in self.processes:
+            self._stop_group([name], STOP_GRACE, sig)
+
+    def _stop_group(self, names: Sequence[str], grace: float, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Send ``sig`` to the process groups of ``names`` at once, wait up to ``grace`` seconds for
+        them, SIGKILL the groups (stragglers and any child left in them), then what they started
+        outside their group (found by their ``FLWR_HOME``)."""
+        procs = {name: self.processes.pop(name) for name in names if name in self.processes}
+        for proc in procs.values():
+            _signal_group(proc.pid, sig)
+        deadline = time.monotonic() + grace
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.0))
+            except subprocess.TimeoutExpired:
+                pass
+        for name, proc in procs.items():
+            _signal_group(proc.pid, signal.SIGKILL)  # the group id stays reserved while members live
+            proc.wait()
+            _kill_by_flwr_home(self.workdir / name)
+
+    def _check_superlink(self) -> None:
+        """Raise :class:`DeployError` (with the last line of its log) when the SuperLink has exited."""
+        proc, log = self.processes["superlink"], self.workdir / "superlink.log"
+        if proc.poll() is not None:
+            raise DeployError(f"the SuperLink exited at start-up (exit code {proc.returncode}): "
+                              f"{_last_line(log)}; see {log}")
 
     def _wait_for_port(self, port: int, timeout: float = 30.0) -> None:
+        log = self.workdir / "superlink.log"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            self._check_superlink()
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     return
             time.sleep(0.2)
-        raise RuntimeError(f"the SuperLink did not listen on port {port} within {timeout:.0f} s; "
-                           f"see {self.workdir / 'superlink.log'}")
+        raise DeployError(f"the SuperLink did not listen on port {port} within {timeout:.0f} s; see {log}")
 
     def _write_flwr_config(self) -> None:
         self.flwr_home.mkdir(parents=True, exist_ok=True)
@@ -303,6 +401,22 @@ def _executable(name: str, path: str) -> str:
     if exe is None:
         raise FileNotFoundError(f"{name} is not installed; install fedmm in this environment (make install)")
     return exe
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _last_line(path: Path) -> str:
+    """The last non-empty line of a log file (empty when there is none)."""
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
 
 
 def _kill_by_flwr_home(home: Path) -> None:

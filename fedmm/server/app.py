@@ -11,6 +11,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedmm.config import RunConfig, parse_overrides
 from fedmm.server.loop import prepare, run_federation
+from fedmm.strategies.fedavg import FederationTooSmall
 
 app = ServerApp()
 log = logging.getLogger("fedmm")
@@ -36,7 +37,11 @@ def main(grid: Grid, context: Context) -> None:
     out_dir = Path(run.out_dir) if run.out_dir else Path.cwd() / "results" / f"run-{context.run_id}"
     plan = prepare(run, out_dir, overwrite=True)
     log.info("fedmm: writing results to %s", plan.out_dir)
-    summary = run_federation(grid, plan)
+    try:
+        summary = run_federation(grid, plan)
+    except FederationTooSmall as err:  # summary.json says interrupted, with this reason
+        log.error("fedmm: error: %s", err)
+        return
     if summary.get("status") == "failed":
         log.error("fedmm: run failed: %s; first client error: %s", summary["reason"], summary["first-client-error"])
         return

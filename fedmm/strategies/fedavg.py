@@ -43,6 +43,23 @@ WEIGHT_KEY = "num-examples"
 #: Local epochs of the pass that gives update-vector policies their first vectors (the reference's
 #: ``grad_epochs``, FEDCMI_CMSFED.md 3.5 step 1).
 UPDATE_PASS_EPOCHS = 1
+#: Seconds between the progress warnings while the first round waits for nodes (the first comes
+#: after this long too: in a simulation the nodes register while the server starts).
+NODE_WAIT_LOG_EVERY = 10.0
+
+
+class FederationTooSmall(RuntimeError):
+    """Fewer nodes connected than the run needs within its wait for nodes (``round-timeout``)."""
+
+    def __init__(self, connected: int, needed: int, waited: float) -> None:
+        self.connected, self.needed = connected, needed
+        super().__init__(
+            f"only {connected} of the {needed} nodes this run needs connected within {waited:.0f} s "
+            f"(round-timeout); make the federation {needed} nodes: for `flwr run .` add "
+            f'--federation-config "num-supernodes={needed}" (or set it once with `flwr federation '
+            f"simulation-config @none/default local --num-supernodes {needed}`), in a deployment start "
+            f"{needed} SuperNodes; or ask for fewer with min-available-nodes (or num-clients)"
+        )
 
 #: ``round -> extras`` for every client (objective state such as global prototypes).
 ExtrasFn = Callable[[int], Mapping[str, Any]]
@@ -83,7 +100,7 @@ class ModalityAwareFedAvg(Strategy):
     clients_per_round:
         Budget handed to the policy (``all`` ignores it).
     min_available_nodes:
-        Nodes to wait for before the first round.
+        Nodes to wait for before the first round (at most ``round_timeout`` seconds).
     run_config:
         Sent with every message (the resolved run configuration, so clients build the same
         scenario and model); per-node keys are added to a copy, never to this record.
@@ -97,7 +114,8 @@ class ModalityAwareFedAvg(Strategy):
     fraction_evaluate:
         Fraction of known nodes asked to evaluate the global model on their own data.
     round_timeout:
-        Seconds to wait for replies; missing replies are recorded as failures.
+        Seconds to wait for replies (missing replies are recorded as failures), and for
+        ``min_available_nodes`` nodes to connect before the first round.
     seed:
         Seed of the strategy's own generator (which nodes evaluate).
     parameter_keys:
@@ -173,13 +191,13 @@ class ModalityAwareFedAvg(Strategy):
     def discover(self, grid: Grid, server_round: int = 0) -> None:
         """Ask every node not seen before for its partition and modalities.
 
-        The first call of a run (also of a resumed one) waits for ``min_available_nodes``; later
-        rounds go on with whoever is connected, so a node that drops out is skipped and one that
-        (re)joins is discovered.
+        The first call of a run (also of a resumed one) waits up to ``round_timeout`` seconds for
+        ``min_available_nodes`` (:class:`FederationTooSmall` when fewer are connected by then);
+        later rounds go on with whoever is connected, so a node that drops out is skipped and one
+        that (re)joins is discovered.
         """
-        while not self.waited_for_nodes and len(list(grid.get_node_ids())) < self.min_available_nodes:
-            log.info("waiting for nodes: %d of %d connected", len(list(grid.get_node_ids())), self.min_available_nodes)
-            time.sleep(1.0)
+        if not self.waited_for_nodes:
+            self._wait_for_nodes(grid)
         self.waited_for_nodes = True
         node_ids = list(grid.get_node_ids())
         for node in sorted(self.connected - set(node_ids)):
@@ -206,6 +224,24 @@ class ModalityAwareFedAvg(Strategy):
                 continue
             self.register(node, client_id, modalities, num_examples)
         log.info("discovered %d nodes (%d clients known)", len(new), len(self.clients))
+
+    def _wait_for_nodes(self, grid: Grid) -> None:
+        """Wait until ``min_available_nodes`` nodes are connected, at most ``round_timeout``
+        seconds, warning every :data:`NODE_WAIT_LOG_EVERY` seconds; raises
+        :class:`FederationTooSmall` naming both counts at the end of the wait."""
+        started = time.monotonic()
+        deadline, next_log = started + self.round_timeout, started + NODE_WAIT_LOG_EVERY
+        while (connected := len(list(grid.get_node_ids()))) < self.min_available_nodes:
+            now = time.monotonic()
+            if now >= deadline:
+                raise FederationTooSmall(connected, self.min_available_nodes, now - started)
+            if now >= next_log:
+                log.warning("waiting for nodes: %d of %d connected after %.0f s (giving up after %.0f s, "
+                            "round-timeout); for `flwr run .` set the federation size with "
+                            '--federation-config "num-supernodes=%d"', connected, self.min_available_nodes,
+                            now - started, self.round_timeout, self.min_available_nodes)
+                next_log = now + NODE_WAIT_LOG_EVERY
+            time.sleep(min(1.0, deadline - now))
 
     def _client_info(self, reply: Message) -> tuple[int, tuple[str, ...], int]:
         """``(partition id, modalities, num-examples)`` of a discovery reply; raises

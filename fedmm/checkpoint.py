@@ -118,18 +118,7 @@ def _saved_state(run_dir: Path) -> dict[str, Any]:
     raise ValueError(f"checkpoint file {str(path)!r} is damaged ({problem}); {_start_over(run_dir)}")
 
 
-def checkpoint_round(run_dir: str | Path) -> int:
-    """The round of the checkpoint in ``run_dir``, without reading its arrays.
-
-    Parameters
-    ----------
-    run_dir:
-        A run directory written by ``fedmm simulate --out``.
-    """
-    return int(_saved_state(Path(run_dir))["round"])
-
-
-def load_checkpoint(run_dir: str | Path) -> Checkpoint:
+def load_checkpoint(run_dir: str | Path, *, arrays: bool = True) -> Checkpoint:
     """The checkpoint in ``run_dir``; ``ValueError`` naming the file and what to do when there is
     none, a file is damaged (empty, garbage, truncated) or the two files disagree.
 
@@ -137,6 +126,10 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
     ----------
     run_dir:
         A run directory written by ``fedmm simulate --out``.
+    arrays:
+        Read the arrays (model and array state). ``False`` checks the same damage from the
+        safetensors header alone (a truncated file fails there) and returns no arrays: for the
+        checks before a resume, which reads them once, later.
     """
     from safetensors import SafetensorError, safe_open
 
@@ -148,7 +141,7 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
     try:
         with safe_open(str(arrays_path), framework="numpy") as f:
             arrays_round = int((f.metadata() or {}).get("round", -1))
-            for key in f.keys():
+            for key in f.keys() if arrays else ():
                 group, _, name = key.partition("/")
                 (model if group == "model" else state)[name] = f.get_tensor(key)
     except (SafetensorError, OSError, ValueError) as err:

@@ -223,6 +223,7 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
     if plan.out_dir:
         writer = ResultsWriter(plan.out_dir, run, resume_after=resume.server_round if resume else None)
     arrays = to_record(model.state_dict())
+    digest = config_digest(run.to_toml())  # recorded in every checkpoint (resume checks it)
     rows: list[dict[str, Any]] = writer.rounds if writer else []
 
     def record(server_round: int, seconds: float, stats: dict[str, float], clients_from: int) -> None:
@@ -233,7 +234,7 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
             save_checkpoint(plan.out_dir, Checkpoint(server_round, from_record(arrays), {
                 **prefixed("strategy-state.", strategy.state_dict()),
                 **prefixed("objective.", plan.objective.server_state()),
-            }, config_sha256=config_digest(run.to_toml())))
+            }, config_sha256=digest))
         else:
             rows.append(row)
         if on_round:

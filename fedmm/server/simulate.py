@@ -62,7 +62,8 @@ def resume_config(run_dir: str | Path) -> RunConfig:
 
 def resume_checkpoint(run_dir: str | Path, run: RunConfig, model: torch.nn.Module | None = None) -> Checkpoint:
     """The checkpoint in ``run_dir``, refused (``ValueError`` naming the file and what to do) when it
-    is damaged, was written under another config than ``run``, or does not fit ``model``.
+    is damaged, was written under another config than ``run``, or does not fit ``model``. Without
+    ``model`` only the checks are made and no arrays are read (the checkpoint has none).
 
     Parameters
     ----------
@@ -74,7 +75,7 @@ def resume_checkpoint(run_dir: str | Path, run: RunConfig, model: torch.nn.Modul
         The model ``run`` builds; when given, the checkpoint's keys and shapes must be its own.
     """
     run_dir = Path(run_dir)
-    checkpoint = load_checkpoint(run_dir)
+    checkpoint = load_checkpoint(run_dir, arrays=model is not None)
     if checkpoint.config_sha256 is None:
         log.warning("the checkpoint in %s does not record its config (an older fedmm wrote it); "
                     "resuming under %s unchecked", run_dir, run_dir / CONFIG_FILE)

@@ -1,8 +1,7 @@
 """Model state <-> Flower records, by parameter group; the per-key aggregation rule; extras codec.
 
-A group is read from a parameter's name (``encoders.acc.0.weight`` -> ``encoders.acc``, see
-:func:`fedmm.models.net.parameter_group`). This module keeps the naming rule in one place for the
-server, which never builds torch models.
+A group is read from a parameter's name (``encoders.acc.0.weight`` -> ``encoders.acc``), by the
+one rule in :mod:`fedmm.groups`.
 """
 
 from __future__ import annotations
@@ -13,33 +12,11 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
-SHARED_GROUP = "fusion"
-MODALITY_GROUP_PREFIXES = ("encoders", "heads", "projectors")
+
+
 #: Config key of an ``evaluate`` message that asks for the objective's facts of the received global
 #: model (``Objective.global_model_facts``) instead of an evaluation.
 GLOBAL_MODEL_FACTS_KEY = "global-model-facts"
-
-
-def key_group(name: str) -> str:
-    """The aggregation group of a state key (same rule as ``fedmm.models.net.parameter_group``)."""
-    parts = name.split(".")
-    if parts[0] in MODALITY_GROUP_PREFIXES and len(parts) > 2:
-        return f"{parts[0]}.{parts[1]}"
-    if parts[0] == SHARED_GROUP:
-        return SHARED_GROUP
-    raise ValueError(f"state key {name!r} belongs to no parameter group")
-
-
-def key_modality(name: str) -> str | None:
-    """The modality that owns a state key, ``None`` for shared keys."""
-    group = key_group(name)
-    return None if group == SHARED_GROUP else group.split(".", 1)[1]
-
-
-def keys_for_modalities(keys: Iterable[str], modalities: Iterable[str]) -> list[str]:
-    """The keys a client training ``modalities`` needs and uploads: theirs and the shared ones."""
-    allowed = {None, *modalities}
-    return [k for k in keys if key_modality(k) in allowed]
 
 
 def to_record(state: Mapping[str, Any], keys: Iterable[str] | None = None) -> ArrayRecord:

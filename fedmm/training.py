@@ -24,7 +24,8 @@ from torch.utils.hooks import RemovableHandle
 from fedmm.data.augment import Augment
 from fedmm.data.base import LABEL_KEY, ModalitySpec, TensorDict, num_examples
 from fedmm.metrics import accuracy, imbalance_ratio, macro_f1
-from fedmm.models.net import MODALITY_GROUP_PREFIXES, ModelConfig, MultimodalNet, group_modality, parameter_group
+from fedmm.groups import MODALITY_GROUP_PREFIXES, group_modality, parameter_group
+from fedmm.models.net import ModelConfig, MultimodalNet
 from fedmm.objectives.base import PRECISIONS, Objective, Precision, RoundContext
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
@@ -86,7 +87,7 @@ def build_model(
     ------
     ValueError
         When the objective added a parameter outside the aggregation groups (see
-        :func:`fedmm.models.net.parameter_group`).
+        :func:`fedmm.groups.parameter_group`).
     """
     if objective.needs_heads and not model_config.heads:
         model_config = dataclasses.replace(model_config, encoders=dict(model_config.encoders), heads=True)
@@ -195,7 +196,7 @@ def trainable_parameters(model: nn.Module, modalities: list[str]) -> list[nn.Par
     Parameters
     ----------
     model:
-        A model whose parameter names follow :func:`fedmm.models.net.parameter_group`.
+        A model whose parameter names follow :func:`fedmm.groups.parameter_group`.
     modalities:
         The modalities trained this round.
     """
@@ -236,9 +237,6 @@ def add_proximal_hook(optimizer: torch.optim.Optimizer, params: list[nn.Paramete
             torch._foreach_add_([p.grad for p, _ in pairs], diffs, alpha=mu)
 
     return optimizer.register_step_pre_hook(hook)
-
-
-_add_proximal_hook = add_proximal_hook  # the name an earlier draft of this module used
 
 
 def _set_modes(model: nn.Module, trained: list[str]) -> None:

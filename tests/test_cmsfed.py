@@ -175,7 +175,8 @@ def client_train(run, server_round: int, modalities: str):
     from test_node_config import context
 
     from fedmm.clients.app import Node, app
-    from fedmm.records import encode_extras, keys_for_modalities
+    from fedmm.groups import keys_for_modalities
+    from fedmm.records import encode_extras
     from fedmm.workspace import model_of, objective_of
 
     received = model_of(run, objective_of(run))

@@ -19,7 +19,8 @@ from test_cremad import write_cremad_dir
 
 from fedmm.clients.app import Node, app
 from fedmm.config import RunConfig, load_config
-from fedmm.records import encode_extras, key_modality, keys_for_modalities, to_record
+from fedmm.groups import key_modality, keys_for_modalities
+from fedmm.records import encode_extras, to_record
 from fedmm.workspace import model_of, objective_of
 
 pytestmark = pytest.mark.usefixtures("flower_identity")

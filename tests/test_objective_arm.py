@@ -11,7 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedmm.data.base import ModalitySpec
-from fedmm.models.net import ModelConfig, MultimodalNet, parameter_group
+from fedmm.groups import parameter_group
+from fedmm.models.net import ModelConfig, MultimodalNet
 from fedmm.objectives.arm import ARMReconstruction
 from fedmm.objectives.base import RoundContext
 from fedmm.objectives.registry import build_objective

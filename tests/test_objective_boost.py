@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from fedmm.data.base import ModalitySpec
-from fedmm.models.net import ModelConfig, MultimodalNet, parameter_group
+from fedmm.groups import parameter_group
+from fedmm.models.net import ModelConfig, MultimodalNet
 from fedmm.objectives.base import RoundContext, Schedule
 from fedmm.objectives.boost import ACTIVE_KEY, BoostOutputs, SustainedBoosting, boosting_loss
 from fedmm.objectives.registry import build_objective

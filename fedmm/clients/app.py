@@ -28,7 +28,8 @@ from fedmm.config import RunConfig
 from fedmm.data import LABEL_KEY, TensorDict, subset
 from fedmm.objectives import RoundContext
 from fedmm.objectives.pmr import prototype_imbalance_ratio
-from fedmm.records import GLOBAL_MODEL_FACTS_KEY, decode_extras, keys_for_modalities, to_record
+from fedmm.groups import keys_for_modalities
+from fedmm.records import GLOBAL_MODEL_FACTS_KEY, decode_extras, to_record
 from fedmm.training import evaluate, resolve_device, train_local
 from fedmm.workspace import dataset_of, model_of, objective_of, parse_run_config, scenario_of, train_config_of
 

@@ -1,6 +1,6 @@
 """The multimodal model: an encoder per modality, concat fusion over modality slots, optional heads.
 
-Parameter names carry their aggregation group (see :func:`parameter_group`):
+Parameter names carry their aggregation group (the rule is :mod:`fedmm.groups`):
 ``encoders.<m>.*``, ``heads.<m>.*``, ``projectors.<m>.*`` belong to modality ``m``; everything
 under ``fusion.*`` is shared by all clients.
 """
@@ -14,39 +14,6 @@ from torch import nn
 
 from fedmm.data.base import ModalitySpec, TensorDict
 from fedmm.models.encoders import DEFAULT_ENCODER, build_encoder
-
-MODALITY_GROUP_PREFIXES = ("encoders", "heads", "projectors")
-SHARED_GROUP = "fusion"
-
-
-def parameter_group(name: str) -> str:
-    """The aggregation group of a state-dict key: ``"encoders.acc"``, ``"heads.gyro"``, ``"fusion"``.
-
-    >>> parameter_group("encoders.acc.0.weight")
-    'encoders.acc'
-    >>> parameter_group("fusion.linear.bias")
-    'fusion'
-    """
-    parts = name.split(".")
-    if parts[0] in MODALITY_GROUP_PREFIXES and len(parts) > 2:
-        return f"{parts[0]}.{parts[1]}"
-    if parts[0] == SHARED_GROUP:
-        return SHARED_GROUP
-    raise ValueError(
-        f"parameter {name!r} belongs to no group: names must start with "
-        f"{', '.join(p + '.<modality>.' for p in MODALITY_GROUP_PREFIXES)} or '{SHARED_GROUP}.'"
-    )
-
-
-def group_modality(group: str) -> str | None:
-    """The modality a group belongs to, or ``None`` for the shared group."""
-    return None if group == SHARED_GROUP else group.split(".", 1)[1]
-
-
-def groups_for(modalities: list[str] | tuple[str, ...], all_groups: set[str]) -> set[str]:
-    """The groups a client training ``modalities`` touches: theirs plus the shared one."""
-    return {g for g in all_groups if group_modality(g) in (None, *modalities)}
-
 
 @dataclass
 class ModelConfig:

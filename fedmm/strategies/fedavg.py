@@ -17,14 +17,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedmm.checkpoint import prefixed, unprefixed
+from fedmm.groups import is_encoder_key, key_modality, keys_for_modalities
 from fedmm.records import (
     GLOBAL_MODEL_FACTS_KEY,
     RecordMismatch,
     aggregate,
     encode_extras,
     from_record,
-    key_modality,
-    keys_for_modalities,
     subset_record,
     to_record,
     vet_arrays,
@@ -552,8 +551,7 @@ class ModalityAwareFedAvg(Strategy):
             return {}
         deltas: dict[str, np.ndarray] = {}
         for m in r.modalities:
-            keys = [k for k in self._global
-                    if k.startswith(f"encoders.{m}.") and k in self.parameter_keys and k in r.arrays]
+            keys = [k for k in self._global if is_encoder_key(k, m) and k in self.parameter_keys and k in r.arrays]
             if keys:
                 deltas[m] = np.concatenate([(self._global[k] - r.arrays[k]).ravel().astype(np.float32) for k in keys])
         return deltas

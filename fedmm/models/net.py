@@ -81,6 +81,14 @@ class MultimodalNet(nn.Module):
         self.fusion = FusionHead(len(modalities), config.embed_dim, num_classes)
         init_weights(self)
 
+    def add_heads(self) -> None:
+        """Add a linear head per modality that has none (Xavier-normal weights, zero bias)."""
+        for m in self.modalities:
+            if m not in self.heads:
+                head = nn.Linear(self.embed_dim, self.num_classes)
+                init_weights(head)
+                self.heads[m] = head
+
     # -- forward pieces ------------------------------------------------------------------------
     def encode(self, batch: TensorDict) -> dict[str, torch.Tensor]:
         """Features of every modality present in ``batch`` (absent modalities are skipped)."""

@@ -223,8 +223,12 @@ class Objective:
         """Add objective-owned modules to a freshly built model (same shape on server and clients).
 
         New modules must live under ``heads.<m>.``/``projectors.<m>.`` (per modality) or under
-        ``model.fusion`` (shared) so that aggregation can place them in a group.
+        ``model.fusion`` (shared) so that aggregation can place them in a group. The default adds
+        the per-modality heads a ``needs_heads`` objective uses when the model has none
+        (``build_model`` already builds them; this covers a model built by hand).
         """
+        if self.needs_heads:
+            model.add_heads()
 
     def predict(self, model: nn.Module, batch: TensorDict) -> torch.Tensor:
         """Inference logits for ``batch``; a batch holding one modality gives that modality's

@@ -157,13 +157,10 @@ class MNL(Objective):
         self.last_guides: list[str | None] = []
 
     def extend_model(self, model: nn.Module) -> None:
-        """Add a linear head per modality when the model was built without them."""
-        for m in model.modalities:
-            if m not in model.heads:
-                head = nn.Linear(model.embed_dim, model.num_classes)
-                nn.init.xavier_normal_(head.weight)
-                nn.init.zeros_(head.bias)
-                model.heads[m] = head
+        """Add the per-modality heads after the base model is built (MNL does not set
+        ``needs_heads``, so its heads' initial weights are drawn after the fusion head's, as in
+        every earlier fedmm version: results stay comparable)."""
+        model.add_heads()
 
     def guiding(self) -> bool:
         """Whether the current local epoch adds the negative-learning term (from ``start`` of

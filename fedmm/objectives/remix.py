@@ -136,15 +136,6 @@ class DataRemixing(Objective):
         self.last_assignment: torch.Tensor | None = None
         self._assigned: dict[str, int] = {}
 
-    def extend_model(self, model: nn.Module) -> None:
-        """Add a linear head per modality when the model was built without them."""
-        for m in model.modalities:
-            if m not in model.heads:
-                head = nn.Linear(model.embed_dim, model.num_classes)
-                nn.init.xavier_normal_(head.weight)
-                nn.init.zeros_(head.bias)
-                model.heads[m] = head
-
     def in_warmup(self) -> bool:
         """Whether the current local epoch trains jointly: it starts before the ``warmup`` fraction
         of training, or with ``warmup_rounds`` set, its round is ``<= warmup_rounds`` (the update

@@ -52,15 +52,6 @@ class Uniform(Objective):
         super().__init__(params)
         self.params.validate()
 
-    def extend_model(self, model: nn.Module) -> None:
-        """Add a linear head per modality when the model was built without them."""
-        for m in model.modalities:
-            if m not in model.heads:
-                head = nn.Linear(model.embed_dim, model.num_classes)
-                nn.init.xavier_normal_(head.weight)
-                nn.init.zeros_(head.bias)
-                model.heads[m] = head
-
     def loss(self, model: nn.Module, batch: TensorDict) -> torch.Tensor:
         y = batch[LABEL_KEY]
         feats = model.encode({m: batch[m] for m in self.trained_modalities(model, batch)})

@@ -41,6 +41,10 @@ class Case:
         return "-".join(f"{v}" for v in self.labels.values()).replace("/", "_") + f"-seed{seed}"
 
 
+#: ``simulate(run, out_dir, overwrite=...) -> summary``: how :func:`run_grid` runs one federation.
+Simulate = Callable[..., dict[str, Any]]
+
+
 def run_grid(
     config: Path | None,
     overrides: Sequence[str],
@@ -49,6 +53,7 @@ def run_grid(
     csv_path: Path,
     runs_dir: Path | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    simulate: Simulate | None = None,
 ) -> pd.DataFrame:
     """Simulate every case with every seed; one CSV row per run (labels, seed, final metrics).
 
@@ -68,8 +73,11 @@ def run_grid(
         Where each run writes its results directory (``<case>-seed<k>``); ``None`` keeps none.
     on_row:
         Called with every new row.
+    simulate:
+        Runs one federation (default: :func:`fedmm.server.simulate.simulate`, on Ray).
     """
-    from fedmm.server.simulate import simulate
+    if simulate is None:
+        from fedmm.server.simulate import simulate
 
     seeds = list(seeds)
     label_names = sorted({k for c in cases for k in c.labels})
@@ -88,7 +96,8 @@ def run_grid(
                              f"{summary['first-client-error']}")
         row = {**case.labels, "seed": seed, **summary["final"], "best-test/acc": summary["best-test/acc"],
                "best-round": summary["best-round"], "bytes-up": summary["total-bytes-up"],
-               "seconds": summary["total-seconds"]}
+               "seconds": summary["total-seconds"], "loss-growth": summary["loss-growth"],
+               "diverged-round": summary["diverged"]["round"] if summary["diverged"] else math.nan}
         rows.append(row)
         _write_csv(pd.DataFrame(rows), csv_path)
         if on_row:
@@ -137,10 +146,112 @@ def selection_benchmark(
     return table
 
 
-def weak_modality(curves: pd.DataFrame) -> str:
-    """The modality whose accuracy alone is lowest at the last round, averaged over all runs."""
-    last = curves[curves["round"] == curves["round"].max()]
-    alone = {c.rsplit("/", 1)[1]: last[c].mean() for c in curves.columns if c.startswith("test/acc/")}
+# -- fedmm bench methods -----------------------------------------------------------------------------
+#: Every shipped dataset's federation in ``fedmm bench methods``: hapt's natural clients (its 24
+#: users), the others Dirichlet alpha 0.5 over 20 clients (synthetic with 3 modalities); half of
+#: the clients multimodal everywhere.
+METHOD_FEDERATIONS: dict[str, tuple[str, ...]] = {
+    "hapt": ("dataset=hapt", "partition=natural"),
+    "segment": ("dataset=segment", "partition=dirichlet", "dirichlet-alpha=0.5", "num-clients=20"),
+    "mfeat": ("dataset=mfeat", "partition=dirichlet", "dirichlet-alpha=0.5", "num-clients=20"),
+    "synthetic": ("dataset=synthetic", "dataset.num_modalities=3", "partition=dirichlet", "dirichlet-alpha=0.5",
+                  "num-clients=20"),
+}
+METHOD_COMMON = ("allocation=multi-ratio", "multi-ratio=0.5")
+#: Every strategy with its own objective and selection, CMSFed also with random selection, and
+#: every local objective under FedAvg; each with its default parameters.
+METHODS: dict[str, tuple[str, ...]] = {
+    "fedavg": ("strategy=fedavg",),
+    "fedprox": ("strategy=fedprox",),
+    "fedcmi": ("strategy=fedcmi",),
+    "cmsfed": ("strategy=cmsfed",),
+    "cmsfed+random": ("strategy=cmsfed", "selection=random"),
+    **{f"fedavg+{o}": ("strategy=fedavg", f"objective={o}")
+       for o in ("uniform", "ogm-ge", "pmr", "boost", "mnl", "remix", "arm")},
+}
+#: ``--quick``: a smoke run of every method (1 seed, 2 rounds of 1 local epoch, 6 clients).
+QUICK_OVERRIDES = ("num-server-rounds=2", "local-epochs=1", "num-clients=6", "clients-per-round=3")
+
+
+def methods_benchmark(
+    datasets: Sequence[str],
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    out_dir: Path,
+    overrides: Sequence[str] = (),
+    *,
+    quick: bool = False,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+    simulate: Simulate | None = None,
+) -> str:
+    """Every method of :data:`METHODS` on every federation of :data:`METHOD_FEDERATIONS`.
+
+    Writes ``runs.csv`` (one tidy row per dataset, method and seed: final and best multimodal
+    accuracy, each modality alone, the imbalance ratio, ``loss-growth`` = the largest round
+    training loss over the round-1 value, ``diverged-round``) and ``methods.md`` (the table this
+    returns: per dataset and method, mean ± std over seeds) into ``out_dir``; each run's results
+    go to ``out_dir/runs/<dataset>-<method>-seed<k>``.
+
+    Parameters
+    ----------
+    datasets:
+        Keys of :data:`METHOD_FEDERATIONS`.
+    methods:
+        Keys of :data:`METHODS`.
+    seeds:
+        Seeds of every (dataset, method).
+    out_dir:
+        Where the CSV, the table and the runs go (finished runs are not repeated).
+    overrides:
+        ``key=value`` overrides of every run (after the federation's and the method's).
+    quick:
+        Add :data:`QUICK_OVERRIDES` (smoke runs; their numbers mean nothing).
+    on_row:
+        Called with every finished run's row.
+    simulate:
+        Runs one federation (default: on Ray).
+    """
+    for name, valid, what in ((datasets, METHOD_FEDERATIONS, "dataset"), (methods, METHODS, "method")):
+        unknown = [n for n in name if n not in valid]
+        if unknown or not name:
+            raise ValueError(f"unknown {what} {unknown[0]!r} for `fedmm bench methods`; choose from "
+                             f"{', '.join(valid)}" if unknown else f"give at least one {what}")
+    cases = [Case({"dataset": d, "method": m},
+                  (*METHOD_FEDERATIONS[d], *METHOD_COMMON, *METHODS[m], *(QUICK_OVERRIDES if quick else ()),
+                   *overrides))
+             for d in datasets for m in methods]
+    df = run_grid(None, [], cases, seeds, out_dir / "runs.csv", out_dir / "runs", on_row, simulate)
+    table = methods_table(df, datasets, methods)
+    atomic_write(out_dir / "methods.md", table + "\n")
+    return table
+
+
+def methods_table(runs: pd.DataFrame, datasets: Sequence[str], methods: Sequence[str]) -> str:
+    """The Markdown table of :func:`methods_benchmark`: a section per dataset, a row per method
+    (mean ± std over seeds; "diverged" counts the seeds whose run diverged)."""
+    columns = {"test/acc": "final acc", "best-test/acc": "best acc", "test/imbalance": "imbalance ratio",
+               "loss-growth": "largest / round-1 train loss"}
+    sections = []
+    for d in datasets:
+        rows = runs[runs["dataset"] == d]
+        weak = weak_modality(rows)
+        header = ["method", *list(columns.values())[:2], f"{weak} alone", *list(columns.values())[2:], "diverged"]
+        lines = [f"**{d}** (weakest modality: {weak})", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for m in methods:
+            run = rows[rows["method"] == m]
+            if run.empty:
+                continue
+            cells = [_mean_std(run[c]) for c in ("test/acc", "best-test/acc", f"test/acc/{weak}", *list(columns)[2:])]
+            diverged = int(run["diverged-round"].notna().sum())
+            lines.append("| " + " | ".join([m, *cells, f"{diverged}/{len(run)}"]) + " |")
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections)
+
+
+def weak_modality(final: pd.DataFrame) -> str:
+    """The modality whose final accuracy alone (``test/acc/<m>``) is lowest, averaged over the runs
+    (one row per run)."""
+    alone = {c.rsplit("/", 1)[1]: final[c].mean() for c in final.columns if c.startswith("test/acc/")}
     if not alone:
         raise ValueError("the runs report no single-modality accuracy (test/acc/<m>)")
     return min(alone, key=alone.get)
@@ -148,9 +259,9 @@ def weak_modality(curves: pd.DataFrame) -> str:
 
 def selection_table(curves: pd.DataFrame, policies: Sequence[str]) -> str:
     """The Markdown table of :func:`selection_benchmark` from its per-round curves."""
-    weak = weak_modality(curves)
     last_round = curves["round"].max()
     final = curves[curves["round"] == last_round]
+    weak = weak_modality(final)
     target = 0.95 * final.groupby("policy")["test/acc"].mean().max()
     lines = [
         f"| policy | final acc | best acc | {weak} alone (final) | rounds to {target:.3f} | uploaded MB | "

@@ -98,6 +98,17 @@ def _parser() -> argparse.ArgumentParser:
     sel.add_argument("--out", type=Path, default=Path("experiments/out/selection"),
                      help="directory of the runs, CSVs, table and plot (finished runs are not repeated)")
     sel.set_defaults(func=_bench_selection)
+    meth = bench_sub.add_parser("methods", help="every strategy and objective on every shipped dataset")
+    meth.add_argument("--datasets", help="comma-separated datasets (default: hapt,segment,mfeat,synthetic; "
+                      "with --quick: synthetic)")
+    meth.add_argument("--methods", help="comma-separated methods (default: all; see README)")
+    meth.add_argument("--seeds", help="comma-separated seeds (default 0,1,2; with --quick: 0)")
+    meth.add_argument("--quick", action="store_true", help="smoke runs: 2 rounds of 1 local epoch, 6 clients")
+    meth.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config key of every run; repeatable")
+    meth.add_argument("--out", type=Path, default=Path("experiments/out/methods"),
+                      help="directory of the runs, the CSV and the table (finished runs are not repeated)")
+    meth.set_defaults(func=_bench_methods)
 
     keys = sub.add_parser("config", help="list every config key with its default and meaning")
     keys.set_defaults(func=_config_keys)
@@ -162,14 +173,39 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _bench_methods(args: argparse.Namespace) -> int:
+    from fedmm.bench import METHOD_FEDERATIONS, METHODS, methods_benchmark
+
+    datasets = _names(args.datasets or ("synthetic" if args.quick else ",".join(METHOD_FEDERATIONS)))
+    methods = _names(args.methods or ",".join(METHODS))
+    seeds = _seeds(args.seeds or ("0" if args.quick else "0,1,2"))
+
+    def progress(row: dict) -> None:
+        print(f"{row['dataset']} {row['method']} seed {row['seed']}: test/acc {row['test/acc']:.4f} "
+              f"in {row['seconds']:.0f} s", flush=True)
+
+    table = methods_benchmark(datasets, methods, seeds, args.out, args.overrides, quick=args.quick, on_row=progress)
+    print(table)
+    print(f"results: {args.out}")
+    return 0
+
+
 def _bench_selection(args: argparse.Namespace) -> int:
     from fedmm.bench import selection_benchmark
 
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    policies = _names(args.policies)
+    seeds = _seeds(args.seeds)
 
     def progress(row: dict) -> None:
         print(f"{row['policy']} seed {row['seed']}: test/acc {row['test/acc']:.4f} in {row['seconds']:.0f} s", flush=True)

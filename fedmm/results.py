@@ -7,6 +7,7 @@ stops early keeps every finished round and never leaves a half-written file.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,17 @@ def write_summary(out_dir: Path, summary: Mapping[str, Any]) -> None:
 
 
 def summarize(rounds: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Final and best test accuracy (and the round of the best) plus ``extra``."""
+    """Final and best test accuracy (and the round of the best), the training-loss stability
+    (:func:`loss_stability`, :func:`divergence`) plus ``extra``.
+
+    Parameters
+    ----------
+    rounds:
+        The run's rows of ``rounds.csv`` (round 0, the initial model, first).
+    extra:
+        Status fields (``status``, ``reason``, ``first-client-error`` of a failed run, ...); a
+        failed run whose first client error is a non-finite value counts as diverged.
+    """
     df = pd.DataFrame(rounds)
     last = df.iloc[-1]
     best = int(df["test/acc"].idxmax())
@@ -132,9 +143,66 @@ def summarize(rounds: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | No
         "total-seconds": float(df["seconds"].sum()),
         "total-bytes-up": float(df["bytes-up"].sum()),
         "total-bytes-down": float(df["bytes-down"].sum()),
+        **loss_stability(rounds),
+        "diverged": divergence(rounds, (extra or {}).get("first-client-error")) or False,
     }
     out.update(extra or {})
     return out
+
+
+#: A run has diverged once a round's training loss exceeds this many times its first round's.
+DIVERGENCE_GROWTH = 10.0
+#: How a vetted reply names a non-finite value (:func:`fedmm.records.vet_arrays` and the metrics check).
+_NON_FINITE = ("non-finite", "not a finite number")
+
+
+def loss_stability(rounds: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """``loss-round-1`` (the first training round's mean training loss), ``loss-max`` (the largest
+    round training loss) and ``loss-growth`` (their ratio); NaN when no round has a training loss.
+
+    Parameters
+    ----------
+    rounds:
+        The run's rows of ``rounds.csv``; rows without a finite ``train/loss`` (round 0, a round
+        without usable replies) are skipped.
+    """
+    losses = [float(r["train/loss"]) for r in rounds
+              if int(r["round"]) >= 1 and math.isfinite(float(r.get("train/loss", math.nan)))]
+    if not losses:
+        return {"loss-round-1": math.nan, "loss-max": math.nan, "loss-growth": math.nan}
+    return {"loss-round-1": losses[0], "loss-max": max(losses), "loss-growth": max(losses) / losses[0]}
+
+
+def divergence(rounds: Sequence[Mapping[str, Any]], client_error: str | None = None) -> dict[str, Any] | None:
+    """The first round at which training diverged, with why; ``None`` when it did not.
+
+    A round diverged when its central test loss is not finite, or its training loss exceeds
+    :data:`DIVERGENCE_GROWTH` times the first training round's; a run stopped because its clients
+    sent non-finite values (``client_error``, the summary's ``first-client-error``) diverged at the
+    first round without a training loss.
+
+    Parameters
+    ----------
+    rounds:
+        The run's rows of ``rounds.csv``, round 0 first.
+    client_error:
+        The first client error of a failed run, if any.
+    """
+    first = None
+    for r in rounds:
+        server_round, loss = int(r["round"]), float(r.get("train/loss", math.nan))
+        if server_round < 1:
+            continue
+        if not math.isfinite(float(r.get("test/loss", 0.0))):
+            return {"round": server_round, "reason": "the global model's test loss is not finite"}
+        if math.isfinite(loss):
+            first = loss if first is None else first
+            if loss > DIVERGENCE_GROWTH * first:
+                return {"round": server_round, "reason": f"training loss {loss:.4g} is over {DIVERGENCE_GROWTH:g} "
+                                                         f"times round 1's ({first:.4g})"}
+        elif client_error and any(text in client_error for text in _NON_FINITE):
+            return {"round": server_round, "reason": f"clients sent non-finite values ({client_error})"}
+    return None
 
 
 def plot_accuracy(rounds: pd.DataFrame, path: Path) -> None:

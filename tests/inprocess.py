@@ -62,3 +62,12 @@ def run_in_process(run, on_round=None):
 
     run_federation(InProcessGrid(len(plan.scenario.partitions)), plan, record)
     return rows
+
+
+def simulate_in_process(run, out_dir=None, *, overwrite=False, **_):
+    """``fedmm.server.simulate.simulate`` on an :class:`InProcessGrid` (for ``run_grid``'s
+    ``simulate``; needs the ``flower_identity`` fixture): writes ``out_dir`` and returns the summary."""
+    from fedmm.server.loop import prepare, run_federation
+
+    plan = prepare(run, out_dir, overwrite=overwrite)
+    return run_federation(InProcessGrid(len(plan.scenario.partitions)), plan)

@@ -1,0 +1,38 @@
+"""``fedmm bench methods``: every method on every shipped dataset, one tidy CSV and one table."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from fedmm.bench import METHODS, methods_benchmark
+from inprocess import simulate_in_process
+
+
+def test_quick_methods_benchmark_runs_every_method_on_synthetic_with_three_modalities(flower_identity, tmp_path):
+    table = methods_benchmark(["synthetic"], list(METHODS), [0], tmp_path, quick=True, simulate=simulate_in_process)
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert sorted(runs["method"]) == sorted(METHODS) and set(runs["dataset"]) == {"synthetic"}
+    for column in ("test/acc", "best-test/acc", "test/acc/m2", "test/imbalance", "loss-growth", "diverged-round"):
+        assert column in runs
+    assert runs["test/acc"].between(0, 1).all() and (runs["loss-growth"] >= 1).all()
+    assert (tmp_path / "runs" / "synthetic-cmsfed+random-seed0" / "rounds.csv").is_file()
+    # the weakest of synthetic's modalities is m2 (strengths 1.5, 0.95, 0.4)
+    assert "**synthetic** (weakest modality: m2)" in table and "| m2 alone |" in table
+    assert all(f"| {m} |" in table for m in METHODS)
+    assert (tmp_path / "methods.md").read_text().strip() == table
+
+
+def test_methods_benchmark_names_an_unknown_method(tmp_path):
+    with pytest.raises(ValueError, match="unknown method 'fedsgd'.*fedavg"):
+        methods_benchmark(["synthetic"], ["fedsgd"], [0], tmp_path)
+
+
+@pytest.mark.integration
+def test_fedmm_bench_methods_quick_from_the_command_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "fedmm.cli", "bench", "methods", "--quick", "--methods",
+                          "fedavg,cmsfed", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "synthetic fedavg seed 0" in out.stdout and "| cmsfed |" in out.stdout
+    assert len(pd.read_csv(tmp_path / "runs.csv")) == 2

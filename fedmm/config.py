@@ -92,6 +92,9 @@ class RunConfig:
                                   low=0.0, low_open=True)
     client_num_gpus: float = _key("client-num-gpus", -1.0, "GPU fraction per simulated client; "
                                   "-1 = auto (0.5 when CUDA is present, else 0)", low=-1.0, high=1.0)
+    ray_address: str = _key("ray-address", "", "fedmm simulate on a running Ray cluster: its address (e.g. "
+                            "'10.0.0.1:6379', or 'auto' for RAY_ADDRESS); empty = a local Ray instance of "
+                            "this process")
     # output
     out_dir: str = _key("out-dir", "", "results directory (fedmm simulate --out sets it)")
     # namespaced parameters, validated by their component

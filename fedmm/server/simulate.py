@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -129,28 +130,76 @@ def stop_on_signals(stop: StopRequest) -> Iterator[Callable[[], None]]:
 
 
 def start_ray(backend_config: dict[str, Any]) -> None:
-    """Start Ray in this process exactly as Flower's Ray backend would (it then finds Ray running
-    and uses it), so that the caller can put its signal handlers back after ``ray.init``.
+    """Start Ray in this process, or join the cluster at ``init_args["address"]``, exactly as
+    Flower's Ray backend would (it then finds Ray running and uses it), so that the caller can put
+    its signal handlers back after ``ray.init``.
 
     Parameters
     ----------
     backend_config:
-        The ``backend_config`` passed to ``run_simulation`` (``init_args``, ``client_resources``).
+        The ``backend_config`` passed to ``run_simulation`` (``init_args``).
+
+    Raises ``ValueError`` naming the address when no Ray cluster answers there.
     """
     from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 
-    RayBackend(backend_config)  # initialises Ray; its actor pool is only built by run_simulation's
+    address = backend_config.get("init_args", {}).get("address")
+    if address is not None:
+        _check_answers(address)
+    try:
+        RayBackend(backend_config)  # initialises Ray; its actor pool is only built by run_simulation's
+    except (ConnectionError, TimeoutError, RuntimeError) as err:
+        if address is None:
+            raise
+        raise _no_cluster(address, str(err).splitlines()[0]) from None
 
 
-def client_resources(run: RunConfig) -> dict[str, float]:
-    """Ray resources of one simulated client; ``client-num-gpus=-1`` means 0.5 GPU when CUDA is
-    present (two clients share a GPU) and none otherwise."""
-    import torch
+def _check_answers(address: str, seconds: float = 5.0) -> None:
+    """Raise the ``ray-address`` error at once when nothing listens at a ``host:port`` address
+    (``ray.init`` would wait minutes); other forms (``auto``, ``ray://...``) are left to Ray."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "/" in host:
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except OSError as err:
+        raise _no_cluster(address, err.strerror or str(err)) from None
 
+
+def _no_cluster(address: str, why: str) -> ValueError:
+    return ValueError(
+        f"config key 'ray-address' = {address!r}: no Ray cluster answers there ({why}); start its head with "
+        "`ray start --head --port 6379` (and `ray start --address <head>:6379` on the other machines), or leave "
+        "ray-address empty for a local Ray instance"
+    )
+
+
+def client_resources(run: RunConfig, cluster_gpus: float | None = None) -> dict[str, float]:
+    """Ray resources of one simulated client; ``client-num-gpus=-1`` means 0.5 GPU when GPUs are
+    present (two clients share a GPU) and none otherwise.
+
+    Parameters
+    ----------
+    run:
+        ``client-num-cpus``, ``client-num-gpus`` and ``device``.
+    cluster_gpus:
+        The GPUs of the Ray cluster the run joined (``ray-address``); ``None``: look for CUDA on
+        this machine.
+    """
     gpus = run.client_num_gpus
     if gpus < 0:
-        gpus = 0.5 if (run.device != "cpu" and torch.cuda.is_available()) else 0.0
+        if cluster_gpus is None:
+            import torch
+
+            present = torch.cuda.is_available()
+        else:
+            present = cluster_gpus > 0
+        gpus = 0.5 if (run.device != "cpu" and present) else 0.0
     return {"num_cpus": run.client_num_cpus, "num_gpus": gpus}
+
+
+def _cluster_text(resources: dict[str, float]) -> str:
+    return ", ".join(f"{resources.get(k, 0):g} {k}" for k in ("CPU", "GPU") if k in resources or k == "CPU")
 
 
 def simulate(
@@ -200,23 +249,24 @@ def simulate(
         outcome["summary"] = run_federation(grid, plan, on_round, resume=checkpoint, stop=stop)
 
     logging.getLogger("flwr").addFilter(_drop_run_simulation_deprecation)
-    resources = client_resources(run)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    backend_config = {
-        "client_resources": resources,
-        "init_args": {
-            "num_cpus": os.cpu_count() or 1,
-            "num_gpus": 1 if resources["num_gpus"] > 0 else 0,
-            "logging_level": "ERROR",
-            "log_to_driver": False,
-            "include_dashboard": False,
-        },
-    }
+    init_args: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False}
+    if run.ray_address:
+        init_args["address"] = run.ray_address
+    else:
+        resources = client_resources(run)
+        init_args.update(num_cpus=os.cpu_count() or 1, num_gpus=1 if resources["num_gpus"] > 0 else 0)
+    backend_config: dict[str, Any] = {"init_args": init_args}
     with stop_on_signals(stop) as reinstall_handlers:
         try:
             start_ray(backend_config)
             reinstall_handlers()
+            # on a cluster, the clients' share of a GPU follows the cluster's GPUs, not this machine's
+            backend_config["client_resources"] = client_resources(
+                run, ray.cluster_resources().get("GPU", 0.0) if run.ray_address else None)
+            if run.ray_address:
+                log.info("joined the Ray cluster at %s: %s", run.ray_address, _cluster_text(ray.cluster_resources()))
             # the server thread's Interrupted comes back out of run_simulation after Ray's shutdown
             run_simulation(
                 server_app=server_app,

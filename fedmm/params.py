@@ -209,16 +209,15 @@ def check_value(label: str, value: Any, spec: Spec) -> Any:
     return converted
 
 
-def parse(cls: type, given: Mapping[str, Any], *, component: str, noun: str = "parameter",
-          aliases: Mapping[str, str] | None = None, shown: Callable[[str], str] = str,
-          label: Label | None = None) -> Any:
-    """``cls`` (a dataclass) built from config names and raw values, each checked by
-    :func:`check_value`; then ``validate()`` (cross-parameter rules), when ``cls`` has one.
+def parse_values(declared: list[Spec], given: Mapping[str, Any], *, component: str, noun: str = "parameter",
+                 aliases: Mapping[str, str] | None = None, shown: Callable[[str], str] = str,
+                 label: Label | None = None) -> dict[str, Any]:
+    """Field name -> the checked value of every given parameter (:func:`check_value`).
 
     Parameters
     ----------
-    cls:
-        The dataclass of the parameters; fields without a given value take their defaults.
+    declared:
+        The parameters that exist (:func:`specs`).
     given:
         Config name -> raw value.
     component:
@@ -234,23 +233,26 @@ def parse(cls: type, given: Mapping[str, Any], *, component: str, noun: str = "p
     """
     aliases = dict(aliases or {})
     label = label or (lambda name: f"{noun} {name!r} of {component}")
-    declared = {s.name: s for s in specs(cls)}
-    kwargs: dict[str, Any] = {}
+    by_name = {s.name: s for s in declared}
+    out: dict[str, Any] = {}
     for key, raw in given.items():
         field = aliases.get(key, key)
-        if field not in declared:
-            valid = [shown(n) for n in declared]
+        if field not in by_name:
+            valid = [shown(n) for n in by_name]
             if not valid:
                 raise ValueError(f"{component} takes no {noun}s, got {shown(key)!r}")
             raise ValueError(f"unknown {noun} {shown(key)!r} of {component}{did_you_mean(shown(key), valid)} "
                              f"Valid {noun}s: {', '.join(valid)}")
-        if field in kwargs:
+        if field in out:
             raise ValueError(f"{noun} {shown(field)!r} of {component} given twice (as {key!r})")
-        kwargs[field] = check_value(label(shown(field)), raw, declared[field])
-    missing = [shown(n) for n, s in declared.items() if n not in kwargs and s.default is dataclasses.MISSING]
-    if missing:
-        raise ValueError(f"{component} needs the {noun}s {missing}")
-    value = cls(**kwargs)
+        out[field] = check_value(label(shown(field)), raw, by_name[field])
+    return out
+
+
+def parse(cls: type, given: Mapping[str, Any], **how: Any) -> Any:
+    """``cls`` (a dataclass) built from config names and raw values by :func:`parse_values` (same
+    keyword arguments), then ``validate()`` (the rules between parameters), when it has one."""
+    value = cls(**parse_values(specs(cls), given, **how))
     validate = getattr(value, "validate", None)
     if callable(validate):
         validate()
@@ -321,6 +323,10 @@ def convert_value(value: Any, annotation: Any) -> Any:
             except (TypeError, ValueError):
                 continue
         raise ValueError(f"must be one of {list(args)}")
+    if origin is dict or annotation is dict:
+        if not isinstance(value, Mapping):
+            raise TypeError("not a table")
+        return dict(value)
     if origin in (list, tuple):
         items = _as_sequence(value)
         if origin is tuple and len(args) == 2 and args[1] is Ellipsis:

@@ -114,25 +114,14 @@ def _parser() -> argparse.ArgumentParser:
     keys.set_defaults(func=_config_keys)
 
     prep = sub.add_parser("prepare", help="build a user-owned dataset's directory (CREMA-D frames at 1 fps)")
-    prep.add_argument("dataset", choices=["cremad"], help="dataset to prepare")
-    prep.add_argument("--video-dir", type=Path, required=True, help="CREMA-D's VideoFlash folder (*.flv)")
-    prep.add_argument("--audio-dir", type=Path, help="CREMA-D's AudioWAV folder, copied to OUT/AudioWAV")
-    prep.add_argument("--out", type=Path, required=True, help="data directory to write (config key data-dir)")
-    prep.add_argument("--fps", type=float, default=1.0, help="frames per second to extract (default 1)")
-    prep.add_argument("--overwrite", action="store_true", help="re-extract clips that already have frames")
-    prep.set_defaults(func=_prepare)
+    prep_sub = prep.add_subparsers(dest="dataset", required=True, metavar="dataset")
+    from fedmm.data.registry import DATASETS
+
+    for name, entry in DATASETS.items():  # the datasets whose entry has a prepare command
+        if entry.prepare is not None:
+            one = prep_sub.add_parser(name, help=f"prepare {name}: {entry.description}")
+            one.set_defaults(func=entry.prepare(one))
     return parser
-
-
-def _prepare(args: argparse.Namespace) -> int:
-    from fedmm.data.prepare_cremad import prepare_cremad
-
-    rep = prepare_cremad(args.video_dir, args.out, audio_dir=args.audio_dir, fps=args.fps, overwrite=args.overwrite)
-    print(f"{args.out}: frames extracted for {rep.extracted} clips with {rep.decoder}, {rep.skipped} already "
-          f"present, {rep.audio_copied} WAV files copied, {len(rep.failed)} failed")
-    for clip, reason in rep.failed[:20]:
-        print(f"  failed {clip}: {reason}", file=sys.stderr)
-    return 1 if rep.failed else 0
 
 
 def _simulate(args: argparse.Namespace) -> int:

@@ -1,113 +1,188 @@
 """Typed run configuration: defaults, TOML files, ``key=value`` overrides and validation.
 
-Keys are kebab-case as in Flower's run config. Four namespaces pass parameters through to the
-component they configure and are validated by it: ``objective.<param>``, ``selection.<param>``,
+Keys are kebab-case as in Flower's run config: the field ``num_server_rounds`` is the key
+``num-server-rounds``. Every key is declared once, below, with its constraints in its annotation
+and its meaning in :class:`RunConfig`'s docstring; :mod:`fedmm.params` checks it. Four namespaces
+pass parameters through to the component they configure and are validated by that component's own
+declaration when the config is built: ``objective.<param>``, ``selection.<param>``,
 ``dataset.<option>`` and ``encoder.<modality>``.
 """
 
 from __future__ import annotations
 
-import difflib
-import math
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import tomli_w
 
+from fedmm.params import (
+    FRACTION,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    Checked,
+    Interval,
+    Options,
+    specs,
+)
+from fedmm.registry import did_you_mean
+
 NAMESPACES = ("objective", "selection", "dataset", "encoder")
 
-
-def _key(name: str, default: Any, help: str, *, choices: tuple[str, ...] = (), low: float | None = None,
-         high: float | None = None, low_open: bool = False) -> Any:
-    """A config field: ``name`` is its kebab-case key; ``low``/``high`` bound numbers (inclusive
-    unless ``low_open``)."""
-    meta = {"key": name, "help": help, "choices": choices, "low": low, "high": high, "low_open": low_open}
-    return field(default=default, metadata=meta)
+# The local training settings, shared with fedmm.training.TrainConfig (one rule for both).
+LOCAL_EPOCHS = Interval(int, 1, None, closed="left")
+BATCH_SIZE = Interval(int, 2, None, closed="left")  # batch-norm needs two rows
+LR = POSITIVE
+MOMENTUM = Interval(float, 0.0, 1.0, closed="left")
+WEIGHT_DECAY = NON_NEGATIVE
+PROXIMAL_MU = NON_NEGATIVE
+PRECISION = Options("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """Everything one federated run needs. Build it with :func:`load_config` or :meth:`from_mapping`."""
+class RunConfig(Checked):
+    """Everything one federated run needs. Build it with :func:`load_config` or :meth:`from_mapping`;
+    building it checks every key (:class:`fedmm.params.Checked`) and the namespaces
+    (:meth:`validate`).
+
+    Parameters
+    ----------
+    dataset:
+        registry name of the dataset (see `fedmm datasets`)
+    data_dir:
+        directory of user-owned data (CREMA-D); empty for embedded data
+    seed:
+        one seed for partition, allocation, selection and initialisation
+    partition:
+        how train data is split among clients
+    num_clients:
+        number of clients; 0 = one per natural group (natural only)
+    dirichlet_alpha:
+        Dirichlet concentration of the label skew
+    client_size_cap:
+        Dirichlet: stop giving a client data above cap * N / num-clients samples
+    allocation:
+        which modalities each client holds
+    multi_ratio:
+        fraction of multimodal clients (allocation=multi-ratio)
+    modality_fractions:
+        allocation=fractions: e.g. 'acc=0.3,gyro=0.3,acc+gyro=0.4'
+    missing_rate:
+        allocation=missing-rate: chance a client lacks a modality
+    num_server_rounds:
+        number of federated rounds
+    clients_per_round:
+        budget of clients trained per round (ignored by selection=all)
+    strategy:
+        server strategy: fedavg, fedprox (with the proximal term), fedcmi, cmsfed
+    proximal_mu:
+        FedProx proximal weight (strategy=fedprox; fedcmi's is objective.mu)
+    selection:
+        client/modality selection policy; auto = the strategy's own (cmsfed for strategy=cmsfed,
+        else all)
+    fraction_evaluate:
+        fraction of clients that evaluate the global model on their own data each round (central
+        evaluation always runs)
+    min_available_nodes:
+        nodes to wait for before round 1; 0 = all clients
+    round_timeout:
+        seconds to wait for replies in a round, and for min-available-nodes nodes to connect before
+        round 1
+    objective:
+        local training objective (docs/objectives.md); auto = the strategy's own (fedcmi, cmsfed),
+        else ce
+    local_epochs:
+        local epochs per round
+    batch_size:
+        local mini-batch size
+    lr:
+        local SGD learning rate
+    lr_min:
+        learning rate of the last round when lr-decay-start > 0 (must then be in (0, lr])
+    lr_decay_start:
+        0 = constant lr; else lr until this round, then lr - (lr - lr-min) * round / num-server-
+        rounds (FedCMI/CMSFed schedule)
+    momentum:
+        local SGD momentum
+    weight_decay:
+        local SGD weight decay
+    precision:
+        precision of local training steps: fp32, or autocast bf16 (Ampere+ GPUs, CPU) or fp16 (with
+        loss scaling); evaluation stays fp32
+    embed_dim:
+        feature width of every encoder
+    device:
+        auto (CUDA when present), cpu, cuda or cuda:N
+    client_num_cpus:
+        CPUs per simulated client (Ray actor)
+    client_num_gpus:
+        GPU fraction per simulated client; -1 = auto (0.5 when CUDA is present, else 0)
+    ray_address:
+        fedmm simulate on a running Ray cluster: its address (e.g. '10.0.0.1:6379', or 'auto' for
+        RAY_ADDRESS); empty = a local Ray instance of this process
+    out_dir:
+        results directory (fedmm simulate --out sets it)
+    objective_params, selection_params, dataset_options, encoders:
+        The ``objective.*``, ``selection.*``, ``dataset.*`` and ``encoder.*`` namespaces as given,
+        validated by the objective, the selection policy, the dataset and the encoder registry.
+    """
+
+    label_format = "config key '{}'"
 
     # data and scenario
-    dataset: str = _key("dataset", "hapt", "registry name of the dataset (see `fedmm datasets`)")
-    data_dir: str = _key("data-dir", "", "directory of user-owned data (CREMA-D); empty for embedded data")
-    seed: int = _key("seed", 0, "one seed for partition, allocation, selection and initialisation", low=0)
-    partition: str = _key("partition", "natural", "how train data is split among clients",
-                          choices=("natural", "iid", "dirichlet"))
-    num_clients: int = _key("num-clients", 0, "number of clients; 0 = one per natural group (natural only)", low=0)
-    dirichlet_alpha: float = _key("dirichlet-alpha", 3.0, "Dirichlet concentration of the label skew",
-                                  low=0.0, low_open=True)
-    client_size_cap: float = _key("client-size-cap", 1.1, "Dirichlet: stop giving a client data above "
-                                  "cap * N / num-clients samples", low=1.0)
-    allocation: str = _key("allocation", "multi-ratio", "which modalities each client holds",
-                           choices=("all", "multi-ratio", "fractions", "missing-rate"))
-    multi_ratio: float = _key("multi-ratio", 0.5, "fraction of multimodal clients (allocation=multi-ratio)",
-                              low=0.0, high=1.0)
-    modality_fractions: str = _key("modality-fractions", "", "allocation=fractions: e.g. "
-                                   "'acc=0.3,gyro=0.3,acc+gyro=0.4'")
-    missing_rate: float = _key("missing-rate", 0.0, "allocation=missing-rate: chance a client lacks a modality",
-                               low=0.0, high=1.0)
+    dataset: str = "hapt"
+    data_dir: str = ""
+    seed: Annotated[int, NON_NEGATIVE_INT] = 0
+    partition: Annotated[str, Options("natural", "iid", "dirichlet")] = "natural"
+    num_clients: Annotated[int, NON_NEGATIVE_INT] = 0
+    dirichlet_alpha: Annotated[float, POSITIVE] = 3.0
+    client_size_cap: Annotated[float, Interval(float, 1.0, None, closed="left")] = 1.1
+    allocation: Annotated[str, Options("all", "multi-ratio", "fractions", "missing-rate")] = "multi-ratio"
+    multi_ratio: Annotated[float, FRACTION] = 0.5
+    modality_fractions: str = ""
+    missing_rate: Annotated[float, FRACTION] = 0.0
     # federation
-    num_server_rounds: int = _key("num-server-rounds", 20, "number of federated rounds", low=1)
-    clients_per_round: int = _key("clients-per-round", 10, "budget of clients trained per round "
-                                  "(ignored by selection=all)", low=1)
-    strategy: str = _key("strategy", "fedavg", "server strategy: fedavg, fedprox (with the proximal term), fedcmi, "
-                         "cmsfed", choices=("fedavg", "fedprox", "fedcmi", "cmsfed"))
-    proximal_mu: float = _key("proximal-mu", 0.01, "FedProx proximal weight (strategy=fedprox; fedcmi's is "
-                              "objective.mu)", low=0.0)
-    selection: str = _key("selection", "auto", "client/modality selection policy; auto = the strategy's own "
-                          "(cmsfed for strategy=cmsfed, else all)")
-    fraction_evaluate: float = _key("fraction-evaluate", 0.0, "fraction of clients that evaluate the global "
-                                    "model on their own data each round (central evaluation always runs)",
-                                    low=0.0, high=1.0)
-    min_available_nodes: int = _key("min-available-nodes", 0, "nodes to wait for before round 1; "
-                                    "0 = all clients", low=0)
-    round_timeout: float = _key("round-timeout", 600.0, "seconds to wait for replies in a round, and for "
-                                "min-available-nodes nodes to connect before round 1",
-                                low=0.0, low_open=True)
+    num_server_rounds: Annotated[int, Interval(int, 1, None, closed="left")] = 20
+    clients_per_round: Annotated[int, Interval(int, 1, None, closed="left")] = 10
+    strategy: Annotated[str, Options("fedavg", "fedprox", "fedcmi", "cmsfed")] = "fedavg"
+    proximal_mu: Annotated[float, PROXIMAL_MU] = 0.01
+    selection: str = "auto"
+    fraction_evaluate: Annotated[float, FRACTION] = 0.0
+    min_available_nodes: Annotated[int, NON_NEGATIVE_INT] = 0
+    round_timeout: Annotated[float, POSITIVE] = 600.0
     # local training
-    objective: str = _key("objective", "auto", "local training objective (docs/objectives.md); auto = the "
-                          "strategy's own (fedcmi, cmsfed), else ce")
-    local_epochs: int = _key("local-epochs", 2, "local epochs per round", low=1)
-    batch_size: int = _key("batch-size", 32, "local mini-batch size", low=2)
-    lr: float = _key("lr", 0.05, "local SGD learning rate", low=0.0, low_open=True)
-    lr_min: float = _key("lr-min", 0.0, "learning rate of the last round when lr-decay-start > 0 (must then be "
-                         "in (0, lr])", low=0.0)
-    lr_decay_start: int = _key("lr-decay-start", 0, "0 = constant lr; else lr until this round, then "
-                               "lr - (lr - lr-min) * round / num-server-rounds (FedCMI/CMSFed schedule)", low=0)
-    momentum: float = _key("momentum", 0.9, "local SGD momentum", low=0.0, high=1.0)
-    weight_decay: float = _key("weight-decay", 1e-4, "local SGD weight decay", low=0.0)
-    precision: str = _key("precision", "fp32", "precision of local training steps: fp32, or autocast bf16 "
-                          "(Ampere+ GPUs, CPU) or fp16 (with loss scaling); evaluation stays fp32",
-                          choices=("fp32", "bf16", "fp16"))
+    objective: str = "auto"
+    local_epochs: Annotated[int, LOCAL_EPOCHS] = 2
+    batch_size: Annotated[int, BATCH_SIZE] = 32
+    lr: Annotated[float, LR] = 0.05
+    lr_min: Annotated[float, NON_NEGATIVE] = 0.0
+    lr_decay_start: Annotated[int, NON_NEGATIVE_INT] = 0
+    momentum: Annotated[float, MOMENTUM] = 0.9
+    weight_decay: Annotated[float, WEIGHT_DECAY] = 0.0001
+    precision: Annotated[str, PRECISION] = "fp32"
     # model
-    embed_dim: int = _key("embed-dim", 64, "feature width of every encoder", low=1)
+    embed_dim: Annotated[int, Interval(int, 1, None, closed="left")] = 64
     # resources
-    device: str = _key("device", "auto", "auto (CUDA when present), cpu, cuda or cuda:N")
-    client_num_cpus: float = _key("client-num-cpus", 1.0, "CPUs per simulated client (Ray actor)",
-                                  low=0.0, low_open=True)
-    client_num_gpus: float = _key("client-num-gpus", -1.0, "GPU fraction per simulated client; "
-                                  "-1 = auto (0.5 when CUDA is present, else 0)", low=-1.0, high=1.0)
-    ray_address: str = _key("ray-address", "", "fedmm simulate on a running Ray cluster: its address (e.g. "
-                            "'10.0.0.1:6379', or 'auto' for RAY_ADDRESS); empty = a local Ray instance of "
-                            "this process")
+    device: str = "auto"
+    client_num_cpus: Annotated[float, POSITIVE] = 1.0
+    client_num_gpus: Annotated[float, Interval(float, -1.0, 1.0, closed="both")] = -1.0
+    ray_address: str = ""
     # output
-    out_dir: str = _key("out-dir", "", "results directory (fedmm simulate --out sets it)")
+    out_dir: str = ""
     # namespaced parameters, validated by their component
-    objective_params: dict[str, Any] = field(default_factory=dict, metadata={"key": "objective.*"})
-    selection_params: dict[str, Any] = field(default_factory=dict, metadata={"key": "selection.*"})
-    dataset_options: dict[str, Any] = field(default_factory=dict, metadata={"key": "dataset.*"})
-    encoders: dict[str, str] = field(default_factory=dict, metadata={"key": "encoder.*"})
+    objective_params: dict[str, Any] = field(default_factory=dict)
+    selection_params: dict[str, Any] = field(default_factory=dict)
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    encoders: dict[str, str] = field(default_factory=dict)
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
         """Validate flat ``values`` (kebab-case keys, dotted for namespaces) over the defaults."""
-        plain = {f.metadata["key"]: f for f in fields(cls) if not f.metadata["key"].endswith(".*")}
+        plain = {key_of(f.name): f.name for f in fields(cls) if f.name not in _NAMESPACE_FIELDS.values()}
         kwargs: dict[str, Any] = {}
         namespaced: dict[str, dict[str, Any]] = {ns: {} for ns in NAMESPACES}
         for key, value in values.items():
@@ -120,40 +195,20 @@ class RunConfig:
                     continue
             if key not in plain:
                 raise ValueError(_unknown_key_message(key, [*plain, *(f"{ns}.<name>" for ns in NAMESPACES)]))
-            f = plain[key]
-            kwargs[f.name] = _coerce(key, value, f.default)
+            kwargs[plain[key]] = value
         strategy = kwargs.get("strategy", cls.strategy)
         kwargs["objective"] = resolve_objective(strategy, kwargs.get("objective", cls.objective))
         kwargs["selection"] = resolve_selection(strategy, kwargs.get("selection", cls.selection))
-        config = cls(
-            **kwargs,
-            objective_params=namespaced["objective"],
-            selection_params=namespaced["selection"],
-            dataset_options=namespaced["dataset"],
-            encoders={m: str(v) for m, v in namespaced["encoder"].items()},
-        )
-        config.validate()
-        return config
+        return cls(**kwargs, **{_NAMESPACE_FIELDS[ns]: given for ns, given in namespaced.items()})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # every plain key by its declaration
+        self.validate()
 
     def validate(self) -> None:
-        """Check choices, finiteness and ranges of the plain keys and the combinations between them;
-        numbers in the ``objective.*``/``selection.*``/``dataset.*`` namespaces must be finite too."""
-        for f in fields(self):
-            meta = f.metadata
-            value = getattr(self, f.name)
-            if meta["key"].endswith(".*"):
-                _check_finite_params(meta["key"][:-2], value)
-                continue
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"config key '{meta['key']}' must be a finite number, got {value!r}")
-            if meta.get("choices") and value not in meta["choices"]:
-                raise ValueError(_choice_message(meta["key"], value, meta["choices"]))
-            low, high = meta.get("low"), meta.get("high")
-            if low is not None and (value < low or (meta["low_open"] and value == low)):
-                op = ">" if meta["low_open"] else ">="
-                raise ValueError(f"config key '{meta['key']}' must be {op} {low}, got {value!r}")
-            if high is not None and value > high:
-                raise ValueError(f"config key '{meta['key']}' must be <= {high}, got {value!r}")
+        """Check the combinations between the plain keys, then each namespace with its component's
+        rule: the objective's and the selection policy's ``Params``, the dataset's options, the
+        encoder registry's names (imported here: ``import fedmm.config`` stays torch-free)."""
         if self.partition != "natural" and self.num_clients == 0:
             raise ValueError(
                 f"config key 'num-clients' must be > 0 with partition='{self.partition}' "
@@ -162,7 +217,7 @@ class RunConfig:
         if self.allocation == "fractions" and not self.modality_fractions:
             raise ValueError("allocation='fractions' needs 'modality-fractions', e.g. 'acc=0.3,gyro=0.3,acc+gyro=0.4'")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(_choice_message("device", self.device, ("auto", "cpu", "cuda", "cuda:N")))
+            raise ValueError(f"config key 'device' {Options('auto', 'cpu', 'cuda', 'cuda:N').violation(self.device)}")
         if self.lr_decay_start > 0:
             if self.lr_decay_start >= self.num_server_rounds:
                 raise ValueError(
@@ -174,6 +229,17 @@ class RunConfig:
                     f"config key 'lr-min' must be in (0, lr] = (0, {self.lr}] when lr-decay-start > 0 (the learning "
                     f"rate decays from lr to lr-min in the last round), got {self.lr_min}"
                 )
+        from fedmm.data.registry import check_options
+        from fedmm.models.encoders import ENCODERS
+        from fedmm.objectives.registry import objective_class, parse_params
+        from fedmm.strategies.selection import parse_policy_params
+
+        parse_params(objective_class(self.objective), self.objective_params, label=_namespace_label("objective"))
+        parse_policy_params(self.selection, self.selection_params, label=_namespace_label("selection"))
+        check_options(self.dataset, self.dataset_options, label=_namespace_label("dataset"))
+        for modality, name in self.encoders.items():
+            if name not in ENCODERS:
+                ENCODERS.get(name)  # raises naming the nearest encoder
 
     def __hash__(self) -> int:  # the dict fields make the generated hash fail; the TOML text is canonical
         return hash(self.to_toml())
@@ -181,14 +247,14 @@ class RunConfig:
     # -- output ----------------------------------------------------------------------------------
     def to_flat(self) -> dict[str, Any]:
         """Flat kebab-case mapping that :meth:`from_mapping` turns back into this config."""
+        namespaces = {name: ns for ns, name in _NAMESPACE_FIELDS.items()}
         out: dict[str, Any] = {}
         for f in fields(self):
-            key = f.metadata["key"]
             value = getattr(self, f.name)
-            if key.endswith(".*"):
-                out.update({f"{key[:-2]}.{k}": v for k, v in sorted(value.items())})
+            if f.name in namespaces:
+                out.update({f"{namespaces[f.name]}.{k}": v for k, v in sorted(value.items())})
             else:
-                out[key] = value
+                out[key_of(f.name)] = value
         return out
 
     def to_toml(self) -> str:
@@ -197,6 +263,24 @@ class RunConfig:
     def replace(self, **overrides: Any) -> RunConfig:
         """A copy with kebab-case ``overrides`` applied and validated."""
         return RunConfig.from_mapping({**self.to_flat(), **overrides})
+
+
+#: Namespace -> the RunConfig field that holds its parameters.
+_NAMESPACE_FIELDS = {"objective": "objective_params", "selection": "selection_params", "dataset": "dataset_options",
+                     "encoder": "encoders"}
+
+
+def key_of(name: str) -> str:
+    """The kebab-case config key of field ``name`` (``num_server_rounds`` -> ``num-server-rounds``)."""
+    return name.replace("_", "-")
+
+
+RunConfig.field_names = {f.name: key_of(f.name) for f in fields(RunConfig)}
+
+
+def _namespace_label(namespace: str) -> Callable[[str], str]:
+    """How messages name a parameter of ``namespace`` read from the config (``config key 'objective.lambda'``)."""
+    return lambda name: f"config key '{namespace}.{name}'"
 
 
 #: Strategies that bring their own client-side objective (FEDCMI_CMSFED.md sections 2.3 and 3.3).
@@ -292,58 +376,10 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    expected = type(default)
-    if expected is bool:
-        if isinstance(value, bool):
-            return value
-    elif expected is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif expected is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif expected is str:
-        if isinstance(value, str):
-            return value
-    raise ValueError(f"config key '{key}' expects {expected.__name__}, got {value!r} ({type(value).__name__})")
-
-
-def _check_finite_params(namespace: str, params: Mapping[str, Any]) -> None:
-    """Refuse NaN and infinity among the numbers of a namespace's parameters (also inside lists).
-
-    Parameters
-    ----------
-    namespace:
-        ``objective``, ``selection``, ``dataset`` or ``encoder``: the prefix of the keys in messages.
-    params:
-        The namespace's parameters as given (``{"lambda": 0.7}`` for ``objective.lambda = 0.7``).
-    """
-    for name, value in params.items():
-        items = value if isinstance(value, (list, tuple)) else [value]
-        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
-            raise ValueError(f"config key '{namespace}.{name}' must be a finite number, got {value!r}")
-
-
 def _unknown_key_message(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return f"unknown config key '{key}'{hint} Valid keys: {', '.join(sorted(valid))}"
-
-
-def _choice_message(key: str, value: Any, choices: Iterable[str]) -> str:
-    choices = list(choices)
-    close = difflib.get_close_matches(str(value), choices, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return f"config key '{key}' must be one of {choices}, got {value!r}{hint}"
+    return f"unknown config key '{key}'{did_you_mean(key, valid)} Valid keys: {', '.join(sorted(valid))}"
 
 
 def config_keys() -> list[tuple[str, Any, str]]:
     """``(key, default, help)`` for every plain key, in declaration order (for README and CLI)."""
-    return [
-        (f.metadata["key"], f.default, f.metadata["help"])
-        for f in fields(RunConfig)
-        if not f.metadata["key"].endswith(".*")
-    ]
+    return [(key_of(s.name), s.default, s.help) for s in specs(RunConfig) if s.name not in _NAMESPACE_FIELDS.values()]

@@ -11,22 +11,22 @@ This module imports neither Flower nor Ray: it runs on machines that have only t
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.hooks import RemovableHandle
 
+from fedmm.config import BATCH_SIZE, LOCAL_EPOCHS, LR, MOMENTUM, PRECISION, PROXIMAL_MU, WEIGHT_DECAY
 from fedmm.data.augment import Augment
 from fedmm.data.base import LABEL_KEY, ModalitySpec, TensorDict, num_examples
 from fedmm.metrics import accuracy, imbalance_ratio, macro_f1
 from fedmm.groups import MODALITY_GROUP_PREFIXES, group_modality, parameter_group
 from fedmm.models.net import ModelConfig, MultimodalNet
-from fedmm.objectives.base import PRECISIONS, Objective, Precision, RoundContext
+from fedmm.objectives.base import Objective, Precision, RoundContext
+from fedmm.params import Checked
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
 
@@ -100,8 +100,9 @@ def build_model(
 
 # -- configuration and result ----------------------------------------------------------------------
 @dataclass
-class TrainConfig:
-    """Local optimisation settings of one round.
+class TrainConfig(Checked):
+    """Local optimisation settings of one round; the bounds are the run config's own objects
+    (:data:`fedmm.config.LR`, ...), checked by :class:`fedmm.params.Checked` when it is built.
 
     Parameters
     ----------
@@ -128,40 +129,14 @@ class TrainConfig:
         :class:`fedmm.objectives.base.Precision`).
     """
 
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    proximal_mu: float = 0.0
+    epochs: Annotated[int, LOCAL_EPOCHS]
+    batch_size: Annotated[int, BATCH_SIZE]
+    lr: Annotated[float, LR]
+    momentum: Annotated[float, MOMENTUM] = 0.9
+    weight_decay: Annotated[float, WEIGHT_DECAY] = 1e-4
+    proximal_mu: Annotated[float, PROXIMAL_MU] = 0.0
     seed: int = 0
-    precision: str = "fp32"
-
-    def __post_init__(self) -> None:
-        for key in ("epochs", "batch_size", "seed"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise ValueError(f"TrainConfig.{key} must be an integer, got {value!r}")
-            setattr(self, key, int(value))
-        for key in ("lr", "momentum", "weight_decay", "proximal_mu"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-                raise ValueError(f"TrainConfig.{key} must be a finite number, got {value!r}")
-            setattr(self, key, float(value))
-        if self.epochs < 1:
-            raise ValueError(f"TrainConfig.epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 2:
-            raise ValueError(f"TrainConfig.batch_size must be >= 2 (batch-norm needs two rows), got {self.batch_size}")
-        if self.lr <= 0:
-            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"TrainConfig.momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
-        if self.proximal_mu < 0:
-            raise ValueError(f"TrainConfig.proximal_mu must be >= 0, got {self.proximal_mu}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"TrainConfig.precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+    precision: Annotated[str, PRECISION] = "fp32"
 
 
 @dataclass

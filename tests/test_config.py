@@ -72,3 +72,15 @@ def test_every_plain_key_is_declared_for_flwr_run_and_the_declared_defaults_reso
     run = run_config_from_flower({**declared, "strategy": "fedcmi",
                                   OVERRIDES_KEY: "objective.lambda2=0.5 'encoder.acc=mlp'"})
     assert run.objective == "fedcmi" and run.objective_params == {"lambda2": 0.5} and run.encoders == {"acc": "mlp"}
+
+
+def test_momentum_one_is_refused_when_the_config_loads_by_the_rule_train_config_uses():
+    from fedmm.config import MOMENTUM
+    from fedmm.params import specs
+    from fedmm.training import TrainConfig
+
+    with pytest.raises(ValueError, match=r"config key 'momentum' must be < 1\.0, got 1\.0"):
+        load_config(None, ["momentum=1.0"])
+    assert load_config(None, ["momentum=0"]).momentum == 0.0  # the closed left end
+    bound = {s.name: s.constraints for s in specs(TrainConfig)}["momentum"]
+    assert bound == (MOMENTUM,) and bound[0] is {s.name: s.constraints for s in specs(RunConfig)}["momentum"][0]

@@ -174,7 +174,7 @@ def test_bench_grid_stops_at_a_failed_run(tmp_path, monkeypatch):
             return {"status": "failed", "reason": "no usable client reply in 3 consecutive rounds (1-3)",
                     "first-client-error": "node 1 (partition 0): error: boom"}
         return {"status": "completed", "final": {"test/acc": 0.5}, "best-test/acc": 0.5, "best-round": 1,
-                "total-bytes-up": 1.0, "total-seconds": 2.0}
+                "total-bytes-up": 1.0, "total-seconds": 2.0, "loss-growth": 1.0, "diverged": False}
 
     monkeypatch.setattr(simulate_module, "simulate", fake_simulate)
     csv = tmp_path / "grid.csv"

@@ -9,6 +9,7 @@ import pytest
 
 from fedmm.objectives import Objective, build_objective, describe_objective, objective_names, registry
 from fedmm.objectives.uniform import Uniform
+from fedmm.registry import Registry
 
 
 class Toy(Objective):
@@ -47,7 +48,10 @@ class Toy(Objective):
 @pytest.fixture
 def toy(monkeypatch: pytest.MonkeyPatch) -> type[Toy]:
     """``Toy`` registered in a copy of the registry (the real one is left as it was)."""
-    monkeypatch.setattr(registry, "_OBJECTIVES", dict(registry._OBJECTIVES))
+    fresh = Registry("objective")
+    for name, cls in registry.OBJECTIVES.items():
+        fresh.add(name, cls)
+    monkeypatch.setattr(registry, "OBJECTIVES", fresh)
     Toy.validated = 0
     return registry.register_objective(Toy)
 
@@ -93,13 +97,13 @@ def test_values_from_the_command_line_are_converted(toy: type[Toy]) -> None:
 @pytest.mark.parametrize(
     ("params", "expected"),
     [
-        ({"rate": "fast"}, "'rate' expects float, got 'fast'"),
-        ({"steps": 1.5}, "'steps' expects int, got 1.5"),
-        ({"flag": "maybe"}, "'flag' expects bool, got 'maybe'"),
-        ({"flag": 1}, "'flag' expects bool"),
-        ({"rate": True}, "'rate' expects float"),
-        ({"mode": "c"}, "'mode' expects Literal"),
-        ({"weights": ["x"]}, "'weights' expects list[float]"),
+        ({"rate": "fast"}, "'rate' of objective 'toy' expects float, got 'fast'"),
+        ({"steps": 1.5}, "'steps' of objective 'toy' expects int, got 1.5"),
+        ({"flag": "maybe"}, "'flag' of objective 'toy' expects bool, got 'maybe'"),
+        ({"flag": 1}, "'flag' of objective 'toy' expects bool"),
+        ({"rate": True}, "'rate' of objective 'toy' expects float"),
+        ({"mode": "c"}, "'mode' of objective 'toy' expects Literal"),
+        ({"weights": ["x"]}, "'weights' of objective 'toy' expects list[float]"),
     ],
 )
 def test_wrong_types_name_key_type_and_value(toy: type[Toy], params: dict, expected: str) -> None:

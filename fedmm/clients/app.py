@@ -25,6 +25,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedmm.config import RunConfig
+from fedmm.data.registry import DATASETS, is_user_owned
 from fedmm.data import LABEL_KEY, TensorDict, subset
 from fedmm.objectives import RoundContext
 from fedmm.objectives.pmr import prototype_imbalance_ratio
@@ -36,11 +37,6 @@ from fedmm.workspace import dataset_of, model_of, objective_of, parse_run_config
 app = ClientApp()
 
 REQUIRED_NODE_KEYS = ("partition-id", "num-partitions")
-#: Datasets read from a directory the user provides: only these can come from a node's own ``data-dir``
-#: (the others ship with the install and ignore any directory).
-USER_OWNED_DATASETS = frozenset({"cremad"})
-
-
 @dataclass(frozen=True)
 class Node:
     """What this node is: where its data comes from and which modalities it holds.
@@ -93,10 +89,10 @@ class Node:
                     f"{len(scenario.partitions)} clients; set num-clients (or the number of SuperNodes) to match"
                 )
         else:
-            if run.dataset not in USER_OWNED_DATASETS:
+            if not is_user_owned(run.dataset):  # only user-owned data can come from a node's own data-dir
                 raise ValueError(
                     f"node config data-dir={data_dir!r} applies to user-owned datasets such as "
-                    f"{', '.join(sorted(USER_OWNED_DATASETS))}; the run's dataset {run.dataset!r} ships with the "
+                    f"{', '.join(n for n, e in DATASETS.items() if e.user_owned)}; the run's dataset {run.dataset!r} ships with the "
                     "install and has no directory to read: remove data-dir from this node's --node-config "
                     "(the node then holds partition partition-id of the shared dataset)"
                 )

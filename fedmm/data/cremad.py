@@ -46,8 +46,10 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -354,9 +356,16 @@ def cached_clips(root: Path, clips: list[Clip], num_frames: int, image_size: int
     return decoded
 
 
+def prepare_command(parser: Any) -> Callable[[Any], int]:
+    """``fedmm prepare cremad`` (:func:`fedmm.data.prepare_cremad.prepare_command`, imported when used)."""
+    from fedmm.data.prepare_cremad import prepare_command as command
+
+    return command(parser)
+
+
 # -- loader ----------------------------------------------------------------------------------------
 @register_dataset("cremad", description="CREMA-D audio spectrogram vs face frames, 91 actors, 6 emotions "
-                  "(user-owned: set data-dir; see `fedmm prepare cremad`)")
+                  "(user-owned: set data-dir; see `fedmm prepare cremad`)", user_owned=True, prepare=prepare_command)
 def load_cremad(*, data_dir: str | None = None, seed: int = 0, num_frames: int = 1, image_size: int = 224,
                 split_seed: int = 0, test_fraction: float = 0.1, skip_incomplete: bool = False,
                 augment: bool = True) -> Dataset:

@@ -14,10 +14,12 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fedmm.data.cremad import AUDIO_DIR, FRAMES_DIR
 
@@ -167,3 +169,24 @@ def prepare_cremad(video_dir: str | Path, out: str | Path, *, audio_dir: str | P
                 shutil.copy2(wav, dest)
                 report.audio_copied += 1
     return report
+
+
+def prepare_command(parser: Any) -> Callable[[Any], int]:
+    """``fedmm prepare cremad``: add its arguments to ``parser`` (an ``argparse`` parser) and
+    return the function that runs it on the parsed arguments (exit code 1 when a clip failed)."""
+    parser.add_argument("--video-dir", type=Path, required=True, help="CREMA-D's VideoFlash folder (*.flv)")
+    parser.add_argument("--audio-dir", type=Path, help="CREMA-D's AudioWAV folder, copied to OUT/AudioWAV")
+    parser.add_argument("--out", type=Path, required=True, help="data directory to write (config key data-dir)")
+    parser.add_argument("--fps", type=float, default=1.0, help="frames per second to extract (default 1)")
+    parser.add_argument("--overwrite", action="store_true", help="re-extract clips that already have frames")
+
+    def run(args: Any) -> int:
+        rep = prepare_cremad(args.video_dir, args.out, audio_dir=args.audio_dir, fps=args.fps,
+                             overwrite=args.overwrite)
+        print(f"{args.out}: frames extracted for {rep.extracted} clips with {rep.decoder}, {rep.skipped} already "
+              f"present, {rep.audio_copied} WAV files copied, {len(rep.failed)} failed")
+        for clip, reason in rep.failed[:20]:
+            print(f"  failed {clip}: {reason}", file=sys.stderr)
+        return 1 if rep.failed else 0
+
+    return run

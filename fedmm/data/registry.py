@@ -2,34 +2,45 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
-import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fedmm.data.base import Dataset, num_examples
+from fedmm.params import Label, Spec, check_value, parse_values, specs
+from fedmm.registry import Registry
 
 Loader = Callable[..., Dataset]
+#: The arguments every loader takes that are not ``dataset.*`` options.
+_LOADER_ARGS = ("data_dir", "seed")
 
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    """A registered dataset.
+    """A registered dataset and its facts.
 
     Parameters
     ----------
     name:
         Registry name (``dataset = "<name>"``).
     loader:
-        ``loader(*, data_dir, seed, **options) -> Dataset``.
+        ``loader(*, data_dir, seed, **options) -> Dataset``; its other keyword arguments are the
+        dataset's ``dataset.*`` options (type and constraints from their annotations, help from its
+        numpy docstring).
     description:
         One line for listings.
     package:
         The pip requirement that ships the data, or ``None`` when nothing needs installing.
     module:
         Import name checked (without importing it) to tell whether the data is installed.
+    user_owned:
+        The user supplies the files (config key ``data-dir``, or a node's own ``data-dir``);
+        embedded data ships with a package.
+    prepare:
+        What ``fedmm prepare <name>`` runs: ``prepare(parser)`` adds its arguments to the
+        subcommand's parser and returns the function that runs it on the parsed arguments (exit
+        code); ``None`` when the dataset needs no preparation.
     """
 
     name: str
@@ -37,52 +48,62 @@ class DatasetEntry:
     description: str
     package: str | None = None
     module: str | None = None
+    user_owned: bool = False
+    prepare: Callable[[Any], Callable[[Any], int]] | None = None
 
     def installed(self) -> bool:
         return self.module is None or importlib.util.find_spec(self.module) is not None
 
+    def options(self) -> list[Spec]:
+        """The ``dataset.*`` options: the loader's keyword arguments but ``data_dir`` and ``seed``."""
+        return [s for s in specs(self.loader) if s.name not in _LOADER_ARGS]
 
-_DATASETS: dict[str, DatasetEntry] = {}
+
+#: Every registered dataset, by name.
+DATASETS: Registry[DatasetEntry] = Registry("dataset")
 _CACHE: dict[tuple, Dataset] = {}
 
 
-def register_dataset(name: str, *, description: str, package: str | None = None, module: str | None = None
+def register_dataset(name: str, *, description: str, package: str | None = None, module: str | None = None,
+                     user_owned: bool = False, prepare: Callable[[Any], Callable[[Any], int]] | None = None
                      ) -> Callable[[Loader], Loader]:
+    """Decorator: register the loader as dataset ``name`` with the facts of :class:`DatasetEntry`."""
     def deco(loader: Loader) -> Loader:
-        _DATASETS[name] = DatasetEntry(name, loader, description, package, module)
+        DATASETS.add(name, DatasetEntry(name, loader, description, package, module, user_owned, prepare))
         return loader
 
     return deco
 
 
 def dataset_names() -> list[str]:
-    return sorted(_DATASETS)
+    return DATASETS.names()
 
 
 def dataset_entry(name: str) -> DatasetEntry:
-    if name not in _DATASETS:
-        close = difflib.get_close_matches(name, list(_DATASETS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown dataset {name!r}{hint} Valid datasets: {', '.join(dataset_names())}")
-    return _DATASETS[name]
+    return DATASETS.get(name)
+
+
+def is_user_owned(name: str) -> bool:
+    """Whether the user supplies dataset ``name``'s files (a node may then set its own ``data-dir``)."""
+    return dataset_entry(name).user_owned
+
+
+def check_options(name: str, options: Mapping[str, Any], *, label: Label | None = None) -> dict[str, Any]:
+    """Dataset ``name``'s ``options`` converted and checked by :func:`fedmm.params.parse_values`;
+    an option its loader does not take is an error naming the valid ones."""
+    return parse_values(dataset_entry(name).options(), options, component=f"dataset {name!r}", noun="option",
+                        shown=lambda key: f"dataset.{key}", label=label)
 
 
 def load_dataset(name: str, *, data_dir: str | None = None, seed: int = 0, **options: Any) -> Dataset:
     """Load dataset ``name`` once per process (later calls with the same arguments share it).
 
-    ``options`` go to the dataset's loader; an option it does not take is an error naming the valid
-    ones.
+    ``options`` go to the dataset's loader after :func:`check_options`.
     """
     entry = dataset_entry(name)
     if not entry.installed():
         raise ImportError(f"dataset {name!r} needs the package {entry.package!r}: pip install {entry.package}")
-    accepted = [p for p in inspect.signature(entry.loader).parameters if p not in ("data_dir", "seed")]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], accepted, n=1)
-        hint = f"; did you mean 'dataset.{close[0]}'?" if close else ""
-        raise ValueError(f"dataset {name!r} has no option 'dataset.{unknown[0]}'{hint} "
-                         f"Valid options: {', '.join(accepted) or '(none)'}")
+    options = check_options(name, options)
     key = (name, data_dir, seed, tuple(sorted(options.items())))
     if key not in _CACHE:
         _CACHE[key] = entry.loader(data_dir=data_dir, seed=seed, **options)
@@ -93,10 +114,9 @@ def dataset_table() -> list[dict[str, Any]]:
     """One row per dataset: name, description, installed, and for installed embedded data its
     modalities, class count and split sizes (user-owned data is not loaded)."""
     rows = []
-    for name in dataset_names():
-        entry = _DATASETS[name]
+    for name, entry in DATASETS.items():
         row: dict[str, Any] = {"name": name, "description": entry.description, "installed": entry.installed()}
-        if row["installed"] and name != "cremad":
+        if row["installed"] and not entry.user_owned:
             try:
                 d = load_dataset(name)
             except (FileNotFoundError, ValueError) as err:

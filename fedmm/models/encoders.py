@@ -10,31 +10,30 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from fedmm.registry import Registry
+
 EncoderBuilder = Callable[[tuple[int, ...], int], nn.Module]
 
-_ENCODERS: dict[str, EncoderBuilder] = {}
+#: Every registered encoder builder, by name.
+ENCODERS: Registry[EncoderBuilder] = Registry("encoder")
 
 #: The encoder used for a modality kind when the config does not name one.
 DEFAULT_ENCODER = {"series": "cnn1d", "vector": "mlp", "spectrogram": "resnet18-audio", "frames": "resnet18-video"}
 
 
 def register_encoder(name: str) -> Callable[[EncoderBuilder], EncoderBuilder]:
-    def deco(fn: EncoderBuilder) -> EncoderBuilder:
-        _ENCODERS[name] = fn
-        return fn
-
-    return deco
+    """Decorator: register ``builder(input_shape, embed_dim) -> nn.Module`` as encoder ``name``
+    (config ``encoder.<modality> = "<name>"``; its docstring's first line describes it)."""
+    return ENCODERS.decorator(name)
 
 
 def encoder_names() -> list[str]:
-    return sorted(_ENCODERS)
+    return ENCODERS.names()
 
 
 def build_encoder(name: str, input_shape: tuple[int, ...], embed_dim: int) -> nn.Module:
     """Build encoder ``name`` for inputs of ``input_shape`` (no batch dim) with ``embed_dim`` outputs."""
-    if name not in _ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; expected one of {encoder_names()}")
-    return _ENCODERS[name](tuple(input_shape), embed_dim)
+    return ENCODERS.get(name)(tuple(input_shape), embed_dim)
 
 
 @register_encoder("cnn1d")

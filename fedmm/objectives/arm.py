@@ -8,9 +8,8 @@ modality's (detached) prediction. It is not the paper's method; do not report it
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 from torch import nn
@@ -19,6 +18,7 @@ from torch.nn import functional as F
 from fedmm.data.base import LABEL_KEY, TensorDict
 from fedmm.objectives.base import Objective
 from fedmm.objectives.registry import register_objective
+from fedmm.params import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Checked
 
 
 class SubspaceClassifier(nn.Module):
@@ -80,7 +80,7 @@ class ARMReconstruction(Objective):
     needs_heads: ClassVar[bool] = False
 
     @dataclass
-    class Params:
+    class Params(Checked):
         """Parameters of ``arm`` (all defaults are ours: the reconstruction has no reference values).
 
         Parameters
@@ -101,22 +101,12 @@ class ARMReconstruction(Objective):
             Name of the strong (auxiliary) modality; empty chooses it per batch by confidence.
         """
 
-        subspace_dim: int = 0
-        distill_weight: float = 1.0
-        temperature: float = 2.0
-        ortho_weight: float = 0.01
-        strong_ce_weight: float = 1.0
+        subspace_dim: Annotated[int, NON_NEGATIVE_INT] = 0
+        distill_weight: Annotated[float, NON_NEGATIVE] = 1.0
+        temperature: Annotated[float, POSITIVE] = 2.0
+        ortho_weight: Annotated[float, NON_NEGATIVE] = 0.01
+        strong_ce_weight: Annotated[float, NON_NEGATIVE] = 1.0
         strong_modality: str = ""
-
-        def validate(self) -> None:
-            if self.subspace_dim < 0:
-                raise ValueError(f"arm: subspace_dim must be >= 0 (0 = embed_dim // 2), got {self.subspace_dim}")
-            for key in ("distill_weight", "ortho_weight", "strong_ce_weight"):
-                value = getattr(self, key)
-                if not (value >= 0.0 and math.isfinite(value)):
-                    raise ValueError(f"arm: {key} must be a finite number >= 0, got {value}")
-            if not (self.temperature > 0.0 and math.isfinite(self.temperature)):
-                raise ValueError(f"arm: temperature must be a finite number > 0, got {self.temperature}")
 
     params: Params
 

@@ -17,8 +17,10 @@ CMSFed's global prototypes) also has ``global_model_facts(model, data, modalitie
 round's aggregation the server sends the new global model to that round's clients, which answer
 with these facts on their own data, without training.
 
-Parameters are declared as dataclass fields on a ``Params`` class nested in each objective and
-validated by :func:`fedmm.objectives.registry.build_objective`.
+Parameters are declared as dataclass fields on a ``Params`` class nested in each objective (a
+:class:`fedmm.params.Checked` dataclass: constraints in the fields' ``Annotated`` annotations, help
+in its numpy docstring) and validated by :func:`fedmm.params.check_value`, through
+:func:`fedmm.objectives.registry.build_objective` or when a ``Params`` is built directly.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 from torch import nn
 
 from fedmm.data.base import LABEL_KEY, TensorDict, num_examples
+from fedmm.params import Checked
 
 #: Precisions of local training: ``fp32`` (plain float32) and the autocast mixed precisions.
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -205,7 +208,7 @@ class Objective:
     needs_heads: ClassVar[bool] = False
 
     @dataclass
-    class Params:
+    class Params(Checked):
         """``ce`` takes no parameters."""
 
     #: The run's schedule, for a server half whose decisions follow it (Sustained Boosting's

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import nn
@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from fedmm.data.base import LABEL_KEY, TensorDict
 from fedmm.objectives.base import Objective, RoundContext
 from fedmm.objectives.registry import register_objective
+from fedmm.params import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Checked, Interval
 
 #: Key of the active-slot counts in the server's extras (one int per modality, canonical order).
 ACTIVE_KEY = "boost-active"
@@ -120,7 +121,7 @@ class SustainedBoosting(Objective):
     param_aliases: ClassVar[dict[str, str]] = {"lambda": "lam"}
 
     @dataclass
-    class Params:
+    class Params(Checked):
         """Parameters of ``boost``.
 
         Parameters
@@ -161,34 +162,21 @@ class SustainedBoosting(Objective):
             code's ``merge_alpha`` 0.4/0.6 is audio/video, i.e. ``[0.4, 0.6]`` for CREMA-D).
         """
 
-        lam: float = 0.5
-        n_max: int = 11
-        hidden_dim: int = 0
-        sigma: float = 1.0
-        tau: float = 0.01
-        assign_interval: float = 0.1
-        assign_every: int = 0
+        lam: Annotated[float, FRACTION] = 0.5
+        n_max: Annotated[int, Interval(int, 1, None, closed="left")] = 11
+        hidden_dim: Annotated[int, NON_NEGATIVE_INT] = 0
+        sigma: Annotated[float, POSITIVE] = 1.0
+        tau: Annotated[float, NON_NEGATIVE] = 0.01
+        assign_interval: Annotated[float, Interval(float, 0.0, 1.0, closed="right")] = 0.1
+        assign_every: Annotated[int, NON_NEGATIVE_INT] = 0
         train_added_heads: bool = False
         freeze_previous_heads: bool = False
-        merge_weights: list[float] = field(default_factory=list)
+        merge_weights: Annotated[list[float], POSITIVE] = field(default_factory=list)
 
         def validate(self) -> None:
-            if not 0.0 <= self.lam <= 1.0:
-                raise ValueError(f"boost: lam (lambda) must be in [0, 1], got {self.lam}")
-            if self.n_max < 1:
-                raise ValueError(f"boost: n_max must be >= 1, got {self.n_max}")
-            if self.hidden_dim < 0:
-                raise ValueError(f"boost: hidden_dim must be >= 0 (0 = embed_dim // 2), got {self.hidden_dim}")
-            if not (self.sigma > 0.0 and math.isfinite(self.sigma)):
-                raise ValueError(f"boost: sigma must be a finite number > 0, got {self.sigma}")
-            if not 0.0 <= self.tau < self.sigma:
+            """``tau < sigma``, one way of setting the interval, and a frozen head only when heads train."""
+            if not self.tau < self.sigma:
                 raise ValueError(f"boost: tau must be in [0, sigma), got tau={self.tau}, sigma={self.sigma}")
-            if not 0.0 < self.assign_interval <= 1.0:
-                raise ValueError(
-                    f"boost: assign_interval must be a fraction of training in (0, 1], got {self.assign_interval}"
-                )
-            if self.assign_every < 0:
-                raise ValueError(f"boost: assign_every must be >= 1 round or 0 (not set), got {self.assign_every}")
             if self.assign_every and self.assign_interval != SustainedBoosting.Params().assign_interval:
                 raise ValueError(
                     "boost: set the assignment interval either as a fraction (assign_interval) or in rounds "
@@ -199,8 +187,6 @@ class SustainedBoosting(Objective):
                     "boost: freeze_previous_heads=True trains only the newest classifier, which "
                     "train_added_heads=False never trains; set train_added_heads=True"
                 )
-            if any(not (w > 0.0 and math.isfinite(w)) for w in self.merge_weights):
-                raise ValueError(f"boost: merge_weights must all be > 0, got {self.merge_weights}")
 
     params: Params
 

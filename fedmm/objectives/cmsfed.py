@@ -41,10 +41,9 @@ A class nobody reported this round keeps its previous global prototype.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import torch
@@ -54,6 +53,7 @@ from fedmm.data.base import TensorDict
 from fedmm.objectives.base import Objective, RoundContext
 from fedmm.objectives.pmr import PMR, Prototypes, class_feature_sums, prototypes_from_sums
 from fedmm.objectives.registry import register_objective
+from fedmm.params import NON_NEGATIVE, Checked
 
 #: The server round of the strategy's update pass before round 1 (the same value as
 #: ``fedmm.strategies.selection.base.UPDATE_PASS_ROUND``; objectives import no strategy code).
@@ -101,7 +101,7 @@ class CMSFedObjective(PMR):
     name: ClassVar[str] = "cmsfed"
 
     @dataclass
-    class Params:
+    class Params(Checked):
         """Parameters of ``cmsfed``.
 
         Parameters
@@ -110,11 +110,7 @@ class CMSFedObjective(PMR):
             Weight of the ME (prototype) loss, the reference's ``--MI_alpha`` (2.0 in its scripts).
         """
 
-        alpha: float = 2.0
-
-        def validate(self) -> None:
-            if not (self.alpha >= 0.0 and math.isfinite(self.alpha)):
-                raise ValueError(f"cmsfed: alpha must be a finite number >= 0, got {self.alpha}")
+        alpha: Annotated[float, NON_NEGATIVE] = 2.0
 
     params: Params
 

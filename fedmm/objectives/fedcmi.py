@@ -34,10 +34,9 @@ the reference).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from itertools import combinations
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -47,6 +46,7 @@ from fedmm.data.base import LABEL_KEY, TensorDict, num_examples
 from fedmm.models.projectors import add_projectors, filled_slots, project
 from fedmm.objectives.base import Objective, RoundContext
 from fedmm.objectives.registry import register_objective
+from fedmm.params import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Checked
 
 
 def class_wise_temperature(p_first: torch.Tensor, p_second: torch.Tensor, present: torch.Tensor,
@@ -95,7 +95,7 @@ class FedCMI(Objective):
     fills_missing: ClassVar[bool] = True
 
     @dataclass
-    class Params:
+    class Params(Checked):
         """Parameters of ``fedcmi`` (reference defaults, FEDCMI_CMSFED.md section 2.7).
 
         Parameters
@@ -121,25 +121,15 @@ class FedCMI(Objective):
             run key ``proximal-mu`` is fedprox's and does not apply here.
         """
 
-        lambda1: float = 2.0
-        lambda2: float = 1.0
-        kappa: float = 2.0
+        lambda1: Annotated[float, NON_NEGATIVE] = 2.0
+        lambda2: Annotated[float, NON_NEGATIVE] = 1.0
+        kappa: Annotated[float, NON_NEGATIVE] = 2.0
         class_wise: bool = True
-        temperature: float = 1.0
-        warmup_rounds: int = 1
+        temperature: Annotated[float, POSITIVE] = 1.0
+        warmup_rounds: Annotated[int, NON_NEGATIVE_INT] = 1
         projector: Literal["linear", "mlp"] = "linear"
         proximal: bool = False
-        mu: float = 1.0
-
-        def validate(self) -> None:
-            for key in ("lambda1", "lambda2", "kappa", "mu"):
-                value = getattr(self, key)
-                if not (value >= 0.0 and math.isfinite(value)):
-                    raise ValueError(f"fedcmi: {key} must be a finite number >= 0, got {value}")
-            if not (self.temperature > 0.0 and math.isfinite(self.temperature)):
-                raise ValueError(f"fedcmi: temperature must be a finite number > 0, got {self.temperature}")
-            if self.warmup_rounds < 0:
-                raise ValueError(f"fedcmi: warmup_rounds must be >= 0, got {self.warmup_rounds}")
+        mu: Annotated[float, NON_NEGATIVE] = 1.0
 
     params: Params
 

@@ -13,9 +13,8 @@ logits (``fusion = "mean"``); ``fusion = "concat"`` uses the model's concat fusi
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -24,6 +23,7 @@ from torch.nn import functional as F
 from fedmm.data.base import LABEL_KEY, TensorDict
 from fedmm.objectives.base import Objective, RoundContext
 from fedmm.objectives.registry import register_objective
+from fedmm.params import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, Checked
 
 #: How MNL forms the fused prediction ``z^f`` (the ``fusion`` parameter).
 FUSIONS = ("mean", "concat")
@@ -104,7 +104,7 @@ class MNL(Objective):
     param_aliases: ClassVar[dict[str, str]] = {"lambda": "lam"}
 
     @dataclass
-    class Params:
+    class Params(Checked):
         """Parameters of ``mnl``.
 
         Parameters
@@ -130,20 +130,12 @@ class MNL(Objective):
         """
 
         fusion: Literal["mean", "concat"] = "mean"
-        lam: float = 0.7
-        start: float = 0.0
-        start_round: int = 0
+        lam: Annotated[float, NON_NEGATIVE] = 0.7
+        start: Annotated[float, FRACTION] = 0.0
+        start_round: Annotated[int, NON_NEGATIVE_INT] = 0
 
         def validate(self) -> None:
-            if self.fusion not in FUSIONS:
-                raise ValueError(f"mnl: fusion must be one of {list(FUSIONS)}, got {self.fusion!r}")
-            if not self.lam >= 0.0 or math.isinf(self.lam):
-                raise ValueError(f"mnl: lambda must be a finite number >= 0, got {self.lam}")
-            if not 0.0 <= self.start <= 1.0:
-                raise ValueError(f"mnl: start must be a fraction of training in [0, 1], got {self.start}")
-            if self.start_round < 0:
-                raise ValueError(f"mnl: start_round must be >= 1 (rounds are 1-based) or 0 (not set), "
-                                 f"got {self.start_round}")
+            """Refuse both ways of setting the start."""
             if self.start_round and self.start:
                 raise ValueError("mnl: set the start of the guidance either as a fraction (start) or as a round "
                                  "(start_round), not both")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 from torch import nn
@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from fedmm.data.base import LABEL_KEY, TensorDict
 from fedmm.objectives.base import Objective, RoundContext
 from fedmm.objectives.registry import register_objective
+from fedmm.params import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, Checked
 
 #: Added to the gradient's standard deviation before drawing the GE noise (reference value).
 GE_STD_EPS = 1e-8
@@ -108,7 +109,7 @@ class OGMGE(Objective):
     needs_heads: ClassVar[bool] = False
 
     @dataclass
-    class Params:
+    class Params(Checked):
         """Parameters of ``ogm-ge``.
 
         Parameters
@@ -142,25 +143,19 @@ class OGMGE(Objective):
             Add the Gaussian generalisation-enhancement noise (OGM-GE); ``False`` gives plain OGM.
         """
 
-        alpha: float = 0.1
-        modulation_start: float = 0.0
-        modulation_end: float = 0.5
-        modulation_start_round: int = 0
-        modulation_end_round: int = 0
+        alpha: Annotated[float, NON_NEGATIVE] = 0.1
+        modulation_start: Annotated[float, FRACTION] = 0.0
+        modulation_end: Annotated[float, FRACTION] = 0.5
+        modulation_start_round: Annotated[int, NON_NEGATIVE_INT] = 0
+        modulation_end_round: Annotated[int, NON_NEGATIVE_INT] = 0
         ge: bool = True
 
         def validate(self) -> None:
-            if not self.alpha >= 0.0 or math.isinf(self.alpha):
-                raise ValueError(f"ogm-ge: alpha must be a finite number >= 0, got {self.alpha}")
-            if not 0.0 <= self.modulation_start <= self.modulation_end <= 1.0:
+            """The window's order, and one way of setting it."""
+            if not self.modulation_start <= self.modulation_end:
                 raise ValueError(
                     "ogm-ge: the window needs 0 <= modulation_start <= modulation_end <= 1 (fractions of "
                     f"training), got modulation_start={self.modulation_start}, modulation_end={self.modulation_end}"
-                )
-            if self.modulation_start_round < 0 or self.modulation_end_round < 0:
-                raise ValueError(
-                    "ogm-ge: modulation_start_round and modulation_end_round must be >= 1 (rounds are 1-based) "
-                    f"or 0 (not set), got {self.modulation_start_round} and {self.modulation_end_round}"
                 )
             if self.modulation_end_round and self.modulation_end_round < self.modulation_start_round:
                 raise ValueError(

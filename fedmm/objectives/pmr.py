@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 from torch import nn
@@ -24,6 +24,7 @@ from torch.nn import functional as F
 from fedmm.data.base import LABEL_KEY, TensorDict, num_examples
 from fedmm.objectives.base import Objective, RoundContext
 from fedmm.objectives.registry import register_objective
+from fedmm.params import NON_NEGATIVE, Checked, Interval
 
 
 @dataclass
@@ -131,7 +132,7 @@ class PMR(Objective):
     needs_heads: ClassVar[bool] = False
 
     @dataclass
-    class Params:
+    class Params(Checked):
         """Parameters of ``pmr``.
 
         Parameters
@@ -144,14 +145,8 @@ class PMR(Objective):
             default 0.2 (``--momentum_coef``; its scripts use 0, no EMA).
         """
 
-        alpha: float = 1.0
-        momentum: float = 0.2
-
-        def validate(self) -> None:
-            if not self.alpha >= 0.0 or math.isinf(self.alpha):
-                raise ValueError(f"pmr: alpha must be a finite number >= 0, got {self.alpha}")
-            if not 0.0 <= self.momentum < 1.0:
-                raise ValueError(f"pmr: momentum must lie in [0, 1), got {self.momentum}")
+        alpha: Annotated[float, NON_NEGATIVE] = 1.0
+        momentum: Annotated[float, Interval(float, 0.0, 1.0, closed="left")] = 0.2
 
     params: Params
 

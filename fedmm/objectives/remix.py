@@ -12,10 +12,9 @@ mixed-modality gradients.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 from torch import nn
@@ -24,6 +23,7 @@ from torch.nn import functional as F
 from fedmm.data.base import LABEL_KEY, TensorDict, num_examples
 from fedmm.objectives.base import Objective, RoundContext
 from fedmm.objectives.registry import register_objective
+from fedmm.params import FRACTION, NON_NEGATIVE, Checked, Interval
 
 #: Probabilities are clipped here before the log, as in the reference code.
 PROB_FLOOR = 1e-9
@@ -80,7 +80,7 @@ class DataRemixing(Objective):
     needs_heads: ClassVar[bool] = True
 
     @dataclass
-    class Params:
+    class Params(Checked):
         """Parameters of ``remix``.
 
         Parameters
@@ -108,24 +108,17 @@ class DataRemixing(Objective):
             batches then all audio ones, so the epoch's last updates always favour audio).
         """
 
-        warmup: float = 1 / 6
-        warmup_rounds: int = -1
-        warmup_head_weight: float = 0.5
-        head_weight: float = 1.0
+        warmup: Annotated[float, FRACTION] = 1 / 6
+        warmup_rounds: Annotated[int, Interval(int, -1, None, closed="left")] = -1
+        warmup_head_weight: Annotated[float, NON_NEGATIVE] = 0.5
+        head_weight: Annotated[float, NON_NEGATIVE] = 1.0
         interleave: bool = True
 
         def validate(self) -> None:
-            if not 0.0 <= self.warmup <= 1.0:
-                raise ValueError(f"remix: warmup must be a fraction of training in [0, 1], got {self.warmup}")
-            if self.warmup_rounds < -1:
-                raise ValueError(f"remix: warmup_rounds must be >= 0, or -1 (not set), got {self.warmup_rounds}")
+            """Refuse both ways of setting the warm-up."""
             if self.warmup_rounds >= 0 and self.warmup != DataRemixing.Params().warmup:
                 raise ValueError("remix: set the warm-up either as a fraction (warmup) or in rounds (warmup_rounds), "
                                  "not both")
-            for key in ("warmup_head_weight", "head_weight"):
-                value = getattr(self, key)
-                if not (value >= 0.0 and math.isfinite(value)):
-                    raise ValueError(f"remix: {key} must be a finite number >= 0, got {value}")
 
     params: Params
 

@@ -10,9 +10,8 @@ model. Inference is the fusion head (the default ``predict``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 from torch import nn
@@ -21,6 +20,7 @@ from torch.nn import functional as F
 from fedmm.data.base import LABEL_KEY, TensorDict
 from fedmm.objectives.base import Objective
 from fedmm.objectives.registry import register_objective
+from fedmm.params import NON_NEGATIVE, Checked
 
 
 @register_objective
@@ -31,7 +31,7 @@ class Uniform(Objective):
     needs_heads: ClassVar[bool] = True
 
     @dataclass
-    class Params:
+    class Params(Checked):
         """Parameters of ``uniform``.
 
         Parameters
@@ -40,11 +40,7 @@ class Uniform(Objective):
             Weight of each per-modality head loss (1 = the uniform baseline).
         """
 
-        head_weight: float = 1.0
-
-        def validate(self) -> None:
-            if not (self.head_weight >= 0.0 and math.isfinite(self.head_weight)):
-                raise ValueError(f"uniform: head_weight must be a finite number >= 0, got {self.head_weight}")
+        head_weight: Annotated[float, NON_NEGATIVE] = 1.0
 
     params: Params
 

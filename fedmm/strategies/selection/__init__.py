@@ -13,14 +13,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from fedmm.params import Label, parse, specs
+from fedmm.registry import Registry
 from fedmm.strategies.selection.base import (
     Assignment,
     ClientState,
     ClientUpdate,
     SelectionPolicy,
-    _did_you_mean,
-    params_help,
-    validate_params,
 )
 from fedmm.strategies.selection.basic import AllClients, PowerOfChoice, RandomClients
 from fedmm.strategies.selection.cmsfed import CMSFed
@@ -28,7 +27,8 @@ from fedmm.strategies.selection.divfl import DivFL
 
 P = TypeVar("P", bound=type[SelectionPolicy])
 
-_REGISTRY: dict[str, type[SelectionPolicy]] = {}
+#: Every registered selection policy class, by name.
+POLICIES: Registry[type[SelectionPolicy]] = Registry("selection policy")
 
 
 def register_policy(cls: P) -> P:
@@ -36,36 +36,54 @@ def register_policy(cls: P) -> P:
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
         raise ValueError(f"{cls.__name__} needs a non-empty class attribute 'name' to be registered")
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
-        raise ValueError(f"selection policy {name!r} is already registered by {_REGISTRY[name].__name__}")
-    _REGISTRY[name] = cls
+    POLICIES.add(name, cls)
+    # a directly built Params names its fields as build_policy does (fedmm.params.Checked)
+    cls.Params.label_format = f"parameter '{{}}' of selection {name!r}"
+    cls.Params.field_names = {f: _kebab(f) for f in (s.name for s in specs(cls.Params))}
     return cls
 
 
 def policy_names() -> list[str]:
     """Registered policy names, sorted."""
-    return sorted(_REGISTRY)
+    return POLICIES.names()
 
 
 def policy_class(name: str) -> type[SelectionPolicy]:
     """The class registered as ``name`` (ValueError with a did-you-mean hint otherwise)."""
-    if name not in _REGISTRY:
-        raise ValueError(
-            f"unknown selection policy {name!r}{_did_you_mean(str(name), policy_names())} "
-            f"Valid policies: {', '.join(policy_names())}"
-        )
-    return _REGISTRY[name]
+    return POLICIES.get(name)
+
+
+def parse_policy_params(name: str, params: Mapping[str, Any] | None, *, label: Label | None = None) -> Any:
+    """The ``Params`` of policy ``name`` from config names (kebab-case or snake_case) and raw
+    values, by :func:`fedmm.params.parse`.
+
+    Parameters
+    ----------
+    name:
+        A registered policy name.
+    params:
+        Parameter name -> raw value (``{"sketch-dim": 128}``); ``None`` for the defaults.
+    label:
+        Kebab-case name -> how messages name it; default ``"parameter '<name>' of selection '<policy>'"``.
+    """
+    cls = policy_class(name)
+    aliases = {_kebab(s.name): s.name for s in specs(cls.Params)}
+    return parse(cls.Params, params or {}, component=f"selection {name!r}", aliases=aliases, shown=_kebab,
+                 label=label)
 
 
 def build_policy(name: str, params: Mapping[str, Any] | None = None, *, seed: int) -> SelectionPolicy:
     """Build the policy ``name`` with validated ``params`` and its own generator seeded by ``seed``."""
-    cls = policy_class(name)
-    return cls(validate_params(name, cls.Params, params), seed=seed)
+    return policy_class(name)(parse_policy_params(name, params), seed=seed)
 
 
 def policy_params(name: str) -> list[tuple[str, Any, str]]:
     """``(parameter, default, help)`` of policy ``name``."""
-    return params_help(policy_class(name).Params)
+    return [(_kebab(s.name), s.default, s.help) for s in specs(policy_class(name).Params)]
+
+
+def _kebab(name: str) -> str:
+    return str(name).replace("_", "-")
 
 
 for _cls in (AllClients, RandomClients, PowerOfChoice, DivFL, CMSFed):
@@ -84,6 +102,7 @@ __all__ = [
     "build_policy",
     "policy_class",
     "policy_names",
+    "parse_policy_params",
     "policy_params",
     "register_policy",
 ]

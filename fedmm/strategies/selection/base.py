@@ -10,22 +10,24 @@ to :func:`fedmm.strategies.selection.build_policy`, so the same seed and the sam
 same selection sequence, and :meth:`SelectionPolicy.state_dict` /
 :meth:`SelectionPolicy.load_state_dict` carry that generator's state through a checkpoint.
 
-Parameters of a policy are the fields of its nested ``Params`` dataclass; field metadata gives
-``help`` and the bounds (``low``, ``high``, ``low_open``) that :func:`validate_params` checks.
+Parameters of a policy are the fields of its nested ``Params`` dataclass (a
+:class:`fedmm.params.Checked` one): constraints in the fields' ``Annotated`` annotations, help in
+the numpy docstring, checked by :func:`fedmm.params.check_value` (see
+:func:`fedmm.strategies.selection.parse_policy_params`).
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 import time
-import typing
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
+
+from fedmm.params import Checked
 
 #: Value types a ``state_dict`` may hold (numpy arrays and plain scalars; no pickled objects).
 StateValue = np.ndarray | float | int | str
@@ -143,7 +145,7 @@ class SelectionPolicy(ABC):
     uses_updates: ClassVar[bool] = False
 
     @dataclass
-    class Params:
+    class Params(Checked):
         """This policy takes no parameters."""
 
     def __init__(self, params: Any | None = None, *, seed: int = 0) -> None:
@@ -242,76 +244,3 @@ class SelectionPolicy(ABC):
             **extra,
         })
         return list(assignments)
-
-
-# -- parameter validation (scikit-learn style messages) --------------------------------------------------
-def param(default: Any, help: str, *, low: float | None = None, high: float | None = None,
-          low_open: bool = False) -> Any:
-    """A ``Params`` field with its help text and numeric bounds (``low_open``: ``> low`` not ``>=``)."""
-    return field(default=default, metadata={"help": help, "low": low, "high": high, "low_open": low_open})
-
-
-def _did_you_mean(value: str, valid: Sequence[str]) -> str:
-    close = difflib.get_close_matches(value, list(valid), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def validate_params(policy: str, params_cls: type, given: Mapping[str, Any] | None) -> Any:
-    """Build ``params_cls`` from ``given`` (keys may use ``-`` or ``_``), checking names, types, bounds.
-
-    Raises ValueError naming the policy, the parameter and (for unknown names) the nearest valid one.
-    """
-    hints = typing.get_type_hints(params_cls)
-    specs = {f.name: f for f in fields(params_cls)}
-    kebab = {n.replace("_", "-"): n for n in specs}
-    values: dict[str, Any] = {}
-    for raw_key, value in (given or {}).items():
-        key = str(raw_key).replace("-", "_")
-        if key not in specs:
-            valid = sorted(kebab)
-            if not valid:
-                raise ValueError(f"selection {policy!r} takes no parameters, got {raw_key!r}")
-            raise ValueError(
-                f"unknown parameter {raw_key!r} for selection {policy!r}"
-                f"{_did_you_mean(str(raw_key).replace('_', '-'), valid)} Valid parameters: {', '.join(valid)}"
-            )
-        values[key] = _coerce(policy, key.replace("_", "-"), hints[key], specs[key].metadata, value)
-    for name, spec in specs.items():
-        if name not in values and spec.default is MISSING:
-            raise ValueError(f"selection {policy!r} needs parameter {name.replace('_', '-')!r}")
-    return params_cls(**values)
-
-
-def _coerce(policy: str, key: str, kind: Any, meta: Mapping[str, Any], value: Any) -> Any:
-    where = f"parameter {key!r} of selection {policy!r}"
-    if kind is bool:
-        if not isinstance(value, (bool, np.bool_)):
-            raise ValueError(f"{where} must be a bool, got {value!r}")
-        return bool(value)
-    if kind is int:
-        if isinstance(value, (bool, np.bool_)) or not (
-            isinstance(value, (int, np.integer)) or (isinstance(value, float) and value.is_integer())
-        ):
-            raise ValueError(f"{where} must be an int, got {value!r}")
-        value = int(value)
-    elif kind is float:
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise ValueError(f"{where} must be a number, got {value!r}")
-        value = float(value)
-        if not np.isfinite(value):
-            raise ValueError(f"{where} must be finite, got {value!r}")
-    elif kind is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{where} must be a string, got {value!r}")
-        return value
-    low, high = meta.get("low"), meta.get("high")
-    if low is not None and (value <= low if meta.get("low_open") else value < low):
-        raise ValueError(f"{where} must be {'>' if meta.get('low_open') else '>='} {low}, got {value!r}")
-    if high is not None and value > high:
-        raise ValueError(f"{where} must be <= {high}, got {value!r}")
-    return value
-
-
-def params_help(params_cls: type) -> list[tuple[str, Any, str]]:
-    """``(kebab-name, default, help)`` of every parameter (CLI and docs)."""
-    return [(f.name.replace("_", "-"), f.default, f.metadata.get("help", "")) for f in fields(params_cls)]

@@ -8,16 +8,17 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 
+from fedmm.params import Checked, Interval
 from fedmm.strategies.selection.base import (
     MODE_ALL,
     Assignment,
     ClientState,
     SelectionPolicy,
     StateValue,
-    param,
 )
 
 
@@ -66,11 +67,19 @@ class PowerOfChoice(SelectionPolicy):
     name = "powd"
 
     @dataclass
-    class Params:
-        """Power-of-Choice parameters."""
+    class Params(Checked):
+        """Power-of-Choice parameters.
 
-        d: int = param(10, "number of candidates probed per round (at least the budget)", low=1)
-        weighted: bool = param(True, "draw candidates proportional to num-examples (paper) instead of uniformly")
+        Parameters
+        ----------
+        d:
+            number of candidates probed per round (at least the budget)
+        weighted:
+            draw candidates proportional to num-examples (paper) instead of uniformly
+        """
+
+        d: Annotated[int, Interval(int, 1, None, closed="left")] = 10
+        weighted: bool = True
 
     def __init__(self, params: PowerOfChoice.Params | None = None, *, seed: int = 0) -> None:
         super().__init__(params, seed=seed)

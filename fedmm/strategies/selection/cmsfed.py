@@ -17,16 +17,17 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 
+from fedmm.params import Interval, Options
 from fedmm.strategies.selection.base import (
     MODE_MULTIMODAL,
     MODE_UNSEEN,
     MODE_WEAK,
     Assignment,
     ClientState,
-    param,
 )
 from fedmm.strategies.selection.divfl import pick_unseen
 from fedmm.strategies.selection.sketch import UpdateVectorPolicy
@@ -105,15 +106,23 @@ class CMSFed(UpdateVectorPolicy):
 
     @dataclass
     class Params(UpdateVectorPolicy.Params):
-        """CMSFed parameters (plus the update-vector ones)."""
+        """CMSFed parameters (plus the update-vector ones).
 
-        delta: float = param(1.5, "threshold on a client's rho beyond which it trains only the weak modality",
-                             low=1.0)
-        modalities: str = param("", "comma-separated modality order 'first,second' of rho = Acc_first/Acc_second "
-                                    "(empty: the order of the multimodal clients' modalities)")
-        slice_refresh: str = param("unimodal", "which updates replace a client's modality slices g^m: 'unimodal' "
-                                               "(the update pass and updates that trained m alone, the reference) "
-                                               "or 'every' (every update that trained m)")
+        Parameters
+        ----------
+        delta:
+            threshold on a client's rho beyond which it trains only the weak modality
+        modalities:
+            comma-separated modality order 'first,second' of rho = Acc_first/Acc_second (empty: the
+            order of the multimodal clients' modalities)
+        slice_refresh:
+            which updates replace a client's modality slices g^m: 'unimodal' (the update pass and
+            updates that trained m alone, the reference) or 'every' (every update that trained m)
+        """
+
+        delta: Annotated[float, Interval(float, 1.0, None, closed="left")] = 1.5
+        modalities: str = ""
+        slice_refresh: Annotated[str, Options(*SLICE_REFRESH)] = "unimodal"
 
     def __init__(self, params: CMSFed.Params | None = None, *, seed: int = 0) -> None:
         super().__init__(params, seed=seed)
@@ -124,11 +133,6 @@ class CMSFed(UpdateVectorPolicy):
                 f"{self.params.modalities!r}"
             )
         self.order: tuple[str, ...] = order
-        if self.params.slice_refresh not in SLICE_REFRESH:
-            raise ValueError(
-                f"parameter 'slice-refresh' of selection 'cmsfed' must be one of {list(SLICE_REFRESH)}, got "
-                f"{self.params.slice_refresh!r}"
-            )
 
     def refreshes_slices(self, server_round: int, trained: Sequence[str]) -> bool:
         """The reference rule (:meth:`UpdateVectorPolicy.refreshes_slices`) with ``slice_refresh =

@@ -46,16 +46,17 @@ import math
 import zlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 
+from fedmm.params import FRACTION, NON_NEGATIVE_INT, Checked, Interval
 from fedmm.strategies.selection.base import (
     UPDATE_PASS_ROUND,
     ClientState,
     ClientUpdate,
     SelectionPolicy,
     StateValue,
-    param,
 )
 from fedmm.strategies.selection.facility import EuclideanDistances, FacilityLocation
 
@@ -325,16 +326,26 @@ class UpdateVectorPolicy(SelectionPolicy):
     uses_updates = True
 
     @dataclass
-    class Params:
-        """Parameters shared by the update-vector policies."""
+    class Params(Checked):
+        """Parameters shared by the update-vector policies.
 
-        sketch_dim: int = param(256, "count-sketch dimension per modality (0 = store exact vectors)", low=0)
-        stochastic: bool = param(True, "stochastic greedy (random candidate subset per step) instead of full greedy")
-        subsample: float = param(0.1, "stochastic-greedy sample size m = max(budget, floor(subsample * N))",
-                                 low=0.0, high=1.0, low_open=True)
-        support_fraction: float = param(0.25, "largest share of the clients a candidate's kept support may "
-                                              "hold (0 keeps none: less memory, slower selection)",
-                                        low=0.0, high=1.0)
+        Parameters
+        ----------
+        sketch_dim:
+            count-sketch dimension per modality (0 = store exact vectors)
+        stochastic:
+            stochastic greedy (random candidate subset per step) instead of full greedy
+        subsample:
+            stochastic-greedy sample size m = max(budget, floor(subsample * N))
+        support_fraction:
+            largest share of the clients a candidate's kept support may hold (0 keeps none: less
+            memory, slower selection)
+        """
+
+        sketch_dim: Annotated[int, NON_NEGATIVE_INT] = 256
+        stochastic: bool = True
+        subsample: Annotated[float, Interval(float, 0.0, 1.0, closed="right")] = 0.1
+        support_fraction: Annotated[float, FRACTION] = 0.25
 
     def __init__(self, params: UpdateVectorPolicy.Params | None = None, *, seed: int = 0) -> None:
         super().__init__(params, seed=seed)

@@ -1,0 +1,442 @@
+"""One parameter validator for run config keys, objective and selection parameters, dataset
+options, encoder choices and local training settings (no torch, no flwr here).
+
+A parameter is a dataclass field or a keyword argument of a function. Its constraints are declared
+next to it in its annotation, as in scikit-learn's ``_param_validation``::
+
+    momentum: Annotated[float, Interval(float, 0, 1, closed="left")] = 0.2
+    fusion: Annotated[str, Options("mean", "concat")] = "mean"
+
+and its help text is the first paragraph of its entry in the numpy-style ``Parameters`` section of
+the class's (or function's) docstring (:func:`specs`). :func:`check_value` is the one rule: convert
+the value to the annotated type (strings from the command line are parsed, an ``int`` is accepted
+for a ``float``), refuse NaN and infinity, then test every constraint. :func:`parse` builds a
+dataclass from a mapping of config names with it; :class:`Checked` runs it when a dataclass is
+built directly. Every error is a ``ValueError`` whose message starts with the parameter's label
+(``config key 'lr'``, ``parameter 'delta' of selection 'cmsfed'``, ``TrainConfig.momentum``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from fedmm.registry import did_you_mean
+
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+
+#: What a label function gets and returns: the parameter's shown name -> ``"config key 'lr'"``.
+Label = Callable[[str], str]
+
+
+# -- constraints -------------------------------------------------------------------------------
+class Constraint:
+    """A rule a parameter's (converted) value must satisfy."""
+
+    def violation(self, value: Any) -> str | None:
+        """``None`` when ``value`` satisfies the rule, else the rest of the message after the label
+        (``"must be >= 0, got -1"``)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """What the rule allows, for listings (``"[0, 1)"``)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Interval(Constraint):
+    """Numbers of ``type`` between ``left`` and ``right`` (``None``: unbounded on that side).
+
+    Parameters
+    ----------
+    type:
+        ``int`` (integers only) or ``float`` (any real number).
+    left, right:
+        The bounds; ``None`` for no bound.
+    closed:
+        Which bounds belong to the interval: ``"left"``, ``"right"``, ``"both"`` or ``"neither"``.
+    """
+
+    type: type
+    left: float | None
+    right: float | None
+    closed: Literal["left", "right", "both", "neither"] = "both"
+
+    def __post_init__(self) -> None:
+        if self.type not in (int, float):
+            raise TypeError(f"Interval type must be int or float, got {self.type!r}")
+        if self.closed not in ("left", "right", "both", "neither"):
+            raise ValueError(f"Interval closed must be 'left', 'right', 'both' or 'neither', got {self.closed!r}")
+        if self.left is not None and self.right is not None and self.left > self.right:
+            raise ValueError(f"Interval left bound {self.left} is above its right bound {self.right}")
+
+    def violation(self, value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int if self.type is int else (int, float)):
+            return f"must be {'an integer' if self.type is int else 'a number'} in {self.describe()}, got {value!r}"
+        if self.left is not None:
+            closed = self.closed in ("left", "both")
+            if value < self.left or (not closed and value == self.left):
+                return f"must be {'>=' if closed else '>'} {self.left}, got {value!r}"
+        if self.right is not None:
+            closed = self.closed in ("right", "both")
+            if value > self.right or (not closed and value == self.right):
+                return f"must be {'<=' if closed else '<'} {self.right}, got {value!r}"
+        return None
+
+    def describe(self) -> str:
+        left = "(-inf" if self.left is None else ("[" if self.closed in ("left", "both") else "(") + str(self.left)
+        right = "inf)" if self.right is None else str(self.right) + ("]" if self.closed in ("right", "both") else ")")
+        return f"{left}, {right}"
+
+
+@dataclass(frozen=True, init=False)
+class Options(Constraint):
+    """One of the given strings (``Options("natural", "iid", "dirichlet")``)."""
+
+    options: tuple[str, ...]
+
+    def __init__(self, *options: str) -> None:
+        object.__setattr__(self, "options", tuple(options))
+
+    def violation(self, value: Any) -> str | None:
+        if value in self.options:
+            return None
+        hint = did_you_mean(str(value), list(self.options))
+        hint = f" ({hint[2:]})" if hint != "." else ""
+        return f"must be one of {list(self.options)}, got {value!r}{hint}"
+
+    def describe(self) -> str:
+        return ", ".join(self.options)
+
+
+# -- one parameter -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Spec:
+    """One declared parameter.
+
+    Parameters
+    ----------
+    name:
+        The field or argument name.
+    annotation:
+        Its type, without the constraints (``float``, ``list[float]``, ``str | None``).
+    default:
+        Its default (``dataclasses.MISSING`` when it has none; a factory's value otherwise).
+    constraints:
+        The :class:`Constraint` objects of its ``Annotated`` annotation.
+    help:
+        The first paragraph of its docstring entry; empty when it has none.
+    """
+
+    name: str
+    annotation: Any
+    default: Any
+    constraints: tuple[Constraint, ...]
+    help: str
+
+    def allowed(self) -> str:
+        """The type and constraints as one phrase (``"float in [0, 1)"``)."""
+        rules = " ".join(c.describe() for c in self.constraints)
+        return f"{type_name(self.annotation)} in {rules}" if rules else type_name(self.annotation)
+
+
+def specs(target: type | Callable[..., Any]) -> list[Spec]:
+    """The declared parameters of a dataclass (its init fields) or a function (its keyword
+    arguments), in declaration order, with help from ``target``'s docstring."""
+    helps = docstring_params(target.__doc__ or "")
+    hints = typing.get_type_hints(target, include_extras=True)
+    out = []
+    if dataclasses.is_dataclass(target):
+        for f in dataclasses.fields(target):
+            if not f.init:
+                continue
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            out.append(_spec(f.name, hints[f.name], default, helps))
+    else:
+        for p in inspect.signature(target).parameters.values():
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+                default = dataclasses.MISSING if p.default is inspect.Parameter.empty else p.default
+                out.append(_spec(p.name, hints.get(p.name, Any), default, helps))
+    return out
+
+
+def _spec(name: str, hint: Any, default: Any, helps: Mapping[str, str]) -> Spec:
+    annotation, constraints = hint, ()
+    if typing.get_origin(hint) is Annotated:
+        annotation, *extra = typing.get_args(hint)
+        constraints = tuple(c for c in extra if isinstance(c, Constraint))
+    return Spec(name, annotation, default, constraints, helps.get(name, ""))
+
+
+def check_value(label: str, value: Any, spec: Spec) -> Any:
+    """``value`` converted to ``spec``'s type and checked: finite, and within every constraint.
+
+    Parameters
+    ----------
+    label:
+        How messages name the parameter (``"config key 'lr'"``).
+    value:
+        The raw value: typed (from TOML or code) or a string (from the command line).
+    spec:
+        The parameter's declaration.
+
+    Raises
+    ------
+    ValueError
+        ``"<label> expects <type>, got ..."``, ``"<label> must be a finite number, got ..."``, or
+        the violated constraint's message.
+    """
+    try:
+        converted = convert_value(value, spec.annotation)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{label} expects {type_name(spec.annotation)}, got {value!r} "
+                         f"({type(value).__name__}): {err}") from None
+    items = converted if isinstance(converted, (list, tuple)) else [converted]
+    if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+        raise ValueError(f"{label} must be a finite number, got {value!r}")
+    for constraint in spec.constraints:  # on each item of a list
+        for item in items:
+            problem = constraint.violation(item)
+            if problem is not None:
+                raise ValueError(f"{label} {problem}")
+    return converted
+
+
+def parse_values(declared: list[Spec], given: Mapping[str, Any], *, component: str, noun: str = "parameter",
+                 aliases: Mapping[str, str] | None = None, shown: Callable[[str], str] = str,
+                 label: Label | None = None) -> dict[str, Any]:
+    """Field name -> the checked value of every given parameter (:func:`check_value`).
+
+    Parameters
+    ----------
+    declared:
+        The parameters that exist (:func:`specs`).
+    given:
+        Config name -> raw value.
+    component:
+        The owner, for messages (``"objective 'mnl'"``, ``"selection 'cmsfed'"``).
+    noun:
+        What one parameter is called in messages (``"parameter"``, ``"option"``).
+    aliases:
+        Further accepted names -> field name (``{"lambda": "lam"}``, ``{"sketch-dim": "sketch_dim"}``).
+    shown:
+        Field or given name -> the name messages show (``"sketch_dim"`` -> ``"sketch-dim"``).
+    label:
+        Shown name -> the label of messages about its value; default ``"<noun> '<name>' of <component>"``.
+    """
+    aliases = dict(aliases or {})
+    label = label or (lambda name: f"{noun} {name!r} of {component}")
+    by_name = {s.name: s for s in declared}
+    out: dict[str, Any] = {}
+    for key, raw in given.items():
+        field = aliases.get(key, key)
+        if field not in by_name:
+            valid = [shown(n) for n in by_name]
+            if not valid:
+                raise ValueError(f"{component} takes no {noun}s, got {shown(key)!r}")
+            raise ValueError(f"unknown {noun} {shown(key)!r} of {component}{did_you_mean(shown(key), valid)} "
+                             f"Valid {noun}s: {', '.join(valid)}")
+        if field in out:
+            raise ValueError(f"{noun} {shown(field)!r} of {component} given twice (as {key!r})")
+        out[field] = check_value(label(shown(field)), raw, by_name[field])
+    return out
+
+
+def parse(cls: type, given: Mapping[str, Any], **how: Any) -> Any:
+    """``cls`` (a dataclass) built from config names and raw values by :func:`parse_values` (same
+    keyword arguments), then ``validate()`` (the rules between parameters), when it has one."""
+    value = cls(**parse_values(specs(cls), given, **how))
+    validate = getattr(value, "validate", None)
+    if callable(validate):
+        validate()
+    return value
+
+
+class Checked:
+    """Mixin for a dataclass: ``__post_init__`` checks every field with :func:`check_value` (and
+    stores the converted value), so a directly built instance obeys the same rules as a parsed one.
+
+    Messages name a field as :meth:`field_label` does: ``<ClassName>.<field>`` unless the class
+    sets ``label_format`` (``"parameter '{}' of objective 'mnl'"``) and ``field_names`` (field ->
+    config name), as the objective registry does for every ``Params``.
+    """
+
+    label_format: typing.ClassVar[str] = ""
+    field_names: typing.ClassVar[Mapping[str, str]] = {}
+
+    def __post_init__(self) -> None:
+        for spec in specs(type(self)):
+            value = check_value(self.field_label(spec.name), getattr(self, spec.name), spec)
+            object.__setattr__(self, spec.name, value)
+
+    def validate(self) -> None:
+        """Rules between parameters (a subclass overrides it); none by default."""
+
+    @classmethod
+    def field_label(cls, name: str) -> str:
+        """How messages name field ``name``."""
+        if not cls.label_format:
+            return f"{cls.__qualname__}.{name}"
+        return cls.label_format.format(cls.field_names.get(name, name))
+
+
+# -- value conversion --------------------------------------------------------------------------
+def convert_value(value: Any, annotation: Any) -> Any:
+    """``value`` as an instance of the type ``annotation``; raises ``TypeError``/``ValueError``.
+
+    Parameters
+    ----------
+    value:
+        The raw value: already typed (from TOML) or a string (from the command line).
+    annotation:
+        A resolved type annotation (``float``, ``list[int]``, ``str | None``, ``Literal["a", "b"]``).
+    """
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin is Annotated:
+        return convert_value(value, args[0])
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return convert_value(value, arg)
+            except (TypeError, ValueError) as err:
+                errors.append(str(err))
+        raise ValueError("; ".join(errors) or "no matching type")
+    if origin is Literal:
+        for choice in args:
+            try:
+                if convert_value(value, type(choice)) == choice:
+                    return choice
+            except (TypeError, ValueError):
+                continue
+        raise ValueError(f"must be one of {list(args)}")
+    if origin is dict or annotation is dict:
+        if not isinstance(value, Mapping):
+            raise TypeError("not a table")
+        return dict(value)
+    if origin in (list, tuple):
+        items = _as_sequence(value)
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            return tuple(convert_value(v, args[0]) for v in items)
+        if origin is tuple and args:
+            if len(items) != len(args):
+                raise ValueError(f"needs {len(args)} items, got {len(items)}")
+            return tuple(convert_value(v, a) for v, a in zip(items, args, strict=True))
+        converted = [convert_value(v, args[0]) for v in items] if args else list(items)
+        return converted if origin is list else tuple(converted)
+    if annotation is bool:
+        return _to_bool(value)
+    if annotation is int:
+        return _to_int(value)
+    if annotation is float:
+        return _to_float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise TypeError("not a string")
+        return value
+    if isinstance(annotation, type) and isinstance(value, annotation):
+        return value
+    raise TypeError(f"cannot convert to {type_name(annotation)}")
+
+
+def type_name(annotation: Any) -> str:
+    """A short readable name of a type annotation: ``float``, ``list[float]``, ``int | None``."""
+    if typing.get_origin(annotation) is Annotated:
+        return type_name(typing.get_args(annotation)[0])
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ValueError("not a boolean (use true/false)")
+    raise TypeError("not a boolean")
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError("a boolean is not an integer")
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, str):
+        return int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise TypeError("not an integer")
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError("a boolean is not a number")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        return float(value.strip())
+    raise TypeError("not a number")
+
+
+def _as_sequence(value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, str):
+        text = value.strip().strip("[]()")
+        return [part.strip() for part in text.split(",") if part.strip()]
+    raise TypeError("not a list")
+
+
+def docstring_params(doc: str) -> dict[str, str]:
+    """Name -> first paragraph of its description in a numpy-style ``Parameters`` section
+    (``a, b:`` entries describe each of the names)."""
+    lines = [line.rstrip() for line in inspect.cleandoc(doc).expandtabs().splitlines()]
+    out: dict[str, str] = {}
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "Parameters") + 2
+    except StopIteration:
+        return out
+    current: list[str] = []
+    base_indent: int | None = None
+    for line in lines[start:]:
+        if not line.strip():
+            current = []  # only the first paragraph of a description
+            continue
+        indent = len(line) - len(line.lstrip())
+        if base_indent is None:
+            base_indent = indent
+        if indent < base_indent or (indent == base_indent and set(line.strip()) <= {"-"}):
+            break
+        if indent == base_indent:
+            names = line.strip().split(":")[0]
+            current = [n.strip() for n in names.split(",") if n.strip()]
+            out.update({n: "" for n in current})
+        else:
+            for name in current:
+                out[name] = f"{out[name]} {line.strip()}".strip()
+    return out
+
+
+#: Constraints many parameters share.
+NON_NEGATIVE = Interval(float, 0.0, None, closed="left")
+POSITIVE = Interval(float, 0.0, None, closed="neither")
+FRACTION = Interval(float, 0.0, 1.0, closed="both")
+NON_NEGATIVE_INT = Interval(int, 0, None, closed="left")

@@ -76,10 +76,10 @@ def test_roles_follow_confidence_when_not_fixed() -> None:
     model = hand_model(obj)
     z = obj.logits(model, BATCH)
     # y = 0: p_a = sigmoid(2) > p_v = sigmoid(1) -> a strong; y = 1: sigmoid(-2) < sigmoid(-1) -> v strong
-    assert obj.roles(model, z, torch.tensor([0])) == ("a", "v")
-    assert obj.roles(model, z, torch.tensor([1])) == ("v", "a")
+    assert obj.roles(model, z, torch.tensor([0])) == ("a", ("v",))
+    assert obj.roles(model, z, torch.tensor([1])) == ("v", ("a",))
     fixed = ARMReconstruction(P(subspace_dim=1, strong_modality="v"))
-    assert fixed.roles(hand_model(fixed), z, torch.tensor([0])) == ("v", "a")
+    assert fixed.roles(hand_model(fixed), z, torch.tensor([0])) == ("v", ("a",))
 
 
 def test_single_modality_loss_and_predict() -> None:

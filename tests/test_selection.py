@@ -43,8 +43,10 @@ def test_registry_names_and_errors() -> None:
         build_policy("random", {"d": 3}, seed=0)
     with pytest.raises(ValueError, match="seed"):
         build_policy("random", None, seed=-1)
-    with pytest.raises(ValueError, match="2 distinct modalities"):
-        build_policy("cmsfed", {"modalities": "a,b,c"}, seed=0)
+    for order in ("a", "a,b,a"):  # any number >= 2 of distinct names (three are fine: "a,b,c")
+        with pytest.raises(ValueError, match="2 or more distinct modalities"):
+            build_policy("cmsfed", {"modalities": order}, seed=0)
+    assert build_policy("cmsfed", {"modalities": "a,b,c"}, seed=0).order == ("a", "b", "c")
 
 
 def test_params_accept_kebab_and_snake_case() -> None:

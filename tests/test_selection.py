@@ -179,16 +179,23 @@ FAR = [np.array([5.0, 5.0]), np.zeros(2), np.zeros(2), np.zeros(2)]
     ],
 )
 def test_cmsfed_delta_rule(rhos, vectors, expected, mode, weak) -> None:
-    clients = states(4)
-    for c, rho in zip(clients, rhos):
-        c.imbalance_ratio = rho
-    vecs = {c.client_id: {m: vectors[m][i] for m in AV} for i, c in enumerate(clients)}
-    pol = cms_policy()
-    feed(pol, clients, vecs)
-    assert pol.select(1, clients, budget=1) == [expected]
-    record = pol.history[-1]
+    clients, out, record = select_one(rhos, vectors, AV)
+    assert out == [expected]
     assert record["modes"] == [mode] and record["weak"] == weak
     assert record["rho_bar"] == pytest.approx(global_imbalance_ratio(clients))
+
+
+def select_one(rhos, vectors, mods):
+    """Round-1 pick (budget 1) of CMSFed over four clients holding ``mods`` with these rho_k and
+    per-modality vectors (after the update pass); returns the clients, the pick and its history."""
+    clients = states(4, mods)
+    for c, rho in zip(clients, rhos):
+        c.imbalance_ratio = rho
+    vecs = {c.client_id: {m: vectors[m][i] for m in mods} for i, c in enumerate(clients)}
+    pol = cms_policy()
+    feed(pol, clients, vecs)
+    out = pol.select(1, clients, budget=1)
+    return clients, out, pol.history[-1]
 
 
 def test_cmsfed_weak_pick_updates_only_the_weak_coverage() -> None:
@@ -352,14 +359,8 @@ AVT = ("a", "v", "t")
     ],
 )
 def test_cmsfed_three_modalities_by_hand(rhos, vectors, expected, weak, dominant) -> None:
-    clients = states(4, AVT)
-    for c, rho in zip(clients, rhos):
-        c.imbalance_ratio = rho
-    vecs = {c.client_id: {m: vectors[m][i] for m in AVT} for i, c in enumerate(clients)}
-    pol = cms_policy()
-    feed(pol, clients, vecs)
-    assert pol.select(1, clients, budget=1) == [expected]
-    record = pol.history[-1]
+    _, out, record = select_one(rhos, vectors, AVT)
+    assert out == [expected]
     assert (record["weak"], record["dominant"]) == (weak, dominant)
     assert record["modes"] == ["multimodal" if expected.modalities == AVT else "weak"]
 

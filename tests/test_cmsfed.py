@@ -21,11 +21,10 @@ from fedmm.strategies.selection import build_policy
 pytestmark = pytest.mark.usefixtures("flower_identity")
 
 
-def identity_model() -> MultimodalNet:
-    """Two 2-d modalities whose encoders are the identity (features = inputs)."""
-    model = MultimodalNet([ModalitySpec("a", (2,), "vector"), ModalitySpec("v", (2,), "vector")], 2,
-                          ModelConfig(embed_dim=2))
-    for m in ("a", "v"):
+def identity_model(modalities: tuple[str, ...] = ("a", "v")) -> MultimodalNet:
+    """2-d modalities (default two) whose encoders are the identity (features = inputs)."""
+    model = MultimodalNet([ModalitySpec(m, (2,), "vector") for m in modalities], 2, ModelConfig(embed_dim=2))
+    for m in modalities:
         model.encoders[m] = torch.nn.Identity()
     return model
 
@@ -45,6 +44,36 @@ def test_me_loss_pulls_the_weak_modality_toward_the_global_prototypes():
     expected = F.cross_entropy(model(batch), batch["y"]) + 2.0 * F.cross_entropy(s_v, batch["y"])
     assert objective.loss(model, batch).item() == pytest.approx(expected.item(), rel=1e-5)  # a dominates: v term only
     assert objective.last_scores["a"] > objective.last_scores["v"]
+
+
+def test_me_loss_of_three_modalities_pulls_the_weakest_only():
+    objective = build_objective("cmsfed", {"alpha": 2.0})
+    model = identity_model(("a", "v", "t"))
+    centers = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    extras = {}
+    for m in ("a", "v", "t"):
+        extras.update({global_proto_key(m): centers, global_present_key(m): np.ones(2, np.int8)})
+    y = torch.tensor([0, 1])
+    # distances to the class prototypes: a at its own prototype, v halfway, t at the other class's
+    a, v, t = torch.eye(2), torch.tensor([[0.5, 0.5], [0.5, 0.5]]), torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    ctx = RoundContext(server_round=3, num_rounds=5, modalities=["a", "v", "t"], extras=extras)
+    for batch, weak in (({"a": a, "v": v, "t": t, "y": y}, ["t"]),
+                        ({"a": a, "v": t, "t": t.clone(), "y": y}, ["v", "t"])):  # v, t tied at the minimum
+        objective.begin_round(model, batch, ctx)
+        # summed target softmax of s = -distance: a 2 sigmoid(sqrt 2) = 1.61, v 1 (equidistant),
+        # t 2 sigmoid(-sqrt 2) = 0.39
+        conf = {"a": 2 * sigmoid(2**0.5), "v": 1.0, "t": 2 * sigmoid(-(2**0.5))}
+        s = {m: -torch.cdist(batch[m], torch.from_numpy(centers)) for m in weak}
+        expected = F.cross_entropy(model(batch), y) + sum(2.0 * F.cross_entropy(s[m], y) for m in weak)
+        assert objective.loss(model, batch).item() == pytest.approx(expected.item(), rel=1e-6)
+        assert objective.last_scores["a"] == pytest.approx(conf["a"], rel=1e-6)
+        assert objective.last_scores["t"] == pytest.approx(conf["t"], rel=1e-6)
+        if weak == ["t"]:
+            assert objective.last_scores["v"] == pytest.approx(conf["v"], rel=1e-6)
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + np.exp(-x))
 
 
 def test_update_pass_without_global_prototypes_uses_local_ones():
@@ -86,6 +115,36 @@ def test_prototype_imbalance_ratio_by_hand():
     assert acc == {"a": 1.0, "v": 0.75}  # v's class means 0.5 and 4.7: 0.4 goes to class 0
     assert prototype_imbalance_ratio(model, data, ("a", "v")) == pytest.approx(1.0 / 0.75)
     assert prototype_imbalance_ratio(model, {"a": data["a"], "y": data["y"]}, ("a", "v")) == 1.0  # unimodal
+
+
+def test_prototype_imbalance_ratio_of_three_modalities_by_hand():
+    model = identity_model(("a", "v", "t"))
+    data = {"a": torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]]),
+            "v": torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.4, 0.0], [9.0, 0.0]]),
+            "t": torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [1.0, 0.0]]),
+            "y": torch.tensor([0, 0, 1, 1])}
+    # t's class means coincide at (0.5, 0): every sample goes to class 0 (the first of the tie)
+    assert prototype_accuracies(model, data, ["a", "v", "t"]) == {"a": 1.0, "v": 0.75, "t": 0.5}
+    # rho = Acc_pivot / the weakest other's
+    assert prototype_imbalance_ratio(model, data, ("a", "v", "t")) == pytest.approx(1.0 / 0.5)
+    assert prototype_imbalance_ratio(model, data, ("v", "a", "t")) == pytest.approx(0.75 / 0.5)
+    assert prototype_imbalance_ratio(model, data, ("t", "a", "v")) == pytest.approx(0.5 / 0.75)
+    # a client without t compares the pivot with what it holds; without the pivot: 1.0
+    held_av = {m: data[m] for m in ("a", "v", "y")}
+    assert prototype_imbalance_ratio(model, held_av, ("a", "v", "t")) == pytest.approx(1.0 / 0.75)
+    assert prototype_imbalance_ratio(model, held_av, ("t", "a", "v")) == 1.0
+
+
+@pytest.mark.parametrize("v_rows", [[[0.0, 0.0], [1.0, 0.0], [0.4, 0.0], [9.0, 0.0]],  # Acc_v 0.75 = Acc_a
+                                    [[0.0, 0.0], [0.1, 0.0], [5.0, 0.0], [5.1, 0.0]],  # 1.0 > Acc_a
+                                    [[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [1.0, 0.0]]])  # 0.5 < Acc_a
+def test_two_modality_ratio_reduces_exactly_to_acc_first_over_acc_second(v_rows):
+    model = identity_model()
+    data = {"a": torch.tensor([[0.0, 0.0], [3.0, 0.0], [2.0, 0.0], [9.0, 0.0]]), "v": torch.tensor(v_rows),
+            "y": torch.tensor([0, 0, 1, 1])}
+    acc = prototype_accuracies(model, data, ["a", "v"])
+    for first, second in (("a", "v"), ("v", "a")):  # the two-modality rule, as it was written
+        assert prototype_imbalance_ratio(model, data, (first, second)) == acc[first] / max(acc[second], 1e-3)
 
 
 # -- strategy: update pass and imbalance order -----------------------------------------------------------
@@ -150,15 +209,37 @@ def test_cmsfed_config_defaults():
     assert load_config(None, ["strategy=cmsfed", "selection=random"]).selection == "random"  # an ablation
 
 
-def test_cmsfed_on_three_modalities_or_foreign_names_fails_before_any_file(tmp_path):
+def test_cmsfed_on_one_modality_or_foreign_names_fails_before_any_file(tmp_path):
     from fedmm.server.loop import prepare
 
     base = ["dataset=synthetic", "partition=iid", "num-clients=3", "strategy=cmsfed"]
-    with pytest.raises(ValueError, match="needs exactly 2 modalities"):
-        prepare(load_config(None, [*base, "dataset.num_modalities=3"]), tmp_path / "a")
+    with pytest.raises(ValueError, match="needs 2 or more modalities"):
+        prepare(load_config(None, [*base, "dataset.num_modalities=1"]), tmp_path / "a")
     with pytest.raises(ValueError, match="was given modalities"):
         prepare(load_config(None, [*base, "selection.modalities=audio,visual"]), tmp_path / "b")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("num_modalities", [3, 4])
+def test_one_round_of_cmsfed_on_synthetic(num_modalities):
+    """``strategy = cmsfed`` with its own selection on synthetic with 3 and 4 modalities: the update
+    pass and round 1 run, every client reports rho_k, global prototypes exist for every modality,
+    and the round's weak and dominant modalities split the pivot order."""
+    from inprocess import run_in_process
+
+    run = load_config(None, ["dataset=synthetic", f"dataset.num_modalities={num_modalities}", "strategy=cmsfed",
+                             "num-server-rounds=1", "num-clients=6", "clients-per-round=3", "partition=iid",
+                             "local-epochs=1", "device=cpu", "client-num-cpus=1"])
+    seen = {}
+    rows = run_in_process(run, on_round=lambda plan, row: seen.update(
+        history=list(plan.policy.history), centers=sorted(plan.objective.global_centers)))
+    mods = [f"m{i}" for i in range(num_modalities)]
+    assert rows[-1]["round"] == 1 and rows[-1]["clients-ok"] == 3
+    assert seen["centers"] == mods
+    last = seen["history"][-1]
+    assert last["round"] == 1 and len(last["modes"]) == 3
+    sides = {last["weak"], last["dominant"]}
+    assert sides == {"m0", ",".join(mods[1:])}  # the pivot m0 on one side, every other on the other
 
 
 # -- the ClientApp: rho_k and the prototypes of a modality left out of training ---------------------------

@@ -1,5 +1,5 @@
-"""ARM reconstruction (``arm``): loss on hand cases, one local epoch by hand, roles, the 2-modality
-limit, params."""
+"""ARM reconstruction (``arm``): loss on hand cases (two and three modalities), one local epoch by
+hand, roles, the M = 2 reduction of the M-modality rule, params, 1-round federations."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from fedmm.data.base import ModalitySpec
 from fedmm.groups import parameter_group
 from fedmm.models.net import ModelConfig, MultimodalNet
-from fedmm.objectives.arm import ARMReconstruction
+from fedmm.objectives.arm import ARMReconstruction, distillation_kl
 from fedmm.objectives.base import RoundContext
 from fedmm.objectives.registry import build_objective
 from fedmm.training import TrainConfig, train_local
@@ -76,10 +76,10 @@ def test_roles_follow_confidence_when_not_fixed() -> None:
     model = hand_model(obj)
     z = obj.logits(model, BATCH)
     # y = 0: p_a = sigmoid(2) > p_v = sigmoid(1) -> a strong; y = 1: sigmoid(-2) < sigmoid(-1) -> v strong
-    assert obj.roles(model, z, torch.tensor([0])) == ("a", "v")
-    assert obj.roles(model, z, torch.tensor([1])) == ("v", "a")
+    assert obj.roles(model, z, torch.tensor([0])) == ("a", ("v",))
+    assert obj.roles(model, z, torch.tensor([1])) == ("v", ("a",))
     fixed = ARMReconstruction(P(subspace_dim=1, strong_modality="v"))
-    assert fixed.roles(hand_model(fixed), z, torch.tensor([0])) == ("v", "a")
+    assert fixed.roles(hand_model(fixed), z, torch.tensor([0])) == ("v", ("a",))
 
 
 def test_single_modality_loss_and_predict() -> None:
@@ -103,11 +103,76 @@ def test_orthogonality_penalty_starts_at_zero() -> None:
         "encoders.a", "encoders.v", "heads.a", "heads.v", "fusion"}
 
 
-def test_more_than_two_modalities_is_an_error() -> None:
-    obj = ARMReconstruction(P())
-    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v", "t")], 3, ModelConfig(embed_dim=8))
-    with pytest.raises(ValueError, match=r"arm .*3 modalities"):
-        obj.extend_model(model)
+def hand_model3(obj: ARMReconstruction) -> MultimodalNet:
+    """:func:`hand_model` plus a third modality ``t``: z_t = [0, u0], no penalty."""
+    model = MultimodalNet([ModalitySpec(m, (2,), "vector") for m in ("a", "v", "t")], 2, ModelConfig(embed_dim=2))
+    obj.extend_model(model)
+    two = hand_model(ARMReconstruction(obj.params))
+    with torch.no_grad():
+        for m in ("a", "v"):
+            model.heads[m].load_state_dict(two.heads[m].state_dict())
+        model.heads["t"].classifier.bias.zero_()
+        model.heads["t"].proj.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        model.heads["t"].classifier.weight.copy_(torch.tensor([[0.0], [1.0]]))
+    for m in ("a", "v", "t"):
+        model.encoders[m] = nn.Identity()
+    return model
+
+
+BATCH3 = {**BATCH, "t": torch.tensor([[1.0, 0.0]])}
+
+
+def test_three_modalities_the_strongest_regularises_every_weaker_one() -> None:
+    obj = ARMReconstruction(P(subspace_dim=1))  # roles by confidence, defaults otherwise
+    model = hand_model3(obj)
+    obj.begin_round(model, BATCH3, ctx(["a", "v", "t"]))
+    # z_a = [1, -1], z_v = [1, 0], z_t = [0, 1], y = 0. Target probabilities: a sigmoid(2) = 0.88,
+    # v sigmoid(1) = 0.73, t sigmoid(-1) = 0.27 -> a strong; v and t each get CE + KL toward a.
+    p = [sigmoid(1.0), sigmoid(-1.0)]  # softmax(z_a / 2), the teacher
+    q = {"v": [sigmoid(0.5), sigmoid(-0.5)], "t": [sigmoid(-0.5), sigmoid(0.5)]}  # softmax(z_w / 2)
+    kl = {w: sum(pi * math.log(pi / qi) for pi, qi in zip(p, q[w], strict=True)) for w in q}
+    ce = {"a": softplus(-2.0), "v": softplus(-1.0), "t": softplus(1.0)}
+    expected = 0.01 * 9 + (ce["v"] + kl["v"]) + (ce["t"] + kl["t"]) + ce["a"]
+    assert obj.roles(model, obj.logits(model, BATCH3), BATCH3["y"]) == ("a", ("v", "t"))
+    assert obj.loss(model, BATCH3).item() == pytest.approx(expected, rel=1e-6)
+    # a fixed strong modality the batch does not train: the roles fall back to confidence (v > t)
+    fixed = ARMReconstruction(P(subspace_dim=1, strong_modality="a"))
+    z = fixed.logits(model, BATCH3, ["v", "t"])
+    assert fixed.roles(model, z, BATCH3["y"]) == ("v", ("t",))
+
+
+def two_modality_loss(obj: ARMReconstruction, model: MultimodalNet, batch: dict) -> torch.Tensor:
+    """The two-modality loss as it was written before the M-modality rule (the oracle)."""
+    p = obj.params
+    y = batch["y"]
+    z = obj.logits(model, batch, ["a", "v"])
+    loss = p.ortho_weight * sum(model.heads[m].orthogonality_penalty() for m in z)
+    if p.strong_modality:
+        strong = p.strong_modality
+        weak = "v" if strong == "a" else "a"
+    else:
+        conf = {m: z[m].softmax(dim=1).gather(1, y[:, None]).sum() for m in ("a", "v")}
+        strong, weak = ("a", "v") if conf["a"] >= conf["v"] else ("v", "a")
+    loss = loss + F.cross_entropy(z[weak], y)
+    loss = loss + p.distill_weight * distillation_kl(z[weak], z[strong], p.temperature)
+    return loss + p.strong_ce_weight * F.cross_entropy(z[strong], y)
+
+
+@pytest.mark.parametrize("strong", ["", "a", "v"])
+def test_two_modalities_reduce_exactly_to_the_two_modality_loss(strong: str) -> None:
+    torch.manual_seed(0)
+    obj = ARMReconstruction(P(strong_modality=strong, distill_weight=0.7, temperature=1.5, ortho_weight=0.05))
+    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v")], 3, ModelConfig(embed_dim=8))
+    obj.extend_model(model)
+    for seed in range(4):  # batches on which either modality is the more confident one
+        g = torch.Generator().manual_seed(seed)
+        batch = {"a": torch.randn(6, 5, generator=g), "v": 3 * torch.randn(6, 5, generator=g),
+                 "y": torch.randint(0, 3, (6,), generator=g)}
+        obj.begin_round(model, batch, ctx(["a", "v"]))
+        assert torch.equal(obj.loss(model, batch), two_modality_loss(obj, model, batch))
+    if not strong:  # a tie in confidence: the first modality is the strong one, as `conf_a >= conf_v`
+        z = torch.tensor([[1.0, 0.0, -1.0]])
+        assert obj.roles(model, {"a": z, "v": z.clone()}, torch.tensor([0])) == ("a", ("v",))
 
 
 def test_model_dependent_param_errors() -> None:
@@ -183,8 +248,21 @@ def test_one_local_epoch_by_hand(held: list[str]) -> None:
         assert torch.allclose(head.classifier.bias, bias[m].detach() - lr * bias[m].grad, atol=1e-6)
 
 
-def test_three_modality_local_training_is_refused() -> None:
-    obj = build_objective("arm", {})
-    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v", "t")], 3, ModelConfig(embed_dim=8))
-    with pytest.raises(ValueError, match="3 modalities"):
-        obj.extend_model(model)
+@pytest.mark.parametrize("num_modalities", [3, 4])
+def test_one_round_federation_on_synthetic(flower_identity, num_modalities: int) -> None:
+    """``objective = arm`` on synthetic with 3 and 4 modalities: every client trains, every
+    modality's subspace head is aggregated and evaluated."""
+    from inprocess import run_in_process
+
+    from fedmm.config import load_config
+
+    run = load_config(None, ["dataset=synthetic", f"dataset.num_modalities={num_modalities}", "objective=arm",
+                             "num-server-rounds=1", "num-clients=3", "partition=iid", "local-epochs=1",
+                             "device=cpu", "client-num-cpus=1"])
+    heads = {}
+    rows = run_in_process(run, on_round=lambda plan, row: heads.update(
+        {m: plan.model.heads[m].proj.weight.shape for m in plan.model.modalities}))
+    mods = [f"m{i}" for i in range(num_modalities)]
+    assert [r["round"] for r in rows] == [0, 1] and rows[-1]["clients-ok"] == 3
+    assert all(0.0 <= rows[-1][f"test/acc/{m}"] <= 1.0 for m in mods)
+    assert heads == dict.fromkeys(mods, torch.Size([32, 64]))

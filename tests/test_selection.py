@@ -43,8 +43,10 @@ def test_registry_names_and_errors() -> None:
         build_policy("random", {"d": 3}, seed=0)
     with pytest.raises(ValueError, match="seed"):
         build_policy("random", None, seed=-1)
-    with pytest.raises(ValueError, match="2 distinct modalities"):
-        build_policy("cmsfed", {"modalities": "a,b,c"}, seed=0)
+    for order in ("a", "a,b,a"):  # any number >= 2 of distinct names (three are fine: "a,b,c")
+        with pytest.raises(ValueError, match="2 or more distinct modalities"):
+            build_policy("cmsfed", {"modalities": order}, seed=0)
+    assert build_policy("cmsfed", {"modalities": "a,b,c"}, seed=0).order == ("a", "b", "c")
 
 
 def test_params_accept_kebab_and_snake_case() -> None:
@@ -177,16 +179,23 @@ FAR = [np.array([5.0, 5.0]), np.zeros(2), np.zeros(2), np.zeros(2)]
     ],
 )
 def test_cmsfed_delta_rule(rhos, vectors, expected, mode, weak) -> None:
-    clients = states(4)
-    for c, rho in zip(clients, rhos):
-        c.imbalance_ratio = rho
-    vecs = {c.client_id: {m: vectors[m][i] for m in AV} for i, c in enumerate(clients)}
-    pol = cms_policy()
-    feed(pol, clients, vecs)
-    assert pol.select(1, clients, budget=1) == [expected]
-    record = pol.history[-1]
+    clients, out, record = select_one(rhos, vectors, AV)
+    assert out == [expected]
     assert record["modes"] == [mode] and record["weak"] == weak
     assert record["rho_bar"] == pytest.approx(global_imbalance_ratio(clients))
+
+
+def select_one(rhos, vectors, mods):
+    """Round-1 pick (budget 1) of CMSFed over four clients holding ``mods`` with these rho_k and
+    per-modality vectors (after the update pass); returns the clients, the pick and its history."""
+    clients = states(4, mods)
+    for c, rho in zip(clients, rhos):
+        c.imbalance_ratio = rho
+    vecs = {c.client_id: {m: vectors[m][i] for m in mods} for i, c in enumerate(clients)}
+    pol = cms_policy()
+    feed(pol, clients, vecs)
+    out = pol.select(1, clients, budget=1)
+    return clients, out, pol.history[-1]
 
 
 def test_cmsfed_weak_pick_updates_only_the_weak_coverage() -> None:
@@ -315,14 +324,77 @@ def test_global_imbalance_ratio_by_hand() -> None:
 
 
 def test_cmsfed_needs_two_modalities() -> None:
-    clients = [ClientState(i, ("a", "v", "t"), 10) for i in range(3)]
-    with pytest.raises(ValueError, match=r"'cmsfed' needs exactly 2 modalities .* hold 3"):
+    clients = [ClientState(i, ("a",), 10) for i in range(3)]
+    with pytest.raises(ValueError, match=r"'cmsfed' needs 2 or more modalities .* hold 1"):
         cms_policy().select(1, clients, budget=1)
+    three = [ClientState(i, ("a", "v", "t"), 10) for i in range(3)]
     with pytest.raises(ValueError, match=r"clients hold \['t'\] too"):
-        cms_policy(modalities="a,v").select(1, clients, budget=1)
-    # an explicit order decides which modality is 'first' (rho = Acc_first / Acc_second)
+        cms_policy(modalities="a,v").select(1, three, budget=1)
+    # an explicit order decides which modality is the pivot (rho = Acc_pivot / min Acc_rest)
     pol = cms_policy(modalities="v,a")
     assert pol.modality_order(states(2)) == ("v", "a")
+    assert cms_policy().imbalance_order(three) == ("a", "v", "t")  # inferred: the clients' order
+    assert cms_policy(modalities="t,a,v").imbalance_order(three) == ("t", "a", "v")
+
+
+AVT = ("a", "v", "t")
+
+
+@pytest.mark.parametrize(
+    ("rhos", "vectors", "expected", "weak", "dominant"),
+    [
+        # the pivot a dominates (rho_bar > 1): W = (v, t); client 100 (rho 3 > 1.5) is the centre of the
+        # joint [v; t] space (cost 3 sqrt 2 against 101: sqrt 2 + 2 sqrt 2 + 2) and drops a
+        ((3.0, 1.2, 1.2, 1.2), {"a": FAR, "v": CROSS, "t": CROSS}, Assignment(100, ("v", "t")), "v,t", "a"),
+        # the weak function sees [v; t], not v alone: with t = FAR the joint vectors are 100 (0, 0, 5, 5),
+        # 101 (1, 0, 0, 0), 102 (-1, 0, 0, 0), 103 (0, 1, 0, 0); costs 100: 3 sqrt 51 = 21.4,
+        # 101 and 102: sqrt 51 + 2 + sqrt 2 = 10.6, 103: sqrt 51 + 2 sqrt 2 = 10.0 -> 103 (v alone: 100)
+        ((3.0, 3.0, 3.0, 3.0), {"a": FAR, "v": CROSS, "t": FAR}, Assignment(103, ("v", "t")), "v,t", "a"),
+        # the pivot trails (rho_bar < 1): W = (a,); client 100 (0.3 < 1/1.5) trains a alone
+        ((0.3, 0.9, 0.9, 0.9), {"a": CROSS, "v": FAR, "t": FAR}, Assignment(100, ("a",)), "a", "v,t"),
+        # balanced client 100 (rho 1.2 < 1.5): the multimodal pick, with all three modalities; full
+        # vectors [a; v; t] = 100 (5, 5, 0, 0, 0, 0), 101 (0, 0, 1, 0, 1, 0), 102 (0, 0, -1, 0, -1, 0),
+        # 103 (0, 0, 0, 1, 0, 1): 103 costs sqrt 52 + 2 + 2 = 11.2, 101 and 102 sqrt 52 + 2 + 2 sqrt 2 = 12.0
+        ((1.2, 1.2, 1.2, 1.2), {"a": FAR, "v": CROSS, "t": CROSS}, Assignment(103, AVT), "v,t", "a"),
+    ],
+)
+def test_cmsfed_three_modalities_by_hand(rhos, vectors, expected, weak, dominant) -> None:
+    _, out, record = select_one(rhos, vectors, AVT)
+    assert out == [expected]
+    assert (record["weak"], record["dominant"]) == (weak, dominant)
+    assert record["modes"] == ["multimodal" if expected.modalities == AVT else "weak"]
+
+
+def test_cmsfed_three_modalities_partial_holders() -> None:
+    # a dominates (rho 1.2 for the three-modality clients); 103 holds only (v, t), the weak modalities,
+    # and is the centre of the joint [v; t] space: a weak pick whatever its rho. 104 holds (a, v) and is
+    # biased (rho 3): in weak mode it trains v, the weak modality it holds.
+    clients = states(3, AVT, imbalance_ratio=1.2) + [ClientState(103, ("v", "t"), 10),
+                                                        ClientState(104, ("a", "v"), 10, imbalance_ratio=3.0)]
+    vecs = {100: {"a": np.array([0.0, 0.0]), "v": np.array([1.0, 0.0]), "t": np.array([1.0, 0.0])},
+            101: {"a": np.array([0.0, 0.0]), "v": np.array([-1.0, 0.0]), "t": np.array([-1.0, 0.0])},
+            102: {"a": np.array([0.0, 0.0]), "v": np.array([0.0, 1.0]), "t": np.array([0.0, 1.0])},
+            103: {"v": np.array([0.0, 0.0]), "t": np.array([0.0, 0.0])},
+            104: {"a": np.array([0.0, 0.0]), "v": np.array([0.0, -3.0])}}
+    pol = cms_policy()
+    feed(pol, clients, vecs)
+    out = pol.select(1, clients, budget=2)
+    # joint [v; t] vectors: 100..102 at distance sqrt 2 from 103 (the origin), 104 (0, -3, 0, 0) (no t
+    # slice: zero) at 3. Step 1, weak costs: 103 3 sqrt 2 + 3 = 7.2, 100 9.6, 104 13.8 -> 103. Step 2,
+    # gains over that coverage: 104: 3 (everybody else is nearer to 103 than to it), 100..102: sqrt 2
+    assert out == [Assignment(103, ("v", "t")), Assignment(104, ("v",))]
+    assert pol.history[-1]["modes"] == ["weak", "weak"]
+    # a weak-mode update of two of three held modalities refreshes their slices, not g
+    pol.observe(2, [ClientUpdate(100, ("v", "t"), 10, {"v": np.array([1.0, 1.0]), "t": np.array([2.0, 2.0])})])
+    np.testing.assert_array_equal(pol.store.slice_features([100], ("v", "t")), [[1, 1, 2, 2]])
+    np.testing.assert_array_equal(pol.store.full_features([100]), [[0, 0, 1, 0, 1, 0]])
+    # sketched, the joint vector is the sum of the slices' sketches (the count sketch of [v; t])
+    sketched = build_policy("cmsfed", {"sketch-dim": 8}, seed=0)
+    feed(sketched, clients, vecs)
+    ids = [c.client_id for c in clients]
+    joint = sketched.store.slice_features(ids, ("v", "t"))
+    np.testing.assert_array_equal(joint, sketched.store.slice_features(ids, "v") + sketched.store.slice_features(ids, "t"))
+    assert np.abs(joint).sum() > 0
 
 
 # -- determinism and checkpoints ---------------------------------------------------------------------------

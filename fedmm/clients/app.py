@@ -169,12 +169,12 @@ def _round_context(msg: Message, run: RunConfig, modalities: list[str], device: 
     )
 
 
-def _imbalance_order(config: ConfigRecord) -> tuple[str, str] | None:
-    """``(first, second)`` of rho_k = Acc_first / Acc_second when the server asks for it (CMSFed)."""
+def _imbalance_order(config: ConfigRecord) -> tuple[str, ...] | None:
+    """The modality order ``(pivot, *rest)`` of rho_k (``prototype_imbalance_ratio``) when the server
+    asks for it (CMSFed); any number of names, comma-joined in the message."""
     if "imbalance-order" not in config:
         return None
-    first, second = str(config["imbalance-order"]).split(",")
-    return first, second
+    return tuple(str(config["imbalance-order"]).split(","))
 
 
 @app.query()

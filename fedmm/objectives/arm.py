@@ -62,18 +62,20 @@ def distillation_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: f
 class ARMReconstruction(Objective):
     """ARM, RECONSTRUCTED (spec §5 [recon]; no paper equations or official code were available).
 
-    For a batch with both modalities, strong ``s`` and weak ``w``:
-    ``L = CE(z_w, y) + distill_weight * KL(sg(softmax(z_s/T)) || softmax(z_w/T))
-    + ortho_weight * sum_m ||P_m^T P_m - I||_F^2 + strong_ce_weight * CE(z_s, y)``
-    with ``z_m = f_m(P_m^T u_m)``. Every modality owns a subspace classifier ``f_m(P_m^T .)`` under
-    ``heads.<m>`` so that the strong/weak roles may differ between batches, rounds and clients
-    without changing the model's shape (the spec's ``f_s`` acts on the full ``u_s``; here it acts
-    on ``P_s^T u_s``). The strong modality is ``strong_modality`` when set, otherwise, per batch,
-    the one with the larger summed target-class probability (ties: canonical order).
+    For a batch with two or more trained modalities, one strong ``s`` and every other one weak:
+    ``L = ortho_weight * sum_m ||P_m^T P_m - I||_F^2
+    + sum_{w != s} [CE(z_w, y) + distill_weight * KL(sg(softmax(z_s/T)) || softmax(z_w/T))]
+    + strong_ce_weight * CE(z_s, y)``
+    with ``z_m = f_m(P_m^T u_m)``: the strong modality regularises every weaker one, each weak
+    modality's terms exactly as in the two-modality loss (docs/objectives.md, ``arm``). Every
+    modality owns a subspace classifier ``f_m(P_m^T .)`` under ``heads.<m>`` so that the
+    strong/weak roles may differ between batches, rounds and clients without changing the model's
+    shape (the spec's ``f_s`` acts on the full ``u_s``; here it acts on ``P_s^T u_s``). The strong
+    modality is ``strong_modality`` when set and trained in the batch, otherwise, per batch, the
+    one with the largest summed target-class probability (ties: canonical order).
 
     A client with one modality: ``CE(z_m, y) + ortho_weight * ||P_m^T P_m - I||_F^2``.
     Inference: the mean of ``z_m`` over the present modalities; ``fusion.linear`` is not trained.
-    Defined for two modalities only: a model with more raises ``ValueError`` in ``extend_model``.
     """
 
     name: ClassVar[str] = "arm"
@@ -98,7 +100,8 @@ class ARMReconstruction(Objective):
             Weight of the strong modality's own CE (the spec's optional term; without it the
             strong predictor, the teacher, would never learn).
         strong_modality:
-            Name of the strong (auxiliary) modality; empty chooses it per batch by confidence.
+            Name of the strong (auxiliary) modality; empty chooses it per batch by confidence (as
+            does a batch that does not train it).
         """
 
         subspace_dim: Annotated[int, NON_NEGATIVE_INT] = 0
@@ -117,11 +120,6 @@ class ARMReconstruction(Objective):
     def extend_model(self, model: nn.Module) -> None:
         """Add a subspace classifier per modality under ``heads.<m>``."""
         modalities = list(model.modalities)
-        if len(modalities) > 2:
-            raise ValueError(
-                f"arm (ARM reconstruction) is defined for one strong and one weak modality; this model "
-                f"has {len(modalities)} modalities {modalities}. Use a 2-modality dataset or another objective."
-            )
         strong = self.params.strong_modality
         if strong and strong not in modalities:
             raise ValueError(f"arm: strong_modality {strong!r} is not one of the model's modalities {modalities}")
@@ -141,15 +139,20 @@ class ARMReconstruction(Objective):
         z = self.logits(model, batch)
         return sum(z.values()) / len(z)
 
-    def roles(self, model: nn.Module, z: dict[str, torch.Tensor], y: torch.Tensor) -> tuple[str, str]:
-        """``(strong, weak)`` for a batch holding two modalities."""
-        first, second = [m for m in model.modalities if m in z]
-        if self.params.strong_modality:
-            strong = self.params.strong_modality
-            return strong, (second if strong == first else first)
-        with torch.no_grad():
-            conf = {m: z[m].softmax(dim=1).gather(1, y[:, None]).sum() for m in (first, second)}
-        return (first, second) if conf[first] >= conf[second] else (second, first)
+    def roles(self, model: nn.Module, z: dict[str, torch.Tensor], y: torch.Tensor) -> tuple[str, tuple[str, ...]]:
+        """``(strong, weak)`` for a batch holding two or more modalities: ``strong_modality`` when
+        it is among them, else the largest summed target-class probability (ties: the first in the
+        model's order); ``weak`` is every other modality in the model's order."""
+        present = [m for m in model.modalities if m in z]
+        strong = self.params.strong_modality
+        if strong not in present:
+            with torch.no_grad():
+                conf = {m: z[m].softmax(dim=1).gather(1, y[:, None]).sum() for m in present}
+            strong = present[0]
+            for m in present[1:]:
+                if conf[m] > conf[strong]:
+                    strong = m
+        return strong, tuple(m for m in present if m != strong)
 
     def loss(self, model: nn.Module, batch: TensorDict) -> torch.Tensor:
         p = self.params
@@ -162,9 +165,10 @@ class ARMReconstruction(Objective):
             (zm,) = z.values()
             return loss + F.cross_entropy(zm, y)
         strong, weak = self.roles(model, z, y)
-        loss = loss + F.cross_entropy(z[weak], y)
-        if p.distill_weight > 0.0:
-            loss = loss + p.distill_weight * distillation_kl(z[weak], z[strong], p.temperature)
+        for w in weak:
+            loss = loss + F.cross_entropy(z[w], y)
+            if p.distill_weight > 0.0:
+                loss = loss + p.distill_weight * distillation_kl(z[w], z[strong], p.temperature)
         if p.strong_ce_weight > 0.0:
             loss = loss + p.strong_ce_weight * F.cross_entropy(z[strong], y)
         return loss

@@ -13,7 +13,7 @@ up its encoder without touching the dominant one.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, ClassVar
 
@@ -227,12 +227,19 @@ def prototype_accuracies(model: nn.Module, data: TensorDict, modalities: list[st
         model.train(was_training)
 
 
-def prototype_imbalance_ratio(model: nn.Module, data: TensorDict, order: tuple[str, str],
+def prototype_imbalance_ratio(model: nn.Module, data: TensorDict, order: Sequence[str],
                               floor: float = 1e-3) -> float:
-    """rho_k = Acc_first / Acc_second of the prototype (nearest-class-mean) classifiers on the
-    client's data; 1.0 for a client that lacks one of the two modalities. The denominator is
-    raised to ``floor`` so that a modality at 0 % gives a large finite ratio."""
-    if not all(m in data for m in order):
+    """rho_k = Acc_pivot / min_{m in rest} Acc_m of the prototype (nearest-class-mean) classifiers on
+    the client's data, for ``order = (pivot, *rest)``: how far the pivot modality is ahead of the
+    client's weakest other modality (CMSFed, FEDCMI_CMSFED.md 3.3; docs/objectives.md, ``cmsfed``).
+    With two modalities this is the reference's Acc_first / Acc_second.
+
+    ``rest`` is the modalities of ``order[1:]`` the client holds; a client that lacks the pivot or
+    holds none of the rest gets 1.0 (nothing to compare). The denominator is raised to ``floor`` so
+    that a modality at 0 % gives a large finite ratio.
+    """
+    pivot, rest = order[0], [m for m in order[1:] if m in data]
+    if pivot not in data or not rest:
         return 1.0
-    acc = prototype_accuracies(model, data, list(order))
-    return acc[order[0]] / max(acc[order[1]], floor)
+    acc = prototype_accuracies(model, data, [pivot, *rest])
+    return acc[pivot] / max(min(acc[m] for m in rest), floor)

@@ -165,7 +165,7 @@ def prepare(run: RunConfig, out_dir: str | Path | None = None, *, overwrite: boo
     objective = objective_of(run)
     model = model_of(run, objective)
     policy = build_policy(run.selection, run.selection_params, seed=run.seed)
-    # a policy that needs the imbalance ratio of two modalities (cmsfed) checks the dataset's here
+    # a policy that needs an imbalance order (cmsfed) checks the dataset's modalities here
     policy.imbalance_order([ClientState(client_id=0, modalities=tuple(dataset.modality_names), num_examples=1)])
     resolved = prepare_out_dir(out_dir, overwrite=overwrite or resume) if out_dir else None
     return Plan(run, dataset, scenario, objective, model, policy, resolved)

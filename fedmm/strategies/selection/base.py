@@ -193,9 +193,10 @@ class SelectionPolicy(ABC):
         policy has their update vectors (FEDCMI_CMSFED.md 3.5 step 1); default none."""
         return []
 
-    def imbalance_order(self, clients: Sequence[ClientState]) -> tuple[str, str] | None:
-        """``(first, second)`` when the policy needs every client's imbalance ratio
-        rho_k = Acc_first / Acc_second (its prototype accuracies); default ``None`` (not needed)."""
+    def imbalance_order(self, clients: Sequence[ClientState]) -> tuple[str, ...] | None:
+        """The modality order ``(pivot, *rest)``, two or more names, when the policy needs every
+        client's imbalance ratio rho_k = Acc_pivot / min Acc_rest (its prototype accuracies,
+        ``fedmm.objectives.pmr.prototype_imbalance_ratio``); default ``None`` (not needed)."""
         return None
 
     # -- checkpointing -------------------------------------------------------------------------------

@@ -1,14 +1,18 @@
-"""CMSFed / BMSFed balanced greedy (FEDCMI_CMSFED.md 3.4): client-wise modality selection.
+"""CMSFed / BMSFed balanced greedy (FEDCMI_CMSFED.md 3.4): client-wise modality selection, for any
+number M >= 2 of modalities (docs/objectives.md, ``cmsfed``, "The selection with M modalities").
 
-Two facility-location functions run side by side over the same candidates:
+Two facility-location functions run side by side over the same candidates, one per mode:
 
-* the multimodal one on full update vectors g_k = [g^first_k; g^second_k] (coverage ``cov_mm``);
-* the weak-modality one on the weak modality's slices g^weak_k (coverage ``cov_w``).
+* the multimodal one on full update vectors g_k = [g^m_k for every m] (coverage ``cov_mm``);
+* the weak-mode one on the vectors of the round's weak modalities W, [g^w_k for w in W] (``cov_w``).
 
-Each step draws the stochastic-greedy subset R of the remaining clients, finds the best candidate of
-each function (i_mm, i_w), and picks (i_w, weak modality only) when i_w's own data is biased beyond
-the threshold delta toward the globally dominant modality, else (i_mm, all its modalities). Only the
-function that made the pick updates its coverage; the pick leaves the candidate set.
+The modality order ``(pivot, *rest)`` defines rho_k = Acc_pivot / min_rest Acc (the client's
+prototype accuracies); the global ratio rho_bar decides W: ``rest`` when rho_bar > 1 (the pivot
+dominates and is dropped), else ``(pivot,)``. Each step draws the stochastic-greedy subset R of the
+remaining clients, finds the best candidate of each function (i_mm, i_w), and picks (i_w, its
+modalities in W) when i_w's own data is biased beyond the threshold delta toward the globally
+dominant side, else (i_mm, all its modalities). Only the function that made the pick updates its
+coverage; the pick leaves the candidate set. With M = 2 this is the reference's two-modality rule.
 """
 
 from __future__ import annotations
@@ -56,41 +60,44 @@ def global_imbalance_ratio(clients: Sequence[ClientState]) -> float:
 
 
 class CMSFed(UpdateVectorPolicy):
-    """CMSFed balanced stochastic greedy over (client, modality-subset) pairs.
+    """CMSFed balanced stochastic greedy over (client, modality-subset) pairs, for M >= 2 modalities.
 
-    Two modalities only. rho_k = Acc_first / Acc_second (prototype accuracies, FEDCMI_CMSFED.md
-    3.3), where first/second is the ``modalities`` parameter or, when empty, the order of the
-    modality tuple of the first multimodal client (the dataset's declared order). The global ratio
-    rho_bar (:func:`global_imbalance_ratio`) decides the weak modality of the round: ``second`` if
-    rho_bar > 1, else ``first`` (reference code). The weak-only pick needs rho_{i_w} > delta
-    (weak = second) or rho_{i_w} < 1/delta (weak = first); a client with no reported rho counts as
-    balanced (1.0). More than two modalities raise ValueError: rho is a ratio of two accuracies and
-    the "beyond delta toward the dominant modality" test has no unique M-modality form (it would
-    need a per-modality score vector from clients, which the protocol does not send).
+    The modality order ``(pivot, *rest)`` is the ``modalities`` parameter or, when empty, the order
+    of the modality tuples of the multimodal clients (the dataset's declared order). Each client
+    reports rho_k = Acc_pivot / min_{m in rest} Acc_m of its prototype (nearest-class-mean)
+    accuracies (:func:`~fedmm.objectives.pmr.prototype_imbalance_ratio`; FEDCMI_CMSFED.md 3.3 with
+    M = 2: Acc_first / Acc_second). The global ratio rho_bar (:func:`global_imbalance_ratio`)
+    decides the round's weak modalities W: ``rest`` if rho_bar > 1 (the pivot dominates on average),
+    else ``(pivot,)`` (it trails the weakest other on average); with M = 2, ``second`` or ``first``
+    as in the reference. A weak-mode pick trains the modalities of W it holds: with rho_bar > 1 it
+    drops the dominant pivot (FEDCMI_CMSFED.md 3.4: "its dominant modality is dropped"), otherwise
+    it trains the pivot alone. It needs rho_{i_w} > delta (W = rest) or rho_{i_w} < 1/delta
+    (W = (pivot,)); a client with no reported rho counts as balanced (1.0).
 
     Ground sets and candidates:
 
-    * multimodal function: every client with a full vector (a unimodal client's full vector is its
-      one modality's update, zero for the other, as in the reference); any remaining client is a
-      candidate. A client
-      holding only the dominant modality can only be picked here (it has no weak slice).
-    * weak function: the clients holding the weak modality that have a weak-modality vector. A
-      client holding *only* the weak modality is a candidate too, and when it is i_w it is picked in
-      weak mode regardless of delta: its update is a pure weak-modality update (there is no dominant
-      modality to drop), so it belongs to the weak coverage. (A deliberate deviation: the reference
-      gives unimodal clients rho = 1, so with delta >= 1 it never picks them in weak mode.)
+    * multimodal function: every client with a full vector (a client's full vector has zero blocks
+      for the modalities it lacks, as in the reference); any remaining client is a candidate. A
+      client holding none of W can only be picked here.
+    * weak function: the clients holding a modality of W that have a slice of each of those they
+      hold; its vectors are the joint vectors of their W slices (:meth:`UpdateStore.slice_features`,
+      zero for a modality of W a client lacks). A client holding *only* modalities of W is a
+      candidate too, and when it is i_w it is picked in weak mode regardless of delta: its update
+      is a pure weak update (there is no dominant modality to drop), so it belongs to the weak
+      coverage. (A deliberate deviation: the reference gives unimodal clients rho = 1, so with
+      delta >= 1 it never picks them in weak mode.)
 
     Stored vectors (FEDCMI_CMSFED.md 3.4, 3.10): the update pass gives every client its full vector
-    g and its slices g^m; afterwards a multimodal update replaces g only and a weak-only update
-    replaces g^weak only (``slice_refresh = 'unimodal'``, the reference's ``server/mmdrop.py``).
-    ``slice_refresh = 'every'`` lets every update replace the slices of the modalities it trained
-    (a multimodal update then also overwrites g^a and g^v with its own slices). A unimodal client's
-    update is both: its full vector and its one slice.
+    g and its slices g^m; afterwards an update of every held modality replaces g only and a
+    weak-mode update replaces the slices of what it trained only (``slice_refresh = 'unimodal'``,
+    the reference's ``server/mmdrop.py``). ``slice_refresh = 'every'`` lets every update replace
+    the slices of the modalities it trained. A unimodal client's update is both: its full vector
+    and its one slice.
 
     Clients without a full vector are picked first (mode ``unseen``, all modalities), as in
     :class:`~fedmm.strategies.selection.divfl.DivFL`. ``history`` records per pick the mode
     (``multimodal``/``weak``/``unseen``) and the ``staleness`` of its full vector, plus ``rho_bar``
-    and the round's ``weak`` and ``dominant`` modalities.
+    and the round's ``weak`` and ``dominant`` modalities (comma-joined).
 
     Parameters
     ----------
@@ -113,8 +120,8 @@ class CMSFed(UpdateVectorPolicy):
         delta:
             threshold on a client's rho beyond which it trains only the weak modality
         modalities:
-            comma-separated modality order 'first,second' of rho = Acc_first/Acc_second (empty: the
-            order of the multimodal clients' modalities)
+            comma-separated modality order 'pivot,rest...' of rho = Acc_pivot / min Acc_rest (every
+            modality the clients hold; empty: the order of the multimodal clients' modalities)
         slice_refresh:
             which updates replace a client's modality slices g^m: 'unimodal' (the update pass and
             updates that trained m alone, the reference) or 'every' (every update that trained m)
@@ -127,20 +134,21 @@ class CMSFed(UpdateVectorPolicy):
     def __init__(self, params: CMSFed.Params | None = None, *, seed: int = 0) -> None:
         super().__init__(params, seed=seed)
         order = tuple(m.strip() for m in self.params.modalities.split(",") if m.strip())
-        if order and (len(order) != 2 or len(set(order)) != 2):
+        if order and (len(order) < 2 or len(set(order)) != len(order)):
             raise ValueError(
-                f"parameter 'modalities' of selection 'cmsfed' must name 2 distinct modalities, got "
+                f"parameter 'modalities' of selection 'cmsfed' must name 2 or more distinct modalities, got "
                 f"{self.params.modalities!r}"
             )
         self.order: tuple[str, ...] = order
 
-    def refreshes_slices(self, server_round: int, trained: Sequence[str]) -> bool:
+    def refreshes_slices(self, server_round: int, trained: Sequence[str], held: Sequence[str]) -> bool:
         """The reference rule (:meth:`UpdateVectorPolicy.refreshes_slices`) with ``slice_refresh =
         'unimodal'``; with ``'every'`` every update replaces the slices of the modalities it trained."""
-        return self.params.slice_refresh == "every" or super().refreshes_slices(server_round, trained)
+        return self.params.slice_refresh == "every" or super().refreshes_slices(server_round, trained, held)
 
-    def modality_order(self, clients: Sequence[ClientState]) -> tuple[str, str]:
-        """(first, second): the fixed ``modalities`` or the inferred order; ValueError unless 2 modalities."""
+    def modality_order(self, clients: Sequence[ClientState]) -> tuple[str, ...]:
+        """``(pivot, *rest)``: the fixed ``modalities`` or the inferred order; ValueError unless the
+        clients hold 2 or more modalities, all of them named by a fixed order."""
         held: list[str] = []
         for c in sorted(clients, key=lambda c: -len(c.modalities)):  # stable: multimodal clients first
             held += [m for m in c.modalities if m not in held]
@@ -150,25 +158,26 @@ class CMSFed(UpdateVectorPolicy):
                 raise ValueError(
                     f"selection 'cmsfed' was given modalities {list(self.order)} but clients hold {extra} too"
                 )
-            return self.order[0], self.order[1]
-        if len(held) != 2:
+            return self.order
+        if len(held) < 2:
             raise ValueError(
-                f"selection 'cmsfed' needs exactly 2 modalities (rho_k = Acc_first/Acc_second), but the "
+                f"selection 'cmsfed' needs 2 or more modalities (rho_k = Acc_pivot / min Acc_rest), but the "
                 f"clients hold {len(held)}: {held}"
             )
-        return held[0], held[1]
+        return tuple(held)
 
-    def imbalance_order(self, clients: Sequence[ClientState]) -> tuple[str, str]:
-        """rho_k = Acc_first / Acc_second in :meth:`modality_order`."""
+    def imbalance_order(self, clients: Sequence[ClientState]) -> tuple[str, ...]:
+        """rho_k = Acc_pivot / min Acc_rest in :meth:`modality_order` ``(pivot, *rest)``."""
         return self.modality_order(clients)
 
     def select(self, server_round: int, clients: Sequence[ClientState], budget: int) -> list[Assignment]:
         started = time.perf_counter()
         k = self._check(server_round, clients, budget)
         self._remember(clients)
-        first, second = self.modality_order(clients)
+        pivot, *others = self.modality_order(clients)
         rho_bar = global_imbalance_ratio(clients)
-        weak = second if rho_bar > 1 else first
+        pivot_dominates = rho_bar > 1
+        weak, dominant = (tuple(others), (pivot,)) if pivot_dominates else ((pivot,), tuple(others))
         delta = self.params.delta
         ids = [int(c.client_id) for c in clients]
         n = len(clients)
@@ -179,9 +188,11 @@ class CMSFed(UpdateVectorPolicy):
         mods: list[tuple[str, ...]] = [tuple(clients[p].modalities) for p in picks]
 
         mm_ground = np.flatnonzero(has_full)
-        w_ground = np.flatnonzero(
-            self.store.has_slice(ids, weak) & np.array([weak in c.modalities for c in clients], dtype=bool)
-        )
+        # clients holding a weak modality, with a slice of each weak modality they hold
+        w_ok = np.array([any(w in c.modalities for w in weak) for c in clients], dtype=bool)
+        for w in weak:
+            w_ok &= self.store.has_slice(ids, w) | np.array([w not in c.modalities for c in clients], dtype=bool)
+        w_ground = np.flatnonzero(w_ok)
         mm_pos = np.full(n, -1, dtype=np.intp)
         mm_pos[mm_ground] = np.arange(mm_ground.size)
         w_pos = np.full(n, -1, dtype=np.intp)
@@ -207,13 +218,13 @@ class CMSFed(UpdateVectorPolicy):
                     i_w = int(w_ground[fl_w.best(w_pos[w_pool])])
                     c = clients[i_w]
                     rho = 1.0 if c.imbalance_ratio is None else float(c.imbalance_ratio)
-                    biased = rho > delta if weak == second else rho < 1.0 / delta
-                    if biased or tuple(c.modalities) == (weak,):
+                    biased = rho > delta if pivot_dominates else rho < 1.0 / delta
+                    if biased or set(c.modalities) <= set(weak):
                         mode = MODE_WEAK
                 if mode == MODE_WEAK:
                     pick = i_w
                     fl_w.add(int(w_pos[pick]))  # type: ignore[union-attr]
-                    mods.append((weak,))
+                    mods.append(tuple(x for x in clients[pick].modalities if x in weak))
                 else:
                     pick = int(mm_ground[fl_mm.best(mm_pos[pool])])
                     fl_mm.add(int(mm_pos[pick]))
@@ -222,6 +233,6 @@ class CMSFed(UpdateVectorPolicy):
                 picks.append(pick)
                 modes.append(mode)
         out = [Assignment(ids[p], mod) for p, mod in zip(picks, mods)]
-        return self._record(server_round, out, modes, started, rho_bar=rho_bar, weak=weak,
-                            dominant=first if weak == second else second,
+        return self._record(server_round, out, modes, started, rho_bar=rho_bar, weak=",".join(weak),
+                            dominant=",".join(dominant),
                             staleness=self.store.staleness([a.client_id for a in out], server_round).tolist())

@@ -264,9 +264,24 @@ class UpdateStore:
             out += self.full[m][rows]
         return out
 
-    def slice_features(self, client_ids: Sequence[int], modality: str) -> np.ndarray:
-        """(len(client_ids), dim) float32: the latest ``modality`` updates (caller checks :meth:`has_slice`)."""
-        return self.slice[modality][self._rows_of(client_ids)]
+    def slice_features(self, client_ids: Sequence[int], modality: str | Sequence[str]) -> np.ndarray:
+        """float32 rows of the latest ``modality`` updates (caller checks :meth:`has_slice`).
+
+        One modality: (len(client_ids), dim). Several: the vector of their joint update, as
+        :meth:`full_features` builds it from blocks (sketched: the sum of the slices; exact: their
+        concatenation in the given order; zero for a modality a client has no slice of).
+        """
+        rows = self._rows_of(client_ids)
+        names = [modality] if isinstance(modality, str) else list(modality)
+        if len(names) == 1:
+            return self.slice[names[0]][rows]
+        names = [m for m in names if m in self.slice]  # a modality nobody sent a slice of adds nothing
+        if self.sketch is None:
+            return np.concatenate([self.slice[m][rows] for m in names], axis=1)
+        out = self.slice[names[0]][rows]
+        for m in names[1:]:
+            out += self.slice[m][rows]
+        return out
 
     def staleness(self, client_ids: Sequence[int], server_round: int) -> np.ndarray:
         """Rounds since each client's full vector was refreshed (-1 where it has none)."""
@@ -373,12 +388,13 @@ class UpdateVectorPolicy(SelectionPolicy):
         ids = [int(c.client_id) for c in clients]
         return [i for i, has in zip(ids, self.store.has_full(ids)) if not has]
 
-    def refreshes_slices(self, server_round: int, trained: Sequence[str]) -> bool:
-        """Whether an update of ``server_round`` that trained ``trained`` replaces the client's
-        slices g^m of those modalities: at the update pass and when it trained one modality alone
-        (FEDCMI_CMSFED.md 3.4 and 3.10, ``server/mmdrop.py``); a multimodal update after the pass
-        replaces only the full vector g."""
-        return server_round == UPDATE_PASS_ROUND or len(trained) == 1
+    def refreshes_slices(self, server_round: int, trained: Sequence[str], held: Sequence[str]) -> bool:
+        """Whether an update of ``server_round`` that trained ``trained`` of the client's ``held``
+        modalities replaces the client's slices g^m of those modalities: at the update pass, when it
+        trained one modality alone, and when it trained only part of what it holds (CMSFed's weak
+        mode; FEDCMI_CMSFED.md 3.4 and 3.10, ``server/mmdrop.py``); an update of every held
+        modality after the pass replaces only the full vector g."""
+        return server_round == UPDATE_PASS_ROUND or len(trained) == 1 or not set(trained) >= set(held)
 
     def observe(self, server_round: int, updates: Sequence[ClientUpdate]) -> None:
         """Store each update: as the full vector if it covers all held modalities; as the slice of
@@ -389,7 +405,7 @@ class UpdateVectorPolicy(SelectionPolicy):
             if not deltas:
                 continue
             held = self._held.get(int(u.client_id), tuple(u.modalities) or tuple(deltas))
-            refresh = self.refreshes_slices(server_round, tuple(deltas))
+            refresh = self.refreshes_slices(server_round, tuple(deltas), held)
             slices = [m for m in deltas if refresh or not self.store.has_slice([u.client_id], m)[0]]
             self.store.add(u.client_id, deltas, server_round, full=set(deltas) >= set(held), slices=slices)
 

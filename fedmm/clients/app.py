@@ -38,7 +38,7 @@ app = ClientApp()
 REQUIRED_NODE_KEYS = ("partition-id", "num-partitions")
 #: Datasets read from a directory the user provides: only these can come from a node's own ``data-dir``
 #: (the others ship with the install and ignore any directory).
-USER_OWNED_DATASETS = frozenset({"cremad"})
+USER_OWNED_DATASETS = frozenset({"arrays", "cremad"})
 
 
 @dataclass(frozen=True)

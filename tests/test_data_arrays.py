@@ -148,6 +148,13 @@ def write(rel: str, text: str | bytes) -> Callable[[Path], None]:
     return go
 
 
+def truncate(rel: str) -> Callable[[Path], None]:
+    def go(root: Path) -> None:
+        path = root / rel
+        path.write_bytes(path.read_bytes()[:100])
+    return go
+
+
 def both(*steps: Callable[[Path], None]) -> Callable[[Path], None]:
     return lambda root: [step(root) for step in steps]
 
@@ -210,7 +217,7 @@ ERRORS = {
                     r"by numpy.save"),
     "garbage npy": (write("test/acc.npy", b"not a numpy file"), ValueError,
                     r"cannot read '.*test/acc.npy' as a numpy array without pickle"),
-    "garbage npz": (both(remove("test"), write("test.npz", b"PK not a zip")), ValueError,
+    "truncated npz": (both(as_npz, truncate("test.npz")), ValueError,
                     r"cannot read '.*test.npz' as a numpy .npz archive without pickle"),
     "unusable modality name": (both(replace("train/y.npy", np.ones((TRAIN_ROWS, 2))),
                                     replace("test/y.npy", np.ones((TEST_ROWS, 2)))), ValueError,

@@ -34,7 +34,7 @@ class RunConfig:
 
     # data and scenario
     dataset: str = _key("dataset", "hapt", "registry name of the dataset (see `fedmm datasets`)")
-    data_dir: str = _key("data-dir", "", "directory of user-owned data (CREMA-D); empty for embedded data")
+    data_dir: str = _key("data-dir", "", "directory of user-owned data (CREMA-D, arrays); empty for embedded data")
     seed: int = _key("seed", 0, "one seed for partition, allocation, selection and initialisation", low=0)
     partition: str = _key("partition", "natural", "how train data is split among clients",
                           choices=("natural", "iid", "dirichlet"))

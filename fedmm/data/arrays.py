@@ -229,7 +229,7 @@ def read_modality(name: str, train: Array, test: Array | None, labels: dict[str,
     return shape, kind, tensors
 
 
-@register_dataset("arrays", description="your own numpy arrays, one .npy per modality per split or one .npz per split "
+@register_dataset("arrays", description="your own numpy arrays, per split one .npy per modality or one .npz "
                   "(user-owned: set data-dir)")
 def load_arrays(*, data_dir: str | None = None, seed: int = 0) -> Dataset:
     """The dataset in ``data_dir`` (config key ``data-dir``), laid out as :data:`LAYOUT`.

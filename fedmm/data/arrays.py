@@ -6,9 +6,10 @@ Every array is read with ``allow_pickle=False``; modality arrays become float32 
 int64. Nothing is standardised or reshaped beyond the kind's read rule (:data:`KIND_AXES`):
 export the features as the model should see them.
 
-Everything is checked before a tensor is built, and every error names the file (and the npz key)
-and the shape or dtype expected: ``FileNotFoundError`` for a missing directory, split or labels
-file, ``ValueError`` for the rest, the two errors ``fedmm simulate`` reports as one line.
+Every array is checked before it becomes a tensor, and every error names the file (and the npz
+key) and the shape or dtype expected: ``FileNotFoundError`` for a missing directory, split, labels
+or modality file, ``ValueError`` for the rest, the two errors ``fedmm simulate`` reports as one
+line. ``labels`` and ``groups`` are reserved names, never modalities.
 """
 
 from __future__ import annotations

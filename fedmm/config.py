@@ -53,7 +53,7 @@ class RunConfig(Checked):
     dataset:
         registry name of the dataset (see `fedmm datasets`)
     data_dir:
-        directory of user-owned data (CREMA-D); empty for embedded data
+        directory of user-owned data (CREMA-D, arrays); empty for embedded data
     seed:
         one seed for partition, allocation, selection and initialisation
     partition:

@@ -101,7 +101,7 @@ def test_modalities_outside_the_dataset_are_refused_naming_the_valid_ones() -> N
 
 def test_data_dir_on_a_dataset_that_ships_with_the_install_is_an_error() -> None:
     run = load_config(None, SYNTHETIC)
-    with pytest.raises(ValueError, match="applies to user-owned datasets such as cremad") as err:
+    with pytest.raises(ValueError, match="applies to user-owned datasets such as arrays, cremad") as err:
         query(run, **{"partition-id": 0, "num-partitions": 3, "data-dir": "/data/me"})
     assert "'synthetic' ships with the install" in str(err.value) and "remove data-dir" in str(err.value)
 

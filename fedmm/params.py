@@ -280,6 +280,11 @@ class Checked:
         """Rules between parameters (a subclass overrides it); none by default."""
 
     @classmethod
+    def config_specs(cls) -> list[Spec]:
+        """:func:`specs` of the class, each under its config name (:attr:`field_names`), for listings."""
+        return [dataclasses.replace(s, name=cls.field_names.get(s.name, s.name)) for s in specs(cls)]
+
+    @classmethod
     def field_label(cls, name: str) -> str:
         """How messages name field ``name``."""
         if not cls.label_format:

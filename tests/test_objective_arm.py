@@ -27,7 +27,8 @@ def sigmoid(x: float) -> float:
 
 def hand_model(obj: ARMReconstruction) -> MultimodalNet:
     """Identity encoders (d = 2), k = 1, K = 2: z_a = [u0, -u0], z_v = [2 u0, 0]."""
-    model = MultimodalNet([ModalitySpec(m, (2,), "vector") for m in ("a", "v")], 2, ModelConfig(embed_dim=2))
+    model = MultimodalNet([ModalitySpec(m, (2,), "vector") for m in ("a", "v")], 2,
+                          ModelConfig(embed_dim=2, encoders=dict.fromkeys(("a", "v"), "mlp")))
     obj.extend_model(model)
     with torch.no_grad():
         for m in ("a", "v"):
@@ -95,7 +96,8 @@ def test_single_modality_loss_and_predict() -> None:
 
 def test_orthogonality_penalty_starts_at_zero() -> None:
     obj = ARMReconstruction(P())
-    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v")], 3, ModelConfig(embed_dim=8))
+    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v")], 3,
+                          ModelConfig(embed_dim=8, encoders=dict.fromkeys(("a", "v"), "mlp")))
     obj.extend_model(model)
     assert model.heads["a"].proj.weight.shape == (4, 8)
     assert model.heads["a"].orthogonality_penalty().item() == pytest.approx(0.0, abs=1e-10)
@@ -105,13 +107,15 @@ def test_orthogonality_penalty_starts_at_zero() -> None:
 
 def test_more_than_two_modalities_is_an_error() -> None:
     obj = ARMReconstruction(P())
-    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v", "t")], 3, ModelConfig(embed_dim=8))
+    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v", "t")], 3,
+                          ModelConfig(embed_dim=8, encoders=dict.fromkeys(("a", "v", "t"), "mlp")))
     with pytest.raises(ValueError, match=r"arm .*3 modalities"):
         obj.extend_model(model)
 
 
 def test_model_dependent_param_errors() -> None:
-    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v")], 3, ModelConfig(embed_dim=8))
+    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v")], 3,
+                          ModelConfig(embed_dim=8, encoders=dict.fromkeys(("a", "v"), "mlp")))
     with pytest.raises(ValueError, match="strong_modality"):
         ARMReconstruction(P(strong_modality="x")).extend_model(model)
     with pytest.raises(ValueError, match="subspace_dim"):
@@ -185,6 +189,7 @@ def test_one_local_epoch_by_hand(held: list[str]) -> None:
 
 def test_three_modality_local_training_is_refused() -> None:
     obj = build_objective("arm", {})
-    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v", "t")], 3, ModelConfig(embed_dim=8))
+    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v", "t")], 3,
+                          ModelConfig(embed_dim=8, encoders=dict.fromkeys(("a", "v", "t"), "mlp")))
     with pytest.raises(ValueError, match="3 modalities"):
         obj.extend_model(model)

@@ -237,7 +237,7 @@ class RunConfig(Checked):
 
         parse_params(objective_class(self.objective), self.objective_params, label=_namespace_label("objective"))
         parse_policy_params(self.selection, self.selection_params, label=_namespace_label("selection"))
-        check_options(self.dataset, self.dataset_options, label=_namespace_label("dataset"))
+        check_options(self.dataset, self.dataset_options, label=lambda shown: f"config key '{shown}'")  # dataset.<opt>
         for modality, name in self.encoders.items():
             if name not in ENCODERS:
                 ENCODERS.get(name)  # raises naming the nearest encoder

@@ -149,8 +149,11 @@ class Spec:
 
 def specs(target: type | Callable[..., Any]) -> list[Spec]:
     """The declared parameters of a dataclass (its init fields) or a function (its keyword
-    arguments), in declaration order, with help from ``target``'s docstring."""
-    helps = docstring_params(target.__doc__ or "")
+    arguments), in declaration order, with help from ``target``'s docstring (a class's, else that
+    of the nearest base class whose docstring describes the field)."""
+    helps: dict[str, str] = {}
+    for owner in reversed(getattr(target, "__mro__", (target,))):
+        helps.update({k: v for k, v in docstring_params(owner.__doc__ or "").items() if v or k not in helps})
     hints = typing.get_type_hints(target, include_extras=True)
     out = []
     if dataclasses.is_dataclass(target):

@@ -27,6 +27,7 @@ from fedmm.params import (
     Interval,
     Options,
     Spec,
+    config_specs,
     specs,
 )
 from fedmm.registry import did_you_mean
@@ -417,8 +418,8 @@ class ParamRow:
     help: str
 
 
-def param_classes() -> dict[str, dict[str, type[Checked]]]:
-    """Namespace -> registered name -> its ``Params`` (a :class:`fedmm.params.Checked` dataclass).
+def param_classes() -> dict[str, dict[str, type]]:
+    """Namespace -> registered name -> its ``Params`` dataclass (a :class:`fedmm.params.Checked` one).
 
     The one place a registry of ``Params`` joins :func:`parameter_rows` (``fedmm config``): one line
     per namespace (imported here: ``import fedmm.config`` stays torch-free)."""
@@ -452,7 +453,7 @@ def parameter_rows(namespace: str | None = None, name: str | None = None) -> lis
         "run": {"": [ParamRow(key_of(s.name), "", s.allowed(), s.default, s.help) for s in _plain_specs()]}}
     for ns, classes in param_classes().items():
         components[ns] = {n: [ParamRow(f"{ns}.{s.name}", f"{ns} {n}", s.allowed(), s.default, s.help)
-                              for s in cls.config_specs()] for n, cls in classes.items()}
+                              for s in config_specs(cls)] for n, cls in classes.items()}
     encoder = f"one of {', '.join(ENCODERS.names())}"
     components["dataset"] = {n: [
         *(ParamRow(f"dataset.{s.name}", f"dataset {n}", s.allowed(), s.default, s.help) for s in entry.options()),

@@ -170,6 +170,13 @@ def specs(target: type | Callable[..., Any]) -> list[Spec]:
     return out
 
 
+def config_specs(cls: type) -> list[Spec]:
+    """:func:`specs` of dataclass ``cls``, each under its config name (``cls.field_names``, as
+    :class:`Checked` declares it; the field name when it has none), for listings."""
+    names = getattr(cls, "field_names", {})
+    return [dataclasses.replace(s, name=names.get(s.name, s.name)) for s in specs(cls)]
+
+
 def _spec(name: str, hint: Any, default: Any, helps: Mapping[str, str]) -> Spec:
     annotation, constraints = hint, ()
     if typing.get_origin(hint) is Annotated:
@@ -281,11 +288,6 @@ class Checked:
 
     def validate(self) -> None:
         """Rules between parameters (a subclass overrides it); none by default."""
-
-    @classmethod
-    def config_specs(cls) -> list[Spec]:
-        """:func:`specs` of the class, each under its config name (:attr:`field_names`), for listings."""
-        return [dataclasses.replace(s, name=cls.field_names.get(s.name, s.name)) for s in specs(cls)]
 
     @classmethod
     def field_label(cls, name: str) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedmm.data.base import Dataset, ModalitySpec, num_examples
-from fedmm.params import Label, Spec, check_value, parse_values, specs
+from fedmm.params import Label, Spec, parse_values, specs
 from fedmm.registry import Registry
 
 Loader = Callable[..., Dataset]
@@ -27,7 +27,7 @@ class DatasetEntry:
     loader:
         ``loader(*, data_dir, seed, **options) -> Dataset``; its other keyword arguments are the
         dataset's ``dataset.*`` options (type and constraints from their annotations, help from its
-        numpy docstring).
+        numpy docstring), which :func:`check_options` checks before :func:`load_dataset` calls it.
     description:
         One line for listings.
     package:

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from fedmm.objectives.base import Objective
-from fedmm.params import Label, parse, type_name
+from fedmm.params import Label, config_specs, parse, type_name
 from fedmm.registry import Registry
 
 #: Every registered objective class, by name.
@@ -131,7 +131,7 @@ def describe_objective(name: str) -> dict[str, Any]:
     """
     cls = objective_class(name)
     described = {s.name: {"type": type_name(s.annotation), "default": s.default, "help": s.help}
-                 for s in cls.Params.config_specs()}
+                 for s in config_specs(cls.Params)}
     doc = (cls.__doc__ or "").strip()
     return {
         "name": cls.name,

@@ -110,7 +110,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="directory of the runs, the CSV and the table (finished runs are not repeated)")
     meth.set_defaults(func=_bench_methods)
 
-    keys = sub.add_parser("config", help="list every config key with its default and meaning")
+    keys = sub.add_parser("config", help="list every config key with its constraints, default and meaning")
+    keys.add_argument("namespace", nargs="?", help="only this part: run, objective, selection, dataset, encoder")
+    keys.add_argument("name", nargs="?", help="only this component of the namespace (e.g. fedmm config objective mnl)")
     keys.set_defaults(func=_config_keys)
 
     prep = sub.add_parser("prepare", help="build a user-owned dataset's directory (CREMA-D frames at 1 fps)")
@@ -272,12 +274,15 @@ def _deploy_certs(args: argparse.Namespace) -> int:
 
 
 def _config_keys(args: argparse.Namespace) -> int:
-    from fedmm.config import config_keys
+    from fedmm.config import parameter_rows
 
-    for key, default, help_text in config_keys():
-        print(f"{key:22s} {default!r:14s} {help_text}")
-    for ns in ("objective", "selection", "dataset", "encoder"):
-        print(f"{ns + '.<name>':22s} {'':14s} parameter passed to the {ns}, validated by it")
+    component = None
+    for row in parameter_rows(args.namespace, args.name):
+        if row.component != component:
+            component = row.component
+            if component:
+                print(f"\n[{component}]")
+        print(f"{row.key:22s} {row.default!r:14s} {row.allowed:24s} {row.help}")
     return 0
 
 

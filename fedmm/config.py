@@ -26,6 +26,8 @@ from fedmm.params import (
     Checked,
     Interval,
     Options,
+    Spec,
+    config_specs,
     specs,
 )
 from fedmm.registry import did_you_mean
@@ -236,7 +238,7 @@ class RunConfig(Checked):
 
         parse_params(objective_class(self.objective), self.objective_params, label=_namespace_label("objective"))
         parse_policy_params(self.selection, self.selection_params, label=_namespace_label("selection"))
-        check_options(self.dataset, self.dataset_options, label=_namespace_label("dataset"))
+        check_options(self.dataset, self.dataset_options, label=lambda shown: f"config key '{shown}'")  # dataset.<opt>
         for modality, name in self.encoders.items():
             if name not in ENCODERS:
                 ENCODERS.get(name)  # raises naming the nearest encoder
@@ -382,4 +384,92 @@ def _unknown_key_message(key: str, valid: list[str]) -> str:
 
 def config_keys() -> list[tuple[str, Any, str]]:
     """``(key, default, help)`` for every plain key, in declaration order (for README and CLI)."""
-    return [(key_of(s.name), s.default, s.help) for s in specs(RunConfig) if s.name not in _NAMESPACE_FIELDS.values()]
+    return [(key_of(s.name), s.default, s.help) for s in _plain_specs()]
+
+
+def _plain_specs() -> list[Spec]:
+    """The declarations of the plain (not namespaced) keys, in declaration order."""
+    return [s for s in specs(RunConfig) if s.name not in _NAMESPACE_FIELDS.values()]
+
+
+@dataclass(frozen=True)
+class ParamRow:
+    """One parameter as ``fedmm config`` lists it.
+
+    Parameters
+    ----------
+    key:
+        The config key (``lr``, ``objective.lambda``, ``dataset.test_users``, ``encoder.<modality>``).
+    component:
+        Whose parameter it is: ``""`` for a plain run key, else ``"<namespace> <name>"``
+        (``"objective mnl"``, ``"dataset hapt"``) or ``"encoder"``.
+    allowed:
+        Its type and constraints (:meth:`fedmm.params.Spec.allowed`, ``"float in [0.0, 1.0)"``).
+    default:
+        Its default value.
+    help:
+        What it means (from the declaring docstring).
+    """
+
+    key: str
+    component: str
+    allowed: str
+    default: Any
+    help: str
+
+
+def param_classes() -> dict[str, dict[str, type]]:
+    """Namespace -> registered name -> its ``Params`` dataclass (a :class:`fedmm.params.Checked` one).
+
+    The one place a registry of ``Params`` joins :func:`parameter_rows` (``fedmm config``): one line
+    per namespace (imported here: ``import fedmm.config`` stays torch-free)."""
+    from fedmm.objectives.registry import OBJECTIVES
+    from fedmm.strategies.selection import POLICIES
+
+    return {
+        "objective": {name: cls.Params for name, cls in OBJECTIVES.items()},
+        "selection": {name: cls.Params for name, cls in POLICIES.items()},
+    }
+
+
+def parameter_rows(namespace: str | None = None, name: str | None = None) -> list[ParamRow]:
+    """Every parameter a run config takes, with its constraints, default and meaning: the plain
+    keys (declaration order), then each registered component's (:func:`param_classes`), every
+    dataset's ``dataset.*`` options and default encoders, and the ``encoder.<modality>`` choices.
+
+    Parameters
+    ----------
+    namespace:
+        Only the rows of this namespace (``"objective"``, ``"dataset"``, ...; ``"run"`` for the
+        plain keys); ``None`` for all.
+    name:
+        With ``namespace``: only the rows of this component (``"mnl"``); an unknown name is a
+        ``ValueError`` naming the registered ones.
+    """
+    from fedmm.data.registry import DATASETS
+    from fedmm.models.encoders import ENCODERS
+
+    components: dict[str, dict[str, list[ParamRow]]] = {
+        "run": {"": [ParamRow(key_of(s.name), "", s.allowed(), s.default, s.help) for s in _plain_specs()]}}
+    for ns, classes in param_classes().items():
+        components[ns] = {n: [ParamRow(f"{ns}.{s.name}", f"{ns} {n}", s.allowed(), s.default, s.help)
+                              for s in config_specs(cls)] for n, cls in classes.items()}
+    encoder = f"one of {', '.join(ENCODERS.names())}"
+    components["dataset"] = {n: [
+        *(ParamRow(f"dataset.{s.name}", f"dataset {n}", s.allowed(), s.default, s.help) for s in entry.options()),
+        ParamRow("encoder.<modality>", f"dataset {n}", encoder, dict(entry.encoders),
+                 "default encoder of a modality, by its kind (unless encoder.<modality> names one)"),
+    ] for n, entry in DATASETS.items()}
+    components["encoder"] = {"": [ParamRow("encoder.<modality>", "encoder", encoder, "",
+                                           "encoder of a modality (default: the dataset's, see its rows)")]}
+    if namespace is None:
+        return [row for by_name in components.values() for rows in by_name.values() for row in rows]
+    if namespace not in components:
+        raise ValueError(f"unknown namespace {namespace!r}{did_you_mean(namespace, list(components))} "
+                         f"Valid: {', '.join(components)}")
+    if name is None:
+        return [row for rows in components[namespace].values() for row in rows]
+    if name not in components[namespace]:
+        raise ValueError(f"unknown {namespace} {name!r}{did_you_mean(name, list(components[namespace]))} "
+                         f"Valid: {', '.join(components[namespace])}")
+    return components[namespace][name]

@@ -149,8 +149,11 @@ class Spec:
 
 def specs(target: type | Callable[..., Any]) -> list[Spec]:
     """The declared parameters of a dataclass (its init fields) or a function (its keyword
-    arguments), in declaration order, with help from ``target``'s docstring."""
-    helps = docstring_params(target.__doc__ or "")
+    arguments), in declaration order, with help from ``target``'s docstring (a class's, else that
+    of the nearest base class whose docstring describes the field)."""
+    helps: dict[str, str] = {}
+    for owner in reversed(getattr(target, "__mro__", (target,))):
+        helps.update({k: v for k, v in docstring_params(owner.__doc__ or "").items() if v or k not in helps})
     hints = typing.get_type_hints(target, include_extras=True)
     out = []
     if dataclasses.is_dataclass(target):
@@ -165,6 +168,13 @@ def specs(target: type | Callable[..., Any]) -> list[Spec]:
                 default = dataclasses.MISSING if p.default is inspect.Parameter.empty else p.default
                 out.append(_spec(p.name, hints.get(p.name, Any), default, helps))
     return out
+
+
+def config_specs(cls: type) -> list[Spec]:
+    """:func:`specs` of dataclass ``cls``, each under its config name (``cls.field_names``, as
+    :class:`Checked` declares it; the field name when it has none), for listings."""
+    names = getattr(cls, "field_names", {})
+    return [dataclasses.replace(s, name=names.get(s.name, s.name)) for s in specs(cls)]
 
 
 def _spec(name: str, hint: Any, default: Any, helps: Mapping[str, str]) -> Spec:

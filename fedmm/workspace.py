@@ -10,6 +10,7 @@ import torch
 
 from fedmm.config import RunConfig, flatten
 from fedmm.data import Dataset, Scenario, build_scenario, load_dataset
+from fedmm.data.registry import dataset_entry
 from fedmm.models import ModelConfig, MultimodalNet
 from fedmm.objectives import Objective, Schedule, build_objective
 from fedmm.training import TrainConfig, build_model
@@ -53,10 +54,12 @@ def objective_of(run: RunConfig) -> Objective:
 
 
 def model_of(run: RunConfig, objective: Objective) -> MultimodalNet:
-    """The run's model, initialised from the run's seed (the same on server and clients)."""
+    """The run's model, initialised from the run's seed (the same on server and clients); each
+    modality's encoder is ``encoder.<modality>`` or else its dataset entry's default."""
     dataset = dataset_of(run)
     torch.manual_seed(run.seed)
-    config = ModelConfig(embed_dim=run.embed_dim, encoders=dict(run.encoders))
+    encoders = {**dataset_entry(run.dataset).default_encoders(dataset.modalities), **run.encoders}
+    config = ModelConfig(embed_dim=run.embed_dim, encoders=encoders)
     return build_model(dataset.modalities, dataset.num_classes, config, objective)
 
 

@@ -40,7 +40,7 @@ def test_frame_augment_transforms_only_its_modality_of_every_training_batch():
 
     specs = [ModalitySpec("audio", (4,), "vector"), ModalitySpec("visual", (1, 3, 8, 8), "vector")]
     objective = build_objective("ce")
-    model = build_model(specs, 2, ModelConfig(embed_dim=4), objective)
+    model = build_model(specs, 2, ModelConfig(embed_dim=4, encoders={"audio": "mlp", "visual": "mlp"}), objective)
     data = {"audio": torch.randn(12, 4), "visual": torch.randn(12, 1, 3, 8, 8), "y": torch.arange(12) % 2}
     batch = {k: v[:4] for k, v in data.items()}
     out = Recording("visual")(batch, torch.Generator().manual_seed(0))

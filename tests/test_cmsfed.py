@@ -23,7 +23,8 @@ pytestmark = pytest.mark.usefixtures("flower_identity")
 
 def identity_model(modalities: tuple[str, ...] = ("a", "v")) -> MultimodalNet:
     """2-d modalities (default two) whose encoders are the identity (features = inputs)."""
-    model = MultimodalNet([ModalitySpec(m, (2,), "vector") for m in modalities], 2, ModelConfig(embed_dim=2))
+    model = MultimodalNet([ModalitySpec(m, (2,), "vector") for m in modalities], 2,
+                          ModelConfig(embed_dim=2, encoders=dict.fromkeys(modalities, "mlp")))
     for m in modalities:
         model.encoders[m] = torch.nn.Identity()
     return model
@@ -351,7 +352,7 @@ def linear_model() -> MultimodalNet:
     """Two 2-d modalities whose encoders are linear maps initialised to the identity."""
     torch.manual_seed(0)
     model = MultimodalNet([ModalitySpec("a", (2,), "vector"), ModalitySpec("v", (2,), "vector")], 2,
-                          ModelConfig(embed_dim=2))
+                          ModelConfig(embed_dim=2, encoders={"a": "mlp", "v": "mlp"}))
     with torch.no_grad():
         for m in ("a", "v"):
             model.encoders[m] = torch.nn.Linear(2, 2)

@@ -18,6 +18,7 @@ from PIL import Image
 
 from fedmm.data import cremad
 from fedmm.data.cremad import CLASS_CODES, IMAGENET_MEAN, IMAGENET_STD, load_cremad
+from fedmm.data.registry import dataset_entry
 from fedmm.models.encoders import build_encoder
 
 ACTORS = (1001, 1002, 1003)
@@ -232,8 +233,9 @@ def test_encoders_output_shapes_and_defaults() -> None:
     from fedmm.data.base import ModalitySpec
     from fedmm.models.net import ModelConfig, MultimodalNet
 
-    net = MultimodalNet([ModalitySpec("audio", (1, 64, 48), "spectrogram"),
-                         ModalitySpec("visual", (1, 3, 32, 32), "frames")], 6, ModelConfig(embed_dim=512))
+    specs = [ModalitySpec("audio", (1, 64, 48), "spectrogram"), ModalitySpec("visual", (1, 3, 32, 32), "frames")]
+    encoders = dataset_entry("cremad").default_encoders(specs)
+    net = MultimodalNet(specs, 6, ModelConfig(embed_dim=512, encoders=encoders))
     assert type(net.encoders["audio"]).__name__ == "ResNet18Audio"
     assert type(net.encoders["visual"]).__name__ == "ResNet18Video"
     logits = net({"audio": torch.randn(2, 1, 64, 48), "visual": torch.randn(2, 1, 3, 32, 32)})
@@ -252,7 +254,8 @@ def test_local_round_with_the_resnet18_encoders_on_the_fixture(data_dir: Path) -
     test = {**d.test, "audio": d.test["audio"][..., :64, :48].contiguous()}
     objective = build_objective("ce", {})
     torch.manual_seed(0)
-    model = build_model(d.modalities, d.num_classes, ModelConfig(embed_dim=512), objective)
+    encoders = dataset_entry("cremad").default_encoders(d.modalities)
+    model = build_model(d.modalities, d.num_classes, ModelConfig(embed_dim=512, encoders=encoders), objective)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ctx = RoundContext(server_round=1, num_rounds=1, modalities=["audio", "visual"])
     result = train_local(model, train, objective, ctx, TrainConfig(epochs=1, batch_size=12, lr=1e-3))

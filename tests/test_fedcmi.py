@@ -27,10 +27,16 @@ def specs(num: int = 2) -> list[ModalitySpec]:
     return [ModalitySpec(f"m{i}", (4,), "vector") for i in range(num)]
 
 
+def mlps(num: int = 2) -> dict[str, str]:
+    """The vector encoder for modalities ``m0 .. m{num-1}``."""
+    return {f"m{i}": "mlp" for i in range(num)}
+
+
 def fedcmi_model(num_modalities: int = 2, seed: int = 0, **params):
     objective = build_objective("fedcmi", params)
     torch.manual_seed(seed)
-    return objective, build_model(specs(num_modalities), 3, ModelConfig(embed_dim=4), objective)
+    return objective, build_model(specs(num_modalities), 3, ModelConfig(embed_dim=4, encoders=mlps(num_modalities)),
+                                  objective)
 
 
 def ctx(modalities, server_round=2, global_model=None) -> RoundContext:
@@ -48,7 +54,7 @@ def sigmoid(x: float) -> float:
 def hand_model(objective, own: float = 1.0, infiltration: float = 1.0) -> MultimodalNet:
     """d = K = 2, identity encoders and classifiers: ``C_m(S_m(x)) = own * x`` and
     ``C_m(I_m(x)) = infiltration * x`` (no biases)."""
-    model = MultimodalNet(specs_2d(), 2, ModelConfig(embed_dim=2, heads=True))
+    model = MultimodalNet(specs_2d(), 2, ModelConfig(embed_dim=2, encoders=mlps(2), heads=True))
     objective.extend_model(model)
     with torch.no_grad():
         for m in ("m0", "m1"):

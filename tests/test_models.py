@@ -10,11 +10,13 @@ from fedmm.groups import group_modality, parameter_group
 from fedmm.models.net import ModelConfig, MultimodalNet
 
 SPECS = [ModalitySpec("m0", (6,), "vector"), ModalitySpec("m1", (2, 16), "series"), ModalitySpec("m2", (4,), "vector")]
+ENCODERS = {"m0": "mlp", "m1": "cnn1d", "m2": "mlp"}
 
 
 def make(n: int, heads: bool = False, embed_dim: int = 8, num_classes: int = 3) -> MultimodalNet:
     torch.manual_seed(0)
-    return MultimodalNet(SPECS[:n], num_classes, ModelConfig(embed_dim=embed_dim, heads=heads)).eval()
+    encoders = {s.name: ENCODERS[s.name] for s in SPECS[:n]}
+    return MultimodalNet(SPECS[:n], num_classes, ModelConfig(embed_dim=embed_dim, encoders=encoders, heads=heads)).eval()
 
 
 def batch(n: int, rows: int = 5) -> dict[str, torch.Tensor]:

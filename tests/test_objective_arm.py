@@ -27,7 +27,8 @@ def sigmoid(x: float) -> float:
 
 def hand_model(obj: ARMReconstruction) -> MultimodalNet:
     """Identity encoders (d = 2), k = 1, K = 2: z_a = [u0, -u0], z_v = [2 u0, 0]."""
-    model = MultimodalNet([ModalitySpec(m, (2,), "vector") for m in ("a", "v")], 2, ModelConfig(embed_dim=2))
+    model = MultimodalNet([ModalitySpec(m, (2,), "vector") for m in ("a", "v")], 2,
+                          ModelConfig(embed_dim=2, encoders=dict.fromkeys(("a", "v"), "mlp")))
     obj.extend_model(model)
     with torch.no_grad():
         for m in ("a", "v"):
@@ -95,7 +96,8 @@ def test_single_modality_loss_and_predict() -> None:
 
 def test_orthogonality_penalty_starts_at_zero() -> None:
     obj = ARMReconstruction(P())
-    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v")], 3, ModelConfig(embed_dim=8))
+    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v")], 3,
+                          ModelConfig(embed_dim=8, encoders=dict.fromkeys(("a", "v"), "mlp")))
     obj.extend_model(model)
     assert model.heads["a"].proj.weight.shape == (4, 8)
     assert model.heads["a"].orthogonality_penalty().item() == pytest.approx(0.0, abs=1e-10)
@@ -105,7 +107,8 @@ def test_orthogonality_penalty_starts_at_zero() -> None:
 
 def hand_model3(obj: ARMReconstruction) -> MultimodalNet:
     """:func:`hand_model` plus a third modality ``t``: z_t = [0, u0], no penalty."""
-    model = MultimodalNet([ModalitySpec(m, (2,), "vector") for m in ("a", "v", "t")], 2, ModelConfig(embed_dim=2))
+    model = MultimodalNet([ModalitySpec(m, (2,), "vector") for m in ("a", "v", "t")], 2,
+                          ModelConfig(embed_dim=2, encoders=dict.fromkeys(("a", "v", "t"), "mlp")))
     obj.extend_model(model)
     two = hand_model(ARMReconstruction(obj.params))
     with torch.no_grad():
@@ -162,7 +165,8 @@ def two_modality_loss(obj: ARMReconstruction, model: MultimodalNet, batch: dict)
 def test_two_modalities_reduce_exactly_to_the_two_modality_loss(strong: str) -> None:
     torch.manual_seed(0)
     obj = ARMReconstruction(P(strong_modality=strong, distill_weight=0.7, temperature=1.5, ortho_weight=0.05))
-    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v")], 3, ModelConfig(embed_dim=8))
+    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v")], 3,
+                          ModelConfig(embed_dim=8, encoders=dict.fromkeys(("a", "v"), "mlp")))
     obj.extend_model(model)
     for seed in range(4):  # batches on which either modality is the more confident one
         g = torch.Generator().manual_seed(seed)
@@ -176,7 +180,8 @@ def test_two_modalities_reduce_exactly_to_the_two_modality_loss(strong: str) -> 
 
 
 def test_model_dependent_param_errors() -> None:
-    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v")], 3, ModelConfig(embed_dim=8))
+    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v")], 3,
+                          ModelConfig(embed_dim=8, encoders=dict.fromkeys(("a", "v"), "mlp")))
     with pytest.raises(ValueError, match="strong_modality"):
         ARMReconstruction(P(strong_modality="x")).extend_model(model)
     with pytest.raises(ValueError, match="subspace_dim"):

@@ -23,7 +23,7 @@ P = SustainedBoosting.Params
 def make_model(obj: SustainedBoosting, names=("a", "v"), embed_dim: int = 4, num_classes: int = 3) -> MultimodalNet:
     torch.manual_seed(0)
     specs = [ModalitySpec(m, (5,), "vector") for m in names]
-    model = MultimodalNet(specs, num_classes, ModelConfig(embed_dim=embed_dim))
+    model = MultimodalNet(specs, num_classes, ModelConfig(embed_dim=embed_dim, encoders=dict.fromkeys(names, "mlp")))
     obj.extend_model(model)
     return model
 

@@ -46,7 +46,8 @@ def ctx(modalities: list[str], server_round: int = 1) -> RoundContext:
 
 def hand_model(names: tuple[str, ...], obj: MNL) -> MultimodalNet:
     """Identity encoders and identity heads (d = K = 2): z^m = x^m; fusion = mean of the z^m."""
-    model = MultimodalNet([ModalitySpec(m, (2,), "vector") for m in names], 2, ModelConfig(embed_dim=2))
+    model = MultimodalNet([ModalitySpec(m, (2,), "vector") for m in names], 2,
+                          ModelConfig(embed_dim=2, encoders=dict.fromkeys(names, "mlp")))
     obj.extend_model(model)
     with torch.no_grad():
         for m in names:
@@ -126,7 +127,8 @@ def test_loss_matches_hand_computation() -> None:
 def test_loss_matches_the_reference_on_random_logits() -> None:
     torch.manual_seed(0)
     obj = MNL(P(lam=0.7))  # default fusion: the reference's out = 0.5 * z_a + 0.5 * z_v
-    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v")], 5, ModelConfig(embed_dim=5))
+    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v")], 5,
+                          ModelConfig(embed_dim=5, encoders=dict.fromkeys(("a", "v"), "mlp")))
     obj.extend_model(model)
     with torch.no_grad():
         for m in ("a", "v"):
@@ -222,7 +224,8 @@ def test_bad_params(params: dict, match: str) -> None:
 def k3_model(obj: MNL) -> MultimodalNet:
     """d = K = 3, identity encoders and heads (z^m = x^m); the concat fusion head ignores its input
     and always says [0, 0, 3], so it differs from the mean of the heads."""
-    model = MultimodalNet([ModalitySpec(m, (3,), "vector") for m in ("a", "v")], 3, ModelConfig(embed_dim=3))
+    model = MultimodalNet([ModalitySpec(m, (3,), "vector") for m in ("a", "v")], 3,
+                          ModelConfig(embed_dim=3, encoders=dict.fromkeys(("a", "v"), "mlp")))
     obj.extend_model(model)
     with torch.no_grad():
         for m in ("a", "v"):
@@ -330,7 +333,8 @@ def test_one_local_epoch_by_hand(held: list[str]) -> None:
     lam, lr = 0.7, 0.1
     names = ("m0", "m1", "m2")[: max(2, len(held))]
     obj = build_objective("mnl", {"lambda": lam})
-    model = MultimodalNet([ModalitySpec(m, (3,), "vector") for m in names], 3, ModelConfig(embed_dim=3))
+    model = MultimodalNet([ModalitySpec(m, (3,), "vector") for m in names], 3,
+                          ModelConfig(embed_dim=3, encoders=dict.fromkeys(names, "mlp")))
     obj.extend_model(model)
     weights = {"m0": [[1.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
                "m1": [[0.5, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 0.0, 1.0]],

@@ -45,7 +45,8 @@ def ctx(modalities: list[str], server_round: int = 1) -> RoundContext:
 
 def hand_model() -> MultimodalNet:
     """Linear identity encoders (d = 2, with a zero bias), K = 2, fusion [W_a | W_v] = [2 I | 0.5 I]."""
-    model = MultimodalNet([ModalitySpec(m, (2,), "vector") for m in ("a", "v")], 2, ModelConfig(embed_dim=2))
+    model = MultimodalNet([ModalitySpec(m, (2,), "vector") for m in ("a", "v")], 2,
+                          ModelConfig(embed_dim=2, encoders=dict.fromkeys(("a", "v"), "mlp")))
     with torch.no_grad():
         for m in ("a", "v"):
             enc = nn.Linear(2, 2)
@@ -154,7 +155,7 @@ def test_three_modality_rule_by_hand() -> None:
 
 def test_selector_takes_conv_kernels_and_linear_weights_only() -> None:
     specs = [ModalitySpec("s", (3, 16), "series"), ModalitySpec("f", (5,), "vector")]
-    model = MultimodalNet(specs, 3, ModelConfig(embed_dim=8))
+    model = MultimodalNet(specs, 3, ModelConfig(embed_dim=8, encoders={"s": "cnn1d", "f": "mlp"}))
     conv = modulated_parameters(model, "s")
     assert [p.ndim for p in conv] == [3, 3, 3]  # the three Conv1d kernels, no BN, no bias
     lin = modulated_parameters(model, "f")
@@ -164,7 +165,7 @@ def test_selector_takes_conv_kernels_and_linear_weights_only() -> None:
 def test_ge_noise_has_the_gradient_std_and_spares_1d_tensors() -> None:
     torch.manual_seed(0)
     specs = [ModalitySpec(m, (40,), "vector") for m in ("a", "v")]
-    model = MultimodalNet(specs, 4, ModelConfig(embed_dim=16))
+    model = MultimodalNet(specs, 4, ModelConfig(embed_dim=16, encoders={"a": "mlp", "v": "mlp"}))
     obj = OGMGE(P(alpha=0.8, ge=True))
     batch = {"a": torch.randn(32, 40), "v": torch.randn(32, 40), "y": torch.randint(0, 4, (32,))}
     obj.begin_round(model, batch, ctx(["a", "v"]))
@@ -205,7 +206,7 @@ def test_one_local_epoch(held: list[str]) -> None:
     torch.manual_seed(0)
     specs = [ModalitySpec(m, (6,), "vector") for m in ("m0", "m1", "m2")[: max(2, len(held))]]
     obj = build_objective("ogm-ge", {"alpha": 0.8})
-    model = build_model(specs, 3, ModelConfig(embed_dim=8), obj)
+    model = build_model(specs, 3, ModelConfig(embed_dim=8, encoders={s.name: "mlp" for s in specs}), obj)
     g = torch.Generator().manual_seed(1)
     y = torch.randint(0, 3, (40,), generator=g)
     data = {m: torch.randn(40, 6, generator=g) + y[:, None].float() for m in held}

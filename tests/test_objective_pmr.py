@@ -33,7 +33,7 @@ def ctx(modalities: list[str], server_round: int = 1) -> RoundContext:
 def hand_model(num_classes: int = 2) -> MultimodalNet:
     """Linear identity encoders (d = 2), K classes, fusion [I_a | I_v] (zero bias) when K = 2."""
     model = MultimodalNet([ModalitySpec(m, (2,), "vector") for m in ("a", "v")], num_classes,
-                          ModelConfig(embed_dim=2))
+                          ModelConfig(embed_dim=2, encoders=dict.fromkeys(("a", "v"), "mlp")))
     with torch.no_grad():
         for m in ("a", "v"):
             enc = nn.Linear(2, 2)
@@ -171,7 +171,7 @@ def test_one_local_epoch(held: list[str]) -> None:
     torch.manual_seed(0)
     specs = [ModalitySpec(m, (6,), "vector") for m in ("m0", "m1", "m2")[: max(2, len(held))]]
     obj = build_objective("pmr", {})
-    model = build_model(specs, 4, ModelConfig(embed_dim=8), obj)
+    model = build_model(specs, 4, ModelConfig(embed_dim=8, encoders={s.name: "mlp" for s in specs}), obj)
     g = torch.Generator().manual_seed(1)
     y = torch.randint(0, 3, (40,), generator=g)  # class 3 never occurs on this client
     data = {m: torch.randn(40, 6, generator=g) + y[:, None].float() for m in held}

@@ -23,7 +23,7 @@ P = DataRemixing.Params
 def identity_model(obj: DataRemixing, names=("a", "v"), dim: int = 3, num_classes: int = 3) -> MultimodalNet:
     """A model whose encoders are identities and whose heads are the identity matrix (logits = input)."""
     specs = [ModalitySpec(m, (dim,), "vector") for m in names]
-    model = MultimodalNet(specs, num_classes, ModelConfig(embed_dim=dim))
+    model = MultimodalNet(specs, num_classes, ModelConfig(embed_dim=dim, encoders=dict.fromkeys(names, "mlp")))
     obj.extend_model(model)
     with torch.no_grad():
         for m in names:
@@ -202,7 +202,8 @@ def synthetic(names: list[str], n: int = 30, num_classes: int = 3) -> dict[str, 
 def test_one_local_epoch(names: list[str], single: bool, server_round: int) -> None:
     obj = build_objective("remix", {"warmup_rounds": 2})
     torch.manual_seed(0)
-    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in names], 3, ModelConfig(embed_dim=8))
+    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in names], 3,
+                          ModelConfig(embed_dim=8, encoders=dict.fromkeys(names, "mlp")))
     obj.extend_model(model)
     held = names[:1] if single else names
     data = synthetic(held)

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from fedmm.config import RunConfig, load_config
 from fedmm.data import load_dataset
+from fedmm.data.registry import dataset_entry
 from fedmm.data.base import LABEL_KEY, Dataset, TensorDict
 from fedmm.models.net import ModelConfig, MultimodalNet
 from fedmm.objectives import Objective, RoundContext, build_objective
@@ -104,7 +105,8 @@ def synthetic() -> Dataset:
 
 def model_for(dataset: Dataset, objective: Objective, seed: int = 0) -> MultimodalNet:
     torch.manual_seed(seed)
-    return build_model(dataset.modalities, dataset.num_classes, ModelConfig(embed_dim=8), objective)
+    encoders = dataset_entry("synthetic").default_encoders(dataset.modalities)
+    return build_model(dataset.modalities, dataset.num_classes, ModelConfig(embed_dim=8, encoders=encoders), objective)
 
 
 def round_ctx(dataset: Dataset, extras: dict | None = None) -> RoundContext:

@@ -27,6 +27,7 @@ from fedmm.training import (
 )
 
 SPECS = [ModalitySpec("m0", (6,), "vector"), ModalitySpec("m1", (6,), "vector")]
+ENCODERS = {"m0": "mlp", "m1": "mlp"}
 NUM_CLASSES = 3
 
 
@@ -46,7 +47,7 @@ def synthetic(n: int = 96, seed: int = 0) -> TensorDict:
 
 def model_for(objective: Objective, seed: int = 0) -> MultimodalNet:
     torch.manual_seed(seed)
-    return build_model(SPECS, NUM_CLASSES, ModelConfig(embed_dim=8), objective)
+    return build_model(SPECS, NUM_CLASSES, ModelConfig(embed_dim=8, encoders=ENCODERS), objective)
 
 
 def ctx(modalities: list[str] | None = None) -> RoundContext:
@@ -83,7 +84,7 @@ def test_resolve_device() -> None:
 
 
 def test_build_model_adds_heads_and_is_reproducible() -> None:
-    config = ModelConfig(embed_dim=8)
+    config = ModelConfig(embed_dim=8, encoders=ENCODERS)
     assert not model_for(build_objective("ce")).heads
     torch.manual_seed(3)
     a = build_model(SPECS, 3, config, build_objective("uniform"))

@@ -231,7 +231,9 @@ def read_modality(name: str, train: Array, test: Array | None, labels: dict[str,
 
 
 @register_dataset("arrays", description="your own numpy arrays, per split one .npy per modality or one .npz "
-                  "(user-owned: set data-dir)", user_owned=True)
+                  "(user-owned: set data-dir)", user_owned=True,
+                  encoders={"vector": "mlp", "series": "cnn1d", "spectrogram": "resnet18-audio",
+                            "frames": "resnet18-video"})
 def load_arrays(*, data_dir: str | None = None, seed: int = 0) -> Dataset:
     """The dataset in ``data_dir`` (config key ``data-dir``), laid out as :data:`LAYOUT`.
 

@@ -26,9 +26,10 @@ class ModalitySpec:
     shape:
         Shape of one example without the batch dimension, e.g. ``(3, 128)`` for a 3-channel series.
     kind:
-        What the encoder registry builds for it by default: ``"series"`` (channels x time, 1-D CNN),
-        ``"vector"`` (flat features, MLP), ``"spectrogram"`` (1 x F x T image) or ``"frames"``
-        (T x 3 x H x W clip).
+        What the data is, as the dataset's entry names it: ``"series"`` (channels x time),
+        ``"vector"`` (flat features), ``"spectrogram"`` (1 x F x T image), ``"frames"``
+        (T x 3 x H x W clip) or a kind of its own; the entry's ``encoders`` map each kind to the
+        modality's default encoder (:class:`fedmm.data.registry.DatasetEntry`).
     """
 
     name: str

@@ -49,7 +49,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -58,6 +58,7 @@ from fedmm.data.augment import FrameAugment
 from fedmm.data.base import Dataset, ModalitySpec
 from fedmm.data.registry import register_dataset
 from fedmm.files import atomic_write
+from fedmm.params import Interval
 
 log = logging.getLogger(__name__)
 
@@ -365,10 +366,14 @@ def prepare_command(parser: Any) -> Callable[[Any], int]:
 
 # -- loader ----------------------------------------------------------------------------------------
 @register_dataset("cremad", description="CREMA-D audio spectrogram vs face frames, 91 actors, 6 emotions "
-                  "(user-owned: set data-dir; see `fedmm prepare cremad`)", user_owned=True, prepare=prepare_command)
-def load_cremad(*, data_dir: str | None = None, seed: int = 0, num_frames: int = 1, image_size: int = 224,
-                split_seed: int = 0, test_fraction: float = 0.1, skip_incomplete: bool = False,
-                augment: bool = True) -> Dataset:
+                  "(user-owned: set data-dir; see `fedmm prepare cremad`)",
+                  encoders={"spectrogram": "resnet18-audio", "frames": "resnet18-video"}, user_owned=True,
+                  prepare=prepare_command)
+def load_cremad(*, data_dir: str | None = None, seed: int = 0,
+                num_frames: Annotated[int, Interval(int, 1, None, closed="left")] = 1,
+                image_size: Annotated[int, Interval(int, 8, None, closed="left")] = 224, split_seed: int = 0,
+                test_fraction: Annotated[float, Interval(float, 0.0, 1.0, closed="neither")] = 0.1,
+                skip_incomplete: bool = False, augment: bool = True) -> Dataset:
     """CREMA-D from ``data_dir`` (config key ``data-dir``), preprocessed as in the module docstring.
 
     Parameters
@@ -395,12 +400,6 @@ def load_cremad(*, data_dir: str | None = None, seed: int = 0, num_frames: int =
     """
     if not data_dir:
         raise FileNotFoundError(f"dataset 'cremad' is user-owned: set the config key data-dir\n{LAYOUT}")
-    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
-        raise ValueError(f"dataset.num_frames must be an integer >= 1, got {num_frames!r}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
-        raise ValueError(f"dataset.image_size must be an integer >= 8 (224 in the protocol), got {image_size!r}")
-    if not 0.0 < float(test_fraction) < 1.0:
-        raise ValueError(f"dataset.test_fraction must be in (0, 1), got {test_fraction!r}")
     root = Path(data_dir).expanduser()
     clips = scan(root, skip_incomplete=bool(skip_incomplete))
     names = [c.name for c in clips]

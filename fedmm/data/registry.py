@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fedmm.data.base import Dataset, num_examples
-from fedmm.params import Label, Spec, check_value, parse_values, specs
+from fedmm.data.base import Dataset, ModalitySpec, num_examples
+from fedmm.params import Label, Spec, parse_values, specs
 from fedmm.registry import Registry
 
 Loader = Callable[..., Dataset]
@@ -27,11 +27,15 @@ class DatasetEntry:
     loader:
         ``loader(*, data_dir, seed, **options) -> Dataset``; its other keyword arguments are the
         dataset's ``dataset.*`` options (type and constraints from their annotations, help from its
-        numpy docstring).
+        numpy docstring), which :func:`check_options` checks before :func:`load_dataset` calls it.
     description:
         One line for listings.
     package:
         The pip requirement that ships the data, or ``None`` when nothing needs installing.
+    encoders:
+        The encoder each modality gets unless the config names one (``encoder.<modality>``): the
+        :class:`~fedmm.data.base.ModalitySpec` ``kind`` of a modality the loader returns -> a
+        registered encoder name (``{"series": "cnn1d"}``).
     module:
         Import name checked (without importing it) to tell whether the data is installed.
     user_owned:
@@ -46,6 +50,7 @@ class DatasetEntry:
     name: str
     loader: Loader
     description: str
+    encoders: Mapping[str, str]
     package: str | None = None
     module: str | None = None
     user_owned: bool = False
@@ -58,18 +63,28 @@ class DatasetEntry:
         """The ``dataset.*`` options: the loader's keyword arguments but ``data_dir`` and ``seed``."""
         return [s for s in specs(self.loader) if s.name not in _LOADER_ARGS]
 
+    def default_encoders(self, modalities: list[ModalitySpec]) -> dict[str, str]:
+        """Modality name -> its default encoder (:attr:`encoders` of its kind), for ``modalities``
+        as the loader returned them; a kind without one is an error naming the config key to set."""
+        missing = [m for m in modalities if m.kind not in self.encoders]
+        if missing:
+            raise ValueError(f"dataset {self.name!r} names no default encoder for kind {missing[0].kind!r} of "
+                             f"modality {missing[0].name!r} (it has {dict(self.encoders)}); set encoder.{missing[0].name}")
+        return {m.name: self.encoders[m.kind] for m in modalities}
+
 
 #: Every registered dataset, by name.
 DATASETS: Registry[DatasetEntry] = Registry("dataset")
 _CACHE: dict[tuple, Dataset] = {}
 
 
-def register_dataset(name: str, *, description: str, package: str | None = None, module: str | None = None,
-                     user_owned: bool = False, prepare: Callable[[Any], Callable[[Any], int]] | None = None
-                     ) -> Callable[[Loader], Loader]:
+def register_dataset(name: str, *, description: str, encoders: Mapping[str, str], package: str | None = None,
+                     module: str | None = None, user_owned: bool = False,
+                     prepare: Callable[[Any], Callable[[Any], int]] | None = None) -> Callable[[Loader], Loader]:
     """Decorator: register the loader as dataset ``name`` with the facts of :class:`DatasetEntry`."""
     def deco(loader: Loader) -> Loader:
-        DATASETS.add(name, DatasetEntry(name, loader, description, package, module, user_owned, prepare))
+        DATASETS.add(name, DatasetEntry(name, loader, description, dict(encoders), package, module, user_owned,
+                                        prepare))
         return loader
 
     return deco

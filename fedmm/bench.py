@@ -69,7 +69,7 @@ def run_grid(
     on_row:
         Called with every new row.
     """
-    from fedmm.server.simulate import simulate
+    from fedmm.simulation import simulate
 
     seeds = list(seeds)
     label_names = sorted({k for c in cases for k in c.labels})

@@ -1,8 +1,8 @@
 """Typed run configuration: defaults, TOML files, ``key=value`` overrides and validation.
 
-Keys are kebab-case as in Flower's run config. Four namespaces pass parameters through to the
-component they configure and are validated by it: ``objective.<param>``, ``selection.<param>``,
-``dataset.<option>`` and ``encoder.<modality>``.
+Keys are kebab-case as in Flower's run config. Five namespaces pass parameters through to the
+component they configure and are validated by it: ``strategy.<param>``, ``objective.<param>``,
+``selection.<param>``, ``dataset.<option>`` and ``encoder.<modality>``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,11 @@ from typing import Any
 
 import tomli_w
 
-NAMESPACES = ("objective", "selection", "dataset", "encoder")
+from fedmm.strategies.recipes import STRATEGIES
+
+NAMESPACES = ("strategy", "objective", "selection", "dataset", "encoder")
+#: Keys that moved, and where to: an old config that sets one gets an error naming the new key.
+MOVED_KEYS = {"proximal-mu": "strategy.mu (with strategy=fedprox)"}
 
 
 def _key(name: str, default: Any, help: str, *, choices: tuple[str, ...] = (), low: float | None = None,
@@ -55,10 +59,8 @@ class RunConfig:
     num_server_rounds: int = _key("num-server-rounds", 20, "number of federated rounds", low=1)
     clients_per_round: int = _key("clients-per-round", 10, "budget of clients trained per round "
                                   "(ignored by selection=all)", low=1)
-    strategy: str = _key("strategy", "fedavg", "server strategy: fedavg, fedprox (with the proximal term), fedcmi, "
-                         "cmsfed", choices=("fedavg", "fedprox", "fedcmi", "cmsfed"))
-    proximal_mu: float = _key("proximal-mu", 0.01, "FedProx proximal weight (strategy=fedprox; fedcmi's is "
-                              "objective.mu)", low=0.0)
+    strategy: str = _key("strategy", "fedavg", "server strategy (a registered recipe: fedavg, fedprox, fedcmi, "
+                         "cmsfed); its parameters are strategy.<param>, e.g. strategy.mu for fedprox")
     selection: str = _key("selection", "auto", "client/modality selection policy; auto = the strategy's own "
                           "(cmsfed for strategy=cmsfed, else all)")
     fraction_evaluate: float = _key("fraction-evaluate", 0.0, "fraction of clients that evaluate the global "
@@ -95,6 +97,7 @@ class RunConfig:
     # output
     out_dir: str = _key("out-dir", "", "results directory (fedmm simulate --out sets it)")
     # namespaced parameters, validated by their component
+    strategy_params: dict[str, Any] = field(default_factory=dict, metadata={"key": "strategy.*"})
     objective_params: dict[str, Any] = field(default_factory=dict, metadata={"key": "objective.*"})
     selection_params: dict[str, Any] = field(default_factory=dict, metadata={"key": "selection.*"})
     dataset_options: dict[str, Any] = field(default_factory=dict, metadata={"key": "dataset.*"})
@@ -110,20 +113,25 @@ class RunConfig:
         for key, value in values.items():
             head, dot, rest = key.partition(".")
             if dot and head in NAMESPACES:
-                if head in ("objective", "selection") and rest == "name":
+                if head in ("strategy", "objective", "selection") and rest == "name":
                     key = head  # [objective] name = "mnl" is the same as objective = "mnl"
                 else:
                     namespaced[head][rest] = value
                     continue
+            if key in MOVED_KEYS:
+                raise ValueError(f"config key '{key}' is now '{MOVED_KEYS[key]}'; rename it in your config")
             if key not in plain:
                 raise ValueError(_unknown_key_message(key, [*plain, *(f"{ns}.<name>" for ns in NAMESPACES)]))
             f = plain[key]
             kwargs[f.name] = _coerce(key, value, f.default)
         strategy = kwargs.get("strategy", cls.strategy)
+        if strategy not in STRATEGIES:
+            raise ValueError(_choice_message("strategy", strategy, STRATEGIES.names()))
         kwargs["objective"] = resolve_objective(strategy, kwargs.get("objective", cls.objective))
         kwargs["selection"] = resolve_selection(strategy, kwargs.get("selection", cls.selection))
         config = cls(
             **kwargs,
+            strategy_params=namespaced["strategy"],
             objective_params=namespaced["objective"],
             selection_params=namespaced["selection"],
             dataset_options=namespaced["dataset"],
@@ -196,17 +204,11 @@ class RunConfig:
         return RunConfig.from_mapping({**self.to_flat(), **overrides})
 
 
-#: Strategies that bring their own client-side objective (FEDCMI_CMSFED.md sections 2.3 and 3.3).
-STRATEGY_OBJECTIVES = {"fedcmi": "fedcmi", "cmsfed": "cmsfed"}
-#: Strategies whose own selection policy ``selection = "auto"`` stands for (others: ``all``).
-STRATEGY_SELECTIONS = {"cmsfed": "cmsfed"}
-
-
 def resolve_objective(strategy: str, objective: str) -> str:
-    """The local objective a run trains with: ``auto`` is the strategy's own objective (``ce`` for
-    fedavg/fedprox); a strategy with its own objective accepts only that one, and that objective
+    """The local objective a run trains with: ``auto`` is the strategy recipe's own objective (``ce``
+    for fedavg/fedprox); a strategy with its own objective accepts only that one, and that objective
     needs its strategy (its server half: teacher model, global prototypes)."""
-    own = STRATEGY_OBJECTIVES.get(strategy)
+    own = STRATEGIES.get(strategy).objective
     if objective == "auto":
         return own or "ce"
     if own is not None and objective != own:
@@ -214,15 +216,15 @@ def resolve_objective(strategy: str, objective: str) -> str:
             f"config key 'objective' must be 'auto' or {own!r} with strategy={strategy!r} (the strategy trains "
             f"clients with its own local loss), got {objective!r}; use strategy='fedavg' to train with {objective!r}"
         )
-    owner = next((s for s, o in STRATEGY_OBJECTIVES.items() if o == objective), None)
+    owner = next((s for s, r in STRATEGIES.items() if r.objective == objective), None)
     if owner is not None and owner != strategy:
         raise ValueError(f"objective {objective!r} is the client side of strategy {owner!r}; set strategy={owner!r}")
     return objective
 
 
 def resolve_selection(strategy: str, selection: str) -> str:
-    """``auto`` is the strategy's own selection policy (``cmsfed`` for CMSFed), else ``all``."""
-    return STRATEGY_SELECTIONS.get(strategy, "all") if selection == "auto" else selection
+    """``auto`` is the strategy recipe's own selection policy (``cmsfed`` for CMSFed, else ``all``)."""
+    return STRATEGIES.get(strategy).selection if selection == "auto" else selection
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> RunConfig:

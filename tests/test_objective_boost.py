@@ -519,7 +519,7 @@ def test_ray_federation_evaluates_only_classifiers_that_moved(tmp_path, monkeypa
     from fedmm.config import load_config
     from fedmm.records import decode_extras
     from fedmm.server.loop import prepare
-    from fedmm.server.simulate import simulate
+    from fedmm.simulation import simulate
     from fedmm.strategies import ModalityAwareFedAvg
     from fedmm.workspace import model_of, objective_of
 

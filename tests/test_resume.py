@@ -34,7 +34,7 @@ class Interrupt(Exception):
 @pytest.mark.integration
 def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     from fedmm.cli import main
-    from fedmm.server.simulate import simulate
+    from fedmm.simulation import simulate
 
     run = load_config(None, [
         "dataset=synthetic", "partition=iid", "num-clients=4", "allocation=multi-ratio", "multi-ratio=0.5",

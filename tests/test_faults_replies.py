@@ -12,6 +12,7 @@ from flwr.server.superlink.linkstate.utils import create_message_error_unavailab
 
 from fedmm.records import from_record, to_record
 from fedmm.strategies import ModalityAwareFedAvg
+from fedmm.server.loop import train_messages
 from fedmm.strategies.selection import build_policy
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
@@ -48,16 +49,16 @@ def push(messages):
 
 def make_strategy(policy="all", **kw):
     s = ModalityAwareFedAvg(policy=build_policy(policy, kw.pop("params", None), seed=0), clients_per_round=4,
-                            min_available_nodes=4, run_config=ConfigRecord({"run-config": "x"}), num_partitions=4, **kw)
+                            min_available_nodes=4, run_config="x", num_partitions=4, **kw)
     for node, mods in HELD.items():
-        s.register(node, node - 1, mods, 10)
-    s.waited_for_nodes = True
+        s.roster.register(node, node - 1, mods, 10)
+    s.roster.waited_for_nodes = True
     return s
 
 
 def train_round(s):
-    return {m.metadata.dst_node_id: m for m in push(list(s.configure_train(1, to_record(GLOBAL), ConfigRecord(),
-                                                                            FakeGrid(HELD))))}
+    return {m.metadata.dst_node_id: m for m in push(list(train_messages(s, 1, to_record(GLOBAL), FakeGrid(HELD),
+                                                                         600)))}
 
 
 def good_arrays(node):
@@ -198,10 +199,10 @@ def test_discovery_skips_a_node_whose_info_is_bad(caplog):
                                                          "num-examples": 10})}), reply_to=msg)
 
     s = ModalityAwareFedAvg(policy=build_policy("all", seed=0), clients_per_round=4, min_available_nodes=1,
-                            run_config=ConfigRecord({"run-config": "x"}), num_partitions=4)
+                            run_config="x", num_partitions=4)
     with caplog.at_level(logging.WARNING, logger="fedmm"):
-        msgs = list(s.configure_train(1, to_record(GLOBAL), ConfigRecord(), FakeGrid([*HELD, *BAD_INFO], answer)))
-    assert s.client_of == {1: 0, 2: 1, 3: 2, 4: 3}
+        msgs = list(train_messages(s, 1, to_record(GLOBAL), FakeGrid([*HELD, *BAD_INFO], answer), 600))
+    assert s.roster.client_of == {1: 0, 2: 1, 3: 2, 4: 3}
     assert sorted(m.metadata.dst_node_id for m in msgs) == [1, 2, 3, 4]
     skipped = [r.getMessage() for r in caplog.records if "is skipped" in r.getMessage()]
     assert [m.split()[1] for m in skipped] == [str(n) for n in BAD_INFO]
@@ -215,8 +216,8 @@ def evaluation(msg, **metrics):
 
 def test_federated_evaluation_skips_replies_without_usable_metrics():
     s = make_strategy(fraction_evaluate=1.0)
-    s.connected = set(HELD)
-    sent = s.configure_evaluate(1, to_record(GLOBAL), ConfigRecord(), FakeGrid(HELD))
+    s.roster.connected = set(HELD)
+    sent = s.configure_evaluate(1, to_record(GLOBAL))
     msgs = {m.metadata.dst_node_id: m for m in sent}
     replies = [evaluation(msgs[1], **{"num-examples": 10, "acc": 0.8, "loss": 1.0}),
                Message(RecordDict({}), reply_to=msgs[2]),
@@ -235,8 +236,8 @@ def test_powd_probe_skips_replies_without_a_loss():
         node = msg.metadata.dst_node_id
         return None if node == 4 else evaluation(msg, **{"num-examples": 10, **losses[node]})
 
-    msgs = list(s.configure_train(1, to_record(GLOBAL), ConfigRecord(), FakeGrid(HELD, answer)))
-    assert [s.clients[c].loss for c in range(4)] == [0.3, None, None, None]
+    msgs = list(train_messages(s, 1, to_record(GLOBAL), FakeGrid(HELD, answer), 600))
+    assert [s.roster.clients[c].loss for c in range(4)] == [0.3, None, None, None]
     assert len(msgs) == 2
 
 
@@ -244,7 +245,7 @@ def test_global_model_facts_skip_replies_without_metrics_or_with_bad_facts():
     seen = []
     s = make_strategy(observe_fn=lambda r, facts: seen.append((r, facts)))
     s.last_accepted = [0, 1, 2, 3]
-    s.connected = set(HELD)
+    s.roster.connected = set(HELD)
     answers = {
         1: lambda m: Message(RecordDict({"metrics": MetricRecord({"num-examples": 10}),
                                          "facts": MetricRecord({"proto.a": [1.0, 2.0]})}), reply_to=m),
@@ -254,13 +255,13 @@ def test_global_model_facts_skip_replies_without_metrics_or_with_bad_facts():
         4: lambda m: Message(Error(code=0, reason="crashed"), reply_to=m),
     }
     grid = FakeGrid(HELD, lambda m: answers[m.metadata.dst_node_id](m))
-    s.observe_global_model(1, to_record(GLOBAL), grid)
+    s.aggregate_global_model_facts(1, grid.send_and_receive(s.configure_global_model_facts(1, to_record(GLOBAL))))
     assert seen == [(1, [(10, {"proto.a": [1.0, 2.0]})])]
 
 
 def test_an_old_reply_without_message_ids_still_counts_for_its_sender():
     """Replies to messages no grid pushed (no ids) keep their sender (as the other tests' FakeGrids)."""
     s = make_strategy()
-    msgs = {m.metadata.dst_node_id: m for m in s.configure_train(1, to_record(GLOBAL), ConfigRecord(), FakeGrid(HELD))}
+    msgs = {m.metadata.dst_node_id: m for m in train_messages(s, 1, to_record(GLOBAL), FakeGrid(HELD), 600)}
     arrays, _ = s.aggregate_train(1, [reply(msgs[n], good_arrays(n)) for n in HELD])
     assert [r["status"] for r in s.client_rows] == ["ok"] * 4

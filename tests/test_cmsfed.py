@@ -13,10 +13,13 @@ from fedmm.data.base import ModalitySpec
 from fedmm.models.net import ModelConfig, MultimodalNet
 from fedmm.objectives import RoundContext, build_objective
 from fedmm.objectives.cmsfed import global_present_key, global_proto_key, proto_count_key, proto_key
+from fedmm.facts import IMBALANCE_RATIO
 from fedmm.objectives.pmr import prototype_accuracies, prototype_imbalance_ratio
+from fedmm.protocol import (ARRAYS, CONFIG, FACTS, IMBALANCE_ORDER, LOCAL_EPOCHS, METRICS, MODALITIES, NUM_EXAMPLES,
+                            SERVER_ROUND, TRAIN_LOSS)
 from fedmm.records import to_record
-from fedmm.strategies import ModalityAwareFedAvg
 from fedmm.server.loop import train_messages
+from fedmm.strategies import ModalityAwareFedAvg
 from fedmm.strategies.selection import build_policy
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
@@ -103,11 +106,11 @@ class Grid:
         out = []
         for msg in messages:
             self.sent.append(msg)
-            arrays = {k: v.numpy() - 0.1 * msg.metadata.dst_node_id for k, v in msg.content["arrays"].items()
-                      if k.split(".")[1] in str(msg.content["config"]["modalities"]).split(",") or k.startswith("fusion")}
-            facts = MetricRecord({"imbalance-ratio": 3.0 if msg.metadata.dst_node_id == 2 else 1.0})
-            out.append(Message(RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord(
-                {"num-examples": 10, "train-loss": 0.5}), "facts": facts}), reply_to=msg))
+            arrays = {k: v.numpy() - 0.1 * msg.metadata.dst_node_id for k, v in msg.content[ARRAYS].items()
+                      if k.split(".")[1] in str(msg.content[CONFIG][MODALITIES]).split(",") or k.startswith("fusion")}
+            facts = MetricRecord({IMBALANCE_RATIO: 3.0 if msg.metadata.dst_node_id == 2 else 1.0})
+            out.append(Message(RecordDict({ARRAYS: to_record(arrays), METRICS: MetricRecord(
+                {NUM_EXAMPLES: 10, TRAIN_LOSS: 0.5}), FACTS: facts}), reply_to=msg))
         return out
 
 
@@ -126,8 +129,8 @@ def test_update_pass_runs_once_before_the_first_selection_and_feeds_rho():
     grid = Grid([1, 2, 3])
     msgs = list(train_messages(s, 1, to_record(global_state), grid, 600))
     probes = grid.sent
-    assert len(probes) == 3 and all(int(m.content["config"]["server-round"]) == 0 for m in probes)
-    assert all(int(m.content["config"]["local-epochs"]) == 1 and m.content["config"]["modalities"] == "a,v"
+    assert len(probes) == 3 and all(int(m.content[CONFIG][SERVER_ROUND]) == 0 for m in probes)
+    assert all(int(m.content[CONFIG][LOCAL_EPOCHS]) == 1 and m.content[CONFIG][MODALITIES] == "a,v"
                for m in probes)
     assert observed == [(0, 3)]  # the objective's server half saw every client (global prototypes)
     assert s.roster.clients[1].imbalance_ratio == 3.0 and s.roster.clients[0].imbalance_ratio == 1.0
@@ -135,14 +138,14 @@ def test_update_pass_runs_once_before_the_first_selection_and_feeds_rho():
     # Every client now has a vector (node n's update is 0.1 n everywhere), so the greedy selects: its
     # first pick is the central client 1, whose rho = 3 > delta = 1.5 sends it to the weak modality
     # (rho_bar = 5/3 > 1: v is weak); the second pick trains both.
-    assert len(msgs) == 2 and all(m.content["config"]["imbalance-order"] == "a,v" for m in msgs)
+    assert len(msgs) == 2 and all(m.content[CONFIG][IMBALANCE_ORDER] == "a,v" for m in msgs)
     picked = {s.roster.client_of[m.metadata.dst_node_id]: m for m in msgs}
-    assert picked[1].content["config"]["modalities"] == "v"
-    assert "encoders.a.w" in picked[1].content["arrays"].keys()  # still sent, to measure rho with both
-    assert [m.content["config"]["modalities"] for c, m in picked.items() if c != 1] == ["a,v"]
+    assert picked[1].content[CONFIG][MODALITIES] == "v"
+    assert "encoders.a.w" in picked[1].content[ARRAYS].keys()  # still sent, to measure rho with both
+    assert [m.content[CONFIG][MODALITIES] for c, m in picked.items() if c != 1] == ["a,v"]
     grid.sent = []
     list(train_messages(s, 2, to_record(global_state), grid, 600))
-    assert all(int(m.content["config"]["server-round"]) == 2 for m in grid.sent)  # no second update pass
+    assert all(int(m.content[CONFIG][SERVER_ROUND]) == 2 for m in grid.sent)  # no second update pass
 
 
 def test_cmsfed_config_defaults():
@@ -176,8 +179,7 @@ def client_train(run, server_round: int, modalities: str):
     from test_node_config import context
 
     from fedmm.clients.app import Node, app
-    from fedmm.facts import IMBALANCE_RATIO
-    from fedmm.protocol import FACTS, Request
+    from fedmm.protocol import Request
     from fedmm.workspace import model_of, objective_of
 
     received = model_of(run, objective_of(run))
@@ -195,7 +197,7 @@ def client_train(run, server_round: int, modalities: str):
 
 def test_client_in_weak_mode_reports_rho_and_no_prototypes():
     facts, data, received = client_train(cmsfed_run(), 3, "m1")
-    assert facts["imbalance-ratio"] > 0
+    assert facts[IMBALANCE_RATIO] > 0
     assert not [k for k in facts if k.startswith("proto")]  # the server asks the global model's instead
 
 
@@ -223,8 +225,8 @@ def client_global_model_facts(run, server_round: int):
 
 def test_client_reports_the_prototypes_of_the_received_global_model_for_every_held_modality():
     reply, data, received = client_global_model_facts(cmsfed_run(), 3)
-    facts = dict(reply.content["facts"])
-    assert int(reply.content["metrics"]["num-examples"]) == data["y"].shape[0]
+    facts = dict(reply.content[FACTS])
+    assert int(reply.content[METRICS][NUM_EXAMPLES]) == data["y"].shape[0]
     received.eval()
     with torch.no_grad():
         for m in ("m0", "m1"):  # by hand: per class the sum of the received encoder's features
@@ -237,7 +239,7 @@ def test_client_reports_the_prototypes_of_the_received_global_model_for_every_he
 
 def test_update_pass_measures_rho_with_the_received_model():
     facts, data, received = client_train(cmsfed_run(), 0, "m0,m1")  # before training (3.5 step 1)
-    assert facts["imbalance-ratio"] == pytest.approx(prototype_imbalance_ratio(received, data, ("m0", "m1")))
+    assert facts[IMBALANCE_RATIO] == pytest.approx(prototype_imbalance_ratio(received, data, ("m0", "m1")))
 
 
 def test_client_in_the_update_pass_reports_the_received_models_prototypes():
@@ -320,16 +322,16 @@ def test_strategy_asks_the_rounds_accepted_clients_for_facts_of_the_aggregated_m
     class Grid(FakeGrid):
         def send_and_receive(self, messages, timeout=None):
             self.sent = list(messages)
-            return [Message(RecordDict({"metrics": MetricRecord({"num-examples": 4 * m.metadata.dst_node_id}),
-                                        "facts": MetricRecord({"proto-count/a": [1.0, 2.0]})}), reply_to=m)
+            return [Message(RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: 4 * m.metadata.dst_node_id}),
+                                        FACTS: MetricRecord({"proto-count/a": [1.0, 2.0]})}), reply_to=m)
                     for m in self.sent]
 
     grid = Grid({1: 0, 2: 0, 3: 0})
     s.aggregate_global_model_facts(5, grid.send_and_receive(s.configure_global_model_facts(5, arrays)))
     assert [m.metadata.dst_node_id for m in grid.sent] == [1, 3]
-    assert all(m.metadata.message_type == "evaluate" and GLOBAL_MODEL_FACTS_KEY in m.content["config"]
+    assert all(m.metadata.message_type == "evaluate" and GLOBAL_MODEL_FACTS_KEY in m.content[CONFIG]
                for m in grid.sent)
-    assert sorted(grid.sent[1].content["arrays"].keys()) == ["encoders.v.w", "fusion.linear.weight"]  # its groups
+    assert sorted(grid.sent[1].content[ARRAYS].keys()) == ["encoders.v.w", "fusion.linear.weight"]  # its groups
     assert seen == [(5, [(4, {"proto-count/a": [1.0, 2.0]}), (12, {"proto-count/a": [1.0, 2.0]})])]
 
 

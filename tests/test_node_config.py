@@ -19,7 +19,8 @@ from test_cremad import write_cremad_dir
 from fedmm.clients.app import Node, app
 from fedmm.config import RunConfig, load_config
 from fedmm.groups import key_modality
-from fedmm.protocol import ARRAYS, INFO, METRICS, MODALITIES, NUM_EXAMPLES, PARTITION_ID, TRAIN_LOSS, Request, query_message
+from fedmm.protocol import (ARRAYS, INFO, METRICS, MODALITIES, NUM_EXAMPLES, PARTITION_ID, TRAIN_LOSS, Request,
+                            query_message)
 from fedmm.records import to_record
 from fedmm.workspace import model_of, objective_of
 

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 
+from fedmm.protocol import ARRAYS, CONFIG, EXTRAS, METRICS, MODALITIES, NUM_EXAMPLES, TRAIN_LOSS
 from fedmm.records import from_record, to_record
-from fedmm.strategies import ModalityAwareFedAvg
 from fedmm.server.loop import train_messages
+from fedmm.strategies import ModalityAwareFedAvg
 from fedmm.strategies.selection import build_policy
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
@@ -39,7 +40,7 @@ def make_strategy():
 
 
 def reply(msg, arrays, n=10, loss=0.5):
-    content = RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord({"num-examples": n, "train-loss": loss})})
+    content = RecordDict({ARRAYS: to_record(arrays), METRICS: MetricRecord({NUM_EXAMPLES: n, TRAIN_LOSS: loss})})
     return Message(content, reply_to=msg)
 
 
@@ -47,12 +48,12 @@ def test_each_node_gets_its_own_config_and_only_its_groups():
     s = make_strategy()
     msgs = {m.metadata.dst_node_id: m for m in train_messages(s, 1, to_record(GLOBAL), FakeGrid(HELD), 600)}
     assert set(msgs) == {1, 2, 3, 4}
-    assert set(msgs[2].content["arrays"].keys()) == {"encoders.a.w", "fusion.linear.weight"}
-    assert set(msgs[3].content["arrays"].keys()) == {"encoders.b.w", "fusion.linear.weight"}
-    assert msgs[2].content["config"]["modalities"] == "a" and msgs[1].content["config"]["modalities"] == "a,b"
-    assert msgs[2].content["config"] is not msgs[3].content["config"]  # never one shared record
-    assert list(msgs[1].content["extras"]["active"]) == [1, 2]
-    assert s.round_stats["bytes-down"] == sum(m.content["arrays"].count_bytes() for m in msgs.values())
+    assert set(msgs[2].content[ARRAYS].keys()) == {"encoders.a.w", "fusion.linear.weight"}
+    assert set(msgs[3].content[ARRAYS].keys()) == {"encoders.b.w", "fusion.linear.weight"}
+    assert msgs[2].content[CONFIG][MODALITIES] == "a" and msgs[1].content[CONFIG][MODALITIES] == "a,b"
+    assert msgs[2].content[CONFIG] is not msgs[3].content[CONFIG]  # never one shared record
+    assert list(msgs[1].content[EXTRAS]["active"]) == [1, 2]
+    assert s.round_stats["bytes-down"] == sum(m.content[ARRAYS].count_bytes() for m in msgs.values())
 
 
 def test_failures_are_recorded_and_left_out_of_the_average():
@@ -120,8 +121,8 @@ class TrainingGrid(FakeGrid):
     def send_and_receive(self, messages, timeout=None):
         out = []
         for msg in messages:
-            trained = str(msg.content["config"]["modalities"]).split(",")
-            out.append(reply(msg, {k: self.moved(k, v.numpy()) for k, v in msg.content["arrays"].items()
+            trained = str(msg.content[CONFIG][MODALITIES]).split(",")
+            out.append(reply(msg, {k: self.moved(k, v.numpy()) for k, v in msg.content[ARRAYS].items()
                                    if k.split(".")[1] in trained or k.startswith("fusion")}))
         return out
 

@@ -247,11 +247,11 @@ def _deploy_certs(args: argparse.Namespace) -> int:
 
 
 def _config_keys(args: argparse.Namespace) -> int:
-    from fedmm.config import config_keys
+    from fedmm.config import NAMESPACES, config_keys
 
     for key, default, help_text in config_keys():
         print(f"{key:22s} {default!r:14s} {help_text}")
-    for ns in ("objective", "selection", "dataset", "encoder"):
+    for ns in NAMESPACES:
         print(f"{ns + '.<name>':22s} {'':14s} parameter passed to the {ns}, validated by it")
     return 0
 

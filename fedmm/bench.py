@@ -77,7 +77,7 @@ def run_grid(
         Runs one federation (default: :func:`fedmm.server.simulate.simulate`, on Ray).
     """
     if simulate is None:
-        from fedmm.server.simulate import simulate
+        from fedmm.simulation import simulate
 
     seeds = list(seeds)
     label_names = sorted({k for c in cases for k in c.labels})

@@ -129,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
 def _simulate(args: argparse.Namespace) -> int:
     from fedmm.config import load_config
     from fedmm.server.loop import Interrupted, prepare
-    from fedmm.server.simulate import resume_config, simulate
+    from fedmm.simulation import resume_config, simulate
 
     if args.resume:
         if args.config or args.overrides or args.out:

@@ -2,9 +2,9 @@
 
 Keys are kebab-case as in Flower's run config: the field ``num_server_rounds`` is the key
 ``num-server-rounds``. Every key is declared once, below, with its constraints in its annotation
-and its meaning in :class:`RunConfig`'s docstring; :mod:`fedmm.params` checks it. Four namespaces
+and its meaning in :class:`RunConfig`'s docstring; :mod:`fedmm.params` checks it. Five namespaces
 pass parameters through to the component they configure and are validated by that component's own
-declaration when the config is built: ``objective.<param>``, ``selection.<param>``,
+declaration when the config is built: ``strategy.<param>``, ``objective.<param>``, ``selection.<param>``,
 ``dataset.<option>`` and ``encoder.<modality>``.
 """
 
@@ -31,8 +31,11 @@ from fedmm.params import (
     specs,
 )
 from fedmm.registry import did_you_mean
+from fedmm.strategies.recipes import STRATEGIES
 
-NAMESPACES = ("objective", "selection", "dataset", "encoder")
+NAMESPACES = ("strategy", "objective", "selection", "dataset", "encoder")
+#: Keys that moved, and where to: an old config that sets one gets an error naming the new key.
+MOVED_KEYS = {"proximal-mu": "strategy.mu (with strategy=fedprox)"}
 
 # The local training settings, shared with fedmm.training.TrainConfig (one rule for both).
 LOCAL_EPOCHS = Interval(int, 1, None, closed="left")
@@ -79,9 +82,8 @@ class RunConfig(Checked):
     clients_per_round:
         budget of clients trained per round (ignored by selection=all)
     strategy:
-        server strategy: fedavg, fedprox (with the proximal term), fedcmi, cmsfed
-    proximal_mu:
-        FedProx proximal weight (strategy=fedprox; fedcmi's is objective.mu)
+        server strategy (a registered recipe: fedavg, fedprox, fedcmi, cmsfed); its parameters are
+        strategy.<param>, e.g. strategy.mu for fedprox
     selection:
         client/modality selection policy; auto = the strategy's own (cmsfed for strategy=cmsfed,
         else all)
@@ -149,8 +151,7 @@ class RunConfig(Checked):
     # federation
     num_server_rounds: Annotated[int, Interval(int, 1, None, closed="left")] = 20
     clients_per_round: Annotated[int, Interval(int, 1, None, closed="left")] = 10
-    strategy: Annotated[str, Options("fedavg", "fedprox", "fedcmi", "cmsfed")] = "fedavg"
-    proximal_mu: Annotated[float, PROXIMAL_MU] = 0.01
+    strategy: str = "fedavg"
     selection: str = "auto"
     fraction_evaluate: Annotated[float, FRACTION] = 0.0
     min_available_nodes: Annotated[int, NON_NEGATIVE_INT] = 0
@@ -175,6 +176,7 @@ class RunConfig(Checked):
     # output
     out_dir: str = ""
     # namespaced parameters, validated by their component
+    strategy_params: dict[str, Any] = field(default_factory=dict)
     objective_params: dict[str, Any] = field(default_factory=dict)
     selection_params: dict[str, Any] = field(default_factory=dict)
     dataset_options: dict[str, Any] = field(default_factory=dict)
@@ -190,15 +192,19 @@ class RunConfig(Checked):
         for key, value in values.items():
             head, dot, rest = key.partition(".")
             if dot and head in NAMESPACES:
-                if head in ("objective", "selection") and rest == "name":
+                if head in ("strategy", "objective", "selection") and rest == "name":
                     key = head  # [objective] name = "mnl" is the same as objective = "mnl"
                 else:
                     namespaced[head][rest] = value
                     continue
+            if key in MOVED_KEYS:
+                raise ValueError(f"config key '{key}' is now '{MOVED_KEYS[key]}'; rename it in your config")
             if key not in plain:
                 raise ValueError(_unknown_key_message(key, [*plain, *(f"{ns}.<name>" for ns in NAMESPACES)]))
             kwargs[plain[key]] = value
         strategy = kwargs.get("strategy", cls.strategy)
+        if strategy not in STRATEGIES:
+            raise ValueError(f"config key 'strategy' {Options(*STRATEGIES.names()).violation(strategy)}")
         kwargs["objective"] = resolve_objective(strategy, kwargs.get("objective", cls.objective))
         kwargs["selection"] = resolve_selection(strategy, kwargs.get("selection", cls.selection))
         return cls(**kwargs, **{_NAMESPACE_FIELDS[ns]: given for ns, given in namespaced.items()})
@@ -236,6 +242,8 @@ class RunConfig(Checked):
         from fedmm.objectives.registry import objective_class, parse_params
         from fedmm.strategies.selection import parse_policy_params
 
+        STRATEGIES.get(self.strategy).parse_params(self.strategy, self.strategy_params,
+                                                   label=_namespace_label("strategy"))
         parse_params(objective_class(self.objective), self.objective_params, label=_namespace_label("objective"))
         parse_policy_params(self.selection, self.selection_params, label=_namespace_label("selection"))
         check_options(self.dataset, self.dataset_options, label=lambda shown: f"config key '{shown}'")  # dataset.<opt>
@@ -268,8 +276,8 @@ class RunConfig(Checked):
 
 
 #: Namespace -> the RunConfig field that holds its parameters.
-_NAMESPACE_FIELDS = {"objective": "objective_params", "selection": "selection_params", "dataset": "dataset_options",
-                     "encoder": "encoders"}
+_NAMESPACE_FIELDS = {"strategy": "strategy_params", "objective": "objective_params",
+                     "selection": "selection_params", "dataset": "dataset_options", "encoder": "encoders"}
 
 
 def key_of(name: str) -> str:
@@ -285,17 +293,11 @@ def _namespace_label(namespace: str) -> Callable[[str], str]:
     return lambda name: f"config key '{namespace}.{name}'"
 
 
-#: Strategies that bring their own client-side objective (FEDCMI_CMSFED.md sections 2.3 and 3.3).
-STRATEGY_OBJECTIVES = {"fedcmi": "fedcmi", "cmsfed": "cmsfed"}
-#: Strategies whose own selection policy ``selection = "auto"`` stands for (others: ``all``).
-STRATEGY_SELECTIONS = {"cmsfed": "cmsfed"}
-
-
 def resolve_objective(strategy: str, objective: str) -> str:
-    """The local objective a run trains with: ``auto`` is the strategy's own objective (``ce`` for
-    fedavg/fedprox); a strategy with its own objective accepts only that one, and that objective
+    """The local objective a run trains with: ``auto`` is the strategy recipe's own objective (``ce``
+    for fedavg/fedprox); a strategy with its own objective accepts only that one, and that objective
     needs its strategy (its server half: teacher model, global prototypes)."""
-    own = STRATEGY_OBJECTIVES.get(strategy)
+    own = STRATEGIES.get(strategy).objective
     if objective == "auto":
         return own or "ce"
     if own is not None and objective != own:
@@ -303,15 +305,15 @@ def resolve_objective(strategy: str, objective: str) -> str:
             f"config key 'objective' must be 'auto' or {own!r} with strategy={strategy!r} (the strategy trains "
             f"clients with its own local loss), got {objective!r}; use strategy='fedavg' to train with {objective!r}"
         )
-    owner = next((s for s, o in STRATEGY_OBJECTIVES.items() if o == objective), None)
+    owner = next((s for s, r in STRATEGIES.items() if r.objective == objective), None)
     if owner is not None and owner != strategy:
         raise ValueError(f"objective {objective!r} is the client side of strategy {owner!r}; set strategy={owner!r}")
     return objective
 
 
 def resolve_selection(strategy: str, selection: str) -> str:
-    """``auto`` is the strategy's own selection policy (``cmsfed`` for CMSFed), else ``all``."""
-    return STRATEGY_SELECTIONS.get(strategy, "all") if selection == "auto" else selection
+    """``auto`` is the strategy recipe's own selection policy (``cmsfed`` for CMSFed, else ``all``)."""
+    return STRATEGIES.get(strategy).selection if selection == "auto" else selection
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> RunConfig:
@@ -427,6 +429,7 @@ def param_classes() -> dict[str, dict[str, type]]:
     from fedmm.strategies.selection import POLICIES
 
     return {
+        "strategy": {name: recipe.params for name, recipe in STRATEGIES.items()},
         "objective": {name: cls.Params for name, cls in OBJECTIVES.items()},
         "selection": {name: cls.Params for name, cls in POLICIES.items()},
     }

@@ -1,4 +1,6 @@
-"""Model state <-> Flower records, by parameter group; the per-key aggregation rule; extras codec.
+"""Model state <-> Flower records, by parameter group; the per-key aggregation rule; array vetting.
+
+Messages (their keys, the extras codec) are :mod:`fedmm.protocol`'s.
 
 A group is read from a parameter's name (``encoders.acc.0.weight`` -> ``encoders.acc``), by the
 one rule in :mod:`fedmm.groups`.
@@ -10,13 +12,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord
-
-
-
-#: Config key of an ``evaluate`` message that asks for the objective's facts of the received global
-#: model (``Objective.global_model_facts``) instead of an evaluation.
-GLOBAL_MODEL_FACTS_KEY = "global-model-facts"
+from flwr.app import Array, ArrayRecord
 
 
 def to_record(state: Mapping[str, Any], keys: Iterable[str] | None = None) -> ArrayRecord:
@@ -126,26 +122,6 @@ def aggregate(global_state: Mapping[str, np.ndarray], contributions: Sequence[tu
             out[k] = (np.rint(mean) if np.issubdtype(g.dtype, np.integer) else mean).astype(g.dtype)
         else:
             out[k] = g
-    return out
-
-
-def encode_extras(extras: Mapping[str, Any]) -> tuple[ConfigRecord, ArrayRecord]:
-    """Split objective/strategy extras into a ``ConfigRecord`` (scalars, strings, lists) and an
-    ``ArrayRecord`` (numpy arrays)."""
-    config, arrays = {}, {}
-    for k, v in extras.items():
-        if isinstance(v, np.ndarray):
-            arrays[k] = Array(np.ascontiguousarray(v))
-        elif isinstance(v, (list, tuple)):
-            config[k] = list(v)
-        else:
-            config[k] = v
-    return ConfigRecord(config), ArrayRecord(arrays)
-
-
-def decode_extras(config: ConfigRecord | None, arrays: ArrayRecord | None) -> dict[str, Any]:
-    out: dict[str, Any] = dict(config or {})
-    out.update({k: v.numpy() for k, v in (arrays or {}).items()})
     return out
 
 

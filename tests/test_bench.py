@@ -14,7 +14,7 @@ def test_run_grid_skips_runs_already_in_the_csv(tmp_path, monkeypatch):
         return {"final": {"test/acc": 0.5 + run.seed / 10}, "best-test/acc": 0.9, "best-round": 1,
                 "total-bytes-up": 1.0, "total-seconds": 2.0, "loss-growth": 1.0, "diverged": False}
 
-    monkeypatch.setattr("fedmm.server.simulate.simulate", fake_simulate)
+    monkeypatch.setattr("fedmm.simulation.simulate", fake_simulate)
     cases = [Case({"policy": p}, (f"selection={p}",)) for p in ("random", "divfl")]
     csv = tmp_path / "grid.csv"
     df = run_grid(None, ["dataset=synthetic"], cases, [0, 1], csv)

@@ -13,8 +13,12 @@ from fedmm.data.base import ModalitySpec
 from fedmm.models.net import ModelConfig, MultimodalNet
 from fedmm.objectives import RoundContext, build_objective
 from fedmm.objectives.cmsfed import global_present_key, global_proto_key, proto_count_key, proto_key
+from fedmm.facts import IMBALANCE_RATIO
 from fedmm.objectives.pmr import prototype_accuracies, prototype_imbalance_ratio
+from fedmm.protocol import (ARRAYS, CONFIG, FACTS, IMBALANCE_ORDER, LOCAL_EPOCHS, METRICS, MODALITIES, NUM_EXAMPLES,
+                            SERVER_ROUND, TRAIN_LOSS)
 from fedmm.records import to_record
+from fedmm.server.loop import train_messages
 from fedmm.strategies import ModalityAwareFedAvg
 from fedmm.strategies.selection import build_policy
 
@@ -162,11 +166,11 @@ class Grid:
         out = []
         for msg in messages:
             self.sent.append(msg)
-            arrays = {k: v.numpy() - 0.1 * msg.metadata.dst_node_id for k, v in msg.content["arrays"].items()
-                      if k.split(".")[1] in str(msg.content["config"]["modalities"]).split(",") or k.startswith("fusion")}
-            facts = MetricRecord({"imbalance-ratio": 3.0 if msg.metadata.dst_node_id == 2 else 1.0})
-            out.append(Message(RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord(
-                {"num-examples": 10, "train-loss": 0.5}), "facts": facts}), reply_to=msg))
+            arrays = {k: v.numpy() - 0.1 * msg.metadata.dst_node_id for k, v in msg.content[ARRAYS].items()
+                      if k.split(".")[1] in str(msg.content[CONFIG][MODALITIES]).split(",") or k.startswith("fusion")}
+            facts = MetricRecord({IMBALANCE_RATIO: 3.0 if msg.metadata.dst_node_id == 2 else 1.0})
+            out.append(Message(RecordDict({ARRAYS: to_record(arrays), METRICS: MetricRecord(
+                {NUM_EXAMPLES: 10, TRAIN_LOSS: 0.5}), FACTS: facts}), reply_to=msg))
         return out
 
 
@@ -176,32 +180,32 @@ def test_update_pass_runs_once_before_the_first_selection_and_feeds_rho():
     observed = []
     s = ModalityAwareFedAvg(policy=build_policy("cmsfed", {"delta": 1.5, "stochastic": False}, seed=0),
                             clients_per_round=2,
-                            min_available_nodes=3, run_config=ConfigRecord({"run-config": "x"}),
+                            min_available_nodes=3, run_config="x",
                             observe_fn=lambda r, facts: observed.append((r, len(facts))),
                             parameter_keys=list(global_state))
     for node in (1, 2, 3):
-        s.register(node, node - 1, ("a", "v"), 10)
-    s.waited_for_nodes = True
+        s.roster.register(node, node - 1, ("a", "v"), 10)
+    s.roster.waited_for_nodes = True
     grid = Grid([1, 2, 3])
-    msgs = list(s.configure_train(1, to_record(global_state), ConfigRecord(), grid))
+    msgs = list(train_messages(s, 1, to_record(global_state), grid, 600))
     probes = grid.sent
-    assert len(probes) == 3 and all(int(m.content["config"]["server-round"]) == 0 for m in probes)
-    assert all(int(m.content["config"]["local-epochs"]) == 1 and m.content["config"]["modalities"] == "a,v"
+    assert len(probes) == 3 and all(int(m.content[CONFIG][SERVER_ROUND]) == 0 for m in probes)
+    assert all(int(m.content[CONFIG][LOCAL_EPOCHS]) == 1 and m.content[CONFIG][MODALITIES] == "a,v"
                for m in probes)
     assert observed == [(0, 3)]  # the objective's server half saw every client (global prototypes)
-    assert s.clients[1].imbalance_ratio == 3.0 and s.clients[0].imbalance_ratio == 1.0
+    assert s.roster.clients[1].imbalance_ratio == 3.0 and s.roster.clients[0].imbalance_ratio == 1.0
     assert [r["round"] for r in s.client_rows] == [0, 0, 0]
     # Every client now has a vector (node n's update is 0.1 n everywhere), so the greedy selects: its
     # first pick is the central client 1, whose rho = 3 > delta = 1.5 sends it to the weak modality
     # (rho_bar = 5/3 > 1: v is weak); the second pick trains both.
-    assert len(msgs) == 2 and all(m.content["config"]["imbalance-order"] == "a,v" for m in msgs)
-    picked = {s.client_of[m.metadata.dst_node_id]: m for m in msgs}
-    assert picked[1].content["config"]["modalities"] == "v"
-    assert "encoders.a.w" in picked[1].content["arrays"].keys()  # still sent, to measure rho with both
-    assert [m.content["config"]["modalities"] for c, m in picked.items() if c != 1] == ["a,v"]
+    assert len(msgs) == 2 and all(m.content[CONFIG][IMBALANCE_ORDER] == "a,v" for m in msgs)
+    picked = {s.roster.client_of[m.metadata.dst_node_id]: m for m in msgs}
+    assert picked[1].content[CONFIG][MODALITIES] == "v"
+    assert "encoders.a.w" in picked[1].content[ARRAYS].keys()  # still sent, to measure rho with both
+    assert [m.content[CONFIG][MODALITIES] for c, m in picked.items() if c != 1] == ["a,v"]
     grid.sent = []
-    list(s.configure_train(2, to_record(global_state), ConfigRecord(), grid))
-    assert all(int(m.content["config"]["server-round"]) == 2 for m in grid.sent)  # no second update pass
+    list(train_messages(s, 2, to_record(global_state), grid, 600))
+    assert all(int(m.content[CONFIG][SERVER_ROUND]) == 2 for m in grid.sent)  # no second update pass
 
 
 def test_cmsfed_config_defaults():
@@ -257,8 +261,7 @@ def client_train(run, server_round: int, modalities: str):
     from test_node_config import context
 
     from fedmm.clients.app import Node, app
-    from fedmm.groups import keys_for_modalities
-    from fedmm.records import encode_extras
+    from fedmm.protocol import Request
     from fedmm.workspace import model_of, objective_of
 
     received = model_of(run, objective_of(run))
@@ -266,20 +269,17 @@ def client_train(run, server_round: int, modalities: str):
         for p in received.parameters():
             p.add_(0.05 * torch.randn_like(p))
     state = received.state_dict()
-    config = ConfigRecord({"run-config": run.to_toml(), "server-round": server_round, "modalities": modalities,
-                           "proximal-mu": 0.0, "imbalance-order": "m0,m1"})
-    extras, extra_arrays = encode_extras({})
-    msg = Message(RecordDict({"config": config, "arrays": to_record(state, keys_for_modalities(state, ["m0", "m1"])),
-                              "extras": extras, "extra-arrays": extra_arrays}),
-                  dst_node_id=7, message_type=MessageType.TRAIN)
+    request = Request(run.to_toml(), server_round, tuple(modalities.split(",")), proximal_mu=0.0,
+                      client_facts=(IMBALANCE_RATIO,), order=("m0", "m1"))
+    msg = request.to_message(7, MessageType.TRAIN, to_record(state), ("m0", "m1"))
     node_config = {"partition-id": 0, "num-partitions": 2}
     reply = app(msg, context(**node_config))
-    return dict(reply.content["facts"]), Node.from_message(msg, context(**node_config)).data, received
+    return dict(reply.content[FACTS]), Node.from_message(msg, context(**node_config)).data, received
 
 
 def test_client_in_weak_mode_reports_rho_and_no_prototypes():
     facts, data, received = client_train(cmsfed_run(), 3, "m1")
-    assert facts["imbalance-ratio"] > 0
+    assert facts[IMBALANCE_RATIO] > 0
     assert not [k for k in facts if k.startswith("proto")]  # the server asks the global model's instead
 
 
@@ -290,7 +290,7 @@ def client_global_model_facts(run, server_round: int):
     from test_node_config import context
 
     from fedmm.clients.app import Node, app
-    from fedmm.records import GLOBAL_MODEL_FACTS_KEY, encode_extras
+    from fedmm.protocol import Request
     from fedmm.workspace import model_of, objective_of
 
     received = model_of(run, objective_of(run))
@@ -298,11 +298,8 @@ def client_global_model_facts(run, server_round: int):
         for p in received.parameters():
             p.add_(0.05 * torch.randn_like(p))
     state = received.state_dict()
-    config = ConfigRecord({"run-config": run.to_toml(), "server-round": server_round, "modalities": "m0,m1",
-                           GLOBAL_MODEL_FACTS_KEY: True})
-    extras, extra_arrays = encode_extras({})
-    msg = Message(RecordDict({"config": config, "arrays": to_record(state), "extras": extras,
-                              "extra-arrays": extra_arrays}), dst_node_id=7, message_type=MessageType.EVALUATE)
+    request = Request(run.to_toml(), server_round, ("m0", "m1"), global_model_facts=True)
+    msg = request.to_message(7, MessageType.EVALUATE, to_record(state), ("m0", "m1"))
     node_config = {"partition-id": 0, "num-partitions": 2}
     reply = app(msg, context(**node_config))
     return reply, Node.from_message(msg, context(**node_config)).data, received
@@ -310,8 +307,8 @@ def client_global_model_facts(run, server_round: int):
 
 def test_client_reports_the_prototypes_of_the_received_global_model_for_every_held_modality():
     reply, data, received = client_global_model_facts(cmsfed_run(), 3)
-    facts = dict(reply.content["facts"])
-    assert int(reply.content["metrics"]["num-examples"]) == data["y"].shape[0]
+    facts = dict(reply.content[FACTS])
+    assert int(reply.content[METRICS][NUM_EXAMPLES]) == data["y"].shape[0]
     received.eval()
     with torch.no_grad():
         for m in ("m0", "m1"):  # by hand: per class the sum of the received encoder's features
@@ -324,7 +321,7 @@ def test_client_reports_the_prototypes_of_the_received_global_model_for_every_he
 
 def test_update_pass_measures_rho_with_the_received_model():
     facts, data, received = client_train(cmsfed_run(), 0, "m0,m1")  # before training (3.5 step 1)
-    assert facts["imbalance-ratio"] == pytest.approx(prototype_imbalance_ratio(received, data, ("m0", "m1")))
+    assert facts[IMBALANCE_RATIO] == pytest.approx(prototype_imbalance_ratio(received, data, ("m0", "m1")))
 
 
 def test_client_in_the_update_pass_reports_the_received_models_prototypes():
@@ -393,30 +390,30 @@ def test_a_round_reports_no_prototypes_of_the_trained_model():
 def test_strategy_asks_the_rounds_accepted_clients_for_facts_of_the_aggregated_model():
     from test_strategy import FakeGrid
 
-    from fedmm.records import GLOBAL_MODEL_FACTS_KEY
+    from fedmm.protocol import GLOBAL_MODEL_FACTS_KEY
 
     seen = []
     s = ModalityAwareFedAvg(policy=build_policy("all", seed=0), clients_per_round=3, min_available_nodes=3,
-                            run_config=ConfigRecord({"run-config": "x"}), observe_fn=lambda r, f: seen.append((r, f)))
+                            run_config="x", observe_fn=lambda r, f: seen.append((r, f)))
     for node, mods in {1: ("a", "v"), 2: ("a",), 3: ("v",)}.items():
-        s.register(node, node - 1, mods, 20)
-    s.connected, s.last_accepted = {1, 2, 3}, [0, 2]  # client 1 (node 2) failed this round
+        s.roster.register(node, node - 1, mods, 20)
+    s.roster.connected, s.last_accepted = {1, 2, 3}, [0, 2]  # client 1 (node 2) failed this round
     arrays = to_record({"encoders.a.w": np.ones(2, np.float32), "encoders.v.w": np.zeros(3, np.float32),
                         "fusion.linear.weight": np.ones(1, np.float32)})
 
     class Grid(FakeGrid):
         def send_and_receive(self, messages, timeout=None):
             self.sent = list(messages)
-            return [Message(RecordDict({"metrics": MetricRecord({"num-examples": 4 * m.metadata.dst_node_id}),
-                                        "facts": MetricRecord({"proto-count/a": [1.0, 2.0]})}), reply_to=m)
+            return [Message(RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: 4 * m.metadata.dst_node_id}),
+                                        FACTS: MetricRecord({"proto-count/a": [1.0, 2.0]})}), reply_to=m)
                     for m in self.sent]
 
     grid = Grid({1: 0, 2: 0, 3: 0})
-    s.observe_global_model(5, arrays, grid)
+    s.aggregate_global_model_facts(5, grid.send_and_receive(s.configure_global_model_facts(5, arrays)))
     assert [m.metadata.dst_node_id for m in grid.sent] == [1, 3]
-    assert all(m.metadata.message_type == "evaluate" and GLOBAL_MODEL_FACTS_KEY in m.content["config"]
+    assert all(m.metadata.message_type == "evaluate" and GLOBAL_MODEL_FACTS_KEY in m.content[CONFIG]
                for m in grid.sent)
-    assert sorted(grid.sent[1].content["arrays"].keys()) == ["encoders.v.w", "fusion.linear.weight"]  # its groups
+    assert sorted(grid.sent[1].content[ARRAYS].keys()) == ["encoders.v.w", "fusion.linear.weight"]  # its groups
     assert seen == [(5, [(4, {"proto-count/a": [1.0, 2.0]}), (12, {"proto-count/a": [1.0, 2.0]})])]
 
 

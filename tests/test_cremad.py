@@ -336,7 +336,7 @@ def test_one_round_simulation_on_the_fixture(data_dir: Path, tmp_path: Path) -> 
     import pandas as pd
 
     from fedmm.config import load_config
-    from fedmm.server.simulate import simulate
+    from fedmm.simulation import simulate
 
     run = load_config(None, [
         "dataset=cremad", f"data-dir={str(data_dir)!r}", "dataset.image_size=16", "encoder.audio=mlp",

@@ -335,6 +335,6 @@ def test_a_node_with_its_own_data_dir_trains_on_its_arrays(tmp_path: Path, flowe
     reply = train(run, "a,b", **keys)
     assert reply.content["metrics"]["num-examples"] == 10
     assert {key_modality(k) for k in reply.content["arrays"].keys()} == {None, "a", "b"}
-    evaluation = app(server_message(run, MessageType.EVALUATE, str(node_dir),
-                                    **{"server-round": 1, "modalities": "a,b"}), context(**keys))
+    evaluation = app(server_message(run, MessageType.EVALUATE, str(node_dir), modalities="a,b", server_round=1),
+                     context(**keys))
     assert evaluation.content["metrics"]["num-examples"] == 10

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import fedmm.clients.app as client_module
-import fedmm.server.simulate as simulate_module
+import fedmm.simulation as simulate_module
 from fedmm.cli import main
 from fedmm.config import load_config
 from fedmm.server.loop import MAX_FAILED_ROUNDS, client_error_text, prepare, run_federation
@@ -82,7 +82,7 @@ def clients_fail(monkeypatch):
 
 
 def in_process_simulate(run, out_dir, *, plan=None, on_round=None, resume=False, overwrite=False):
-    """``fedmm.server.simulate.simulate`` on the in-process grid (no Ray)."""
+    """``fedmm.simulation.simulate`` on the in-process grid (no Ray)."""
     from inprocess import InProcessGrid
 
     plan = plan or prepare(run, out_dir, overwrite=overwrite)

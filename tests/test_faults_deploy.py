@@ -18,7 +18,8 @@ import pytest
 from flwr.app import ConfigRecord
 
 from fedmm.deploy import DeployError, LocalDeployment, free_port
-from fedmm.strategies.fedavg import FederationTooSmall, ModalityAwareFedAvg
+from fedmm.strategies.fedavg import ModalityAwareFedAvg
+from fedmm.strategies.roster import FederationTooSmall
 from fedmm.strategies.selection import build_policy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,12 +162,12 @@ class TwoNodes:
 
 def test_the_wait_for_nodes_is_bounded_and_names_both_numbers_and_the_command():
     strategy = ModalityAwareFedAvg(policy=build_policy("all", seed=0), clients_per_round=3, min_available_nodes=3,
-                                   run_config=ConfigRecord({"run-config": "x"}), round_timeout=0.5)
+                                   run_config="x", round_timeout=0.5)
     raised: list[BaseException] = []
 
     def discover():
         try:
-            strategy.discover(TwoNodes(), 1)
+            strategy.configure_discovery(1, TwoNodes())
         except BaseException as err:  # noqa: BLE001 - handed to the test
             raised.append(err)
 

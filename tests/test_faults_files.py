@@ -110,7 +110,7 @@ def test_overwrite_removes_every_file_of_the_earlier_run_and_keeps_the_users(run
 def test_a_run_that_overwrote_and_died_before_its_first_checkpoint_is_not_resumed_from_the_old_one(
         run_dir: Path, monkeypatch: pytest.MonkeyPatch, flower_identity: None) -> None:
     import fedmm.server.loop
-    from fedmm.server.simulate import resume_config
+    from fedmm.simulation import resume_config
 
     def broken(*_: object, **__: object) -> dict:
         raise Interrupt("died in the initial evaluation")
@@ -183,7 +183,7 @@ def test_resume_refuses_a_damaged_checkpoint_naming_the_file(run_dir: Path, caps
 def test_the_undamaged_checkpoint_resumes_in_process(run_dir: Path, flower_identity: None) -> None:
     """The fixture itself is resumable: the refusals above come from the damage, not the fixture."""
     from fedmm.server.loop import prepare, run_federation
-    from fedmm.server.simulate import resume_checkpoint, resume_config
+    from fedmm.simulation import resume_checkpoint, resume_config
 
     run = resume_config(run_dir)
     plan = prepare(run, run_dir, resume=True)

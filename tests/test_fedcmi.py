@@ -283,16 +283,32 @@ def test_bad_parameters():
 @pytest.mark.parametrize(("overrides", "mu"), [
     (["strategy=fedcmi", "objective.proximal=true"], 1.0),  # the reference's --mu
     (["strategy=fedcmi", "objective.proximal=true", "objective.mu=0.25"], 0.25),  # the user's value wins
-    (["strategy=fedcmi", "objective.proximal=true", "proximal-mu=0.3"], 1.0),  # fedprox's key does not apply
     (["strategy=fedcmi"], 0.0),
     (["strategy=fedprox"], 0.01),
-    (["strategy=fedprox", "proximal-mu=0.3"], 0.3),
+    (["strategy=fedprox", "strategy.mu=0.3"], 0.3),
+    (["strategy=fedprox", "strategy.mu=2"], 2.0),  # an integer is a float here
+    (["strategy.name=fedprox", "strategy.mu=0.5"], 0.5),  # [strategy] name = "fedprox", mu = 0.5
 ])
 def test_proximal_weight_sent_to_the_clients(overrides, mu):
     from fedmm.server.loop import build_strategy, prepare
 
     run = load_config(None, ["dataset=synthetic", "partition=iid", "num-clients=2", "device=cpu", *overrides])
     assert build_strategy(prepare(run)).proximal_mu == pytest.approx(mu)
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    (["strategy=fedprox", "proximal-mu=0.3"], r"'proximal-mu' is now 'strategy.mu"),  # the old key
+    (["strategy=fedcmi", "objective.proximal=true", "strategy.mu=0.3"], r"strategy 'fedcmi' takes no param"),
+    (["strategy=fedprox", "strategy.mu=-0.1"], r"'strategy.mu' must be >= 0"),
+    (["strategy=fedprox", "strategy.mu='high'"], r"'strategy.mu' expects float"),
+    (["strategy=fedprox", "strategy.mu=true"], r"'strategy.mu' expects float"),
+    (["strategy=fedprox", "strategy.nu=0.3"], r"unknown parameter 'nu' of strategy 'fedprox'; did you mean 'mu'"),
+])
+def test_strategy_parameters_are_refused_where_they_do_not_apply(overrides, match):
+    from fedmm.server.loop import prepare
+
+    with pytest.raises(ValueError, match=match):
+        prepare(load_config(None, ["dataset=synthetic", "partition=iid", "num-clients=2", "device=cpu", *overrides]))
 
 
 def test_bad_mu():

@@ -1,8 +1,7 @@
 """A SuperNode's node config: required keys, its own data directory, a modalities override.
 
-The ClientApp's handlers run in-process on messages built as the server builds them (a config
-record with the run config as TOML text, ``server-round``, ``modalities``, ``proximal-mu``); no
-deployment is started.
+The ClientApp's handlers run in-process on messages built as the server builds them
+(:class:`fedmm.protocol.Request`); no deployment is started.
 """
 
 from __future__ import annotations
@@ -14,13 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Context, Message, MessageType, RecordDict
 from test_cremad import write_cremad_dir
 
 from fedmm.clients.app import Node, app
 from fedmm.config import RunConfig, load_config
-from fedmm.groups import key_modality, keys_for_modalities
-from fedmm.records import encode_extras, to_record
+from fedmm.groups import key_modality
+from fedmm.protocol import (ARRAYS, INFO, METRICS, MODALITIES, NUM_EXAMPLES, PARTITION_ID, TRAIN_LOSS, Request,
+                            query_message)
+from fedmm.records import to_record
 from fedmm.workspace import model_of, objective_of
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
@@ -50,29 +51,28 @@ def context(**node_config) -> Context:
     return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config={})
 
 
-def server_message(run: RunConfig, message_type: str, data_dir: str | None = None, /, **per_node) -> Message:
+def server_message(run: RunConfig, message_type: str, data_dir: str | None = None, /, modalities: str = "",
+                   **request) -> Message:
     """A message as ModalityAwareFedAvg sends it; train/evaluate carry the global model's groups
-    for ``per_node["modalities"]``, built as the server builds them from its copy of the data
-    (here the node's ``data_dir``, which has the same shapes)."""
-    config = ConfigRecord({"run-config": run.to_toml(), **per_node})
-    content = RecordDict({"config": config})
-    if message_type != MessageType.QUERY:
-        server = dataclasses.replace(run, data_dir=data_dir) if data_dir else run
-        state = model_of(server, objective_of(server)).state_dict()
-        content["arrays"] = to_record(state, keys_for_modalities(state, str(per_node["modalities"]).split(",")))
-        content["extras"], content["extra-arrays"] = encode_extras({})
-    return Message(content=content, dst_node_id=7, message_type=message_type)
+    for ``modalities`` (comma-separated), built as the server builds them from its copy of the data
+    (here the node's ``data_dir``, which has the same shapes), and the :class:`Request` ``request``."""
+    if message_type == MessageType.QUERY:
+        return query_message(7, run.to_toml(), message_type)
+    server = dataclasses.replace(run, data_dir=data_dir) if data_dir else run
+    state = model_of(server, objective_of(server)).state_dict()
+    mods = tuple(modalities.split(","))
+    return Request(run.to_toml(), modalities=mods, **request).to_message(7, message_type, to_record(state), mods)
 
 
 def query(run: RunConfig, /, **node_config) -> dict:
     """The ``info`` record of the node's reply to a discovery query."""
-    return dict(app(server_message(run, MessageType.QUERY), context(**node_config)).content["info"])
+    return dict(app(server_message(run, MessageType.QUERY), context(**node_config)).content[INFO])
 
 
 def train(run: RunConfig, asked: str, /, **node_config) -> Message:
     """The node's reply to a train message for modalities ``asked`` (comma-separated)."""
     msg = server_message(run, MessageType.TRAIN, node_config.get("data-dir"),
-                         **{"server-round": 1, "modalities": asked, "proximal-mu": 0.0})
+                         server_round=1, modalities=asked, proximal_mu=0.0)
     return app(msg, context(**node_config))
 
 
@@ -111,20 +111,20 @@ def test_a_node_with_its_own_data_dir_holds_its_whole_train_split(cremad_dir: Pa
     keys = {"partition-id": 1, "num-partitions": 2, "data-dir": str(cremad_dir)}
     info = query(run, **keys)
     # 18 clips, one per class held out for test: the node holds the 12 others, both modalities
-    assert info == {"partition-id": 1, "modalities": "audio,visual", "num-examples": 12}
+    assert info == {PARTITION_ID: 1, MODALITIES: "audio,visual", NUM_EXAMPLES: 12}
     me = node(run, **keys)
     assert me.run.data_dir == str(cremad_dir) and me.data_dir == str(cremad_dir)
     assert set(me.data) == {"audio", "visual", "y"} and me.data["visual"].shape == (12, 1, 3, 16, 16)
 
     reply = train(run, "audio,visual", **keys)
-    metrics = reply.content["metrics"]
-    assert metrics["num-examples"] == 12 and math.isfinite(metrics["train-loss"])
-    uploaded = {key_modality(k) for k in reply.content["arrays"].keys()}
+    metrics = reply.content[METRICS]
+    assert metrics[NUM_EXAMPLES] == 12 and math.isfinite(metrics[TRAIN_LOSS])
+    uploaded = {key_modality(k) for k in reply.content[ARRAYS].keys()}
     assert uploaded == {None, "audio", "visual"}
 
     evaluation = app(server_message(run, MessageType.EVALUATE, str(cremad_dir),
-                                    **{"server-round": 1, "modalities": "audio,visual"}), context(**keys))
-    assert evaluation.content["metrics"]["num-examples"] == 12
+                                    server_round=1, modalities="audio,visual"), context(**keys))
+    assert evaluation.content[METRICS][NUM_EXAMPLES] == 12
 
     with pytest.raises(ValueError, match="num-partitions=3 but the run has num-clients=2"):
         query(run, **{**keys, "num-partitions": 3})
@@ -135,11 +135,11 @@ def test_a_node_with_its_own_data_dir_holds_its_whole_train_split(cremad_dir: Pa
 def test_the_modalities_key_overrides_what_a_node_holds(cremad_dir: Path, tmp_path: Path) -> None:
     run = cremad_run(tmp_path)
     keys = {"partition-id": 0, "num-partitions": 2, "data-dir": str(cremad_dir), "modalities": "audio"}
-    assert query(run, **keys) == {"partition-id": 0, "modalities": "audio", "num-examples": 12}
+    assert query(run, **keys) == {PARTITION_ID: 0, MODALITIES: "audio", NUM_EXAMPLES: 12}
     assert set(node(run, **keys).data) == {"audio", "y"}
     # the server asks for both; the node trains and uploads only what it holds
     reply = train(run, "audio,visual", **keys)
-    assert {key_modality(k) for k in reply.content["arrays"].keys()} == {None, "audio"}
+    assert {key_modality(k) for k in reply.content[ARRAYS].keys()} == {None, "audio"}
 
     # a partition of the shared dataset: the same rows, only the modalities named (canonical order)
     shared = load_config(None, SYNTHETIC)
@@ -149,8 +149,8 @@ def test_the_modalities_key_overrides_what_a_node_holds(cremad_dir: Path, tmp_pa
     assert set(allocated.data) == {"m0", "m1", "y"} and set(overridden.data) == {"m1", "y"}
     assert torch.equal(allocated.data["y"], overridden.data["y"])
     assert node(shared, **part, modalities="m1, m0").modalities == ("m0", "m1")
-    assert query(shared, **part, modalities="m1") == {"partition-id": 2, "modalities": "m1",
-                                                        "num-examples": int(allocated.data["y"].shape[0])}
+    assert query(shared, **part, modalities="m1") == {PARTITION_ID: 2, MODALITIES: "m1",
+                                                        NUM_EXAMPLES: int(allocated.data["y"].shape[0])}
     # another partition with the same override is another cache entry
     assert not torch.equal(node(shared, **{**part, "partition-id": 0}, modalities="m1").data["m1"][:5],
                            overridden.data["m1"][:5])

@@ -517,9 +517,9 @@ def test_ray_federation_evaluates_only_classifiers_that_moved(tmp_path, monkeypa
     model the server evaluates, or sends out to be evaluated (federated evaluation, PowD's probes),
     uses only added classifiers that have."""
     from fedmm.config import load_config
-    from fedmm.records import decode_extras
+    from fedmm.protocol import ARRAYS, Request
     from fedmm.server.loop import prepare
-    from fedmm.server.simulate import simulate
+    from fedmm.simulation import simulate
     from fedmm.strategies import ModalityAwareFedAvg
     from fedmm.workspace import model_of, objective_of
 
@@ -538,8 +538,8 @@ def test_ray_federation_evaluates_only_classifiers_that_moved(tmp_path, monkeypa
 
     def checked_message(strategy, client_id, server_round, arrays):
         msg = message(strategy, client_id, server_round, arrays)
-        extras = decode_extras(msg.content["extras"], msg.content["extra-arrays"])
-        sent = msg.content["arrays"]
+        extras = Request.from_message(msg).extras
+        sent = msg.content[ARRAYS]
         check(dict(zip(plan.objective.modalities, (int(c) for c in extras[ACTIVE_KEY]), strict=True)),
               lambda key: sent[key].numpy())
         return msg

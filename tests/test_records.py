@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from fedmm.groups import keys_for_modalities, parameter_group as key_group
-from fedmm.records import aggregate, decode_extras, encode_extras, from_record, non_finite_keys, to_record
+from fedmm.protocol import decode_extras, encode_extras
+from fedmm.records import aggregate, from_record, non_finite_keys, to_record
 
 
 GLOBAL = {

@@ -34,7 +34,7 @@ class Interrupt(Exception):
 @pytest.mark.integration
 def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     from fedmm.cli import main
-    from fedmm.server.simulate import simulate
+    from fedmm.simulation import simulate
 
     run = load_config(None, [
         "dataset=synthetic", "partition=iid", "num-clients=4", "allocation=multi-ratio", "multi-ratio=0.5",
@@ -65,3 +65,13 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     cols = ["round", "partition-id", "modalities-trained", "status", "num-examples"]
     pd.testing.assert_frame_equal(a[cols], b[cols])  # the same selections, with the same modalities
     assert main(["simulate", "--resume", str(tmp_path / "split")]) == 2  # completed: nothing to resume
+
+
+def test_a_run_written_with_a_moved_config_key_is_refused_naming_the_new_key(tmp_path):
+    from fedmm.simulation import resume_config
+
+    run_dir = tmp_path / "old-run"
+    run_dir.mkdir()
+    (run_dir / "config.toml").write_text('dataset = "synthetic"\nstrategy = "fedprox"\nproximal-mu = 0.05\n')
+    with pytest.raises(ValueError, match=r"older fedmm: .*'proximal-mu', now 'strategy.mu .*start it over"):
+        resume_config(run_dir)

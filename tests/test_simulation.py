@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_two_round_ray_simulation_writes_every_result_file(tmp_path):
-    from fedmm.server.simulate import simulate
+    from fedmm.simulation import simulate
 
     run = load_config(None, [
         "dataset=synthetic", "partition=iid", "num-clients=6", "allocation=multi-ratio", "multi-ratio=0.5",
@@ -65,7 +65,7 @@ def test_bad_input_fails_before_any_file_is_written(tmp_path):
 
 
 def test_fedcmi_simulation_with_unimodal_and_multimodal_clients(tmp_path):
-    from fedmm.server.simulate import simulate
+    from fedmm.simulation import simulate
 
     run = load_config(None, [
         "dataset=synthetic", "partition=iid", "num-clients=4", "allocation=multi-ratio", "multi-ratio=0.5",
@@ -82,7 +82,7 @@ def test_fedcmi_simulation_with_unimodal_and_multimodal_clients(tmp_path):
 
 
 def test_cmsfed_simulation_runs_the_update_pass_and_selects_modalities(tmp_path):
-    from fedmm.server.simulate import simulate
+    from fedmm.simulation import simulate
 
     run = load_config(None, [
         "dataset=synthetic", "partition=iid", "num-clients=6", "allocation=multi-ratio", "multi-ratio=0.5",

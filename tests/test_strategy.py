@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 
+from fedmm.protocol import ARRAYS, CONFIG, EXTRAS, METRICS, MODALITIES, NUM_EXAMPLES, TRAIN_LOSS
 from fedmm.records import from_record, to_record
+from fedmm.server.loop import train_messages
 from fedmm.strategies import ModalityAwareFedAvg
 from fedmm.strategies.selection import build_policy
 
@@ -30,33 +32,33 @@ class FakeGrid:
 
 def make_strategy():
     s = ModalityAwareFedAvg(policy=build_policy("all", seed=0), clients_per_round=4, min_available_nodes=4,
-                            run_config=ConfigRecord({"run-config": "x"}), extras_fn=lambda r: {"active": [1, 2]})
+                            run_config="x", extras_fn=lambda r: {"active": [1, 2]})
     for node, mods in HELD.items():  # as discovery would have filled it: node n serves partition n - 1
-        s.register(node, node - 1, mods, 10)
-    s.waited_for_nodes = True
+        s.roster.register(node, node - 1, mods, 10)
+    s.roster.waited_for_nodes = True
     return s
 
 
 def reply(msg, arrays, n=10, loss=0.5):
-    content = RecordDict({"arrays": to_record(arrays), "metrics": MetricRecord({"num-examples": n, "train-loss": loss})})
+    content = RecordDict({ARRAYS: to_record(arrays), METRICS: MetricRecord({NUM_EXAMPLES: n, TRAIN_LOSS: loss})})
     return Message(content, reply_to=msg)
 
 
 def test_each_node_gets_its_own_config_and_only_its_groups():
     s = make_strategy()
-    msgs = {m.metadata.dst_node_id: m for m in s.configure_train(1, to_record(GLOBAL), ConfigRecord(), FakeGrid(HELD))}
+    msgs = {m.metadata.dst_node_id: m for m in train_messages(s, 1, to_record(GLOBAL), FakeGrid(HELD), 600)}
     assert set(msgs) == {1, 2, 3, 4}
-    assert set(msgs[2].content["arrays"].keys()) == {"encoders.a.w", "fusion.linear.weight"}
-    assert set(msgs[3].content["arrays"].keys()) == {"encoders.b.w", "fusion.linear.weight"}
-    assert msgs[2].content["config"]["modalities"] == "a" and msgs[1].content["config"]["modalities"] == "a,b"
-    assert msgs[2].content["config"] is not msgs[3].content["config"]  # never one shared record
-    assert list(msgs[1].content["extras"]["active"]) == [1, 2]
-    assert s.round_stats["bytes-down"] == sum(m.content["arrays"].count_bytes() for m in msgs.values())
+    assert set(msgs[2].content[ARRAYS].keys()) == {"encoders.a.w", "fusion.linear.weight"}
+    assert set(msgs[3].content[ARRAYS].keys()) == {"encoders.b.w", "fusion.linear.weight"}
+    assert msgs[2].content[CONFIG][MODALITIES] == "a" and msgs[1].content[CONFIG][MODALITIES] == "a,b"
+    assert msgs[2].content[CONFIG] is not msgs[3].content[CONFIG]  # never one shared record
+    assert list(msgs[1].content[EXTRAS]["active"]) == [1, 2]
+    assert s.round_stats["bytes-down"] == sum(m.content[ARRAYS].count_bytes() for m in msgs.values())
 
 
 def test_failures_are_recorded_and_left_out_of_the_average():
     s = make_strategy()
-    msgs = {m.metadata.dst_node_id: m for m in s.configure_train(1, to_record(GLOBAL), ConfigRecord(), FakeGrid(HELD))}
+    msgs = {m.metadata.dst_node_id: m for m in train_messages(s, 1, to_record(GLOBAL), FakeGrid(HELD), 600)}
     good = reply(msgs[2], {"encoders.a.w": np.full(2, 4.0, np.float32), "fusion.linear.weight": np.full(2, 2.0, np.float32)})
     nan = reply(msgs[1], {"encoders.a.w": np.array([np.nan, 0], np.float32), "encoders.b.w": np.zeros(2, np.float32),
                           "fusion.linear.weight": np.zeros(2, np.float32)})
@@ -77,7 +79,7 @@ def test_failures_are_recorded_and_left_out_of_the_average():
 
 def test_missing_reply_is_recorded_and_an_empty_round_keeps_the_model():
     s = make_strategy()
-    list(s.configure_train(1, to_record(GLOBAL), ConfigRecord(), FakeGrid(HELD)))
+    list(train_messages(s, 1, to_record(GLOBAL), FakeGrid(HELD), 600))
     arrays, metrics = s.aggregate_train(1, [])
     assert arrays is None and metrics is None
     assert sorted(r["status"] for r in s.client_rows) == ["no-reply"] * 4
@@ -85,10 +87,10 @@ def test_missing_reply_is_recorded_and_an_empty_round_keeps_the_model():
 
 def test_only_connected_nodes_are_selected():
     s = make_strategy()
-    msgs = list(s.configure_train(1, to_record(GLOBAL), ConfigRecord(), FakeGrid({1: 0, 2: 0, 4: 0})))
+    msgs = list(train_messages(s, 1, to_record(GLOBAL), FakeGrid({1: 0, 2: 0, 4: 0}), 600))
     assert sorted(m.metadata.dst_node_id for m in msgs) == [1, 2, 4]  # node 3 is not connected
-    s.connected = {1, 2, 3, 4}
-    list(s.configure_train(2, to_record(GLOBAL), ConfigRecord(), FakeGrid({1: 0, 2: 0})))
+    s.roster.connected = {1, 2, 3, 4}
+    list(train_messages(s, 2, to_record(GLOBAL), FakeGrid({1: 0, 2: 0}), 600))
     lost = [(r["round"], r["node-id"], r["status"]) for r in s.client_rows]
     assert lost == [(2, 3, "disconnected"), (2, 4, "disconnected")]
 
@@ -119,8 +121,8 @@ class TrainingGrid(FakeGrid):
     def send_and_receive(self, messages, timeout=None):
         out = []
         for msg in messages:
-            trained = str(msg.content["config"]["modalities"]).split(",")
-            out.append(reply(msg, {k: self.moved(k, v.numpy()) for k, v in msg.content["arrays"].items()
+            trained = str(msg.content[CONFIG][MODALITIES]).split(",")
+            out.append(reply(msg, {k: self.moved(k, v.numpy()) for k, v in msg.content[ARRAYS].items()
                                    if k.split(".")[1] in trained or k.startswith("fusion")}))
         return out
 
@@ -128,14 +130,14 @@ class TrainingGrid(FakeGrid):
 def test_update_vectors_hold_the_encoder_parameters_only():
     policy = build_policy("divfl", {"sketch-dim": 0}, seed=0)
     s = ModalityAwareFedAvg(policy=policy, clients_per_round=1, min_available_nodes=1,
-                            run_config=ConfigRecord({"run-config": "x"}), parameter_keys=BN_PARAMETERS)
-    s.register(1, 0, ("a", "b"), 10)
-    s.waited_for_nodes = True
-    list(s.configure_train(1, to_record(BN_GLOBAL), ConfigRecord(), TrainingGrid({1: 0})))  # the update pass
+                            run_config="x", parameter_keys=BN_PARAMETERS)
+    s.roster.register(1, 0, ("a", "b"), 10)
+    s.roster.waited_for_nodes = True
+    list(train_messages(s, 1, to_record(BN_GLOBAL), TrainingGrid({1: 0}), 600))  # the update pass
     # g = [lin.weight (2), bn.weight (1) of a; lin.weight (1) of b], each 0 - (-0.5); no running
     # statistics, no step counter, no fusion head
     np.testing.assert_array_equal(policy.store.full_features([0]), [[0.5, 0.5, 0.5, 0.5]])
     np.testing.assert_array_equal(policy.store.slice_features([0], "a"), [[0.5, 0.5, 0.5]])
     with pytest.raises(ValueError, match="pass their names as parameter_keys"):
         ModalityAwareFedAvg(policy=policy, clients_per_round=1, min_available_nodes=1,
-                            run_config=ConfigRecord({"run-config": "x"}))
+                            run_config="x")

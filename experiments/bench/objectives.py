@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from fedmm.bench import Case, mean_std_table, run_grid
-from fedmm.config import STRATEGY_OBJECTIVES
+from fedmm.strategies import STRATEGIES
 from fedmm.objectives import objective_names
 
 CONFIG = Path("experiments/configs/demo.toml")
@@ -40,7 +40,7 @@ def markdown(df: pd.DataFrame) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    local = [n for n in objective_names() if n not in STRATEGY_OBJECTIVES.values()]  # fedcmi, cmsfed: strategies
+    local = [n for n in objective_names() if n not in {r.objective for _, r in STRATEGIES.items()}]  # fedcmi, cmsfed: strategies
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--objectives", default=",".join(local))
     parser.add_argument("--settings", default="federated,centralized")

@@ -1,6 +1,6 @@
 """The Flower ClientApp: answers discovery queries, trains locally, evaluates the global model.
 
-Every message carries the resolved run config (``config["run-config"]``, TOML text), so a client
+Every message carries the resolved run config (TOML text, :data:`fedmm.protocol.RUN_CONFIG`), so a client
 builds the same dataset, scenario, model and objective as the server in simulation and in
 deployment alike. The node's own facts come from its node config (``--node-config`` on a
 SuperNode; the simulation engine injects the first two):
@@ -21,16 +21,18 @@ import time
 from dataclasses import dataclass
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedmm.config import RunConfig
 from fedmm.data.registry import DATASETS, is_user_owned
 from fedmm.data import LABEL_KEY, TensorDict, subset
-from fedmm.objectives import RoundContext
-from fedmm.objectives.pmr import prototype_imbalance_ratio
+from fedmm.facts import CLIENT_FACTS
 from fedmm.groups import keys_for_modalities
-from fedmm.records import GLOBAL_MODEL_FACTS_KEY, decode_extras, to_record
+from fedmm.objectives import RoundContext
+from fedmm.protocol import (Request, evaluate_reply, info_reply, model_facts_reply, run_config_text,
+                            train_reply)
+from fedmm.records import to_record
 from fedmm.training import evaluate, resolve_device, train_local
 from fedmm.workspace import dataset_of, model_of, objective_of, parse_run_config, scenario_of, train_config_of
 
@@ -71,7 +73,7 @@ class Node:
         ``partition-id``/``num-partitions`` do not fit the run, ``data-dir`` is given for a dataset
         that ships with the install, or ``modalities`` names a modality the dataset lacks.
         """
-        run = parse_run_config(str(msg.content["config"]["run-config"]))
+        run = parse_run_config(run_config_text(msg))
         node_config = context.node_config
         missing = [k for k in REQUIRED_NODE_KEYS if k not in node_config]
         if missing:
@@ -156,40 +158,24 @@ def _set_threads(run: RunConfig) -> None:
     torch.set_num_threads(max(1, int(run.client_num_cpus)))
 
 
-def _round_context(msg: Message, run: RunConfig, modalities: list[str], device: torch.device,
+def _round_context(request: Request, run: RunConfig, modalities: list[str], device: torch.device,
                    global_model: torch.nn.Module | None) -> RoundContext:
     return RoundContext(
-        server_round=int(msg.content["config"]["server-round"]),
+        server_round=request.server_round,
         num_rounds=run.num_server_rounds,
         local_epochs=run.local_epochs,
         modalities=modalities,
         global_model=global_model,
-        extras=decode_extras(msg.content.get("extras"), msg.content.get("extra-arrays")),
+        extras=dict(request.extras),
         device=device,
     )
-
-
-def _imbalance_order(config: ConfigRecord) -> tuple[str, ...] | None:
-    """The modality order ``(pivot, *rest)`` of rho_k (``prototype_imbalance_ratio``) when the server
-    asks for it (CMSFed); any number of names, comma-joined in the message."""
-    if "imbalance-order" not in config:
-        return None
-    return tuple(str(config["imbalance-order"]).split(","))
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Discovery: partition id, held modalities and number of examples."""
     node = Node.from_message(msg, context)
-    data = node.data
-    info = ConfigRecord(
-        {
-            "partition-id": node.partition_id,
-            "modalities": ",".join(node.modalities),
-            "num-examples": int(data["y"].shape[0]),
-        }
-    )
-    return Message(RecordDict({"info": info}), reply_to=msg)
+    return info_reply(msg, node.partition_id, node.modalities, int(node.data[LABEL_KEY].shape[0]))
 
 
 @app.train()
@@ -199,45 +185,38 @@ def train(msg: Message, context: Context) -> Message:
     node = Node.from_message(msg, context)
     run = node.run
     _set_threads(run)
-    config = msg.content["config"]
-    server_round = int(config["server-round"])
-    modalities = [m for m in str(config["modalities"]).split(",") if m in node.modalities]
+    request = Request.from_message(msg)
+    server_round = request.server_round
+    modalities = [m for m in request.modalities if m in node.modalities]
     if not modalities:
-        raise ValueError(f"server asked for modalities {config['modalities']!r}; this node holds {node.modalities}")
+        raise ValueError(f"server asked for modalities {','.join(request.modalities)!r}; "
+                         f"this node holds {node.modalities}")
     device = resolve_device(run.device)
     objective = objective_of(run)
     model = model_of(run, objective)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict(), strict=False)
     model.to(device)
-    ctx = _round_context(msg, run, modalities, device, copy.deepcopy(model).eval().requires_grad_(False))
+    ctx = _round_context(request, run, modalities, device, copy.deepcopy(model).eval().requires_grad_(False))
     data = node.data
     train_config = train_config_of(
-        run, server_round=server_round, proximal_mu=float(config["proximal-mu"]),
+        run, server_round=server_round, proximal_mu=request.proximal_mu or 0.0,
         seed=run.seed * 100_003 + server_round * 1_009 + node.partition_id,
     )
-    if "local-epochs" in config:  # the strategy's update pass before round 1 trains a single epoch
-        train_config = dataclasses.replace(train_config, epochs=int(config["local-epochs"]))
-    # CMSFed's rho_k, with every held modality (the server then sends the groups of all of them):
-    # from the received model in the update pass, after training in the rounds (FEDCMI_CMSFED.md 3.5)
-    order = _imbalance_order(config)
-    rho = prototype_imbalance_ratio(model, data, order) if order and server_round == 0 else None
+    if request.epochs is not None:  # the strategy's update pass before round 1 trains a single epoch
+        train_config = dataclasses.replace(train_config, epochs=request.epochs)
+    # The client facts the server asks for (CMSFed's rho_k, with every held modality: the server then
+    # sends the groups of all of them), each measured when its entry says: from the received model
+    # in the update pass, after training in the rounds (FEDCMI_CMSFED.md 3.5)
+    asked = {name: CLIENT_FACTS.get(name) for name in request.client_facts}
+    early = {name: fact.compute(model, data, request.order) for name, fact in asked.items()
+             if fact.before_training_in_update_pass and server_round == 0}
     result = train_local(model, data, objective, ctx, train_config, augment=dataset_of(run).train_augment)
     facts = dict(result.facts)
-    if order:
-        facts["imbalance-ratio"] = rho if rho is not None else prototype_imbalance_ratio(model, data, order)
+    for name, fact in asked.items():
+        facts[name] = early[name] if name in early else fact.compute(model, data, request.order)
     state = model.state_dict()
     arrays = to_record(state, keys_for_modalities(state.keys(), modalities))
-    metrics = MetricRecord(
-        {
-            "num-examples": result.num_examples,
-            "train-loss": result.loss,
-            "seconds": time.perf_counter() - started,
-        }
-    )
-    content = RecordDict({"arrays": arrays, "metrics": metrics})
-    if facts:
-        content["facts"] = MetricRecord(facts)
-    return Message(content, reply_to=msg)
+    return train_reply(msg, arrays, result.num_examples, result.loss, time.perf_counter() - started, facts)
 
 
 @app.evaluate()
@@ -252,16 +231,11 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict(), strict=False)
     model.to(device)
     data = node.data
+    request = Request.from_message(msg)
     # The objective's round state (e.g. active boosting classifiers) shapes its predictions.
-    objective.begin_round(model, data, _round_context(msg, node.run, list(node.modalities), device, None))
-    if GLOBAL_MODEL_FACTS_KEY in msg.content["config"]:
-        facts = objective.global_model_facts(model, data, list(node.modalities))
-        reply = RecordDict({"metrics": MetricRecord({"num-examples": int(data["y"].shape[0])})})
-        if facts:
-            reply["facts"] = MetricRecord(facts)
-        return Message(reply, reply_to=msg)
+    objective.begin_round(model, data, _round_context(request, node.run, list(node.modalities), device, None))
+    n = int(data[LABEL_KEY].shape[0])
+    if request.global_model_facts:
+        return model_facts_reply(msg, n, objective.global_model_facts(model, data, list(node.modalities)))
     metrics = evaluate(model, data, objective, device=device)
-    reply = MetricRecord(
-        {"num-examples": int(data["y"].shape[0]), "loss": float(metrics["loss"]), "acc": float(metrics["acc"])}
-    )
-    return Message(RecordDict({"metrics": reply}), reply_to=msg)
+    return evaluate_reply(msg, n, float(metrics["loss"]), float(metrics["acc"]))

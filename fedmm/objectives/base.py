@@ -251,7 +251,7 @@ class Objective:
     def proximal_mu(self) -> float:
         """The weight ``mu`` of the proximal term ``mu / 2 * ||w - w_global||^2`` that clients add
         under a strategy other than fedprox (FedCMI's ``proximal`` and ``mu``); 0, none, by
-        default. Under fedprox the run's ``proximal-mu`` applies instead."""
+        default. Under fedprox the recipe's ``strategy.mu`` applies instead."""
         return 0.0
 
     # -- server side (plain numbers; runs in the ServerApp) ---------------------------------------

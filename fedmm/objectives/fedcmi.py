@@ -118,7 +118,7 @@ class FedCMI(Objective):
             Add the FedProx term ``mu / 2 * ||w - w_global||^2`` (the reference's ``--prox``).
         mu:
             The proximal weight when ``proximal`` is on (the reference's ``--mu``, default 1.0); the
-            run key ``proximal-mu`` is fedprox's and does not apply here.
+            strategy parameter ``strategy.mu`` is fedprox's and is refused here.
         """
 
         lambda1: Annotated[float, NON_NEGATIVE] = 2.0

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedmm.data.base import LABEL_KEY, TensorDict, num_examples
+from fedmm.facts import CLIENT_FACTS, IMBALANCE_RATIO, ClientFact
 from fedmm.objectives.base import Objective, RoundContext
 from fedmm.objectives.registry import register_objective
 from fedmm.params import NON_NEGATIVE, Checked, Interval
@@ -243,3 +244,8 @@ def prototype_imbalance_ratio(model: nn.Module, data: TensorDict, order: Sequenc
         return 1.0
     acc = prototype_accuracies(model, data, [pivot, *rest])
     return acc[pivot] / max(min(acc[m] for m in rest), floor)
+
+
+#: CMSFed's rho_k, asked for by the cmsfed selection policy: from the received model in the update
+#: pass, from the trained one in later rounds (FEDCMI_CMSFED.md 3.5).
+CLIENT_FACTS.add(IMBALANCE_RATIO, ClientFact(prototype_imbalance_ratio, before_training_in_update_pass=True))

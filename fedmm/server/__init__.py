@@ -1,1 +1,1 @@
-"""The Flower ServerApp, the federated round loop and the in-process simulation."""
+"""The Flower ServerApp and the federated round loop (the in-process simulation is :mod:`fedmm.simulation`)."""

@@ -11,7 +11,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedmm.config import RunConfig, parse_overrides
 from fedmm.server.loop import prepare, run_federation
-from fedmm.strategies.fedavg import FederationTooSmall
+from fedmm.strategies.roster import FederationTooSmall
 
 app = ServerApp()
 log = logging.getLogger("fedmm")
@@ -23,8 +23,9 @@ OVERRIDES_KEY = "overrides"
 
 def run_config_from_flower(values: dict) -> RunConfig:
     """The fedmm config of a ``flwr run``: the declared keys, then the space-separated
-    ``key=value`` pairs of ``overrides`` (for ``objective.<param>``, ``selection.<param>``,
-    ``dataset.<option>`` and ``encoder.<modality>``, which cannot be declared in advance)."""
+    ``key=value`` pairs of ``overrides`` (for ``strategy.<param>``, ``objective.<param>``,
+    ``selection.<param>``, ``dataset.<option>`` and ``encoder.<modality>``, which cannot be declared
+    in advance)."""
     extra = parse_overrides(shlex.split(str(values.pop(OVERRIDES_KEY, ""))))
     return RunConfig.from_mapping({**values, **extra})
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ConfigRecord, Message
+from flwr.app import ArrayRecord, Message
 from flwr.serverapp import Grid
 
 from fedmm.checkpoint import Checkpoint, config_digest, prefixed, save_checkpoint, unprefixed
@@ -26,7 +26,8 @@ from fedmm.models import MultimodalNet
 from fedmm.objectives import Objective
 from fedmm.records import from_record, to_record
 from fedmm.results import ResultsWriter, prepare_out_dir, summarize, write_interrupted, write_summary
-from fedmm.strategies import STRATEGIES, ModalityAwareFedAvg
+from fedmm.strategies import STRATEGIES
+from fedmm.strategies.base import RoundStrategy
 from fedmm.strategies.selection import ClientState, SelectionPolicy, build_policy
 from fedmm.training import evaluate, resolve_device
 from fedmm.workspace import dataset_of, model_of, objective_of, scenario_of
@@ -142,6 +143,8 @@ class Plan:
     model: MultimodalNet
     policy: SelectionPolicy
     out_dir: Path | None
+    #: The strategy recipe's validated ``strategy.*`` parameters.
+    strategy_params: Any = None
 
 
 def prepare(run: RunConfig, out_dir: str | Path | None = None, *, overwrite: bool = False,
@@ -152,8 +155,7 @@ def prepare(run: RunConfig, out_dir: str | Path | None = None, *, overwrite: boo
     a non-empty output directory) surfaces here, before anything is written. With ``resume`` the
     output directory must hold the run's checkpoint instead of being empty.
     """
-    if run.strategy not in STRATEGIES:
-        raise ValueError(f"strategy {run.strategy!r} is not available in this build; use one of {sorted(STRATEGIES)}")
+    strategy_params = STRATEGIES.get(run.strategy).parse_params(run.strategy, run.strategy_params)
     dataset = dataset_of(run)
     unknown = set(run.encoders) - set(dataset.modality_names)
     if unknown:
@@ -168,27 +170,31 @@ def prepare(run: RunConfig, out_dir: str | Path | None = None, *, overwrite: boo
     # a policy that needs an imbalance order (cmsfed) checks the dataset's modalities here
     policy.imbalance_order([ClientState(client_id=0, modalities=tuple(dataset.modality_names), num_examples=1)])
     resolved = prepare_out_dir(out_dir, overwrite=overwrite or resume) if out_dir else None
-    return Plan(run, dataset, scenario, objective, model, policy, resolved)
+    return Plan(run, dataset, scenario, objective, model, policy, resolved, strategy_params)
 
 
-def build_strategy(plan: Plan) -> ModalityAwareFedAvg:
-    """The run's strategy with its policy, the objective's server half and the names of the model's
-    parameters (update vectors hold parameters only, never buffers)."""
-    run = plan.run
-    return STRATEGIES[run.strategy](
-        policy=plan.policy,
-        clients_per_round=run.clients_per_round,
-        min_available_nodes=run.min_available_nodes or len(plan.scenario.partitions),
-        run_config=ConfigRecord({"run-config": run.to_toml()}),
-        proximal_mu=run.proximal_mu if run.strategy == "fedprox" else plan.objective.proximal_mu,
-        extras_fn=plan.objective.server_extras,
-        observe_fn=plan.objective.server_observe,
-        fraction_evaluate=run.fraction_evaluate,
-        round_timeout=run.round_timeout,
-        seed=run.seed,
-        parameter_keys=[name for name, _ in plan.model.named_parameters()],
-        num_partitions=len(plan.scenario.partitions),
-    )
+def build_strategy(plan: Plan) -> RoundStrategy:
+    """The run's strategy, built by its registered recipe from the plan."""
+    return STRATEGIES.get(plan.run.strategy).build(plan, plan.strategy_params)
+
+
+def exchange(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
+    """Send ``messages`` and wait (at most ``timeout`` seconds) for their replies; none to send, none
+    to wait for."""
+    return list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
+
+
+def train_messages(strategy: RoundStrategy, server_round: int, arrays: ArrayRecord, grid: Grid,
+                   timeout: float) -> list[Message]:
+    """The steps of a round before training, each one exchange with the nodes: discovery of new
+    nodes, the update pass (round 0 of an update-vector policy), the loss probes (Power-of-Choice);
+    then the round's training messages."""
+    strategy.begin_round(server_round, arrays)
+    strategy.aggregate_discovery(server_round, exchange(grid, strategy.configure_discovery(server_round, grid),
+                                                        timeout))
+    strategy.aggregate_update_pass(exchange(grid, strategy.configure_update_pass(arrays), timeout))
+    strategy.aggregate_probe(server_round, exchange(grid, strategy.configure_probe(server_round, arrays), timeout))
+    return strategy.configure_train(server_round, arrays)
 
 
 def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None,
@@ -251,19 +257,19 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
                 stop.check()
             started = time.perf_counter()
             clients_from = len(strategy.client_rows)
-            messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
-            replies = grid.send_and_receive(messages, timeout=run.round_timeout)
-            new_arrays, _ = strategy.aggregate_train(server_round, replies)
+            messages = train_messages(strategy, server_round, arrays, grid, run.round_timeout)
+            new_arrays, _ = strategy.aggregate_train(server_round, exchange(grid, messages, run.round_timeout))
             failed_rounds = [*failed_rounds, server_round] if new_arrays is None else []
             if new_arrays is not None:
                 arrays = new_arrays
                 model.load_state_dict(arrays.to_torch_state_dict())
                 if plan.objective.observes_global_model:
-                    strategy.observe_global_model(server_round, arrays, grid)
+                    asks = strategy.configure_global_model_facts(server_round, arrays)
+                    strategy.aggregate_global_model_facts(server_round, exchange(grid, asks, run.round_timeout))
             stats = _round_stats(strategy, server_round, clients_from)
-            eval_messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
+            eval_messages = strategy.configure_evaluate(server_round, arrays)
             if eval_messages:
-                replies = grid.send_and_receive(eval_messages, timeout=run.round_timeout)
+                replies = exchange(grid, eval_messages, run.round_timeout)
                 stats.update(dict(strategy.aggregate_evaluate(server_round, replies) or {}))
             if stop is not None:
                 stop.check()  # a stop during the round's last steps drops it too
@@ -288,7 +294,7 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
     return summary
 
 
-def _failure(strategy: ModalityAwareFedAvg, rounds: list[int]) -> dict[str, Any]:
+def _failure(strategy: RoundStrategy, rounds: list[int]) -> dict[str, Any]:
     """The ``status``/``reason``/``first-client-error`` summary fields of a run stopped after the
     failed ``rounds``; the error is the first client outcome of those rounds that is not ``ok``,
     cut to the message the client raised (one line)."""
@@ -319,7 +325,7 @@ def client_error_text(status: str) -> str:
     return lines[-1] if lines else status
 
 
-def _round_stats(strategy: ModalityAwareFedAvg, server_round: int, clients_from: int) -> dict[str, float]:
+def _round_stats(strategy: RoundStrategy, server_round: int, clients_from: int) -> dict[str, float]:
     """The strategy's byte and time counts plus this round's client outcomes (the rows of the
     update pass before round 1 are round 0)."""
     rows = [r for r in strategy.client_rows[clients_from:] if r["round"] == server_round]

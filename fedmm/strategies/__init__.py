@@ -1,19 +1,27 @@
-"""Server strategies (Flower Message API) and, in ``selection``, client/modality selection policies."""
+"""Server strategies (Flower Message API) and, in ``selection``, client/modality selection policies.
+
+:data:`STRATEGIES` (the registered recipes, :mod:`fedmm.strategies.recipes`) is importable without
+flwr; the strategy classes are imported when first used.
+"""
 
 from __future__ import annotations
 
-from fedmm.strategies.fedavg import ModalityAwareFedAvg
+from typing import Any
 
-#: Strategy name -> class. ``fedprox`` is modality-aware FedAvg whose clients add the proximal term;
-#: ``fedcmi`` is modality-aware FedAvg whose clients train FedCMI's objective (the received global
-#: model is the teacher, so the server sends nothing else; FEDCMI_CMSFED.md section 2.5); ``cmsfed``
-#: is modality-aware FedAvg with the CMSFed objective (its server half aggregates the global
-#: prototypes) and, by default, the CMSFed selection policy (whose update pass runs before round 1).
-STRATEGIES: dict[str, type[ModalityAwareFedAvg]] = {
-    "fedavg": ModalityAwareFedAvg,
-    "fedprox": ModalityAwareFedAvg,
-    "fedcmi": ModalityAwareFedAvg,
-    "cmsfed": ModalityAwareFedAvg,
-}
+from fedmm.strategies.recipes import STRATEGIES, StrategyRecipe
 
-__all__ = ["STRATEGIES", "ModalityAwareFedAvg"]
+
+def __getattr__(name: str) -> Any:
+    """``ModalityAwareFedAvg`` and ``FedProx``, imported on first use (they need flwr)."""
+    if name == "ModalityAwareFedAvg":
+        from fedmm.strategies.fedavg import ModalityAwareFedAvg
+
+        return ModalityAwareFedAvg
+    if name == "FedProx":
+        from fedmm.strategies.fedprox import FedProx
+
+        return FedProx
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["STRATEGIES", "FedProx", "ModalityAwareFedAvg", "StrategyRecipe"]

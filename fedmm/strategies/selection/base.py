@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from fedmm.facts import IMBALANCE_RATIO
 from fedmm.params import Checked
 
 #: Value types a ``state_dict`` may hold (numpy arrays and plain scalars; no pickled objects).
@@ -198,6 +199,12 @@ class SelectionPolicy(ABC):
         client's imbalance ratio rho_k = Acc_pivot / min Acc_rest (its prototype accuracies,
         ``fedmm.objectives.pmr.prototype_imbalance_ratio``); default ``None`` (not needed)."""
         return None
+
+    def client_facts(self, clients: Sequence[ClientState]) -> tuple[str, ...]:
+        """Names of the facts (:data:`fedmm.facts.CLIENT_FACTS`) every trained client must measure and
+        send back, with the modality order :meth:`imbalance_order` as their argument; default: the
+        imbalance ratio when the policy has an imbalance order, else none."""
+        return (IMBALANCE_RATIO,) if self.imbalance_order(clients) else ()
 
     # -- checkpointing -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, StateValue]:

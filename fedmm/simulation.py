@@ -17,7 +17,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedmm.checkpoint import Checkpoint, check_model_fits, config_digest, load_checkpoint
-from fedmm.config import RunConfig, load_config
+from fedmm.config import MOVED_KEYS, RunConfig, flatten, load_config, read_toml
 from fedmm.results import CONFIG_FILE, SUMMARY_FILE
 from fedmm.server.loop import Plan, RoundCallback, StopRequest, prepare, run_federation
 
@@ -47,6 +47,14 @@ def resume_config(run_dir: str | Path) -> RunConfig:
     config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
         raise ValueError(f"{str(run_dir)!r} has no {CONFIG_FILE}; pass a directory written by `fedmm simulate --out`")
+    moved = sorted(set(flatten(read_toml(config_path))) & set(MOVED_KEYS))
+    if moved:
+        raise ValueError(
+            f"the run in {str(run_dir)!r} was written by an older fedmm: its {CONFIG_FILE} has config key "
+            f"{moved[0]!r}, now {MOVED_KEYS[moved[0]]!r}, and its checkpoint records that config, so it cannot be "
+            f"resumed; start it over (rename the key first) with `fedmm simulate --config {config_path} --out "
+            f"{run_dir} --overwrite`"
+        )
     run = load_config(config_path)
     last_round = resume_checkpoint(run_dir, run).server_round
     summary = run_dir / SUMMARY_FILE

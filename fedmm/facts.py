@@ -1,0 +1,42 @@
+"""Client facts by name: what a server-side component (a selection policy) asks every client to
+measure, and the function that measures it (no torch, no flwr here).
+
+A policy names the facts it needs (:meth:`SelectionPolicy.client_facts`); the train message asks
+for them by name (:mod:`fedmm.protocol`), and the client computes each with the entry registered
+under that name in :data:`CLIENT_FACTS`, next to the code it measures (``imbalance-ratio`` in
+``fedmm/objectives/pmr.py``). The client app names no objective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fedmm.registry import Registry
+
+#: CMSFed's rho_k = Acc_first / Acc_second of the client's prototype classifiers.
+IMBALANCE_RATIO = "imbalance-ratio"
+
+
+@dataclass(frozen=True)
+class ClientFact:
+    """How a client measures one fact.
+
+    Parameters
+    ----------
+    compute:
+        ``(model, data, order) -> float``: the fact of ``model`` (all the groups of the modalities
+        the client holds loaded) on the client's ``data``; ``order`` is the modality order the
+        server sent (the policy's ``imbalance_order``, any length).
+    before_training_in_update_pass:
+        Measure it with the received model, before training, in the update pass (round 0), and with
+        the trained model in later rounds (FEDCMI_CMSFED.md 3.5); ``False``: always after training.
+    """
+
+    compute: Callable[[Any, Any, tuple[str, ...]], float]
+    before_training_in_update_pass: bool = True
+
+
+#: Fact name -> how a client measures it.
+CLIENT_FACTS: Registry[ClientFact] = Registry("client fact")

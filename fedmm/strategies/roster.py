@@ -1,0 +1,161 @@
+"""The federation's roster: which clients exist, which node serves each, who is connected now.
+
+Clients are identified by their partition id (learnt through a ``query`` message), not by their
+Flower node id: a node that reconnects under a new id, or a resumed run, keeps the client's state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
+
+from flwr.app import Message, MessageType
+from flwr.serverapp import Grid
+
+from fedmm.protocol import decode_info, query_message
+from fedmm.records import RecordMismatch
+from fedmm.strategies.replies import answered_nodes, client_row
+from fedmm.strategies.selection.base import ClientState
+
+log = logging.getLogger("fedmm")
+
+#: Seconds between the progress warnings while the first round waits for nodes (the first comes
+#: after this long too: in a simulation the nodes register while the server starts).
+NODE_WAIT_LOG_EVERY = 10.0
+
+
+class FederationTooSmall(RuntimeError):
+    """Fewer nodes connected than the run needs within its wait for nodes (``round-timeout``)."""
+
+    def __init__(self, connected: int, needed: int, waited: float) -> None:
+        self.connected, self.needed = connected, needed
+        super().__init__(
+            f"only {connected} of the {needed} nodes this run needs connected within {waited:.0f} s "
+            f"(round-timeout); make the federation {needed} nodes: for `flwr run .` add "
+            f'--federation-config "num-supernodes={needed}" (or set it once with `flwr federation '
+            f"simulation-config @none/default local --num-supernodes {needed}`), in a deployment start "
+            f"{needed} SuperNodes; or ask for fewer with min-available-nodes (or num-clients)"
+        )
+
+
+class Roster:
+    """Known clients by partition id, the node<->client map and the connected nodes.
+
+    Parameters
+    ----------
+    min_available_nodes:
+        Nodes to wait for before the first round (at most ``round_timeout`` seconds).
+    round_timeout:
+        Seconds of that wait.
+    num_partitions:
+        Clients of the run's scenario: a node whose discovery reply names a partition id outside
+        ``0 .. num_partitions - 1`` is skipped; ``None`` checks only that the id is not negative.
+    """
+
+    def __init__(self, min_available_nodes: int, round_timeout: float, num_partitions: int | None = None) -> None:
+        self.min_available_nodes = min_available_nodes
+        self.round_timeout = round_timeout
+        self.num_partitions = num_partitions
+        #: Client state by client (partition) id.
+        self.clients: dict[int, ClientState] = {}
+        #: Current Flower node id of each client, and the client of every node id seen.
+        self.node_of: dict[int, int] = {}
+        self.client_of: dict[int, int] = {}
+        self.connected: set[int] = set()
+        self.waited_for_nodes = False
+
+    def register(self, node_id: int, client_id: int, modalities: Sequence[str], num_examples: int) -> None:
+        """Record that node ``node_id`` serves client ``client_id`` (a client that comes back under
+        a new node id keeps its state)."""
+        old = self.clients.get(client_id)
+        state = ClientState(client_id=client_id, modalities=tuple(modalities), num_examples=int(num_examples))
+        if old is not None:
+            state = dataclasses.replace(old, modalities=state.modalities, num_examples=state.num_examples)
+        self.clients[client_id] = state
+        self.node_of[client_id] = node_id
+        self.client_of[node_id] = client_id
+
+    def connect(self, grid: Grid, server_round: int, run_config: str) -> tuple[dict[int, Message], list[dict[str, Any]]]:
+        """Take the grid's connected nodes: the discovery messages for the nodes not seen before
+        (by node) and the ``disconnected`` rows of the nodes that are gone.
+
+        The first call of a run (also of a resumed one) waits up to ``round_timeout`` seconds for
+        ``min_available_nodes`` (:class:`FederationTooSmall` when fewer are connected by then);
+        later rounds go on with whoever is connected, so a node that drops out is skipped and one
+        that (re)joins is discovered.
+        """
+        if not self.waited_for_nodes:
+            self._wait_for_nodes(grid)
+        self.waited_for_nodes = True
+        node_ids = list(grid.get_node_ids())
+        rows = []
+        for node in sorted(self.connected - set(node_ids)):
+            row = client_row(self, server_round, node, None)
+            row["status"] = "disconnected"
+            log.warning("round %d: node %d (partition %d) is gone", server_round, node, self.client_of.get(node, -1))
+            rows.append(row)
+        self.connected = set(node_ids)
+        new = [n for n in node_ids if n not in self.client_of]
+        return {n: query_message(n, run_config, MessageType.QUERY) for n in new}, rows
+
+    def admit(self, replies: Iterable[Message], queries: dict[int, Message], known: Collection[str]) -> None:
+        """Register the nodes whose discovery reply is usable (``known``: the global model's
+        modalities); skip the others with a warning."""
+        if not queries:
+            return
+        for node, reply in answered_nodes(replies, queries):
+            if reply.has_error():
+                log.warning("node %d did not answer discovery: %s", node, reply.error.reason)
+                continue
+            try:
+                info = decode_info(reply, self.num_partitions, known)
+            except RecordMismatch as err:
+                log.warning("node %d is skipped: its discovery reply %s; fix that SuperNode's --node-config "
+                            "(partition-id, num-partitions, modalities) or run the server's fedmm version on it",
+                            node, err)
+                continue
+            self.register(node, info.partition_id, info.modalities, info.num_examples)
+        log.info("discovered %d nodes (%d clients known)", len(queries), len(self.clients))
+
+    def _wait_for_nodes(self, grid: Grid) -> None:
+        """Wait until ``min_available_nodes`` nodes are connected, at most ``round_timeout``
+        seconds, warning every :data:`NODE_WAIT_LOG_EVERY` seconds; raises
+        :class:`FederationTooSmall` naming both counts at the end of the wait."""
+        started = time.monotonic()
+        deadline, next_log = started + self.round_timeout, started + NODE_WAIT_LOG_EVERY
+        while (connected := len(list(grid.get_node_ids()))) < self.min_available_nodes:
+            now = time.monotonic()
+            if now >= deadline:
+                raise FederationTooSmall(connected, self.min_available_nodes, now - started)
+            if now >= next_log:
+                log.warning("waiting for nodes: %d of %d connected after %.0f s (giving up after %.0f s, "
+                            "round-timeout); for `flwr run .` set the federation size with "
+                            '--federation-config "num-supernodes=%d"', connected, self.min_available_nodes,
+                            now - started, self.round_timeout, self.min_available_nodes)
+                next_log = now + NODE_WAIT_LOG_EVERY
+            time.sleep(min(1.0, deadline - now))
+
+    def available(self) -> list[ClientState]:
+        """Known clients whose node is connected now, by client id."""
+        return [self.clients[c] for c in sorted(self.clients) if self.node_of.get(c) in self.connected]
+
+    def state_dict(self) -> dict[str, str]:
+        """The client states as JSON (``strategy.clients``; node ids are not kept, nodes are
+        discovered again after a resume)."""
+        return {"strategy.clients": json.dumps([dataclasses.asdict(c) for c in self.clients.values()])}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the client states of a :meth:`state_dict`."""
+        self.clients = {}
+        for c in json.loads(str(state["strategy.clients"])):
+            c["modalities"] = tuple(c["modalities"])
+            self.clients[int(c["client_id"])] = ClientState(**c)
+
+    def limit(self, node: int) -> float:
+        """The most examples a reply of ``node`` may claim: what it reported at discovery."""
+        client = self.client_of.get(node)
+        return self.clients[client].num_examples if client in self.clients else float("inf")

@@ -30,7 +30,7 @@ from fedmm.data import LABEL_KEY, TensorDict, subset
 from fedmm.facts import CLIENT_FACTS
 from fedmm.groups import keys_for_modalities
 from fedmm.objectives import RoundContext
-from fedmm.protocol import (Request, evaluate_reply, info_reply, model_facts_reply, run_config_text,
+from fedmm.protocol import (ARRAYS, Request, evaluate_reply, info_reply, model_facts_reply, run_config_text,
                             train_reply)
 from fedmm.records import to_record
 from fedmm.training import evaluate, resolve_device, train_local
@@ -39,6 +39,8 @@ from fedmm.workspace import dataset_of, model_of, objective_of, parse_run_config
 app = ClientApp()
 
 REQUIRED_NODE_KEYS = ("partition-id", "num-partitions")
+
+
 @dataclass(frozen=True)
 class Node:
     """What this node is: where its data comes from and which modalities it holds.
@@ -194,7 +196,7 @@ def train(msg: Message, context: Context) -> Message:
     device = resolve_device(run.device)
     objective = objective_of(run)
     model = model_of(run, objective)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict(), strict=False)
+    model.load_state_dict(msg.content[ARRAYS].to_torch_state_dict(), strict=False)
     model.to(device)
     ctx = _round_context(request, run, modalities, device, copy.deepcopy(model).eval().requires_grad_(False))
     data = node.data
@@ -228,7 +230,7 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     device = resolve_device(node.run.device)
     objective = objective_of(node.run)
     model = model_of(node.run, objective)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict(), strict=False)
+    model.load_state_dict(msg.content[ARRAYS].to_torch_state_dict(), strict=False)
     model.to(device)
     data = node.data
     request = Request.from_message(msg)

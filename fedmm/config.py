@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import tomli_w
 
@@ -242,14 +242,22 @@ class RunConfig(Checked):
         from fedmm.objectives.registry import objective_class, parse_params
         from fedmm.strategies.selection import parse_policy_params
 
-        STRATEGIES.get(self.strategy).parse_params(self.strategy, self.strategy_params,
-                                                   label=_namespace_label("strategy"))
-        parse_params(objective_class(self.objective), self.objective_params, label=_namespace_label("objective"))
-        parse_policy_params(self.selection, self.selection_params, label=_namespace_label("selection"))
+        # kept, so that what builds the strategy, objective and policy never parses a value again
+        object.__setattr__(self, "parsed", {
+            "strategy": STRATEGIES.get(self.strategy).parse_params(self.strategy, self.strategy_params,
+                                                                   label=_namespace_label("strategy")),
+            "objective": parse_params(objective_class(self.objective), self.objective_params,
+                                      label=_namespace_label("objective")),
+            "selection": parse_policy_params(self.selection, self.selection_params, label=_namespace_label("selection")),
+        })
         check_options(self.dataset, self.dataset_options, label=lambda shown: f"config key '{shown}'")  # dataset.<opt>
         for modality, name in self.encoders.items():
             if name not in ENCODERS:
                 ENCODERS.get(name)  # raises naming the nearest encoder
+
+    #: ``"strategy"``, ``"objective"``, ``"selection"`` -> that component's validated ``Params``
+    #: instance, set by :meth:`validate` (not a field: it is derived from the namespaces).
+    parsed: ClassVar[Mapping[str, Any]]
 
     def __hash__(self) -> int:  # the dict fields make the generated hash fail; the TOML text is canonical
         return hash(self.to_toml())

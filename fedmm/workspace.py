@@ -3,6 +3,7 @@ and on every client: dataset, scenario, objective, model and local training sett
 
 from __future__ import annotations
 
+import copy
 import functools
 import tomllib
 
@@ -12,7 +13,7 @@ from fedmm.config import RunConfig, flatten
 from fedmm.data import Dataset, Scenario, build_scenario, load_dataset
 from fedmm.data.registry import dataset_entry
 from fedmm.models import ModelConfig, MultimodalNet
-from fedmm.objectives import Objective, Schedule, build_objective
+from fedmm.objectives import Objective, Schedule, objective_class
 from fedmm.training import TrainConfig, build_model
 
 
@@ -48,7 +49,7 @@ def objective_of(run: RunConfig) -> Objective:
     """A fresh objective instance (objectives keep per-round state, so never share one), with the
     run's :class:`~fedmm.objectives.base.Schedule` (``num-server-rounds`` x ``local-epochs``) for
     a server half whose decisions follow the schedule."""
-    objective = build_objective(run.objective, run.objective_params)
+    objective = objective_class(run.objective)(copy.copy(run.parsed["objective"]))
     objective.schedule = Schedule(run.num_server_rounds, run.local_epochs)
     return objective
 

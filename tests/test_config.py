@@ -84,3 +84,26 @@ def test_momentum_one_is_refused_when_the_config_loads_by_the_rule_train_config_
     assert load_config(None, ["momentum=0"]).momentum == 0.0  # the closed left end
     bound = {s.name: s.constraints for s in specs(TrainConfig)}["momentum"]
     assert bound == (MOMENTUM,) and bound[0] is {s.name: s.constraints for s in specs(RunConfig)}["momentum"][0]
+
+
+def test_namespaced_values_are_parsed_once_when_the_config_loads(monkeypatch):
+    """The objective, policy and strategy are built from the Params the config parsed at load:
+    building them never converts or checks a value again."""
+    from fedmm.server.loop import prepare
+    from fedmm.workspace import objective_of
+
+    run = load_config(None, ["dataset=synthetic", "partition=iid", "num-clients=2", "strategy=fedprox",
+                             "strategy.mu=0.3", "objective=mnl", "objective.lambda=0.25", "selection=random"])
+    assert run.parsed["objective"].lam == 0.25 and run.parsed["strategy"].mu == 0.3
+
+    def no_second_parse(*args, **kwargs):
+        raise AssertionError("a value was parsed again")
+
+    monkeypatch.setattr("fedmm.params.parse", no_second_parse)
+    monkeypatch.setattr("fedmm.objectives.registry.parse", no_second_parse)
+    monkeypatch.setattr("fedmm.strategies.selection.parse", no_second_parse, raising=False)
+    monkeypatch.setattr("fedmm.strategies.recipes.parse", no_second_parse)
+    objective = objective_of(run)
+    assert objective.params.lam == 0.25 and objective.params is not run.parsed["objective"]
+    plan = prepare(run)
+    assert plan.strategy_params.mu == 0.3 and plan.policy.name == "random"

@@ -28,7 +28,7 @@ from fedmm.records import from_record, to_record
 from fedmm.results import ResultsWriter, prepare_out_dir, summarize, write_interrupted, write_summary
 from fedmm.strategies import STRATEGIES
 from fedmm.strategies.base import RoundStrategy
-from fedmm.strategies.selection import ClientState, SelectionPolicy, build_policy
+from fedmm.strategies.selection import ClientState, SelectionPolicy, policy_class
 from fedmm.training import evaluate, resolve_device
 from fedmm.workspace import dataset_of, model_of, objective_of, scenario_of
 
@@ -155,7 +155,7 @@ def prepare(run: RunConfig, out_dir: str | Path | None = None, *, overwrite: boo
     a non-empty output directory) surfaces here, before anything is written. With ``resume`` the
     output directory must hold the run's checkpoint instead of being empty.
     """
-    strategy_params = STRATEGIES.get(run.strategy).parse_params(run.strategy, run.strategy_params)
+    strategy_params = run.parsed["strategy"]
     dataset = dataset_of(run)
     unknown = set(run.encoders) - set(dataset.modality_names)
     if unknown:
@@ -166,7 +166,7 @@ def prepare(run: RunConfig, out_dir: str | Path | None = None, *, overwrite: boo
     scenario = scenario_of(run)
     objective = objective_of(run)
     model = model_of(run, objective)
-    policy = build_policy(run.selection, run.selection_params, seed=run.seed)
+    policy = policy_class(run.selection)(run.parsed["selection"], seed=run.seed)
     # a policy that needs an imbalance order (cmsfed) checks the dataset's modalities here
     policy.imbalance_order([ClientState(client_id=0, modalities=tuple(dataset.modality_names), num_examples=1)])
     resolved = prepare_out_dir(out_dir, overwrite=overwrite or resume) if out_dir else None

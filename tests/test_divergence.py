@@ -32,7 +32,7 @@ def test_divergence_is_the_first_round_over_ten_times_round_one():
 
 
 @pytest.mark.parametrize("lr, status", [(5.0, "completed"), (1000.0, "failed")])
-def test_a_run_made_to_diverge_is_flagged_in_its_summary(flower_identity, lr, status):
+def test_a_run_made_to_diverge_is_flagged_in_its_summary(flower_identity, caplog, lr, status):
     from fedmm.server.loop import prepare, run_federation
 
     run = load_config(None, ["dataset=synthetic", "num-clients=4", "partition=iid", "num-server-rounds=4",
@@ -40,6 +40,9 @@ def test_a_run_made_to_diverge_is_flagged_in_its_summary(flower_identity, lr, st
     summary = run_federation(InProcessGrid(4), prepare(run))
     assert summary["status"] == status
     assert summary["diverged"] and summary["diverged"]["round"] >= 1
+    if status == "completed":  # the log says so when it happens, once
+        said = [r.getMessage() for r in caplog.records if "training diverged" in r.getMessage()]
+        assert len(said) == 1 and f"round {summary['diverged']['round']}:" in said[0]
 
 
 def test_a_healthy_run_is_not_flagged(flower_identity):

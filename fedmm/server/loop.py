@@ -25,7 +25,7 @@ from fedmm.data import Dataset, Scenario
 from fedmm.models import MultimodalNet
 from fedmm.objectives import Objective
 from fedmm.records import from_record, to_record
-from fedmm.results import ResultsWriter, prepare_out_dir, summarize, write_interrupted, write_summary
+from fedmm.results import ResultsWriter, divergence, prepare_out_dir, summarize, write_interrupted, write_summary
 from fedmm.strategies import STRATEGIES
 from fedmm.strategies.base import RoundStrategy
 from fedmm.strategies.selection import ClientState, SelectionPolicy, policy_class
@@ -231,6 +231,7 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
     arrays = to_record(model.state_dict())
     digest = config_digest(run.to_toml())  # recorded in every checkpoint (resume checks it)
     rows: list[dict[str, Any]] = writer.rounds if writer else []
+    diverged: list[dict[str, Any]] = []  # the first divergence found, once logged
 
     def record(server_round: int, seconds: float, stats: dict[str, float], clients_from: int) -> None:
         metrics = evaluate(model, plan.dataset.test, plan.objective, device=device)
@@ -243,6 +244,10 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
             }, config_sha256=digest))
         else:
             rows.append(row)
+        if not diverged and (hit := divergence(rows)):
+            diverged.append(hit)
+            log.warning("round %d: training diverged: %s (summary.json records it as diverged)", hit["round"],
+                        hit["reason"])
         if on_round:
             on_round(row)
 

@@ -251,7 +251,8 @@ def methods_table(runs: pd.DataFrame, datasets: Sequence[str], methods: Sequence
 def weak_modality(final: pd.DataFrame) -> str:
     """The modality whose final accuracy alone (``test/acc/<m>``) is lowest, averaged over the runs
     (one row per run)."""
-    alone = {c.rsplit("/", 1)[1]: final[c].mean() for c in final.columns if c.startswith("test/acc/")}
+    alone = {c.rsplit("/", 1)[1]: final[c].mean() for c in final.columns
+             if c.startswith("test/acc/") and final[c].notna().any()}  # another dataset's modalities are NaN
     if not alone:
         raise ValueError("the runs report no single-modality accuracy (test/acc/<m>)")
     return min(alone, key=alone.get)

@@ -36,3 +36,17 @@ def test_fedmm_bench_methods_quick_from_the_command_line(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "synthetic fedavg seed 0" in out.stdout and "| cmsfed |" in out.stdout
     assert len(pd.read_csv(tmp_path / "runs.csv")) == 2
+
+
+def test_methods_table_takes_each_datasets_weakest_modality_among_its_own():
+    from fedmm.bench import methods_table
+
+    runs = pd.DataFrame([
+        {"dataset": "a", "method": "fedavg", "seed": 0, "test/acc": 0.9, "best-test/acc": 0.9, "test/acc/x": 0.8,
+         "test/acc/y": 0.5, "test/imbalance": 1.6, "loss-growth": 1.0, "diverged-round": float("nan")},
+        {"dataset": "b", "method": "fedavg", "seed": 0, "test/acc": 0.7, "best-test/acc": 0.8, "test/acc/u": 0.6,
+         "test/acc/v": 0.65, "test/imbalance": 1.1, "loss-growth": 4.0, "diverged-round": 3},
+    ])
+    table = methods_table(runs, ["a", "b"], ["fedavg"])
+    assert "**a** (weakest modality: y)" in table and "**b** (weakest modality: u)" in table
+    assert "| fedavg | 0.700 | 0.800 | 0.600 | 1.100 | 4.000 | 1/1 |" in table

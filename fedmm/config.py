@@ -10,6 +10,7 @@ declaration when the config is built: ``strategy.<param>``, ``objective.<param>`
 
 from __future__ import annotations
 
+import importlib
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -27,6 +28,7 @@ from fedmm.params import (
     Interval,
     Options,
     Spec,
+    check_value,
     config_specs,
     specs,
 )
@@ -129,6 +131,11 @@ class RunConfig(Checked):
         RAY_ADDRESS); empty = a local Ray instance of this process
     out_dir:
         results directory (fedmm simulate --out sets it)
+    plugins:
+        modules imported before the rest of the config is read, e.g. ['mypkg.fedext']: they
+        register your objectives, policies, datasets, strategies and client facts
+        (docs/extending.md); every process that reads the config imports them (server, each client,
+        Ray workers), so they must be importable there (installed, or on PYTHONPATH)
     objective_params, selection_params, dataset_options, encoders:
         The ``objective.*``, ``selection.*``, ``dataset.*`` and ``encoder.*`` namespaces as given,
         validated by the objective, the selection policy, the dataset and the encoder registry.
@@ -175,6 +182,8 @@ class RunConfig(Checked):
     ray_address: str = ""
     # output
     out_dir: str = ""
+    # extensions
+    plugins: tuple[str, ...] = ()
     # namespaced parameters, validated by their component
     strategy_params: dict[str, Any] = field(default_factory=dict)
     objective_params: dict[str, Any] = field(default_factory=dict)
@@ -202,6 +211,7 @@ class RunConfig(Checked):
             if key not in plain:
                 raise ValueError(_unknown_key_message(key, [*plain, *(f"{ns}.<name>" for ns in NAMESPACES)]))
             kwargs[plain[key]] = value
+        kwargs["plugins"] = import_plugins(kwargs.get("plugins", ()))  # before any registry is read
         strategy = kwargs.get("strategy", cls.strategy)
         if strategy not in STRATEGIES:
             raise ValueError(f"config key 'strategy' {Options(*STRATEGIES.names()).violation(strategy)}")
@@ -211,6 +221,7 @@ class RunConfig(Checked):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # every plain key by its declaration
+        import_plugins(self.plugins)  # a config built directly (from_mapping has imported them)
         self.validate()
 
     def validate(self) -> None:
@@ -271,6 +282,8 @@ class RunConfig(Checked):
             value = getattr(self, f.name)
             if f.name in namespaces:
                 out.update({f"{namespaces[f.name]}.{k}": v for k, v in sorted(value.items())})
+            elif f.name == "plugins" and not value:
+                continue  # left out when empty: a run without plugins sends and records the same text as before
             else:
                 out[key_of(f.name)] = value
         return out
@@ -294,11 +307,38 @@ def key_of(name: str) -> str:
 
 
 RunConfig.field_names = {f.name: key_of(f.name) for f in fields(RunConfig)}
+_PLUGINS = next(s for s in specs(RunConfig) if s.name == "plugins")
 
 
 def _namespace_label(namespace: str) -> Callable[[str], str]:
     """How messages name a parameter of ``namespace`` read from the config (``config key 'objective.lambda'``)."""
     return lambda name: f"config key '{namespace}.{name}'"
+
+
+def import_plugins(modules: Any) -> tuple[str, ...]:
+    """Import the modules of config key ``plugins`` (their registrations run) and return their names.
+
+    Parameters
+    ----------
+    modules:
+        Module names: a list or tuple, or one comma-separated string (``--set plugins=a.b,c``).
+
+    Raises
+    ------
+    ValueError
+        Not a list of strings, or a module (or a package above it) that cannot be found.
+    """
+    names = check_value(RunConfig.field_label("plugins"), modules, _PLUGINS)
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name is None or not (name == err.name or name.startswith(f"{err.name}.")):
+                raise  # the plugin itself imports something missing: its own error says what
+            raise ValueError(f"config key 'plugins' names module {name!r}, which cannot be imported ({err}); "
+                             "install the package that holds it, or put its directory on PYTHONPATH (the "
+                             "server and every client process import it)") from None
+    return names
 
 
 def resolve_objective(strategy: str, objective: str) -> str:

@@ -54,6 +54,13 @@ class Registry(Generic[T]):
             raise ValueError(f"unknown {self.kind} {name!r}{did_you_mean(str(name), self.names())} "
                              f"Valid: {', '.join(self.names())}") from None
 
+    def remove(self, name: str) -> T:
+        """Unregister ``name`` and return its entry (a test that registered an extension cleans up
+        with it); raises ``ValueError`` as :meth:`get` does for an unknown name."""
+        entry = self.get(name)
+        del self._entries[name]
+        return entry
+
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self._entries)

@@ -173,7 +173,7 @@ def evaluation(roster: Roster, server_round: int, replies: Iterable[Message]) ->
 def client_updates(roster: Roster, server_round: int, accepted: list[Accepted], global_state: Mapping[str, np.ndarray],
                    parameter_keys: Collection[str] | None) -> list[ClientUpdate]:
     """Record each accepted client's loss, round and imbalance ratio in its state and return what the
-    policy observes of it; with ``parameter_keys`` (a policy that uses update vectors) its update
+    policy observes of it (its facts included); with ``parameter_keys`` (a policy that uses update vectors) its update
     vectors (:func:`update_vectors`), else none."""
     updates = []
     for r in accepted:
@@ -183,7 +183,8 @@ def client_updates(roster: Roster, server_round: int, accepted: list[Accepted], 
             state.imbalance_ratio = float(r.facts[IMBALANCE_RATIO])
         deltas = update_vectors(global_state, parameter_keys, r) if parameter_keys is not None else {}
         updates.append(ClientUpdate(client_id=r.client_id, modalities=r.modalities, num_examples=r.num_examples,
-                                    deltas=deltas, loss=r.loss, imbalance_ratio=state.imbalance_ratio))
+                                    deltas=deltas, loss=r.loss, imbalance_ratio=state.imbalance_ratio,
+                                    facts=dict(r.facts)))
     return updates
 
 

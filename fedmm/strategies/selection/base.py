@@ -112,6 +112,9 @@ class ClientUpdate:
         Its local training loss, if reported.
     imbalance_ratio:
         Its rho_k after local training (CMSFed), if reported.
+    facts:
+        Everything else it reported by name: the client facts the policy asked for
+        (:meth:`SelectionPolicy.client_facts`) and the objective's facts.
     """
 
     client_id: int
@@ -120,6 +123,7 @@ class ClientUpdate:
     deltas: dict[str, np.ndarray] = field(default_factory=dict)
     loss: float | None = None
     imbalance_ratio: float | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 class SelectionPolicy(ABC):

@@ -1,4 +1,5 @@
-"""``fedmm simulate``: the Flower Simulation Engine on Ray, in this process, with explicit resources."""
+"""``fedmm simulate``: the Flower Simulation Engine on Ray, in this process, with explicit resources;
+or the ``inline`` engine (:mod:`fedmm.inline`), every client in this process, one after the other."""
 
 from __future__ import annotations
 
@@ -219,7 +220,8 @@ def simulate(
     plan: Plan | None = None,
     resume: bool = False,
 ) -> dict[str, Any]:
-    """Validate ``run``, then simulate it on Ray and write results to ``out_dir``.
+    """Validate ``run``, then simulate it on its engine (``engine``: Ray, or ``inline`` in this
+    process) and write results to ``out_dir``.
 
     Parameters
     ----------
@@ -240,16 +242,33 @@ def simulate(
     ``summary.json`` gets status ``interrupted``, Ray shuts down and
     :class:`fedmm.server.loop.Interrupted` is raised (``--resume`` continues the run).
     """
+    plan = plan or prepare(run, out_dir, overwrite=overwrite, resume=resume)
+    checkpoint = resume_checkpoint(out_dir, run, plan.model) if resume and out_dir is not None else None
+    stop = StopRequest()
+    if run.engine == "inline":
+        return _simulate_inline(plan, on_round, checkpoint, stop)
+    return _simulate_on_ray(plan, on_round, checkpoint, stop)
+
+
+def _simulate_inline(plan: Plan, on_round: RoundCallback | None, checkpoint: Checkpoint | None,
+                     stop: StopRequest) -> dict[str, Any]:
+    from fedmm.inline import InlineGrid, server_identity
+
+    with stop_on_signals(stop), server_identity():
+        return run_federation(InlineGrid(len(plan.scenario.partitions), stop), plan, on_round,
+                              resume=checkpoint, stop=stop)
+
+
+def _simulate_on_ray(plan: Plan, on_round: RoundCallback | None, checkpoint: Checkpoint | None,
+                     stop: StopRequest) -> dict[str, Any]:
     # Imported here so that `fedmm datasets` and config errors do not pay for Ray's import.
     import ray
     from flwr.simulation import run_simulation
 
     from fedmm.clients.app import app as client_app
 
-    plan = plan or prepare(run, out_dir, overwrite=overwrite, resume=resume)
-    checkpoint = resume_checkpoint(out_dir, run, plan.model) if resume and out_dir is not None else None
+    run = plan.run
     outcome: dict[str, Any] = {}
-    stop = StopRequest()
     server_app = ServerApp()
 
     @server_app.main()

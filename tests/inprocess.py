@@ -1,55 +1,14 @@
-"""A Flower grid that delivers every message to fedmm's ClientApp in this process (no Ray).
-
-Node ``n`` serves partition ``n - 1``; replies come back in the order the messages were sent. It
-runs the real server loop and the real client handlers, one after the other, so a small federation
-runs in seconds and its numbers equal a Ray simulation's with the same seed. A handler that raises
-gets the error reply Flower's simulation engine builds for it.
-"""
+"""Tests' shortcuts to the ``inline`` engine (:mod:`fedmm.inline`): the real server loop and the
+real client handlers in this process, so a small federation runs in seconds and its numbers equal
+a Ray simulation's with the same seed (both need the ``flower_identity`` fixture)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-from flwr.app import Context, Error, Message, RecordDict
-from flwr.clientapp.client_app import ClientAppException
-from flwr.common.constant import ErrorCode
-
-from fedmm.clients.app import app
-
-
-class InProcessGrid:
-    """The ``Grid`` methods the round loop uses, answered by the ClientApp in-process.
-
-    Parameters
-    ----------
-    num_nodes:
-        Nodes ``1 .. num_nodes``, one per partition of the run's scenario.
-    """
-
-    def __init__(self, num_nodes: int) -> None:
-        self.num_nodes = num_nodes
-
-    def get_node_ids(self) -> list[int]:
-        return list(range(1, self.num_nodes + 1))
-
-    def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None) -> list[Message]:
-        replies = []
-        for msg in messages:
-            node = msg.metadata.dst_node_id
-            context = Context(run_id=1, node_id=node, state=RecordDict(), run_config={},
-                              node_config={"partition-id": node - 1, "num-partitions": self.num_nodes})
-            try:
-                replies.append(app(msg, context))
-            except Exception as ex:  # Flower's engines turn a raised exception into an error reply
-                wrapped = ClientAppException(str(ex))
-                reason = f"{type(wrapped)}:<'{wrapped}'>"
-                replies.append(Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg))
-        return replies
+from fedmm.inline import InlineGrid
 
 
 def run_in_process(run, on_round=None):
-    """Prepare ``run`` and run its federation on an :class:`InProcessGrid`; returns the round rows
-    (needs the ``flower_identity`` fixture)."""
+    """Prepare ``run`` and run its federation on an :class:`InlineGrid`; returns the round rows."""
     from fedmm.server.loop import prepare, run_federation
 
     plan = prepare(run)
@@ -60,14 +19,14 @@ def run_in_process(run, on_round=None):
         if on_round:
             on_round(plan, row)
 
-    run_federation(InProcessGrid(len(plan.scenario.partitions)), plan, record)
+    run_federation(InlineGrid(len(plan.scenario.partitions)), plan, record)
     return rows
 
 
 def simulate_in_process(run, out_dir=None, *, overwrite=False, **_):
-    """``fedmm.server.simulate.simulate`` on an :class:`InProcessGrid` (for ``run_grid``'s
-    ``simulate``; needs the ``flower_identity`` fixture): writes ``out_dir`` and returns the summary."""
+    """``fedmm.simulation.simulate`` on an :class:`InlineGrid` (for ``run_grid``'s ``simulate``):
+    writes ``out_dir`` and returns the summary."""
     from fedmm.server.loop import prepare, run_federation
 
     plan = prepare(run, out_dir, overwrite=overwrite)
-    return run_federation(InProcessGrid(len(plan.scenario.partitions)), plan)
+    return run_federation(InlineGrid(len(plan.scenario.partitions)), plan)

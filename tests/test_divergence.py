@@ -6,7 +6,7 @@ import pytest
 
 from fedmm.config import load_config
 from fedmm.results import divergence, loss_stability
-from inprocess import InProcessGrid
+from fedmm.inline import InlineGrid
 
 
 def _rows(losses, test_losses=None):
@@ -37,7 +37,7 @@ def test_a_run_made_to_diverge_is_flagged_in_its_summary(flower_identity, caplog
 
     run = load_config(None, ["dataset=synthetic", "num-clients=4", "partition=iid", "num-server-rounds=4",
                              "local-epochs=1", f"lr={lr}", "momentum=0.0"])
-    summary = run_federation(InProcessGrid(4), prepare(run))
+    summary = run_federation(InlineGrid(4), prepare(run))
     assert summary["status"] == status
     assert summary["diverged"] and summary["diverged"]["round"] >= 1
     if status == "completed":  # the log says so when it happens, once
@@ -50,5 +50,5 @@ def test_a_healthy_run_is_not_flagged(flower_identity):
 
     run = load_config(None, ["dataset=synthetic", "num-clients=4", "partition=iid", "num-server-rounds=3",
                              "local-epochs=1"])
-    summary = run_federation(InProcessGrid(4), prepare(run))
+    summary = run_federation(InlineGrid(4), prepare(run))
     assert summary["diverged"] is False and summary["loss-growth"] <= 3.0

@@ -28,7 +28,8 @@ from fedmm.strategies.recipes import STRATEGIES
 from fedmm.strategies.selection import POLICIES, ClientState
 from fedmm.protocol import ARRAYS, NUM_EXAMPLES, metrics_of
 from fedmm.workspace import parse_run_config
-from inprocess import InProcessGrid, run_in_process, simulate_in_process
+from fedmm.inline import InlineGrid
+from inprocess import run_in_process, simulate_in_process
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 MODULES = ("ext_objective", "ext_policy", "ext_fact", "ext_dataset", "ext_fedavgm", "ext_uniform")
@@ -207,7 +208,7 @@ def test_a_federation_with_fedavgm_moves_by_server_lr(plugin_dir, flower_identit
 
 
 # -- a strategy of its own -------------------------------------------------------------------------------
-class RecordingGrid(InProcessGrid):
+class RecordingGrid(InlineGrid):
     """An in-process grid that keeps the replies to training messages."""
 
     def __init__(self, num_nodes: int) -> None:

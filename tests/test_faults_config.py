@@ -83,10 +83,10 @@ def clients_fail(monkeypatch):
 
 def in_process_simulate(run, out_dir, *, plan=None, on_round=None, resume=False, overwrite=False):
     """``fedmm.simulation.simulate`` on the in-process grid (no Ray)."""
-    from inprocess import InProcessGrid
+    from fedmm.inline import InlineGrid
 
     plan = plan or prepare(run, out_dir, overwrite=overwrite)
-    return run_federation(InProcessGrid(len(plan.scenario.partitions)), plan, on_round)
+    return run_federation(InlineGrid(len(plan.scenario.partitions)), plan, on_round)
 
 
 def test_run_whose_rounds_all_fail_stops_with_status_failed(tmp_path, flower_identity, clients_fail):

@@ -21,7 +21,7 @@ import pytest
 from fedmm.checkpoint import CHECKPOINT_ARRAYS, CHECKPOINT_STATE, Checkpoint, load_checkpoint, save_checkpoint
 from fedmm.config import load_config
 from fedmm.results import CONFIG_FILE, SUMMARY_FILE, ResultsWriter, prepare_out_dir
-from inprocess import InProcessGrid
+from fedmm.inline import InlineGrid
 
 #: Every file a run writes (README's results table).
 RUN_FILES = ("rounds.csv", "clients.csv", "config.toml", "summary.json", "model.safetensors", "accuracy.png",
@@ -35,7 +35,7 @@ def federate(out_dir: Path, overrides: list[str], *, overwrite: bool = False) ->
     from fedmm.server.loop import prepare, run_federation
 
     plan = prepare(load_config(None, [*BASE, *overrides]), out_dir, overwrite=overwrite)
-    run_federation(InProcessGrid(len(plan.scenario.partitions)), plan)
+    run_federation(InlineGrid(len(plan.scenario.partitions)), plan)
 
 
 class Interrupt(Exception):
@@ -60,7 +60,7 @@ def stopped_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     try:
         plan = prepare(load_config(None, [*BASE, "num-server-rounds=3"]), out)
         with pytest.raises(Interrupt):
-            run_federation(InProcessGrid(len(plan.scenario.partitions)), plan, stop)
+            run_federation(InlineGrid(len(plan.scenario.partitions)), plan, stop)
     finally:
         TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = before
     assert json.loads((out / SUMMARY_FILE).read_text())["status"] == "interrupted"
@@ -189,7 +189,7 @@ def test_the_undamaged_checkpoint_resumes_in_process(run_dir: Path, flower_ident
     plan = prepare(run, run_dir, resume=True)
     checkpoint = resume_checkpoint(run_dir, run, plan.model)
     assert checkpoint.server_round == 1
-    summary = run_federation(InProcessGrid(len(plan.scenario.partitions)), plan, resume=checkpoint)
+    summary = run_federation(InlineGrid(len(plan.scenario.partitions)), plan, resume=checkpoint)
     assert summary["status"] == "completed" and summary["rounds"] == 3
 
 

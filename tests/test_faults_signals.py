@@ -148,3 +148,26 @@ def test_signal_after_round_1_stops_the_run_and_resume_matches(tmp_path, uninter
         assert resumed["final"][key] == pytest.approx(value, abs=1e-9), key
     cols = ["round", "partition-id", "modalities-trained", "status", "num-examples"]
     pd.testing.assert_frame_equal(pd.read_csv(uninterrupted / CLIENTS_FILE)[cols], pd.read_csv(out / CLIENTS_FILE)[cols])
+
+
+def test_ctrl_c_stops_an_inline_run_and_its_resume_matches_the_ray_run(tmp_path, uninterrupted):
+    # engine=inline runs the clients in fedmm's own process: the stop is checked before each client
+    out = tmp_path / "inline"
+    args = _simulate_args(out)
+    args[-2:-2] = ["--set", "engine=inline"]
+    with _fedmm(*args) as proc:
+        _wait_for_round_1(proc, out)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=STOP_WITHIN_S)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("fedmm: error: interrupted (SIGINT)"), err
+    last = load_checkpoint(out).server_round
+    assert json.loads((out / SUMMARY_FILE).read_text())["status"] == "interrupted" and 1 <= last < ROUNDS
+
+    _run_to_end("simulate", "--resume", str(out), "--quiet")
+    resumed = json.loads((out / SUMMARY_FILE).read_text())
+    whole = json.loads((uninterrupted / SUMMARY_FILE).read_text())
+    assert resumed["status"] == "completed"
+    for key, value in whole["final"].items():
+        assert resumed["final"][key] == pytest.approx(value, abs=1e-9), key

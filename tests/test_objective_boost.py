@@ -430,7 +430,7 @@ FEDERATION = [
 ]
 
 
-class InProcessGrid:
+class InlineGrid:
     """A Flower Grid without Ray: every message goes straight to the ClientApp's handlers, in this
     process (node ``n`` serves partition ``n - 1``)."""
 
@@ -487,7 +487,7 @@ def test_no_evaluation_uses_an_untrained_classifier_and_a_resume_keeps_the_pendi
     log = SlotLog(monkeypatch)
     plan = prepare(run, tmp_path / "whole")
     rows: list[dict] = []
-    whole = run_federation(InProcessGrid(4), plan, on_round=rows.append)
+    whole = run_federation(InlineGrid(4), plan, on_round=rows.append)
     # evaluations: central after rounds 0-3, federated after rounds 1-3, PowD's probes before rounds 1-3
     assert log.evaluations > 3 * (1 + 2) and log.untrained == []
     assert [r for r, _ in plan.objective.decisions] == [1, 2, 3]  # tau = 0: every round decides
@@ -501,11 +501,11 @@ def test_no_evaluation_uses_an_untrained_classifier_and_a_resume_keeps_the_pendi
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_federation(InProcessGrid(4), prepare(run, tmp_path / "split"), on_round=stop_after_round_1)
+        run_federation(InlineGrid(4), prepare(run, tmp_path / "split"), on_round=stop_after_round_1)
     checkpoint = load_checkpoint(tmp_path / "split")
     assert checkpoint.server_round == 1
     resumed_plan = prepare(run, tmp_path / "split", resume=True)
-    resumed = run_federation(InProcessGrid(4), resumed_plan, resume=checkpoint)
+    resumed = run_federation(InlineGrid(4), resumed_plan, resume=checkpoint)
     assert resumed_plan.objective.decisions == plan.objective.decisions
     assert resumed["final"] == pytest.approx(whole["final"], abs=1e-9)
     assert log.untrained == []

@@ -15,11 +15,12 @@ pytestmark = pytest.mark.integration
 def test_two_round_ray_simulation_writes_every_result_file(tmp_path):
     from fedmm.simulation import simulate
 
-    run = load_config(None, [
+    overrides = [
         "dataset=synthetic", "partition=iid", "num-clients=6", "allocation=multi-ratio", "multi-ratio=0.5",
         "num-server-rounds=2", "selection=random", "clients-per-round=4", "local-epochs=1", "batch-size=16",
         "client-num-cpus=1", "device=cpu",
-    ])
+    ]
+    run = load_config(None, overrides)
     rows = []
     summary = simulate(run, tmp_path / "run", on_round=rows.append)
 
@@ -50,6 +51,14 @@ def test_two_round_ray_simulation_writes_every_result_file(tmp_path):
 
     weights = load_file(out / MODEL_FILE)
     assert any(k.startswith("encoders.m0.") for k in weights) and "fusion.linear.weight" in weights
+
+    # the inline engine runs the same federation to the same numbers, selections and bytes
+    inline = tmp_path / "inline"
+    simulate(load_config(None, [*overrides, "engine=inline"]), inline)
+    same = [c for c in rounds.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(pd.read_csv(inline / ROUNDS_FILE)[same], rounds[same])
+    cols = [c for c in clients.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(pd.read_csv(inline / CLIENTS_FILE)[cols], clients[cols])
 
 
 def test_bad_input_fails_before_any_file_is_written(tmp_path):

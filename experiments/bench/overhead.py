@@ -5,7 +5,8 @@ Both train the same model (same init), on the same client partitions, with the s
 epochs, batch size and optimizer, every client selected every round. The plain loop is hand-written
 (model.train(), shuffled mini-batches, cross-entropy, SGD step; FedAvg of state dicts) and runs
 the clients one after another in this process with torch using all cores; fedmm runs them as Ray
-actors with `client-num-cpus` CPUs each.
+actors with `client-num-cpus` CPUs each (engine ray) and one after another in this process (engine
+inline, the same threads as the plain loop).
 
 Prints startup (time to the end of round 1 minus one steady round) and the median steady-state
 round time of each, their ratio, and both final accuracies. Usage:
@@ -69,7 +70,7 @@ def plain_loop(plan, rounds: int) -> tuple[list[float], float]:
 
 
 def fedmm_simulation(plan, out_dir: Path) -> tuple[list[float], float, float]:
-    """Round times (round 1 includes Ray start-up), final accuracy and total wall time."""
+    """Round times (round 1 includes the engine's start-up), final accuracy and total wall time."""
     rows = []
     started = time.perf_counter()
     simulate(plan.run, out_dir, plan=plan, on_round=rows.append)
@@ -85,26 +86,32 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--dataset", default="hapt")
     args = parser.parse_args()
-    run = load_config(None, [
+    flat = [
         f"dataset={args.dataset}", "partition=iid", f"num-clients={args.clients}", "allocation=all",
         "selection=all", f"num-server-rounds={args.rounds}", f"local-epochs={args.epochs}", "device=cpu",
-    ])
+    ]
+    run = load_config(None, flat)
     out_dir = Path("experiments/out/overhead")
     plain_times, plain_acc = plain_loop(prepare(run), args.rounds)
-    fed_times, fed_acc, wall = fedmm_simulation(prepare(run, out_dir, overwrite=True), out_dir)
+    fedmm_runs = {}
+    for engine in ("ray", "inline"):
+        engine_run = load_config(None, [*flat, f"engine={engine}"])
+        fedmm_runs[engine] = fedmm_simulation(prepare(engine_run, out_dir / engine, overwrite=True), out_dir / engine)
 
     plain_steady = statistics.median(plain_times[1:])
-    fed_steady = statistics.median(fed_times[1:])
+    steady = {e: statistics.median(times[1:]) for e, (times, _, _) in fedmm_runs.items()}
     print(f"# fedmm overhead: {args.dataset}, {args.clients} clients (all selected), {args.rounds} rounds, "
-          f"{args.epochs} local epoch(s), {torch.get_num_threads()} torch threads in the plain loop\n")
-    print("| | plain PyTorch loop | fedmm (Flower + Ray) | ratio fedmm/plain |")
+          f"{args.epochs} local epoch(s), {torch.get_num_threads()} torch threads in the plain loop and inline\n")
+    print("| | plain PyTorch loop | fedmm, engine ray | fedmm, engine inline |")
     print("|---|---|---|---|")
-    print(f"| start-up (s) | {plain_times[0] - plain_steady:.2f} | {fed_times[0] - fed_steady:.2f} | |")
-    print(f"| steady-state round (s, median of rounds 2..{args.rounds}) | {plain_steady:.2f} | {fed_steady:.2f} "
-          f"| **{fed_steady / plain_steady:.2f}** |")
-    print(f"| final test accuracy | {plain_acc:.4f} | {fed_acc:.4f} | |")
-    print(f"\nfedmm wall time including Ray start and shutdown: {wall:.1f} s")
-
+    print(f"| start-up (s) | {plain_times[0] - plain_steady:.2f} | "
+          + " | ".join(f"{fedmm_runs[e][0][0] - steady[e]:.2f}" for e in fedmm_runs) + " |")
+    print(f"| steady-state round (s, median of rounds 2..{args.rounds}) | {plain_steady:.2f} | "
+          + " | ".join(f"{steady[e]:.2f}" for e in fedmm_runs) + " |")
+    print("| ratio fedmm / plain (steady round) | | "
+          + " | ".join(f"**{steady[e] / plain_steady:.2f}**" for e in fedmm_runs) + " |")
+    print(f"| final test accuracy | {plain_acc:.4f} | " + " | ".join(f"{fedmm_runs[e][1]:.4f}" for e in fedmm_runs) + " |")
+    print("| wall time of the whole run (s) | | " + " | ".join(f"{fedmm_runs[e][2]:.1f}" for e in fedmm_runs) + " |")
 
 if __name__ == "__main__":
     main()

@@ -206,7 +206,7 @@ class RunConfig(Checked):
         for key, value in values.items():
             head, dot, rest = key.partition(".")
             if dot and head in NAMESPACES:
-                if head in ("strategy", "objective", "selection") and rest == "name":
+                if head in ("strategy", "objective", "selection", "dataset") and rest == "name":
                     key = head  # [objective] name = "mnl" is the same as objective = "mnl"
                 else:
                     namespaced[head][rest] = value

@@ -21,6 +21,14 @@ def test_toml_file_with_nested_tables(tmp_path):
     assert run.objective == "mnl" and run.objective_params == {"lambda": 0.5}
 
 
+def test_a_dataset_table_names_its_dataset_and_options(tmp_path):
+    # TOML cannot hold both `dataset = "synthetic"` and a [dataset] table of its options
+    path = tmp_path / "run.toml"
+    path.write_text('partition = "iid"\nnum-clients = 4\n[dataset]\nname = "synthetic"\nnum_classes = 5\n')
+    run = load_config(path)
+    assert run.dataset == "synthetic" and run.dataset_options == {"num_classes": 5}
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

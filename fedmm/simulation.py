@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -218,6 +219,7 @@ def simulate(
     on_round: RoundCallback | None = None,
     plan: Plan | None = None,
     resume: bool = False,
+    roster_from_scenario: bool = True,
 ) -> dict[str, Any]:
     """Validate ``run``, then simulate it on Ray and write results to ``out_dir``.
 
@@ -235,6 +237,10 @@ def simulate(
         An already prepared plan for ``run`` (skips preparing it again).
     resume:
         Continue the run whose checkpoint is in ``out_dir`` (see :func:`resume_config`).
+    roster_from_scenario:
+        Register the server's roster from the scenario (every client's partition, modalities and
+        size), with no ``query`` message per node; ``False``: discover the nodes as a deployment
+        does (benchmarks compare the two).
 
     A SIGINT (Ctrl-C) or SIGTERM stops the run within seconds: the round under way is dropped,
     ``summary.json`` gets status ``interrupted``, Ray shuts down and
@@ -247,6 +253,8 @@ def simulate(
     from fedmm.clients.app import app as client_app
 
     plan = plan or prepare(run, out_dir, overwrite=overwrite, resume=resume)
+    # the simulation's server knows the scenario: its roster is registered from it, no discovery
+    plan = dataclasses.replace(plan, roster_from_scenario=roster_from_scenario)
     checkpoint = resume_checkpoint(out_dir, run, plan.model) if resume and out_dir is not None else None
     outcome: dict[str, Any] = {}
     stop = StopRequest()

@@ -211,7 +211,8 @@ def train(msg: Message, context: Context) -> Message:
     model = model_of(run, objective)
     model.load_state_dict(msg.content[ARRAYS].to_torch_state_dict(), strict=False)
     model.to(device)
-    ctx = _round_context(request, run, modalities, device, copy.deepcopy(model).eval().requires_grad_(False))
+    teacher = copy.deepcopy(model).eval().requires_grad_(False) if objective.uses_global_model else None
+    ctx = _round_context(request, run, modalities, device, teacher)
     data = node.data
     train_config = train_config_of(
         run, server_round=server_round, proximal_mu=request.proximal_mu or 0.0,

@@ -170,7 +170,7 @@ class Roster:
                             '--federation-config "num-supernodes=%d"', connected, self.min_available_nodes,
                             now - started, self.round_timeout, self.min_available_nodes)
                 next_log = now + NODE_WAIT_LOG_EVERY
-            time.sleep(min(1.0, deadline - now))
+            time.sleep(min(0.1, deadline - now))
 
     def available(self) -> list[ClientState]:
         """Known clients whose node is connected now, by client id."""

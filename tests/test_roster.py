@@ -113,3 +113,27 @@ def test_a_resumed_run_maps_its_clients_to_new_nodes_correctly(tmp_path):
     cols = ["round", "partition-id", "modalities-held", "modalities-trained", "status", "num-examples", "train-loss"]
     pd.testing.assert_frame_equal(a[cols], b[cols])
     assert (b["round"] == 0).sum() == 6  # the update pass ran once, before round 1, not again on resume
+
+
+@pytest.mark.usefixtures("flower_identity")
+@pytest.mark.parametrize(("strategy", "copied"), [("fedavg", False), ("fedcmi", True)])
+def test_a_client_copies_the_received_model_only_for_an_objective_that_uses_it(monkeypatch, strategy, copied):
+    import fedmm.clients.app as client
+    from fedmm.protocol import Request
+    from fedmm.records import to_record
+    from fedmm.server.loop import prepare
+
+    run = load_config(None, [*FEDERATION, f"strategy={strategy}"])
+    plan = prepare(run)
+    seen = []
+    original = client.train_local
+    monkeypatch.setattr(client, "train_local", lambda model, data, obj, ctx, *a, **k: (
+        seen.append(ctx.global_model), original(model, data, obj, ctx, *a, **k))[1])
+    mods = tuple(plan.scenario.modalities[2])
+    msg = Request(run.to_toml(), 1, mods, partition_id=2).to_message(3, MessageType.TRAIN,
+                                                                     to_record(plan.model.state_dict()), mods)
+    context = Context(run_id=1, node_id=3, state=RecordDict(), run_config={},
+                      node_config={"partition-id": 2, "num-partitions": 6})
+    reply = client.app(msg, context)
+    assert not reply.has_error()
+    assert (seen[0] is not None) is copied

@@ -281,7 +281,12 @@ class RunConfig(Checked):
     parsed: ClassVar[Mapping[str, Any]]
 
     def __hash__(self) -> int:  # the dict fields make the generated hash fail; the TOML text is canonical
-        return hash(self.to_toml())
+        # the text is kept: clients hash the config of every message (caches keyed by it)
+        text = self.__dict__.get("_hash_text")
+        if text is None:
+            text = self.to_toml()
+            object.__setattr__(self, "_hash_text", text)
+        return hash(text)
 
     # -- output ----------------------------------------------------------------------------------
     def to_flat(self) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The ``inline`` engine: a Flower grid that hands every message to fedmm's ClientApp in this process.
 
-Node ``n`` serves partition ``n - 1``. The grid runs the real server loop and the real client
+Node ``n`` serves partition ``n - 1`` (or random node ids, see ``shuffle``). The grid runs the real server loop and the real client
 handlers, one message after the other, in the calling thread: no Ray, no actors, no serialisation
 between processes. A federation's numbers are the Ray engine's with the same seed (the clients'
 work depends only on the run, the round and the partition); what differs is the cost: on a small
@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from uuid import uuid4
 
+import numpy as np
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp.client_app import ClientAppException
 from flwr.common.constant import ErrorCode
@@ -36,15 +37,24 @@ class InlineGrid:
     stop:
         A stop request (Ctrl-C) checked before each message, so an interrupt ends a round of many
         clients within one client's work; ``None`` never stops.
+    shuffle:
+        Seed of random node ids, as Flower's simulation engine draws them (partition ``i``: the
+        ``i``-th id drawn, not the ``i``-th smallest; tests of the node<->client map); ``None``:
+        node ``n`` holds partition ``n - 1``.
     """
 
-    def __init__(self, num_nodes: int, stop: StopRequest | None = None) -> None:
+    def __init__(self, num_nodes: int, stop: StopRequest | None = None, shuffle: int | None = None) -> None:
         self.num_nodes = num_nodes
         self.stop = stop
+        if shuffle is None:
+            ids = list(range(1, num_nodes + 1))
+        else:
+            ids = [int(i) for i in np.random.default_rng(shuffle).choice(2**40, size=num_nodes, replace=False) + 1]
+        self.partition_of_node = {node: p for p, node in enumerate(ids)}
         self._replies: dict[str, Message] = {}
 
     def get_node_ids(self) -> list[int]:
-        return list(range(1, self.num_nodes + 1))
+        return list(self.partition_of_node)
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         """Answer ``messages`` now; their replies wait for :meth:`pull_messages`. Returns their ids."""
@@ -70,7 +80,8 @@ class InlineGrid:
 
         node = msg.metadata.dst_node_id
         context = Context(run_id=INLINE_RUN_ID, node_id=node, state=RecordDict(), run_config={},
-                          node_config={"partition-id": node - 1, "num-partitions": self.num_nodes})
+                          node_config={"partition-id": self.partition_of_node[node],
+                                       "num-partitions": self.num_nodes})
         try:
             return app(msg, context)
         except Exception as ex:  # Flower's engines turn a raised exception into an error reply

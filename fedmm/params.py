@@ -19,6 +19,7 @@ built directly. Every error is a ``ValueError`` whose message starts with the pa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 import types
@@ -170,6 +171,13 @@ def specs(target: type | Callable[..., Any]) -> list[Spec]:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _checked_specs(cls: type) -> tuple[Spec, ...]:
+    """:func:`specs` of a :class:`Checked` class, read once per class (every instance is checked
+    against them: clients build train settings and model configs for every message)."""
+    return tuple(specs(cls))
+
+
 def config_specs(cls: type) -> list[Spec]:
     """:func:`specs` of dataclass ``cls``, each under its config name (``cls.field_names``, as
     :class:`Checked` declares it; the field name when it has none), for listings."""
@@ -282,7 +290,7 @@ class Checked:
     field_names: typing.ClassVar[Mapping[str, str]] = {}
 
     def __post_init__(self) -> None:
-        for spec in specs(type(self)):
+        for spec in _checked_specs(type(self)):
             value = check_value(self.field_label(spec.name), getattr(self, spec.name), spec)
             object.__setattr__(self, spec.name, value)
 

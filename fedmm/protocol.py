@@ -80,6 +80,10 @@ class Request:
         Local epochs instead of the run's (the update pass); ``None``: the run's.
     global_model_facts:
         ``evaluate``: report the objective's facts of the received model instead of evaluating it.
+    partition_id:
+        The scenario partition the node is to hold (a simulation whose server registered its roster
+        from the scenario, :class:`~fedmm.strategies.roster.Roster`); ``None``: the node's own
+        node-config ``partition-id``. A node with its own ``data-dir`` or ``modalities`` ignores it.
     extras:
         The objective's extras for the round (scalars, lists, numpy arrays).
     """
@@ -92,6 +96,7 @@ class Request:
     order: tuple[str, ...] = ()
     epochs: int | None = None
     global_model_facts: bool = False
+    partition_id: int | None = None
     extras: Mapping[str, Any] = field(default_factory=dict)
 
     def to_message(self, node: int, message_type: str, arrays: ArrayRecord, groups: Iterable[str]) -> Message:
@@ -110,6 +115,8 @@ class Request:
             config[LOCAL_EPOCHS] = self.epochs
         if self.global_model_facts:
             config[GLOBAL_MODEL_FACTS_KEY] = True
+        if self.partition_id is not None:
+            config[PARTITION_ID] = self.partition_id
         extra_config, extra_arrays = encode_extras(self.extras)
         payload = subset_record(arrays, keys_for_modalities(arrays.keys(), groups))
         content = RecordDict({ARRAYS: payload, CONFIG: ConfigRecord(config), EXTRAS: extra_config,
@@ -129,6 +136,7 @@ class Request:
             order=_split(config.get(IMBALANCE_ORDER, "")),
             epochs=int(config[LOCAL_EPOCHS]) if LOCAL_EPOCHS in config else None,
             global_model_facts=GLOBAL_MODEL_FACTS_KEY in config,
+            partition_id=requested_partition(msg),
             extras=decode_extras(msg.content.get(EXTRAS), msg.content.get(EXTRA_ARRAYS)),
         )
 
@@ -141,6 +149,18 @@ def message_bytes(msg: Message, *, extras: bool) -> int:
 def run_config_text(msg: Message) -> str:
     """The run config (TOML text) every server message carries."""
     return str(msg.content[CONFIG][RUN_CONFIG])
+
+
+def requested_partition(msg: Message) -> int | None:
+    """The partition id a server message asks the node to hold (:attr:`Request.partition_id`), or
+    ``None`` when it names none; raises ``ValueError`` when the value is not an integer (the node
+    vets its range against its ``num-partitions``)."""
+    value = msg.content[CONFIG].get(PARTITION_ID)
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise ValueError(f"the server's message names {PARTITION_ID} {value!r}, not an integer")
+    return int(value)
 
 
 # -- discovery ---------------------------------------------------------------------------------------

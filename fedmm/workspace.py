@@ -23,8 +23,10 @@ def parse_run_config(toml_text: str) -> RunConfig:
     return RunConfig.from_mapping(flatten(tomllib.loads(toml_text)))
 
 
+@functools.lru_cache(maxsize=8)
 def dataset_of(run: RunConfig) -> Dataset:
-    """The run's dataset (the registry caches it per process)."""
+    """The run's dataset (the registry caches it per process; this cache skips checking the
+    options again for every message)."""
     return load_dataset(run.dataset, data_dir=run.data_dir or None, **run.dataset_options)
 
 

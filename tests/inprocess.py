@@ -4,14 +4,18 @@ a Ray simulation's with the same seed (both need the ``flower_identity`` fixture
 
 from __future__ import annotations
 
+import dataclasses
+
 from fedmm.inline import InlineGrid
 
 
-def run_in_process(run, on_round=None):
-    """Prepare ``run`` and run its federation on an :class:`InlineGrid`; returns the round rows."""
+def run_in_process(run, on_round=None, *, roster_from_scenario=True, shuffle=None):
+    """Prepare ``run`` and run its federation on an :class:`InlineGrid`; returns the round rows.
+    ``roster_from_scenario``: as ``fedmm simulate`` (no discovery messages); ``False``: discovery
+    by ``query`` messages, as a deployment. ``shuffle``: random node ids (:class:`InlineGrid`)."""
     from fedmm.server.loop import prepare, run_federation
 
-    plan = prepare(run)
+    plan = dataclasses.replace(prepare(run), roster_from_scenario=roster_from_scenario)
     rows = []
 
     def record(row):
@@ -19,14 +23,16 @@ def run_in_process(run, on_round=None):
         if on_round:
             on_round(plan, row)
 
-    run_federation(InlineGrid(len(plan.scenario.partitions)), plan, record)
+    run_federation(InlineGrid(len(plan.scenario.partitions), shuffle=shuffle), plan, record)
     return rows
 
 
-def simulate_in_process(run, out_dir=None, *, overwrite=False, **_):
+def simulate_in_process(run, out_dir=None, *, overwrite=False, roster_from_scenario=True, shuffle=None,
+                        resume=None, on_round=None, **_):
     """``fedmm.simulation.simulate`` on an :class:`InlineGrid` (for ``run_grid``'s ``simulate``):
-    writes ``out_dir`` and returns the summary."""
+    writes ``out_dir`` and returns the summary. ``resume``: a checkpoint to continue from."""
     from fedmm.server.loop import prepare, run_federation
 
-    plan = prepare(run, out_dir, overwrite=overwrite)
-    return run_federation(InlineGrid(len(plan.scenario.partitions)), plan)
+    plan = prepare(run, out_dir, overwrite=overwrite or resume is not None)
+    plan = dataclasses.replace(plan, roster_from_scenario=roster_from_scenario)
+    return run_federation(InlineGrid(len(plan.scenario.partitions), shuffle=shuffle), plan, on_round, resume=resume)

@@ -10,6 +10,12 @@ SuperNode; the simulation engine injects the first two):
   the node then trains on the whole train split found there instead of a partition of the shared data;
 * ``modalities`` (optional, e.g. ``'audio,visual'``): the modalities the node holds, overriding the
   scenario's allocation (default: the allocation, or every modality for a node with its own data-dir).
+
+In ``fedmm simulate`` the server registers its roster from the scenario instead of asking every
+node (no ``query`` messages) and names the partition in every message it sends a node
+(:attr:`fedmm.protocol.Request.partition_id`); a node without its own ``data-dir`` or
+``modalities`` holds that partition (vetted against its ``num-partitions``), whatever its
+node-config ``partition-id``. A deployment server names none, so SuperNodes keep their own.
 """
 
 from __future__ import annotations
@@ -30,8 +36,8 @@ from fedmm.data import LABEL_KEY, TensorDict, subset
 from fedmm.facts import CLIENT_FACTS
 from fedmm.groups import keys_for_modalities
 from fedmm.objectives import RoundContext
-from fedmm.protocol import (ARRAYS, Request, evaluate_reply, info_reply, model_facts_reply, run_config_text,
-                            train_reply)
+from fedmm.protocol import (ARRAYS, Request, evaluate_reply, info_reply, model_facts_reply, requested_partition,
+                            run_config_text, train_reply)
 from fedmm.records import to_record
 from fedmm.training import evaluate, resolve_device, train_local
 from fedmm.workspace import dataset_of, model_of, objective_of, parse_run_config, scenario_of, train_config_of
@@ -69,7 +75,8 @@ class Node:
 
     @classmethod
     def from_message(cls, msg: Message, context: Context) -> Node:
-        """The node described by ``context.node_config`` for the run whose config ``msg`` carries.
+        """The node described by ``context.node_config`` for the run whose config ``msg`` carries
+        (and the partition the message names, see the module docstring).
 
         Raises ``ValueError`` naming the node-config key to fix when a required key is missing,
         ``partition-id``/``num-partitions`` do not fit the run, ``data-dir`` is given for a dataset
@@ -106,6 +113,12 @@ class Node:
             run = dataclasses.replace(run, data_dir=data_dir)
         if not 0 <= pid < nparts:
             raise ValueError(f"partition-id={pid} is outside 0..{nparts - 1}")
+        requested = requested_partition(msg)
+        if requested is not None and data_dir is None and "modalities" not in node_config:
+            if not 0 <= requested < nparts:
+                raise ValueError(f"the server asked this node to hold partition {requested}, outside "
+                                 f"0..{nparts - 1} (its num-partitions)")
+            pid = requested
         dataset = dataset_of(run)
         if "modalities" in node_config:
             held = _parse_modalities(str(node_config["modalities"]), dataset.modality_names)
@@ -198,7 +211,8 @@ def train(msg: Message, context: Context) -> Message:
     model = model_of(run, objective)
     model.load_state_dict(msg.content[ARRAYS].to_torch_state_dict(), strict=False)
     model.to(device)
-    ctx = _round_context(request, run, modalities, device, copy.deepcopy(model).eval().requires_grad_(False))
+    teacher = copy.deepcopy(model).eval().requires_grad_(False) if objective.uses_global_model else None
+    ctx = _round_context(request, run, modalities, device, teacher)
     data = node.data
     train_config = train_config_of(
         run, server_round=server_round, proximal_mu=request.proximal_mu or 0.0,

@@ -171,7 +171,9 @@ class RoundContext:
     modalities:
         Modalities the client trains this round (a subset of those it holds, chosen by the server).
     global_model:
-        A frozen copy of the received global model (teacher for distillation, proximal anchor).
+        A frozen copy of the received global model (teacher for distillation), for an objective
+        whose :attr:`Objective.uses_global_model` is set; ``None`` for the others (the copy costs a
+        model's worth of time and memory per message).
     extras:
         Strategy-specific values sent by the server (global prototypes, dominant modality,
         active classifier slots, ...), already decoded into tensors or numbers.
@@ -206,6 +208,9 @@ class Objective:
     name: ClassVar[str] = "ce"
     #: Whether the model needs per-modality heads (``heads.<m>``) for this objective.
     needs_heads: ClassVar[bool] = False
+    #: Whether the client hands the objective a frozen copy of the received global model
+    #: (``RoundContext.global_model``: FedCMI's teacher); objectives that never read it leave it off.
+    uses_global_model: ClassVar[bool] = False
 
     @dataclass
     class Params(Checked):

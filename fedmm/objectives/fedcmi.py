@@ -90,6 +90,7 @@ def class_wise_temperature(p_first: torch.Tensor, p_second: torch.Tensor, presen
 class FedCMI(Objective):
     """FedCMI: self-branch CEs plus cross-modal infiltration from the global dominant modality."""
 
+    uses_global_model: ClassVar[bool] = True  # the teacher of the infiltration loss
     name: ClassVar[str] = "fedcmi"
     needs_heads: ClassVar[bool] = True
     fills_missing: ClassVar[bool] = True

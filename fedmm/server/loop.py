@@ -145,6 +145,10 @@ class Plan:
     out_dir: Path | None
     #: The strategy recipe's validated ``strategy.*`` parameters.
     strategy_params: Any = None
+    #: Register the roster from the scenario instead of discovering the nodes with ``query``
+    #: messages (set by ``fedmm simulate``, whose server knows every partition; off for deployment
+    #: and ``flwr run``, which keep discovery with its bounded wait).
+    roster_from_scenario: bool = False
 
 
 def prepare(run: RunConfig, out_dir: str | Path | None = None, *, overwrite: bool = False,

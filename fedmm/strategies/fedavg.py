@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,7 +15,7 @@ from flwr.serverapp import Grid
 
 from fedmm.checkpoint import prefixed, unprefixed
 from fedmm.groups import key_modality, keys_for_modalities
-from fedmm.protocol import NUM_EXAMPLES, Request, message_bytes
+from fedmm.protocol import NUM_EXAMPLES, ClientInfo, Request, message_bytes
 from fedmm.records import aggregate, from_record, to_record
 from fedmm.strategies.base import ExtrasFn, ObserveFn
 from fedmm.strategies.replies import Accepted, accept, client_updates, evaluation, model_facts, probed_losses
@@ -75,12 +76,17 @@ class ModalityAwareFedAvg:
     num_partitions:
         Clients of the run's scenario: a node whose discovery reply names a partition id outside
         ``0 .. num_partitions - 1`` is skipped; ``None`` checks only that the id is not negative.
+    scenario:
+        The scenario's clients, to register the roster from instead of discovering the nodes with
+        ``query`` messages (``fedmm simulate``; see :class:`~fedmm.strategies.roster.Roster`);
+        every message then names its client's partition id. ``None``: discovery.
     """
 
     def __init__(self, *, policy: SelectionPolicy, clients_per_round: int, min_available_nodes: int, run_config: str,
                  proximal_mu: float = 0.0, extras_fn: ExtrasFn | None = None, observe_fn: ObserveFn | None = None,
                  fraction_evaluate: float = 0.0, round_timeout: float = 600.0, seed: int = 0,
-                 parameter_keys: Collection[str] | None = None, num_partitions: int | None = None) -> None:
+                 parameter_keys: Collection[str] | None = None, num_partitions: int | None = None,
+                 scenario: Sequence[ClientInfo] | None = None) -> None:
         if policy.uses_updates and parameter_keys is None:
             raise ValueError(f"selection {policy.name!r} builds update vectors from the model's parameters: "
                              "pass their names as parameter_keys")
@@ -88,7 +94,7 @@ class ModalityAwareFedAvg:
         self.clients_per_round, self.run_config, self.proximal_mu = clients_per_round, run_config, proximal_mu
         self.extras_fn, self.observe_fn = extras_fn or (lambda server_round: {}), observe_fn
         self.fraction_evaluate, self.round_timeout = fraction_evaluate, round_timeout
-        self.roster = Roster(min_available_nodes, round_timeout, num_partitions)
+        self.roster = Roster(min_available_nodes, round_timeout, num_partitions, scenario)
         self.client_rows: list[dict[str, Any]] = []
         self.round_stats: dict[str, float] = {}
         self._global: dict[str, np.ndarray] = {}
@@ -227,6 +233,7 @@ class ModalityAwareFedAvg:
     def _message(self, client_id: int, message_type: str, arrays: ArrayRecord, groups: tuple[str, ...],
                  request: Request) -> Message:
         """``request`` to ``client_id`` with ``groups``, counted in ``bytes-down`` (train: + extras)."""
+        request = dataclasses.replace(request, partition_id=self.roster.partition_of(client_id))
         msg = request.to_message(self.roster.node_of[client_id], message_type, arrays, groups)
         size = message_bytes(msg, extras=message_type == MessageType.TRAIN)
         self.round_stats["bytes-down"] = self.round_stats.get("bytes-down", 0.0) + size

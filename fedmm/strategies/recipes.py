@@ -107,12 +107,21 @@ STRATEGIES.add("cmsfed", StrategyRecipe(_FEDAVG, "fedavg with CMSFed's objective
 def strategy_kwargs(plan: Plan) -> dict[str, Any]:
     """The keyword arguments of :class:`~fedmm.strategies.fedavg.ModalityAwareFedAvg` for ``plan``:
     its policy, the objective's server half and proximal weight, the names of the model's parameters
-    (update vectors hold parameters only, never buffers) and the run's federation settings."""
+    (update vectors hold parameters only, never buffers) and the run's federation settings; with
+    ``plan.roster_from_scenario`` (a simulation) also the scenario's clients, so that the roster
+    is registered from them instead of by discovery."""
     run = plan.run
+    extra: dict[str, Any] = {}
+    if plan.roster_from_scenario:
+        from fedmm.protocol import ClientInfo  # flwr: only when a strategy is built
+
+        sc = plan.scenario
+        extra["scenario"] = [ClientInfo(p, tuple(sc.modalities[p]), len(sc.partitions[p]))
+                             for p in range(len(sc.partitions))]
     return dict(policy=plan.policy, clients_per_round=run.clients_per_round,
                 min_available_nodes=run.min_available_nodes or len(plan.scenario.partitions),
                 run_config=run.to_toml(), proximal_mu=plan.objective.proximal_mu,
                 extras_fn=plan.objective.server_extras, observe_fn=plan.objective.server_observe,
                 fraction_evaluate=run.fraction_evaluate, round_timeout=run.round_timeout, seed=run.seed,
                 parameter_keys=[name for name, _ in plan.model.named_parameters()],
-                num_partitions=len(plan.scenario.partitions))
+                num_partitions=len(plan.scenario.partitions), **extra)

@@ -1,7 +1,9 @@
 """The federation's roster: which clients exist, which node serves each, who is connected now.
 
-Clients are identified by their partition id (learnt through a ``query`` message), not by their
-Flower node id: a node that reconnects under a new id, or a resumed run, keeps the client's state.
+Clients are identified by their partition id, not by their Flower node id: a node that reconnects
+under a new id, or a resumed run, keeps the client's state. A deployment learns each node's
+partition through a ``query`` message (discovery); a simulation, whose server knows the scenario,
+registers every client from it (:class:`Roster` with ``scenario``) and sends no query at all.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 
-from fedmm.protocol import decode_info, query_message
+from fedmm.protocol import ClientInfo, decode_info, query_message
 from fedmm.records import RecordMismatch
 from fedmm.strategies.replies import answered_nodes, client_row
 from fedmm.strategies.selection.base import ClientState
@@ -54,12 +56,20 @@ class Roster:
     num_partitions:
         Clients of the run's scenario: a node whose discovery reply names a partition id outside
         ``0 .. num_partitions - 1`` is skipped; ``None`` checks only that the id is not negative.
+    scenario:
+        The clients of the run's scenario (``fedmm simulate``, where the server knows it): the
+        roster then registers the connected nodes from it instead of asking each with a ``query``
+        message: client ``p`` is served by the ``p``-th unmapped node id in sorted order, and every
+        message to that node names partition ``p`` (:attr:`fedmm.protocol.Request.partition_id`).
+        ``None`` (deployment, ``flwr run``): discovery by ``query`` messages.
     """
 
-    def __init__(self, min_available_nodes: int, round_timeout: float, num_partitions: int | None = None) -> None:
+    def __init__(self, min_available_nodes: int, round_timeout: float, num_partitions: int | None = None,
+                 scenario: Sequence[ClientInfo] | None = None) -> None:
         self.min_available_nodes = min_available_nodes
         self.round_timeout = round_timeout
         self.num_partitions = num_partitions
+        self.scenario = {c.partition_id: c for c in scenario} if scenario is not None else None
         #: Client state by client (partition) id.
         self.clients: dict[int, ClientState] = {}
         #: Current Flower node id of each client, and the client of every node id seen.
@@ -100,7 +110,30 @@ class Roster:
             rows.append(row)
         self.connected = set(node_ids)
         new = [n for n in node_ids if n not in self.client_of]
+        if self.scenario is not None:
+            self._register_from_scenario(sorted(new))
+            return {}, rows
         return {n: query_message(n, run_config, MessageType.QUERY) for n in new}, rows
+
+    def _register_from_scenario(self, nodes: Sequence[int]) -> None:
+        """Map ``nodes`` (sorted) one to one onto the scenario's clients that have no node yet, by
+        partition id; nodes beyond the scenario's clients stay unmapped (never selected)."""
+        if not nodes:
+            return
+        free = [p for p in sorted(self.scenario) if p not in self.node_of or self.node_of[p] not in self.connected]
+        for node, p in zip(nodes, free):
+            info = self.scenario[p]
+            self.register(node, p, info.modalities, info.num_examples)
+        if len(nodes) > len(free):
+            log.warning("%d nodes beyond the scenario's %d clients are left out", len(nodes) - len(free),
+                        len(self.scenario))
+        log.info("registered %d nodes from the scenario (%d clients known)", min(len(nodes), len(free)),
+                 len(self.clients))
+
+    def partition_of(self, client_id: int) -> int | None:
+        """The partition id the messages to ``client_id``'s node name (``None``: discovery, the node
+        holds its own node-config partition)."""
+        return client_id if self.scenario is not None else None
 
     def admit(self, replies: Iterable[Message], queries: dict[int, Message], known: Collection[str]) -> None:
         """Register the nodes whose discovery reply is usable (``known``: the global model's
@@ -137,7 +170,7 @@ class Roster:
                             '--federation-config "num-supernodes=%d"', connected, self.min_available_nodes,
                             now - started, self.round_timeout, self.min_available_nodes)
                 next_log = now + NODE_WAIT_LOG_EVERY
-            time.sleep(min(1.0, deadline - now))
+            time.sleep(min(0.1, deadline - now))
 
     def available(self) -> list[ClientState]:
         """Known clients whose node is connected now, by client id."""

@@ -18,7 +18,7 @@ import pandas as pd
 
 from fedmm.config import load_config
 from fedmm.files import atomic_write
-from fedmm.results import ROUNDS_FILE
+from fedmm.results import LAST_ROUNDS, ROUNDS_FILE
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,7 @@ def run_grid(
         row = {**case.labels, "seed": seed, **summary["final"], "best-test/acc": summary["best-test/acc"],
                "best-round": summary["best-round"], "bytes-up": summary["total-bytes-up"],
                "seconds": summary["total-seconds"], "loss-growth": summary["loss-growth"],
+               "last-test/acc": summary.get("last-rounds-test/acc", math.nan),
                "diverged-round": summary["diverged"]["round"] if summary["diverged"] else math.nan}
         rows.append(row)
         _write_csv(pd.DataFrame(rows), csv_path)
@@ -159,9 +160,12 @@ METHOD_FEDERATIONS: dict[str, tuple[str, ...]] = {
 }
 METHOD_COMMON = ("allocation=multi-ratio", "multi-ratio=0.5")
 #: Every strategy with its own objective and selection, CMSFed also with random selection, and
-#: every local objective under FedAvg; each with its default parameters.
+#: every local objective under FedAvg; each with its default parameters. ``fedavg`` (selection
+#: ``all``) trains every client every round; ``fedavg+random`` trains ``clients-per-round`` of
+#: them, as CMSFed's selections do, so it is CMSFed's baseline at equal participation.
 METHODS: dict[str, tuple[str, ...]] = {
     "fedavg": ("strategy=fedavg",),
+    "fedavg+random": ("strategy=fedavg", "selection=random"),
     "fedprox": ("strategy=fedprox",),
     "fedcmi": ("strategy=fedcmi",),
     "cmsfed": ("strategy=cmsfed",),
@@ -187,7 +191,9 @@ def methods_benchmark(
     """Every method of :data:`METHODS` on every federation of :data:`METHOD_FEDERATIONS`.
 
     Writes ``runs.csv`` (one tidy row per dataset, method and seed: final and best multimodal
-    accuracy, each modality alone, the imbalance ratio, ``loss-growth`` = the largest round
+    accuracy, ``last-test/acc`` = the mean multimodal accuracy of the last
+    :data:`~fedmm.results.LAST_ROUNDS` rounds, each modality alone, the imbalance ratio,
+    ``loss-growth`` = the largest round
     training loss over the round-1 value, ``diverged-round``) and ``methods.md`` (the table this
     returns: per dataset and method, mean ± std over seeds) into ``out_dir``; each run's results
     go to ``out_dir/runs/<dataset>-<method>-seed<k>``.
@@ -229,19 +235,20 @@ def methods_benchmark(
 def methods_table(runs: pd.DataFrame, datasets: Sequence[str], methods: Sequence[str]) -> str:
     """The Markdown table of :func:`methods_benchmark`: a section per dataset, a row per method
     (mean ± std over seeds; "diverged" counts the seeds whose run diverged)."""
-    columns = {"test/acc": "final acc", "best-test/acc": "best acc", "test/imbalance": "imbalance ratio",
-               "loss-growth": "largest / round-1 train loss"}
+    columns = {"test/acc": "final acc", "last-test/acc": f"last {LAST_ROUNDS} rounds acc", "best-test/acc": "best acc",
+               "test/imbalance": "imbalance ratio", "loss-growth": "largest / round-1 train loss"}
     sections = []
     for d in datasets:
         rows = runs[runs["dataset"] == d]
         weak = weak_modality(rows)
-        header = ["method", *list(columns.values())[:2], f"{weak} alone", *list(columns.values())[2:], "diverged"]
+        header = ["method", *list(columns.values())[:3], f"{weak} alone", *list(columns.values())[3:], "diverged"]
         lines = [f"**{d}** (weakest modality: {weak})", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for m in methods:
             run = rows[rows["method"] == m]
             if run.empty:
                 continue
-            cells = [_mean_std(run[c]) for c in ("test/acc", "best-test/acc", f"test/acc/{weak}", *list(columns)[2:])]
+            cells = [_mean_std(run[c]) if c in run else "n/a"  # rows of a CSV written before the column
+                     for c in (*list(columns)[:3], f"test/acc/{weak}", *list(columns)[3:])]
             diverged = int(run["diverged-round"].notna().sum())
             lines.append("| " + " | ".join([m, *cells, f"{diverged}/{len(run)}"]) + " |")
         sections.append("\n".join(lines))

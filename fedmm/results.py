@@ -144,10 +144,39 @@ def summarize(rounds: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | No
         "total-bytes-up": float(df["bytes-up"].sum()),
         "total-bytes-down": float(df["bytes-down"].sum()),
         **loss_stability(rounds),
+        **last_rounds(rounds),
         "diverged": divergence(rounds, (extra or {}).get("first-client-error")) or False,
     }
     out.update(extra or {})
     return out
+
+
+#: How many of the last rounds :func:`last_rounds` summarises.
+LAST_ROUNDS = 5
+
+
+def last_rounds(rounds: Sequence[Mapping[str, Any]], count: int = LAST_ROUNDS) -> dict[str, float]:
+    """``last-rounds`` (how many rounds were averaged), ``last-rounds-test/acc`` and
+    ``last-rounds-test/acc-std``: mean and standard deviation (population, ``ddof=0``) of the
+    multimodal test accuracy over the last ``count`` training rounds. The final round alone swings
+    from round to round on a small test set or a non-IID federation; this is its steadier companion.
+
+    Parameters
+    ----------
+    rounds:
+        The run's rows of ``rounds.csv``; round 0 (the initial model) is never counted, so a run
+        with fewer than ``count`` rounds averages the rounds it has (NaN when it has none).
+    count:
+        Rounds to average, at least 1.
+    """
+    if count < 1:
+        raise ValueError(f"last_rounds: count must be at least 1, got {count}")
+    accs = [float(r["test/acc"]) for r in rounds if int(r["round"]) >= 1][-count:]
+    if not accs:
+        return {"last-rounds": 0, "last-rounds-test/acc": math.nan, "last-rounds-test/acc-std": math.nan}
+    mean = sum(accs) / len(accs)
+    std = math.sqrt(sum((a - mean) ** 2 for a in accs) / len(accs))
+    return {"last-rounds": len(accs), "last-rounds-test/acc": mean, "last-rounds-test/acc-std": std}
 
 
 #: A run has diverged once a round's training loss exceeds this many times its first round's.

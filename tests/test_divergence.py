@@ -52,3 +52,19 @@ def test_a_healthy_run_is_not_flagged(flower_identity):
                              "local-epochs=1"])
     summary = run_federation(InlineGrid(4), prepare(run))
     assert summary["diverged"] is False and summary["loss-growth"] <= 3.0
+
+
+def test_last_rounds_average_the_last_five_training_rounds():
+    from fedmm.results import last_rounds
+
+    rows = [{"round": 0, "test/acc": 0.1}] + [{"round": r, "test/acc": a}
+                                               for r, a in enumerate([0.2, 0.9, 0.5, 0.7, 0.6, 0.8, 0.4], 1)]
+    stats = last_rounds(rows)
+    assert stats["last-rounds"] == 5
+    assert stats["last-rounds-test/acc"] == pytest.approx(0.6)  # rounds 3-7: 0.5, 0.7, 0.6, 0.8, 0.4
+    assert stats["last-rounds-test/acc-std"] == pytest.approx(math.sqrt(0.02))
+    short = last_rounds(rows[:3])  # round 0 never counts
+    assert short["last-rounds"] == 2 and short["last-rounds-test/acc"] == pytest.approx(0.55)
+    assert math.isnan(last_rounds(rows[:1])["last-rounds-test/acc"])
+    with pytest.raises(ValueError, match="count"):
+        last_rounds(rows, 0)

@@ -549,3 +549,27 @@ def test_ray_federation_evaluates_only_classifiers_that_moved(tmp_path, monkeypa
              on_round=lambda row: check(dict(plan.objective.active), lambda key: plan.model.state_dict()[key].cpu()))
     assert [r for r, _ in plan.objective.decisions] == [1, 2, 3] and checked
     assert all(moved for *_, moved in checked), [c for c in checked if not c[2]]
+
+
+def test_train_step_reports_the_inference_logits_cross_entropy() -> None:
+    """The reported loss is CE(Z_n, y) per modality before its step (comparable over rounds), not
+    the boosting loss, whose three terms for n >= 2 would triple it by construction."""
+    obj = SustainedBoosting(P(n_max=3))
+    model = make_model(obj)
+    data = synthetic(["a", "v"], n=8)
+    obj.begin_round(model, data, ctx(["a", "v"], {ACTIVE_KEY: [3, 1]}))
+    model.train()
+    ref = copy.deepcopy(model)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    expected = []
+    for m in ("a", "v"):  # the same alternating steps by hand, recording CE(Z_n) before each
+        opt.zero_grad(set_to_none=True)
+        out = obj.outputs(ref, m, ref.encoders[m](data[m]))
+        expected.append(float(nn.functional.cross_entropy(out.total, data["y"])))
+        boosting = boosting_loss(out, data["y"], 0.5)
+        if m == "a":
+            assert float(boosting) > expected[0] * 1.5  # three terms: the optimised loss is larger
+        boosting.backward()
+        opt.step()
+    reported = obj.train_step(model, data, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert reported == pytest.approx(sum(expected) / 2, rel=1e-5)

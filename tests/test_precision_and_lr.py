@@ -223,7 +223,8 @@ def old_train_step(self: Objective, model: nn.Module, batch: TensorDict, optimiz
 
 
 def old_boost_train_step(self, model: nn.Module, batch: TensorDict, optimizer: torch.optim.Optimizer) -> float:
-    """``SustainedBoosting.train_step`` as it was before mixed precision."""
+    """``SustainedBoosting.train_step`` as it was before mixed precision (its reported loss as now:
+    ``CE(Z_n, y)`` of each modality before its step, not the boosting loss)."""
     y = batch[LABEL_KEY]
     losses = []
     for m in self.trained_modalities(model, batch):
@@ -232,12 +233,13 @@ def old_boost_train_step(self, model: nn.Module, batch: TensorDict, optimizer: t
         loss = boosting_loss(out, y, self.params.lam)
         with torch.no_grad():
             p_y = out.total.softmax(dim=1).gather(1, y[:, None]).sum()
+            reported = nn.functional.cross_entropy(out.total, y)
             self._conf[m] = self._conf.get(m, 0.0) + float(p_y)
             self._count[m] = self._count.get(m, 0) + int(y.shape[0])
         loss.backward()
         self.adjust_gradients(model, batch)
         optimizer.step()
-        losses.append(float(loss.detach()))
+        losses.append(float(reported))
     optimizer.zero_grad(set_to_none=True)
     return sum(losses) / len(losses) if losses else 0.0
 

@@ -401,7 +401,13 @@ class SustainedBoosting(Objective):
 
     def train_step(self, model: nn.Module, batch: TensorDict, optimizer: torch.optim.Optimizer) -> float:
         """One alternating step per trained modality at the round's precision (forward, loss and
-        confidence under its autocast); returns the mean of their losses."""
+        confidence under its autocast).
+
+        Returns the mean over the trained modalities of ``CE(Z^m_{n_m}, y)``, the cross-entropy of
+        the cumulative logits that inference uses (before the step), not of the optimised boosting
+        loss: that loss sums three terms once ``n_m >= 2`` against one for ``n_m = 1``, so a
+        round's ``train/loss`` would roughly triple when a modality gets its second classifier and
+        could not be compared with round 1's (``loss-growth`` in ``summary.json``)."""
         y = batch[LABEL_KEY]
         precision = self.precision
         losses = []
@@ -413,13 +419,15 @@ class SustainedBoosting(Objective):
                 out = self.outputs(model, m, model.encoders[m](batch[m]))
                 loss = boosting_loss(out, y, self.params.lam)
                 with torch.no_grad():
-                    p_y = out.total.float().softmax(dim=1).gather(1, y[:, None]).sum()
+                    total = out.total.float()
+                    p_y = total.softmax(dim=1).gather(1, y[:, None]).sum()
+                    reported = F.cross_entropy(total, y)
             self._conf[m] = self._conf.get(m, 0.0) + float(p_y)
             self._count[m] = self._count.get(m, 0) + int(y.shape[0])
             precision.backward(loss, optimizer)
             self.adjust_gradients(model, batch)
             precision.step(optimizer)
-            losses.append(float(loss.detach()))
+            losses.append(float(reported))
         optimizer.zero_grad(set_to_none=True)
         return sum(losses) / len(losses) if losses else 0.0
 

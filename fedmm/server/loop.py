@@ -196,7 +196,8 @@ def train_messages(strategy: RoundStrategy, server_round: int, arrays: ArrayReco
     strategy.begin_round(server_round, arrays)
     strategy.aggregate_discovery(server_round, exchange(grid, strategy.configure_discovery(server_round, grid),
                                                         timeout))
-    strategy.aggregate_update_pass(exchange(grid, strategy.configure_update_pass(arrays), timeout))
+    while update_pass := strategy.configure_update_pass(arrays):  # in batches, until none is left
+        strategy.aggregate_update_pass(exchange(grid, update_pass, timeout))
     strategy.aggregate_probe(server_round, exchange(grid, strategy.configure_probe(server_round, arrays), timeout))
     return strategy.configure_train(server_round, arrays)
 

@@ -40,10 +40,12 @@ class RoundStrategy(Protocol):
         """Register the nodes whose discovery reply is usable."""
 
     def configure_update_pass(self, arrays: ArrayRecord) -> list[Message]:
-        """Training messages of the pass that gives a policy its first update vectors (round 0)."""
+        """The next batch of training messages of the pass that gives a policy its first update
+        vectors (round 0); the loop calls it (and :meth:`aggregate_update_pass` with the batch's
+        replies) until it returns none, so a strategy without a pass returns ``[]``."""
 
     def aggregate_update_pass(self, replies: Iterable[Message]) -> None:
-        """Hand the update pass's replies to the policy and the objective (the model stays)."""
+        """Hand a batch of the update pass's replies to the policy and the objective (the model stays)."""
 
     def configure_probe(self, server_round: int, arrays: ArrayRecord) -> list[Message]:
         """Loss probes the policy asks for before it selects (Power-of-Choice)."""

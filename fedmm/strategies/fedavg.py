@@ -31,6 +31,9 @@ log = logging.getLogger("fedmm")
 #: Local epochs of the pass that gives update-vector policies their first vectors (the reference's
 #: ``grad_epochs``, FEDCMI_CMSFED.md 3.5 step 1).
 UPDATE_PASS_EPOCHS = 1
+#: Clients per batch of the update pass: the server holds one batch's messages (each a copy of
+#: the model) and replies at a time, so its memory does not grow with the number of clients.
+UPDATE_PASS_BATCH = 500
 
 
 class ModalityAwareFedAvg:
@@ -102,6 +105,11 @@ class ModalityAwareFedAvg:
         self._sent: dict[int, Assignment] = {}
         self._messages: dict[int, Message] = {}
         self._asked: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+        #: Clients per batch of the update pass (:data:`UPDATE_PASS_BATCH`).
+        self.update_pass_batch = UPDATE_PASS_BATCH
+        # the update pass's clients still to ask (None: not started this round) and its facts so far
+        self._pass_queue: list[int] | None = None
+        self._pass_facts: list[tuple[int, dict[str, Any]]] = []
         self.last_accepted: list[int] = []  # clients whose reply the last aggregate_train accepted
         self._rng = np.random.default_rng(seed)
 
@@ -113,6 +121,7 @@ class ModalityAwareFedAvg:
     def begin_round(self, server_round: int, arrays: ArrayRecord) -> None:
         self._global = from_record(arrays)
         self.round_stats = {"bytes-down": 0.0, "bytes-up": 0.0}
+        self._pass_queue = None
 
     def configure_discovery(self, server_round: int, grid: Grid) -> list[Message]:
         self._messages, rows = self.roster.connect(grid, server_round, self.run_config)
@@ -123,20 +132,31 @@ class ModalityAwareFedAvg:
         self.roster.admit(replies, self._messages, {key_modality(k) for k in self._global} - {None})
 
     def configure_update_pass(self, arrays: ArrayRecord) -> list[Message]:
-        """A short pass (round 0) of the clients the policy names, on all their modalities: the policy
-        gets their update vectors and facts, the objective's server half their facts; the model
-        stays. It uses the run's lr (the reference ran it at lr 0, FEDCMI_CMSFED.md 3.9)."""
-        states = self.roster.available()
-        pending = self.policy.update_pass(states)
-        self._asked = self._facts_asked(states) if pending else ((), ())
-        self._sent = {self.roster.node_of[c]: Assignment(c, self.roster.clients[c].modalities) for c in pending}
+        """The next batch (:attr:`update_pass_batch` clients) of a short pass (round 0) of the
+        clients the policy names, on all their modalities; ``[]`` once all of them were asked. The
+        policy gets their update vectors batch by batch, the objective's server half all their facts
+        at the end; the model stays. It uses the run's lr (the reference ran it at lr 0,
+        FEDCMI_CMSFED.md 3.9)."""
+        if self._pass_queue is None:
+            states = self.roster.available()
+            self._pass_queue = self.policy.update_pass(states)
+            self._asked = self._facts_asked(states) if self._pass_queue else ((), ())
+            self._pass_facts = []
+        batch, self._pass_queue = self._pass_queue[:self.update_pass_batch], self._pass_queue[self.update_pass_batch:]
+        self._sent = {self.roster.node_of[c]: Assignment(c, self.roster.clients[c].modalities) for c in batch}
         self._messages = {node: self._train_message(node, a, arrays, UPDATE_PASS_ROUND, UPDATE_PASS_EPOCHS)
                           for node, a in self._sent.items()}
         return list(self._messages.values())
 
     def aggregate_update_pass(self, replies: Iterable[Message]) -> None:
-        if self._messages:
-            self._observe(UPDATE_PASS_ROUND, self._accept(UPDATE_PASS_ROUND, replies))
+        if not self._messages:
+            return
+        accepted = self._accept(UPDATE_PASS_ROUND, replies)
+        self._observe_updates(UPDATE_PASS_ROUND, accepted)
+        self._pass_facts.extend((r.num_examples, r.facts) for r in accepted)
+        if not self._pass_queue and self.observe_fn is not None:  # the last batch: the pass's facts at once
+            self.observe_fn(UPDATE_PASS_ROUND, self._pass_facts)
+        self._messages = {}
 
     def configure_probe(self, server_round: int, arrays: ArrayRecord) -> list[Message]:
         """Ask the policy's probe clients (Power-of-Choice) for their loss under the current global
@@ -247,10 +267,13 @@ class ModalityAwareFedAvg:
         self.client_rows.extend(rows)
         return accepted
 
+    def _observe_updates(self, server_round: int, accepted: list[Accepted]) -> None:
+        """Update client states and hand their updates to the policy."""
+        keys = self.parameter_keys if self.policy.uses_updates else None
+        self.policy.observe(server_round, client_updates(self.roster, server_round, accepted, self._global, keys))
+
     def _observe(self, server_round: int, accepted: list[Accepted]) -> None:
         """Update client states, then hand the round to the policy and the objective's server half."""
-        keys = self.parameter_keys if self.policy.uses_updates else None
-        updates = client_updates(self.roster, server_round, accepted, self._global, keys)
-        self.policy.observe(server_round, updates)
+        self._observe_updates(server_round, accepted)
         if self.observe_fn is not None:
             self.observe_fn(server_round, [(r.num_examples, r.facts) for r in accepted])

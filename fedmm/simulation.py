@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedmm.checkpoint import Checkpoint, check_model_fits, config_digest, load_checkpoint
 from fedmm.config import MOVED_KEYS, RunConfig, flatten, load_config, read_toml
+from fedmm.delivery import fast_delivery
 from fedmm.results import CONFIG_FILE, SUMMARY_FILE
 from fedmm.server.loop import Plan, RoundCallback, StopRequest, prepare, run_federation
 
@@ -206,73 +207,6 @@ def client_resources(run: RunConfig, cluster_gpus: float | None = None) -> dict[
             present = cluster_gpus > 0
         gpus = 0.5 if (run.device != "cpu" and present) else 0.0
     return {"num_cpus": run.client_num_cpus, "num_gpus": gpus}
-
-
-#: Seconds between the simulation engine's looks for messages to deliver (Flower's own: 0.1).
-DELIVERY_POLL = 0.1
-
-
-def deliver_messages(state: Any, queue: Any, nodes_mapping: Mapping[int, Any], f_stop: threading.Event) -> None:
-    """Flower's simulation engine's message extractor (``vce_api.add_messages_to_queue``) in one
-    pass over the stored messages per look, instead of one scan of them per node: Flower's costs
-    N x M checks every 0.1 s (N nodes, M stored messages), which made every round slower with N
-    and the update pass (M = N) quadratic. The same checks run (each undelivered message once per
-    look: expiry and federation, the state's own ``_check_stored_messages``), messages are marked
-    delivered as Flower does, and they are queued in the order the server pushed them. A state
-    without the in-memory store this relies on gets Flower's own extractor.
-
-    Parameters
-    ----------
-    state:
-        The SuperLink's link state (``InMemoryLinkState`` in a simulation).
-    queue:
-        The queue the engine's workers take messages from.
-    nodes_mapping:
-        The simulation's node ids (to their partition ids).
-    f_stop:
-        Set when the simulation stops.
-    """
-    from flwr.supercore.date import now
-    from flwr.server.superlink.fleet.vce import vce_api
-
-    store, lock = getattr(state, "message_ins_store", None), getattr(state, "lock", None)
-    check = getattr(state, "_check_stored_messages", None)
-    if not isinstance(store, dict) or lock is None or check is None:
-        _FLOWER_EXTRACTOR.get(vce_api.__name__, vce_api.add_messages_to_queue)(state, queue, nodes_mapping, f_stop)
-        return
-    while not f_stop.is_set():
-        with lock:
-            waiting = {i for i, m in store.items() if m.metadata.delivered_at == ""
-                       and m.metadata.dst_node_id in nodes_mapping}
-            if waiting:
-                check(waiting)  # drops expired messages (Flower then answers them with an error)
-            ready = [m for i, m in store.items() if i in waiting]
-            stamp = now().isoformat()
-            for msg in ready:
-                msg.metadata.delivered_at = stamp
-        for msg in ready:
-            queue.put(msg)
-        f_stop.wait(DELIVERY_POLL)
-
-
-#: Flower's own extractor, while :func:`fast_delivery` has replaced it.
-_FLOWER_EXTRACTOR: dict[str, Callable[..., None]] = {}
-
-
-@contextmanager
-def fast_delivery() -> Iterator[None]:
-    """While the body runs, Flower's simulation engine delivers messages with
-    :func:`deliver_messages` (the engine looks the function up when it starts)."""
-    from flwr.server.superlink.fleet.vce import vce_api
-
-    original = vce_api.add_messages_to_queue
-    _FLOWER_EXTRACTOR[vce_api.__name__] = original
-    vce_api.add_messages_to_queue = deliver_messages
-    try:
-        yield
-    finally:
-        vce_api.add_messages_to_queue = original
-        _FLOWER_EXTRACTOR.pop(vce_api.__name__, None)
 
 
 def _cluster_text(resources: dict[str, float]) -> str:

@@ -4,7 +4,7 @@ import queue
 import threading
 from types import SimpleNamespace
 
-from fedmm.simulation import deliver_messages, fast_delivery
+from fedmm.delivery import deliver_messages, fast_delivery
 
 
 class FakeState:

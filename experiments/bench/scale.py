@@ -16,7 +16,7 @@ run is its own process, so the peak RSS is that run's: the driver's (``ru_maxrss
 loop, Flower's in-memory SuperLink state, the scenario) and the largest Ray worker's and all of
 Ray's processes together (sampled from ``/proc`` every 0.2 s).
 
-Both paths use fedmm's message delivery in the engine (``fedmm.simulation.fast_delivery``); for
+Both paths use fedmm's message delivery in the engine (``fedmm.delivery.fast_delivery``); for
 the numbers of an older fedmm (Flower's own delivery, no scenario roster) run this script with
 ``PYTHONPATH`` pointing at its checkout and ``--paths old``.
 

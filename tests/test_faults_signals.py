@@ -154,7 +154,7 @@ def test_ctrl_c_stops_an_inline_run_and_its_resume_matches_the_ray_run(tmp_path,
     # engine=inline runs the clients in fedmm's own process: the stop is checked before each client
     out = tmp_path / "inline"
     args = _simulate_args(out)
-    args[-2:-2] = ["--set", "engine=inline"]
+    args[-3:-3] = ["--set", "engine=inline"]  # before --out DIR --quiet
     with _fedmm(*args) as proc:
         _wait_for_round_1(proc, out)
         os.killpg(proc.pid, signal.SIGINT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -24,6 +25,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:  # Ctrl-C outside a simulation (loading data, between benchmark runs)
         return _interrupted(signal.SIGINT, "interrupted (SIGINT)")
+    except BrokenPipeError:  # `fedmm config | head`: the reader left; say nothing more, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail
+        return 128 + int(signal.SIGPIPE)
     except Exception as err:
         from fedmm.server.loop import Interrupted
 

@@ -3,6 +3,7 @@ and the small ones (seed, --out below a file, --config that is a directory, not 
 Each fault gives one message naming the key or file, before Ray starts; no test here starts Ray."""
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -181,3 +182,16 @@ def test_bench_grid_stops_at_a_failed_run(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"run random-seed1 stopped, no usable .* error: boom"):
         run_grid(None, ["dataset=synthetic"], [Case({"policy": "random"}, ("selection=random",))], [0, 1], csv)
     assert pd.read_csv(csv)["seed"].tolist() == [0]
+
+
+def test_a_reader_that_leaves_early_ends_fedmm_without_a_traceback():
+    # `fedmm config | head -0`: the pipe is closed before fedmm writes to it
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)
+    proc = subprocess.run([sys.executable, "-m", "fedmm.cli", "config"], stdout=write, stderr=subprocess.PIPE,
+                          text=True, timeout=120)
+    os.close(write)
+    assert proc.returncode == 141 and "Traceback" not in proc.stderr, proc.stderr

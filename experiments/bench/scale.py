@@ -10,8 +10,8 @@ K (default 100) chosen by ``selection=random``. Two rosters, side by side (``--p
 Per (N, path), a ``random`` run of ``--rounds`` rounds gives round 1 and the median of the later
 rounds (the ``seconds`` of each round row: Ray's start-up is not in them; round 1 has the
 discovery, timed alone as ``discovery s``), and a one-round ``divfl`` run gives the update pass
-(every client trains one epoch before round 1; timed from the strategy's ``configure_update_pass``
-to the end of its ``aggregate_update_pass``, in the server thread) and its cost per client. Each
+(every client trains one epoch before round 1, in batches; timed from the strategy's first
+``configure_update_pass`` to the end of its last ``aggregate_update_pass``, in the server thread) and its cost per client. Each
 run is its own process, so the peak RSS is that run's: the driver's (``ru_maxrss``: the server
 loop, Flower's in-memory SuperLink state, the scenario) and the largest Ray worker's and all of
 Ray's processes together (sampled from ``/proc`` every 0.2 s).
@@ -86,7 +86,9 @@ def one_run(n: int, path: str, selection: str, rounds: int, k: int) -> dict:
 
     timers: dict[str, float] = {}
 
-    def timed(name: str, start: str, end: str) -> None:
+    def timed(name: str, start: str, end: str, until_last: bool = False) -> None:
+        """Time from the first ``start`` call to the end of the first ``end`` call (``until_last``:
+        of the last one: the update pass is a loop over batches in round 1 only)."""
         begin, finish = getattr(ModalityAwareFedAvg, start), getattr(ModalityAwareFedAvg, end)
 
         def started(self, *args, **kwargs):
@@ -95,7 +97,7 @@ def one_run(n: int, path: str, selection: str, rounds: int, k: int) -> dict:
 
         def finished(self, *args, **kwargs):
             out = finish(self, *args, **kwargs)
-            if f"{name}-start" in timers and f"{name}-end" not in timers:
+            if f"{name}-start" in timers and (until_last or f"{name}-end" not in timers):
                 timers[f"{name}-end"] = time.perf_counter()
             return out
 
@@ -103,7 +105,7 @@ def one_run(n: int, path: str, selection: str, rounds: int, k: int) -> dict:
         setattr(ModalityAwareFedAvg, end, finished)
 
     timed("discovery", "configure_discovery", "aggregate_discovery")
-    timed("pass", "configure_update_pass", "aggregate_update_pass")
+    timed("pass", "configure_update_pass", "aggregate_update_pass", until_last=True)
     passed: list[int] = []
     original_pass = ModalityAwareFedAvg.configure_update_pass
 

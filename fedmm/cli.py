@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show Flower and Ray logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sim = sub.add_parser("simulate", help="simulate a federation (on Ray, or in this process with engine=inline) and write its results")
+    sim = sub.add_parser("simulate", help="simulate a federation (on Ray, or in this process with engine=inline) "
+                         "and write its results")
     sim.add_argument("--config", type=Path, help="TOML file of config keys (see README)")
     sim.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key; repeatable (e.g. --set num-server-rounds=5)")

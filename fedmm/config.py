@@ -129,7 +129,7 @@ class RunConfig(Checked):
     engine:
         how fedmm simulate runs the clients: ray (the Flower Simulation Engine, clients in parallel
         actors, GPU-aware) or inline (every client in this process, one after the other: the same
-        numbers, much faster for small models on few CPUs)
+        numbers, no start-up, so short runs end sooner)
     ray_address:
         fedmm simulate on a running Ray cluster: its address (e.g. '10.0.0.1:6379', or 'auto' for
         RAY_ADDRESS); empty = a local Ray instance of this process

@@ -1,12 +1,13 @@
 """The ``inline`` engine: a Flower grid that hands every message to fedmm's ClientApp in this process.
 
-Node ``n`` serves partition ``n - 1`` (or random node ids, see ``shuffle``). The grid runs the real server loop and the real client
-handlers, one message after the other, in the calling thread: no Ray, no actors, no serialisation
-between processes. A federation's numbers are the Ray engine's with the same seed (the clients'
-work depends only on the run, the round and the partition); what differs is the cost: on a small
-model and a few CPUs a round takes a fraction of the time, because nothing runs in parallel and
-nothing is started. A handler that raises gets the error reply Flower's simulation engine builds
-for it, so the server sees the same failures either way.
+Node ``n`` serves partition ``n - 1`` (or random node ids, see ``shuffle``). The grid runs the real
+server loop and the real client handlers, one message after the other, in the calling thread: no
+Ray, no actors, no serialisation between processes. A federation's numbers are the Ray engine's
+with the same seed (the clients' work depends only on the run, the round and the partition); what
+differs is the cost: nothing is started, so a short run ends sooner, but the clients train one after
+the other, so on several cores Ray's parallel actors make a long run's rounds faster. A handler that
+raises gets the error reply Flower's simulation engine builds for it, so the server sees the same
+failures either way.
 """
 
 from __future__ import annotations

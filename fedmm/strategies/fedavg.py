@@ -105,8 +105,6 @@ class ModalityAwareFedAvg:
         self._sent: dict[int, Assignment] = {}
         self._messages: dict[int, Message] = {}
         self._asked: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
-        #: Clients per batch of the update pass (:data:`UPDATE_PASS_BATCH`).
-        self.update_pass_batch = UPDATE_PASS_BATCH
         # the update pass's clients still to ask (None: not started this round) and its facts so far
         self._pass_queue: list[int] | None = None
         self._pass_facts: list[tuple[int, dict[str, Any]]] = []
@@ -132,7 +130,7 @@ class ModalityAwareFedAvg:
         self.roster.admit(replies, self._messages, {key_modality(k) for k in self._global} - {None})
 
     def configure_update_pass(self, arrays: ArrayRecord) -> list[Message]:
-        """The next batch (:attr:`update_pass_batch` clients) of a short pass (round 0) of the
+        """The next batch (:data:`UPDATE_PASS_BATCH` clients) of a short pass (round 0) of the
         clients the policy names, on all their modalities; ``[]`` once all of them were asked. The
         policy gets their update vectors batch by batch, the objective's server half all their facts
         at the end; the model stays. It uses the run's lr (the reference ran it at lr 0,
@@ -142,7 +140,7 @@ class ModalityAwareFedAvg:
             self._pass_queue = self.policy.update_pass(states)
             self._asked = self._facts_asked(states) if self._pass_queue else ((), ())
             self._pass_facts = []
-        batch, self._pass_queue = self._pass_queue[:self.update_pass_batch], self._pass_queue[self.update_pass_batch:]
+        batch, self._pass_queue = self._pass_queue[:UPDATE_PASS_BATCH], self._pass_queue[UPDATE_PASS_BATCH:]
         self._sent = {self.roster.node_of[c]: Assignment(c, self.roster.clients[c].modalities) for c in batch}
         self._messages = {node: self._train_message(node, a, arrays, UPDATE_PASS_ROUND, UPDATE_PASS_EPOCHS)
                           for node, a in self._sent.items()}

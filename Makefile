@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/fedmm simulate --config experiments/configs/demo.toml --out results/demo --overwrite
 
-test: $(STAMP)
+# the house's rules: ruff (lint) and the import contracts of .importlinter (docs/architecture.md)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check fedmm tests experiments
+	$(VENV)/bin/lint-imports
+
+test: $(STAMP) lint
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from flwr.app import MessageType
@@ -32,7 +33,7 @@ from fedmm.inline import InlineGrid
 from inprocess import run_in_process, simulate_in_process
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
-MODULES = ("ext_objective", "ext_policy", "ext_fact", "ext_dataset", "ext_fedavgm", "ext_uniform")
+MODULES = ("ext_objective", "ext_policy", "ext_fact", "ext_dataset", "ext_fedmedian", "ext_fedavgm", "ext_uniform")
 REGISTRIES = (OBJECTIVES, POLICIES, CLIENT_FACTS, DATASETS, STRATEGIES)
 SYN = ["dataset=synthetic", "num-server-rounds=1", "local-epochs=1", "partition=iid", "num-clients=6",
        "clients-per-round=3"]
@@ -245,3 +246,27 @@ def test_a_strategy_of_its_own_averages_with_equal_weights(plugin_dir, flower_id
         np.testing.assert_allclose(final[k], by_hand, rtol=1e-5, atol=1e-6)
         differs = differs or not np.allclose(by_hand, weighted, rtol=1e-5, atol=1e-6)
     assert differs  # weighting by examples would give another model
+
+
+# -- an aggregation rule through the combine hook ------------------------------------------------------
+def test_fedmedian_combine_by_hand(plugin_dir):
+    config("ext_fedmedian")
+    from ext_fedmedian import FedMedian
+    from fedmm.strategies.replies import Accepted
+
+    strategy = FedMedian.__new__(FedMedian)
+    old = {"a": np.zeros(2, np.float32), "b": np.ones(1, np.float32)}
+    accepted = [Accepted(client_id=c, modalities=("x",), num_examples=n, loss=0.0,
+                         arrays={"a": np.array(v, np.float32)}, facts={})
+                for c, n, v in [(0, 100, [1.0, 5.0]), (1, 1, [2.0, -1.0]), (2, 1, [9.0, 0.0])]]
+    new = strategy.combine(old, accepted)
+    # the median per coordinate, whatever the weights: [2, 0]; "b" was sent by nobody and stays
+    assert new["a"].tolist() == [2.0, 0.0] and new["b"].tolist() == [1.0]
+
+
+def test_a_federation_with_fedmedian_records_its_metric(plugin_dir, flower_identity, tmp_path):
+    run = config("ext_fedmedian", *SYN, "strategy=fedmedian")
+    simulate_in_process(run, tmp_path / "run")
+    rounds = pd.read_csv(tmp_path / "run" / "rounds.csv")
+    # what aggregate_train returns (here round_metrics) reaches rounds.csv; selection=all: 6 clients
+    assert rounds["median-clients"].tolist()[-1] == 6.0

@@ -289,11 +289,16 @@ def test_bad_parameters():
     (["strategy=fedprox", "strategy.mu=2"], 2.0),  # an integer is a float here
     (["strategy.name=fedprox", "strategy.mu=0.5"], 0.5),  # [strategy] name = "fedprox", mu = 0.5
 ])
-def test_proximal_weight_sent_to_the_clients(overrides, mu):
+def test_proximal_weight_the_clients_use(overrides, mu):
+    """FedProx sends its weight with every training request; FedCMI's client adds its objective's
+    (``fedmm.clients.app.train``: request weight + objective weight)."""
     from fedmm.server.loop import build_strategy, prepare
 
     run = load_config(None, ["dataset=synthetic", "partition=iid", "num-clients=2", "device=cpu", *overrides])
-    assert build_strategy(prepare(run)).proximal_mu == pytest.approx(mu)
+    plan = prepare(run)
+    sent = build_strategy(plan).training_options()["proximal_mu"]
+    assert sent + plan.objective.proximal_mu == pytest.approx(mu)
+    assert sent == (pytest.approx(mu) if run.strategy == "fedprox" else 0.0)
 
 
 @pytest.mark.parametrize(("overrides", "match"), [

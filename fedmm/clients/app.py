@@ -215,7 +215,7 @@ def train(msg: Message, context: Context) -> Message:
     ctx = _round_context(request, run, modalities, device, teacher)
     data = node.data
     train_config = train_config_of(
-        run, server_round=server_round, proximal_mu=request.proximal_mu or 0.0,
+        run, server_round=server_round, proximal_mu=(request.proximal_mu or 0.0) + objective.proximal_mu,
         seed=run.seed * 100_003 + server_round * 1_009 + node.partition_id,
     )
     if request.epochs is not None:  # the strategy's update pass before round 1 trains a single epoch

@@ -56,6 +56,7 @@ import torch
 
 from fedmm.data.augment import FrameAugment
 from fedmm.data.base import Dataset, ModalitySpec
+from fedmm.data.cremad_layout import AUDIO_DIR, FRAMES_DIR
 from fedmm.data.registry import register_dataset
 from fedmm.files import atomic_write
 from fedmm.params import Interval
@@ -64,7 +65,6 @@ log = logging.getLogger(__name__)
 
 CLASS_CODES = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]
 CLASS_NAMES = ["neutral", "happy", "sad", "fear", "disgust", "anger"]
-AUDIO_DIR, FRAMES_DIR = "AudioWAV", "Image-01-FPS"
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 SAMPLE_RATE = 22_050
 CLIP_SECONDS = 3

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedmm.data.cremad import AUDIO_DIR, FRAMES_DIR
+from fedmm.data.cremad_layout import AUDIO_DIR, FRAMES_DIR
 
 VIDEO_SUFFIXES = (".flv", ".mp4", ".avi", ".mkv")
 INSTALL_HINT = ("no video decoder found: install ffmpeg (e.g. `apt-get install ffmpeg`, `conda install ffmpeg`) "

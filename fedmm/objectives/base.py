@@ -254,9 +254,9 @@ class Objective:
 
     @property
     def proximal_mu(self) -> float:
-        """The weight ``mu`` of the proximal term ``mu / 2 * ||w - w_global||^2`` that clients add
-        under a strategy other than fedprox (FedCMI's ``proximal`` and ``mu``); 0, none, by
-        default. Under fedprox the recipe's ``strategy.mu`` applies instead."""
+        """The weight ``mu`` of the proximal term ``mu / 2 * ||w - w_global||^2`` that the client
+        adds for this objective (FedCMI's ``proximal`` and ``mu``); 0, none, by default. FedProx's
+        ``strategy.mu`` comes with the request and adds to it."""
         return 0.0
 
     # -- server side (plain numbers; runs in the ServerApp) ---------------------------------------

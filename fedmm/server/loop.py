@@ -27,7 +27,9 @@ from fedmm.objectives import Objective
 from fedmm.records import from_record, to_record
 from fedmm.results import ResultsWriter, divergence, prepare_out_dir, summarize, write_interrupted, write_summary
 from fedmm.strategies import STRATEGIES
+from fedmm.protocol import NUM_EXAMPLES, ClientInfo
 from fedmm.strategies.base import RoundStrategy
+from fedmm.strategies.context import StrategyContext
 from fedmm.strategies.selection import ClientState, SelectionPolicy, policy_class
 from fedmm.training import evaluate, resolve_device
 from fedmm.workspace import dataset_of, model_of, objective_of, scenario_of
@@ -177,9 +179,26 @@ def prepare(run: RunConfig, out_dir: str | Path | None = None, *, overwrite: boo
     return Plan(run, dataset, scenario, objective, model, policy, resolved, strategy_params)
 
 
+def strategy_context(plan: Plan) -> StrategyContext:
+    """What the run's strategy may know of it: its policy, the objective's server half, the names
+    of the model's parameters (update vectors hold parameters only, never buffers) and the run's
+    federation settings; with ``plan.roster_from_scenario`` (a simulation) also the scenario's
+    clients, so that the roster is registered from them instead of by discovery."""
+    run, sc = plan.run, plan.scenario
+    clients = ([ClientInfo(p, tuple(sc.modalities[p]), len(sc.partitions[p])) for p in range(len(sc.partitions))]
+               if plan.roster_from_scenario else None)
+    return StrategyContext(
+        policy=plan.policy, clients_per_round=run.clients_per_round,
+        min_available_nodes=run.min_available_nodes or len(sc.partitions), run_config=run.to_toml(),
+        extras_fn=plan.objective.server_extras, observe_fn=plan.objective.server_observe,
+        fraction_evaluate=run.fraction_evaluate, round_timeout=run.round_timeout, seed=run.seed,
+        parameter_keys=[name for name, _ in plan.model.named_parameters()], num_partitions=len(sc.partitions),
+        scenario=clients, observes_global_model=plan.objective.observes_global_model)
+
+
 def build_strategy(plan: Plan) -> RoundStrategy:
-    """The run's strategy, built by its registered recipe from the plan."""
-    return STRATEGIES.get(plan.run.strategy).build(plan, plan.strategy_params)
+    """The run's strategy, built by its registered recipe from :func:`strategy_context`."""
+    return STRATEGIES.get(plan.run.strategy).build(strategy_context(plan), plan.strategy_params)
 
 
 def exchange(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
@@ -268,7 +287,7 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
             started = time.perf_counter()
             clients_from = len(strategy.client_rows)
             messages = train_messages(strategy, server_round, arrays, grid, run.round_timeout)
-            new_arrays, _ = strategy.aggregate_train(server_round, exchange(grid, messages, run.round_timeout))
+            new_arrays, metrics = strategy.aggregate_train(server_round, exchange(grid, messages, run.round_timeout))
             failed_rounds = [*failed_rounds, server_round] if new_arrays is None else []
             if new_arrays is not None:
                 arrays = new_arrays
@@ -277,6 +296,7 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
                     asks = strategy.configure_global_model_facts(server_round, arrays)
                     strategy.aggregate_global_model_facts(server_round, exchange(grid, asks, run.round_timeout))
             stats = _round_stats(strategy, server_round, clients_from)
+            stats.update({k: float(v) for k, v in dict(metrics or {}).items() if k != NUM_EXAMPLES})
             eval_messages = strategy.configure_evaluate(server_round, arrays)
             if eval_messages:
                 replies = exchange(grid, eval_messages, run.round_timeout)

@@ -1,4 +1,10 @@
-"""Modality-aware FedAvg (and FedProx): each parameter averaged over the clients that trained it."""
+"""Modality-aware FedAvg: each parameter averaged over the clients that trained it.
+
+Subclasses change one rule through public hooks: :meth:`ModalityAwareFedAvg.combine` (how the
+accepted updates become the new global arrays: FedMedian, a trimmed mean, FedAvgM),
+:meth:`ModalityAwareFedAvg.training_options` (what every training request adds: FedProx's
+proximal weight) and :meth:`ModalityAwareFedAvg.round_metrics` (extra ``rounds.csv`` columns).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MessageType, MetricRecord
@@ -18,13 +24,10 @@ from fedmm.groups import key_modality, keys_for_modalities
 from fedmm.protocol import NUM_EXAMPLES, ClientInfo, Request, message_bytes
 from fedmm.records import aggregate, from_record, to_record
 from fedmm.strategies.base import ExtrasFn, ObserveFn
+from fedmm.strategies.context import StrategyContext
 from fedmm.strategies.replies import Accepted, accept, client_updates, evaluation, model_facts, probed_losses
-from fedmm.strategies.recipes import strategy_kwargs
 from fedmm.strategies.roster import Roster
 from fedmm.strategies.selection.base import UPDATE_PASS_ROUND, Assignment, ClientState, SelectionPolicy
-
-if TYPE_CHECKING:
-    from fedmm.server.loop import Plan
 
 log = logging.getLogger("fedmm")
 
@@ -57,8 +60,6 @@ class ModalityAwareFedAvg:
     run_config:
         The resolved run configuration as TOML text, sent with every message (so clients build the
         same scenario and model).
-    proximal_mu:
-        FedProx proximal weight sent to clients; 0 disables it.
     extras_fn:
         ``round -> dict`` of extra values for all clients this round (objective or strategy state).
     observe_fn:
@@ -86,7 +87,7 @@ class ModalityAwareFedAvg:
     """
 
     def __init__(self, *, policy: SelectionPolicy, clients_per_round: int, min_available_nodes: int, run_config: str,
-                 proximal_mu: float = 0.0, extras_fn: ExtrasFn | None = None, observe_fn: ObserveFn | None = None,
+                 extras_fn: ExtrasFn | None = None, observe_fn: ObserveFn | None = None,
                  fraction_evaluate: float = 0.0, round_timeout: float = 600.0, seed: int = 0,
                  parameter_keys: Collection[str] | None = None, num_partitions: int | None = None,
                  scenario: Sequence[ClientInfo] | None = None) -> None:
@@ -94,7 +95,7 @@ class ModalityAwareFedAvg:
             raise ValueError(f"selection {policy.name!r} builds update vectors from the model's parameters: "
                              "pass their names as parameter_keys")
         self.policy, self.parameter_keys = policy, frozenset(parameter_keys or ())
-        self.clients_per_round, self.run_config, self.proximal_mu = clients_per_round, run_config, proximal_mu
+        self.clients_per_round, self.run_config = clients_per_round, run_config
         self.extras_fn, self.observe_fn = extras_fn or (lambda server_round: {}), observe_fn
         self.fraction_evaluate, self.round_timeout = fraction_evaluate, round_timeout
         self.roster = Roster(min_available_nodes, round_timeout, num_partitions, scenario)
@@ -112,9 +113,48 @@ class ModalityAwareFedAvg:
         self._rng = np.random.default_rng(seed)
 
     @classmethod
-    def from_plan(cls, plan: Plan, params: Any, **overrides: Any) -> ModalityAwareFedAvg:
-        """``plan``'s strategy (:func:`.strategy_kwargs`, then a subclass's ``overrides``); no params."""
-        return cls(**{**strategy_kwargs(plan), **overrides})
+    def from_context(cls, context: StrategyContext, params: Any, **overrides: Any) -> ModalityAwareFedAvg:
+        """The strategy of ``context``'s run (then a subclass's ``overrides``); it takes no params."""
+        c = context
+        return cls(**{"policy": c.policy, "clients_per_round": c.clients_per_round,
+                      "min_available_nodes": c.min_available_nodes, "run_config": c.run_config,
+                      "extras_fn": c.extras_fn, "observe_fn": c.observe_fn, "fraction_evaluate": c.fraction_evaluate,
+                      "round_timeout": c.round_timeout, "seed": c.seed, "parameter_keys": c.parameter_keys,
+                      "num_partitions": c.num_partitions, "scenario": c.scenario, **overrides})
+
+    def combine(self, global_arrays: Mapping[str, np.ndarray], accepted: Sequence[Accepted]
+                ) -> dict[str, np.ndarray]:
+        """The new global arrays from the round's accepted replies: each key averaged over the
+        clients that sent it, weighted by their examples, in client-id order; a key nobody sent
+        keeps its value (:func:`fedmm.records.aggregate`). Override it for another rule.
+
+        Parameters
+        ----------
+        global_arrays:
+            The round's global model, by key.
+        accepted:
+            The vetted replies (:class:`~fedmm.strategies.replies.Accepted`: ``client_id``,
+            ``num_examples``, ``arrays`` holding exactly the groups it trained, ``loss``, ``facts``),
+            in client-id order; never empty.
+        """
+        return aggregate(global_arrays, [(r.num_examples, r.arrays) for r in accepted])
+
+    def training_options(self) -> Mapping[str, Any]:
+        """Fields every training :class:`~fedmm.protocol.Request` of this strategy sets (FedProx:
+        its ``proximal_mu``); modality-aware FedAvg sends no proximal term."""
+        return {"proximal_mu": 0.0}
+
+    def round_metrics(self, server_round: int, accepted: Sequence[Accepted]) -> dict[str, float]:
+        """Extra ``rounds.csv`` columns of the round (numbers by name); none by default.
+
+        Parameters
+        ----------
+        server_round:
+            The round.
+        accepted:
+            Its vetted replies (never empty).
+        """
+        return {}
 
     def begin_round(self, server_round: int, arrays: ArrayRecord) -> None:
         self._global = from_record(arrays)
@@ -185,11 +225,12 @@ class ModalityAwareFedAvg:
         if not accepted:
             log.warning("round %d: no usable replies; the global model is unchanged", server_round)
             return None, None
-        new = aggregate(self._global, [(r.num_examples, r.arrays) for r in accepted])
+        new = self.combine(self._global, accepted)
         weights = [r.num_examples for r in accepted]
         mean_loss = float(np.average([r.loss for r in accepted], weights=weights))
         self.round_stats.update({"train/loss": mean_loss, "clients-ok": len(accepted)})
-        return to_record(new), MetricRecord({"train/loss": mean_loss, NUM_EXAMPLES: int(sum(weights))})
+        metrics = {"train/loss": mean_loss, **self.round_metrics(server_round, accepted)}
+        return to_record(new), MetricRecord({**metrics, NUM_EXAMPLES: int(sum(weights))})
 
     def configure_global_model_facts(self, server_round: int, arrays: ArrayRecord) -> list[Message]:
         """Ask the connected clients of :attr:`last_accepted` for the objective's facts of the
@@ -239,8 +280,8 @@ class ModalityAwareFedAvg:
         facts, order = self._asked
         groups = self.roster.clients[a.client_id].modalities if facts else a.modalities
         return self._message(a.client_id, MessageType.TRAIN, arrays, groups, Request(
-            self.run_config, server_round, a.modalities, proximal_mu=self.proximal_mu, client_facts=facts,
-            order=order, epochs=epochs, extras=dict(self.extras_fn(server_round))))
+            self.run_config, server_round, a.modalities, client_facts=facts, order=order, epochs=epochs,
+            extras=dict(self.extras_fn(server_round)), **self.training_options()))
 
     def _evaluate_message(self, client_id: int, server_round: int, arrays: ArrayRecord, *, facts: bool = False
                           ) -> Message:

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
+from fedmm.strategies.context import StrategyContext
 from fedmm.strategies.fedavg import ModalityAwareFedAvg
-
-if TYPE_CHECKING:
-    from fedmm.server.loop import Plan
 
 
 class FedProx(ModalityAwareFedAvg):
-    """Modality-aware FedAvg whose clients add ``mu / 2 * ||w - w_global||^2`` to their loss, with
-    ``mu`` the recipe's ``strategy.mu`` (:class:`fedmm.strategies.recipes.FedProxParams`)."""
+    """Modality-aware FedAvg whose clients add ``mu / 2 * ||w - w_global||^2`` to their loss.
+
+    Parameters
+    ----------
+    mu:
+        The proximal weight (the recipe's ``strategy.mu``,
+        :class:`fedmm.strategies.recipes.FedProxParams`); 0 is FedAvg.
+    **kwargs:
+        Those of :class:`ModalityAwareFedAvg`.
+    """
+
+    def __init__(self, *, mu: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mu = mu
 
     @classmethod
-    def from_plan(cls, plan: Plan, params: Any, **overrides: Any) -> ModalityAwareFedAvg:
-        return super().from_plan(plan, params, **{"proximal_mu": params.mu, **overrides})
+    def from_context(cls, context: StrategyContext, params: Any, **overrides: Any) -> ModalityAwareFedAvg:
+        return super().from_context(context, params, **{"mu": params.mu, **overrides})
+
+    def training_options(self) -> Mapping[str, Any]:
+        return {"proximal_mu": self.mu}

@@ -6,7 +6,8 @@ objective that is its client side (if any), its default selection policy and its
 whose help is its numpy-style ``Parameters`` docstring section, set as ``strategy.<param>`` in the
 run config). Registering a new one is
 ``STRATEGIES.add("name", StrategyRecipe(...))``; the class only needs the methods of
-:class:`fedmm.strategies.base.RoundStrategy` and a ``from_plan(plan, params)`` classmethod.
+:class:`fedmm.strategies.base.RoundStrategy` and a ``from_context(context, params)`` classmethod
+(``context``: a :class:`fedmm.strategies.context.StrategyContext`, what a strategy may know of its run).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from fedmm.params import NON_NEGATIVE, Checked, Label, parse
 from fedmm.registry import Registry
 
 if TYPE_CHECKING:
-    from fedmm.server.loop import Plan
     from fedmm.strategies.base import RoundStrategy
+    from fedmm.strategies.context import StrategyContext
 
 
 @dataclass
@@ -82,10 +83,10 @@ class StrategyRecipe:
         """
         return parse(self.params, given, component=f"strategy {name!r}", label=label)
 
-    def build(self, plan: Plan, params: Any) -> RoundStrategy:
-        """The strategy of ``plan``'s run: ``target.from_plan(plan, params)``."""
+    def build(self, context: StrategyContext, params: Any) -> RoundStrategy:
+        """The run's strategy: ``target.from_context(context, params)``."""
         module, _, cls = self.target.partition(":")
-        return getattr(importlib.import_module(module), cls).from_plan(plan, params)
+        return getattr(importlib.import_module(module), cls).from_context(context, params)
 
 
 #: Strategy name -> recipe. ``fedcmi``'s server side is modality-aware FedAvg whose clients train
@@ -103,25 +104,3 @@ STRATEGIES.add("fedcmi", StrategyRecipe(_FEDAVG, "fedavg with FedCMI's client ob
 STRATEGIES.add("cmsfed", StrategyRecipe(_FEDAVG, "fedavg with CMSFed's objective (global prototypes) and "
                                         "selection (balanced greedy)", objective="cmsfed", selection="cmsfed"))
 
-
-def strategy_kwargs(plan: Plan) -> dict[str, Any]:
-    """The keyword arguments of :class:`~fedmm.strategies.fedavg.ModalityAwareFedAvg` for ``plan``:
-    its policy, the objective's server half and proximal weight, the names of the model's parameters
-    (update vectors hold parameters only, never buffers) and the run's federation settings; with
-    ``plan.roster_from_scenario`` (a simulation) also the scenario's clients, so that the roster
-    is registered from them instead of by discovery."""
-    run = plan.run
-    extra: dict[str, Any] = {}
-    if plan.roster_from_scenario:
-        from fedmm.protocol import ClientInfo  # flwr: only when a strategy is built
-
-        sc = plan.scenario
-        extra["scenario"] = [ClientInfo(p, tuple(sc.modalities[p]), len(sc.partitions[p]))
-                             for p in range(len(sc.partitions))]
-    return dict(policy=plan.policy, clients_per_round=run.clients_per_round,
-                min_available_nodes=run.min_available_nodes or len(plan.scenario.partitions),
-                run_config=run.to_toml(), proximal_mu=plan.objective.proximal_mu,
-                extras_fn=plan.objective.server_extras, observe_fn=plan.objective.server_observe,
-                fraction_evaluate=run.fraction_evaluate, round_timeout=run.round_timeout, seed=run.seed,
-                parameter_keys=[name for name, _ in plan.model.named_parameters()],
-                num_partitions=len(plan.scenario.partitions), **extra)

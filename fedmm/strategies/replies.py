@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from flwr.app import Message, MetricRecord
@@ -14,10 +14,9 @@ from fedmm.facts import IMBALANCE_RATIO
 from fedmm.groups import is_encoder_key, keys_for_modalities
 from fedmm.protocol import decode_evaluation, decode_loss, decode_model_facts, decode_train_reply, reply_bytes
 from fedmm.records import RecordMismatch
+from fedmm.strategies.roster import Roster, answered_nodes, client_row
 from fedmm.strategies.selection.base import Assignment, ClientUpdate
 
-if TYPE_CHECKING:
-    from fedmm.strategies.roster import Roster
 
 log = logging.getLogger("fedmm")
 
@@ -33,33 +32,6 @@ class Accepted:
     arrays: dict[str, np.ndarray]
     facts: dict[str, Any]
     seconds: float = 0.0
-
-
-def answered_nodes(replies: Iterable[Message], messages: Mapping[int, Message]) -> list[tuple[int, Message]]:
-    """Each reply with the node whose message (``messages``, by node) it answers, matched by the id
-    the grid gave that message (``reply_to_message_id``): the error the SuperLink writes for an
-    unavailable node comes from the SuperLink's own node id, not the node's. A reply that matches
-    no pushed message keeps its sender."""
-    by_id = {m.metadata.message_id: node for node, m in messages.items() if m.metadata.message_id}
-    return [(by_id.get(r.metadata.reply_to_message_id, r.metadata.src_node_id), r) for r in replies]
-
-
-def client_row(roster: Roster, server_round: int, node: int, sent: Assignment | None) -> dict[str, Any]:
-    """A ``clients.csv`` row of ``node`` in ``server_round`` (its outcome still to fill in)."""
-    client = roster.client_of.get(node)
-    state = roster.clients.get(client) if client is not None else None
-    return {
-        "round": server_round,
-        "node-id": node,
-        "partition-id": -1 if client is None else client,
-        "modalities-held": "+".join(state.modalities) if state else "",
-        "modalities-trained": "+".join(sent.modalities) if sent else "",
-        "num-examples": 0,
-        "train-loss": float("nan"),
-        "bytes-up": 0,
-        "seconds": float("nan"),
-        "status": "",
-    }
 
 
 def accept(roster: Roster, server_round: int, replies: Iterable[Message], sent: Mapping[int, Assignment],

@@ -20,8 +20,7 @@ from flwr.serverapp import Grid
 
 from fedmm.protocol import ClientInfo, decode_info, query_message
 from fedmm.records import RecordMismatch
-from fedmm.strategies.replies import answered_nodes, client_row
-from fedmm.strategies.selection.base import ClientState
+from fedmm.strategies.selection.base import Assignment, ClientState
 
 log = logging.getLogger("fedmm")
 
@@ -192,3 +191,30 @@ class Roster:
         """The most examples a reply of ``node`` may claim: what it reported at discovery."""
         client = self.client_of.get(node)
         return self.clients[client].num_examples if client in self.clients else float("inf")
+
+
+def answered_nodes(replies: Iterable[Message], messages: Mapping[int, Message]) -> list[tuple[int, Message]]:
+    """Each reply with the node whose message (``messages``, by node) it answers, matched by the id
+    the grid gave that message (``reply_to_message_id``): the error the SuperLink writes for an
+    unavailable node comes from the SuperLink's own node id, not the node's. A reply that matches
+    no pushed message keeps its sender."""
+    by_id = {m.metadata.message_id: node for node, m in messages.items() if m.metadata.message_id}
+    return [(by_id.get(r.metadata.reply_to_message_id, r.metadata.src_node_id), r) for r in replies]
+
+
+def client_row(roster: Roster, server_round: int, node: int, sent: Assignment | None) -> dict[str, Any]:
+    """A ``clients.csv`` row of ``node`` in ``server_round`` (its outcome still to fill in)."""
+    client = roster.client_of.get(node)
+    state = roster.clients.get(client) if client is not None else None
+    return {
+        "round": server_round,
+        "node-id": node,
+        "partition-id": -1 if client is None else client,
+        "modalities-held": "+".join(state.modalities) if state else "",
+        "modalities-trained": "+".join(sent.modalities) if sent else "",
+        "num-examples": 0,
+        "train-loss": float("nan"),
+        "bytes-up": 0,
+        "seconds": float("nan"),
+        "status": "",
+    }

@@ -225,7 +225,7 @@ class RunConfig(Checked):
         return cls(**kwargs, **{_NAMESPACE_FIELDS[ns]: given for ns, given in namespaced.items()})
 
     def __post_init__(self) -> None:
-        super().__post_init__()  # every plain key by its declaration
+        self.check_fields()  # every plain key by its declaration
         import_plugins(self.plugins)  # a config built directly (from_mapping has imported them)
         self.validate()
 

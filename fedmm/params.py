@@ -272,7 +272,7 @@ def parse(cls: type, given: Mapping[str, Any], **how: Any) -> Any:
     keyword arguments), then ``validate()`` (the rules between parameters), when it has one."""
     value = cls(**parse_values(specs(cls), given, **how))
     validate = getattr(value, "validate", None)
-    if callable(validate):
+    if callable(validate) and not isinstance(value, Checked):  # a Checked one validated when built
         validate()
     return value
 
@@ -290,12 +290,24 @@ class Checked:
     field_names: typing.ClassVar[Mapping[str, str]] = {}
 
     def __post_init__(self) -> None:
+        self.check_fields()
+        self.validate()
+
+    def check_fields(self) -> None:
+        """Check every field by its declaration and store the converted value."""
         for spec in _checked_specs(type(self)):
             value = check_value(self.field_label(spec.name), getattr(self, spec.name), spec)
             object.__setattr__(self, spec.name, value)
 
     def validate(self) -> None:
-        """Rules between parameters (a subclass overrides it); none by default."""
+        """Rules between parameters (a subclass overrides it; construction calls it once, after
+        the fields are checked); none by default."""
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """The declared default of field ``name`` (for rules that compare a value with it; building
+        a default instance inside :meth:`validate` would recurse)."""
+        return cls.__dataclass_fields__[name].default
 
     @classmethod
     def field_label(cls, name: str) -> str:

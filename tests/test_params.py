@@ -251,3 +251,33 @@ def test_config_rows_of_one_component_and_unknown_names(capsys) -> None:
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == "[objective fedcmi]"
     assert lines[2].split()[:5] == ["objective.lambda1", "2.0", "float", "in", "[0.0,"]
+
+
+def test_parameters_are_validated_once_per_process_not_per_message(monkeypatch, flower_identity):
+    """A 2-round federation of 3 clients sends 6 training messages; the objective's and the policy's
+    parameters are checked when the config is parsed (the server's load, the clients' parse of the
+    config text, cached per process), never again per message."""
+    import collections
+
+    import fedmm.params as params
+    from fedmm.config import load_config
+    from fedmm.workspace import parse_run_config
+    from inprocess import run_in_process
+
+    counts: collections.Counter[str] = collections.Counter()
+    check = params.check_value
+
+    def counting(label, value, spec):
+        counts[label] += 1
+        return check(label, value, spec)
+
+    monkeypatch.setattr(params, "check_value", counting)
+    parse_run_config.cache_clear()
+    run = load_config(None, ["dataset=synthetic", "partition=iid", "num-clients=3", "num-server-rounds=2",
+                             "local-epochs=1", "objective=ogm-ge", "objective.alpha=0.5", "selection=random",
+                             "clients-per-round=3"])
+    loaded = counts["parameter 'alpha' of objective 'ogm-ge'"]
+    assert loaded == 1
+    run_in_process(run)
+    # one more: the clients' parse of the config text they receive (cached for the process)
+    assert counts["parameter 'alpha' of objective 'ogm-ge'"] == loaded + 1

@@ -115,7 +115,6 @@ class ARMReconstruction(Objective):
 
     def __init__(self, params: ARMReconstruction.Params | None = None) -> None:
         super().__init__(params)
-        self.params.validate()
 
     def extend_model(self, model: nn.Module) -> None:
         """Add a subspace classifier per modality under ``heads.<m>``."""

@@ -177,7 +177,7 @@ class SustainedBoosting(Objective):
             """``tau < sigma``, one way of setting the interval, and a frozen head only when heads train."""
             if not self.tau < self.sigma:
                 raise ValueError(f"boost: tau must be in [0, sigma), got tau={self.tau}, sigma={self.sigma}")
-            if self.assign_every and self.assign_interval != SustainedBoosting.Params().assign_interval:
+            if self.assign_every and self.assign_interval != SustainedBoosting.Params.default("assign_interval"):
                 raise ValueError(
                     "boost: set the assignment interval either as a fraction (assign_interval) or in rounds "
                     "(assign_every), not both"
@@ -192,7 +192,6 @@ class SustainedBoosting(Objective):
 
     def __init__(self, params: SustainedBoosting.Params | None = None) -> None:
         super().__init__(params)
-        self.params.validate()
         self.modalities: list[str] = []
         #: Active classifier count per modality, used by :meth:`outputs` and :meth:`predict`: on a
         #: client the round's counts from the server's extras, on the server those the global model

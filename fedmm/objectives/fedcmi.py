@@ -136,7 +136,6 @@ class FedCMI(Objective):
 
     def __init__(self, params: FedCMI.Params | None = None) -> None:
         super().__init__(params)
-        self.params.validate()
         #: Per-class temperatures of this round per modality pair (stored under both orders).
         self.temperatures: dict[tuple[str, str], torch.Tensor] = {}
         #: The dominant modality of the last multimodal batch (for inspection and tests).

@@ -144,7 +144,6 @@ class MNL(Objective):
 
     def __init__(self, params: MNL.Params | None = None) -> None:
         super().__init__(params)
-        self.params.validate()
         #: Per sample of the last batch: the guiding modality, or ``None``.
         self.last_guides: list[str | None] = []
 

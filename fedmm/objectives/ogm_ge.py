@@ -162,9 +162,8 @@ class OGMGE(Objective):
                     f"ogm-ge: modulation_end_round ({self.modulation_end_round}) must be >= "
                     f"modulation_start_round ({self.modulation_start_round})"
                 )
-            defaults = OGMGE.Params()
             if self.uses_rounds() and (self.modulation_start, self.modulation_end) != (
-                    defaults.modulation_start, defaults.modulation_end):
+                    self.default("modulation_start"), self.default("modulation_end")):
                 raise ValueError(
                     "ogm-ge: set the window either as fractions (modulation_start, modulation_end) or as "
                     "rounds (modulation_start_round, modulation_end_round), not both"
@@ -178,7 +177,6 @@ class OGMGE(Objective):
 
     def __init__(self, params: OGMGE.Params | None = None) -> None:
         super().__init__(params)
-        self.params.validate()
         #: Coefficients of the last batch seen by :meth:`loss`, consumed by :meth:`adjust_gradients`.
         self.last_coefficients: dict[str, float] | None = None
         self._coeff_sums: dict[str, float] = {}

@@ -153,7 +153,6 @@ class PMR(Objective):
 
     def __init__(self, params: PMR.Params | None = None) -> None:
         super().__init__(params)
-        self.params.validate()
         #: Current prototypes per trained modality.
         self.prototypes: dict[str, Prototypes] = {}
         #: Prototype confidence sums ``r^m`` of the last batch (for inspection and tests).

@@ -13,7 +13,8 @@ to :func:`build_objective`, which turns a mapping from a TOML file or from
   ``"true"`` from the command line are parsed, an ``int`` is accepted for a ``float`` field;
 - the constraints of a field's ``Annotated`` annotation (:class:`fedmm.params.Interval`,
   :class:`fedmm.params.Options`) are checked, NaN and infinity refused;
-- ``Params.validate()``, when defined, is called for rules between parameters.
+- ``Params.validate()``, when defined, holds the rules between parameters (building the ``Params``
+  calls it, once).
 
 Every error is a ``ValueError`` that names the objective, the key and the nearest valid name.
 """

@@ -116,7 +116,7 @@ class DataRemixing(Objective):
 
         def validate(self) -> None:
             """Refuse both ways of setting the warm-up."""
-            if self.warmup_rounds >= 0 and self.warmup != DataRemixing.Params().warmup:
+            if self.warmup_rounds >= 0 and self.warmup != DataRemixing.Params.default("warmup"):
                 raise ValueError("remix: set the warm-up either as a fraction (warmup) or in rounds (warmup_rounds), "
                                  "not both")
 
@@ -124,7 +124,6 @@ class DataRemixing(Objective):
 
     def __init__(self, params: DataRemixing.Params | None = None) -> None:
         super().__init__(params)
-        self.params.validate()
         #: Index (into the trained modalities) each local sample was assigned to in the last epoch.
         self.last_assignment: torch.Tensor | None = None
         self._assigned: dict[str, int] = {}

@@ -46,7 +46,6 @@ class Uniform(Objective):
 
     def __init__(self, params: Uniform.Params | None = None) -> None:
         super().__init__(params)
-        self.params.validate()
 
     def loss(self, model: nn.Module, batch: TensorDict) -> torch.Tensor:
         y = batch[LABEL_KEY]

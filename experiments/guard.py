@@ -6,7 +6,7 @@ bit-identical.
 
 The cases: `make demo`'s federation (HAPT), every strategy, every objective and every selection
 policy on a small `synthetic` federation, and an M = 3 case. Each case keeps every numeric column
-of ``rounds.csv`` except wall times (``seconds``) plus a SHA-256 of the final model's weights. Extra
+of ``rounds.csv`` except wall times (``seconds``, ``selection-seconds``) plus a SHA-256 of the final model's weights. Extra
 ``--set`` overrides apply to every case (e.g. a key a change adds, set to its "off" value).
 """
 
@@ -66,7 +66,8 @@ def run_case(config: str | None, overrides: list[str]) -> dict:
     for key in sorted(weights):
         digest.update(key.encode())
         digest.update(weights[key].tobytes())
-    numeric = rounds.select_dtypes("number").drop(columns=["seconds"], errors="ignore")
+    numeric = rounds.select_dtypes("number")
+    numeric = numeric.drop(columns=[c for c in numeric.columns if c.endswith("seconds")])  # wall times
     cols = {c: [None if (isinstance(v, float) and math.isnan(v)) else v for v in numeric[c].tolist()]
             for c in numeric.columns}
     return {"rounds": cols, "model-sha256": digest.hexdigest()}

@@ -193,13 +193,13 @@ def plot_overlays(runs: Sequence[Run], out_dir: Path, labels: Sequence[str] | No
     labels:
         The legend's name of each run (default: the directory names).
     """
-    from fedmm.plots import close, integer_rounds, pyplot, save
+    from fedmm.plots import close, integer_rounds, new_figure, save
 
-    plt = pyplot()
     labels = list(labels or [r.name for r in runs])
     paths = []
     for metric in overlay_metrics(runs):
-        fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+        fig = new_figure(6.4, 4.0)
+        ax = fig.subplots()
         try:
             for run, label in zip(runs, labels):
                 if metric in run.rounds:

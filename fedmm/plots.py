@@ -2,8 +2,10 @@
 run's dataset, strategy, objective, selection and seed) and, for a run that selects clients,
 ``selection.png`` (who trained in each round, and which modalities).
 
-matplotlib runs on its file-only backend (Agg); every figure is written with
-:func:`fedmm.files.atomic_write` and closed.
+Figures are made with matplotlib's object API (:class:`matplotlib.figure.Figure`), not pyplot:
+no global backend is switched (a notebook's inline plots keep working after a run), nothing is
+shared between threads (the server loop's own thread under Ray), and every figure is written with
+:func:`fedmm.files.atomic_write`.
 """
 
 from __future__ import annotations
@@ -20,14 +22,11 @@ from fedmm.files import atomic_write
 TITLE_KEYS = ("dataset", "strategy", "objective", "selection", "seed")
 
 
-def pyplot():  # -> the matplotlib.pyplot module
-    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
-    import matplotlib
+def new_figure(width: float, height: float, dpi: int = 110) -> Any:
+    """A :class:`matplotlib.figure.Figure` of ``width`` x ``height`` inches, outside pyplot."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=(width, height), dpi=dpi)
 
 
 def integer_rounds(ax: Any) -> None:
@@ -45,7 +44,8 @@ def save(fig: Any, path: Path) -> Path:
 
 
 def close(fig: Any) -> None:
-    pyplot().close(fig)
+    """Release ``fig`` once written (outside pyplot a figure needs no more than its last reference gone)."""
+    fig.clear()
 
 
 def run_title(config: Mapping[str, Any]) -> str:
@@ -81,10 +81,9 @@ def plot_run(rounds: pd.DataFrame, path: Path, config: Mapping[str, Any]) -> Pat
     config:
         The run's flat config (for the title).
     """
-    plt = pyplot()
     panels = ["acc", "loss"] + (["imbalance"] if "test/imbalance" in rounds else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.0), dpi=110, squeeze=False)
-    axes = dict(zip(panels, axes[0]))
+    fig = new_figure(4.6 * len(panels), 4.0)
+    axes = dict(zip(panels, fig.subplots(1, len(panels), squeeze=False)[0]))
     try:
         ax = axes["acc"]
         modalities = sorted(c.rsplit("/", 1)[1] for c in rounds.columns if c.startswith("test/acc/"))
@@ -146,11 +145,10 @@ def plot_selection(clients: pd.DataFrame, path: Path, config: Mapping[str, Any])
     rows["partition-id"] = rows["partition-id"].astype(int)
     rows["round"] = rows["round"].astype(int)
     combos = sorted(rows["modalities-trained"].astype(str).unique(), key=lambda s: (s.count("+"), s))
-    plt = pyplot()
     num_clients = int(rows["partition-id"].max()) + 1
     first, last = int(rows["round"].min()), int(rows["round"].max())
-    fig, ax = plt.subplots(figsize=(max(7.0, min(14.0, 4.0 + 0.25 * (last - first))),
-                                    max(3.5, min(12.0, 2.0 + 0.18 * num_clients))), dpi=110)
+    fig = new_figure(max(7.0, min(14.0, 4.0 + 0.25 * (last - first))), max(3.5, min(12.0, 2.0 + 0.18 * num_clients)))
+    ax = fig.subplots()
     try:
         for i, combo in enumerate(combos):
             ok = rows[(rows["modalities-trained"].astype(str) == combo) & (rows["status"] == "ok")]

@@ -17,11 +17,7 @@ def figures(monkeypatch):
     """The figures the plot functions make, kept open instead of closed."""
     kept = []
     monkeypatch.setattr(plots, "close", kept.append)
-    yield kept
-    import matplotlib.pyplot as plt
-
-    for fig in kept:
-        plt.close(fig)
+    return kept
 
 
 def rounds(num_rounds=20, fill=True):

@@ -176,6 +176,20 @@ def overlay_metrics(runs: Sequence[Run]) -> list[str]:
     return [m for m in [*wanted, *per_mod] if m in present]
 
 
+_TITLES = {"test/acc": "test accuracy (multimodal)", "val/acc": "validation accuracy (multimodal)",
+           "test/loss": "test loss (global model)", "train/loss": "training loss (clients' mean)",
+           "test/imbalance": "imbalance (test)"}
+
+
+def metric_title(metric: str) -> str:
+    """``test/acc/m0`` -> ``"test accuracy, m0 alone"`` (the overlay plot's title)."""
+    if metric.startswith("test/acc/"):
+        return f"test accuracy, {metric.rsplit('/', 1)[1]} alone"
+    if metric.startswith("test/acc-fill/"):
+        return f"test accuracy, {metric.rsplit('/', 1)[1]} with FedCMI's fill"
+    return _TITLES.get(metric, metric)
+
+
 def plot_file(metric: str) -> str:
     """``test/acc/m0`` -> ``compare-test-acc-m0.png``."""
     return "compare-" + metric.replace("/", "-") + ".png"
@@ -205,7 +219,7 @@ def plot_overlays(runs: Sequence[Run], out_dir: Path, labels: Sequence[str] | No
                 if metric in run.rounds:
                     rows = run.rounds.dropna(subset=[metric])
                     ax.plot(rows["round"], rows[metric], marker="o", markersize=3, label=label)
-            ax.set_title(f"{metric}: {len(runs)} runs")
+            ax.set_title(f"{metric_title(metric)}: {len(runs)} runs")
             ax.set_xlabel("round")
             ax.set_ylabel(metric)
             if "acc" in metric:

@@ -159,3 +159,19 @@ def test_report_prints_rounded_numbers_and_takes_several_directories(two_runs, c
     import re
 
     assert not re.search(r"\d\.\d{5,}", out)
+
+
+def test_overlay_plots_one_line_per_run_with_a_title(two_runs, tmp_path, monkeypatch):
+    import fedmm.plots as plots
+    from fedmm.compare import metric_title, plot_overlays
+
+    kept = []
+    monkeypatch.setattr(plots, "close", kept.append)
+    runs = [load_run(p) for p in two_runs]
+    paths = plot_overlays(runs, tmp_path, ["A", "B"])
+    assert [p.name for p in paths][:3] == ["compare-test-acc.png", "compare-test-loss.png", "compare-train-loss.png"]
+    by_title = {fig.axes[0].get_title(): fig.axes[0] for fig in kept}
+    ax = by_title["test accuracy, b alone: 2 runs"]
+    assert [line.get_label() for line in ax.get_lines()] == ["A", "B"]
+    assert [list(line.get_ydata()) for line in ax.get_lines()] == [[0.1, 0.2, 0.3], [0.1, 0.45, 0.8]]
+    assert metric_title("test/acc-fill/a") == "test accuracy, a with FedCMI's fill"

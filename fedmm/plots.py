@@ -18,6 +18,8 @@ import pandas as pd
 
 from fedmm.files import atomic_write
 
+#: Up to this many clients, the selection plot labels every client's row with the modalities it holds.
+MAX_LABELLED_CLIENTS = 40
 #: The run facts a title names, in order.
 TITLE_KEYS = ("dataset", "strategy", "objective", "selection", "seed")
 
@@ -161,9 +163,17 @@ def plot_selection(clients: pd.DataFrame, path: Path, config: Mapping[str, Any])
         ax.set_xlim(first - 0.5, last + 0.5)
         ax.set_ylim(-0.5, num_clients - 0.5)
         integer_rounds(ax)
-        from matplotlib.ticker import MaxNLocator
+        held = (rows.dropna(subset=["modalities-held"]).groupby("partition-id")["modalities-held"].last()
+                if "modalities-held" in rows else pd.Series(dtype=str))
+        if num_clients <= MAX_LABELLED_CLIENTS:  # each client's row names what it holds
+            ax.set_yticks(range(num_clients))
+            ax.set_yticklabels([f"{p} ({held[p]})" if p in held.index else str(p) for p in range(num_clients)],
+                               fontsize=7 if num_clients > 16 else 9)
+            ax.set_ylabel("client (modalities held)")
+        else:
+            from matplotlib.ticker import MaxNLocator
 
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.2)
         ax.legend(title="modalities trained", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.set_title(f"who trained: {run_title(config)}", fontsize=10)

@@ -67,7 +67,7 @@ def test_selection_plot_shows_who_trained_which_modalities(tmp_path, figures):
     clients = pd.DataFrame([
         {"round": 0, "partition-id": 0, "modalities-trained": "a+b", "status": "ok"},  # update pass
         {"round": 1, "partition-id": 0, "modalities-trained": "a", "status": "ok"},
-        {"round": 1, "partition-id": 2, "modalities-trained": "a+b", "status": "ok"},
+        {"round": 1, "partition-id": 2, "modalities-trained": "a+b", "status": "ok", "modalities-held": "a+b"},
         {"round": 2, "partition-id": 1, "modalities-trained": "b", "status": "error: boom"},
         {"round": 2, "partition-id": 2, "modalities-trained": "a", "status": "ok"},
     ])
@@ -79,6 +79,7 @@ def test_selection_plot_shows_who_trained_which_modalities(tmp_path, figures):
     assert ax.get_xlabel() == "round (0: update pass)"
     by_label = {c.get_label(): c.get_offsets().tolist() for c in ax.collections}
     assert by_label == {"a": [[1, 0], [2, 2]], "b": [], "a+b": [[0, 0], [1, 2]], "failed": [[2, 1]]}
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1", "2 (a+b)"]  # what each client holds
     assert plots.plot_selection(pd.DataFrame(), tmp_path / "none.png", CONFIG) is None
 
 

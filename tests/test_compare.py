@@ -175,3 +175,14 @@ def test_overlay_plots_one_line_per_run_with_a_title(two_runs, tmp_path, monkeyp
     assert [line.get_label() for line in ax.get_lines()] == ["A", "B"]
     assert [list(line.get_ydata()) for line in ax.get_lines()] == [[0.1, 0.2, 0.3], [0.1, 0.45, 0.8]]
     assert metric_title("test/acc-fill/a") == "test accuracy, a with FedCMI's fill"
+
+
+def test_rich_table_for_a_terminal(two_runs):
+    from rich.console import Console
+
+    from fedmm.compare import rich_table
+
+    console = Console(record=True, width=250)
+    console.print(rich_table(compare_table([load_run(p) for p in two_runs])))
+    text = console.export_text()
+    assert "fedmm compare: 2 runs" in text and "0.6500 ± 0.0500" in text and "b 0.300" in text

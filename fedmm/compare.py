@@ -27,8 +27,9 @@ TABLE_FILE, CSV_FILE = "compare.md", "compare.csv"
 
 def expand_run_dirs(patterns: Iterable[str | Path]) -> list[Path]:
     """The run directories named by ``patterns``: each a directory or a glob (``results/*``,
-    expanded here too, for shells that pass it on unexpanded); a directory without ``rounds.csv``
-    stands for the runs below it (``<dir>/*/`` and ``<dir>/*/*/``: a benchmark's ``runs/``).
+    expanded here too, for shells that pass it on unexpanded; files and directories holding no
+    run among its matches are passed over); a directory without ``rounds.csv`` stands for the runs
+    below it (``<dir>/*/`` and ``<dir>/*/*/``: a benchmark's ``runs/``).
 
     Parameters
     ----------
@@ -43,23 +44,24 @@ def expand_run_dirs(patterns: Iterable[str | Path]) -> list[Path]:
     out: list[Path] = []
     for pattern in patterns:
         text = str(Path(pattern).expanduser())
-        matches = sorted(glob.glob(text)) if glob.has_magic(text) else [text]
-        if glob.has_magic(text) and not matches:
-            raise ValueError(f"{text!r} matches no directory; pass run directories written by fedmm simulate")
-        for match in map(Path, matches):
-            if glob.has_magic(text) and not match.is_dir():
-                continue  # a glob over a directory also matches its files
+        magic = glob.has_magic(text)
+        matches = [Path(m) for m in sorted(glob.glob(text)) if Path(m).is_dir()] if magic else [Path(text)]
+        found = []
+        for match in matches:
             if not match.exists():
                 raise ValueError(f"results directory {str(match)!r} does not exist; pass directories written by "
                                  "fedmm simulate")
             if (match / ROUNDS_FILE).is_file() or not match.is_dir():
-                out.append(match)
+                found.append(match)
                 continue
             below = sorted({p.parent for p in (*match.glob(f"*/{ROUNDS_FILE}"), *match.glob(f"*/*/{ROUNDS_FILE}"))})
-            if not below:
+            if not below and not magic:
                 raise ValueError(f"{str(match)!r} holds no run (no {ROUNDS_FILE} in it or below it); pass "
                                  "directories written by fedmm simulate")
-            out.extend(below)
+            found.extend(below)  # a glob's match without runs (e.g. a compare --out folder) is passed over
+        if magic and not found:
+            raise ValueError(f"{text!r} matches no run directory; pass run directories written by fedmm simulate")
+        out.extend(found)
     unique = list(dict.fromkeys(p.resolve() for p in out))
     if not unique:
         raise ValueError("no run directories given; pass at least one (globs allowed)")

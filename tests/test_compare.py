@@ -107,8 +107,11 @@ def test_a_directory_of_runs_stands_for_its_runs_and_globs_expand(two_runs, tmp_
     assert expand_run_dirs([tmp_path / "runs"]) == [a.resolve(), b.resolve()]
     assert expand_run_dirs([str(tmp_path / "runs" / "fed*")]) == [a.resolve(), b.resolve()]
     assert expand_run_dirs([a, a]) == [a.resolve()]
-    with pytest.raises(ValueError, match="matches no directory"):
+    with pytest.raises(ValueError, match="matches no run directory"):
         expand_run_dirs([str(tmp_path / "nothing*")])
+    (tmp_path / "runs" / "compare").mkdir()  # an earlier `fedmm compare 'runs/*' --out runs/compare`
+    (tmp_path / "runs" / "notes.txt").write_text("")
+    assert expand_run_dirs([str(tmp_path / "runs" / "*")]) == [a.resolve(), b.resolve()]
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"empty.*holds no run"):
         expand_run_dirs([tmp_path / "empty"])

@@ -1,9 +1,8 @@
-"""``fedmm simulate | datasets | report | bench``."""
+"""``fedmm simulate | datasets | report | compare | bench | config | deploy | prepare``."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -73,9 +72,20 @@ def _parser() -> argparse.ArgumentParser:
     data = sub.add_parser("datasets", help="list datasets, their modalities, sizes and availability")
     data.set_defaults(func=_datasets)
 
-    report = sub.add_parser("report", help="print the summary and last rounds of a results directory")
-    report.add_argument("run_dir", type=Path)
+    report = sub.add_parser("report", help="print a readable summary and the last rounds of results directories")
+    report.add_argument("run_dirs", nargs="+", metavar="DIR", help="results directories (globs allowed)")
+    report.add_argument("--last", type=int, default=10, help="how many of the last rounds to show (default 10)")
     report.set_defaults(func=_report)
+
+    comp = sub.add_parser("compare", help="compare runs: what differs in their configs, their results, overlay plots",
+                          description="A table of the runs (the config keys that differ, final test accuracy, "
+                          "best on validation where it exists, last rounds' mean, weak modality, bytes, time) and, "
+                          "with --out, compare.md, compare.csv and one overlay plot per metric.",
+                          epilog="example: fedmm compare 'results/*' --out results/compare")
+    comp.add_argument("run_dirs", nargs="+", metavar="DIR",
+                      help="results directories or globs; a directory of runs (a benchmark's) stands for its runs")
+    comp.add_argument("--out", type=Path, help="write compare.md, compare.csv and compare-<metric>.png here")
+    comp.set_defaults(func=_compare)
 
     deploy = sub.add_parser("deploy", help="TLS certificates; a SuperLink and SuperNodes on this machine")
     deploy_sub = deploy.add_subparsers(dest="deploy_command", required=True)
@@ -230,16 +240,28 @@ def _datasets(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    import pandas as pd
+    from fedmm.compare import expand_run_dirs
+    from fedmm.reporting import load_run, report_text
 
-    run_dir = args.run_dir
-    summary_path = run_dir / "summary.json"
-    if not summary_path.is_file():
-        raise FileNotFoundError(f"{str(run_dir)!r} has no summary.json; pass a directory written by fedmm simulate")
-    print(json.dumps(json.loads(summary_path.read_text()), indent=2))
-    rounds = pd.read_csv(run_dir / "rounds.csv")
-    cols = ["round", *[c for c in rounds.columns if c.startswith("test/acc")], "train/loss", "seconds"]
-    print(rounds[cols].tail(10).to_string(index=False, float_format="%.4f"))
+    dirs = expand_run_dirs(args.run_dirs)
+    print("\n\n".join(report_text(load_run(d), last=args.last) for d in dirs))
+    if len(dirs) > 1:
+        print(f"\n{len(dirs)} runs; side by side: fedmm compare {' '.join(map(str, args.run_dirs))}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from fedmm.compare import compare_runs, markdown, rich_table
+
+    table, written = compare_runs(args.run_dirs, args.out)
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        Console().print(rich_table(table))
+    else:
+        print(markdown(table))
+    if written:
+        print(f"wrote {len(written)} files to {args.out}: {', '.join(p.name for p in written)}")
     return 0
 
 

@@ -135,6 +135,17 @@ class RunConfig(Checked):
         RAY_ADDRESS); empty = a local Ray instance of this process
     out_dir:
         results directory (fedmm simulate --out sets it)
+    tensorboard:
+        write TensorBoard event files into <out-dir>/tensorboard (config, per-round metrics per
+        modality, the plots); docs/tracking.md
+    mlflow:
+        log the run to MLflow (params, per-round metrics per modality, the plots and summary as
+        artifacts); docs/tracking.md
+    mlflow_uri:
+        MLflow tracking URI (e.g. 'sqlite:///mlflow.db', a directory, 'http://host:5000'); empty =
+        sqlite:///<out-dir>/mlflow.db; needs mlflow = true
+    mlflow_experiment:
+        MLflow experiment that the run is logged under (created when missing)
     plugins:
         modules imported before the rest of the config is read, e.g. ['mypkg.fedext']: they
         register your objectives, policies, datasets, strategies and client facts
@@ -187,6 +198,11 @@ class RunConfig(Checked):
     ray_address: str = ""
     # output
     out_dir: str = ""
+    # experiment tracking (fedmm.tracking), off by default; left out of the config text when off
+    tensorboard: bool = False
+    mlflow: bool = False
+    mlflow_uri: str = ""
+    mlflow_experiment: str = "fedmm"
     # extensions
     plugins: tuple[str, ...] = ()
     # namespaced parameters, validated by their component
@@ -247,6 +263,9 @@ class RunConfig(Checked):
                 f"config key 'ray-address' = {self.ray_address!r} needs engine='ray' (engine='inline' runs every "
                 "client in this process); drop one of them"
             )
+        if self.mlflow_uri and not self.mlflow:
+            raise ValueError(f"config key 'mlflow-uri' = {self.mlflow_uri!r} needs mlflow = true (it only says where "
+                             "MLflow runs go); add mlflow = true or drop mlflow-uri")
         if self.lr_decay_start > 0:
             if self.lr_decay_start >= self.num_server_rounds:
                 raise ValueError(
@@ -299,6 +318,8 @@ class RunConfig(Checked):
                 out.update({f"{namespaces[f.name]}.{k}": v for k, v in sorted(value.items())})
             elif f.name == "plugins" and not value:
                 continue  # left out when empty: a run without plugins sends and records the same text as before
+            elif f.name in _TRACKING_FIELDS and value == f.default:
+                continue  # tracking off: the same config text (and checkpoint digest) as before it existed
             else:
                 out[key_of(f.name)] = value
         return out
@@ -310,6 +331,10 @@ class RunConfig(Checked):
         """A copy with kebab-case ``overrides`` applied and validated."""
         return RunConfig.from_mapping({**self.to_flat(), **overrides})
 
+
+#: The experiment-tracking fields (:mod:`fedmm.tracking`): left out of :meth:`RunConfig.to_flat` at
+#: their defaults.
+_TRACKING_FIELDS = ("tensorboard", "mlflow", "mlflow_uri", "mlflow_experiment")
 
 #: Namespace -> the RunConfig field that holds its parameters.
 _NAMESPACE_FIELDS = {"strategy": "strategy_params", "objective": "objective_params",

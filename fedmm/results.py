@@ -24,10 +24,12 @@ CONFIG_FILE = "config.toml"
 SUMMARY_FILE = "summary.json"
 MODEL_FILE = "model.safetensors"
 PLOT_FILE = "accuracy.png"
+#: Who trained in each round and which modalities (runs whose selection is not ``all``).
+SELECTION_PLOT_FILE = "selection.png"
 #: Every file a run writes into its directory; a new run (``--overwrite``) removes all of them and
 #: leaves any other file alone.
 RUN_FILES = (ROUNDS_FILE, CLIENTS_FILE, CONFIG_FILE, SUMMARY_FILE, MODEL_FILE, PLOT_FILE,
-             CHECKPOINT_ARRAYS, CHECKPOINT_STATE)
+             CHECKPOINT_ARRAYS, CHECKPOINT_STATE, SELECTION_PLOT_FILE)
 
 
 def prepare_out_dir(path: str | Path, *, overwrite: bool) -> Path:
@@ -78,6 +80,11 @@ class ResultsWriter:
                     rows.extend(r for r in table if int(r["round"]) <= resume_after)
             (self.out_dir / SUMMARY_FILE).unlink(missing_ok=True)
         atomic_write(self.out_dir / CONFIG_FILE, config.to_toml())
+        self.config = config.to_flat()
+        # experiment trackers switched on in the config (TensorBoard, MLflow): none by default
+        from fedmm.tracking import open_trackers
+
+        self.trackers = open_trackers(self.out_dir, config, resume_after=resume_after)
 
     def add_round(self, row: Mapping[str, Any], client_rows: Sequence[Mapping[str, Any]] = ()) -> None:
         self.rounds.append(dict(row))
@@ -85,6 +92,15 @@ class ResultsWriter:
         atomic_write(self.out_dir / ROUNDS_FILE, pd.DataFrame(self.rounds).to_csv(index=False))
         if self.clients:
             atomic_write(self.out_dir / CLIENTS_FILE, pd.DataFrame(self.clients).to_csv(index=False))
+        for tracker in self.trackers:
+            tracker.log_round(row, client_rows)
+
+    def close(self, status: str) -> None:
+        """End the trackers' runs of a run that stopped without :meth:`finish` (``failed``,
+        ``interrupted``)."""
+        for tracker in self.trackers:
+            tracker.close(status)
+        self.trackers = []
 
     def finish(self, model_state: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
         """Write the final model (safetensors), ``summary.json`` and the accuracy plot."""
@@ -94,8 +110,15 @@ class ResultsWriter:
         atomic_write(self.out_dir / MODEL_FILE, lambda tmp: save_file(state, str(tmp)))
         if not (self.out_dir / CLIENTS_FILE).exists():
             atomic_write(self.out_dir / CLIENTS_FILE, "round,node-id,partition-id,status\n")
-        plot_accuracy(pd.DataFrame(self.rounds), self.out_dir / PLOT_FILE)
+        plots = [plot_accuracy(pd.DataFrame(self.rounds), self.out_dir / PLOT_FILE, self.config)]
+        if self.config.get("selection") != "all":
+            from fedmm.plots import plot_selection
+
+            plots.append(plot_selection(pd.DataFrame(self.clients), self.out_dir / SELECTION_PLOT_FILE, self.config))
         write_summary(self.out_dir, summary)
+        for tracker in self.trackers:
+            tracker.finish(summary, [p for p in plots if p is not None], self.out_dir)
+        self.trackers = []
 
 
 def write_interrupted(out_dir: Path, rounds: Sequence[Mapping[str, Any]], reason: str) -> None:
@@ -234,25 +257,9 @@ def divergence(rounds: Sequence[Mapping[str, Any]], client_error: str | None = N
     return None
 
 
-def plot_accuracy(rounds: pd.DataFrame, path: Path) -> None:
-    """Test accuracy per round: multimodal and each modality alone."""
-    import matplotlib
+def plot_accuracy(rounds: pd.DataFrame, path: Path, config: Mapping[str, Any] | None = None) -> Path:
+    """The run's figure (:func:`fedmm.plots.plot_run`): test accuracy (multimodal, each modality
+    alone, FedCMI's fill), losses and imbalance per round, titled with the run's config."""
+    from fedmm.plots import plot_run
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    columns = ["test/acc", *sorted(c for c in rounds.columns if c.startswith("test/acc/"))]
-    for col in columns:
-        label = "multimodal" if col == "test/acc" else f"{col.rsplit('/', 1)[1]} alone"
-        ax.plot(rounds["round"], rounds[col], marker="o", markersize=3, label=label, lw=2 if col == "test/acc" else 1.2)
-    ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)
+    return plot_run(rounds, path, config or {})

@@ -310,6 +310,7 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
     except BaseException as err:
         if writer:
             write_interrupted(plan.out_dir, rows, f"{type(err).__name__}: {err}")
+            writer.close("interrupted")
         if isinstance(err, Interrupted):
             err.last_round = int(rows[-1]["round"]) if rows else None
         raise
@@ -317,6 +318,7 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
         summary = summarize(rows, {**meta, **failure})
         if writer:
             write_summary(plan.out_dir, summary)
+            writer.close("failed")
         return summary
     summary = summarize(rows, {**meta, "status": "completed"})
     if writer:

@@ -56,3 +56,12 @@ def test_the_gpu_machines_modules_import_neither_flower_nor_ray():
     """)
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_every_module_of_the_package_has_a_layer():
+    """A new top-level module or package must be placed in the layers (else no rule checks it)."""
+    package = ROOT / "fedmm"
+    present = {f"fedmm.{p.stem}" for p in package.glob("*.py") if p.stem not in ("__init__", "__main__")}
+    present |= {f"fedmm.{p.name}" for p in package.iterdir() if (p / "__init__.py").is_file()}
+    layered = {m.strip() for line in contract_layers() for m in line.split("|")}
+    assert present - layered == set()

@@ -58,8 +58,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show Flower and Ray logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sim = sub.add_parser("simulate", help="simulate a federation (on Ray, or in this process with engine=inline) "
-                         "and write its results")
+    sim = sub.add_parser(
+        "simulate", help="simulate a federation (on Ray, or in this process with engine=inline) and write its results",
+        description="Simulate a federation: the clients train for num-server-rounds rounds; the server\n"
+        "aggregates and evaluates the global model every round and writes rounds.csv, clients.csv,\n"
+        "summary.json, the final model and a plot to --out. Progress: a live bar in a terminal, one\n"
+        "line per round otherwise. Every config key: `fedmm config`. Without --config: HAPT, one\n"
+        "client per user, FedAvg, 20 rounds.",
+        epilog="examples:\n"
+        "  fedmm simulate --set dataset=segment --set num-server-rounds=5 --set engine=inline --out results/first\n"
+        "  fedmm simulate --config experiments/configs/demo.toml --out results/demo --overwrite\n"
+        "  fedmm simulate --resume results/demo    # continue a stopped run",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     sim.add_argument("--config", type=Path, help="TOML file of config keys (see README)")
     sim.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key; repeatable (e.g. --set num-server-rounds=5)")
@@ -213,20 +223,28 @@ def _bench_selection(args: argparse.Namespace) -> int:
 
 
 def _datasets(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
+    import shutil
+    import textwrap
 
     from fedmm.data import dataset_table
 
-    table = Table(title="fedmm datasets")
-    for col in ("name", "modalities", "classes", "train", "test", "installed", "description"):
-        table.add_column(col)
+    # one line of facts per dataset, its description wrapped under it: fits an 80-column terminal
+    width = max(shutil.get_terminal_size((100, 24)).columns, 40) - 1
+    print(f"{'name':10s} {'classes':>7s} {'train':>6s} {'test':>5s}  modalities (example shape)")
     for row in dataset_table():
-        mods = ", ".join(f"{m}{tuple(s)}" for m, s in row["modalities"].items()) if row.get("modalities") else ""
-        table.add_row(row["name"], mods, str(row.get("num_classes", "")), str(row.get("train", "")),
-                      str(row.get("test", "")), "yes" if row["installed"] else "no", row["description"])
-    Console().print(table)
+        mods = " ".join(f"{m}{_shape(s)}"
+                        for m, s in row["modalities"].items()) if row.get("modalities") else "(from data-dir)"
+        facts = f"{row['name']:10s} {row.get('num_classes', '-')!s:>7s} {row.get('train', '-')!s:>6s} " \
+                f"{row.get('test', '-')!s:>5s}  "
+        print(textwrap.fill(mods, width, initial_indent=facts, subsequent_indent=" " * len(facts)))
+        about = row["description"] + ("" if row["installed"] else " [not installed]")
+        print(textwrap.fill(about, width, initial_indent=" " * 11, subsequent_indent=" " * 11))
     return 0
+
+
+def _shape(shape: Sequence[int]) -> str:
+    """``(3, 128)`` -> ``(3,128)``: an example shape without spaces, so a line wraps between modalities."""
+    return "(" + ",".join(map(str, shape)) + ")"
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -279,16 +297,37 @@ def _deploy_certs(args: argparse.Namespace) -> int:
 
 
 def _config_keys(args: argparse.Namespace) -> int:
-    from fedmm.config import parameter_rows
+    from fedmm.config import param_classes, parameter_rows
 
+    rows = parameter_rows(args.namespace, args.name)  # raises naming the valid names for an unknown one
+    classes = param_classes()
+    # a registered component without parameters (selection random, strategy fedcmi) gets its title and
+    # "(no parameters)", so that `fedmm config selection random` never prints nothing
+    for ns in ([args.namespace] if args.namespace else classes):
+        for name in (n for n in classes.get(ns, {}) if args.name in (None, n)):
+            if not any(r.component == f"{ns} {name}" for r in rows):
+                rows.append(_NoParameters(f"{ns} {name}"))
+    order = {c: i for i, c in enumerate(dict.fromkeys(
+        [""] + [f"{ns} {n}" for ns, by_name in classes.items() for n in by_name] + [r.component for r in rows]))}
+    rows.sort(key=lambda r: order[r.component])  # stable: each component's rows keep their order
     component = None
-    for row in parameter_rows(args.namespace, args.name):
+    for row in rows:
         if row.component != component:
             component = row.component
             if component:
                 print(f"\n[{component}]")
-        print(f"{row.key:22s} {row.default!r:14s} {row.allowed:24s} {row.help}")
+        if isinstance(row, _NoParameters):
+            print("(no parameters)")
+        else:
+            print(f"{row.key:22s} {row.default!r:14s} {row.allowed:24s} {row.help}")
     return 0
+
+
+class _NoParameters:
+    """The place of a component without parameters among ``fedmm config``'s rows."""
+
+    def __init__(self, component: str) -> None:
+        self.component = component
 
 
 class _progress:

@@ -143,8 +143,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _simulate(args: argparse.Namespace) -> int:
     from fedmm.config import load_config
+    from fedmm.progress import watch
     from fedmm.server.loop import Interrupted, prepare
     from fedmm.simulation import resume_config, simulate
+    from fedmm.workspace import scenario_note
 
     if args.resume:
         if args.config or args.overrides or args.out:
@@ -157,8 +159,10 @@ def _simulate(args: argparse.Namespace) -> int:
     if out is None:
         raise ValueError("no output directory: pass --out DIR (or set out-dir in the config)")
     plan = prepare(run, out, overwrite=args.overwrite, resume=bool(args.resume))
+    if note := scenario_note(run):
+        print(note, flush=True)
     try:
-        with _progress(run.num_server_rounds, enabled=not args.quiet) as on_round:
+        with watch(run.num_server_rounds, enabled=not args.quiet) as on_round:
             summary = simulate(run, out, plan=plan, on_round=on_round, resume=bool(args.resume))
     except Interrupted as err:
         if err.last_round is None:
@@ -201,7 +205,8 @@ def _bench_methods(args: argparse.Namespace) -> int:
         print(f"{row['dataset']} {row['method']} seed {row['seed']}: test/acc {row['test/acc']:.4f} "
               f"in {row['seconds']:.0f} s", flush=True)
 
-    table = methods_benchmark(datasets, methods, seeds, args.out, args.overrides, quick=args.quick, on_row=progress)
+    table = methods_benchmark(datasets, methods, seeds, args.out, args.overrides, quick=args.quick, on_row=progress,
+                              on_start=_say)
     print(table)
     print(f"results: {args.out}")
     return 0
@@ -216,10 +221,15 @@ def _bench_selection(args: argparse.Namespace) -> int:
     def progress(row: dict) -> None:
         print(f"{row['policy']} seed {row['seed']}: test/acc {row['test/acc']:.4f} in {row['seconds']:.0f} s", flush=True)
 
-    table = selection_benchmark(args.config, args.overrides, policies, seeds, args.out, on_row=progress)
+    table = selection_benchmark(args.config, args.overrides, policies, seeds, args.out, on_row=progress,
+                                on_start=_say)
     print(table)
     print(f"results: {args.out}")
     return 0
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 def _datasets(args: argparse.Namespace) -> int:
@@ -328,33 +338,6 @@ class _NoParameters:
 
     def __init__(self, component: str) -> None:
         self.component = component
-
-
-class _progress:
-    """A rich progress bar fed by the round loop's ``on_round`` callback."""
-
-    def __init__(self, total: int, *, enabled: bool) -> None:
-        self.total, self.enabled = total, enabled
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(TextColumn("round"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}"),
-                            TimeElapsedColumn(), transient=False)
-        self.bar.start()
-        self.task = self.bar.add_task("starting Ray...", total=self.total)
-
-        def on_round(row: dict) -> None:
-            mods = " ".join(f"{k.rsplit('/', 1)[1]}={v:.3f}" for k, v in row.items() if k.startswith("test/acc/"))
-            self.bar.update(self.task, completed=row["round"], description=f"test/acc={row['test/acc']:.3f} {mods}")
-
-        return on_round
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.bar.stop()
 
 
 def _configure_logging(verbose: bool) -> None:

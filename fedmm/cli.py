@@ -128,6 +128,8 @@ def _parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("config", help="list every config key with its constraints, default and meaning")
     keys.add_argument("namespace", nargs="?", help="only this part: run, objective, selection, dataset, encoder")
     keys.add_argument("name", nargs="?", help="only this component of the namespace (e.g. fedmm config objective mnl)")
+    keys.add_argument("--markdown", action="store_true",
+                      help="print the configuration reference page (fedmm config --markdown > docs/configuration.md)")
     keys.set_defaults(func=_config_keys)
 
     prep = sub.add_parser("prepare", help="build a user-owned dataset's directory (CREMA-D frames at 1 fps)")
@@ -307,37 +309,16 @@ def _deploy_certs(args: argparse.Namespace) -> int:
 
 
 def _config_keys(args: argparse.Namespace) -> int:
-    from fedmm.config import param_classes, parameter_rows
+    from fedmm.config_doc import configuration_markdown, plain_listing
 
-    rows = parameter_rows(args.namespace, args.name)  # raises naming the valid names for an unknown one
-    classes = param_classes()
-    # a registered component without parameters (selection random, strategy fedcmi) gets its title and
-    # "(no parameters)", so that `fedmm config selection random` never prints nothing
-    for ns in ([args.namespace] if args.namespace else classes):
-        for name in (n for n in classes.get(ns, {}) if args.name in (None, n)):
-            if not any(r.component == f"{ns} {name}" for r in rows):
-                rows.append(_NoParameters(f"{ns} {name}"))
-    order = {c: i for i, c in enumerate(dict.fromkeys(
-        [""] + [f"{ns} {n}" for ns, by_name in classes.items() for n in by_name] + [r.component for r in rows]))}
-    rows.sort(key=lambda r: order[r.component])  # stable: each component's rows keep their order
-    component = None
-    for row in rows:
-        if row.component != component:
-            component = row.component
-            if component:
-                print(f"\n[{component}]")
-        if isinstance(row, _NoParameters):
-            print("(no parameters)")
-        else:
-            print(f"{row.key:22s} {row.default!r:14s} {row.allowed:24s} {row.help}")
+    if args.markdown:
+        if args.namespace:
+            raise ValueError("--markdown writes the whole reference (docs/configuration.md); drop the namespace")
+        print(configuration_markdown(), end="")
+        return 0
+    for line in plain_listing(args.namespace, args.name):  # raises naming the valid names for an unknown one
+        print(line)
     return 0
-
-
-class _NoParameters:
-    """The place of a component without parameters among ``fedmm config``'s rows."""
-
-    def __init__(self, component: str) -> None:
-        self.component = component
 
 
 def _configure_logging(verbose: bool) -> None:

@@ -112,8 +112,8 @@ class RunConfig(Checked):
     lr_min:
         learning rate of the last round when lr-decay-start > 0 (must then be in (0, lr])
     lr_decay_start:
-        0 = constant lr; else lr until this round, then lr - (lr - lr-min) * round / num-server-
-        rounds (FedCMI/CMSFed schedule)
+        0 = constant lr; else lr until this round, then lr - (lr - lr-min) * round /
+        num-server-rounds (FedCMI/CMSFed schedule)
     momentum:
         local SGD momentum
     weight_decay:

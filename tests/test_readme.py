@@ -2,8 +2,8 @@
 
 Each ```bash block of README.md is split into commands (a trailing backslash continues a line, a
 ``  #`` starts a comment) and each ``fedmm`` command runs in this process, in the README's order, as
-written except: a run is shorter (``num-server-rounds=2``, ``local-epochs=1``, one seed for
-``fedmm bench``) and on the inline engine, and every path under ``results/`` or ``experiments/out/``
+written except: a run is shorter (``num-server-rounds=2``, ``local-epochs=1``; one round and
+one seed for ``fedmm bench``) and on the inline engine, and every path under ``results/`` or ``experiments/out/``
 is moved into a temporary directory. A block whose fence is preceded by the line
 ``<!-- readme-test: skip (reason) -->`` is not run here; the reason names the tests that cover it
 (``make demo``/``make test``, ``--resume``, ``flwr run``).
@@ -72,7 +72,7 @@ def argv_of(command: str, tmp: Path) -> list[str]:
     if args[0] == "simulate" and "--resume" not in args:
         args += SHORTER
     elif args[:1] == ["bench"]:
-        args += [*SHORTER, "--seeds", "0"]
+        args += [*SHORTER, "--set", "num-server-rounds=1", "--seeds", "0"]  # a grid: one round, one seed
     return args
 
 
@@ -93,7 +93,8 @@ def workdir(tmp_path_factory) -> Path:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("command", [c.text for c in COMMANDS if c.skip is None])
+@pytest.mark.parametrize("command", [c.text for c in COMMANDS if c.skip is None],
+                         ids=lambda text: text.removeprefix(".venv/bin/")[:70])
 def test_every_readme_command_runs_as_written(command: str, workdir: Path, monkeypatch, capsys) -> None:
     from fedmm.cli import _parser, main
 

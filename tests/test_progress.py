@@ -80,3 +80,13 @@ def test_bench_names_each_run_of_the_grid_before_it_starts(tmp_path, flower_iden
              simulate=simulate_in_process)
     assert started == ["[1/2] policy=random seed=0: in the CSV already, skipped",
                        "[2/2] policy=all seed=0: in the CSV already, skipped"]
+
+
+def test_watch_in_a_terminal_is_the_live_bar() -> None:
+    out = io.StringIO()
+    with watch(2, stream=out, live=True) as on_round:  # as when the stream is a terminal
+        on_round({**ROW, "round": 1})
+        on_round({**ROW, "round": 2})
+    text = out.getvalue()
+    assert "round" in text and "2/2" in text and "test/acc=0.913" in text
+    assert round_line({**ROW, "round": 2}, 2) not in text  # the bar, not the plain lines

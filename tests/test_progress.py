@@ -50,9 +50,10 @@ def test_the_server_app_prints_every_round_through_print_rounds(flower_identity,
     """The ServerApp (`flwr run`, deployment) prints each round: its callback is `print_rounds`."""
     import inspect
 
+    from inprocess import run_in_process
+
     from fedmm.config import load_config
     from fedmm.server import app
-    from inprocess import run_in_process
 
     assert "print_rounds(run.num_server_rounds)" in inspect.getsource(app.main)
     run = load_config(None, ["dataset=synthetic", "partition=iid", "num-clients=3", "num-server-rounds=2",
@@ -64,8 +65,9 @@ def test_the_server_app_prints_every_round_through_print_rounds(flower_identity,
 
 
 def test_bench_names_each_run_of_the_grid_before_it_starts(tmp_path, flower_identity) -> None:
-    from fedmm.bench import Case, run_grid
     from inprocess import simulate_in_process
+
+    from fedmm.bench import Case, run_grid
 
     started: list[str] = []
     cases = [Case({"policy": p}, (f"selection={p}",)) for p in ("random", "all")]

@@ -54,6 +54,7 @@ def run_grid(
     runs_dir: Path | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     simulate: Simulate | None = None,
+    on_start: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
     """Simulate every case with every seed; one CSV row per run (labels, seed, final metrics).
 
@@ -75,6 +76,9 @@ def run_grid(
         Called with every new row.
     simulate:
         Runs one federation (default: :func:`fedmm.server.simulate.simulate`, on Ray).
+    on_start:
+        Called with :func:`run_label`'s line before every run of the grid (and for a run already in
+        the CSV, which is skipped).
     """
     if simulate is None:
         from fedmm.simulation import simulate
@@ -85,8 +89,10 @@ def run_grid(
             for case in cases for seed in seeds]  # every config error surfaces before the first run
     rows = pd.read_csv(csv_path).to_dict("records") if csv_path.is_file() else []
     done = {tuple(str(r[k]) for k in (*label_names, "seed")) for r in rows}
-    for case, seed, run in runs:
+    for index, (case, seed, run) in enumerate(runs, 1):
         key = tuple(str(case.labels.get(k)) for k in label_names) + (str(seed),)
+        if on_start:
+            on_start(run_label(index, len(runs), case, seed) + (": in the CSV already, skipped" if key in done else ""))
         if key in done:
             continue
         out = runs_dir / case.slug(seed) if runs_dir is not None else None
@@ -106,6 +112,24 @@ def run_grid(
     return pd.DataFrame(rows)
 
 
+def run_label(index: int, total: int, case: Case, seed: int) -> str:
+    """``[3/12] method=mnl seed=1``: which run of a grid this is.
+
+    Parameters
+    ----------
+    index:
+        The run's position in the grid, from 1.
+    total:
+        The number of runs in the grid.
+    case:
+        The run's variant (its labels are shown).
+    seed:
+        The run's seed.
+    """
+    labels = " ".join(f"{k}={v}" for k, v in case.labels.items())
+    return f"[{index}/{total}] {labels} seed={seed}"
+
+
 # -- fedmm bench selection ---------------------------------------------------------------------------
 def selection_benchmark(
     config: Path | None,
@@ -114,6 +138,7 @@ def selection_benchmark(
     seeds: Sequence[int],
     out_dir: Path,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    on_start: Callable[[str], None] | None = None,
 ) -> str:
     """The same federation and budget (``clients-per-round``) under each selection policy.
 
@@ -133,7 +158,7 @@ def selection_benchmark(
         policy_class(p)  # an unknown name fails here, naming the valid ones
     cases = [Case({"policy": p}, (f"selection={p}",)) for p in policies]
     runs_dir = out_dir / "runs"
-    run_grid(config, overrides, cases, seeds, out_dir / "runs.csv", runs_dir, on_row)
+    run_grid(config, overrides, cases, seeds, out_dir / "runs.csv", runs_dir, on_row, on_start=on_start)
     curves = pd.concat(
         [pd.read_csv(runs_dir / c.slug(s) / ROUNDS_FILE).assign(policy=c.labels["policy"], seed=s)
          for c in cases for s in seeds],
@@ -187,6 +212,7 @@ def methods_benchmark(
     quick: bool = False,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     simulate: Simulate | None = None,
+    on_start: Callable[[str], None] | None = None,
 ) -> str:
     """Every method of :data:`METHODS` on every federation of :data:`METHOD_FEDERATIONS`.
 
@@ -216,6 +242,8 @@ def methods_benchmark(
         Called with every finished run's row.
     simulate:
         Runs one federation (default: on Ray).
+    on_start:
+        Called with a line naming each run of the grid before it starts (:func:`run_label`).
     """
     for name, valid, what in ((datasets, METHOD_FEDERATIONS, "dataset"), (methods, METHODS, "method")):
         unknown = [n for n in name if n not in valid]
@@ -226,7 +254,7 @@ def methods_benchmark(
                   (*METHOD_FEDERATIONS[d], *METHOD_COMMON, *METHODS[m], *(QUICK_OVERRIDES if quick else ()),
                    *overrides))
              for d in datasets for m in methods]
-    df = run_grid(None, [], cases, seeds, out_dir / "runs.csv", out_dir / "runs", on_row, simulate)
+    df = run_grid(None, [], cases, seeds, out_dir / "runs.csv", out_dir / "runs", on_row, simulate, on_start)
     table = methods_table(df, datasets, methods)
     atomic_write(out_dir / "methods.md", table + "\n")
     return table

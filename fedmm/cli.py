@@ -57,8 +57,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show Flower and Ray logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sim = sub.add_parser("simulate", help="simulate a federation (on Ray, or in this process with engine=inline) "
-                         "and write its results")
+    sim = sub.add_parser(
+        "simulate", help="simulate a federation (on Ray, or in this process with engine=inline) and write its results",
+        description="Simulate a federation: the clients train for num-server-rounds rounds; the server\n"
+        "aggregates and evaluates the global model every round and writes rounds.csv, clients.csv,\n"
+        "summary.json, the final model and a plot to --out. Progress: a live bar in a terminal, one\n"
+        "line per round otherwise. Every config key: `fedmm config`. Without --config: HAPT, one\n"
+        "client per user, FedAvg, 20 rounds.",
+        epilog="examples:\n"
+        "  fedmm simulate --set dataset=segment --set num-server-rounds=5 --set engine=inline --out results/first\n"
+        "  fedmm simulate --config experiments/configs/demo.toml --out results/demo --overwrite\n"
+        "  fedmm simulate --resume results/demo    # continue a stopped run",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     sim.add_argument("--config", type=Path, help="TOML file of config keys (see README)")
     sim.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key; repeatable (e.g. --set num-server-rounds=5)")
@@ -128,6 +138,8 @@ def _parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("config", help="list every config key with its constraints, default and meaning")
     keys.add_argument("namespace", nargs="?", help="only this part: run, objective, selection, dataset, encoder")
     keys.add_argument("name", nargs="?", help="only this component of the namespace (e.g. fedmm config objective mnl)")
+    keys.add_argument("--markdown", action="store_true",
+                      help="print the configuration reference page (fedmm config --markdown > docs/configuration.md)")
     keys.set_defaults(func=_config_keys)
 
     prep = sub.add_parser("prepare", help="build a user-owned dataset's directory (CREMA-D frames at 1 fps)")
@@ -143,8 +155,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _simulate(args: argparse.Namespace) -> int:
     from fedmm.config import load_config
+    from fedmm.progress import watch
     from fedmm.server.loop import Interrupted, prepare
     from fedmm.simulation import resume_config, simulate
+    from fedmm.workspace import scenario_note
 
     if args.resume:
         if args.config or args.overrides or args.out:
@@ -157,8 +171,10 @@ def _simulate(args: argparse.Namespace) -> int:
     if out is None:
         raise ValueError("no output directory: pass --out DIR (or set out-dir in the config)")
     plan = prepare(run, out, overwrite=args.overwrite, resume=bool(args.resume))
+    if note := scenario_note(run):
+        print(note, flush=True)
     try:
-        with _progress(run.num_server_rounds, enabled=not args.quiet) as on_round:
+        with watch(run.num_server_rounds, enabled=not args.quiet) as on_round:
             summary = simulate(run, out, plan=plan, on_round=on_round, resume=bool(args.resume))
     except Interrupted as err:
         if err.last_round is None:
@@ -201,7 +217,8 @@ def _bench_methods(args: argparse.Namespace) -> int:
         print(f"{row['dataset']} {row['method']} seed {row['seed']}: test/acc {row['test/acc']:.4f} "
               f"in {row['seconds']:.0f} s", flush=True)
 
-    table = methods_benchmark(datasets, methods, seeds, args.out, args.overrides, quick=args.quick, on_row=progress)
+    table = methods_benchmark(datasets, methods, seeds, args.out, args.overrides, quick=args.quick, on_row=progress,
+                              on_start=_say)
     print(table)
     print(f"results: {args.out}")
     return 0
@@ -216,27 +233,40 @@ def _bench_selection(args: argparse.Namespace) -> int:
     def progress(row: dict) -> None:
         print(f"{row['policy']} seed {row['seed']}: test/acc {row['test/acc']:.4f} in {row['seconds']:.0f} s", flush=True)
 
-    table = selection_benchmark(args.config, args.overrides, policies, seeds, args.out, on_row=progress)
+    table = selection_benchmark(args.config, args.overrides, policies, seeds, args.out, on_row=progress,
+                                on_start=_say)
     print(table)
     print(f"results: {args.out}")
     return 0
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
 def _datasets(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
+    import shutil
+    import textwrap
 
     from fedmm.data import dataset_table
 
-    table = Table(title="fedmm datasets")
-    for col in ("name", "modalities", "classes", "train", "test", "installed", "description"):
-        table.add_column(col)
+    # one line of facts per dataset, its description wrapped under it: fits an 80-column terminal
+    width = max(shutil.get_terminal_size((100, 24)).columns, 40) - 1
+    print(f"{'name':10s} {'classes':>7s} {'train':>6s} {'test':>5s}  modalities (example shape)")
     for row in dataset_table():
-        mods = ", ".join(f"{m}{tuple(s)}" for m, s in row["modalities"].items()) if row.get("modalities") else ""
-        table.add_row(row["name"], mods, str(row.get("num_classes", "")), str(row.get("train", "")),
-                      str(row.get("test", "")), "yes" if row["installed"] else "no", row["description"])
-    Console().print(table)
+        mods = " ".join(f"{m}{_shape(s)}"
+                        for m, s in row["modalities"].items()) if row.get("modalities") else "(from data-dir)"
+        facts = f"{row['name']:10s} {row.get('num_classes', '-')!s:>7s} {row.get('train', '-')!s:>6s} " \
+                f"{row.get('test', '-')!s:>5s}  "
+        print(textwrap.fill(mods, width, initial_indent=facts, subsequent_indent=" " * len(facts)))
+        about = row["description"] + ("" if row["installed"] else " [not installed]")
+        print(textwrap.fill(about, width, initial_indent=" " * 11, subsequent_indent=" " * 11))
     return 0
+
+
+def _shape(shape: Sequence[int]) -> str:
+    """``(3, 128)`` -> ``(3,128)``: an example shape without spaces, so a line wraps between modalities."""
+    return "(" + ",".join(map(str, shape)) + ")"
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -301,43 +331,16 @@ def _deploy_certs(args: argparse.Namespace) -> int:
 
 
 def _config_keys(args: argparse.Namespace) -> int:
-    from fedmm.config import parameter_rows
+    from fedmm.config_doc import configuration_markdown, plain_listing
 
-    component = None
-    for row in parameter_rows(args.namespace, args.name):
-        if row.component != component:
-            component = row.component
-            if component:
-                print(f"\n[{component}]")
-        print(f"{row.key:22s} {row.default!r:14s} {row.allowed:24s} {row.help}")
+    if args.markdown:
+        if args.namespace:
+            raise ValueError("--markdown writes the whole reference (docs/configuration.md); drop the namespace")
+        print(configuration_markdown(), end="")
+        return 0
+    for line in plain_listing(args.namespace, args.name):  # raises naming the valid names for an unknown one
+        print(line)
     return 0
-
-
-class _progress:
-    """A rich progress bar fed by the round loop's ``on_round`` callback."""
-
-    def __init__(self, total: int, *, enabled: bool) -> None:
-        self.total, self.enabled = total, enabled
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(TextColumn("round"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}"),
-                            TimeElapsedColumn(), transient=False)
-        self.bar.start()
-        self.task = self.bar.add_task("starting Ray...", total=self.total)
-
-        def on_round(row: dict) -> None:
-            mods = " ".join(f"{k.rsplit('/', 1)[1]}={v:.3f}" for k, v in row.items() if k.startswith("test/acc/"))
-            self.bar.update(self.task, completed=row["round"], description=f"test/acc={row['test/acc']:.3f} {mods}")
-
-        return on_round
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.bar.stop()
 
 
 def _configure_logging(verbose: bool) -> None:

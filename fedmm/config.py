@@ -64,9 +64,12 @@ class RunConfig(Checked):
     seed:
         one seed for partition, allocation, selection and initialisation
     partition:
-        how train data is split among clients
+        how train data is split among clients; auto = natural when the dataset has natural clients
+        (hapt's users, CREMA-D's actors, arrays with groups), else dirichlet over num-clients
+        clients (20 when 0)
     num_clients:
-        number of clients; 0 = one per natural group (natural only)
+        number of clients; 0 = one per natural group (natural), 20 (auto on a dataset without
+        natural clients)
     dirichlet_alpha:
         Dirichlet concentration of the label skew
     client_size_cap:
@@ -109,8 +112,8 @@ class RunConfig(Checked):
     lr_min:
         learning rate of the last round when lr-decay-start > 0 (must then be in (0, lr])
     lr_decay_start:
-        0 = constant lr; else lr until this round, then lr - (lr - lr-min) * round / num-server-
-        rounds (FedCMI/CMSFed schedule)
+        0 = constant lr; else lr until this round, then lr - (lr - lr-min) * round /
+        num-server-rounds (FedCMI/CMSFed schedule)
     momentum:
         local SGD momentum
     weight_decay:
@@ -162,7 +165,7 @@ class RunConfig(Checked):
     dataset: str = "hapt"
     data_dir: str = ""
     seed: Annotated[int, NON_NEGATIVE_INT] = 0
-    partition: Annotated[str, Options("natural", "iid", "dirichlet")] = "natural"
+    partition: Annotated[str, Options("auto", "natural", "iid", "dirichlet")] = "auto"
     num_clients: Annotated[int, NON_NEGATIVE_INT] = 0
     dirichlet_alpha: Annotated[float, POSITIVE] = 3.0
     client_size_cap: Annotated[float, Interval(float, 1.0, None, closed="left")] = 1.1
@@ -249,7 +252,7 @@ class RunConfig(Checked):
         """Check the combinations between the plain keys, then each namespace with its component's
         rule: the objective's and the selection policy's ``Params``, the dataset's options, the
         encoder registry's names (imported here: ``import fedmm.config`` stays torch-free)."""
-        if self.partition != "natural" and self.num_clients == 0:
+        if self.partition not in ("natural", "auto") and self.num_clients == 0:
             raise ValueError(
                 f"config key 'num-clients' must be > 0 with partition='{self.partition}' "
                 "(0 means one client per natural group and only works with partition='natural')"

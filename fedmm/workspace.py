@@ -11,6 +11,7 @@ import torch
 
 from fedmm.config import RunConfig, flatten
 from fedmm.data import Dataset, Scenario, build_scenario, load_dataset
+from fedmm.data.partition import partition_note
 from fedmm.data.registry import dataset_entry
 from fedmm.models import ModelConfig, MultimodalNet
 from fedmm.objectives import Objective, Schedule, objective_class
@@ -45,6 +46,13 @@ def scenario_of(run: RunConfig) -> Scenario:
         missing_rate=run.missing_rate,
         cap_factor=run.client_size_cap,
     )
+
+
+def scenario_note(run: RunConfig) -> str | None:
+    """The line a run prints once when ``partition = "auto"`` chose a split for a dataset without
+    natural clients (:func:`fedmm.data.partition.partition_note`); ``None`` otherwise."""
+    return partition_note(run.dataset, run.partition, run.num_clients or None,
+                          dataset_of(run).train_groups is not None, run.dirichlet_alpha)
 
 
 def objective_of(run: RunConfig) -> Objective:

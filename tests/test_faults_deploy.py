@@ -233,5 +233,8 @@ def test_the_readme_flwr_run_commands_run_the_demo_federation(tmp_path, reaper):
         pytest.fail("the README's `flwr run .` did not finish within 400 s")
     assert proc.returncode == 0, out[-3000:]
     assert "24 simulated SuperNodes" in out, out[-3000:]
+    # the ServerApp's progress reaches the stream: one line per round, then the final accuracy
+    assert re.search(r"round 1/1  test/acc \d\.\d{4}  weak ", out), out[-3000:]
+    assert "fedmm: final test/acc" in out, out[-3000:]
     summary = (out_dir / "summary.json").read_text()
     assert '"status": "completed"' in summary and '"rounds": 1' in summary, out[-3000:]

@@ -52,7 +52,9 @@ def main() -> None:
              for d in args.datasets.split(",") for s in STRATEGIES]
     runs_dir = args.out / "runs"
     df = run_grid(None, [], cases, seeds, args.out / "runs.csv", runs_dir,
-                  on_row=lambda row: print({k: row[k] for k in ("dataset", "strategy", "seed", "test/acc")}, flush=True))
+                  on_row=lambda row: print({k: row[k] for k in ("dataset", "strategy", "seed", "test/acc")},
+                                           flush=True),
+                  on_start=lambda line: print(line, flush=True))
     stats = pd.DataFrame([loss_stats(pd.read_csv(runs_dir / c.slug(s) / ROUNDS_FILE)) for c in cases for s in seeds])
     labels = pd.DataFrame([{**c.labels, "seed": s} for c in cases for s in seeds])
     df = labels.merge(df, on=["dataset", "strategy", "seed"]).join(stats)

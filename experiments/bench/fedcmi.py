@@ -40,7 +40,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     df = run_grid(CONFIG, [], cases, seeds, args.out / "fedcmi.csv",
                   on_row=lambda row: print({k: row[k] for k in ("multi-ratio", "strategy", "seed", "test/acc")},
-                                           flush=True))
+                                           flush=True),
+                  on_start=lambda line: print(line, flush=True))
     table = markdown(df)
     (args.out / "fedcmi.md").write_text(table + "\n")
     print(table)

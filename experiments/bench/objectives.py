@@ -51,7 +51,9 @@ def main() -> None:
              for s in args.settings.split(",") for o in args.objectives.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     df = run_grid(CONFIG, [f"num-server-rounds={args.rounds}"], cases, seeds, args.out / "objectives.csv",
-                  on_row=lambda row: print({k: row[k] for k in ("setting", "objective", "seed", "test/acc")}, flush=True))
+                  on_row=lambda row: print({k: row[k] for k in ("setting", "objective", "seed", "test/acc")},
+                                           flush=True),
+                  on_start=lambda line: print(line, flush=True))
     table = markdown(df)
     (args.out / "objectives.md").write_text(table + "\n")
     print(table)

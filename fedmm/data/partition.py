@@ -5,6 +5,56 @@ from __future__ import annotations
 import numpy as np
 
 SCHEMES = ("natural", "iid", "dirichlet")
+#: ``partition = "auto"`` on a dataset without natural clients: Dirichlet label skew over this many
+#: clients when ``num-clients`` is 0 (the FedCMI/CMSFed papers' federation size).
+AUTO_NUM_CLIENTS = 20
+
+
+def resolve_partition(scheme: str, num_clients: int | None, has_groups: bool) -> tuple[str, int | None]:
+    """The scheme and client count that ``partition = "auto"`` stands for; any other scheme as given.
+
+    Parameters
+    ----------
+    scheme:
+        ``auto``, or one of :data:`SCHEMES` (returned unchanged with ``num_clients``).
+    num_clients:
+        The configured number of clients (``None``/0: not set).
+    has_groups:
+        Whether the dataset has natural clients (``Dataset.train_groups``).
+
+    Returns
+    -------
+    tuple
+        ``("natural", num_clients)`` when the dataset has natural clients, else ``("dirichlet",
+        num_clients or AUTO_NUM_CLIENTS)``.
+    """
+    if scheme != "auto":
+        return scheme, num_clients
+    if has_groups:
+        return "natural", num_clients
+    return "dirichlet", num_clients or AUTO_NUM_CLIENTS
+
+
+def partition_note(dataset: str, scheme: str, num_clients: int | None, has_groups: bool, alpha: float) -> str | None:
+    """The line a run prints once when ``partition = "auto"`` chose a split for a dataset without
+    natural clients (``None`` otherwise: natural clients need no note).
+
+    Parameters
+    ----------
+    dataset:
+        The dataset's registry name.
+    scheme, num_clients:
+        The configured ``partition`` and ``num-clients``.
+    has_groups:
+        Whether the dataset has natural clients.
+    alpha:
+        ``dirichlet-alpha``.
+    """
+    resolved, clients = resolve_partition(scheme, num_clients, has_groups)
+    if scheme != "auto" or resolved == "natural":
+        return None
+    return (f"partition: {dataset} has no natural clients, so partition='auto' splits it Dirichlet (alpha {alpha:g}) "
+            f"over {clients} clients; set partition (iid, dirichlet) and num-clients to choose")
 
 
 def partition_indices(labels: np.ndarray, num_clients: int | None, scheme: str, *, seed: int,

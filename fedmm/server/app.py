@@ -10,8 +10,10 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedmm.config import RunConfig, parse_overrides
+from fedmm.progress import print_rounds
 from fedmm.server.loop import prepare, run_federation
 from fedmm.strategies.roster import FederationTooSmall
+from fedmm.workspace import scenario_note
 
 app = ServerApp()
 log = logging.getLogger("fedmm")
@@ -37,13 +39,23 @@ def main(grid: Grid, context: Context) -> None:
     run = run_config_from_flower(dict(context.run_config))
     out_dir = Path(run.out_dir) if run.out_dir else Path.cwd() / "results" / f"run-{context.run_id}"
     plan = prepare(run, out_dir, overwrite=True)
-    log.info("fedmm: writing results to %s", plan.out_dir)
+    # printed, not logged: the ServerApp process mirrors its stdout into `flwr run --stream` and the
+    # deployment's logs, where fedmm's logger (no handler there) would say nothing
+    say(f"fedmm: writing results to {plan.out_dir}")
+    if note := scenario_note(run):
+        say(note)
     try:
-        summary = run_federation(grid, plan)
+        summary = run_federation(grid, plan, print_rounds(run.num_server_rounds))
     except FederationTooSmall as err:  # summary.json says interrupted, with this reason
         log.error("fedmm: error: %s", err)
         return
     if summary.get("status") == "failed":
         log.error("fedmm: run failed: %s; first client error: %s", summary["reason"], summary["first-client-error"])
         return
-    log.info("fedmm: final test/acc %.4f (best %.4f)", summary["final"]["test/acc"], summary["best-test/acc"])
+    say(f"fedmm: final test/acc {summary['final']['test/acc']:.4f} (best {summary['best-test/acc']:.4f} at round "
+        f"{summary['best-round']}); results in {plan.out_dir}")
+
+
+def say(line: str) -> None:
+    """Print ``line`` at once (the ServerApp's stdout reaches ``flwr run --stream`` and the logs)."""
+    print(line, flush=True)

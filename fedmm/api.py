@@ -13,7 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from fedmm.config import RunConfig, flatten, load_config, read_toml
+from fedmm.config import RunConfig, load_config
+from fedmm.config_text import flatten, read_toml
 from fedmm.reporting import Run, load_run
 
 

@@ -11,7 +11,6 @@ declaration when the config is built: ``strategy.<param>``, ``objective.<param>`
 from __future__ import annotations
 
 import importlib
-import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Annotated, Any, ClassVar
 
 import tomli_w
 
+from fedmm.config_text import flatten, parse_overrides, read_toml
 from fedmm.params import (
     FRACTION,
     NON_NEGATIVE,
@@ -29,7 +29,6 @@ from fedmm.params import (
     Options,
     Spec,
     check_value,
-    config_specs,
     specs,
 )
 from fedmm.registry import did_you_mean
@@ -417,153 +416,10 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     return RunConfig.from_mapping(values)
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """The table in the TOML file at ``path``; every problem with the file is one ValueError naming it.
-
-    Parameters
-    ----------
-    path:
-        A UTF-8 TOML file (not a directory).
-    """
-    path = Path(path)
-    name = str(path)
-    if path.is_dir():
-        raise ValueError(f"config file {name!r} is a directory; pass the path of a TOML file")
-    if not path.exists():
-        raise ValueError(f"config file {name!r} does not exist; pass the path of a TOML file")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"config file {name!r} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
-    except OSError as err:
-        raise ValueError(f"config file {name!r} cannot be read ({err.strerror}); check its path and permissions") \
-            from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"config file {name!r} is not valid TOML: {err}") from None
-
-
-def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"objective": {"name": "mnl", "lambda": 0.7}}`` -> ``{"objective.name": ..., "objective.lambda": ...}``."""
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        full = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{full}."))
-        else:
-            out[full] = value
-    return out
-
-
-def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """Parse ``["lr=0.1", "objective=mnl"]``; a value that is not a TOML literal stays a string."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, eq, raw = item.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(f"override {item!r} is not of the form key=value (e.g. --set num-server-rounds=5)")
-        try:
-            value = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw.strip()
-        out[key.strip()] = value
-    return out
-
-
-def _unknown_key_message(key: str, valid: list[str]) -> str:
-    return f"unknown config key '{key}'{did_you_mean(key, valid)} Valid keys: {', '.join(sorted(valid))}"
-
-
-def config_keys() -> list[tuple[str, Any, str]]:
-    """``(key, default, help)`` for every plain key, in declaration order (for README and CLI)."""
-    return [(key_of(s.name), s.default, s.help) for s in _plain_specs()]
-
-
-def _plain_specs() -> list[Spec]:
+def plain_specs() -> list[Spec]:
     """The declarations of the plain (not namespaced) keys, in declaration order."""
     return [s for s in specs(RunConfig) if s.name not in _NAMESPACE_FIELDS.values()]
 
 
-@dataclass(frozen=True)
-class ParamRow:
-    """One parameter as ``fedmm config`` lists it.
-
-    Parameters
-    ----------
-    key:
-        The config key (``lr``, ``objective.lambda``, ``dataset.test_users``, ``encoder.<modality>``).
-    component:
-        Whose parameter it is: ``""`` for a plain run key, else ``"<namespace> <name>"``
-        (``"objective mnl"``, ``"dataset hapt"``) or ``"encoder"``.
-    allowed:
-        Its type and constraints (:meth:`fedmm.params.Spec.allowed`, ``"float in [0.0, 1.0)"``).
-    default:
-        Its default value.
-    help:
-        What it means (from the declaring docstring).
-    """
-
-    key: str
-    component: str
-    allowed: str
-    default: Any
-    help: str
-
-
-def param_classes() -> dict[str, dict[str, type]]:
-    """Namespace -> registered name -> its ``Params`` dataclass (a :class:`fedmm.params.Checked` one).
-
-    The one place a registry of ``Params`` joins :func:`parameter_rows` (``fedmm config``): one line
-    per namespace (imported here: ``import fedmm.config`` stays torch-free)."""
-    from fedmm.objectives.registry import OBJECTIVES
-    from fedmm.strategies.selection import POLICIES
-
-    return {
-        "strategy": {name: recipe.params for name, recipe in STRATEGIES.items()},
-        "objective": {name: cls.Params for name, cls in OBJECTIVES.items()},
-        "selection": {name: cls.Params for name, cls in POLICIES.items()},
-    }
-
-
-def parameter_rows(namespace: str | None = None, name: str | None = None) -> list[ParamRow]:
-    """Every parameter a run config takes, with its constraints, default and meaning: the plain
-    keys (declaration order), then each registered component's (:func:`param_classes`), every
-    dataset's ``dataset.*`` options and default encoders, and the ``encoder.<modality>`` choices.
-
-    Parameters
-    ----------
-    namespace:
-        Only the rows of this namespace (``"objective"``, ``"dataset"``, ...; ``"run"`` for the
-        plain keys); ``None`` for all.
-    name:
-        With ``namespace``: only the rows of this component (``"mnl"``); an unknown name is a
-        ``ValueError`` naming the registered ones.
-    """
-    from fedmm.data.registry import DATASETS
-    from fedmm.models.encoders import ENCODERS
-
-    components: dict[str, dict[str, list[ParamRow]]] = {
-        "run": {"": [ParamRow(key_of(s.name), "", s.allowed(), s.default, s.help) for s in _plain_specs()]}}
-    for ns, classes in param_classes().items():
-        components[ns] = {n: [ParamRow(f"{ns}.{s.name}", f"{ns} {n}", s.allowed(), s.default, s.help)
-                              for s in config_specs(cls)] for n, cls in classes.items()}
-    encoder = f"one of {', '.join(ENCODERS.names())}"
-    components["dataset"] = {n: [
-        *(ParamRow(f"dataset.{s.name}", f"dataset {n}", s.allowed(), s.default, s.help) for s in entry.options()),
-        ParamRow("encoder.<modality>", f"dataset {n}", encoder, dict(entry.encoders),
-                 "default encoder of a modality, by its kind (unless encoder.<modality> names one)"),
-    ] for n, entry in DATASETS.items()}
-    components["encoder"] = {"": [ParamRow("encoder.<modality>", "encoder", encoder, "",
-                                           "encoder of a modality (default: the dataset's, see its rows)")]}
-    if namespace is None:
-        return [row for by_name in components.values() for rows in by_name.values() for row in rows]
-    if namespace not in components:
-        raise ValueError(f"unknown namespace {namespace!r}{did_you_mean(namespace, list(components))} "
-                         f"Valid: {', '.join(components)}")
-    if name is None:
-        return [row for rows in components[namespace].values() for row in rows]
-    if name not in components[namespace]:
-        raise ValueError(f"unknown {namespace} {name!r}{did_you_mean(name, list(components[namespace]))} "
-                         f"Valid: {', '.join(components[namespace])}")
-    return components[namespace][name]
+def _unknown_key_message(key: str, valid: list[str]) -> str:
+    return f"unknown config key '{key}'{did_you_mean(key, valid)} Valid keys: {', '.join(sorted(valid))}"

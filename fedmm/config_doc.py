@@ -1,13 +1,18 @@
-"""``fedmm config``'s listing as sections, and the configuration reference page
-(``docs/configuration.md``) generated from the same declarations (``fedmm config --markdown``)."""
+"""``fedmm config``'s listing: every parameter a run config takes (:func:`parameter_rows`), as
+sections, and the configuration reference page (``docs/configuration.md``) generated from the same
+declarations (``fedmm config --markdown``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import tomli_w
 
-from fedmm.config import ParamRow, param_classes, parameter_rows
+from fedmm.config import key_of, plain_specs
+from fedmm.params import config_specs
+from fedmm.registry import did_you_mean
+from fedmm.strategies.recipes import STRATEGIES
 
 #: The command that writes the reference page; the page says it, and tests/test_config_doc.py
 #: fails when the page in the repository is not its output.
@@ -48,6 +53,95 @@ same list in a terminal (`fedmm config objective mnl`, `fedmm config dataset hap
 component). This page lists the built-in components; a plugin's (`plugins`, see
 [extending.md](extending.md)) appear in `fedmm config` once it is imported.
 """
+
+
+def config_keys() -> list[tuple[str, Any, str]]:
+    """``(key, default, help)`` for every plain key, in declaration order (for README and CLI)."""
+    return [(key_of(s.name), s.default, s.help) for s in plain_specs()]
+
+
+@dataclass(frozen=True)
+class ParamRow:
+    """One parameter as ``fedmm config`` lists it.
+
+    Parameters
+    ----------
+    key:
+        The config key (``lr``, ``objective.lambda``, ``dataset.test_users``, ``encoder.<modality>``).
+    component:
+        Whose parameter it is: ``""`` for a plain run key, else ``"<namespace> <name>"``
+        (``"objective mnl"``, ``"dataset hapt"``) or ``"encoder"``.
+    allowed:
+        Its type and constraints (:meth:`fedmm.params.Spec.allowed`, ``"float in [0.0, 1.0)"``).
+    default:
+        Its default value.
+    help:
+        What it means (from the declaring docstring).
+    """
+
+    key: str
+    component: str
+    allowed: str
+    default: Any
+    help: str
+
+
+def param_classes() -> dict[str, dict[str, type]]:
+    """Namespace -> registered name -> its ``Params`` dataclass (a :class:`fedmm.params.Checked` one).
+
+    The one place a registry of ``Params`` joins :func:`parameter_rows` (``fedmm config``): one line
+    per namespace (imported here: ``import fedmm.config`` stays torch-free)."""
+    from fedmm.objectives.registry import OBJECTIVES
+    from fedmm.strategies.selection import POLICIES
+
+    return {
+        "strategy": {name: recipe.params for name, recipe in STRATEGIES.items()},
+        "objective": {name: cls.Params for name, cls in OBJECTIVES.items()},
+        "selection": {name: cls.Params for name, cls in POLICIES.items()},
+    }
+
+
+def parameter_rows(namespace: str | None = None, name: str | None = None) -> list[ParamRow]:
+    """Every parameter a run config takes, with its constraints, default and meaning: the plain
+    keys (declaration order), then each registered component's (:func:`param_classes`), every
+    dataset's ``dataset.*`` options and default encoders, and the ``encoder.<modality>`` choices.
+
+    Parameters
+    ----------
+    namespace:
+        Only the rows of this namespace (``"objective"``, ``"dataset"``, ...; ``"run"`` for the
+        plain keys); ``None`` for all.
+    name:
+        With ``namespace``: only the rows of this component (``"mnl"``); an unknown name is a
+        ``ValueError`` naming the registered ones.
+    """
+    from fedmm.data.registry import DATASETS
+    from fedmm.models.encoders import ENCODERS
+
+    components: dict[str, dict[str, list[ParamRow]]] = {
+        "run": {"": [ParamRow(key_of(s.name), "", s.allowed(), s.default, s.help) for s in plain_specs()]}}
+    for ns, classes in param_classes().items():
+        components[ns] = {n: [ParamRow(f"{ns}.{s.name}", f"{ns} {n}", s.allowed(), s.default, s.help)
+                              for s in config_specs(cls)] for n, cls in classes.items()}
+    encoder = f"one of {', '.join(ENCODERS.names())}"
+    components["dataset"] = {n: [
+        *(ParamRow(f"dataset.{s.name}", f"dataset {n}", s.allowed(), s.default, s.help) for s in entry.options()),
+        ParamRow("encoder.<modality>", f"dataset {n}", encoder, dict(entry.encoders),
+                 "default encoder of a modality, by its kind (unless encoder.<modality> names one)"),
+    ] for n, entry in DATASETS.items()}
+    components["encoder"] = {"": [ParamRow("encoder.<modality>", "encoder", encoder, "",
+                                           "encoder of a modality (default: the dataset's, see its rows)")]}
+    if namespace is None:
+        return [row for by_name in components.values() for rows in by_name.values() for row in rows]
+    if namespace not in components:
+        raise ValueError(f"unknown namespace {namespace!r}{did_you_mean(namespace, list(components))} "
+                         f"Valid: {', '.join(components)}")
+    if name is None:
+        return [row for rows in components[namespace].values() for row in rows]
+    if name not in components[namespace]:
+        raise ValueError(f"unknown {namespace} {name!r}{did_you_mean(name, list(components[namespace]))} "
+                         f"Valid: {', '.join(components[namespace])}")
+    return components[namespace][name]
 
 
 def config_sections(namespace: str | None = None, name: str | None = None) -> list[tuple[str, list[ParamRow]]]:

@@ -116,7 +116,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     when off, a key added to fedmm after the run) filled in; ``{}`` when the file is absent."""
     if not path.is_file():
         return {}
-    from fedmm.config import flatten
+    from fedmm.config_text import flatten
 
     try:
         values = flatten(tomllib.loads(path.read_text(encoding="utf-8")))

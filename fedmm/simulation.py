@@ -19,7 +19,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedmm.checkpoint import Checkpoint, check_model_fits, config_digest, load_checkpoint
-from fedmm.config import MOVED_KEYS, RunConfig, flatten, load_config, read_toml
+from fedmm.config import MOVED_KEYS, RunConfig, load_config
+from fedmm.config_text import flatten, read_toml
 from fedmm.delivery import fast_delivery
 from fedmm.results import CONFIG_FILE, SUMMARY_FILE
 from fedmm.server.loop import Plan, RoundCallback, StopRequest, prepare, run_federation

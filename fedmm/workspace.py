@@ -9,7 +9,8 @@ import tomllib
 
 import torch
 
-from fedmm.config import RunConfig, flatten
+from fedmm.config import RunConfig
+from fedmm.config_text import flatten
 from fedmm.data import Dataset, Scenario, build_scenario, load_dataset
 from fedmm.data.partition import partition_note
 from fedmm.data.registry import dataset_entry

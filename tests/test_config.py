@@ -1,6 +1,7 @@
 import pytest
 
-from fedmm.config import RunConfig, flatten, load_config, parse_overrides
+from fedmm.config import RunConfig, load_config
+from fedmm.config_text import flatten, parse_overrides
 
 
 def test_defaults_validate_and_round_trip_through_toml():
@@ -70,7 +71,7 @@ def test_every_plain_key_is_declared_for_flwr_run_and_the_declared_defaults_reso
     import tomllib
     from pathlib import Path
 
-    from fedmm.config import config_keys
+    from fedmm.config_doc import config_keys
     from fedmm.server.app import OVERRIDES_KEY, run_config_from_flower
 
     declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedmm.cli import main
-from fedmm.config import parameter_rows
-from fedmm.config_doc import REGENERATE, configuration_markdown
+from fedmm.config_doc import REGENERATE, configuration_markdown, parameter_rows
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import pytest
 
-from fedmm.config import RunConfig, parameter_rows
+from fedmm.config import RunConfig
+from fedmm.config_doc import parameter_rows
 from fedmm.data.base import ModalitySpec
 from fedmm.data.registry import DATASETS, check_options, dataset_entry, is_user_owned, register_dataset
 from fedmm.params import Checked, Interval, Options, Spec, check_value, specs
@@ -259,10 +260,11 @@ def test_parameters_are_validated_once_per_process_not_per_message(monkeypatch, 
     config text, cached per process), never again per message."""
     import collections
 
+    from inprocess import run_in_process
+
     import fedmm.params as params
     from fedmm.config import load_config
     from fedmm.workspace import parse_run_config
-    from inprocess import run_in_process
 
     counts: collections.Counter[str] = collections.Counter()
     check = params.check_value

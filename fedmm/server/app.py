@@ -9,7 +9,8 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedmm.config import RunConfig, parse_overrides
+from fedmm.config import RunConfig
+from fedmm.config_text import parse_overrides
 from fedmm.progress import print_rounds
 from fedmm.server.loop import prepare, run_federation
 from fedmm.strategies.roster import FederationTooSmall

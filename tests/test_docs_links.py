@@ -22,11 +22,21 @@ TEXT_SUFFIXES = {".py", ".md", ".toml", ".txt", ".cfg", ".ini", ".yaml", ".yml",
 SKIPPED_DIRS = {"__pycache__", "out", ".ipynb_checkpoints"}
 
 #: Names of files outside the repository (built from parts, so that this file does not name them).
-OUTSIDE = re.compile("|".join([
-    "FEDCMI" + "_CMSFED", "BALANCING" + "_OBJECTIVES", "PAPER" + "_PRESETS", "DEVICES" + "_AND_OORT",
-    "MODALITY" + "_COMPETITION", "FLOWER" + "_NOTES", r"\bDATASETS" + r"\.md", r"\bDESIGN" + r"\.md",
-    r"\bshared" + "/",
-]))
+OUTSIDE = re.compile(
+    "|".join(
+        [
+            "FEDCMI" + "_CMSFED",
+            "BALANCING" + "_OBJECTIVES",
+            "PAPER" + "_PRESETS",
+            "DEVICES" + "_AND_OORT",
+            "MODALITY" + "_COMPETITION",
+            "FLOWER" + "_NOTES",
+            r"\bDATASETS" + r"\.md",
+            r"\bDESIGN" + r"\.md",
+            r"\bshared" + "/",
+        ]
+    )
+)
 #: ``docs/methods/cmsfed.md §5.1``, ``docs/methods/cmsfed.md §4.1, §8``, ``... §3 and §5``.
 CITATION = re.compile(r"(docs/[\w./-]+?\.md)((?:\s*(?:,|and)?\s*§\d+(?:\.\d+)*)+)")
 SECTION = re.compile(r"§(\d+(?:\.\d+)*)")
@@ -87,10 +97,16 @@ def section_numbers(path: Path) -> frozenset[str]:
 
 
 def test_no_file_outside_the_repository_is_cited():
-    found = [f"{rel(path)}:{n}: {line.strip()}" for path in text_files()
-             for n, line in enumerate(read(path).splitlines(), 1) if OUTSIDE.search(line)]
-    assert not found, ("cite the project's own pages (docs/methods/<page>.md §N) instead of files a user "
-                       "does not have:\n" + "\n".join(found))
+    found = [
+        f"{rel(path)}:{n}: {line.strip()}"
+        for path in text_files()
+        for n, line in enumerate(read(path).splitlines(), 1)
+        if OUTSIDE.search(line)
+    ]
+    assert not found, (
+        "cite the project's own pages (docs/methods/<page>.md §N) instead of files a user "
+        "does not have:\n" + "\n".join(found)
+    )
 
 
 def citations() -> list[tuple[str, str, str]]:
@@ -114,8 +130,10 @@ def test_every_section_citation_names_an_existing_page_and_section():
         if not target.is_file():
             bad.append(f"{source}: {page} §{number}: no such page")
         elif number not in section_numbers(target):
-            bad.append(f"{source}: {page} §{number}: the page has no section {number} "
-                       f"(it has {', '.join(sorted(section_numbers(target))) or 'no numbered sections'})")
+            bad.append(
+                f"{source}: {page} §{number}: the page has no section {number} "
+                f"(it has {', '.join(sorted(section_numbers(target))) or 'no numbered sections'})"
+            )
     assert not bad, "\n".join(bad)
 
 

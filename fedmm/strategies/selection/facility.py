@@ -1,4 +1,5 @@
-"""Facility location on update vectors, and its (stochastic, lazy) greedy, vectorized in numpy.
+"""Facility location on update vectors, and its (stochastic, lazy) greedy, vectorized in numpy
+(docs/methods/selection.md §6).
 
 DivFL (Balakrishnan et al., ICLR 2022) and CMSFed (docs/methods/cmsfed.md §4.2) pick the set S of clients
 whose updates best "cover" everybody's: with D[k, i] the distance between the updates of clients k

@@ -1,4 +1,5 @@
-"""Update vectors and their memory: seeded count-sketch projections and a per-client store.
+"""Update vectors and their memory: seeded count-sketch projections and a per-client store
+(docs/methods/selection.md §7).
 
 Why a count sketch
 ------------------

@@ -31,7 +31,7 @@ class ClientFact:
         server sent (the policy's ``imbalance_order``, any length).
     before_training_in_update_pass:
         Measure it with the received model, before training, in the update pass (round 0), and with
-        the trained model in later rounds (FEDCMI_CMSFED.md 3.5); ``False``: always after training.
+        the trained model in later rounds (docs/methods/cmsfed.md §5.1, §5.5); ``False``: always after training.
     """
 
     compute: Callable[[Any, Any, tuple[str, ...]], float]

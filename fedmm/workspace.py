@@ -82,7 +82,7 @@ def round_lr(run: RunConfig, server_round: int) -> float:
     lr) or ``server_round <= D``; afterwards ``lr - (lr - lr-min) * server_round / T``, which
     drops at round ``D + 1`` straight to the line through ``(0, lr)`` and ``(T, lr-min)`` and
     reaches ``lr-min`` in the last round. This is the per-round schedule of the FedCMI/CMSFed
-    reference (``shared/specs/FEDCMI_CMSFED.md`` section 1: ``lr = local_lr`` while ``E <= 80``,
+    reference (docs/methods/fedavg.md §4: ``lr = local_lr`` while ``E <= 80``,
     then ``local_lr - (local_lr - lr_min) * E / T``); the reference counts ``E`` from 0, so its
     last round trains at ``lr - (lr - lr_min) * (T - 1) / T``, slightly above ``lr_min``.
 

@@ -13,7 +13,7 @@ from fedmm.data.unpickle import restricted_load
 
 def test_hapt_windows_users_and_standardisation():
     d = load_dataset("hapt")
-    assert num_examples(d.train) + num_examples(d.test) == 10_017  # DATASETS.md section 2.1
+    assert num_examples(d.train) + num_examples(d.test) == 10_017  # every window of the 30 users (fedmm/data/hapt.py)
     assert d.modality_names == ["acc", "gyro"] and d.num_classes == 6
     assert d.train["acc"].shape[1:] == (3, 128) and d.test["gyro"].shape[1:] == (3, 128)
     assert len(np.unique(d.train_groups)) == 24  # users 25..30 are the central test set

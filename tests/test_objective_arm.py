@@ -209,7 +209,7 @@ def softplus(x: float) -> float:
 def test_one_local_epoch_by_hand(held: list[str]) -> None:
     """One full batch through ``train_local`` with the default parameters (k = 1, T = 2, weights 1,
     ortho 0.01, roles by confidence): the reported loss is the hand value at the received weights,
-    and the step moves every trained weight by -lr times the gradient of the spec's formula."""
+    and the step moves every trained weight by -lr times the gradient of the formula of docs/methods/arm.md §2."""
     lr = 0.1
     obj = build_objective("arm", {})
     model = hand_model(obj)  # z_a = [u0, -u0], z_v = [2 u0, 0]
@@ -229,7 +229,7 @@ def test_one_local_epoch_by_hand(held: list[str]) -> None:
                  for pc, qc in zip(pr, qr, strict=True)) / 2
         hand = ce_v + kl + 0.01 * 9 + ce_a
 
-    # the spec's formula on plain tensors, for the gradient of the step
+    # the formula of docs/methods/arm.md §2 on plain tensors, for the gradient of the step
     proj = {m: model.heads[m].proj.weight.detach().clone().requires_grad_() for m in held}
     clf = {m: model.heads[m].classifier.weight.detach().clone().requires_grad_() for m in held}
     bias = {m: model.heads[m].classifier.bias.detach().clone().requires_grad_() for m in held}

@@ -298,7 +298,7 @@ def test_bad_fusion() -> None:
 
 # -- one local epoch, checked by hand ---------------------------------------------------------------
 def spec_mnl_loss(z: dict[str, torch.Tensor], y: torch.Tensor, lam: float) -> torch.Tensor:
-    """Spec §3.2 with the mean fusion, written out on its own: z^f = mean_m z^m, j from z^f, the
+    """docs/methods/mnl.md §2 with the mean fusion, written out on its own: z^f = mean_m z^m, j from z^f, the
     guide d_i has the largest xi and the largest pi (ties: the later modality), (1/(B K)) sum."""
     mods = list(z)
     b, k = z[mods[0]].shape
@@ -328,8 +328,8 @@ def spec_mnl_loss(z: dict[str, torch.Tensor], y: torch.Tensor, lam: float) -> to
 
 @pytest.mark.parametrize("held", [["m0", "m1"], ["m0", "m1", "m2"], ["m0"]])
 def test_one_local_epoch_by_hand(held: list[str]) -> None:
-    """One full batch through ``train_local``: the reported loss is the spec's value at the
-    received weights, and the step moves each trained head by -lr times the spec loss's gradient."""
+    """One full batch through ``train_local``: the reported loss is the value of docs/methods/mnl.md §2 at the
+    received weights, and the step moves each trained head by -lr times that loss's gradient."""
     lam, lr = 0.7, 0.1
     names = ("m0", "m1", "m2")[: max(2, len(held))]
     obj = build_objective("mnl", {"lambda": lam})

@@ -222,7 +222,7 @@ def train(msg: Message, context: Context) -> Message:
         train_config = dataclasses.replace(train_config, epochs=request.epochs)
     # The client facts the server asks for (CMSFed's rho_k, with every held modality: the server then
     # sends the groups of all of them), each measured when its entry says: from the received model
-    # in the update pass, after training in the rounds (FEDCMI_CMSFED.md 3.5)
+    # in the update pass, after training in the rounds (docs/methods/cmsfed.md §5.1, §5.5)
     asked = {name: CLIENT_FACTS.get(name) for name in request.client_facts}
     early = {name: fact.compute(model, data, request.order) for name, fact in asked.items()
              if fact.before_training_in_update_pass and server_round == 0}

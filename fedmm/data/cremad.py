@@ -10,7 +10,8 @@ The data is not shipped; point the config key ``data-dir`` at a directory laid o
 ``fedmm prepare cremad --video-dir <CREMA-D>/VideoFlash --audio-dir <CREMA-D>/AudioWAV --out <data-dir>``
 builds the frame folders from the corpus' videos (it needs ffmpeg or PyAV).
 
-Preprocessing follows the OGM-GE code (spec BALANCING_OBJECTIVES.md section 0.2):
+Preprocessing follows the OGM-GE code (``dataset/CramedDataset.py`` of
+https://github.com/GeWu-Lab/OGM-GE_CVPR2022; docs/methods/ogm-ge.md §1):
 
 * **audio** (modality ``audio``, kind ``spectrogram``, shape ``(1, 257, 188)``): the WAV is read with
   ``scipy.io.wavfile`` (integer PCM scaled to [-1, 1], channels averaged), resampled to 22,050 Hz with

@@ -1,4 +1,4 @@
-"""FedCMI's two projectors per modality (FEDCMI_CMSFED.md section 2.2).
+"""FedCMI's two projectors per modality (docs/methods/fedcmi.md §2).
 
 Modality ``m`` has a *self projector* ``S_m`` (keeps exploiting the modality's own features) and an
 *infiltration projector* ``I_m`` (absorbs the dominant modality's knowledge); both feed the

@@ -1,7 +1,7 @@
 """ARM (Auxiliary Information Regularized Machine, Yang et al., IJCAI 2015) — a RECONSTRUCTION.
 
 There is no public code and the paper's equations are not available to us. What follows is the
-deep, drop-in analogue of ``shared/specs/BALANCING_OBJECTIVES.md`` §5, itself marked [recon]: the
+deep, drop-in analogue of docs/methods/arm.md §2, itself a reconstruction: the
 weak modality learns a discriminative subspace ``P^T u^w`` and is regularised by the strong
 modality's (detached) prediction. It is not the paper's method; do not report it as such.
 """
@@ -60,7 +60,7 @@ def distillation_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: f
 
 @register_objective
 class ARMReconstruction(Objective):
-    """ARM, RECONSTRUCTED (spec §5 [recon]; no paper equations or official code were available).
+    """ARM, RECONSTRUCTED (docs/methods/arm.md §2; no paper equations or official code were available).
 
     For a batch with two or more trained modalities, one strong ``s`` and every other one weak:
     ``L = ortho_weight * sum_m ||P_m^T P_m - I||_F^2
@@ -70,7 +70,7 @@ class ARMReconstruction(Objective):
     modality's terms exactly as in the two-modality loss (docs/objectives.md, ``arm``). Every
     modality owns a subspace classifier ``f_m(P_m^T .)`` under ``heads.<m>`` so that the
     strong/weak roles may differ between batches, rounds and clients without changing the model's
-    shape (the spec's ``f_s`` acts on the full ``u_s``; here it acts on ``P_s^T u_s``). The strong
+    shape (the first reconstruction's ``f_s`` acted on the full ``u_s``; here it acts on ``P_s^T u_s``). The strong
     modality is ``strong_modality`` when set and trained in the batch, otherwise, per batch, the
     one with the largest summed target-class probability (ties: canonical order).
 
@@ -97,7 +97,7 @@ class ARMReconstruction(Objective):
         ortho_weight:
             ``mu``, weight of the orthonormality penalty on each projection.
         strong_ce_weight:
-            Weight of the strong modality's own CE (the spec's optional term; without it the
+            Weight of the strong modality's own CE (an optional term of the reconstruction; without it the
             strong predictor, the teacher, would never learn).
         strong_modality:
             Name of the strong (auxiliary) modality; empty chooses it per batch by confidence (as

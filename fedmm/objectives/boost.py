@@ -1,6 +1,6 @@
 """Sustained Boosting with Adaptive Classifier Assignment ("AUG", Jiang et al., NeurIPS 2025).
 
-Spec: ``shared/specs/BALANCING_OBJECTIVES.md`` §2 and §8; reference code ``njustkmg/NeurIPS25-AUG``
+Method: docs/methods/boost.md §2 and §5; reference code ``njustkmg/NeurIPS25-AUG``
 (``train_CREMAD.py``, ``model/AudioVideo.py``).
 
 Every modality ``m`` owns ``n_max`` pre-allocated *configurable classifiers*
@@ -8,7 +8,7 @@ Every modality ``m`` owns ``n_max`` pre-allocated *configurable classifiers*
 one output layer ``(W_out, b_out)`` stored as ``fusion.boost_out`` so that it aggregates with the
 shared group. Only the first ``n_m`` slots of modality ``m`` are *active*; the cumulative logits are
 ``Z^m_t = sum_{j<=t} h^m_j(u^m)``. The server, not the clients, decides when a modality gets one more
-active slot, so every client keeps the same model shape (§8).
+active slot, so every client keeps the same model shape (docs/methods/boost.md §4).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class BoostOutputs:
 
 
 def boosting_loss(out: BoostOutputs, y: torch.Tensor, lam: float) -> torch.Tensor:
-    """The code-faithful sustained-boosting loss of one modality (spec §2.2).
+    """The code-faithful sustained-boosting loss of one modality (docs/methods/boost.md §2).
 
     ``CE(Z_1, y)`` for one classifier; otherwise
     ``CE(Z_n, y) + CE(Z_{n-1}, y) + CE(h_n, y - lam * y * sg(softmax(Z_{n-1})))``, where the last
@@ -130,7 +130,7 @@ class SustainedBoosting(Objective):
             ``lambda`` (config name ``lambda``) of the residual target ``y - lambda * y * sg(p_prev)``, in ``[0, 1]``
             (0.5 in the released code; the paper searches {0.1, 0.2, 0.33, 0.5, 1.0}).
         n_max:
-            Pre-allocated classifiers per modality (spec §8: about 11 = 1 base + 10 additions).
+            Pre-allocated classifiers per modality (docs/methods/boost.md §3: about 11 = 1 base + 10 additions).
         hidden_dim:
             Width of the hidden layer of every classifier; 0 means ``embed_dim // 2`` (the reference
             code uses 512 -> 256).

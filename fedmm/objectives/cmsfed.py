@@ -1,6 +1,6 @@
 """CMSFed's client side: the modal-enhancement (ME) loss toward server-aggregated global prototypes.
 
-Spec: ``shared/specs/FEDCMI_CMSFED.md`` sections 3.3 and 3.5; reference code
+Method: docs/methods/cmsfed.md §3 and §5; reference code
 ``fanyunfeng-bit/Balanced-Modality-Selection-in-MFL`` (``client/mmdrop.py``, ``server/mmdrop.py``,
 internal name FedMDrop, ``--clientsel_algo PMR_submodular``). Used by ``strategy = "cmsfed"``.
 
@@ -24,14 +24,14 @@ client's locally trained one (the reference's ``server/mmdrop.py`` computes
 
 * in the update pass (server round :data:`UPDATE_PASS_ROUND`) the training replies carry the
   received initial model's sums, the very local prototypes the pass trained toward
-  (FEDCMI_CMSFED.md 3.5 step 1, 3.10);
+  (docs/methods/cmsfed.md §5.1, §8);
 * after every round's aggregation the server sends the new global model to that round's clients
   (:attr:`observes_global_model`), and each answers with the sums of every modality it holds
   (:meth:`global_model_facts`), whatever it trained.
 
-Prototypes of the locally trained models (spec 3.5 step 5 as written) lie beyond the aggregated
+Prototypes of the locally trained models (a literal reading of docs/methods/cmsfed.md §5.5) lie beyond the aggregated
 model's feature space: the next round's ME loss pulls the received model toward them, the
-features grow, the next prototypes lie further out, and training diverges (docs/objectives.md).
+features grow, the next prototypes lie further out, and training diverges (docs/methods/cmsfed.md §3.5).
 
 Server half (plain numpy): after every round (and the update pass) ``P^m_c = sum_k S^m_{k,c} /
 sum_k n^m_{k,c}`` over the accepted clients that hold ``m``, where ``S`` are the reported class

@@ -1,6 +1,6 @@
 """FedCMI's client side: cross-modal infiltration with class-wise temperature.
 
-Spec: ``shared/specs/FEDCMI_CMSFED.md`` sections 2.2-2.4 and 2.9; reference code
+Method: docs/methods/fedcmi.md §2, §3, §4 and §7.1; reference code
 ``fanyunfeng-bit/Balanced-Modality-Selection-in-MFL`` (``client/FedCMI.py``,
 ``DecomposedAVClassifier``). Used by ``strategy = "fedcmi"`` (the server side is modality-aware
 FedAvg: the received global model is the teacher, so nothing else travels).
@@ -51,7 +51,7 @@ from fedmm.params import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Checked
 
 def class_wise_temperature(p_first: torch.Tensor, p_second: torch.Tensor, present: torch.Tensor,
                            kappa: float) -> torch.Tensor:
-    """FedCMI's per-class temperatures ``tau_c`` for one pair of modalities (spec 2.4).
+    """FedCMI's per-class temperatures ``tau_c`` for one pair of modalities (docs/methods/fedcmi.md §4).
 
     Parameters
     ----------
@@ -97,7 +97,7 @@ class FedCMI(Objective):
 
     @dataclass
     class Params(Checked):
-        """Parameters of ``fedcmi`` (reference defaults, FEDCMI_CMSFED.md section 2.7).
+        """Parameters of ``fedcmi`` (reference defaults, docs/methods/fedcmi.md §6).
 
         Parameters
         ----------

@@ -1,6 +1,6 @@
 """MNL: Multimodal Negative Learning (Gong et al., NeurIPS 2025).
 
-Spec: ``shared/specs/BALANCING_OBJECTIVES.md`` §3 and §8; reference code
+Method: docs/methods/mnl.md §2 and §5; reference code
 ``BaoquanGong/Multimodal-Negative-Learning/train_latefusion.py`` (``model_forward``).
 
 Per sample, a robust dominant modality (the one with both the larger unimodal confidence margin

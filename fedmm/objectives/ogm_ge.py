@@ -1,6 +1,6 @@
 """OGM-GE: On-the-fly Gradient Modulation with Generalisation Enhancement (Peng et al., CVPR 2022).
 
-Spec: ``shared/specs/BALANCING_OBJECTIVES.md`` §1 and §8; reference code
+Method: docs/methods/ogm-ge.md §2 and §5; reference code
 ``GeWu-Lab/OGM-GE_CVPR2022/main.py`` (``train_epoch``).
 
 The loss is the fused cross-entropy alone. After ``backward`` the gradients of the encoder of the

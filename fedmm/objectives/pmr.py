@@ -1,6 +1,6 @@
 """PMR: Prototypical Modal Rebalance (Fan et al., CVPR 2023).
 
-Spec: ``shared/specs/BALANCING_OBJECTIVES.md`` §6.3 and §8; reference code
+Method: docs/methods/pmr.md §2 and §5; reference code
 ``fanyunfeng-bit/Modal-Imbalance-PMR/main_Prototype_grad.py`` (``calculate_prototype``,
 ``train_epoch``).
 
@@ -203,7 +203,7 @@ class PMR(Objective):
 def prototype_accuracies(model: nn.Module, data: TensorDict, modalities: list[str], chunk: int = 256
                          ) -> dict[str, float]:
     """Nearest-class-mean accuracy of each modality on ``data``, with prototypes computed from
-    ``data`` itself (CMSFed's rho_k ingredients, FEDCMI_CMSFED.md 3.3); eval mode, one encoder
+    ``data`` itself (CMSFed's rho_k ingredients, docs/methods/cmsfed.md §3.3); eval mode, one encoder
     pass (the features serve both the prototypes and the predictions)."""
     n = num_examples(data)
     if n == 0:
@@ -231,7 +231,7 @@ def prototype_imbalance_ratio(model: nn.Module, data: TensorDict, order: Sequenc
                               floor: float = 1e-3) -> float:
     """rho_k = Acc_pivot / min_{m in rest} Acc_m of the prototype (nearest-class-mean) classifiers on
     the client's data, for ``order = (pivot, *rest)``: how far the pivot modality is ahead of the
-    client's weakest other modality (CMSFed, FEDCMI_CMSFED.md 3.3; docs/objectives.md, ``cmsfed``).
+    client's weakest other modality (CMSFed, docs/methods/cmsfed.md §3.3 and §4.4).
     With two modalities this is the reference's Acc_first / Acc_second.
 
     ``rest`` is the modalities of ``order[1:]`` the client holds; a client that lacks the pivot or
@@ -246,5 +246,5 @@ def prototype_imbalance_ratio(model: nn.Module, data: TensorDict, order: Sequenc
 
 
 #: CMSFed's rho_k, asked for by the cmsfed selection policy: from the received model in the update
-#: pass, from the trained one in later rounds (FEDCMI_CMSFED.md 3.5).
+#: pass, from the trained one in later rounds (docs/methods/cmsfed.md §5.1, §5.5).
 CLIENT_FACTS.add(IMBALANCE_RATIO, ClientFact(prototype_imbalance_ratio, before_training_in_update_pass=True))

@@ -1,6 +1,6 @@
 """Data Remixing (Ma, Chen, Deng, ICML 2025) as a federated local objective.
 
-Spec: ``shared/specs/BALANCING_OBJECTIVES.md`` §4 and §8; reference code ``MatthewMaxy/Remix_ICML2025``
+Method: docs/methods/remix.md §2 and §5; reference code ``MatthewMaxy/Remix_ICML2025``
 (``train.py``, ``models/models.py``).
 
 After the warm-up (the first sixth of the run's local epochs by default), every local epoch

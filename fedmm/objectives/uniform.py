@@ -1,4 +1,4 @@
-"""``uniform``: the uniform multitask baseline (spec ``BALANCING_OBJECTIVES.md`` §6.1).
+"""``uniform``: the uniform multitask baseline (docs/methods/uniform.md §2).
 
 The fusion head and one linear head per modality are trained together with equal weights:
 ``L = CE(g([u_1; ...; u_M]), y) + w * sum_{m in S} CE(h_m(u_m), y)`` over the trained modalities

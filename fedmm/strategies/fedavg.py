@@ -32,7 +32,7 @@ from fedmm.strategies.selection.base import UPDATE_PASS_ROUND, Assignment, Clien
 log = logging.getLogger("fedmm")
 
 #: Local epochs of the pass that gives update-vector policies their first vectors (the reference's
-#: ``grad_epochs``, FEDCMI_CMSFED.md 3.5 step 1).
+#: ``grad_epochs``, docs/methods/cmsfed.md §5.1).
 UPDATE_PASS_EPOCHS = 1
 #: Clients per batch of the update pass: the server holds one batch's messages (each a copy of
 #: the model) and replies at a time, so its memory does not grow with the number of clients.
@@ -40,7 +40,7 @@ UPDATE_PASS_BATCH = 500
 
 
 class ModalityAwareFedAvg:
-    """FedAvg for clients that hold different modalities (FEDCMI_CMSFED.md section 1), as the steps
+    """FedAvg for clients that hold different modalities (docs/methods/fedavg.md §2), as the steps
     of :class:`~fedmm.strategies.base.RoundStrategy`.
 
     Every array is averaged over the clients that sent it, weighted by ``num-examples``; an array
@@ -75,7 +75,7 @@ class ModalityAwareFedAvg:
     parameter_keys:
         Names of the global model's parameters (``named_parameters()``: no batch-norm statistics
         or other buffers). The update vectors of a policy that uses them (DivFL, CMSFed) are built
-        from the encoder parameters among these only, as the reference does (FEDCMI_CMSFED.md 3.10);
+        from the encoder parameters among these only, as the reference does (docs/methods/cmsfed.md §8);
         required by such a policy (ValueError otherwise), ignored by the others.
     num_partitions:
         Clients of the run's scenario: a node whose discovery reply names a partition id outside
@@ -174,7 +174,7 @@ class ModalityAwareFedAvg:
         clients the policy names, on all their modalities; ``[]`` once all of them were asked. The
         policy gets their update vectors batch by batch, the objective's server half all their facts
         at the end; the model stays. It uses the run's lr (the reference ran it at lr 0,
-        FEDCMI_CMSFED.md 3.9)."""
+        docs/methods/cmsfed.md §7.1)."""
         if self._pass_queue is None:
             states = self.roster.available()
             self._pass_queue = self.policy.update_pass(states)

@@ -1,4 +1,5 @@
-"""FedProx (Li et al., MLSys 2020) on modality-aware FedAvg: clients add the proximal term."""
+"""FedProx (Li et al., MLSys 2020) on modality-aware FedAvg: clients add the proximal term
+(docs/methods/fedavg.md §3)."""
 
 from __future__ import annotations
 

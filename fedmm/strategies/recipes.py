@@ -90,7 +90,7 @@ class StrategyRecipe:
 
 
 #: Strategy name -> recipe. ``fedcmi``'s server side is modality-aware FedAvg whose clients train
-#: FedCMI's objective (the received global model is the teacher; FEDCMI_CMSFED.md section 2.5);
+#: FedCMI's objective (the received global model is the teacher; docs/methods/fedcmi.md §5);
 #: ``cmsfed``'s is modality-aware FedAvg with the CMSFed objective (its server half aggregates the
 #: global prototypes) and, by default, the CMSFed selection policy (whose update pass runs first).
 STRATEGIES: Registry[StrategyRecipe] = Registry("strategy")

@@ -33,7 +33,7 @@ from fedmm.params import Checked
 #: Value types a ``state_dict`` may hold (numpy arrays and plain scalars; no pickled objects).
 StateValue = np.ndarray | float | int | str
 
-#: The server round of the update pass (FEDCMI_CMSFED.md 3.5 step 1): the short training pass that
+#: The server round of the update pass (docs/methods/cmsfed.md §5.1): the short training pass that
 #: gives update-vector policies their first vectors before round 1 (rounds count from 1).
 UPDATE_PASS_ROUND = 0
 
@@ -62,7 +62,7 @@ class ClientState:
         Latest local loss measured under a global model (Power-of-Choice); ``None`` if never measured.
     imbalance_ratio:
         The client's imbalance ratio rho_k = Acc_first / Acc_second of its prototype (nearest class
-        mean) accuracies (CMSFed, FEDCMI_CMSFED.md 3.3); 1.0 for unimodal clients; ``None`` if the
+        mean) accuracies (CMSFed, docs/methods/cmsfed.md §3.3); 1.0 for unimodal clients; ``None`` if the
         client has not reported one yet.
     last_round:
         Last server round the client trained in (staleness); ``None`` if it never trained.
@@ -195,7 +195,7 @@ class SelectionPolicy(ABC):
 
     def update_pass(self, clients: Sequence[ClientState]) -> list[int]:
         """Clients that must run a short training pass before this round's selection so that the
-        policy has their update vectors (FEDCMI_CMSFED.md 3.5 step 1); default none."""
+        policy has their update vectors (docs/methods/cmsfed.md §5.1); default none."""
         return []
 
     def imbalance_order(self, clients: Sequence[ClientState]) -> tuple[str, ...] | None:

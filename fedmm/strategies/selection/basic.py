@@ -1,4 +1,5 @@
-"""Modality-blind baselines: ``all``, ``random`` and Power-of-Choice (``powd``).
+"""Modality-blind baselines: ``all``, ``random`` and Power-of-Choice (``powd``); docs/methods/selection.md
+§2, §3 and §4.
 
 Each selected client trains all the modalities it holds (mode ``all`` in ``history``).
 """

@@ -1,5 +1,5 @@
-"""CMSFed / BMSFed balanced greedy (FEDCMI_CMSFED.md 3.4): client-wise modality selection, for any
-number M >= 2 of modalities (docs/objectives.md, ``cmsfed``, "The selection with M modalities").
+"""CMSFed / BMSFed balanced greedy (docs/methods/cmsfed.md §4): client-wise modality selection, for any
+number M >= 2 of modalities (docs/methods/cmsfed.md §4.4).
 
 Two facility-location functions run side by side over the same candidates, one per mode:
 
@@ -65,12 +65,12 @@ class CMSFed(UpdateVectorPolicy):
     The modality order ``(pivot, *rest)`` is the ``modalities`` parameter or, when empty, the order
     of the modality tuples of the multimodal clients (the dataset's declared order). Each client
     reports rho_k = Acc_pivot / min_{m in rest} Acc_m of its prototype (nearest-class-mean)
-    accuracies (:func:`~fedmm.objectives.pmr.prototype_imbalance_ratio`; FEDCMI_CMSFED.md 3.3 with
+    accuracies (:func:`~fedmm.objectives.pmr.prototype_imbalance_ratio`; docs/methods/cmsfed.md §3.3 with
     M = 2: Acc_first / Acc_second). The global ratio rho_bar (:func:`global_imbalance_ratio`)
     decides the round's weak modalities W: ``rest`` if rho_bar > 1 (the pivot dominates on average),
     else ``(pivot,)`` (it trails the weakest other on average); with M = 2, ``second`` or ``first``
     as in the reference. A weak-mode pick trains the modalities of W it holds: with rho_bar > 1 it
-    drops the dominant pivot (FEDCMI_CMSFED.md 3.4: "its dominant modality is dropped"), otherwise
+    drops the dominant pivot (docs/methods/cmsfed.md §4.3: "its dominant modality is dropped"), otherwise
     it trains the pivot alone. It needs rho_{i_w} > delta (W = rest) or rho_{i_w} < 1/delta
     (W = (pivot,)); a client with no reported rho counts as balanced (1.0).
 
@@ -87,7 +87,7 @@ class CMSFed(UpdateVectorPolicy):
       coverage. (A deliberate deviation: the reference gives unimodal clients rho = 1, so with
       delta >= 1 it never picks them in weak mode.)
 
-    Stored vectors (FEDCMI_CMSFED.md 3.4, 3.10): the update pass gives every client its full vector
+    Stored vectors (docs/methods/cmsfed.md §4.1, §8): the update pass gives every client its full vector
     g and its slices g^m; afterwards an update of every held modality replaces g only and a
     weak-mode update replaces the slices of what it trained only (``slice_refresh = 'unimodal'``,
     the reference's ``server/mmdrop.py``). ``slice_refresh = 'every'`` lets every update replace

@@ -1,4 +1,4 @@
-"""DivFL (Balakrishnan et al., ICLR 2022): diverse, modality-blind client selection.
+"""DivFL (Balakrishnan et al., ICLR 2022): diverse, modality-blind client selection (docs/methods/selection.md §5).
 
 Each round, greedy facility location (:mod:`fedmm.strategies.selection.facility`) over the clients'
 FULL update vectors (all modality deltas concatenated; modalities play no role) picks the clients

@@ -1,6 +1,7 @@
-"""Facility location on update vectors, and its (stochastic, lazy) greedy, vectorized in numpy.
+"""Facility location on update vectors, and its (stochastic, lazy) greedy, vectorized in numpy
+(docs/methods/selection.md §6).
 
-DivFL (Balakrishnan et al., ICLR 2022) and CMSFed (FEDCMI_CMSFED.md 3.4) pick the set S of clients
+DivFL (Balakrishnan et al., ICLR 2022) and CMSFed (docs/methods/cmsfed.md §4.2) pick the set S of clients
 whose updates best "cover" everybody's: with D[k, i] the distance between the updates of clients k
 and i, the approximation error of representing each client by its nearest selected one is
 

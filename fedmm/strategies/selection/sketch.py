@@ -1,4 +1,5 @@
-"""Update vectors and their memory: seeded count-sketch projections and a per-client store.
+"""Update vectors and their memory: seeded count-sketch projections and a per-client store
+(docs/methods/selection.md §7).
 
 Why a count sketch
 ------------------
@@ -22,7 +23,7 @@ process. Generated chunks are cached (O(P) memory, bounded by ``cache_entries``)
 
 Full vectors: sum of the per-modality sketches
 ----------------------------------------------
-The multimodal vector is the concatenation g = [g_a; g_v] (FEDCMI_CMSFED.md 3.4). A linear projection
+The multimodal vector is the concatenation g = [g_a; g_v] (docs/methods/cmsfed.md §4.1). A linear projection
 of a concatenation is the sum of the blockwise projections: for R = [R_a, R_v],
 R g = R_a g_a + R_v g_v. For count sketches with independent hashes per modality, S_a g_a + S_v g_v
 is *exactly* the count sketch of g with k buckets (coordinate (m, j) of g hashed to h_m(j) with sign
@@ -125,7 +126,7 @@ class UpdateStore:
     * ``full[m]``: the m-block of the client's latest *full* update (a round in which it trained every
       modality it holds; zero for modalities it lacks), with ``full_round`` per client.
 
-    The full vector of a client (FEDCMI_CMSFED.md 3.4: g_k) is the sum of its ``full[m]`` sketches,
+    The full vector of a client (docs/methods/cmsfed.md §4.1: g_k) is the sum of its ``full[m]`` sketches,
     or the concatenation of its exact ``full[m]`` blocks in :attr:`modalities` order when
     ``sketch_dim = 0``.
 
@@ -392,7 +393,7 @@ class UpdateVectorPolicy(SelectionPolicy):
         """Whether an update of ``server_round`` that trained ``trained`` of the client's ``held``
         modalities replaces the client's slices g^m of those modalities: at the update pass, when it
         trained one modality alone, and when it trained only part of what it holds (CMSFed's weak
-        mode; FEDCMI_CMSFED.md 3.4 and 3.10, ``server/mmdrop.py``); an update of every held
+        mode; docs/methods/cmsfed.md §4.1 and §8, ``server/mmdrop.py``); an update of every held
         modality after the pass replaces only the full vector g."""
         return server_round == UPDATE_PASS_ROUND or len(trained) == 1 or not set(trained) >= set(held)
 

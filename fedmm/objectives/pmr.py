@@ -177,6 +177,11 @@ class PMR(Objective):
         self.last_scores: dict[str, float] = {}
         self._fresh = False
 
+    def modulating(self) -> bool:
+        """Whether the current local epoch lies in the window ``[modulation_start, modulation_end]``
+        (fractions of the run's local epochs, :meth:`Objective.progress`)."""
+        return self.params.modulation_start <= self.progress() <= self.params.modulation_end
+
     def compute_prototypes(self, model: nn.Module, data: TensorDict) -> dict[str, Prototypes]:
         """Fresh prototypes (no momentum) of every trained modality from ``data``."""
         sums, counts = class_feature_sums(model, data, self.trained_modalities(model, data))
@@ -211,8 +216,7 @@ class PMR(Objective):
         with torch.no_grad():
             self.last_scores = {m: float(s.softmax(dim=1).gather(1, y[:, None]).sum()) for m, s in logits.items()}
         targets = list(logits) if len(logits) == 1 else weak_modalities(self.last_scores)
-        p = self.params
-        if p.alpha > 0.0 and p.modulation_start <= self.progress() <= p.modulation_end:
+        if self.params.alpha > 0.0 and self.modulating():
             for m in targets:
                 loss = loss + self.params.alpha * F.cross_entropy(logits[m], y)
         return loss

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 from fedmm.checkpoint import Checkpoint, config_digest, prefixed, save_checkpoint, unprefixed
 from fedmm.config import RunConfig
 from fedmm.data import Dataset, Scenario
+from fedmm.diagnostics import round_diagnostics
 from fedmm.models import MultimodalNet
 from fedmm.objectives import Objective
 from fedmm.records import from_record, to_record
@@ -259,7 +260,12 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
 
     def record(server_round: int, seconds: float, stats: dict[str, float], clients_from: int) -> None:
         metrics = evaluate(model, plan.dataset.test, plan.objective, device=device)
-        row = {"round": server_round, **{f"test/{k}": v for k, v in metrics.items()}, **stats, "seconds": seconds}
+        row = {"round": server_round, **{f"test/{k}": v for k, v in metrics.items()}}
+        if plan.dataset.val is not None:  # the validation split (validation = "auto"): what selects rounds
+            row.update({f"val/{k}": v for k, v in evaluate(model, plan.dataset.val, plan.objective,
+                                                            device=device).items()})
+        row.update(round_diagnostics(model, plan.dataset, plan.objective, device=device))  # competition's
+        row.update({**stats, "seconds": seconds})
         if writer:
             writer.add_round(row, strategy.client_rows[clients_from:])
             save_checkpoint(plan.out_dir, Checkpoint(server_round, from_record(arrays), {

@@ -136,6 +136,9 @@ class ClientUpdate:
         This round's simulated duration (seconds) of that client: download + local training +
         upload of what it trained (:func:`fedmm.clock.client_time`); ``None`` when heterogeneity is
         off.
+    seconds:
+        The wall-clock seconds the client reported for its local training (``seconds`` in
+        ``clients.csv``); ``None`` if unknown. Oort's duration when the simulated clock is off.
     """
 
     client_id: int
@@ -146,6 +149,7 @@ class ClientUpdate:
     imbalance_ratio: float | None = None
     facts: dict[str, Any] = field(default_factory=dict)
     sim_seconds: float | None = None
+    seconds: float | None = None
 
 
 class SelectionPolicy(ABC):

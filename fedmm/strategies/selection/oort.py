@@ -185,9 +185,8 @@ class Oort(SelectionPolicy):
                 self._stamp[cid] = 0
                 self._count[cid] = 0
                 self._duration[cid] = math.nan
-            sim = getattr(c, "sim_seconds", None)
-            if sim is not None:
-                self._duration[cid] = float(sim)
+            if c.sim_seconds is not None:
+                self._duration[cid] = float(c.sim_seconds)
 
     def _blacklist(self) -> set[int]:
         """Clients with more than ``blacklist_rounds`` feedbacks, most frequent first, at most
@@ -322,9 +321,7 @@ class Oort(SelectionPolicy):
                 self._count[cid] = 0
             if u.loss is not None and math.isfinite(u.loss):
                 self._reward[cid] = statistical_utility(u.num_examples, u.loss)
-            duration = getattr(u, "sim_seconds", None)
-            if duration is None:
-                duration = getattr(u, "seconds", None)
+            duration = u.sim_seconds if u.sim_seconds is not None else u.seconds
             if duration is not None and math.isfinite(duration):
                 self._duration[cid] = float(duration)
             self._stamp[cid] = int(server_round)

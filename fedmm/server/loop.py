@@ -261,7 +261,8 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
     failure: dict[str, Any] | None = None
     try:
         if first_round == 0:
-            record(0, 0.0, {"train/loss": float("nan"), "bytes-up": 0.0, "bytes-down": 0.0}, 0)
+            # the strategy's initial counts first (a simulated clock's sim-seconds/sim-clock at 0)
+            record(0, 0.0, {**strategy.round_stats, "train/loss": float("nan"), "bytes-up": 0.0, "bytes-down": 0.0}, 0)
         for server_round in range(max(first_round, 1), run.num_server_rounds + 1):
             if stop is not None:
                 stop.check()

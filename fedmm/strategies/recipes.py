@@ -118,6 +118,10 @@ def strategy_kwargs(plan: Plan) -> dict[str, Any]:
         sc = plan.scenario
         extra["scenario"] = [ClientInfo(p, tuple(sc.modalities[p]), len(sc.partitions[p]))
                              for p in range(len(sc.partitions))]
+    if run.devices != "off":  # device profiles and the simulated clock (off: no clock at all)
+        from fedmm.strategies.timing import build_clock
+
+        extra["clock"] = build_clock(plan)
     return dict(policy=plan.policy, clients_per_round=run.clients_per_round,
                 min_available_nodes=run.min_available_nodes or len(plan.scenario.partitions),
                 run_config=run.to_toml(), proximal_mu=plan.objective.proximal_mu,

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from fedmm.strategies.selection import ClientState, ClientUpdate, build_policy
-from fedmm.strategies.selection.oort import Oort, pacer_step, speed_penalty, statistical_utility
+from fedmm.strategies.selection.oort import (
+    Oort,
+    pacer_step,
+    speed_penalty,
+    statistical_utility,
+)
 
 
 def clients(n: int, seconds: list[float] | None = None, examples: list[int] | None = None) -> list[ClientState]:

@@ -1,0 +1,80 @@
+"""The measured causes behind the selection benchmark on the simulated clock (docs/benchmarks.md,
+"Selection on the simulated clock"): per policy, mean over seeds, from each run's ``rounds.csv``
+and ``clients.csv`` under ``<out>/runs``.
+
+Columns: simulated seconds of round 1 (it holds DivFL's and CMSFed's update pass: every client
+trains once, the round lasts as long as the slowest device) and the median of the later rounds;
+the selected clients' outcome shares (trained ``ok``, ``late``, ``dropped``); the multimodal share
+of the selected and of the trained clients; the share of trained multimodal clients that trained a
+subset of their modalities (CMSFed's weak-only mode); a trained client's mean simulated seconds
+(download / train / upload) and uploaded kB; the policy's selection seconds per round (wall).
+
+Usage: ``.venv/bin/python experiments/bench/devices_analysis.py experiments/out/devices-all
+[experiments/out/devices-deadline ...]``
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+
+def run_stats(run_dir: Path) -> dict[str, float]:
+    rounds = pd.read_csv(run_dir / "rounds.csv")
+    clients = pd.read_csv(run_dir / "clients.csv")
+    rnd = rounds[rounds["round"] > 0]
+    sel = clients[clients["round"] > 0]
+    ok = sel[sel["status"] == "ok"]
+    multi_sel = sel["modalities-held"].str.contains(r"\+")
+    multi_ok = ok["modalities-held"].str.contains(r"\+")
+    subset = ok[multi_ok]["modalities-trained"] != ok[multi_ok]["modalities-held"]
+    return {
+        "round 1 sim s": float(rnd["sim-seconds"].iloc[0]),
+        "later rounds sim s (median)": float(rnd["sim-seconds"].iloc[1:].median()),
+        "ok share": float((sel["status"] == "ok").mean()),
+        "late share": float((sel["status"] == "late").mean()),
+        "dropped share": float((sel["status"] == "dropped").mean()),
+        "multimodal share selected": float(multi_sel.mean()),
+        "multimodal share trained": float(multi_ok.mean()) if len(ok) else float("nan"),
+        "multimodal trained on a subset": float(subset.mean()) if len(subset) else 0.0,
+        "trained client sim s": float((ok["sim-download"] + ok["sim-train"] + ok["sim-upload"]).mean()),
+        "download s": float(ok["sim-download"].mean()),
+        "train s": float(ok["sim-train"].mean()),
+        "upload s": float(ok["sim-upload"].mean()),
+        "upload kB per trained client": float(ok["bytes-up"].mean() / 1e3),
+        "distinct clients trained": float(ok["partition-id"].nunique()),
+    }
+
+
+def table(out_dir: Path) -> pd.DataFrame:
+    rows = []
+    for run in sorted((out_dir / "runs").iterdir()):
+        if not (run / "clients.csv").is_file():  # a run still going
+            continue
+        policy, seed = run.name.rsplit("-seed", 1)
+        rows.append({"policy": policy, "seed": int(seed), **run_stats(run)})
+    df = pd.DataFrame(rows)
+    order = list(dict.fromkeys(df["policy"]))
+    return df.groupby("policy").mean(numeric_only=True).drop(columns="seed").loc[order]
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """``df`` as a Markdown table (index = first column), numbers with 3 decimals."""
+    lines = ["| | " + " | ".join(map(str, df.columns)) + " |", "|---|" + "---|" * len(df.columns)]
+    for name, row in df.iterrows():
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    for out in argv or ["experiments/out/devices-all"]:
+        df = table(Path(out))
+        print(f"\n{out}\n")
+        print(markdown(df.T))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

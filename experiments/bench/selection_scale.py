@@ -125,7 +125,8 @@ def scale(n: int, params: int, budget: int, rows: list[dict], repeats: int = 3) 
 ALL_POLICIES = ("random", "powd", "oort", "divfl", "cmsfed")
 
 
-def policies(n: int, params: int, budget: int, rows: list[dict], repeats: int = 3) -> None:
+def policies(n: int, params: int, budget: int, rows: list[dict], repeats: int = 3,
+             names: tuple[str, ...] = ALL_POLICIES) -> None:
     """Every policy selects ``budget`` of ``n`` clients, each client with a simulated duration
     (log-normal, multimodal clients 1.5x slower) as the clock gives it; all ``n`` are handed to the
     policy (every client online: the worst case). DivFL and CMSFed first observe every client's
@@ -140,7 +141,7 @@ def policies(n: int, params: int, budget: int, rows: list[dict], repeats: int = 
     for st, t in zip(states, seconds.tolist()):
         st.sim_seconds = t
     sketches = None
-    for name in ALL_POLICIES:
+    for name in names:
         policy = build_policy(name, {}, seed=0)
         started = time.perf_counter()
         if policy.uses_updates:
@@ -280,11 +281,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policy-params", type=int, default=1000,
                         help="parameters per modality of the every-policy section's updates")
     parser.add_argument("--only-policies", action="store_true", help="run only the every-policy section")
+    parser.add_argument("--policies", default=",".join(ALL_POLICIES),
+                        help="comma-separated policies of the every-policy section")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     rows: list[dict] = []
     for n in args.policy_sizes:
-        policies(n, args.policy_params, args.budget, rows)
+        policies(n, args.policy_params, args.budget, rows, names=tuple(args.policies.split(",")))
     if args.only_policies:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("w", newline="") as f:

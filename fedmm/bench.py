@@ -131,7 +131,7 @@ def selection_benchmark(
     simulated clock when the runs have device profiles), ``participation.csv`` (per policy, seed,
     round and held-modality combination: clients selected and trained, :func:`fedmm.tta.participation`),
     ``selection.md`` (the table below) and ``selection.png`` (accuracy against rounds, uploaded
-    megabytes and simulated hours). Returns the Markdown table of :func:`selection_table`.
+    megabytes and simulated minutes). Returns the Markdown table of :func:`selection_table`.
     """
     from fedmm.strategies.selection import policy_class
 
@@ -285,7 +285,7 @@ def selection_table(curves: pd.DataFrame, policies: Sequence[str], part: pd.Data
     weak modality (the one with the lowest final accuracy alone, over all runs), the rounds needed
     to reach the target (95 % of the best policy's mean final accuracy, on the validation split
     when the runs have one, else the test split: :func:`fedmm.tta.accuracy_column`), with a
-    simulated clock also the simulated hours and the uploaded megabytes needed to reach it
+    simulated clock also the simulated minutes and the uploaded megabytes needed to reach it
     (:func:`fedmm.tta.time_to_target`; means over the seeds that reach it), the uploaded megabytes
     and the mean selection time per round; with ``part`` (:func:`fedmm.tta.participation` rows
     with ``policy`` and ``seed``) the share of multimodal clients among those selected and those
@@ -301,7 +301,7 @@ def selection_table(curves: pd.DataFrame, policies: Sequence[str], part: pd.Data
     name = "" if column == "test/acc" else f" {column}"
     header = ["policy", "final acc", "best acc", f"{weak} alone (final)", f"rounds to{name} {target:.3f}"]
     if clock:
-        header += ["sim hours to target", "MB to target", "sim hours (all rounds)"]
+        header += ["sim minutes to target", "MB to target", "sim minutes (all rounds)"]
     header += ["uploaded MB", "selection ms/round"]
     if part is not None:
         header += ["multimodal share selected / trained"]
@@ -318,8 +318,8 @@ def selection_table(curves: pd.DataFrame, policies: Sequence[str], part: pd.Data
             _reached(reach["round"], 1),
         ]
         if clock:
-            cells += [_reached(reach["hours"], 2), _reached(reach["mb"], 1),
-                      _mean_std(per_seed[CLOCK_COLUMN].max() / 3600.0, digits=2)]
+            cells += [_reached(reach["minutes"], 2), _reached(reach["mb"], 1),
+                      _mean_std(per_seed[CLOCK_COLUMN].max() / 60.0, digits=2)]
         cells += [
             _mean_std(per_seed["bytes-up"].sum() / 1e6, digits=1),
             _mean_std(runs[runs["round"] > 0]["selection-seconds"] * 1e3, digits=2),
@@ -343,7 +343,7 @@ def _reached(values: pd.Series, digits: int) -> str:
 
 def plot_selection(curves: pd.DataFrame, policies: Sequence[str], path: Path) -> None:
     """Mean multimodal accuracy per policy against rounds, uploaded megabytes and, when the runs
-    have a simulated clock, simulated hours (:func:`fedmm.tta.plot_time_to_accuracy`)."""
+    have a simulated clock, simulated minutes (:func:`fedmm.tta.plot_time_to_accuracy`)."""
     import matplotlib
 
     matplotlib.use("Agg")

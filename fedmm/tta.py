@@ -34,7 +34,7 @@ def accuracy_column(curves: pd.DataFrame) -> str:
 
 def time_to_target(run: pd.DataFrame, target: float, column: str) -> dict[str, float]:
     """The first round of one run (its ``rounds.csv`` rows, ``mb-up`` = cumulative uploaded MB)
-    whose ``column`` reaches ``target``: its round, simulated clock (hours; NaN without a clock)
+    whose ``column`` reaches ``target``: its round, simulated clock (minutes; NaN without a clock)
     and cumulative uploaded MB; all NaN if the run never reaches it.
 
     Parameters
@@ -48,10 +48,10 @@ def time_to_target(run: pd.DataFrame, target: float, column: str) -> dict[str, f
     """
     rows = run[(run["round"] > 0) & (run[column] >= target)].sort_values("round")
     if rows.empty:
-        return {"round": math.nan, "hours": math.nan, "mb": math.nan}
+        return {"round": math.nan, "minutes": math.nan, "mb": math.nan}
     first = rows.iloc[0]
-    hours = float(first[CLOCK_COLUMN]) / 3600.0 if CLOCK_COLUMN in run else math.nan
-    return {"round": float(first["round"]), "hours": hours, "mb": float(first["mb-up"])}
+    minutes = float(first[CLOCK_COLUMN]) / 60.0 if CLOCK_COLUMN in run else math.nan
+    return {"round": float(first["round"]), "minutes": minutes, "mb": float(first["mb-up"])}
 
 
 def participation(clients: pd.DataFrame) -> pd.DataFrame:
@@ -88,7 +88,7 @@ def has_clock(curves: pd.DataFrame) -> bool:
 
 def plot_time_to_accuracy(curves: pd.DataFrame, policies: Sequence[str], column: str, ax_rounds, ax_mb,
                           ax_time=None) -> None:
-    """Mean ``column`` per policy against rounds, uploaded MB and (with a clock) simulated hours,
+    """Mean ``column`` per policy against rounds, uploaded MB and (with a clock) simulated minutes,
     on the given matplotlib axes; the time axis averages the seeds' clocks per round."""
     clock = has_clock(curves)
     for p in policies:
@@ -97,11 +97,11 @@ def plot_time_to_accuracy(curves: pd.DataFrame, policies: Sequence[str], column:
         ax_rounds.plot(mean.index, mean[column], label=p)
         ax_mb.plot(mean["mb-up"], mean[column], label=p)
         if clock and ax_time is not None:
-            ax_time.plot(mean[CLOCK_COLUMN] / 3600.0, mean[column], label=p)
+            ax_time.plot(mean[CLOCK_COLUMN] / 60.0, mean[column], label=p)
     ax_rounds.set_xlabel("round")
     ax_mb.set_xlabel("uploaded MB (cumulative)")
     if ax_time is not None:
-        ax_time.set_xlabel("simulated hours" if clock else "simulated hours (no clock in these runs)")
+        ax_time.set_xlabel("simulated minutes" if clock else "simulated minutes (no clock in these runs)")
     ax_rounds.set_ylabel(f"{column} (mean over seeds)")
 
 

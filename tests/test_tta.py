@@ -33,9 +33,9 @@ def test_participation_counts_selected_and_trained_per_combination() -> None:
 def test_time_to_target_reads_the_first_round_that_reaches_it() -> None:
     run = pd.DataFrame({"round": [0, 1, 2, 3], "test/acc": [0.9, 0.4, 0.7, 0.8],
                         "mb-up": [0.0, 1.0, 2.5, 4.0], "sim-clock": [0.0, 3600.0, 9000.0, 10800.0]})
-    assert time_to_target(run, 0.7, "test/acc") == {"round": 2.0, "hours": 2.5, "mb": 2.5}  # round 0 does not count
+    assert time_to_target(run, 0.7, "test/acc") == {"round": 2.0, "minutes": 150.0, "mb": 2.5}  # round 0 does not count
     assert all(math.isnan(v) for v in time_to_target(run, 0.95, "test/acc").values())
-    assert math.isnan(time_to_target(run.drop(columns="sim-clock"), 0.7, "test/acc")["hours"])
+    assert math.isnan(time_to_target(run.drop(columns="sim-clock"), 0.7, "test/acc")["minutes"])
 
 
 def test_validation_accuracy_is_preferred() -> None:
@@ -47,7 +47,7 @@ def test_validation_accuracy_is_preferred() -> None:
 
 def test_selection_table_with_clock_and_participation() -> None:
     rows = []
-    # policy a: reaches 0.855 (0.95 x 0.9) in round 2 after 2 h (seed 0) or 4 h (seed 1); b never
+    # policy a: reaches 0.855 (0.95 x 0.9) in round 2 after 2 h = 120 min (seed 0) or 4 h (seed 1); b never
     for policy, accs, hours in (("a", [0.0, 0.5, 0.9], (1.0, 2.0)), ("b", [0.0, 0.8, 0.8], (0.5, 0.5))):
         for seed in (0, 1):
             for r, acc in enumerate(accs):
@@ -62,7 +62,7 @@ def test_selection_table_with_clock_and_participation() -> None:
         {"policy": "b", "seed": 0, "round": 1, "modalities-held": "x", "selected": 2, "trained": 2},
     ])
     lines = selection_table(curves, ["a", "b"], part).splitlines()
-    assert "sim hours to target" in lines[0] and "MB to target" in lines[0]
-    assert lines[2] == ("| a | 0.900 ± 0.000 | 0.900 ± 0.000 | 0.200 ± 0.000 | 2.0 | 3.00 | 3.0 | 3.00 ± 1.41 | "
+    assert "sim minutes to target" in lines[0] and "MB to target" in lines[0]
+    assert lines[2] == ("| a | 0.900 ± 0.000 | 0.900 ± 0.000 | 0.200 ± 0.000 | 2.0 | 180.00 | 3.0 | 180.00 ± 84.85 | "
                         "3.0 ± 0.0 | 1.00 ± 0.00 | 0.25 / 0.50 |")
     assert lines[3].startswith("| b |") and lines[3].count("never") == 3 and lines[3].endswith("| 0.00 / 0.00 |")

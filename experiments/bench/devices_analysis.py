@@ -68,11 +68,34 @@ def markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def selection_table_of(out_dir: Path) -> str:
+    """``fedmm bench selection``'s table (:func:`fedmm.bench.selection_table`) over the finished
+    runs under ``out_dir/runs`` (also while the benchmark is still running)."""
+    from fedmm.bench import selection_table
+    from fedmm.tta import participation
+
+    curves, parts, order = [], [], []
+    for run in sorted((out_dir / "runs").iterdir()):
+        if not (run / "clients.csv").is_file():
+            continue
+        policy, seed = run.name.rsplit("-seed", 1)
+        order.append(policy)
+        curves.append(pd.read_csv(run / "rounds.csv").assign(policy=policy, seed=int(seed)))
+        parts.append(participation(pd.read_csv(run / "clients.csv")).assign(policy=policy, seed=int(seed)))
+    df = pd.concat(curves, ignore_index=True)
+    df["mb-up"] = df.groupby(["policy", "seed"])["bytes-up"].cumsum() / 1e6
+    seeds = df.groupby("policy")["seed"].nunique()
+    policies = list(dict.fromkeys(order))
+    return selection_table(df, policies, pd.concat(parts, ignore_index=True)) + "\n\nseeds per policy: " + ", ".join(
+        f"{p} {seeds[p]}" for p in policies)
+
+
 def main(argv: list[str]) -> int:
     for out in argv or ["experiments/out/devices-all"]:
-        df = table(Path(out))
         print(f"\n{out}\n")
-        print(markdown(df.T))
+        print(selection_table_of(Path(out)))
+        print()
+        print(markdown(table(Path(out)).T))
     return 0
 
 

@@ -38,6 +38,8 @@ def run_stats(run_dir: Path) -> dict[str, float]:
         "dropped share": float((sel["status"] == "dropped").mean()),
         "multimodal share selected": float(multi_sel.mean()),
         "multimodal share trained": float(multi_ok.mean()) if len(ok) else float("nan"),
+        "multimodal share selected, rounds 1-10": float(multi_sel[sel["round"] <= 10].mean()),
+        "multimodal share selected, last 10 rounds": float(multi_sel[sel["round"] > sel["round"].max() - 10].mean()),
         "multimodal trained on a subset": float(subset.mean()) if len(subset) else 0.0,
         "trained client sim s": float((ok["sim-download"] + ok["sim-train"] + ok["sim-upload"]).mean()),
         "download s": float(ok["sim-download"].mean()),
@@ -56,8 +58,17 @@ def table(out_dir: Path) -> pd.DataFrame:
         policy, seed = run.name.rsplit("-seed", 1)
         rows.append({"policy": policy, "seed": int(seed), **run_stats(run)})
     df = pd.DataFrame(rows)
-    order = list(dict.fromkeys(df["policy"]))
+    order = _order(df["policy"])
     return df.groupby("policy").mean(numeric_only=True).drop(columns="seed").loc[order]
+
+
+#: Table order of the benchmark's policies (others follow, in order of appearance).
+ORDER = ("random", "powd", "divfl", "cmsfed", "oort")
+
+
+def _order(names) -> list[str]:
+    seen = list(dict.fromkeys(names))
+    return [p for p in ORDER if p in seen] + [p for p in seen if p not in ORDER]
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -85,7 +96,7 @@ def selection_table_of(out_dir: Path) -> str:
     df = pd.concat(curves, ignore_index=True)
     df["mb-up"] = df.groupby(["policy", "seed"])["bytes-up"].cumsum() / 1e6
     seeds = df.groupby("policy")["seed"].nunique()
-    policies = list(dict.fromkeys(order))
+    policies = _order(order)
     return selection_table(df, policies, pd.concat(parts, ignore_index=True)) + "\n\nseeds per policy: " + ", ".join(
         f"{p} {seeds[p]}" for p in policies)
 

@@ -66,3 +66,21 @@ def test_selection_table_with_clock_and_participation() -> None:
     assert lines[2] == ("| a | 0.900 ± 0.000 | 0.900 ± 0.000 | 0.200 ± 0.000 | 2.0 | 180.00 | 3.0 | 180.00 ± 84.85 | "
                         "3.0 ± 0.0 | 1.00 ± 0.00 | 0.25 / 0.50 |")
     assert lines[3].startswith("| b |") and lines[3].count("never") == 3 and lines[3].endswith("| 0.00 / 0.00 |")
+
+
+@pytest.mark.integration
+def test_bench_selection_on_the_clock_end_to_end(tmp_path) -> None:
+    from fedmm.cli import main
+
+    code = main(["bench", "selection", "--set", "dataset=synthetic", "--set", "partition=iid",
+                 "--set", "num-clients=6", "--set", "clients-per-round=2", "--set", "num-server-rounds=2",
+                 "--set", "local-epochs=1", "--set", "engine=inline", "--set", "devices=model",
+                 "--policies", "random,oort", "--seeds", "0", "--out", str(tmp_path)])
+    assert code == 0
+    curves = pd.read_csv(tmp_path / "selection.csv")
+    for _, run in curves.groupby("policy"):
+        assert run["sim-clock"].is_monotonic_increasing and run["sim-clock"].iloc[-1] > 0
+    part = pd.read_csv(tmp_path / "participation.csv")
+    assert set(part["policy"]) == {"random", "oort"} and (part.groupby(["policy", "round"])["selected"].sum() == 2).all()
+    table = (tmp_path / "selection.md").read_text()
+    assert "sim minutes to target" in table and "| oort |" in table

@@ -145,13 +145,13 @@ class Profiles:
     def always_online(self) -> bool:
         return self.starts is None
 
-    def online_for(self, clients: np.ndarray, at: float) -> np.ndarray:
+    def online_for(self, clients: np.ndarray, at: float | np.ndarray) -> np.ndarray:
         """Seconds each of ``clients`` stays online from simulated time ``at`` on (``inf``: for
-        good; ``0``: offline at ``at``)."""
+        good; ``0``: offline at ``at``); ``at`` is one time or one per client."""
         clients = np.asarray(clients, dtype=np.int64)
         if self.starts is None:
             return np.full(clients.shape, np.inf)
-        tau = math.fmod(float(at), self.period_s)
+        tau = np.fmod(np.asarray(at, dtype=np.float64), self.period_s)
         key = clients * self.period_s + tau
         idx = np.searchsorted(self._gstarts, key, side="right") - 1
         safe = np.maximum(idx, 0)
@@ -161,7 +161,7 @@ class Profiles:
         left[wraps] += self._wrap[clients[wraps]]
         return left
 
-    def online(self, clients: np.ndarray, at: float) -> np.ndarray:
+    def online(self, clients: np.ndarray, at: float | np.ndarray) -> np.ndarray:
         """Whether each of ``clients`` is online at simulated time ``at``."""
         return self.online_for(clients, at) > 0
 
@@ -317,7 +317,8 @@ def load_trace(path: str | Path, num_clients: int, period_s: float = DeviceParam
         wrong = ~np.isfinite(num)
         if wrong.any():
             i = int(np.flatnonzero(wrong)[0])
-            raise bad(i, f"{c} = {raw.iloc[i]!r} is not a finite number")
+            value = raw.iloc[i]
+            raise bad(i, f"{c} is empty" if pd.isna(value) else f"{c} = {str(value)!r} is not a finite number")
         values[c] = num
     checks = [(values["client"] != np.round(values["client"]), "client must be an integer key")]
     checks += [(values[c] <= 0, f"{c} must be > 0") for c in DEVICE_COLUMNS[1:]]
@@ -328,7 +329,7 @@ def load_trace(path: str | Path, num_clients: int, period_s: float = DeviceParam
     for mask, why in checks:
         if mask.any():
             i = int(np.flatnonzero(mask)[0])
-            shown = {c: table[c].iloc[i] for c in columns}
+            shown = ", ".join(f"{c}={table[c].iloc[i]}" for c in columns)
             raise bad(i, f"{why} (got {shown})")
     keys = values["client"].astype(np.int64)
     order = np.lexsort((values["online_start_s"], keys) if has_intervals else (keys,))

@@ -32,11 +32,14 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 
 from fedmm.params import POSITIVE, Checked, Interval
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("fedmm")
 
@@ -365,6 +368,35 @@ def load_trace(path: str | Path, num_clients: int, period_s: float = DeviceParam
         np.zeros(0, dtype=np.int64)
     return Profiles(dev["compute_ms_per_sample"], dev["down_kbps"], dev["up_kbps"], period_s,
                     s[rows], e[rows], offsets, source=name)
+
+
+def trace_table(profiles: Profiles) -> pd.DataFrame:
+    """``profiles`` as a trace table (:func:`load_trace`'s columns; keys are the client ids): one row
+    per online interval, or one row per client when every client is always online.
+
+    Parameters
+    ----------
+    profiles:
+        Drawn or loaded profiles.
+    """
+    import pandas as pd
+
+    n = len(profiles)
+    device = {"client": np.arange(n), "compute_ms_per_sample": profiles.compute_ms_per_sample,
+              "down_kbps": profiles.down_kbps, "up_kbps": profiles.up_kbps}
+    if profiles.always_online:
+        return pd.DataFrame(device)
+    per = np.diff(profiles.offsets)
+    rows = {k: np.repeat(v, per) for k, v in device.items()}
+    return pd.DataFrame({**rows, "online_start_s": profiles.starts, "online_end_s": profiles.ends})
+
+
+def write_trace(profiles: Profiles, path: str | Path) -> None:
+    """Write ``profiles`` as a CSV trace file (:func:`trace_table`; read back by :func:`load_trace`
+    with the same ``period_s``)."""
+    from fedmm.files import atomic_write
+
+    atomic_write(Path(path), trace_table(profiles).to_csv(index=False, float_format="%.17g"))
 
 
 def build_profiles(devices: str, num_clients: int, seed: int, params: DeviceParams | None = None) -> Profiles | None:

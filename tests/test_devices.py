@@ -98,3 +98,12 @@ def test_devices_are_off_by_default_and_leave_the_config_text_as_it_was():
 def test_profiles_of_a_single_whole_period_interval_are_online_for_good():
     p = Profiles(np.ones(1), np.ones(1), np.ones(1), 10.0, np.array([0.0]), np.array([10.0]), np.array([0, 1]))
     assert p.online_for(np.array([0]), 5.0).tolist() == [math.inf]
+
+
+def test_drawn_profiles_written_as_a_trace_read_back_the_same(tmp_path):
+    from fedmm.devices import write_trace
+
+    p = draw_profiles(50, seed=4, params=DeviceParams(online_share=0.4, mean_online_s=600.0, period_s=86400.0))
+    write_trace(p, tmp_path / "t.csv")
+    back = load_trace(tmp_path / "t.csv", 50, period_s=86400.0)
+    assert back.digest() == p.digest()

@@ -147,7 +147,9 @@ def build_clock(plan: Plan) -> SimClock:
     from fedmm.models.cost import group_bytes, modality_costs, modality_flops
 
     run = plan.run
-    profiles = build_profiles(run.devices, len(plan.scenario.partitions), run.seed, run.parsed["devices"])
+    profiles = plan.profiles  # built by prepare(); a Plan made by hand may lack them
+    if profiles is None:
+        profiles = build_profiles(run.devices, len(plan.scenario.partitions), run.seed, run.parsed["devices"])
     shapes = {m.name: tuple(m.shape) for m in plan.dataset.modalities}
     costs = modality_costs(modality_flops(plan.model, shapes))
     settings = ClockSettings(run.round_close, run.round_deadline, run.overcommit)

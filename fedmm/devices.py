@@ -178,7 +178,13 @@ class Profiles:
         return base + float(later.min()) if later.size else base + self.period_s + float(self.starts.min())
 
     def digest(self) -> str:
-        """SHA-256 of every array (a resumed run checks that it rebuilt the same devices)."""
+        """SHA-256 of every array (a resumed run checks that it rebuilt the same devices); computed
+        once (profiles do not change during a run; every checkpoint records it)."""
+        if getattr(self, "_digest", None) is None:
+            self._digest = self._compute_digest()
+        return self._digest
+
+    def _compute_digest(self) -> str:
         h = hashlib.sha256()
         for a in (self.compute_ms_per_sample, self.down_kbps, self.up_kbps, self.starts, self.ends, self.offsets):
             h.update(b"-" if a is None else np.ascontiguousarray(a, dtype=np.float64).tobytes())

@@ -11,7 +11,7 @@ epoch, ``--rounds`` rounds, with
 * ``devices=model``, ``devices.online-share=0.3``, ``round-close=deadline`` (availability filter,
   drop-outs and late clients on top; a different set of clients trains).
 
-The three runs are repeated ``--repeats`` times, interleaved, and the table gives the median over
+The three runs are repeated ``--repeats`` times, interleaved and in rotated order, and the table gives the median over
 the repeats of each run's median later-round wall time (round 1 left out) and its ratio to ``off``.
 
 Part 2, ``--scale N`` (default 10,000): the ``experiments/bench/scale.py`` harness (Ray, the
@@ -109,9 +109,12 @@ def part1(args: argparse.Namespace) -> str:
     medians: dict[str, list[float]] = {name: [] for name in VARIANTS}
     cpus: dict[str, list[float]] = {name: [] for name in VARIANTS}
     clock: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    for _ in range(args.repeats):
-        for name, extra in VARIANTS.items():  # interleaved, so drift of the machine hits all alike
-            rounds, cpu_rounds, in_clock = round_times([*base, *extra])
+    names = list(VARIANTS)
+    for i in range(args.repeats):
+        # interleaved, so drift of the machine hits all alike, and rotated: each variant also runs
+        # first in some repeats (later runs in one process may be slower: a larger heap, caches)
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            rounds, cpu_rounds, in_clock = round_times([*base, *VARIANTS[name]])
             medians[name].append(statistics.median(rounds[1:]))
             cpus[name].append(statistics.median(cpu_rounds[1:]))
             clock[name].append(in_clock)

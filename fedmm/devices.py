@@ -32,11 +32,14 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 
 from fedmm.params import POSITIVE, Checked, Interval
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("fedmm")
 
@@ -145,13 +148,13 @@ class Profiles:
     def always_online(self) -> bool:
         return self.starts is None
 
-    def online_for(self, clients: np.ndarray, at: float) -> np.ndarray:
+    def online_for(self, clients: np.ndarray, at: float | np.ndarray) -> np.ndarray:
         """Seconds each of ``clients`` stays online from simulated time ``at`` on (``inf``: for
-        good; ``0``: offline at ``at``)."""
+        good; ``0``: offline at ``at``); ``at`` is one time or one per client."""
         clients = np.asarray(clients, dtype=np.int64)
         if self.starts is None:
             return np.full(clients.shape, np.inf)
-        tau = math.fmod(float(at), self.period_s)
+        tau = np.fmod(np.asarray(at, dtype=np.float64), self.period_s)
         key = clients * self.period_s + tau
         idx = np.searchsorted(self._gstarts, key, side="right") - 1
         safe = np.maximum(idx, 0)
@@ -161,7 +164,7 @@ class Profiles:
         left[wraps] += self._wrap[clients[wraps]]
         return left
 
-    def online(self, clients: np.ndarray, at: float) -> np.ndarray:
+    def online(self, clients: np.ndarray, at: float | np.ndarray) -> np.ndarray:
         """Whether each of ``clients`` is online at simulated time ``at``."""
         return self.online_for(clients, at) > 0
 
@@ -175,7 +178,13 @@ class Profiles:
         return base + float(later.min()) if later.size else base + self.period_s + float(self.starts.min())
 
     def digest(self) -> str:
-        """SHA-256 of every array (a resumed run checks that it rebuilt the same devices)."""
+        """SHA-256 of every array (a resumed run checks that it rebuilt the same devices); computed
+        once (profiles do not change during a run; every checkpoint records it)."""
+        if getattr(self, "_digest", None) is None:
+            self._digest = self._compute_digest()
+        return self._digest
+
+    def _compute_digest(self) -> str:
         h = hashlib.sha256()
         for a in (self.compute_ms_per_sample, self.down_kbps, self.up_kbps, self.starts, self.ends, self.offsets):
             h.update(b"-" if a is None else np.ascontiguousarray(a, dtype=np.float64).tobytes())
@@ -317,7 +326,8 @@ def load_trace(path: str | Path, num_clients: int, period_s: float = DeviceParam
         wrong = ~np.isfinite(num)
         if wrong.any():
             i = int(np.flatnonzero(wrong)[0])
-            raise bad(i, f"{c} = {raw.iloc[i]!r} is not a finite number")
+            value = raw.iloc[i]
+            raise bad(i, f"{c} is empty" if pd.isna(value) else f"{c} = {str(value)!r} is not a finite number")
         values[c] = num
     checks = [(values["client"] != np.round(values["client"]), "client must be an integer key")]
     checks += [(values[c] <= 0, f"{c} must be > 0") for c in DEVICE_COLUMNS[1:]]
@@ -328,7 +338,7 @@ def load_trace(path: str | Path, num_clients: int, period_s: float = DeviceParam
     for mask, why in checks:
         if mask.any():
             i = int(np.flatnonzero(mask)[0])
-            shown = {c: table[c].iloc[i] for c in columns}
+            shown = ", ".join(f"{c}={table[c].iloc[i]}" for c in columns)
             raise bad(i, f"{why} (got {shown})")
     keys = values["client"].astype(np.int64)
     order = np.lexsort((values["online_start_s"], keys) if has_intervals else (keys,))
@@ -364,6 +374,35 @@ def load_trace(path: str | Path, num_clients: int, period_s: float = DeviceParam
         np.zeros(0, dtype=np.int64)
     return Profiles(dev["compute_ms_per_sample"], dev["down_kbps"], dev["up_kbps"], period_s,
                     s[rows], e[rows], offsets, source=name)
+
+
+def trace_table(profiles: Profiles) -> pd.DataFrame:
+    """``profiles`` as a trace table (:func:`load_trace`'s columns; keys are the client ids): one row
+    per online interval, or one row per client when every client is always online.
+
+    Parameters
+    ----------
+    profiles:
+        Drawn or loaded profiles.
+    """
+    import pandas as pd
+
+    n = len(profiles)
+    device = {"client": np.arange(n), "compute_ms_per_sample": profiles.compute_ms_per_sample,
+              "down_kbps": profiles.down_kbps, "up_kbps": profiles.up_kbps}
+    if profiles.always_online:
+        return pd.DataFrame(device)
+    per = np.diff(profiles.offsets)
+    rows = {k: np.repeat(v, per) for k, v in device.items()}
+    return pd.DataFrame({**rows, "online_start_s": profiles.starts, "online_end_s": profiles.ends})
+
+
+def write_trace(profiles: Profiles, path: str | Path) -> None:
+    """Write ``profiles`` as a CSV trace file (:func:`trace_table`; read back by :func:`load_trace`
+    with the same ``period_s``)."""
+    from fedmm.files import atomic_write
+
+    atomic_write(Path(path), trace_table(profiles).to_csv(index=False, float_format="%.17g"))
 
 
 def build_profiles(devices: str, num_clients: int, seed: int, params: DeviceParams | None = None) -> Profiles | None:

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 from fedmm.checkpoint import Checkpoint, config_digest, prefixed, save_checkpoint, unprefixed
 from fedmm.config import RunConfig
 from fedmm.data import Dataset, Scenario
+from fedmm.devices import build_profiles
 from fedmm.models import MultimodalNet
 from fedmm.objectives import Objective
 from fedmm.records import from_record, to_record
@@ -149,6 +150,8 @@ class Plan:
     #: messages (set by ``fedmm simulate``, whose server knows every partition; off for deployment
     #: and ``flwr run``, which keep discovery with its bounded wait).
     roster_from_scenario: bool = False
+    #: The clients' device profiles (config key ``devices``; :mod:`fedmm.devices`), ``None`` when off.
+    profiles: Any = None
 
 
 def prepare(run: RunConfig, out_dir: str | Path | None = None, *, overwrite: bool = False,
@@ -173,8 +176,10 @@ def prepare(run: RunConfig, out_dir: str | Path | None = None, *, overwrite: boo
     policy = policy_class(run.selection)(run.parsed["selection"], seed=run.seed)
     # a policy that needs an imbalance order (cmsfed) checks the dataset's modalities here
     policy.imbalance_order([ClientState(client_id=0, modalities=tuple(dataset.modality_names), num_examples=1)])
+    # a trace file's problems (missing, a bad row) surface here too, before anything is written
+    profiles = build_profiles(run.devices, len(scenario.partitions), run.seed, run.parsed["devices"])
     resolved = prepare_out_dir(out_dir, overwrite=overwrite or resume) if out_dir else None
-    return Plan(run, dataset, scenario, objective, model, policy, resolved, strategy_params)
+    return Plan(run, dataset, scenario, objective, model, policy, resolved, strategy_params, profiles=profiles)
 
 
 def build_strategy(plan: Plan) -> RoundStrategy:

@@ -67,6 +67,7 @@ class SimClock:
                  settings: ClockSettings | None = None, local_epochs: int = 1) -> None:
         self.profiles, self.settings, self.local_epochs = profiles, settings or ClockSettings(), local_epochs
         self.group_bytes, self.costs = dict(group_bytes), dict(costs)
+        self._per_set: dict[tuple[str, ...], tuple[int, float]] = {}  # modalities -> (bytes, share)
         #: Simulated seconds since the run started.
         self.seconds = 0.0
 
@@ -85,11 +86,18 @@ class SimClock:
         epochs on the ``trained`` modalities) and upload (the groups it trained) seconds."""
         ids = np.asarray(client_ids, dtype=np.int64)
         p = self.profiles
-        down = transfer_seconds(np.array([self.bytes_of(r) for r in received], dtype=np.float64), p.down_kbps[ids])
-        up = transfer_seconds(np.array([self.bytes_of(t) for t in trained], dtype=np.float64), p.up_kbps[ids])
+        got, sent = [self._of(tuple(r)) for r in received], [self._of(tuple(t)) for t in trained]
+        down = transfer_seconds(np.array([b for b, _ in got], dtype=np.float64), p.down_kbps[ids])
+        up = transfer_seconds(np.array([b for b, _ in sent], dtype=np.float64), p.up_kbps[ids])
         work = train_seconds(np.asarray(samples, dtype=np.float64), p.compute_ms_per_sample[ids],
-                             np.array([self.share_of(t) for t in trained], dtype=np.float64))
-        return [ClientTimes(float(a), float(b), float(c)) for a, b, c in zip(down, work, up)]
+                             np.array([c for _, c in sent], dtype=np.float64))
+        return list(map(ClientTimes, down.tolist(), work.tolist(), up.tolist()))
+
+    def _of(self, modalities: tuple[str, ...]) -> tuple[int, float]:
+        """(bytes, cost share) of a modality set, cached (a federation has few distinct sets)."""
+        if (hit := self._per_set.get(modalities)) is None:
+            hit = self._per_set[modalities] = (self.bytes_of(modalities), self.share_of(modalities))
+        return hit
 
     def budget(self, clients_per_round: int) -> int:
         """Clients to select: ``ceil(K (1 + overcommit))`` under ``overcommit``, else K."""
@@ -147,7 +155,9 @@ def build_clock(plan: Plan) -> SimClock:
     from fedmm.models.cost import group_bytes, modality_costs, modality_flops
 
     run = plan.run
-    profiles = build_profiles(run.devices, len(plan.scenario.partitions), run.seed, run.parsed["devices"])
+    profiles = plan.profiles  # built by prepare(); a Plan made by hand may lack them
+    if profiles is None:
+        profiles = build_profiles(run.devices, len(plan.scenario.partitions), run.seed, run.parsed["devices"])
     shapes = {m.name: tuple(m.shape) for m in plan.dataset.modalities}
     costs = modality_costs(modality_flops(plan.model, shapes))
     settings = ClockSettings(run.round_close, run.round_deadline, run.overcommit)

@@ -18,7 +18,16 @@ import pandas as pd
 
 from fedmm.config import load_config
 from fedmm.files import atomic_write
-from fedmm.results import LAST_ROUNDS, ROUNDS_FILE
+from fedmm.results import CLIENTS_FILE, LAST_ROUNDS, ROUNDS_FILE
+from fedmm.tta import (
+    CLOCK_COLUMN,
+    accuracy_column,
+    has_clock,
+    multimodal_share,
+    participation,
+    plot_time_to_accuracy,
+    time_to_target,
+)
 
 
 @dataclass(frozen=True)
@@ -143,12 +152,11 @@ def selection_benchmark(
     """The same federation and budget (``clients-per-round``) under each selection policy.
 
     Writes into ``out_dir``: ``runs/<policy>-seed<k>/`` (every run's results), ``selection.csv``
-    (one row per policy, seed and round: accuracies, cumulative uploaded bytes, selection time),
-    ``selection.md`` (the table below) and ``selection.png`` (accuracy against rounds and against
-    uploaded megabytes). Returns the Markdown table: per policy, mean ± std over seeds of the final
-    and the best multimodal accuracy, the final accuracy of the weak modality (the one with the
-    lowest final accuracy alone, over all runs), the rounds needed to reach 95 % of the best
-    policy's mean final accuracy, the uploaded megabytes and the mean selection time per round.
+    (one row per policy, seed and round: accuracies, cumulative uploaded bytes, selection time, the
+    simulated clock when the runs have device profiles), ``participation.csv`` (per policy, seed,
+    round and held-modality combination: clients selected and trained, :func:`fedmm.tta.participation`),
+    ``selection.md`` (the table below) and ``selection.png`` (accuracy against rounds, uploaded
+    megabytes and simulated minutes). Returns the Markdown table of :func:`selection_table`.
     """
     from fedmm.strategies.selection import policy_class
 
@@ -166,7 +174,13 @@ def selection_benchmark(
     )
     curves["mb-up"] = curves.groupby(["policy", "seed"])["bytes-up"].cumsum() / 1e6
     _write_csv(curves, out_dir / "selection.csv")
-    table = selection_table(curves, policies)
+    part = pd.concat(
+        [participation(pd.read_csv(runs_dir / c.slug(s) / CLIENTS_FILE)).assign(policy=c.labels["policy"], seed=s)
+         for c in cases for s in seeds],
+        ignore_index=True,
+    )
+    _write_csv(part, out_dir / "participation.csv")
+    table = selection_table(curves, policies, part)
     (out_dir / "selection.md").write_text(table + "\n")
     plot_selection(curves, policies, out_dir / "selection.png")
     return table
@@ -293,53 +307,79 @@ def weak_modality(final: pd.DataFrame) -> str:
     return min(alone, key=alone.get)
 
 
-def selection_table(curves: pd.DataFrame, policies: Sequence[str]) -> str:
-    """The Markdown table of :func:`selection_benchmark` from its per-round curves."""
+def selection_table(curves: pd.DataFrame, policies: Sequence[str], part: pd.DataFrame | None = None) -> str:
+    """The Markdown table of :func:`selection_benchmark` from its per-round curves: per policy, mean
+    ± std over seeds of the final and the best multimodal test accuracy, the final accuracy of the
+    weak modality (the one with the lowest final accuracy alone, over all runs), the rounds needed
+    to reach the target (95 % of the best policy's mean final accuracy, on the validation split
+    when the runs have one, else the test split: :func:`fedmm.tta.accuracy_column`), with a
+    simulated clock also the simulated minutes and the uploaded megabytes needed to reach it
+    (:func:`fedmm.tta.time_to_target`; means over the seeds that reach it), the uploaded megabytes
+    and the mean selection time per round; with ``part`` (:func:`fedmm.tta.participation` rows
+    with ``policy`` and ``seed``) the share of multimodal clients among those selected and those
+    trained."""
+    if "mb-up" not in curves:
+        curves = curves.assign(**{"mb-up": curves.groupby(["policy", "seed"])["bytes-up"].cumsum() / 1e6})
     last_round = curves["round"].max()
     final = curves[curves["round"] == last_round]
     weak = weak_modality(final)
-    target = 0.95 * final.groupby("policy")["test/acc"].mean().max()
-    lines = [
-        f"| policy | final acc | best acc | {weak} alone (final) | rounds to {target:.3f} | uploaded MB | "
-        "selection ms/round |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    column = accuracy_column(curves)
+    clock = has_clock(curves)
+    target = 0.95 * final.groupby("policy")[column].mean().max()
+    name = "" if column == "test/acc" else f" {column}"
+    header = ["policy", "final acc", "best acc", f"{weak} alone (final)", f"rounds to{name} {target:.3f}"]
+    if clock:
+        header += ["sim minutes to target", "MB to target", "sim minutes (all rounds)"]
+    header += ["uploaded MB", "selection ms/round"]
+    if part is not None:
+        header += ["multimodal share selected / trained"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for p in policies:
         runs = curves[curves["policy"] == p]
         per_seed = runs.groupby("seed")
         fin = runs[runs["round"] == last_round]
-        reach = per_seed.apply(lambda r: _first_round(r, target), include_groups=False)
-        reached = reach.dropna()
-        reach_text = f"{reached.mean():.1f}" if len(reached) else "never"
-        if 0 < len(reached) < len(reach):
-            reach_text += f" ({len(reached)}/{len(reach)} seeds)"
+        reach = pd.DataFrame([time_to_target(r, target, column) for _, r in per_seed])
         cells = [
             _mean_std(fin["test/acc"]),
             _mean_std(per_seed["test/acc"].max()),
             _mean_std(fin[f"test/acc/{weak}"]),
-            reach_text,
+            _reached(reach["round"], 1),
+        ]
+        if clock:
+            cells += [_reached(reach["minutes"], 2), _reached(reach["mb"], 1),
+                      _mean_std(per_seed[CLOCK_COLUMN].max() / 60.0, digits=2)]
+        cells += [
             _mean_std(per_seed["bytes-up"].sum() / 1e6, digits=1),
             _mean_std(runs[runs["round"] > 0]["selection-seconds"] * 1e3, digits=2),
         ]
+        if part is not None:
+            shares = pd.DataFrame([multimodal_share(g) for _, g in part[part["policy"] == p].groupby("seed")])
+            cells.append(f"{_mean_std(shares['selected'], digits=2)} / {_mean_std(shares['trained'], digits=2)}"
+                         if len(shares) else "n/a")
         lines.append(f"| {p} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def _reached(values: pd.Series, digits: int) -> str:
+    """Mean over the seeds that reached the target; "never", or "(k/n seeds)" when only some did."""
+    reached = values.dropna()
+    text = f"{reached.mean():.{digits}f}" if len(reached) else "never"
+    if 0 < len(reached) < len(values):
+        text += f" ({len(reached)}/{len(values)} seeds)"
+    return text
+
+
 def plot_selection(curves: pd.DataFrame, policies: Sequence[str], path: Path) -> None:
-    """Mean multimodal test accuracy per policy against rounds and against uploaded megabytes."""
+    """Mean multimodal accuracy per policy against rounds, uploaded megabytes and, when the runs
+    have a simulated clock, simulated minutes (:func:`fedmm.tta.plot_time_to_accuracy`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120, sharey=True)
-    for p in policies:
-        mean = curves[curves["policy"] == p].groupby("round")[["test/acc", "mb-up"]].mean()
-        axes[0].plot(mean.index, mean["test/acc"], label=p)
-        axes[1].plot(mean["mb-up"], mean["test/acc"], label=p)
-    axes[0].set_xlabel("round")
-    axes[1].set_xlabel("uploaded MB (cumulative)")
-    axes[0].set_ylabel("test accuracy (mean over seeds)")
+    clock = has_clock(curves)
+    fig, axes = plt.subplots(1, 3 if clock else 2, figsize=(15 if clock else 10, 4), dpi=120, sharey=True)
+    plot_time_to_accuracy(curves, policies, "test/acc", axes[0], axes[1], axes[2] if clock else None)
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend()
@@ -370,11 +410,6 @@ def mean_std_table(df: pd.DataFrame, by: Sequence[str], columns: Mapping[str, st
         cells = [_mean_std(group[c]) if c in group else "n/a" for c in columns]
         lines.append("| " + " | ".join([*map(str, labels), *cells]) + " |")
     return "\n".join(lines)
-
-
-def _first_round(run: pd.DataFrame, target: float) -> float:
-    hit = run[run["test/acc"] >= target]["round"]
-    return float(hit.min()) if len(hit) else math.nan
 
 
 def _mean_std(values: pd.Series, digits: int = 3) -> str:

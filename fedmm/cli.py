@@ -136,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     meth.set_defaults(func=_bench_methods)
 
     keys = sub.add_parser("config", help="list every config key with its constraints, default and meaning")
-    keys.add_argument("namespace", nargs="?", help="only this part: run, objective, selection, dataset, encoder")
+    keys.add_argument("namespace", nargs="?", help="only this part: run, objective, selection, dataset, encoder, devices")
     keys.add_argument("name", nargs="?", help="only this component of the namespace (e.g. fedmm config objective mnl)")
     keys.add_argument("--markdown", action="store_true",
                       help="print the configuration reference page (fedmm config --markdown > docs/configuration.md)")

@@ -35,7 +35,13 @@ from fedmm.presets import preset_values
 from fedmm.registry import did_you_mean
 from fedmm.strategies.recipes import STRATEGIES
 
-NAMESPACES = ("strategy", "objective", "selection", "dataset", "encoder")
+NAMESPACES = ("strategy", "objective", "selection", "dataset", "encoder", "devices")
+#: Keys left out of the config text while they hold their default (the simulated clock and
+#: experiment tracking off, SGD, no preset), so a run without them sends and records the same text,
+#: byte counts and checkpoint digest as before they existed. (``validation`` is never left out: a
+#: checkpoint trained without a validation split must not resume with one.)
+QUIET_AT_DEFAULT = ("devices", "round-close", "round-deadline", "overcommit", "tensorboard", "mlflow", "mlflow-uri",
+                    "mlflow-experiment", "optimizer", "adam-beta2", "preset")
 #: Keys that moved, and where to: an old config that sets one gets an error naming the new key.
 MOVED_KEYS = {"proximal-mu": "strategy.mu (with strategy=fedprox)"}
 
@@ -165,14 +171,25 @@ class RunConfig(Checked):
         sqlite:///<out-dir>/mlflow.db; needs mlflow = true
     mlflow_experiment:
         MLflow experiment that the run is logged under (created when missing)
+    devices:
+        device profiles and the simulated clock (docs/devices.md): off, model (drawn from the
+        devices.<param> keys) or the path of a CSV/Parquet trace file
+    round_close:
+        how a round closes on the simulated clock (needs devices): all (wait for every client),
+        deadline (round-deadline), overcommit (select K(1+overcommit), keep the first K to finish)
+    round_deadline:
+        seconds of simulated time a round waits with round-close=deadline
+    overcommit:
+        extra fraction of clients selected with round-close=overcommit
     plugins:
         modules imported before the rest of the config is read, e.g. ['mypkg.fedext']: they
         register your objectives, policies, datasets, strategies and client facts
         (docs/extending.md); every process that reads the config imports them (server, each client,
         Ray workers), so they must be importable there (installed, or on PYTHONPATH)
-    objective_params, selection_params, dataset_options, encoders:
-        The ``objective.*``, ``selection.*``, ``dataset.*`` and ``encoder.*`` namespaces as given,
-        validated by the objective, the selection policy, the dataset and the encoder registry.
+    objective_params, selection_params, dataset_options, encoders, devices_params:
+        The ``objective.*``, ``selection.*``, ``dataset.*``, ``encoder.*`` and ``devices.*``
+        namespaces as given, validated by the objective, the selection policy, the dataset, the
+        encoder registry and the device model (:class:`fedmm.devices.DeviceParams`).
     """
 
     label_format = "config key '{}'"
@@ -227,6 +244,11 @@ class RunConfig(Checked):
     mlflow: bool = False
     mlflow_uri: str = ""
     mlflow_experiment: str = "fedmm"
+    # simulated devices and clock (fedmm.devices, fedmm.clock)
+    devices: str = "off"
+    round_close: Annotated[str, Options("all", "deadline", "overcommit")] = "all"
+    round_deadline: Annotated[float, POSITIVE] = 600.0
+    overcommit: Annotated[float, NON_NEGATIVE] = 0.3
     # extensions
     plugins: tuple[str, ...] = ()
     # namespaced parameters, validated by their component
@@ -235,6 +257,7 @@ class RunConfig(Checked):
     selection_params: dict[str, Any] = field(default_factory=dict)
     dataset_options: dict[str, Any] = field(default_factory=dict)
     encoders: dict[str, str] = field(default_factory=dict)
+    devices_params: dict[str, Any] = field(default_factory=dict)
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
@@ -246,7 +269,7 @@ class RunConfig(Checked):
         for key, value in values.items():
             head, dot, rest = key.partition(".")
             if dot and head in NAMESPACES:
-                if head in ("strategy", "objective", "selection", "dataset") and rest == "name":
+                if head in ("strategy", "objective", "selection", "dataset", "devices") and rest == "name":
                     key = head  # [objective] name = "mnl" is the same as objective = "mnl"
                 else:
                     namespaced[head][rest] = value
@@ -312,8 +335,16 @@ class RunConfig(Checked):
                     f"config key 'lr-min' must be in (0, lr] = (0, {self.lr}] when lr-decay-start > 0 (the learning "
                     f"rate decays from lr to lr-min in the last round), got {self.lr_min}"
                 )
+        if self.round_close != "all" and self.devices == "off":
+            raise ValueError(f"config key 'round-close' = {self.round_close!r} needs the simulated clock: set "
+                             "'devices' to 'model' or a trace file (docs/devices.md)")
+        if self.devices_params and self.devices == "off":
+            raise ValueError(f"config key 'devices.{sorted(self.devices_params)[0]}' needs devices = 'model' or a "
+                             "trace file; devices is 'off'")
         from fedmm.data.registry import check_options
+        from fedmm.devices import DeviceParams
         from fedmm.models.encoders import ENCODERS
+        from fedmm.params import parse
         from fedmm.objectives.registry import objective_class, parse_params
         from fedmm.strategies.selection import parse_policy_params
 
@@ -324,6 +355,9 @@ class RunConfig(Checked):
             "objective": parse_params(objective_class(self.objective), self.objective_params,
                                       label=_namespace_label("objective")),
             "selection": parse_policy_params(self.selection, self.selection_params, label=_namespace_label("selection")),
+            "devices": parse(DeviceParams, self.devices_params, component="devices", label=_namespace_label("devices"),
+                             aliases={k.replace("_", "-"): k for k in DeviceParams.__dataclass_fields__},
+                             shown=lambda k: k.replace("_", "-")),
         })
         check_options(self.dataset, self.dataset_options, label=lambda shown: f"config key '{shown}'")  # dataset.<opt>
         for modality, name in self.encoders.items():
@@ -353,8 +387,8 @@ class RunConfig(Checked):
                 out.update({f"{namespaces[f.name]}.{k}": v for k, v in sorted(value.items())})
             elif f.name == "plugins" and not value:
                 continue  # left out when empty: a run without plugins sends and records the same text as before
-            elif f.name in _TRACKING_FIELDS and value == f.default:
-                continue  # tracking off: the same config text (and checkpoint digest) as before it existed
+            elif key_of(f.name) in QUIET_AT_DEFAULT and value == f.default:
+                continue
             else:
                 out[key_of(f.name)] = value
         return out
@@ -367,13 +401,10 @@ class RunConfig(Checked):
         return RunConfig.from_mapping({**self.to_flat(), **overrides})
 
 
-#: The experiment-tracking fields (:mod:`fedmm.tracking`): left out of :meth:`RunConfig.to_flat` at
-#: their defaults.
-_TRACKING_FIELDS = ("tensorboard", "mlflow", "mlflow_uri", "mlflow_experiment")
-
 #: Namespace -> the RunConfig field that holds its parameters.
 _NAMESPACE_FIELDS = {"strategy": "strategy_params", "objective": "objective_params",
-                     "selection": "selection_params", "dataset": "dataset_options", "encoder": "encoders"}
+                     "selection": "selection_params", "dataset": "dataset_options", "encoder": "encoders",
+                     "devices": "devices_params"}
 
 
 def key_of(name: str) -> str:

@@ -131,6 +131,10 @@ def parameter_rows(namespace: str | None = None, name: str | None = None) -> lis
     ] for n, entry in DATASETS.items()}
     components["encoder"] = {"": [ParamRow("encoder.<modality>", "encoder", encoder, "",
                                            "encoder of a modality (default: the dataset's, see its rows)")]}
+    from fedmm.devices import DeviceParams
+
+    components["devices"] = {"": [ParamRow(f"devices.{key_of(s.name)}", "devices model", s.allowed(), s.default,
+                                           s.help) for s in config_specs(DeviceParams)]}
     if namespace is None:
         return [row for by_name in components.values() for rows in by_name.values() for row in rows]
     if namespace not in components:

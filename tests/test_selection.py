@@ -26,7 +26,7 @@ def states(n: int, mods: tuple[str, ...] = AV, **kw) -> list[ClientState]:
 
 # -- registry and parameters ---------------------------------------------------------------------------
 def test_registry_names_and_errors() -> None:
-    assert policy_names() == ["all", "cmsfed", "divfl", "powd", "random"]
+    assert policy_names() == ["all", "cmsfed", "divfl", "oort", "powd", "random"]
     with pytest.raises(ValueError, match=r"unknown selection policy 'divf'; did you mean 'divfl'\?"):
         build_policy("divf", None, seed=0)
     with pytest.raises(ValueError, match=r"unknown parameter 'sketch-dm' .*did you mean 'sketch-dim'\?"):
@@ -54,7 +54,8 @@ def test_params_accept_kebab_and_snake_case() -> None:
     assert (p.params.sketch_dim, p.params.delta, p.params.subsample, p.params.stochastic) == (16, 2.0, 0.5, False)
     assert build_policy("divfl", {"sketch_dim": 0}, seed=1).params.sketch_dim == 0
     assert build_policy("powd", {"d": 3.0}, seed=1).params.d == 3
-    assert [build_policy(n, None, seed=0).uses_updates for n in policy_names()] == [False, True, True, False, False]
+    assert [build_policy(n, None, seed=0).uses_updates for n in policy_names()] == [False, True, True, False, False,
+                                                                                      False]
 
 
 def test_register_policy_rejects_duplicates() -> None:

@@ -20,8 +20,14 @@ Both paths use fedmm's message delivery in the engine (``fedmm.delivery.fast_del
 the numbers of an older fedmm (Flower's own delivery, no scenario roster) run this script with
 ``PYTHONPATH`` pointing at its checkout and ``--paths old``.
 
+With ``--devices model`` (also ``--devices off model``: both, side by side) every client gets a
+device profile and the simulated clock runs (30 % of the clients online: the policy sees only
+those); ``--engine inline`` runs every client in the driver process (no Ray: the driver's peak RSS
+is the whole run's); ``--selections random oort`` times the rounds of each policy.
+
 Usage: ``.venv/bin/python experiments/bench/scale.py [--sizes 100 1000 10000] [--paths old new]
-[--rounds 4] [--clients-per-round 100] [--skip-divfl-old]``. Benchmarks are not tests: nothing
+[--rounds 4] [--clients-per-round 100] [--skip-divfl-old] [--engine inline] [--devices off model]
+[--selections random oort]``. Benchmarks are not tests: nothing
 here runs in the test suite.
 """
 
@@ -47,11 +53,17 @@ except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
 ROWS_PER_CLIENT = 20
 
 
-def _config(n: int, selection: str, rounds: int, k: int) -> list[str]:
+#: ``--devices model``: device profiles and the simulated clock on, 30 % of the clients online.
+DEVICE_OVERRIDES = ("devices=model", "devices.online-share=0.3")
+
+
+def _config(n: int, selection: str, rounds: int, k: int, engine: str = "ray", devices: str = "off") -> list[str]:
+    extra = [f"engine={engine}"] if engine != "ray" else []  # the default engine's config text stays as before
+    extra += list(DEVICE_OVERRIDES) if devices == "model" else []
     return ["dataset=synthetic", f"dataset.num_train={ROWS_PER_CLIENT * n}", "partition=iid", f"num-clients={n}",
             "strategy=fedavg", f"selection={selection}", f"clients-per-round={min(k, n)}",
             f"num-server-rounds={rounds}", "local-epochs=1", "batch-size=32", "device=cpu", "seed=0",
-            "client-num-cpus=1"]
+            "client-num-cpus=1", *extra]
 
 
 def _descendants_rss() -> tuple[int, int]:
@@ -78,7 +90,7 @@ def _descendants_rss() -> tuple[int, int]:
     return (max(sizes), sum(sizes)) if sizes else (0, 0)
 
 
-def one_run(n: int, path: str, selection: str, rounds: int, k: int) -> dict:
+def one_run(n: int, path: str, selection: str, rounds: int, k: int, engine: str = "ray", devices: str = "off") -> dict:
     """One simulation in this process: its round times, update pass, discovery and peak memory."""
     from fedmm.config import load_config
     from fedmm.simulation import simulate
@@ -125,7 +137,7 @@ def one_run(n: int, path: str, selection: str, rounds: int, k: int) -> dict:
 
     threading.Thread(target=sample, daemon=True).start()
     rows: list[dict] = []
-    run = load_config(None, _config(n, selection, rounds, k))
+    run = load_config(None, _config(n, selection, rounds, k, engine, devices))
     kwargs = {}
     if "roster_from_scenario" in inspect.signature(simulate).parameters:
         kwargs["roster_from_scenario"] = path == "new"
@@ -139,7 +151,7 @@ def one_run(n: int, path: str, selection: str, rounds: int, k: int) -> dict:
         return timers[f"{name}-end"] - timers[f"{name}-start"] if f"{name}-end" in timers else float("nan")
 
     return {
-        "n": n, "path": path, "selection": selection, "round1": seconds[0],
+        "n": n, "path": path, "selection": selection, "engine": engine, "devices": devices, "round1": seconds[0],
         "later": statistics.median(seconds[1:]) if len(seconds) > 1 else float("nan"),
         "discovery": span("discovery"), "pass": span("pass"), "pass-clients": sum(passed),
         "rss-driver": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -147,9 +159,9 @@ def one_run(n: int, path: str, selection: str, rounds: int, k: int) -> dict:
     }
 
 
-def _child(n: int, path: str, selection: str, rounds: int, k: int) -> dict:
+def _child(n: int, path: str, selection: str, rounds: int, k: int, engine: str = "ray", devices: str = "off") -> dict:
     """:func:`one_run` in a fresh process (its own peak RSS); the result comes back as JSON."""
-    cmd = [sys.executable, __file__, "--one", str(n), path, selection, str(rounds), str(k)]
+    cmd = [sys.executable, __file__, "--one", str(n), path, selection, str(rounds), str(k), engine, devices]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
@@ -164,23 +176,32 @@ def _gb(value: float) -> str:
 
 
 def table(results: list[dict]) -> str:
-    """The Markdown table: one row per (N, path)."""
-    head = ("| N | path | round 1 s | discovery s | median later round s | update pass s (divfl) | "
-            "pass ms/client | peak RSS GB: driver / largest worker / all Ray |")
-    lines = [head, "|" + "---|" * 8]
-    keyed = {(r["n"], r["path"], r["selection"]): r for r in results}
-    for n, path in dict.fromkeys((r["n"], r["path"]) for r in results):
-        rnd, div = keyed.get((n, path, "random")), keyed.get((n, path, "divfl"))
-        cells = [f"{n:,}", path]
-        cells += [f"{rnd['round1']:.2f}", f"{rnd['discovery']:.2f}", f"{rnd['later']:.2f}"] if rnd else ["-"] * 3
-        if div:
-            cells += [f"{div['pass']:.1f}", f"{1e3 * div['pass'] / max(1, div['pass-clients']):.1f}"]
-        else:
-            cells += ["-", "-"]
-        mem = [r for r in (rnd, div) if r]
-        cells.append(" / ".join(_gb(max(r[k] for r in mem)) for k in ("rss-driver", "rss-worker", "rss-ray")))
-        lines.append("| " + " | ".join(cells) + " |")
+    """The Markdown table: one row per (N, path, engine, devices) and round-timing selection."""
+    head = ("| N | path | engine | devices | selection | round 1 s | discovery s | median later round s | "
+            "update pass s (divfl) | pass ms/client | peak RSS GB: driver / largest worker / all Ray |")
+    lines = [head, "|" + "---|" * 11]
+    setup = [(r["n"], r["path"], r.get("engine", "ray"), r.get("devices", "off")) for r in results]
+    keyed = {(*s, r["selection"]): r for s, r in zip(setup, results)}
+    for key in dict.fromkeys(setup):
+        n, path, engine, devices = key
+        div = keyed.get((*key, "divfl"))
+        timed = [r for (*k, sel), r in keyed.items() if tuple(k) == key and sel != "divfl"] or [None]
+        for rnd in timed:
+            lines.append(_row(n, path, engine, devices, rnd, div))
     return "\n".join(lines)
+
+
+def _row(n: int, path: str, engine: str, devices: str, rnd: dict | None, div: dict | None) -> str:
+    """One table row: the timed-rounds run ``rnd`` and the update-pass run ``div`` of one setup."""
+    cells = [f"{n:,}", path, engine, devices, rnd["selection"] if rnd else "-"]
+    cells += [f"{rnd['round1']:.2f}", f"{rnd['discovery']:.2f}", f"{rnd['later']:.2f}"] if rnd else ["-"] * 3
+    if div:
+        cells += [f"{div['pass']:.1f}", f"{1e3 * div['pass'] / max(1, div['pass-clients']):.1f}"]
+    else:
+        cells += ["-", "-"]
+    mem = [r for r in (rnd, div) if r]
+    cells.append(" / ".join(_gb(max(r[k] for r in mem)) for k in ("rss-driver", "rss-worker", "rss-ray")))
+    return "| " + " | ".join(cells) + " |"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -192,23 +213,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-divfl", action="store_true", help="skip the update-pass runs")
     parser.add_argument("--skip-divfl-old", action="store_true",
                         help="the update pass on the new path only (the pass is the same; old adds discovery)")
-    parser.add_argument("--one", nargs=5, metavar=("N", "PATH", "SELECTION", "ROUNDS", "K"), help=argparse.SUPPRESS)
+    parser.add_argument("--engine", choices=("ray", "inline"), default="ray",
+                        help="ray: Flower's simulation engine; inline: every client in this process")
+    parser.add_argument("--devices", nargs="+", choices=("off", "model"), default=["off"],
+                        help="model: device profiles and the simulated clock on (30 %% of the clients online)")
+    parser.add_argument("--selections", nargs="+", default=["random"],
+                        help="policies of the timed rounds (random, oort, ...), each its own run")
+    parser.add_argument("--one", nargs=7, metavar=("N", "PATH", "SELECTION", "ROUNDS", "K", "ENGINE", "DEVICES"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        n, path, selection, rounds, k = args.one
-        print("RESULT " + json.dumps(one_run(int(n), path, selection, int(rounds), int(k))), flush=True)
+        n, path, selection, rounds, k, engine, devices = args.one
+        print("RESULT " + json.dumps(one_run(int(n), path, selection, int(rounds), int(k), engine, devices)),
+              flush=True)
         return
     results = []
     for n in args.sizes:
         for path in args.paths:
-            runs = [("random", args.rounds)]
-            if not args.no_divfl and not (args.skip_divfl_old and path == "old"):
-                runs.append(("divfl", 1))
-            for selection, rounds in runs:
-                started = time.perf_counter()
-                results.append(_child(n, path, selection, rounds, args.clients_per_round))
-                print(f"N={n} {path} {selection}: {json.dumps(results[-1])} ({time.perf_counter() - started:.0f} s)",
-                      file=sys.stderr, flush=True)
+            for devices in args.devices:
+                runs = [(s, args.rounds) for s in args.selections]
+                if not args.no_divfl and not (args.skip_divfl_old and path == "old"):
+                    runs.append(("divfl", 1))
+                for selection, rounds in runs:
+                    started = time.perf_counter()
+                    results.append(_child(n, path, selection, rounds, args.clients_per_round, args.engine, devices))
+                    print(f"N={n} {path} {args.engine} devices={devices} {selection}: {json.dumps(results[-1])} "
+                          f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
     print(table(results))
 
 

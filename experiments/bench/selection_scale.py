@@ -20,8 +20,13 @@ multimodal clients is log-normal around 1.3 (audio dominant), 1 for unimodal cli
    as exact; the greedy is not optimal, so it can be below 1), averaged over 5 data seeds (max shown);
    a random set's ratio is shown for scale.
 
+3. Every policy (``--policy-sizes 10000 100000``): random, powd, oort, divfl and cmsfed each select
+   K of N clients that carry simulated durations (see :func:`policies`); ``--only-policies`` runs
+   this section alone.
+
 Writes ``experiments/out/selection_scale.csv`` (tidy: one metric per row) and prints Markdown tables.
-Usage: ``.venv/bin/python experiments/bench/selection_scale.py [--params 100000] [--sizes 1000 10000]``
+Usage: ``.venv/bin/python experiments/bench/selection_scale.py [--params 100000] [--sizes 1000 10000]
+[--policy-sizes 10000 100000] [--only-policies]``
 """
 
 from __future__ import annotations
@@ -116,6 +121,89 @@ def scale(n: int, params: int, budget: int, rows: list[dict], repeats: int = 3) 
             rows.append({"section": "scale", "policy": name, **common, "metric": metric, "value": value})
 
 
+#: Every policy of the "policies" section, in table order.
+ALL_POLICIES = ("random", "powd", "oort", "divfl", "cmsfed")
+
+
+def policies(n: int, params: int, budget: int, rows: list[dict], repeats: int = 3,
+             names: tuple[str, ...] = ALL_POLICIES) -> None:
+    """Every policy selects ``budget`` of ``n`` clients, each client with a simulated duration
+    (log-normal, multimodal clients 1.5x slower) as the clock gives it; all ``n`` are handed to the
+    policy (every client online: the worst case). DivFL and CMSFed first observe every client's
+    update (``params`` per modality: their select time depends on the sketch dimension, not on
+    ``params``); PowD probes, then gets its candidates' losses; Oort runs rounds with feedback so
+    that its timed calls score explored clients. Select time: median and slowest of ``repeats``
+    calls (rounds 2..), then one more under tracemalloc for its peak."""
+    rng = np.random.default_rng(n + 1)
+    states, updates = federation(n, params, rng)
+    multi = np.array([len(s.modalities) > 1 for s in states])
+    seconds = rng.lognormal(0.0, 0.8, size=n) * np.where(multi, 1.5, 1.0)
+    for st, t in zip(states, seconds.tolist()):
+        st.sim_seconds = t
+    sketches = None
+    for name in names:
+        policy = build_policy(name, {}, seed=0)
+        started = time.perf_counter()
+        if policy.uses_updates:
+            if sketches is None:
+                batch: list[ClientUpdate] = []
+                for u in updates():
+                    batch.append(u)
+                    if len(batch) == 1000:
+                        policy.observe(0, batch)
+                        batch = []
+                if batch:
+                    policy.observe(0, batch)
+                sketches = policy.store.state_dict()
+            else:
+                policy.store.load_state_dict(sketches)
+        prep = time.perf_counter() - started
+
+        first = _timed_round(policy, 1, states, budget, seconds, rng)
+        times = [_timed_round(policy, 2 + r, states, budget, seconds, rng) for r in range(repeats)]
+        tracemalloc.start()
+        _timed_round(policy, 2 + repeats, states, budget, seconds, rng)
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        common = {"n_clients": n, "budget": budget, "params_per_modality": params, "sketch_dim": 256}
+        for metric, value in (("select_first_s", first), ("select_s", float(np.median(times))),
+                              ("select_s_max", max(times)), ("select_peak_mb", peak), ("prepare_s", prep),
+                              ("max_rss_mb", max_rss_mb())):
+            rows.append({"section": "policies", "policy": name, **common, "metric": metric, "value": value})
+        print(f"policies N={n} {name}: select {np.median(times):.2f} s (first {first:.2f} s)", file=sys.stderr,
+              flush=True)
+
+
+def _timed_round(policy, server_round: int, states: list[ClientState], budget: int, seconds: np.ndarray,
+                 rng: np.random.Generator) -> float:
+    """One round of ``policy``: PowD's probe answered with random losses, the timed ``select``, and
+    Oort's feedback (random losses, the clients' durations); returns the select seconds."""
+    if policy.name == "powd":
+        for cid in policy.probe(server_round, states, budget):
+            states[cid].loss = float(rng.random())
+    started = time.perf_counter()
+    picks = policy.select(server_round, states, budget)
+    elapsed = time.perf_counter() - started
+    if policy.name == "oort":
+        policy.observe(server_round, [ClientUpdate(a.client_id, a.modalities, states[a.client_id].num_examples,
+                                                   loss=float(rng.random()), sim_seconds=float(seconds[a.client_id]))
+                                      for a in picks])
+    return elapsed
+
+
+def policies_markdown(rows: list[dict]) -> str:
+    get = {(r["policy"], r["n_clients"], r["metric"]): r["value"] for r in rows if r["section"] == "policies"}
+    lines = [("| N | policy | first select (s) | select (s, median of 3) | slowest (s) | select peak (MiB) | "
+              "max RSS (MiB) |"), "|---|---|---|---|---|---|---|"]
+    for n in sorted({k[1] for k in get}):
+        for p in ALL_POLICIES:
+            if (p, n, "select_s") in get:
+                lines.append(f"| {n:,} | {p} | {get[(p, n, 'select_first_s')]:.2f} | {get[(p, n, 'select_s')]:.2f} | "
+                             f"{get[(p, n, 'select_s_max')]:.2f} | {get[(p, n, 'select_peak_mb')]:.1f} | "
+                             f"{get[(p, n, 'max_rss_mb')]:.0f} |")
+    return "\n".join(lines)
+
+
 def fidelity(params: int, rows: list[dict], n: int = 200, budget: int = 20, seeds: int = 5,
              dims: tuple[int, ...] = (64, 256, 512, 1024)) -> None:
     ratios: dict[str, list[float]] = {**{f"sketch-{d}": [] for d in dims}, "random": []}
@@ -188,9 +276,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000], help="numbers of clients")
     parser.add_argument("--budget", type=int, default=100, help="clients per round K")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--policy-sizes", type=int, nargs="*", default=[],
+                        help="numbers of clients of the every-policy section (e.g. 10000 100000); none by default")
+    parser.add_argument("--policy-params", type=int, default=1000,
+                        help="parameters per modality of the every-policy section's updates")
+    parser.add_argument("--only-policies", action="store_true", help="run only the every-policy section")
+    parser.add_argument("--policies", default=",".join(ALL_POLICIES),
+                        help="comma-separated policies of the every-policy section")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     rows: list[dict] = []
+    for n in args.policy_sizes:
+        policies(n, args.policy_params, args.budget, rows, names=tuple(args.policies.split(",")))
+    if args.only_policies:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        print(policies_markdown(rows))
+        return 0
     for n in args.sizes:
         scale(n, args.params, args.budget, rows)
     fidelity(args.params, rows)
@@ -199,7 +304,10 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    print(markdown(rows))
+    print(markdown([r for r in rows if r["section"] != "policies"]))
+    if args.policy_sizes:
+        print()
+        print(policies_markdown(rows))
     print(f"\nwrote {args.out} ({len(rows)} rows) in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return 0
 

@@ -23,7 +23,9 @@ from fedmm.checkpoint import Checkpoint, config_digest, prefixed, save_checkpoin
 from fedmm.config import RunConfig
 from fedmm.data import Dataset, Scenario
 from fedmm.diagnostics import round_diagnostics
+from fedmm.devices import build_profiles
 from fedmm.models import MultimodalNet
+from fedmm.models.cost import group_bytes, modality_costs, modality_flops
 from fedmm.objectives import Objective
 from fedmm.records import from_record, to_record
 from fedmm.results import ResultsWriter, divergence, prepare_out_dir, summarize, write_interrupted, write_summary
@@ -31,6 +33,7 @@ from fedmm.strategies import STRATEGIES
 from fedmm.protocol import NUM_EXAMPLES, ClientInfo
 from fedmm.strategies.base import RoundStrategy
 from fedmm.strategies.context import StrategyContext
+from fedmm.strategies.timing import ClockSettings, SimClock
 from fedmm.strategies.selection import ClientState, SelectionPolicy, policy_class
 from fedmm.training import evaluate, resolve_device
 from fedmm.workspace import dataset_of, model_of, objective_of, scenario_of
@@ -152,6 +155,8 @@ class Plan:
     #: messages (set by ``fedmm simulate``, whose server knows every partition; off for deployment
     #: and ``flwr run``, which keep discovery with its bounded wait).
     roster_from_scenario: bool = False
+    #: The clients' device profiles (config key ``devices``; :mod:`fedmm.devices`), ``None`` when off.
+    profiles: Any = None
 
 
 def prepare(run: RunConfig, out_dir: str | Path | None = None, *, overwrite: bool = False,
@@ -176,8 +181,10 @@ def prepare(run: RunConfig, out_dir: str | Path | None = None, *, overwrite: boo
     policy = policy_class(run.selection)(run.parsed["selection"], seed=run.seed)
     # a policy that needs an imbalance order (cmsfed) checks the dataset's modalities here
     policy.imbalance_order([ClientState(client_id=0, modalities=tuple(dataset.modality_names), num_examples=1)])
+    # a trace file's problems (missing, a bad row) surface here too, before anything is written
+    profiles = build_profiles(run.devices, len(scenario.partitions), run.seed, run.parsed["devices"])
     resolved = prepare_out_dir(out_dir, overwrite=overwrite or resume) if out_dir else None
-    return Plan(run, dataset, scenario, objective, model, policy, resolved, strategy_params)
+    return Plan(run, dataset, scenario, objective, model, policy, resolved, strategy_params, profiles=profiles)
 
 
 def strategy_context(plan: Plan) -> StrategyContext:
@@ -194,7 +201,24 @@ def strategy_context(plan: Plan) -> StrategyContext:
         extras_fn=plan.objective.server_extras, observe_fn=plan.objective.server_observe,
         fraction_evaluate=run.fraction_evaluate, round_timeout=run.round_timeout, seed=run.seed,
         parameter_keys=[name for name, _ in plan.model.named_parameters()], num_partitions=len(sc.partitions),
-        scenario=clients, observes_global_model=plan.objective.observes_global_model)
+        scenario=clients, observes_global_model=plan.objective.observes_global_model, clock=clock_of(plan))
+
+
+def clock_of(plan: Plan) -> SimClock | None:
+    """The simulated clock of ``plan``'s run (config keys ``devices``, ``devices.*``,
+    ``round-close``, ``round-deadline``, ``overcommit``): profiles for the scenario's clients, the
+    global model's bytes per group and each modality's FLOP share (:mod:`fedmm.models.cost`);
+    ``None`` with ``devices = "off"``."""
+    run = plan.run
+    if run.devices == "off":
+        return None
+    profiles = plan.profiles  # built by prepare(); a Plan made by hand may lack them
+    if profiles is None:
+        profiles = build_profiles(run.devices, len(plan.scenario.partitions), run.seed, run.parsed["devices"])
+    shapes = {m.name: tuple(m.shape) for m in plan.dataset.modalities}
+    costs = modality_costs(modality_flops(plan.model, shapes))
+    settings = ClockSettings(run.round_close, run.round_deadline, run.overcommit)
+    return SimClock(profiles, group_bytes(plan.model.state_dict()), costs, settings, run.local_epochs)
 
 
 def build_strategy(plan: Plan) -> RoundStrategy:
@@ -286,7 +310,8 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
     failure: dict[str, Any] | None = None
     try:
         if first_round == 0:
-            record(0, 0.0, {"train/loss": float("nan"), "bytes-up": 0.0, "bytes-down": 0.0}, 0)
+            # the strategy's initial counts first (a simulated clock's sim-seconds/sim-clock at 0)
+            record(0, 0.0, {**strategy.round_stats, "train/loss": float("nan"), "bytes-up": 0.0, "bytes-down": 0.0}, 0)
         for server_round in range(max(first_round, 1), run.num_server_rounds + 1):
             if stop is not None:
                 stop.check()

@@ -15,6 +15,7 @@ from fedmm.strategies.selection.base import SelectionPolicy
 
 if TYPE_CHECKING:
     from fedmm.protocol import ClientInfo
+    from fedmm.strategies.timing import SimClock
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class StrategyContext:
     observes_global_model:
         The objective's server half needs facts of the aggregated model each round (the loop
         then calls the strategy's ``configure_global_model_facts``; CMSFed's prototypes).
+    clock:
+        The simulated clock over the clients' device profiles (config key ``devices``); ``None``:
+        no clock.
     """
 
     policy: SelectionPolicy
@@ -66,3 +70,4 @@ class StrategyContext:
     num_partitions: int | None = None
     scenario: Sequence[ClientInfo] | None = None
     observes_global_model: bool = False
+    clock: SimClock | None = None

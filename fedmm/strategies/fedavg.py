@@ -26,8 +26,9 @@ from fedmm.records import aggregate, from_record, to_record
 from fedmm.strategies.base import ExtrasFn, ObserveFn
 from fedmm.strategies.context import StrategyContext
 from fedmm.strategies.replies import Accepted, accept, client_updates, evaluation, model_facts, probed_losses
-from fedmm.strategies.roster import Roster
+from fedmm.strategies.roster import Roster, client_row
 from fedmm.strategies.selection.base import UPDATE_PASS_ROUND, Assignment, ClientState, SelectionPolicy
+from fedmm.strategies.timing import SimClock, time_columns
 
 log = logging.getLogger("fedmm")
 
@@ -84,13 +85,18 @@ class ModalityAwareFedAvg:
         The scenario's clients, to register the roster from instead of discovering the nodes with
         ``query`` messages (``fedmm simulate``; see :class:`~fedmm.strategies.roster.Roster`);
         every message then names its client's partition id. ``None``: discovery.
+    clock:
+        The simulated clock over the clients' device profiles (config key ``devices``): only the
+        clients online at selection time reach the policy, each selected client's time is computed
+        before anything is sent, and only those the round-close rule keeps are sent their training
+        message (the others get a ``late`` or ``dropped`` row); ``None`` (default): no clock.
     """
 
     def __init__(self, *, policy: SelectionPolicy, clients_per_round: int, min_available_nodes: int, run_config: str,
                  extras_fn: ExtrasFn | None = None, observe_fn: ObserveFn | None = None,
                  fraction_evaluate: float = 0.0, round_timeout: float = 600.0, seed: int = 0,
                  parameter_keys: Collection[str] | None = None, num_partitions: int | None = None,
-                 scenario: Sequence[ClientInfo] | None = None) -> None:
+                 scenario: Sequence[ClientInfo] | None = None, clock: SimClock | None = None) -> None:
         if policy.uses_updates and parameter_keys is None:
             raise ValueError(f"selection {policy.name!r} builds update vectors from the model's parameters: "
                              "pass their names as parameter_keys")
@@ -110,6 +116,18 @@ class ModalityAwareFedAvg:
         self._pass_queue: list[int] | None = None
         self._pass_facts: list[tuple[int, dict[str, Any]]] = []
         self.last_accepted: list[int] = []  # clients whose reply the last aggregate_train accepted
+        self.clock = clock
+        if clock is not None:  # round 0's row (the initial model) starts the clock columns at 0
+            self.round_stats = {"sim-seconds": 0.0, "sim-clock": clock.seconds}
+        # with a clock: this round's selectable clients, each planned client's times, the rows of the
+        # clients the close rule did not keep, and the update pass's longest client
+        self._selectable: list[ClientState] | None = None
+        self._times: dict[int, Any] = {}
+        self._closed_rows: list[dict[str, Any]] = []
+        self._pass_seconds = 0.0
+        #: Clients selected in the last training step whose work the close rule did not keep, by
+        #: client id: ``late`` or ``dropped`` (empty without a clock).
+        self.last_not_kept: dict[int, str] = {}
         self._rng = np.random.default_rng(seed)
 
     @classmethod
@@ -120,7 +138,7 @@ class ModalityAwareFedAvg:
                       "min_available_nodes": c.min_available_nodes, "run_config": c.run_config,
                       "extras_fn": c.extras_fn, "observe_fn": c.observe_fn, "fraction_evaluate": c.fraction_evaluate,
                       "round_timeout": c.round_timeout, "seed": c.seed, "parameter_keys": c.parameter_keys,
-                      "num_partitions": c.num_partitions, "scenario": c.scenario, **overrides})
+                      "num_partitions": c.num_partitions, "scenario": c.scenario, "clock": c.clock, **overrides})
 
     def combine(self, global_arrays: Mapping[str, np.ndarray], accepted: Sequence[Accepted]
                 ) -> dict[str, np.ndarray]:
@@ -160,6 +178,9 @@ class ModalityAwareFedAvg:
         self._global = from_record(arrays)
         self.round_stats = {"bytes-down": 0.0, "bytes-up": 0.0}
         self._pass_queue = None
+        self._selectable, self._times, self._closed_rows = None, {}, []
+        if self.clock is not None:
+            self.round_stats.update({"sim-seconds": 0.0, "sim-clock": self.clock.seconds})
 
     def configure_discovery(self, server_round: int, grid: Grid) -> list[Message]:
         self._messages, rows = self.roster.connect(grid, server_round, self.run_config)
@@ -182,6 +203,9 @@ class ModalityAwareFedAvg:
             self._pass_facts = []
         batch, self._pass_queue = self._pass_queue[:UPDATE_PASS_BATCH], self._pass_queue[UPDATE_PASS_BATCH:]
         self._sent = {self.roster.node_of[c]: Assignment(c, self.roster.clients[c].modalities) for c in batch}
+        if self.clock is not None:  # the pass runs in parallel on every device: it lasts its longest client
+            times = self._plan_times(list(self._sent.values()), UPDATE_PASS_EPOCHS)
+            self._pass_seconds = max([self._pass_seconds, *(t.total for t in times.values())])
         self._messages = {node: self._train_message(node, a, arrays, UPDATE_PASS_ROUND, UPDATE_PASS_EPOCHS)
                           for node, a in self._sent.items()}
         return list(self._messages.values())
@@ -194,12 +218,15 @@ class ModalityAwareFedAvg:
         self._pass_facts.extend((r.num_examples, r.facts) for r in accepted)
         if not self._pass_queue and self.observe_fn is not None:  # the last batch: the pass's facts at once
             self.observe_fn(UPDATE_PASS_ROUND, self._pass_facts)
+        if not self._pass_queue and self.clock is not None:
+            self._advance(self._pass_seconds)
+            self._pass_seconds = 0.0
         self._messages = {}
 
     def configure_probe(self, server_round: int, arrays: ArrayRecord) -> list[Message]:
         """Ask the policy's probe clients (Power-of-Choice) for their loss under the current global
         model, round ``server_round - 1``'s: the messages carry that round and its extras."""
-        probe = self.policy.probe(server_round, self.roster.available(), self.clients_per_round)
+        probe = self.policy.probe(server_round, self._online_states(), self.clients_per_round)
         self._messages = {self.roster.node_of[c]: self._evaluate_message(c, server_round - 1, arrays) for c in probe}
         return list(self._messages.values())
 
@@ -207,12 +234,15 @@ class ModalityAwareFedAvg:
         probed_losses(self.roster, server_round, replies, self._messages)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord) -> list[Message]:
-        states = self.roster.available()
+        states = self._online_states()
+        budget = self.clock.budget(self.clients_per_round) if self.clock is not None else self.clients_per_round
         started = time.perf_counter()
-        assignments = self.policy.select(server_round, states, self.clients_per_round)
+        assignments = self.policy.select(server_round, states, budget)
         self.round_stats["selection-seconds"] = time.perf_counter() - started
         self._asked = self._facts_asked(states)
         self._sent = {self.roster.node_of[a.client_id]: a for a in assignments}
+        if self.clock is not None:
+            self._close(server_round, assignments)
         self._messages = {node: self._train_message(node, a, arrays, server_round)
                           for node, a in self._sent.items()}
         return list(self._messages.values())
@@ -258,15 +288,83 @@ class ModalityAwareFedAvg:
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs: client states (:meth:`Roster.state_dict`), the strategy's
-        generator and the policy state (node ids are not kept, nodes are discovered again)."""
+        generator and the policy state (node ids are not kept, nodes are discovered again); with a
+        clock, its time and the digest of the device profiles."""
+        clock = self.clock.state_dict() if self.clock is not None else {}
         return {**self.roster.state_dict(), "strategy.rng": json.dumps(self._rng.bit_generator.state),
-                **prefixed("policy.", self.policy.state_dict())}
+                **prefixed("policy.", self.policy.state_dict()), **clock}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict` (the policy must be of the same kind)."""
         self.roster.load_state_dict(state)
         self._rng.bit_generator.state = json.loads(str(state["strategy.rng"]))
         self.policy.load_state_dict(unprefixed("policy.", state))
+        if self.clock is not None:
+            self.clock.load_state_dict(state)
+
+    # -- the simulated clock ---------------------------------------------------------------------
+    def _online_states(self) -> list[ClientState]:
+        """The connected clients a policy may see this round: with a clock only those online now
+        (when nobody is, the clock first moves on to the next time someone is); each state's
+        ``online`` flag is set, and a client that never trained gets its expected duration."""
+        states = self.roster.available()
+        if self.clock is None:
+            return states
+        if self._selectable is None:
+            ids = np.fromiter((s.client_id for s in states), dtype=np.int64, count=len(states))
+            online = self.clock.online(ids)
+            if states and not online.any():
+                waited = self.clock.wait_for_clients()
+                log.info("nobody is online: the clock waits %.0f s for the next client", waited)
+                self.round_stats["sim-seconds"] += waited
+                online = self.clock.online(ids)
+            fresh = [s for s in states if s.sim_seconds is None]
+            if fresh:
+                times = self.clock.times([s.client_id for s in fresh], [s.modalities for s in fresh],
+                                         [s.modalities for s in fresh],
+                                         [s.num_examples * self.clock.local_epochs for s in fresh])
+                for s, t in zip(fresh, times):
+                    s.sim_seconds = t.total
+            for s, on in zip(states, online.tolist()):
+                s.online = on
+            self._selectable = [s for s, on in zip(states, online.tolist()) if on]
+        return self._selectable
+
+    def _plan_times(self, assignments: Sequence[Assignment], epochs: int) -> dict[int, Any]:
+        """Each assigned client's times (it receives what :meth:`_train_message` sends it), recorded
+        as the client's ``sim_seconds`` and kept for its ``clients.csv`` row."""
+        clients = self.roster.clients
+        received = [clients[a.client_id].modalities if self._asked[0] else a.modalities for a in assignments]
+        times = self.clock.times([a.client_id for a in assignments], received, [a.modalities for a in assignments],
+                                 [clients[a.client_id].num_examples * epochs for a in assignments])
+        planned = {a.client_id: t for a, t in zip(assignments, times)}
+        for c, t in planned.items():
+            clients[c].sim_seconds = t.total
+        self._times.update(planned)
+        return planned
+
+    def _close(self, server_round: int, assignments: Sequence[Assignment]) -> None:
+        """Plan the round's times, apply the close rule, advance the clock; only the kept clients
+        stay in ``_sent`` (the others get their ``late``/``dropped`` rows now)."""
+        times = self._plan_times(assignments, self.clock.local_epochs)
+        ids = [a.client_id for a in assignments]
+        closed = self.clock.close(ids, [times[c] for c in ids], keep=self.clients_per_round)
+        self.last_not_kept = {}
+        for a, status in zip(assignments, closed.status):
+            if status == "ok":
+                continue
+            node = self.roster.node_of[a.client_id]
+            row = client_row(self.roster, server_round, node, a)
+            row["status"] = status
+            self._closed_rows.append(row)
+            self.last_not_kept[a.client_id] = status
+            del self._sent[node]
+        self._advance(closed.seconds)
+
+    def _advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.round_stats["sim-seconds"] = self.round_stats.get("sim-seconds", 0.0) + seconds
+        self.round_stats["sim-clock"] = self.clock.seconds
 
     def _facts_asked(self, states: list[ClientState]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The client facts the policy asks for and their modality order (its imbalance order)."""
@@ -303,13 +401,23 @@ class ModalityAwareFedAvg:
         accepted, rows, uploaded = accept(self.roster, server_round, replies, self._sent, self._messages,
                                           self._global, self._asked[0], self.round_timeout)
         self.round_stats["bytes-up"] = self.round_stats.get("bytes-up", 0.0) + uploaded
+        if self.clock is not None:
+            rows = sorted([*rows, *self._closed_rows], key=lambda r: r["partition-id"])
+            self._closed_rows = []
+            for row in rows:
+                if (t := self._times.get(row["partition-id"])) is not None:
+                    row.update(time_columns(t))
         self.client_rows.extend(rows)
         return accepted
 
     def _observe_updates(self, server_round: int, accepted: list[Accepted]) -> None:
         """Update client states and hand their updates to the policy."""
         keys = self.parameter_keys if self.policy.uses_updates else None
-        self.policy.observe(server_round, client_updates(self.roster, server_round, accepted, self._global, keys))
+        updates = client_updates(self.roster, server_round, accepted, self._global, keys)
+        for u in updates:
+            if (t := self._times.get(u.client_id)) is not None:
+                u.sim_seconds = t.total
+        self.policy.observe(server_round, updates)
 
     def _observe(self, server_round: int, accepted: list[Accepted]) -> None:
         """Update client states, then hand the round to the policy and the objective's server half."""

@@ -157,6 +157,7 @@ def client_updates(roster: Roster, server_round: int, accepted: list[Accepted], 
         updates.append(ClientUpdate(client_id=r.client_id, modalities=r.modalities, num_examples=r.num_examples,
                                     deltas=deltas, loss=r.loss, imbalance_ratio=state.imbalance_ratio,
                                     facts=dict(r.facts)))
+        updates[-1].seconds = r.seconds
     return updates
 
 

@@ -5,7 +5,7 @@ Parameter names may be written kebab-case (run config) or snake_case; unknown na
 and out-of-range values raise ValueError naming the policy, the parameter and the nearest valid one.
 
 Policies: ``all``, ``random``, ``powd`` (Power-of-Choice), ``divfl`` (DivFL facility location),
-``cmsfed`` (CMSFed balanced greedy).
+``cmsfed`` (CMSFed balanced greedy), ``oort`` (Oort: utility x speed penalty, exploration, pacer).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from fedmm.strategies.selection.base import (
 from fedmm.strategies.selection.basic import AllClients, PowerOfChoice, RandomClients
 from fedmm.strategies.selection.cmsfed import CMSFed
 from fedmm.strategies.selection.divfl import DivFL
+from fedmm.strategies.selection.oort import Oort
 
 P = TypeVar("P", bound=type[SelectionPolicy])
 
@@ -86,7 +87,7 @@ def _kebab(name: str) -> str:
     return str(name).replace("_", "-")
 
 
-for _cls in (AllClients, RandomClients, PowerOfChoice, DivFL, CMSFed):
+for _cls in (AllClients, RandomClients, PowerOfChoice, DivFL, CMSFed, Oort):
     register_policy(_cls)
 
 __all__ = [
@@ -96,6 +97,7 @@ __all__ = [
     "ClientState",
     "ClientUpdate",
     "DivFL",
+    "Oort",
     "PowerOfChoice",
     "RandomClients",
     "SelectionPolicy",

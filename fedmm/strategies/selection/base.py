@@ -10,6 +10,14 @@ to :func:`fedmm.strategies.selection.build_policy`, so the same seed and the sam
 same selection sequence, and :meth:`SelectionPolicy.state_dict` /
 :meth:`SelectionPolicy.load_state_dict` carry that generator's state through a checkpoint.
 
+Availability contract: when device profiles are on (``devices`` in the run config,
+:mod:`fedmm.devices`), the strategy hands a policy's :meth:`SelectionPolicy.select` and
+:meth:`SelectionPolicy.probe` only the clients that are online at selection time (on the simulated
+clock, :mod:`fedmm.clock`), so no policy can select an offline client. Each :class:`ClientState`
+then also carries the client's simulated duration (:attr:`ClientState.sim_seconds`) and
+:attr:`ClientState.online` is True for every client a policy sees. With profiles off every client is
+online and ``sim_seconds`` is ``None``.
+
 Parameters of a policy are the fields of its nested ``Params`` dataclass (a
 :class:`fedmm.params.Checked` one): constraints in the fields' ``Annotated`` annotations, help in
 the numpy docstring, checked by :func:`fedmm.params.check_value` (see
@@ -66,6 +74,13 @@ class ClientState:
         client has not reported one yet.
     last_round:
         Last server round the client trained in (staleness); ``None`` if it never trained.
+    sim_seconds:
+        The client's simulated duration (seconds) of its last round: download + local training +
+        upload (:func:`fedmm.clock.client_time`), or, before it trained, its expected duration from
+        its device profile when it trains all its modalities; ``None`` when heterogeneity is off.
+    online:
+        Whether the client is available at the current selection time (simulated clock). A policy
+        only ever receives online clients (see the module docstring); True when heterogeneity is off.
     """
 
     client_id: int
@@ -74,6 +89,8 @@ class ClientState:
     loss: float | None = None
     imbalance_ratio: float | None = None
     last_round: int | None = None
+    sim_seconds: float | None = None
+    online: bool = True
 
 
 @dataclass(frozen=True)
@@ -115,6 +132,13 @@ class ClientUpdate:
     facts:
         Everything else it reported by name: the client facts the policy asked for
         (:meth:`SelectionPolicy.client_facts`) and the objective's facts.
+    sim_seconds:
+        This round's simulated duration (seconds) of that client: download + local training +
+        upload of what it trained (:func:`fedmm.clock.client_time`); ``None`` when heterogeneity is
+        off.
+    seconds:
+        The wall-clock seconds the client reported for its local training (``seconds`` in
+        ``clients.csv``); ``None`` if unknown. Oort's duration when the simulated clock is off.
     """
 
     client_id: int
@@ -124,6 +148,8 @@ class ClientUpdate:
     loss: float | None = None
     imbalance_ratio: float | None = None
     facts: dict[str, Any] = field(default_factory=dict)
+    sim_seconds: float | None = None
+    seconds: float | None = None
 
 
 class SelectionPolicy(ABC):

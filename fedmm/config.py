@@ -345,14 +345,22 @@ def import_plugins(modules: Any) -> tuple[str, ...]:
     """
     names = check_value(RunConfig.field_label("plugins"), modules, _PLUGINS)
     for name in names:
+        if not all(part.isidentifier() for part in name.split(".")):
+            raise ValueError(f"config key 'plugins' names {name!r}, which is not an absolute module name (dotted "
+                             "identifiers such as 'mypkg.fedext'; relative names like '.ext' cannot be imported)")
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as err:
             if err.name is None or not (name == err.name or name.startswith(f"{err.name}.")):
-                raise  # the plugin itself imports something missing: its own error says what
+                raise ValueError(f"config key 'plugins': module {name!r} needs module {err.name!r}, which is not "
+                                 f"installed ({err}); install it where the run reads its config (the server "
+                                 "and every client process)") from None
             raise ValueError(f"config key 'plugins' names module {name!r}, which cannot be imported ({err}); "
                              "install the package that holds it, or put its directory on PYTHONPATH (the "
                              "server and every client process import it)") from None
+        except Exception as err:  # the plugin's own code raised while it was imported
+            raise ValueError(f"config key 'plugins': importing module {name!r} failed with "
+                             f"{type(err).__name__}: {err}; fix the module (or remove it from plugins)") from None
     return names
 
 

@@ -78,13 +78,15 @@ class InlineGrid:
 
     def _answer(self, msg: Message) -> Message:
         from fedmm.clients.app import app  # the client side imports the data and model stack
+        from fedmm.clients.trust import in_process_clients
 
         node = msg.metadata.dst_node_id
         context = Context(run_id=INLINE_RUN_ID, node_id=node, state=RecordDict(), run_config={},
                           node_config={"partition-id": self.partition_of_node[node],
                                        "num-partitions": self.num_nodes})
         try:
-            return app(msg, context)
+            with in_process_clients():  # the run's plugins are this process's own (fedmm.clients.trust)
+                return app(msg, context)
         except Exception as ex:  # Flower's engines turn a raised exception into an error reply
             wrapped = ClientAppException(str(ex))
             return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(wrapped)}:<'{wrapped}'>"),

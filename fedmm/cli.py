@@ -230,14 +230,21 @@ def _datasets(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    import pandas as pd
+    from fedmm.results import read_table
 
     run_dir = args.run_dir
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
         raise FileNotFoundError(f"{str(run_dir)!r} has no summary.json; pass a directory written by fedmm simulate")
-    print(json.dumps(json.loads(summary_path.read_text()), indent=2))
-    rounds = pd.read_csv(run_dir / "rounds.csv")
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{str(summary_path)!r} is damaged (not readable JSON: {err})") from None
+    rounds = read_table(run_dir / "rounds.csv")  # a damaged or empty table is one error naming it
+    missing = [c for c in ("test/acc", "train/loss", "seconds") if c not in rounds.columns]
+    if missing:
+        raise ValueError(f"{str(run_dir / 'rounds.csv')!r} is damaged (it has no {missing[0]!r} column)")
+    print(json.dumps(summary, indent=2))
     cols = ["round", *[c for c in rounds.columns if c.startswith("test/acc")], "train/loss", "seconds"]
     print(rounds[cols].tail(10).to_string(index=False, float_format="%.4f"))
     return 0

@@ -11,6 +11,7 @@ declaration when the config is built: ``strategy.<param>``, ``objective.<param>`
 from __future__ import annotations
 
 import importlib
+import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -247,6 +248,10 @@ class RunConfig(Checked):
                 f"config key 'ray-address' = {self.ray_address!r} needs engine='ray' (engine='inline' runs every "
                 "client in this process); drop one of them"
             )
+        if self.ray_address and (problem := ray_address_problem(self.ray_address)):
+            raise ValueError(f"config key 'ray-address' = {self.ray_address!r} {problem}; give the Ray head's "
+                             "'<host>:<port>' (e.g. '10.0.0.1:6379'), 'ray://<host>:<port>', 'auto', or leave it "
+                             "empty for a local Ray instance")
         if self.lr_decay_start > 0:
             if self.lr_decay_start >= self.num_server_rounds:
                 raise ValueError(
@@ -328,6 +333,28 @@ _PLUGINS = next(s for s in specs(RunConfig) if s.name == "plugins")
 def _namespace_label(namespace: str) -> Callable[[str], str]:
     """How messages name a parameter of ``namespace`` read from the config (``config key 'objective.lambda'``)."""
     return lambda name: f"config key '{namespace}.{name}'"
+
+
+_RAY_ADDRESS = re.compile(r"(?:ray://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d+)")
+
+
+def ray_address_problem(address: str) -> str | None:
+    """What is wrong with a ``ray-address`` value (``None``: a form Ray takes): ``auto``,
+    ``<host>:<port>`` or ``ray://<host>:<port>``, the port in 1..65535.
+
+    Parameters
+    ----------
+    address:
+        The config value (not empty).
+    """
+    if address == "auto":
+        return None
+    match = _RAY_ADDRESS.fullmatch(address)
+    if match is None:
+        return "is not an address of the form '<host>:<port>'"
+    if not 1 <= int(match.group(1)) <= 65535:
+        return f"has port {match.group(1)}, outside 1..65535"
+    return None
 
 
 def import_plugins(modules: Any) -> tuple[str, ...]:

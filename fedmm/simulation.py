@@ -21,8 +21,9 @@ from flwr.serverapp import Grid, ServerApp
 from fedmm.checkpoint import Checkpoint, check_model_fits, config_digest, load_checkpoint
 from fedmm.config import MOVED_KEYS, RunConfig, flatten, load_config, read_toml
 from fedmm.delivery import fast_delivery
-from fedmm.results import CONFIG_FILE, SUMMARY_FILE
-from fedmm.server.loop import Plan, RoundCallback, StopRequest, prepare, run_federation
+from fedmm.results import CONFIG_FILE, SUMMARY_FILE, check_resumable_tables
+from fedmm.server.loop import (Plan, RoundCallback, StopRequest, build_strategy, prepare, restore_state,
+                              run_federation)
 
 if TYPE_CHECKING:
     import torch
@@ -60,6 +61,7 @@ def resume_config(run_dir: str | Path) -> RunConfig:
         )
     run = load_config(config_path)
     last_round = resume_checkpoint(run_dir, run).server_round
+    check_resumable_tables(run_dir, last_round)  # never lose the rows before the checkpoint
     summary = run_dir / SUMMARY_FILE
     if summary.is_file():
         try:
@@ -165,16 +167,34 @@ def start_ray(backend_config: dict[str, Any]) -> None:
         raise _no_cluster(address, str(err).splitlines()[0]) from None
 
 
-def _check_answers(address: str, seconds: float = 5.0) -> None:
-    """Raise the ``ray-address`` error at once when nothing listens at a ``host:port`` address
-    (``ray.init`` would wait minutes); other forms (``auto``, ``ray://...``) are left to Ray."""
-    host, sep, port = address.rpartition(":")
+#: Seconds fedmm waits for a Ray cluster at ``ray-address`` to answer before it gives up.
+RAY_ANSWER_SECONDS = 10.0
+
+
+def _check_answers(address: str, seconds: float = RAY_ANSWER_SECONDS) -> None:
+    """Raise the ``ray-address`` error within about ``seconds`` when no Ray cluster answers at a
+    ``host:port`` (or ``ray://host:port``) address: nothing listens there, or a listener accepts the
+    connection but never answers as Ray's gRPC server would (``ray.init`` would retry for minutes
+    either way). ``auto`` is left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not port.isdigit() or "/" in host:
         return
     try:
-        socket.create_connection((host, int(port)), timeout=seconds).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=seconds).close()
     except OSError as err:
         raise _no_cluster(address, err.strerror or str(err)) from None
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return  # a TLS cluster: the plain gRPC handshake below cannot speak for it
+    import grpc
+
+    channel = grpc.insecure_channel(f"{host}:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=seconds)
+    except grpc.FutureTimeoutError:
+        raise _no_cluster(address, f"a process accepts connections there but did not answer as a Ray cluster "
+                                   f"within {seconds:g} s") from None
+    finally:
+        channel.close()
 
 
 def _no_cluster(address: str, why: str) -> ValueError:
@@ -253,6 +273,8 @@ def simulate(
     # the simulation's server knows the scenario: its roster is registered from it, no discovery
     plan = dataclasses.replace(plan, roster_from_scenario=roster_from_scenario)
     checkpoint = resume_checkpoint(out_dir, run, plan.model) if resume and out_dir is not None else None
+    if checkpoint is not None:  # garbage state values are refused here, before Ray starts
+        restore_state(plan, build_strategy(plan), checkpoint)
     stop = StopRequest()
     if run.engine == "inline":
         return _simulate_inline(plan, on_round, checkpoint, stop)

@@ -118,3 +118,122 @@ def test_the_cli_prints_the_plugin_error_as_one_line(plugin_path, capsys):
     assert main(["simulate", "--set", "plugins=raising_plugin", "--out", str(plugin_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and "'raising_plugin'" in err
+
+
+# -- rows 8 and 9: resuming a run whose checkpoint values or rounds.csv are damaged ---------------------
+from test_faults_files import no_ray, resume_error, run_dir, stopped_run  # noqa: E402,F401  (fixtures)
+
+from fedmm.checkpoint import CHECKPOINT_STATE  # noqa: E402
+
+
+def _garbage_values(run_dir: Path) -> None:
+    import json
+
+    saved = json.loads((run_dir / CHECKPOINT_STATE).read_text())
+    assert saved["state"], "the fixture's checkpoint has state values"
+    saved["state"] = {k: "garbage" for k in saved["state"]}
+    (run_dir / CHECKPOINT_STATE).write_text(json.dumps(saved))
+
+
+def _wrong_types(run_dir: Path) -> None:
+    import json
+
+    saved = json.loads((run_dir / CHECKPOINT_STATE).read_text())
+    saved["state"] = {k: 5 for k in saved["state"]}
+    (run_dir / CHECKPOINT_STATE).write_text(json.dumps(saved))
+
+
+@pytest.mark.parametrize("damage", [_garbage_values, _wrong_types], ids=["garbage strings", "numbers"])
+def test_resume_refuses_garbage_checkpoint_values_naming_the_file(run_dir, capsys, no_ray, damage):
+    damage(run_dir)
+    line = resume_error(run_dir, capsys)
+    assert f"checkpoint file {str(run_dir / CHECKPOINT_STATE)!r} is damaged (its server state cannot be loaded" in line
+    assert "--overwrite" in line
+
+
+def _deleted(run_dir: Path) -> None:
+    (run_dir / "rounds.csv").unlink()
+
+
+def _empty_table(run_dir: Path) -> None:
+    (run_dir / "rounds.csv").write_text("")
+
+
+def _garbage_table(run_dir: Path) -> None:
+    (run_dir / "rounds.csv").write_bytes(b'\x00\xff"unclosed\nround\n1,2,3,4\n')
+
+
+def _cut_short(run_dir: Path) -> None:  # round 0 survives, round 1 (the checkpoint's) is gone
+    lines = (run_dir / "rounds.csv").read_text().splitlines()
+    (run_dir / "rounds.csv").write_text("\n".join(lines[:2]) + "\n")
+
+
+def _damaged_clients(run_dir: Path) -> None:
+    (run_dir / "clients.csv").write_text("")
+
+
+@pytest.mark.parametrize(("damage", "file", "says"), [
+    (_deleted, "rounds.csv", "is missing"),
+    (_empty_table, "rounds.csv", "is damaged"),
+    (_garbage_table, "rounds.csv", "is damaged"),
+    (_cut_short, "rounds.csv", "lacks round 1 of the checkpoint's 0-1"),
+    (_damaged_clients, "clients.csv", "is damaged"),
+], ids=["deleted", "empty", "garbage", "cut-short", "clients-damaged"])
+def test_resume_refuses_a_damaged_or_deleted_table_instead_of_losing_its_rows(run_dir, capsys, no_ray, damage,
+                                                                              file, says):
+    damage(run_dir)
+    line = resume_error(run_dir, capsys)
+    assert repr(str(run_dir / file)) in line and says in line, line
+    assert "would be lost" in line and "--overwrite" in line, line
+
+
+# -- row 12: a malformed ray-address; fedmm report on damaged files ------------------------------------
+@pytest.mark.parametrize(("address", "says"), [
+    ("localhost", "is not an address of the form '<host>:<port>'"),
+    ("10.0.0.1:99999", "has port 99999, outside 1..65535"),
+    ("http://10.0.0.1:6379", "is not an address of the form"),
+    ("10.0.0.1:port", "is not an address of the form"),
+])
+def test_a_malformed_ray_address_names_the_key(address, says):
+    with pytest.raises(ValueError, match=rf"config key 'ray-address' = {address!r} {says}"):
+        load_config(None, [f"ray-address={address!r}"])
+
+
+@pytest.mark.parametrize("address", ["auto", "10.0.0.1:6379", "ray://head.lab:10001", "[::1]:6379"])
+def test_well_formed_ray_addresses_are_accepted(address):
+    assert load_config(None, [f"ray-address={address!r}"]).ray_address == address
+
+
+def report_error(run_dir: Path, capsys) -> str:
+    from fedmm.cli import main
+
+    assert main(["report", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize(("file", "content", "says"), [
+    ("summary.json", b"{not json", "is damaged (not readable JSON"),
+    ("summary.json", b"\xff\xfe", "is damaged (not readable JSON"),
+    ("rounds.csv", b"", "is damaged"),
+    ("rounds.csv", b"round,test/acc\n", "is damaged"),
+    ("rounds.csv", b'\x00"x\n1,2,3\n', "is damaged"),
+    ("rounds.csv", b"round,x\n0,1\n", "has no 'test/acc' column"),
+    ("rounds.csv", None, "is missing"),
+], ids=["summary-garbage", "summary-not-utf8", "rounds-empty", "rounds-header-only", "rounds-garbage",
+        "rounds-other-columns", "rounds-deleted"])
+def test_report_on_a_damaged_file_names_it(run_dir, capsys, file, content, says):
+    if content is None:
+        (run_dir / file).unlink()
+    else:
+        (run_dir / file).write_bytes(content)
+    err = report_error(run_dir, capsys)
+    assert repr(str(run_dir / file)) in err and says in err, err
+
+
+def test_report_on_the_undamaged_run_prints_it(run_dir, capsys):
+    from fedmm.cli import main
+
+    assert main(["report", str(run_dir)]) == 0
+    assert '"status": "interrupted"' in capsys.readouterr().out

@@ -17,6 +17,7 @@ import pandas as pd
 from fedmm.checkpoint import CHECKPOINT_ARRAYS, CHECKPOINT_STATE
 from fedmm.config import RunConfig
 from fedmm.files import atomic_write
+from fedmm.runlock import LOCK_FILE
 
 ROUNDS_FILE = "rounds.csv"
 CLIENTS_FILE = "clients.csv"
@@ -39,7 +40,7 @@ def prepare_out_dir(path: str | Path, *, overwrite: bool) -> Path:
     if blocker is not None:
         raise ValueError(f"output path {str(path)!r} lies below {str(blocker)!r}, which is a file; "
                          "pass a directory with --out")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
+    if path.is_dir() and any(p.name != LOCK_FILE for p in path.iterdir()) and not overwrite:
         raise ValueError(
             f"output directory {str(path)!r} is not empty; pass --overwrite to replace its results "
             "or choose another --out"

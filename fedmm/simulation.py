@@ -3,6 +3,7 @@ or the ``inline`` engine (:mod:`fedmm.inline`), every client in this process, on
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -21,7 +22,8 @@ from flwr.serverapp import Grid, ServerApp
 from fedmm.checkpoint import Checkpoint, check_model_fits, config_digest, load_checkpoint
 from fedmm.config import MOVED_KEYS, RunConfig, flatten, load_config, read_toml
 from fedmm.delivery import fast_delivery
-from fedmm.results import CONFIG_FILE, SUMMARY_FILE, check_resumable_tables
+from fedmm.results import CONFIG_FILE, SUMMARY_FILE, check_resumable_tables, prepare_out_dir
+from fedmm.runlock import directory_lock
 from fedmm.server.loop import (Plan, RoundCallback, StopRequest, build_strategy, prepare, restore_state,
                               run_federation)
 
@@ -269,16 +271,20 @@ def simulate(
     ``summary.json`` gets status ``interrupted``, Ray shuts down and
     :class:`fedmm.server.loop.Interrupted` is raised (``--resume`` continues the run).
     """
-    plan = plan or prepare(run, out_dir, overwrite=overwrite, resume=resume)
-    # the simulation's server knows the scenario: its roster is registered from it, no discovery
-    plan = dataclasses.replace(plan, roster_from_scenario=roster_from_scenario)
-    checkpoint = resume_checkpoint(out_dir, run, plan.model) if resume and out_dir is not None else None
-    if checkpoint is not None:  # garbage state values are refused here, before Ray starts
-        restore_state(plan, build_strategy(plan), checkpoint)
-    stop = StopRequest()
-    if run.engine == "inline":
-        return _simulate_inline(plan, on_round, checkpoint, stop)
-    return _simulate_on_ray(plan, on_round, checkpoint, stop)
+    # one process per output directory, for the whole run (fedmm.runlock; re-entrant: the CLI holds it already)
+    with directory_lock(out_dir) if out_dir is not None else contextlib.nullcontext():
+        if plan is not None and out_dir is not None:  # checked again under the lock: a run that just ended there
+            prepare_out_dir(out_dir, overwrite=overwrite or resume)
+        plan = plan or prepare(run, out_dir, overwrite=overwrite, resume=resume)
+        # the simulation's server knows the scenario: its roster is registered from it, no discovery
+        plan = dataclasses.replace(plan, roster_from_scenario=roster_from_scenario)
+        checkpoint = resume_checkpoint(out_dir, run, plan.model) if resume and out_dir is not None else None
+        if checkpoint is not None:  # garbage state values are refused here, before Ray starts
+            restore_state(plan, build_strategy(plan), checkpoint)
+        stop = StopRequest()
+        if run.engine == "inline":
+            return _simulate_inline(plan, on_round, checkpoint, stop)
+        return _simulate_on_ray(plan, on_round, checkpoint, stop)
 
 
 def _simulate_inline(plan: Plan, on_round: RoundCallback | None, checkpoint: Checkpoint | None,

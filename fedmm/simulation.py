@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,9 +23,10 @@ from flwr.serverapp import Grid, ServerApp
 from fedmm.checkpoint import Checkpoint, check_model_fits, config_digest, load_checkpoint
 from fedmm.config import MOVED_KEYS, RunConfig, flatten, load_config, read_toml
 from fedmm.delivery import fast_delivery
+from fedmm.raystop import ActorReaper
 from fedmm.results import CONFIG_FILE, SUMMARY_FILE, check_resumable_tables, prepare_out_dir
 from fedmm.runlock import directory_lock
-from fedmm.server.loop import (Plan, RoundCallback, StopRequest, build_strategy, prepare, restore_state,
+from fedmm.server.loop import (Interrupted, Plan, RoundCallback, StopRequest, build_strategy, prepare, restore_state,
                               run_federation)
 
 if TYPE_CHECKING:
@@ -132,6 +134,9 @@ def stop_on_signals(stop: StopRequest) -> Iterator[Callable[[], None]]:
 
     def handler(signum: int, frame: object) -> None:
         stop.request(signum)
+        if getattr(stop, "interruptible", False):  # the inline engine's client work, in this thread
+            stop.interruptible = False
+            raise Interrupted(signum)
 
     def install() -> dict[int, Any]:
         return {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
@@ -205,6 +210,26 @@ def _no_cluster(address: str, why: str) -> ValueError:
         "`ray start --head --port 6379` (and `ray start --address <head>:6379` on the other machines), or leave "
         "ray-address empty for a local Ray instance"
     )
+
+
+#: Seconds the simulation engine gets, after a stop request and once the results are final, to end
+#: by itself before the clients still training are killed (:class:`fedmm.raystop.ActorReaper`).
+STOP_GRACE_SECONDS = 0.5
+
+
+def _reap_after_stop(stop: StopRequest, final: threading.Event, reaper: ActorReaper) -> None:
+    """Start a watcher that, once a stop was requested and the server loop has ended (results
+    final), waits :data:`STOP_GRACE_SECONDS` and kills the engine's actors, so that Ctrl-C does not
+    wait for a client's training to finish."""
+
+    def watch() -> None:
+        while not (stop.is_set() and final.is_set()):
+            if final.wait(0.1) and not stop.is_set():
+                return  # the run ended without a stop: nothing to cut short
+        time.sleep(STOP_GRACE_SECONDS)
+        reaper.kill_actors()
+
+    threading.Thread(target=watch, name="fedmm-stop-reaper", daemon=True).start()
 
 
 def client_resources(run: RunConfig, cluster_gpus: float | None = None) -> dict[str, float]:
@@ -308,9 +333,15 @@ def _simulate_on_ray(plan: Plan, on_round: RoundCallback | None, checkpoint: Che
     outcome: dict[str, Any] = {}
     server_app = ServerApp()
 
+    reaper = ActorReaper()
+    final = threading.Event()  # the server loop has ended: its results (or the interrupted summary) are written
+
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        outcome["summary"] = run_federation(grid, plan, on_round, resume=checkpoint, stop=stop)
+        try:
+            outcome["summary"] = run_federation(grid, plan, on_round, resume=checkpoint, stop=stop)
+        finally:
+            final.set()
 
     logging.getLogger("flwr").addFilter(_drop_run_simulation_deprecation)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -331,8 +362,10 @@ def _simulate_on_ray(plan: Plan, on_round: RoundCallback | None, checkpoint: Che
                 run, ray.cluster_resources().get("GPU", 0.0) if run.ray_address else None)
             if run.ray_address:
                 log.info("joined the Ray cluster at %s: %s", run.ray_address, _cluster_text(ray.cluster_resources()))
-            # the server thread's Interrupted comes back out of run_simulation after Ray's shutdown
-            with fast_delivery():
+            # the server thread's Interrupted comes back out of run_simulation after Ray's shutdown;
+            # after a stop, the clients still training are killed once the results are final
+            _reap_after_stop(stop, final, reaper)
+            with fast_delivery(), reaper.recording():
                 run_simulation(
                     server_app=server_app,
                     client_app=client_app,
@@ -340,6 +373,8 @@ def _simulate_on_ray(plan: Plan, on_round: RoundCallback | None, checkpoint: Che
                     backend_config=backend_config,
                 )
         finally:
+            reaper.closed = True
+            final.set()  # ends the watcher of _reap_after_stop also when the server never started
             if ray.is_initialized():  # run_simulation failed before its backend took Ray over
                 ray.shutdown()
     if "summary" not in outcome:

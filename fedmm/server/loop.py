@@ -70,6 +70,8 @@ class StopRequest:
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        #: Set while a client works in the signal handler's thread (the inline engine): a stop then raises at once.
+        self.interruptible = False
         self.signum: int | None = None
 
     def request(self, signum: int) -> None:

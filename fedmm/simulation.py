@@ -340,6 +340,10 @@ def _simulate_on_ray(plan: Plan, on_round: RoundCallback | None, checkpoint: Che
     def _main(grid: Grid, context: Context) -> None:
         try:
             outcome["summary"] = run_federation(grid, plan, on_round, resume=checkpoint, stop=stop)
+        except Interrupted as err:
+            # returned, not raised: Flower waits 3 s for the context of a ServerApp that raised
+            # before it shuts down; it is raised again once run_simulation has returned
+            outcome["interrupted"] = err
         finally:
             final.set()
 
@@ -377,6 +381,8 @@ def _simulate_on_ray(plan: Plan, on_round: RoundCallback | None, checkpoint: Che
             final.set()  # ends the watcher of _reap_after_stop also when the server never started
             if ray.is_initialized():  # run_simulation failed before its backend took Ray over
                 ray.shutdown()
+    if "interrupted" in outcome:
+        raise outcome["interrupted"]
     if "summary" not in outcome:
         raise RuntimeError("the simulation ended before the server finished; see the log above")
     return outcome["summary"]

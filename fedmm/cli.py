@@ -141,6 +141,8 @@ def _simulate(args: argparse.Namespace) -> int:
         if args.config or args.overrides or args.out:
             raise ValueError("--resume DIR continues the run exactly as configured in DIR/config.toml; "
                              "drop --config, --set and --out")
+        if not args.resume.is_dir():
+            resume_config(args.resume)  # raises, naming what is missing (the lock would create the directory)
         with directory_lock(args.resume, flag="--resume directory"):  # before the run's files are read
             return _simulate_in(resume_config(args.resume), args.resume, args)
     run = load_config(args.config, args.overrides)

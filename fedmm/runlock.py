@@ -71,8 +71,13 @@ def directory_lock(directory: str | Path, what: str = "output directory", flag: 
             with _held_guard:
                 _held[path] -= 1
         return
+    created = [d for d in (path, *path.parents) if not d.exists()]  # removed again if still empty at the end
     path.mkdir(parents=True, exist_ok=True)
-    fd = _acquire(path, what, flag)
+    try:
+        fd = _acquire(path, what, flag)
+    except BaseException:
+        _remove_empty(created)
+        raise
     with _held_guard:
         _held[path] = 1
     try:
@@ -84,6 +89,16 @@ def directory_lock(directory: str | Path, what: str = "output directory", flag: 
             (path / LOCK_FILE).unlink(missing_ok=True)  # while still locked: a waiting process re-checks the inode
         finally:
             os.close(fd)  # releases the flock
+        _remove_empty(created)  # a run refused before it wrote anything leaves no directory behind
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the directories of ``created`` (leaf first) that are still empty."""
+    for directory in created:
+        try:
+            directory.rmdir()
+        except OSError:  # not empty (the run's results), or gone
+            return
 
 
 def _acquire(path: Path, what: str, flag: str) -> int:

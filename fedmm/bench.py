@@ -28,6 +28,7 @@ from fedmm.tta import (
     plot_time_to_accuracy,
     time_to_target,
 )
+from fedmm.runlock import directory_lock
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,13 @@ def run_grid(
     if simulate is None:
         from fedmm.simulation import simulate
 
+    with directory_lock(Path(csv_path).parent, "benchmark directory"):  # its CSV and runs: one grid at a time
+        return _run_grid(config, overrides, cases, seeds, csv_path, runs_dir, on_row, simulate)
+
+
+def _run_grid(config: Path | None, overrides: Sequence[str], cases: Sequence[Case], seeds: Iterable[int],
+              csv_path: Path, runs_dir: Path | None, on_row: Callable[[dict[str, Any]], None] | None,
+              simulate: Simulate) -> pd.DataFrame:
     seeds = list(seeds)
     label_names = sorted({k for c in cases for k in c.labels})
     runs = [(case, seed, load_config(config, [*overrides, *case.overrides, f"seed={seed}"]))
@@ -166,23 +174,24 @@ def selection_benchmark(
         policy_class(p)  # an unknown name fails here, naming the valid ones
     cases = [Case({"policy": p}, (f"selection={p}",)) for p in policies]
     runs_dir = out_dir / "runs"
-    run_grid(config, overrides, cases, seeds, out_dir / "runs.csv", runs_dir, on_row, on_start=on_start)
-    curves = pd.concat(
-        [pd.read_csv(runs_dir / c.slug(s) / ROUNDS_FILE).assign(policy=c.labels["policy"], seed=s)
-         for c in cases for s in seeds],
-        ignore_index=True,
-    )
-    curves["mb-up"] = curves.groupby(["policy", "seed"])["bytes-up"].cumsum() / 1e6
-    _write_csv(curves, out_dir / "selection.csv")
-    part = pd.concat(
-        [participation(pd.read_csv(runs_dir / c.slug(s) / CLIENTS_FILE)).assign(policy=c.labels["policy"], seed=s)
-         for c in cases for s in seeds],
-        ignore_index=True,
-    )
-    _write_csv(part, out_dir / "participation.csv")
-    table = selection_table(curves, policies, part)
-    (out_dir / "selection.md").write_text(table + "\n")
-    plot_selection(curves, policies, out_dir / "selection.png")
+    with directory_lock(out_dir, "benchmark directory"):  # one benchmark per directory (fedmm.runlock)
+        run_grid(config, overrides, cases, seeds, out_dir / "runs.csv", runs_dir, on_row, on_start=on_start)
+        curves = pd.concat(
+            [pd.read_csv(runs_dir / c.slug(s) / ROUNDS_FILE).assign(policy=c.labels["policy"], seed=s)
+             for c in cases for s in seeds],
+            ignore_index=True,
+        )
+        curves["mb-up"] = curves.groupby(["policy", "seed"])["bytes-up"].cumsum() / 1e6
+        _write_csv(curves, out_dir / "selection.csv")
+        part = pd.concat(
+            [participation(pd.read_csv(runs_dir / c.slug(s) / CLIENTS_FILE)).assign(policy=c.labels["policy"], seed=s)
+             for c in cases for s in seeds],
+            ignore_index=True,
+        )
+        _write_csv(part, out_dir / "participation.csv")
+        table = selection_table(curves, policies, part)
+        (out_dir / "selection.md").write_text(table + "\n")
+        plot_selection(curves, policies, out_dir / "selection.png")
     return table
 
 
@@ -268,9 +277,10 @@ def methods_benchmark(
                   (*METHOD_FEDERATIONS[d], *METHOD_COMMON, *METHODS[m], *(QUICK_OVERRIDES if quick else ()),
                    *overrides))
              for d in datasets for m in methods]
-    df = run_grid(None, [], cases, seeds, out_dir / "runs.csv", out_dir / "runs", on_row, simulate, on_start)
-    table = methods_table(df, datasets, methods)
-    atomic_write(out_dir / "methods.md", table + "\n")
+    with directory_lock(out_dir, "benchmark directory"):  # one benchmark per directory (fedmm.runlock)
+        df = run_grid(None, [], cases, seeds, out_dir / "runs.csv", out_dir / "runs", on_row, simulate, on_start)
+        table = methods_table(df, datasets, methods)
+        atomic_write(out_dir / "methods.md", table + "\n")
     return table
 
 

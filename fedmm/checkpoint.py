@@ -72,6 +72,22 @@ def _start_over(run_dir: Path) -> str:
             f"{run_dir / 'config.toml'} --out {run_dir} --overwrite`")
 
 
+def unreadable_state(run_dir: str | Path, err: Exception) -> ValueError:
+    """The error for a ``checkpoint.json`` whose state values cannot be loaded back (garbage values
+    where the strategy, policy or objective expect their own), naming the file.
+
+    Parameters
+    ----------
+    run_dir:
+        The run directory.
+    err:
+        What loading the values raised.
+    """
+    run_dir = Path(run_dir)
+    return ValueError(f"checkpoint file {str(run_dir / CHECKPOINT_STATE)!r} is damaged (its server state cannot be "
+                      f"loaded: {type(err).__name__}: {err}); {_start_over(run_dir)}")
+
+
 def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> None:
     """Write ``checkpoint`` into ``run_dir`` (arrays first, then the JSON that names their round)."""
     from safetensors.numpy import save_file

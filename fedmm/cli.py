@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("fedmm")
 
@@ -155,21 +156,32 @@ def _parser() -> argparse.ArgumentParser:
 
 def _simulate(args: argparse.Namespace) -> int:
     from fedmm.config import load_config
-    from fedmm.progress import watch
-    from fedmm.server.loop import Interrupted, prepare
-    from fedmm.simulation import resume_config, simulate
-    from fedmm.workspace import scenario_note
+    from fedmm.runlock import directory_lock
+    from fedmm.simulation import resume_config
 
     if args.resume:
         if args.config or args.overrides or args.out:
             raise ValueError("--resume DIR continues the run exactly as configured in DIR/config.toml; "
                              "drop --config, --set and --out")
-        run, out = resume_config(args.resume), args.resume
-    else:
-        run = load_config(args.config, args.overrides)
-        out = args.out or (Path(run.out_dir) if run.out_dir else None)
+        if not args.resume.is_dir():
+            resume_config(args.resume)  # raises, naming what is missing (the lock would create the directory)
+        with directory_lock(args.resume, flag="--resume directory"):  # before the run's files are read
+            return _simulate_in(resume_config(args.resume), args.resume, args)
+    run = load_config(args.config, args.overrides)
+    out = args.out or (Path(run.out_dir) if run.out_dir else None)
     if out is None:
         raise ValueError("no output directory: pass --out DIR (or set out-dir in the config)")
+    with directory_lock(out):  # one run per directory, held until it ends (fedmm.runlock)
+        return _simulate_in(run, out, args)
+
+
+def _simulate_in(run: Any, out: Path, args: argparse.Namespace) -> int:
+    """``fedmm simulate`` of the resolved ``run`` into ``out``, whose lock the caller holds."""
+    from fedmm.progress import watch
+    from fedmm.server.loop import Interrupted, prepare
+    from fedmm.simulation import simulate
+    from fedmm.workspace import scenario_note
+
     plan = prepare(run, out, overwrite=args.overwrite, resume=bool(args.resume))
     if note := scenario_note(run):
         print(note, flush=True)

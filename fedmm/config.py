@@ -11,6 +11,7 @@ declaration when the config is built: ``strategy.<param>``, ``objective.<param>`
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -324,6 +325,10 @@ class RunConfig(Checked):
         if self.mlflow_uri and not self.mlflow:
             raise ValueError(f"config key 'mlflow-uri' = {self.mlflow_uri!r} needs mlflow = true (it only says where "
                              "MLflow runs go); add mlflow = true or drop mlflow-uri")
+        if self.ray_address and (problem := ray_address_problem(self.ray_address)):
+            raise ValueError(f"config key 'ray-address' = {self.ray_address!r} {problem}; give the Ray head's "
+                             "'<host>:<port>' (e.g. '10.0.0.1:6379'), 'ray://<host>:<port>', 'auto', or leave it "
+                             "empty for a local Ray instance")
         if self.lr_decay_start > 0:
             if self.lr_decay_start >= self.num_server_rounds:
                 raise ValueError(
@@ -421,6 +426,28 @@ def _namespace_label(namespace: str) -> Callable[[str], str]:
     return lambda name: f"config key '{namespace}.{name}'"
 
 
+_RAY_ADDRESS = re.compile(r"(?:ray://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d+)")
+
+
+def ray_address_problem(address: str) -> str | None:
+    """What is wrong with a ``ray-address`` value (``None``: a form Ray takes): ``auto``,
+    ``<host>:<port>`` or ``ray://<host>:<port>``, the port in 1..65535.
+
+    Parameters
+    ----------
+    address:
+        The config value (not empty).
+    """
+    if address == "auto":
+        return None
+    match = _RAY_ADDRESS.fullmatch(address)
+    if match is None:
+        return "is not an address of the form '<host>:<port>'"
+    if not 1 <= int(match.group(1)) <= 65535:
+        return f"has port {match.group(1)}, outside 1..65535"
+    return None
+
+
 def import_plugins(modules: Any) -> tuple[str, ...]:
     """Import the modules of config key ``plugins`` (their registrations run) and return their names.
 
@@ -436,14 +463,22 @@ def import_plugins(modules: Any) -> tuple[str, ...]:
     """
     names = check_value(RunConfig.field_label("plugins"), modules, _PLUGINS)
     for name in names:
+        if not all(part.isidentifier() for part in name.split(".")):
+            raise ValueError(f"config key 'plugins' names {name!r}, which is not an absolute module name (dotted "
+                             "identifiers such as 'mypkg.fedext'; relative names like '.ext' cannot be imported)")
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as err:
             if err.name is None or not (name == err.name or name.startswith(f"{err.name}.")):
-                raise  # the plugin itself imports something missing: its own error says what
+                raise ValueError(f"config key 'plugins': module {name!r} needs module {err.name!r}, which is not "
+                                 f"installed ({err}); install it where the run reads its config (the server "
+                                 "and every client process)") from None
             raise ValueError(f"config key 'plugins' names module {name!r}, which cannot be imported ({err}); "
                              "install the package that holds it, or put its directory on PYTHONPATH (the "
                              "server and every client process import it)") from None
+        except Exception as err:  # the plugin's own code raised while it was imported
+            raise ValueError(f"config key 'plugins': importing module {name!r} failed with "
+                             f"{type(err).__name__}: {err}; fix the module (or remove it from plugins)") from None
     return names
 
 

@@ -13,10 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fedmm.params import Interval
 from fedmm.registry import Registry
 
 #: CMSFed's rho_k = Acc_first / Acc_second of the client's prototype classifiers.
 IMBALANCE_RATIO = "imbalance-ratio"
+#: The values rho_k can take (a ratio of accuracies); a reply outside it is rejected.
+IMBALANCE_RATIO_VALID = Interval(float, 0.0, None, closed="left")
+#: Any finite number (a fact that declares no range).
+ANY_NUMBER = Interval(float, None, None)
 
 
 @dataclass(frozen=True)
@@ -32,10 +37,13 @@ class ClientFact:
     before_training_in_update_pass:
         Measure it with the received model, before training, in the update pass (round 0), and with
         the trained model in later rounds (docs/methods/cmsfed.md §5.1, §5.5); ``False``: always after training.
+    valid:
+        The values the fact can take; the server rejects a reply whose value lies outside.
     """
 
     compute: Callable[[Any, Any, tuple[str, ...]], float]
     before_training_in_update_pass: bool = True
+    valid: Interval = ANY_NUMBER
 
 
 #: Fact name -> how a client measures it.

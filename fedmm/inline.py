@@ -22,7 +22,7 @@ from flwr.clientapp.client_app import ClientAppException
 from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedmm.server.loop import StopRequest
+from fedmm.server.loop import Interrupted, StopRequest
 
 #: The run id the inline engine gives its messages (there is no SuperLink to assign one).
 INLINE_RUN_ID = 1
@@ -78,17 +78,38 @@ class InlineGrid:
 
     def _answer(self, msg: Message) -> Message:
         from fedmm.clients.app import app  # the client side imports the data and model stack
+        from fedmm.clients.trust import in_process_clients
 
         node = msg.metadata.dst_node_id
         context = Context(run_id=INLINE_RUN_ID, node_id=node, state=RecordDict(), run_config={},
                           node_config={"partition-id": self.partition_of_node[node],
                                        "num-partitions": self.num_nodes})
         try:
-            return app(msg, context)
+            # the run's plugins are this process's own (fedmm.clients.trust); Ctrl-C interrupts the
+            # client's work itself (fedmm.simulation.stop_on_signals), not only the next message
+            with in_process_clients(), interruptible(self.stop):
+                return app(msg, context)
+        except Interrupted:
+            raise
         except Exception as ex:  # Flower's engines turn a raised exception into an error reply
             wrapped = ClientAppException(str(ex))
             return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(wrapped)}:<'{wrapped}'>"),
                            reply_to=msg)
+
+
+@contextmanager
+def interruptible(stop: StopRequest | None) -> Iterator[None]:
+    """While the body runs (a client's work in this thread), a stop request raises
+    :class:`~fedmm.server.loop.Interrupted` at once in it (``stop.interruptible``, read by the signal
+    handler of :func:`fedmm.simulation.stop_on_signals`): the round under way is dropped anyway."""
+    if stop is None:
+        yield
+        return
+    stop.interruptible = True
+    try:
+        yield
+    finally:
+        stop.interruptible = False
 
 
 @contextmanager

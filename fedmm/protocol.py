@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from fedmm.facts import IMBALANCE_RATIO
+from fedmm.facts import ANY_NUMBER, CLIENT_FACTS, IMBALANCE_RATIO, IMBALANCE_RATIO_VALID
+from fedmm.params import Interval
 from fedmm.groups import keys_for_modalities
 from fedmm.records import RecordMismatch, subset_record, vet_arrays
 
@@ -47,6 +48,16 @@ GLOBAL_MODEL_FACTS_KEY = "global-model-facts"
 PARTITION_ID = "partition-id"
 NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS, SECONDS, LOSS, ACC = "train-loss", "seconds", "loss", "acc"
+#: The values each reply metric can take (declared once, here); :func:`number` rejects a reply whose
+#: value lies outside (an accuracy of 5.0, a negative evaluation loss: a broken or hostile node).
+#: ``loss`` is the mean cross-entropy of an evaluation or a probe; a training loss is any finite
+#: number (an objective's extra terms may be negative). Facts declare theirs in ``CLIENT_FACTS``.
+VALID: dict[str, Interval] = {
+    ACC: Interval(float, 0.0, 1.0),
+    LOSS: Interval(float, 0.0, None, closed="left"),
+    SECONDS: Interval(float, 0.0, None, closed="left"),
+    IMBALANCE_RATIO: IMBALANCE_RATIO_VALID,
+}
 
 
 def _join(names: Sequence[str]) -> str:
@@ -240,7 +251,7 @@ def decode_train_reply(reply: Message, *, limit: float, global_state: Mapping[st
     facts = facts_of(reply)
     for name in dict.fromkeys((IMBALANCE_RATIO, *client_facts)):
         if name in facts:
-            facts[name] = number(facts, name)
+            facts[name] = number(facts, name, valid=CLIENT_FACTS.get(name).valid if name in CLIENT_FACTS else None)
     record = reply.content.get(ARRAYS)
     if not isinstance(record, ArrayRecord):
         raise RecordMismatch(f"the reply has no {ARRAYS!r} record")
@@ -293,9 +304,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def number(values: Mapping[str, Any], key: str, *, required: bool = True) -> float | None:
+def number(values: Mapping[str, Any], key: str, *, required: bool = True,
+           valid: Interval | None = None) -> float | None:
     """``values[key]`` as a finite float; ``None`` when absent and not ``required``; raises
-    :class:`RecordMismatch` when it is missing (and required), not a number or not finite."""
+    :class:`RecordMismatch` when it is missing (and required), not a number, not finite, or outside
+    ``valid`` (default: the key's range in :data:`VALID`, any number for a key without one)."""
     if key not in values:
         if required:
             raise RecordMismatch(f"the reply has no {key!r}")
@@ -303,6 +316,9 @@ def number(values: Mapping[str, Any], key: str, *, required: bool = True) -> flo
     value = values[key]
     if not _is_number(value) or not math.isfinite(value):
         raise RecordMismatch(f"{key!r} is {value!r}, not a finite number")
+    valid = valid or VALID.get(key, ANY_NUMBER)
+    if valid.violation(float(value)) is not None:
+        raise RecordMismatch(f"{key!r} is {value!r}, outside its valid range {valid.describe()}")
     return float(value)
 
 

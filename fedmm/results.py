@@ -26,6 +26,9 @@ CONFIG_FILE = "config.toml"
 SUMMARY_FILE = "summary.json"
 MODEL_FILE = "model.safetensors"
 PLOT_FILE = "accuracy.png"
+#: The lock file of a directory a fedmm process is writing (:mod:`fedmm.runlock`; removed again
+#: when the lock is released).
+LOCK_FILE = ".fedmm.lock"
 #: Who trained in each round and which modalities (runs whose selection is not ``all``).
 SELECTION_PLOT_FILE = "selection.png"
 #: Every file a run writes into its directory; a new run (``--overwrite``) removes all of them and
@@ -43,12 +46,64 @@ def prepare_out_dir(path: str | Path, *, overwrite: bool) -> Path:
     if blocker is not None:
         raise ValueError(f"output path {str(path)!r} lies below {str(blocker)!r}, which is a file; "
                          "pass a directory with --out")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
+    if path.is_dir() and any(p.name != LOCK_FILE for p in path.iterdir()) and not overwrite:
         raise ValueError(
             f"output directory {str(path)!r} is not empty; pass --overwrite to replace its results "
             "or choose another --out"
         )
     return path
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A run's ``rounds.csv`` or ``clients.csv``, with a ``round`` column; a missing, empty or damaged
+    file is a ``ValueError`` (``FileNotFoundError`` when missing) naming it.
+
+    Parameters
+    ----------
+    path:
+        The table's file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} is missing")
+    try:
+        table = pd.read_csv(path)
+    except (ValueError, OSError, UnicodeDecodeError) as err:  # pandas' EmptyDataError and ParserError are ValueErrors
+        raise ValueError(f"{str(path)!r} is damaged (not a readable CSV table: {str(err).splitlines()[0]})") from None
+    if "round" not in table.columns or table.empty or not pd.api.types.is_integer_dtype(table["round"]):
+        raise ValueError(f"{str(path)!r} is damaged (it has no rows with an integer 'round' column)")
+    return table
+
+
+def check_resumable_tables(run_dir: str | Path, last_round: int) -> None:
+    """Refuse to resume ``run_dir`` after ``last_round`` when its ``rounds.csv`` does not hold every
+    round ``0 .. last_round`` (deleted, damaged, cut short), or its ``clients.csv`` is damaged: the
+    checkpoint holds no table rows, so resuming would silently lose those rounds. ``ValueError``
+    naming the file and what to do.
+
+    Parameters
+    ----------
+    run_dir:
+        The run directory.
+    last_round:
+        The checkpoint's round.
+    """
+    run_dir = Path(run_dir)
+    advice = (f"restore it from a backup, or start the run over with `fedmm simulate --config "
+              f"{run_dir / CONFIG_FILE} --out {run_dir} --overwrite` (the checkpoint holds no table rows to "
+              "rebuild it from)")
+    try:
+        rounds = set(read_table(run_dir / ROUNDS_FILE)["round"])
+        if (run_dir / CLIENTS_FILE).is_file():
+            read_table(run_dir / CLIENTS_FILE)
+    except (ValueError, FileNotFoundError) as err:
+        raise ValueError(f"cannot resume {str(run_dir)!r}: {err}, so rounds 0-{last_round} would be lost; "
+                         f"{advice}") from None
+    missing = sorted(set(range(last_round + 1)) - rounds)
+    if missing:
+        raise ValueError(f"cannot resume {str(run_dir)!r}: {str(run_dir / ROUNDS_FILE)!r} lacks round {missing[0]}"
+                         f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''} of the checkpoint's "
+                         f"0-{last_round}, which would be lost; {advice}")
 
 
 class ResultsWriter:

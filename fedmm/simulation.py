@@ -3,6 +3,7 @@ or the ``inline`` engine (:mod:`fedmm.inline`), every client in this process, on
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -10,6 +11,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,8 +24,11 @@ from fedmm.checkpoint import Checkpoint, check_model_fits, config_digest, load_c
 from fedmm.config import MOVED_KEYS, RunConfig, load_config
 from fedmm.config_text import flatten, read_toml
 from fedmm.delivery import fast_delivery
-from fedmm.results import CONFIG_FILE, SUMMARY_FILE
-from fedmm.server.loop import Plan, RoundCallback, StopRequest, prepare, run_federation
+from fedmm.raystop import ActorReaper
+from fedmm.results import CONFIG_FILE, SUMMARY_FILE, check_resumable_tables, prepare_out_dir
+from fedmm.runlock import directory_lock
+from fedmm.server.loop import (Interrupted, Plan, RoundCallback, StopRequest, build_strategy, prepare, restore_state,
+                              run_federation)
 
 if TYPE_CHECKING:
     import torch
@@ -61,6 +66,7 @@ def resume_config(run_dir: str | Path) -> RunConfig:
         )
     run = load_config(config_path)
     last_round = resume_checkpoint(run_dir, run).server_round
+    check_resumable_tables(run_dir, last_round)  # never lose the rows before the checkpoint
     summary = run_dir / SUMMARY_FILE
     if summary.is_file():
         try:
@@ -129,6 +135,9 @@ def stop_on_signals(stop: StopRequest) -> Iterator[Callable[[], None]]:
 
     def handler(signum: int, frame: object) -> None:
         stop.request(signum)
+        if getattr(stop, "interruptible", False):  # the inline engine's client work, in this thread
+            stop.interruptible = False
+            raise Interrupted(signum)
 
     def install() -> dict[int, Any]:
         return {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
@@ -166,16 +175,34 @@ def start_ray(backend_config: dict[str, Any]) -> None:
         raise _no_cluster(address, str(err).splitlines()[0]) from None
 
 
-def _check_answers(address: str, seconds: float = 5.0) -> None:
-    """Raise the ``ray-address`` error at once when nothing listens at a ``host:port`` address
-    (``ray.init`` would wait minutes); other forms (``auto``, ``ray://...``) are left to Ray."""
-    host, sep, port = address.rpartition(":")
+#: Seconds fedmm waits for a Ray cluster at ``ray-address`` to answer before it gives up.
+RAY_ANSWER_SECONDS = 10.0
+
+
+def _check_answers(address: str, seconds: float = RAY_ANSWER_SECONDS) -> None:
+    """Raise the ``ray-address`` error within about ``seconds`` when no Ray cluster answers at a
+    ``host:port`` (or ``ray://host:port``) address: nothing listens there, or a listener accepts the
+    connection but never answers as Ray's gRPC server would (``ray.init`` would retry for minutes
+    either way). ``auto`` is left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not port.isdigit() or "/" in host:
         return
     try:
-        socket.create_connection((host, int(port)), timeout=seconds).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=seconds).close()
     except OSError as err:
         raise _no_cluster(address, err.strerror or str(err)) from None
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return  # a TLS cluster: the plain gRPC handshake below cannot speak for it
+    import grpc
+
+    channel = grpc.insecure_channel(f"{host}:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=seconds)
+    except grpc.FutureTimeoutError:
+        raise _no_cluster(address, f"a process accepts connections there but did not answer as a Ray cluster "
+                                   f"within {seconds:g} s") from None
+    finally:
+        channel.close()
 
 
 def _no_cluster(address: str, why: str) -> ValueError:
@@ -184,6 +211,26 @@ def _no_cluster(address: str, why: str) -> ValueError:
         "`ray start --head --port 6379` (and `ray start --address <head>:6379` on the other machines), or leave "
         "ray-address empty for a local Ray instance"
     )
+
+
+#: Seconds the simulation engine gets, after a stop request and once the results are final, to end
+#: by itself before the clients still training are killed (:class:`fedmm.raystop.ActorReaper`).
+STOP_GRACE_SECONDS = 0.5
+
+
+def _reap_after_stop(stop: StopRequest, final: threading.Event, reaper: ActorReaper) -> None:
+    """Start a watcher that, once a stop was requested and the server loop has ended (results
+    final), waits :data:`STOP_GRACE_SECONDS` and kills the engine's actors, so that Ctrl-C does not
+    wait for a client's training to finish."""
+
+    def watch() -> None:
+        while not (stop.is_set() and final.is_set()):
+            if final.wait(0.1) and not stop.is_set():
+                return  # the run ended without a stop: nothing to cut short
+        time.sleep(STOP_GRACE_SECONDS)
+        reaper.kill_actors()
+
+    threading.Thread(target=watch, name="fedmm-stop-reaper", daemon=True).start()
 
 
 def client_resources(run: RunConfig, cluster_gpus: float | None = None) -> dict[str, float]:
@@ -250,14 +297,20 @@ def simulate(
     ``summary.json`` gets status ``interrupted``, Ray shuts down and
     :class:`fedmm.server.loop.Interrupted` is raised (``--resume`` continues the run).
     """
-    plan = plan or prepare(run, out_dir, overwrite=overwrite, resume=resume)
-    # the simulation's server knows the scenario: its roster is registered from it, no discovery
-    plan = dataclasses.replace(plan, roster_from_scenario=roster_from_scenario)
-    checkpoint = resume_checkpoint(out_dir, run, plan.model) if resume and out_dir is not None else None
-    stop = StopRequest()
-    if run.engine == "inline":
-        return _simulate_inline(plan, on_round, checkpoint, stop)
-    return _simulate_on_ray(plan, on_round, checkpoint, stop)
+    # one process per output directory, for the whole run (fedmm.runlock; re-entrant: the CLI holds it already)
+    with directory_lock(out_dir) if out_dir is not None else contextlib.nullcontext():
+        if plan is not None and out_dir is not None:  # checked again under the lock: a run that just ended there
+            prepare_out_dir(out_dir, overwrite=overwrite or resume)
+        plan = plan or prepare(run, out_dir, overwrite=overwrite, resume=resume)
+        # the simulation's server knows the scenario: its roster is registered from it, no discovery
+        plan = dataclasses.replace(plan, roster_from_scenario=roster_from_scenario)
+        checkpoint = resume_checkpoint(out_dir, run, plan.model) if resume and out_dir is not None else None
+        if checkpoint is not None:  # garbage state values are refused here, before Ray starts
+            restore_state(plan, build_strategy(plan), checkpoint)
+        stop = StopRequest()
+        if run.engine == "inline":
+            return _simulate_inline(plan, on_round, checkpoint, stop)
+        return _simulate_on_ray(plan, on_round, checkpoint, stop)
 
 
 def _simulate_inline(plan: Plan, on_round: RoundCallback | None, checkpoint: Checkpoint | None,
@@ -281,9 +334,19 @@ def _simulate_on_ray(plan: Plan, on_round: RoundCallback | None, checkpoint: Che
     outcome: dict[str, Any] = {}
     server_app = ServerApp()
 
+    reaper = ActorReaper()
+    final = threading.Event()  # the server loop has ended: its results (or the interrupted summary) are written
+
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        outcome["summary"] = run_federation(grid, plan, on_round, resume=checkpoint, stop=stop)
+        try:
+            outcome["summary"] = run_federation(grid, plan, on_round, resume=checkpoint, stop=stop)
+        except Interrupted as err:
+            # returned, not raised: Flower waits 3 s for the context of a ServerApp that raised
+            # before it shuts down; it is raised again once run_simulation has returned
+            outcome["interrupted"] = err
+        finally:
+            final.set()
 
     logging.getLogger("flwr").addFilter(_drop_run_simulation_deprecation)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -304,8 +367,10 @@ def _simulate_on_ray(plan: Plan, on_round: RoundCallback | None, checkpoint: Che
                 run, ray.cluster_resources().get("GPU", 0.0) if run.ray_address else None)
             if run.ray_address:
                 log.info("joined the Ray cluster at %s: %s", run.ray_address, _cluster_text(ray.cluster_resources()))
-            # the server thread's Interrupted comes back out of run_simulation after Ray's shutdown
-            with fast_delivery():
+            # the server thread's Interrupted comes back out of run_simulation after Ray's shutdown;
+            # after a stop, the clients still training are killed once the results are final
+            _reap_after_stop(stop, final, reaper)
+            with fast_delivery(), reaper.recording():
                 run_simulation(
                     server_app=server_app,
                     client_app=client_app,
@@ -313,8 +378,12 @@ def _simulate_on_ray(plan: Plan, on_round: RoundCallback | None, checkpoint: Che
                     backend_config=backend_config,
                 )
         finally:
+            reaper.closed = True
+            final.set()  # ends the watcher of _reap_after_stop also when the server never started
             if ray.is_initialized():  # run_simulation failed before its backend took Ray over
                 ray.shutdown()
+    if "interrupted" in outcome:
+        raise outcome["interrupted"]
     if "summary" not in outcome:
         raise RuntimeError("the simulation ended before the server finished; see the log above")
     return outcome["summary"]

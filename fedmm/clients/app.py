@@ -30,6 +30,7 @@ import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from fedmm.clients.trust import check_plugins
 from fedmm.config import RunConfig
 from fedmm.data.registry import DATASETS, is_user_owned
 from fedmm.data import LABEL_KEY, TensorDict, subset
@@ -82,8 +83,10 @@ class Node:
         ``partition-id``/``num-partitions`` do not fit the run, ``data-dir`` is given for a dataset
         that ships with the install, or ``modalities`` names a modality the dataset lacks.
         """
-        run = parse_run_config(run_config_text(msg))
         node_config = context.node_config
+        text = run_config_text(msg)
+        check_plugins(text, node_config)  # before any plugin is imported (fedmm.clients.trust)
+        run = parse_run_config(text)
         missing = [k for k in REQUIRED_NODE_KEYS if k not in node_config]
         if missing:
             raise ValueError(

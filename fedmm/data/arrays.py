@@ -15,11 +15,14 @@ line. ``labels`` and ``groups`` are reserved names, never modalities.
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 import tomllib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -65,11 +68,51 @@ class Array:
     value: np.ndarray
 
 
+class ImplausibleArray(ValueError):
+    """An array file whose header announces more data than the file holds."""
+
+
+def check_npy_header(stream: BinaryIO, size: int, where: str) -> None:
+    """Read the ``.npy`` header at the start of ``stream`` and check that the file (``size`` bytes)
+    holds the data it announces, before anything is allocated: a header claiming 2^40 rows in a
+    small file is a ``ValueError`` naming ``where`` ("damaged or implausible"), not a failed
+    allocation of terabytes.
+
+    Parameters
+    ----------
+    stream:
+        The file (or npz member), positioned at its start.
+    size:
+        Its length in bytes (for an npz member, the uncompressed size).
+    where:
+        How the error names the file (``'<dir>/train/acc.npy'`` or ``'<dir>/train.npz' key 'acc'``).
+    """
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(stream)
+        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, _, dtype = read(stream)
+    except (ValueError, EOFError, OSError):
+        return  # not a readable header: np.load says what is wrong with it
+    if dtype.hasobject:
+        return  # refused by allow_pickle=False, with its own message
+    announced = math.prod(shape) * dtype.itemsize
+    if stream.tell() + announced > size:
+        raise ImplausibleArray(f"{where} is a damaged or implausible file: its header announces an array of shape "
+                         f"{tuple(shape)} and dtype {dtype} ({announced} bytes), but the file holds {size} bytes; "
+                         "write it again with numpy.save")
+
+
 def read_npy(path: Path) -> Array:
-    """``path`` as an array, without pickle; a damaged or pickled file is a ``ValueError`` naming it."""
+    """``path`` as an array, without pickle; a damaged or pickled file, or one whose header
+    announces more data than it holds (:func:`check_npy_header`), is a ``ValueError`` naming it."""
     where = repr(str(path))
     try:
+        with open(path, "rb") as stream:
+            check_npy_header(stream, os.fstat(stream.fileno()).st_size, where)
         return Array(where, np.load(path, allow_pickle=False))
+    except ImplausibleArray:
+        raise
     except (OSError, ValueError, EOFError) as err:
         raise ValueError(f"cannot read {where} as a numpy array without pickle ({err}); expected a file written "
                          f"by numpy.save of a numeric array (no object dtype)") from None
@@ -78,8 +121,15 @@ def read_npy(path: Path) -> Array:
 def read_npz(path: Path) -> dict[str, Array]:
     """Every key of the archive ``path`` as an array, without pickle."""
     try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.filename.endswith(".npy"):
+                    with archive.open(info) as member:
+                        check_npy_header(member, info.file_size, f"{str(path)!r} key {info.filename[:-4]!r}")
         with np.load(path, allow_pickle=False) as archive:
             return {key: Array(f"{str(path)!r} key {key!r}", archive[key]) for key in archive.files}
+    except ImplausibleArray:
+        raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise ValueError(f"cannot read {str(path)!r} as a numpy .npz archive without pickle ({err}); expected a "
                          f"file written by numpy.savez of numeric arrays (no object dtype)") from None

@@ -46,7 +46,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +54,7 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 
+from fedmm.data.cache import cache_dir, make_cache_dir
 from fedmm.data.augment import FrameAugment
 from fedmm.data.base import Dataset, ModalitySpec
 from fedmm.data.cremad_layout import AUDIO_DIR, FRAMES_DIR
@@ -84,10 +84,6 @@ LAYOUT = f"""expected layout of data-dir:
 Get CREMA-D from https://github.com/CheyneyComputerScience/CREMA-D (git lfs), then build the frame
 folders with: fedmm prepare cremad --video-dir <CREMA-D>/VideoFlash --audio-dir <CREMA-D>/AudioWAV --out <data-dir>
 and run with --set data-dir=<data-dir>"""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FEDMM_CACHE_DIR", Path.home() / ".cache" / "fedmm"))
 
 
 # -- clip names ------------------------------------------------------------------------------------
@@ -351,8 +347,8 @@ def cached_clips(root: Path, clips: list[Clip], num_frames: int, image_size: int
                 return {"audio": stored["audio"], "frames": stored["frames"]}
         except (SafetensorError, OSError, ValueError, KeyError) as err:  # a damaged cache is rebuilt
             log.warning("cremad: ignoring unreadable cache %s (%s)", path, err)
+    make_cache_dir()  # a FEDMM_CACHE_DIR that is a file is (before the decoding) one error naming the variable
     decoded = decode_clips(clips, num_frames, image_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in decoded.items()}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"clips": json.dumps(names)}))
     return decoded

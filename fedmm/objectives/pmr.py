@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedmm.data.base import LABEL_KEY, TensorDict, num_examples
-from fedmm.facts import CLIENT_FACTS, IMBALANCE_RATIO, ClientFact
+from fedmm.facts import CLIENT_FACTS, IMBALANCE_RATIO, IMBALANCE_RATIO_VALID, ClientFact
 from fedmm.objectives.base import Objective, RoundContext
 from fedmm.objectives.registry import register_objective
 from fedmm.params import FRACTION, NON_NEGATIVE, Checked, Interval
@@ -269,4 +269,5 @@ def prototype_imbalance_ratio(model: nn.Module, data: TensorDict, order: Sequenc
 
 #: CMSFed's rho_k, asked for by the cmsfed selection policy: from the received model in the update
 #: pass, from the trained one in later rounds (docs/methods/cmsfed.md §5.1, §5.5).
-CLIENT_FACTS.add(IMBALANCE_RATIO, ClientFact(prototype_imbalance_ratio, before_training_in_update_pass=True))
+CLIENT_FACTS.add(IMBALANCE_RATIO, ClientFact(prototype_imbalance_ratio, before_training_in_update_pass=True,
+                                             valid=IMBALANCE_RATIO_VALID))

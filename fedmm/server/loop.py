@@ -19,7 +19,7 @@ import torch
 from flwr.app import ArrayRecord, Message
 from flwr.serverapp import Grid
 
-from fedmm.checkpoint import Checkpoint, config_digest, prefixed, save_checkpoint, unprefixed
+from fedmm.checkpoint import Checkpoint, config_digest, prefixed, save_checkpoint, unprefixed, unreadable_state
 from fedmm.config import RunConfig
 from fedmm.data import Dataset, Scenario
 from fedmm.diagnostics import round_diagnostics
@@ -76,6 +76,8 @@ class StopRequest:
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        #: Set while a client works in the signal handler's thread (the inline engine): a stop then raises at once.
+        self.interruptible = False
         self.signum: int | None = None
 
     def request(self, signum: int) -> None:
@@ -232,6 +234,26 @@ def exchange(grid: Grid, messages: list[Message], timeout: float) -> list[Messag
     return list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
 
 
+def restore_state(plan: Plan, strategy: RoundStrategy, checkpoint: Checkpoint) -> None:
+    """Load ``checkpoint``'s server state into ``strategy`` (its policy) and the objective; garbage
+    values are a ``ValueError`` naming the checkpoint file (:func:`fedmm.checkpoint.unreadable_state`).
+
+    Parameters
+    ----------
+    plan:
+        The run's plan (its objective, and its ``out_dir`` named in the error).
+    strategy:
+        The run's strategy, built for ``plan``.
+    checkpoint:
+        The checkpoint the run resumes from.
+    """
+    try:
+        strategy.load_state_dict(unprefixed("strategy-state.", checkpoint.state))
+        plan.objective.load_server_state(unprefixed("objective.", checkpoint.state))
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+        raise unreadable_state(plan.out_dir or Path("."), err) from None
+
+
 def train_messages(strategy: RoundStrategy, server_round: int, arrays: ArrayRecord, grid: Grid,
                    timeout: float) -> list[Message]:
     """The steps of a round before training, each one exchange with the nodes: discovery of new
@@ -271,8 +293,7 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
     first_round = 0
     if resume is not None:
         model.load_state_dict({k: torch.from_numpy(v) for k, v in resume.model.items()})
-        strategy.load_state_dict(unprefixed("strategy-state.", resume.state))
-        plan.objective.load_server_state(unprefixed("objective.", resume.state))
+        restore_state(plan, strategy, resume)
         first_round = resume.server_round + 1
     writer = None
     if plan.out_dir:

@@ -103,9 +103,12 @@ class Roster:
         node_ids = list(grid.get_node_ids())
         rows = []
         for node in sorted(self.connected - set(node_ids)):
+            if node not in self.client_of:  # gone before its discovery reply: no partition to record it under
+                log.warning("round %d: node %d left before it was discovered", server_round, node)
+                continue
             row = client_row(self, server_round, node, None)
             row["status"] = "disconnected"
-            log.warning("round %d: node %d (partition %d) is gone", server_round, node, self.client_of.get(node, -1))
+            log.warning("round %d: node %d (partition %d) is gone", server_round, node, self.client_of[node])
             rows.append(row)
         self.connected = set(node_ids)
         new = [n for n in node_ids if n not in self.client_of]

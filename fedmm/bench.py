@@ -94,12 +94,12 @@ def run_grid(
         from fedmm.simulation import simulate
 
     with directory_lock(Path(csv_path).parent, "benchmark directory"):  # its CSV and runs: one grid at a time
-        return _run_grid(config, overrides, cases, seeds, csv_path, runs_dir, on_row, simulate)
+        return _run_grid(config, overrides, cases, seeds, csv_path, runs_dir, on_row, simulate, on_start)
 
 
 def _run_grid(config: Path | None, overrides: Sequence[str], cases: Sequence[Case], seeds: Iterable[int],
               csv_path: Path, runs_dir: Path | None, on_row: Callable[[dict[str, Any]], None] | None,
-              simulate: Simulate) -> pd.DataFrame:
+              simulate: Simulate, on_start: Callable[[str], None] | None) -> pd.DataFrame:
     seeds = list(seeds)
     label_names = sorted({k for c in cases for k in c.labels})
     runs = [(case, seed, load_config(config, [*overrides, *case.overrides, f"seed={seed}"]))

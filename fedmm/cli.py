@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail
         return 128 + int(signal.SIGPIPE)
     except Exception as err:
-        from fedmm.server.loop import Interrupted
+        from fedmm.server.stopping import Interrupted
 
         if not isinstance(err, Interrupted):
             raise
@@ -178,7 +178,8 @@ def _simulate(args: argparse.Namespace) -> int:
 def _simulate_in(run: Any, out: Path, args: argparse.Namespace) -> int:
     """``fedmm simulate`` of the resolved ``run`` into ``out``, whose lock the caller holds."""
     from fedmm.progress import watch
-    from fedmm.server.loop import Interrupted, prepare
+    from fedmm.server.plan import prepare
+    from fedmm.server.stopping import Interrupted
     from fedmm.simulation import simulate
     from fedmm.workspace import scenario_note
 

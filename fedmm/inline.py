@@ -22,7 +22,7 @@ from flwr.clientapp.client_app import ClientAppException
 from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedmm.server.loop import Interrupted, StopRequest
+from fedmm.server.stopping import Interrupted, StopRequest
 
 #: The run id the inline engine gives its messages (there is no SuperLink to assign one).
 INLINE_RUN_ID = 1
@@ -100,7 +100,7 @@ class InlineGrid:
 @contextmanager
 def interruptible(stop: StopRequest | None) -> Iterator[None]:
     """While the body runs (a client's work in this thread), a stop request raises
-    :class:`~fedmm.server.loop.Interrupted` at once in it (``stop.interruptible``, read by the signal
+    :class:`~fedmm.server.stopping.Interrupted` at once in it (``stop.interruptible``, read by the signal
     handler of :func:`fedmm.simulation.stop_on_signals`): the round under way is dropped anyway."""
     if stop is None:
         yield

@@ -1,7 +1,7 @@
 """Ctrl-C during a Ray simulation, bounded: once the run's results are final, the clients still
 training are stopped instead of waited for.
 
-When the server loop stops (:class:`fedmm.server.loop.Interrupted`), Flower's simulation engine
+When the server loop stops (:class:`fedmm.server.stopping.Interrupted`), Flower's simulation engine
 waits for every message its actors are processing before it shuts Ray down: on a loaded machine
 that is a whole client's training, tens of seconds. :class:`ActorReaper` records the engine's Ray
 backend (Flower 1.41's ``RayBackend``, whose actor pool this reads: ``flwr`` is pinned to 1.41.x)

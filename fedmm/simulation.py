@@ -27,8 +27,9 @@ from fedmm.delivery import fast_delivery
 from fedmm.raystop import ActorReaper
 from fedmm.results import CONFIG_FILE, SUMMARY_FILE, check_resumable_tables, prepare_out_dir
 from fedmm.runlock import directory_lock
-from fedmm.server.loop import (Interrupted, Plan, RoundCallback, StopRequest, build_strategy, prepare, restore_state,
-                              run_federation)
+from fedmm.server.loop import RoundCallback, restore_state, run_federation
+from fedmm.server.plan import Plan, build_strategy, prepare
+from fedmm.server.stopping import Interrupted, StopRequest
 
 if TYPE_CHECKING:
     import torch
@@ -295,7 +296,7 @@ def simulate(
 
     A SIGINT (Ctrl-C) or SIGTERM stops the run within seconds: the round under way is dropped,
     ``summary.json`` gets status ``interrupted``, Ray shuts down and
-    :class:`fedmm.server.loop.Interrupted` is raised (``--resume`` continues the run).
+    :class:`fedmm.server.stopping.Interrupted` is raised (``--resume`` continues the run).
     """
     # one process per output directory, for the whole run (fedmm.runlock; re-entrant: the CLI holds it already)
     with directory_lock(out_dir) if out_dir is not None else contextlib.nullcontext():

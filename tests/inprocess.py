@@ -13,7 +13,8 @@ def run_in_process(run, on_round=None, *, roster_from_scenario=True, shuffle=Non
     """Prepare ``run`` and run its federation on an :class:`InlineGrid`; returns the round rows.
     ``roster_from_scenario``: as ``fedmm simulate`` (no discovery messages); ``False``: discovery
     by ``query`` messages, as a deployment. ``shuffle``: random node ids (:class:`InlineGrid`)."""
-    from fedmm.server.loop import prepare, run_federation
+    from fedmm.server.loop import run_federation
+    from fedmm.server.plan import prepare
 
     plan = dataclasses.replace(prepare(run), roster_from_scenario=roster_from_scenario)
     rows = []
@@ -31,7 +32,8 @@ def simulate_in_process(run, out_dir=None, *, overwrite=False, roster_from_scena
                         resume=None, on_round=None, **_):
     """``fedmm.simulation.simulate`` on an :class:`InlineGrid` (for ``run_grid``'s ``simulate``):
     writes ``out_dir`` and returns the summary. ``resume``: a checkpoint to continue from."""
-    from fedmm.server.loop import prepare, run_federation
+    from fedmm.server.loop import run_federation
+    from fedmm.server.plan import prepare
 
     plan = prepare(run, out_dir, overwrite=overwrite or resume is not None)
     plan = dataclasses.replace(plan, roster_from_scenario=roster_from_scenario)

@@ -215,7 +215,7 @@ def test_cmsfed_config_defaults():
 
 
 def test_cmsfed_on_one_modality_or_foreign_names_fails_before_any_file(tmp_path):
-    from fedmm.server.loop import prepare
+    from fedmm.server.plan import prepare
 
     base = ["dataset=synthetic", "partition=iid", "num-clients=3", "strategy=cmsfed"]
     with pytest.raises(ValueError, match="needs 2 or more modalities"):
@@ -335,7 +335,7 @@ def test_client_in_the_update_pass_reports_the_received_models_prototypes():
 
 
 def test_the_strategy_gets_the_models_parameter_names_not_its_buffers():
-    from fedmm.server.loop import build_strategy, prepare
+    from fedmm.server.plan import build_strategy, prepare
 
     plan = prepare(load_config(None, ["dataset=synthetic", "partition=iid", "num-clients=3", "strategy=cmsfed"]))
     keys = build_strategy(plan).parameter_keys

@@ -98,7 +98,7 @@ def test_momentum_one_is_refused_when_the_config_loads_by_the_rule_train_config_
 def test_namespaced_values_are_parsed_once_when_the_config_loads(monkeypatch):
     """The objective, policy and strategy are built from the Params the config parsed at load:
     building them never converts or checks a value again."""
-    from fedmm.server.loop import prepare
+    from fedmm.server.plan import prepare
     from fedmm.workspace import objective_of
 
     run = load_config(None, ["dataset=synthetic", "partition=iid", "num-clients=2", "strategy=fedprox",

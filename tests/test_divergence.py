@@ -33,7 +33,8 @@ def test_divergence_is_the_first_round_over_ten_times_round_one():
 
 @pytest.mark.parametrize("lr, status", [(5.0, "completed"), (1000.0, "failed")])
 def test_a_run_made_to_diverge_is_flagged_in_its_summary(flower_identity, caplog, lr, status):
-    from fedmm.server.loop import prepare, run_federation
+    from fedmm.server.loop import run_federation
+    from fedmm.server.plan import prepare
 
     run = load_config(None, ["dataset=synthetic", "num-clients=4", "partition=iid", "num-server-rounds=4",
                              "local-epochs=1", f"lr={lr}", "momentum=0.0"])
@@ -46,7 +47,8 @@ def test_a_run_made_to_diverge_is_flagged_in_its_summary(flower_identity, caplog
 
 
 def test_a_healthy_run_is_not_flagged(flower_identity):
-    from fedmm.server.loop import prepare, run_federation
+    from fedmm.server.loop import run_federation
+    from fedmm.server.plan import prepare
 
     run = load_config(None, ["dataset=synthetic", "num-clients=4", "partition=iid", "num-server-rounds=3",
                              "local-epochs=1"])

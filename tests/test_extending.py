@@ -226,7 +226,8 @@ class RecordingGrid(InlineGrid):
 
 
 def test_a_strategy_of_its_own_averages_with_equal_weights(plugin_dir, flower_identity):
-    from fedmm.server.loop import prepare, run_federation
+    from fedmm.server.loop import run_federation
+    from fedmm.server.plan import prepare
 
     run = config("ext_uniform", *SYN, "partition=dirichlet", "num-clients=4", "strategy=uniform-fedavg",
                  "selection=all")

@@ -12,7 +12,8 @@ import fedmm.clients.app as client_module
 import fedmm.simulation as simulate_module
 from fedmm.cli import main
 from fedmm.config import load_config
-from fedmm.server.loop import MAX_FAILED_ROUNDS, client_error_text, prepare, run_federation
+from fedmm.server.loop import MAX_FAILED_ROUNDS, client_error_text, run_federation
+from fedmm.server.plan import prepare
 
 SMALL = ["dataset=synthetic", "dataset.num_train=40", "dataset.num_test=8", "partition=iid", "num-clients=2",
          "allocation=all", "local-epochs=1", "batch-size=8", "device=cpu", "num-server-rounds=6"]

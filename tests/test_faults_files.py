@@ -32,7 +32,8 @@ BASE = ["dataset=synthetic", "dataset.num_train=40", "dataset.num_test=8", "part
 
 def federate(out_dir: Path, overrides: list[str], *, overwrite: bool = False) -> None:
     """Run a federation of ``BASE + overrides`` into ``out_dir`` on the in-process grid."""
-    from fedmm.server.loop import prepare, run_federation
+    from fedmm.server.loop import run_federation
+    from fedmm.server.plan import prepare
 
     plan = prepare(load_config(None, [*BASE, *overrides]), out_dir, overwrite=overwrite)
     run_federation(InlineGrid(len(plan.scenario.partitions)), plan)
@@ -47,7 +48,8 @@ def stopped_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory of 3 planned rounds, stopped after round 1 (checkpoint at round 1)."""
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fedmm.server.loop import prepare, run_federation
+    from fedmm.server.loop import run_federation
+    from fedmm.server.plan import prepare
 
     before = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
@@ -182,7 +184,8 @@ def test_resume_refuses_a_damaged_checkpoint_naming_the_file(run_dir: Path, caps
 
 def test_the_undamaged_checkpoint_resumes_in_process(run_dir: Path, flower_identity: None) -> None:
     """The fixture itself is resumable: the refusals above come from the damage, not the fixture."""
-    from fedmm.server.loop import prepare, run_federation
+    from fedmm.server.loop import run_federation
+    from fedmm.server.plan import prepare
     from fedmm.simulation import resume_checkpoint, resume_config
 
     run = resume_config(run_dir)

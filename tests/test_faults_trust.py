@@ -87,7 +87,8 @@ def test_each_deployment_node_answers_one_clear_error_and_imports_nothing(marker
 
     from fedmm.clients import trust
     from fedmm.inline import InlineGrid
-    from fedmm.server.loop import prepare, run_federation
+    from fedmm.server.loop import run_federation
+    from fedmm.server.plan import prepare
 
     run = load_config(None, [*BASE, "plugins=marker_plugin", "round-timeout=1"])
     sys.modules.pop("marker_plugin", None)

@@ -292,7 +292,7 @@ def test_bad_parameters():
 def test_proximal_weight_the_clients_use(overrides, mu):
     """FedProx sends its weight with every training request; FedCMI's client adds its objective's
     (``fedmm.clients.app.train``: request weight + objective weight)."""
-    from fedmm.server.loop import build_strategy, prepare
+    from fedmm.server.plan import build_strategy, prepare
 
     run = load_config(None, ["dataset=synthetic", "partition=iid", "num-clients=2", "device=cpu", *overrides])
     plan = prepare(run)
@@ -310,7 +310,7 @@ def test_proximal_weight_the_clients_use(overrides, mu):
     (["strategy=fedprox", "strategy.nu=0.3"], r"unknown parameter 'nu' of strategy 'fedprox'; did you mean 'mu'"),
 ])
 def test_strategy_parameters_are_refused_where_they_do_not_apply(overrides, match):
-    from fedmm.server.loop import prepare
+    from fedmm.server.plan import prepare
 
     with pytest.raises(ValueError, match=match):
         prepare(load_config(None, ["dataset=synthetic", "partition=iid", "num-clients=2", "device=cpu", *overrides]))

@@ -481,7 +481,8 @@ class SlotLog:
 def test_no_evaluation_uses_an_untrained_classifier_and_a_resume_keeps_the_pending_decision(tmp_path, monkeypatch) -> None:
     from fedmm.checkpoint import load_checkpoint
     from fedmm.config import load_config
-    from fedmm.server.loop import prepare, run_federation
+    from fedmm.server.loop import run_federation
+    from fedmm.server.plan import prepare
 
     run = load_config(None, FEDERATION)
     log = SlotLog(monkeypatch)
@@ -518,7 +519,7 @@ def test_ray_federation_evaluates_only_classifiers_that_moved(tmp_path, monkeypa
     uses only added classifiers that have."""
     from fedmm.config import load_config
     from fedmm.protocol import ARRAYS, Request
-    from fedmm.server.loop import prepare
+    from fedmm.server.plan import prepare
     from fedmm.simulation import simulate
     from fedmm.strategies import ModalityAwareFedAvg
     from fedmm.workspace import model_of, objective_of

@@ -20,7 +20,7 @@ FEDERATION = [
 
 
 def _strategy(run, from_scenario: bool):
-    from fedmm.server.loop import build_strategy, prepare
+    from fedmm.server.plan import build_strategy, prepare
 
     plan = dataclasses.replace(prepare(run), roster_from_scenario=from_scenario)
     return plan, build_strategy(plan)
@@ -122,7 +122,7 @@ def test_a_client_copies_the_received_model_only_for_an_objective_that_uses_it(m
     import fedmm.clients.app as client
     from fedmm.protocol import Request
     from fedmm.records import to_record
-    from fedmm.server.loop import prepare
+    from fedmm.server.plan import prepare
 
     run = load_config(None, [*FEDERATION, f"strategy={strategy}"])
     plan = prepare(run)

@@ -26,7 +26,7 @@ import torch
 
 from fedmm.config import load_config
 from fedmm.data import client_data
-from fedmm.server.loop import prepare
+from fedmm.server.plan import prepare
 from fedmm.simulation import simulate
 from fedmm.training import evaluate
 

@@ -12,7 +12,8 @@ from flwr.serverapp import Grid, ServerApp
 from fedmm.config import RunConfig
 from fedmm.config_text import parse_overrides
 from fedmm.progress import print_rounds
-from fedmm.server.loop import prepare, run_federation
+from fedmm.server.loop import run_federation
+from fedmm.server.plan import prepare
 from fedmm.strategies.roster import FederationTooSmall
 from fedmm.workspace import scenario_note
 

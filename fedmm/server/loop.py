@@ -7,11 +7,8 @@ a results row per round, the clients table, a progress display and objective ser
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +17,14 @@ from flwr.app import ArrayRecord, Message
 from flwr.serverapp import Grid
 
 from fedmm.checkpoint import Checkpoint, config_digest, prefixed, save_checkpoint, unprefixed, unreadable_state
-from fedmm.config import RunConfig
-from fedmm.data import Dataset, Scenario
 from fedmm.diagnostics import round_diagnostics
-from fedmm.devices import build_profiles
-from fedmm.models import MultimodalNet
-from fedmm.models.cost import group_bytes, modality_costs, modality_flops
-from fedmm.objectives import Objective
+from fedmm.protocol import NUM_EXAMPLES
 from fedmm.records import from_record, to_record
-from fedmm.results import ResultsWriter, divergence, prepare_out_dir, summarize, write_interrupted, write_summary
-from fedmm.strategies import STRATEGIES
-from fedmm.protocol import NUM_EXAMPLES, ClientInfo
+from fedmm.results import ResultsWriter, divergence, summarize, write_interrupted, write_summary
+from fedmm.server.plan import Plan, build_strategy
+from fedmm.server.stopping import Interrupted, StoppableGrid, StopRequest
 from fedmm.strategies.base import RoundStrategy
-from fedmm.strategies.context import StrategyContext
-from fedmm.strategies.timing import ClockSettings, SimClock
-from fedmm.strategies.selection import ClientState, SelectionPolicy, policy_class
 from fedmm.training import evaluate, resolve_device
-from fedmm.workspace import dataset_of, model_of, objective_of, scenario_of
 
 log = logging.getLogger("fedmm")
 
@@ -46,186 +34,6 @@ MAX_FAILED_ROUNDS = 3
 
 #: Called after every round with the round's results row (progress displays, tests).
 RoundCallback = Callable[[dict[str, Any]], None]
-
-
-class Interrupted(Exception):
-    """The run was stopped by a signal (Ctrl-C's SIGINT, or SIGTERM): the round under way was dropped
-    (not aggregated, written or checkpointed), so ``fedmm simulate --resume`` starts it again.
-
-    Parameters
-    ----------
-    signum:
-        The signal that stopped the run.
-    last_round:
-        The last finished (written and checkpointed) round; ``None`` when none finished.
-    """
-
-    def __init__(self, signum: int, last_round: int | None = None) -> None:
-        self.signum, self.last_round = signum, last_round
-        super().__init__(f"stopped by {self.signal_name}")
-
-    @property
-    def signal_name(self) -> str:
-        """``SIGINT``, ``SIGTERM``, ..."""
-        return signal.Signals(self.signum).name
-
-
-class StopRequest:
-    """Set from a signal handler (any thread may set it); the round loop checks it between its steps
-    and while it waits for replies (:class:`StoppableGrid`), and raises :class:`Interrupted`."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        #: Set while a client works in the signal handler's thread (the inline engine): a stop then raises at once.
-        self.interruptible = False
-        self.signum: int | None = None
-
-    def request(self, signum: int) -> None:
-        """Ask the run to stop because of ``signum``; later requests keep the first signal."""
-        if not self._event.is_set():
-            self.signum = signum
-            self._event.set()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    def wait(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``; ``True`` as soon as a stop is requested."""
-        return self._event.wait(seconds)
-
-    def check(self) -> None:
-        """Raise :class:`Interrupted` when a stop was requested."""
-        if self._event.is_set():
-            raise Interrupted(self.signum or signal.SIGINT)
-
-
-class StoppableGrid:
-    """A ``Grid`` whose waits end within ``poll_interval`` seconds of a :class:`StopRequest`
-    (raising :class:`Interrupted`); everything else is the wrapped grid's.
-
-    Parameters
-    ----------
-    grid:
-        The grid to wrap (the simulation's in-memory grid, a deployment's gRPC grid).
-    stop:
-        The stop request the waits watch.
-    poll_interval:
-        Seconds between pulls for replies.
-    """
-
-    def __init__(self, grid: Grid, stop: StopRequest, poll_interval: float = 0.1) -> None:
-        self._grid, self._stop, self._poll_interval = grid, stop, poll_interval
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)
-
-    def get_node_ids(self) -> Iterable[int]:
-        self._stop.check()
-        return self._grid.get_node_ids()
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
-        """``Grid.send_and_receive``: push ``messages``, pull their replies until all came or
-        ``timeout`` seconds passed (``None``: no limit); raises :class:`Interrupted` on a stop."""
-        self._stop.check()
-        pending = set(self._grid.push_messages(messages))
-        end = None if timeout is None else time.monotonic() + timeout
-        replies: list[Message] = []
-        while True:
-            pulled = list(self._grid.pull_messages(pending))
-            replies.extend(pulled)
-            pending.difference_update(m.metadata.reply_to_message_id for m in pulled)
-            if not pending or (end is not None and time.monotonic() >= end):
-                return replies
-            if self._stop.wait(self._poll_interval):
-                self._stop.check()
-
-
-@dataclass
-class Plan:
-    """Everything a run needs, built and validated before any result file is written."""
-
-    run: RunConfig
-    dataset: Dataset
-    scenario: Scenario
-    objective: Objective
-    model: MultimodalNet
-    policy: SelectionPolicy
-    out_dir: Path | None
-    #: The strategy recipe's validated ``strategy.*`` parameters.
-    strategy_params: Any = None
-    #: Register the roster from the scenario instead of discovering the nodes with ``query``
-    #: messages (set by ``fedmm simulate``, whose server knows every partition; off for deployment
-    #: and ``flwr run``, which keep discovery with its bounded wait).
-    roster_from_scenario: bool = False
-    #: The clients' device profiles (config key ``devices``; :mod:`fedmm.devices`), ``None`` when off.
-    profiles: Any = None
-
-
-def prepare(run: RunConfig, out_dir: str | Path | None = None, *, overwrite: bool = False,
-            resume: bool = False) -> Plan:
-    """Load the data, build the scenario, objective, model and policy; check the output directory.
-
-    Every config error (unknown dataset, modality names, objective parameters, policy parameters,
-    a non-empty output directory) surfaces here, before anything is written. With ``resume`` the
-    output directory must hold the run's checkpoint instead of being empty.
-    """
-    strategy_params = run.parsed["strategy"]
-    dataset = dataset_of(run)
-    unknown = set(run.encoders) - set(dataset.modality_names)
-    if unknown:
-        raise ValueError(
-            f"config key 'encoder.{sorted(unknown)[0]}' names a modality that dataset {run.dataset!r} "
-            f"does not have; its modalities are {dataset.modality_names}"
-        )
-    scenario = scenario_of(run)
-    objective = objective_of(run)
-    model = model_of(run, objective)
-    policy = policy_class(run.selection)(run.parsed["selection"], seed=run.seed)
-    # a policy that needs an imbalance order (cmsfed) checks the dataset's modalities here
-    policy.imbalance_order([ClientState(client_id=0, modalities=tuple(dataset.modality_names), num_examples=1)])
-    # a trace file's problems (missing, a bad row) surface here too, before anything is written
-    profiles = build_profiles(run.devices, len(scenario.partitions), run.seed, run.parsed["devices"])
-    resolved = prepare_out_dir(out_dir, overwrite=overwrite or resume) if out_dir else None
-    return Plan(run, dataset, scenario, objective, model, policy, resolved, strategy_params, profiles=profiles)
-
-
-def strategy_context(plan: Plan) -> StrategyContext:
-    """What the run's strategy may know of it: its policy, the objective's server half, the names
-    of the model's parameters (update vectors hold parameters only, never buffers) and the run's
-    federation settings; with ``plan.roster_from_scenario`` (a simulation) also the scenario's
-    clients, so that the roster is registered from them instead of by discovery."""
-    run, sc = plan.run, plan.scenario
-    clients = ([ClientInfo(p, tuple(sc.modalities[p]), len(sc.partitions[p])) for p in range(len(sc.partitions))]
-               if plan.roster_from_scenario else None)
-    return StrategyContext(
-        policy=plan.policy, clients_per_round=run.clients_per_round,
-        min_available_nodes=run.min_available_nodes or len(sc.partitions), run_config=run.to_toml(),
-        extras_fn=plan.objective.server_extras, observe_fn=plan.objective.server_observe,
-        fraction_evaluate=run.fraction_evaluate, round_timeout=run.round_timeout, seed=run.seed,
-        parameter_keys=[name for name, _ in plan.model.named_parameters()], num_partitions=len(sc.partitions),
-        scenario=clients, observes_global_model=plan.objective.observes_global_model, clock=clock_of(plan))
-
-
-def clock_of(plan: Plan) -> SimClock | None:
-    """The simulated clock of ``plan``'s run (config keys ``devices``, ``devices.*``,
-    ``round-close``, ``round-deadline``, ``overcommit``): profiles for the scenario's clients, the
-    global model's bytes per group and each modality's FLOP share (:mod:`fedmm.models.cost`);
-    ``None`` with ``devices = "off"``."""
-    run = plan.run
-    if run.devices == "off":
-        return None
-    profiles = plan.profiles  # built by prepare(); a Plan made by hand may lack them
-    if profiles is None:
-        profiles = build_profiles(run.devices, len(plan.scenario.partitions), run.seed, run.parsed["devices"])
-    shapes = {m.name: tuple(m.shape) for m in plan.dataset.modalities}
-    costs = modality_costs(modality_flops(plan.model, shapes))
-    settings = ClockSettings(run.round_close, run.round_deadline, run.overcommit)
-    return SimClock(profiles, group_bytes(plan.model.state_dict()), costs, settings, run.local_epochs)
-
-
-def build_strategy(plan: Plan) -> RoundStrategy:
-    """The run's strategy, built by its registered recipe from :func:`strategy_context`."""
-    return STRATEGIES.get(plan.run.strategy).build(strategy_context(plan), plan.strategy_params)
 
 
 def exchange(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:

@@ -15,6 +15,12 @@ log = logging.getLogger("fedmm")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:  # plugins first: their objectives, policies, datasets (and prepare commands) join the parser
+        _import_plugin_option(argv)
+    except (ValueError, ImportError) as err:
+        print(f"fedmm: error: {err}", file=sys.stderr)
+        return 2
     parser = _parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
@@ -53,9 +59,32 @@ def _interrupted(signum: int, message: str) -> int:
     return 128 + int(signum)
 
 
+def _plugin_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plugins", action="append", default=[], metavar="MODULE[,MODULE]",
+                        help="import these modules first (as the config key plugins does), so that every "
+                        "command sees the objectives, policies, datasets and strategies they register; "
+                        "repeatable")
+
+
+def _import_plugin_option(argv: Sequence[str]) -> tuple[str, ...]:
+    """Import the modules of ``--plugins`` (before the command's parser is built); one error naming
+    the option and the module when one cannot be imported."""
+    from fedmm.config import import_plugins
+
+    early = argparse.ArgumentParser(add_help=False)
+    _plugin_option(early)
+    known, _ = early.parse_known_args(argv)
+    names = [n.strip() for item in known.plugins for n in item.split(",") if n.strip()]
+    try:
+        return import_plugins(names) if names else ()
+    except ValueError as err:
+        raise ValueError(str(err).replace("config key 'plugins'", "--plugins", 1)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedmm", description="Federated multimodal learning simulator.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show Flower and Ray logs")
+    _plugin_option(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser(

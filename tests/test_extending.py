@@ -272,3 +272,20 @@ def test_a_federation_with_fedmedian_records_its_metric(plugin_dir, flower_ident
     rounds = pd.read_csv(tmp_path / "run" / "rounds.csv")
     # what aggregate_train returns (here round_metrics) reaches rounds.csv; selection=all: 6 clients
     assert rounds["median-clients"].tolist()[-1] == 6.0
+
+
+def test_every_command_loads_plugins_with_the_plugins_option(plugin_dir, capsys):
+    """``fedmm --plugins MODULE <command>``: the plugin's objective, dataset and prepare command are
+    there for config, datasets and prepare; a module that cannot be imported is one error naming it."""
+    from fedmm.cli import main
+
+    assert main(["--plugins", "ext_objective", "config", "objective", "label-smoothing"]) == 0
+    assert "objective.smoothing" in capsys.readouterr().out
+    assert main(["--plugins", "ext_dataset", "datasets"]) == 0
+    assert "blobs" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        main(["--plugins", "ext_dataset", "prepare", "blobs", "--help"])
+    assert done.value.code == 0 and "--out" in capsys.readouterr().out
+    assert main(["--plugins", "no_such_module_xyz", "datasets"]) == 2
+    err = capsys.readouterr().err
+    assert "--plugins" in err and "no_such_module_xyz" in err and "Traceback" not in err

@@ -287,7 +287,8 @@ def _config_keys(args: argparse.Namespace) -> int:
             component = row.component
             if component:
                 print(f"\n[{component}]")
-        print(f"{row.key:22s} {row.default!r:14s} {row.allowed:24s} {row.help}")
+        search = f" ({row.search})" if row.search else ""
+        print(f"{row.key:22s} {row.default!r:14s} {row.allowed:24s} {row.help}{search}")
     return 0
 
 

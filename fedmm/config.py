@@ -27,7 +27,9 @@ from fedmm.params import (
     Checked,
     Interval,
     Options,
+    Search,
     Spec,
+    check_search,
     check_value,
     config_specs,
     specs,
@@ -169,13 +171,13 @@ class RunConfig(Checked):
     round_timeout: Annotated[float, POSITIVE] = 600.0
     # local training
     objective: str = "auto"
-    local_epochs: Annotated[int, LOCAL_EPOCHS] = 2
+    local_epochs: Annotated[int, LOCAL_EPOCHS, Search(1, 5)] = 2
     batch_size: Annotated[int, BATCH_SIZE] = 32
-    lr: Annotated[float, LR] = 0.05
+    lr: Annotated[float, LR, Search(1e-3, 0.3, log=True)] = 0.05
     lr_min: Annotated[float, NON_NEGATIVE] = 0.0
     lr_decay_start: Annotated[int, NON_NEGATIVE_INT] = 0
-    momentum: Annotated[float, MOMENTUM] = 0.9
-    weight_decay: Annotated[float, WEIGHT_DECAY] = 0.0001
+    momentum: Annotated[float, MOMENTUM, Search(0.0, 0.95)] = 0.9
+    weight_decay: Annotated[float, WEIGHT_DECAY, Search(1e-6, 1e-2, log=True)] = 0.0001
     precision: Annotated[str, PRECISION] = "fp32"
     # model
     embed_dim: Annotated[int, Interval(int, 1, None, closed="left")] = 64
@@ -322,6 +324,7 @@ def key_of(name: str) -> str:
 
 
 RunConfig.field_names = {f.name: key_of(f.name) for f in fields(RunConfig)}
+check_search(RunConfig, "the run config")  # a search range outside the valid one fails at import
 _PLUGINS = next(s for s in specs(RunConfig) if s.name == "plugins")
 
 
@@ -474,6 +477,9 @@ class ParamRow:
         Its default value.
     help:
         What it means (from the declaring docstring).
+    search:
+        Where ``fedmm tune`` looks for its value (:meth:`fedmm.params.Search.describe`); empty
+        when it is not tuned.
     """
 
     key: str
@@ -481,6 +487,7 @@ class ParamRow:
     allowed: str
     default: Any
     help: str
+    search: str = ""
 
 
 def param_classes() -> dict[str, dict[str, type]]:
@@ -516,9 +523,10 @@ def parameter_rows(namespace: str | None = None, name: str | None = None) -> lis
     from fedmm.models.encoders import ENCODERS
 
     components: dict[str, dict[str, list[ParamRow]]] = {
-        "run": {"": [ParamRow(key_of(s.name), "", s.allowed(), s.default, s.help) for s in _plain_specs()]}}
+        "run": {"": [ParamRow(key_of(s.name), "", s.allowed(), s.default, s.help, _search_text(s))
+                     for s in _plain_specs()]}}
     for ns, classes in param_classes().items():
-        components[ns] = {n: [ParamRow(f"{ns}.{s.name}", f"{ns} {n}", s.allowed(), s.default, s.help)
+        components[ns] = {n: [ParamRow(f"{ns}.{s.name}", f"{ns} {n}", s.allowed(), s.default, s.help, _search_text(s))
                               for s in config_specs(cls)] for n, cls in classes.items()}
     encoder = f"one of {', '.join(ENCODERS.names())}"
     components["dataset"] = {n: [
@@ -539,3 +547,7 @@ def parameter_rows(namespace: str | None = None, name: str | None = None) -> lis
         raise ValueError(f"unknown {namespace} {name!r}{did_you_mean(name, list(components[namespace]))} "
                          f"Valid: {', '.join(components[namespace])}")
     return components[namespace][name]
+
+
+def _search_text(spec: Spec) -> str:
+    return f"search {spec.search.describe()}" if spec.search is not None else ""

@@ -115,6 +115,22 @@ def _parser() -> argparse.ArgumentParser:
                       help="directory of the runs, the CSV and the table (finished runs are not repeated)")
     meth.set_defaults(func=_bench_methods)
 
+    tune = sub.add_parser("tune", help="tune one method on one federation on validation accuracy (Optuna study "
+                          "in --out; run again to resume)")
+    tune.add_argument("--config", type=Path, help="TOML file of the method and federation")
+    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config key of the base config; repeatable")
+    tune.add_argument("--out", type=Path, required=True, help="the study's directory (study.journal, best.toml, "
+                      "trials.csv, plots); the same --out resumes the study")
+    tune.add_argument("--trials", type=int, default=20, help="trials the study should hold (default 20; finished "
+                      "ones from an earlier run count)")
+    tune.add_argument("--jobs", type=int, default=1, help="worker processes sharing the study (one per core)")
+    tune.add_argument("--pruner", default="asha", help="asha (default), median or none")
+    tune.add_argument("--params", help="comma-separated keys to tune (default: every key with a search range, "
+                      "see `fedmm config`)")
+    tune.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    tune.set_defaults(func=_tune)
+
     keys = sub.add_parser("config", help="list every config key with its constraints, default and meaning")
     keys.add_argument("namespace", nargs="?", help="only this part: run, objective, selection, dataset, encoder")
     keys.add_argument("name", nargs="?", help="only this component of the namespace (e.g. fedmm config objective mnl)")
@@ -166,6 +182,29 @@ def _simulate(args: argparse.Namespace) -> int:
     print(f"test/acc {final['test/acc']:.4f} (best {summary['best-test/acc']:.4f} at round {summary['best-round']})"
           f"  alone: {per_mod}  in {summary['total-seconds']:.0f} s")
     print(f"results: {plan.out_dir}")
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from fedmm.config import load_config
+    from fedmm.tune import STUDY_FILE, TuneSettings, tune
+
+    run = load_config(args.config, args.overrides)
+    settings = TuneSettings(trials=args.trials, jobs=args.jobs, pruner=args.pruner, seed=args.seed,
+                            params=tuple(_names(args.params)) if args.params else None)
+    result = tune(run, args.out, settings)
+    done = (f"{result.complete} complete and {result.pruned} pruned trials ({result.rounds} rounds trained) "
+            f"in {result.seconds:.0f} s")
+    if result.status == "interrupted":
+        return _interrupted(signal.SIGINT, f"interrupted; the study keeps its {done.split(' in ')[0]} in "
+                            f"{args.out / STUDY_FILE}; run the same command again to continue")
+    print(f"study {result.study}: {done}")
+    if result.best_config is None:
+        print("no trial completed (all pruned); widen the search or add trials")
+        return 1
+    values = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best_params.items())
+    print(f"best mean val/acc (last rounds) {result.best_value:.4f}: {values}")
+    print(f"best config: {result.best_config} (fedmm simulate --config {result.best_config} --out DIR)")
     return 0
 
 

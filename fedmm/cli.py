@@ -179,8 +179,10 @@ def _simulate(args: argparse.Namespace) -> int:
         return 1
     final = summary["final"]
     per_mod = "  ".join(f"{k.rsplit('/', 1)[1]} {v:.3f}" for k, v in final.items() if k.startswith("test/acc/"))
-    print(f"test/acc {final['test/acc']:.4f} (best {summary['best-test/acc']:.4f} at round {summary['best-round']})"
-          f"  alone: {per_mod}  in {summary['total-seconds']:.0f} s")
+    chosen = (f"at best val round {summary['best-val-round']}: {summary['test/acc-at-best-val']:.4f}"
+              if "best-val-round" in summary else
+              f"best {summary['best-test/acc']:.4f} at round {summary['best-round']}, no validation split")
+    print(f"test/acc {final['test/acc']:.4f} ({chosen})  alone: {per_mod}  in {summary['total-seconds']:.0f} s")
     print(f"results: {plan.out_dir}")
     return 0
 

@@ -81,6 +81,12 @@ class RunConfig(Checked):
         allocation=fractions: e.g. 'acc=0.3,gyro=0.3,acc+gyro=0.4'
     missing_rate:
         allocation=missing-rate: chance a client lacks a modality
+    validation:
+        validation split, held out of train (docs/validation.md): auto = the data's own (arrays
+        val/), else held-out users where the data has users, else a stratified fraction; off = none
+        (train whole, the numbers of runs before the split existed)
+    validation_fraction:
+        validation=auto: fraction of the users, or of every class's train rows, held out
     num_server_rounds:
         number of federated rounds
     clients_per_round:
@@ -161,6 +167,8 @@ class RunConfig(Checked):
     multi_ratio: Annotated[float, FRACTION] = 0.5
     modality_fractions: str = ""
     missing_rate: Annotated[float, FRACTION] = 0.0
+    validation: Annotated[str, Options("auto", "off")] = "auto"
+    validation_fraction: Annotated[float, Interval(float, 0.0, 1.0, closed="neither")] = 0.15
     # federation
     num_server_rounds: Annotated[int, Interval(int, 1, None, closed="left")] = 20
     clients_per_round: Annotated[int, Interval(int, 1, None, closed="left")] = 10

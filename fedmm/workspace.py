@@ -12,6 +12,7 @@ import torch
 from fedmm.config import RunConfig, flatten
 from fedmm.data import Dataset, Scenario, build_scenario, load_dataset
 from fedmm.data.registry import dataset_entry
+from fedmm.data.validation import with_validation
 from fedmm.models import ModelConfig, MultimodalNet
 from fedmm.objectives import Objective, Schedule, objective_class
 from fedmm.training import TrainConfig, build_model
@@ -24,10 +25,19 @@ def parse_run_config(toml_text: str) -> RunConfig:
 
 
 @functools.lru_cache(maxsize=8)
-def dataset_of(run: RunConfig) -> Dataset:
-    """The run's dataset (the registry caches it per process; this cache skips checking the
-    options again for every message)."""
+def loaded_dataset(run: RunConfig) -> Dataset:
+    """The run's dataset as its loader returns it, before the validation split (a node's own
+    ``data-dir`` trains on all of it)."""
     return load_dataset(run.dataset, data_dir=run.data_dir or None, **run.dataset_options)
+
+
+@functools.lru_cache(maxsize=8)
+def dataset_of(run: RunConfig) -> Dataset:
+    """The run's dataset with its validation split (``validation``, ``validation-fraction``:
+    :func:`fedmm.data.validation.with_validation`), those rows gone from ``train``; the registry
+    caches the loaded data per process, this cache skips checking the options again for every
+    message."""
+    return with_validation(loaded_dataset(run), run.validation, run.validation_fraction, run.seed)
 
 
 @functools.lru_cache(maxsize=8)

@@ -298,7 +298,8 @@ def federation_dir(root: Path, num_modalities: int, rows_per_group: int = 8, gro
 
 
 FEDERATION = ["dataset=arrays", "partition=natural", "num-clients=0", "allocation=all", "num-server-rounds=1",
-              "local-epochs=1", "batch-size=4", "embed-dim=8", "device=cpu", "client-num-cpus=1"]
+              "local-epochs=1", "batch-size=4", "embed-dim=8", "device=cpu", "client-num-cpus=1",
+              "validation=off"]  # every group of groups.npy a client (auto would hold one out for validation)
 
 
 @pytest.mark.parametrize("num_modalities", [2, 3])

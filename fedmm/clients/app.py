@@ -40,7 +40,7 @@ from fedmm.protocol import (ARRAYS, Request, evaluate_reply, info_reply, model_f
                             run_config_text, train_reply)
 from fedmm.records import to_record
 from fedmm.training import evaluate, resolve_device, train_local
-from fedmm.workspace import dataset_of, model_of, objective_of, parse_run_config, scenario_of, train_config_of
+from fedmm.workspace import dataset_of, loaded_dataset, model_of, objective_of, parse_run_config, scenario_of, train_config_of
 
 app = ClientApp()
 
@@ -163,9 +163,9 @@ def _local_data(run: RunConfig, partition_id: int, data_dir: str | None, modalit
     modalities:
         The modalities kept (with the labels); every other modality is dropped.
     """
-    dataset = dataset_of(run)
     if data_dir is None:
-        return subset(dataset.train, scenario_of(run).partitions[partition_id], list(modalities))
+        return subset(dataset_of(run).train, scenario_of(run).partitions[partition_id], list(modalities))
+    dataset = loaded_dataset(run)  # the node's own files: all of their train split (no validation rows)
     return {k: dataset.train[k] for k in (*modalities, LABEL_KEY)}
 
 

@@ -28,6 +28,8 @@ from fedmm.data.base import LABEL_KEY, Dataset, ModalitySpec
 from fedmm.data.registry import register_dataset
 
 SPLITS = ("train", "test")
+#: The optional validation split (``val/`` or ``val.npz``), laid out as the test split.
+VAL = "val"
 LABELS, GROUPS = "labels", "groups"
 META_FILES = ("meta.toml", "meta.json")
 META_KEYS = ("class_names", "modalities")
@@ -43,8 +45,10 @@ LAYOUT = """expected layout of data-dir (dataset 'arrays'):
     train/labels.npy       integer labels 0..C-1, shape (N,)
     train/groups.npy       optional: natural client of each train row (integers or strings, shape (N,))
     test/<modality>.npy    the same modalities, same example shapes; test/labels.npy (M,)
+    val/<modality>.npy     optional validation split, laid out as test/ (else validation = "auto"
+                           holds out a seeded part of train: docs/validation.md)
     meta.toml or meta.json optional: class_names = [...], [modalities] <modality> = "<kind>"
-  or one archive per split instead of a folder: train.npz / test.npz with one key per modality,
+  or one archive per split instead of a folder: train.npz / test.npz (/ val.npz) with one key per modality,
   "labels" and (train) "groups", as written by numpy.savez(path, acc=..., labels=...).
   Kinds (default from the axes of one example: 1 vector, 2 series, 3 spectrogram, 4 frames):
     vector (D,) any example shape, flattened; series (C, T), a (T,) example read as (1, T);
@@ -208,19 +212,23 @@ def modality_order(found: list[str], meta: Meta, where: str) -> list[str]:
     return list(meta.kinds)
 
 
-def read_modality(name: str, train: Array, test: Array | None, labels: dict[str, Array], kind: str | None
-                  ) -> tuple[tuple[int, ...], str, dict[str, torch.Tensor]]:
-    """Modality ``name`` of both splits: its example shape, its kind (``kind``, else the default for
-    its axes) and its float32 tensors per split, after every check."""
-    if test is None:
-        raise FileNotFoundError(f"the test split has no array {name!r} (test/{name}.npy or key {name!r} of test.npz) "
-                                f"but the train split has {train.where}; expected shape "
-                                f"(M, {', '.join(map(str, train.value.shape[1:]))})\n{LAYOUT}")
-    values = {split: check_modality(a, labels[split].value.shape[0], labels[split].where)
-              for split, a in (("train", train), ("test", test))}
-    if test.value.shape[1:] != train.value.shape[1:]:
-        raise ValueError(f"{test.where} has shape {test.value.shape}, expected (M, "
-                         f"{', '.join(map(str, train.value.shape[1:]))}) as {train.where}")
+def read_modality(name: str, train: Array, test: Array | None, labels: dict[str, Array], kind: str | None,
+                  val: Array | None = None) -> tuple[tuple[int, ...], str, dict[str, torch.Tensor]]:
+    """Modality ``name`` of every split (``val`` only when the data has a validation split): its
+    example shape, its kind (``kind``, else the default for its axes) and its float32 tensors per
+    split, after every check."""
+    others = {"test": test, **({"val": val} if "val" in labels else {})}
+    for split, array in others.items():
+        if array is None:
+            raise FileNotFoundError(f"the {split} split has no array {name!r} ({split}/{name}.npy or key {name!r} of "
+                                    f"{split}.npz) but the train split has {train.where}; expected shape "
+                                    f"(M, {', '.join(map(str, train.value.shape[1:]))})\n{LAYOUT}")
+    arrays = {"train": train, **others}
+    values = {split: check_modality(a, labels[split].value.shape[0], labels[split].where) for split, a in arrays.items()}
+    for array in others.values():
+        if array.value.shape[1:] != train.value.shape[1:]:
+            raise ValueError(f"{array.where} has shape {array.value.shape}, expected (M, "
+                             f"{', '.join(map(str, train.value.shape[1:]))}) as {train.where}")
     kind = kind or DEFAULT_KIND.get(train.value.ndim - 1)
     if kind is None:
         raise ValueError(f"{train.where} has examples of shape {train.value.shape[1:]}: more axes than any kind reads; "
@@ -249,7 +257,9 @@ def load_arrays(*, data_dir: str | None = None, seed: int = 0) -> Dataset:
     length of the metadata's ``class_names`` (without it, names ``"0" .. "C-1"`` with ``C`` one
     more than the largest label of either split). ``train_groups`` is the train split's ``groups``
     array (so ``partition = "natural"`` gives one client per group), ``None`` without one; a test
-    split's ``groups`` is ignored.
+    split's ``groups`` is ignored. An optional ``val/`` folder or ``val.npz``, laid out as the test
+    split, is the validation split (``val``, its ``groups`` ``val_groups``); without one,
+    ``validation = "auto"`` holds out part of train (:mod:`fedmm.data.validation`).
     """
     if not data_dir:
         raise FileNotFoundError(f"dataset 'arrays' is user-owned: set the config key data-dir\n{LAYOUT}")
@@ -257,31 +267,35 @@ def load_arrays(*, data_dir: str | None = None, seed: int = 0) -> Dataset:
     if not root.is_dir():
         raise FileNotFoundError(f"data-dir {str(root)!r} does not exist\n{LAYOUT}")
     meta = read_meta(root)
-    raw = {split: read_split(root, split) for split in SPLITS}
-    labels = {split: raw[split].pop(LABELS) for split in SPLITS}
+    splits = (*SPLITS, VAL) if (root / VAL).is_dir() or (root / f"{VAL}.npz").is_file() else SPLITS
+    raw = {split: read_split(root, split) for split in splits}
+    labels = {split: raw[split].pop(LABELS) for split in splits}
     groups = raw["train"].pop(GROUPS, None)
+    val_groups = raw[VAL].pop(GROUPS, None) if VAL in raw else None
     raw["test"].pop(GROUPS, None)
     names = modality_order(list(raw["train"]), meta, repr(str(root / "train")))
-    extra = sorted(set(raw["test"]) - set(names))
-    if extra:
-        raise ValueError(f"{raw['test'][extra[0]].where} is a modality the train split lacks; the test split holds "
-                         f"the train split's modalities {names} only")
-    y = {split: check_labels(labels[split]) for split in SPLITS}
+    for split in splits[1:]:
+        extra = sorted(set(raw[split]) - set(names))
+        if extra:
+            raise ValueError(f"{raw[split][extra[0]].where} is a modality the train split lacks; the {split} split "
+                             f"holds the train split's modalities {names} only")
+    y = {split: check_labels(labels[split]) for split in splits}
     num_classes = len(meta.class_names) or max(int(v.max()) for v in y.values()) + 1
-    for split in SPLITS:
+    for split in splits:
         if y[split].min() < 0 or y[split].max() >= num_classes:
             bound = f"{num_classes} class_names in {meta.where}" if meta.class_names else "C = largest label + 1"
             raise ValueError(f"{labels[split].where} has labels {int(y[split].min())}..{int(y[split].max())}, "
                              f"expected 0..{num_classes - 1} ({bound})")
     if num_classes < 2:
         raise ValueError(f"{labels['train'].where}: the labels give {num_classes} class, expected at least 2")
-    specs, data = [], {split: {} for split in SPLITS}
+    specs, data = [], {split: {} for split in splits}
     for m in names:
-        shape, kind, tensors = read_modality(m, raw["train"][m], raw["test"].get(m), labels, meta.kinds.get(m))
+        shape, kind, tensors = read_modality(m, raw["train"][m], raw["test"].get(m), labels, meta.kinds.get(m),
+                                             raw[VAL].get(m) if VAL in raw else None)
         specs.append(ModalitySpec(m, shape, kind))
-        for split in SPLITS:
+        for split in splits:
             data[split][m] = tensors[split]
-    for split in SPLITS:
+    for split in splits:
         data[split][LABEL_KEY] = torch.from_numpy(y[split])
     return Dataset(
         name="arrays",
@@ -291,4 +305,6 @@ def load_arrays(*, data_dir: str | None = None, seed: int = 0) -> Dataset:
         test=data["test"],
         train_groups=None if groups is None else check_groups(groups, len(y["train"])),
         notes={"data-dir": str(root), "meta": meta.where},
+        val=data.get(VAL),
+        val_groups=None if val_groups is None else check_groups(val_groups, len(y[VAL])),
     )

@@ -58,6 +58,12 @@ class Dataset:
     train_augment:
         Random transform of every training batch (``(batch, generator) -> batch``, see
         :mod:`fedmm.data.augment`), or ``None``.
+    val:
+        The validation split (``TensorDict`` like ``train``), disjoint from ``train`` and ``test``, or
+        ``None``: a loader sets it only when the data ships one (``arrays``' ``val/``); otherwise
+        :func:`fedmm.data.validation.with_validation` carves it out of ``train``.
+    val_groups:
+        Natural client id of each validation example (the held-out users), or ``None``.
     """
 
     name: str
@@ -68,6 +74,8 @@ class Dataset:
     train_groups: np.ndarray | None = None
     notes: dict[str, str] = field(default_factory=dict)
     train_augment: Callable[[TensorDict, torch.Generator], TensorDict] | None = None
+    val: TensorDict | None = None
+    val_groups: np.ndarray | None = None
 
     @property
     def modality_names(self) -> list[str]:

@@ -240,7 +240,11 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
 
     def record(server_round: int, seconds: float, stats: dict[str, float], clients_from: int) -> None:
         metrics = evaluate(model, plan.dataset.test, plan.objective, device=device)
-        row = {"round": server_round, **{f"test/{k}": v for k, v in metrics.items()}, **stats, "seconds": seconds}
+        row = {"round": server_round, **{f"test/{k}": v for k, v in metrics.items()}}
+        if plan.dataset.val is not None:  # the validation split (validation = "auto"): what selects rounds
+            row.update({f"val/{k}": v for k, v in evaluate(model, plan.dataset.val, plan.objective,
+                                                            device=device).items()})
+        row.update({**stats, "seconds": seconds})
         if writer:
             writer.add_round(row, strategy.client_rows[clients_from:])
             save_checkpoint(plan.out_dir, Checkpoint(server_round, from_record(arrays), {

@@ -98,7 +98,9 @@ def run_grid(
                "best-round": summary["best-round"], "bytes-up": summary["total-bytes-up"],
                "seconds": summary["total-seconds"], "loss-growth": summary["loss-growth"],
                "last-test/acc": summary.get("last-rounds-test/acc", math.nan),
-               "diverged-round": summary["diverged"]["round"] if summary["diverged"] else math.nan}
+               "diverged-round": summary["diverged"]["round"] if summary["diverged"] else math.nan,
+               **{k: v for k, v in summary.items()  # the round chosen on validation (validation = "auto")
+                  if k.endswith("-at-best-val") or k in ("best-val/acc", "best-val-round", "last-rounds-val/acc")}}
         rows.append(row)
         _write_csv(pd.DataFrame(rows), csv_path)
         if on_row:
@@ -187,6 +189,8 @@ def methods_benchmark(
     quick: bool = False,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     simulate: Simulate | None = None,
+    protocol: str = "defaults",
+    tune_settings: Any = None,
 ) -> str:
     """Every method of :data:`METHODS` on every federation of :data:`METHOD_FEDERATIONS`.
 
@@ -216,20 +220,34 @@ def methods_benchmark(
         Called with every finished run's row.
     simulate:
         Runs one federation (default: on Ray).
+    protocol:
+        How each method's configuration is chosen (:mod:`fedmm.bench_protocol`): ``defaults``,
+        ``paper`` (``preset=paper``) or ``tuned`` (tuned on validation with ``tune_settings``, a
+        :class:`fedmm.tune.TuneSettings`, before its seeds run). Besides ``methods.md``, the runs'
+        comparison (test accuracy at the validation-chosen round, 95 % CI, paired tests against
+        FedAvg) goes to ``comparison.md``/``.csv``/``.png``; its table is returned (``defaults``:
+        the ``methods.md`` table, as before).
     """
+    from fedmm.bench_protocol import PROTOCOLS, tuned_overrides, write_comparison
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     for name, valid, what in ((datasets, METHOD_FEDERATIONS, "dataset"), (methods, METHODS, "method")):
         unknown = [n for n in name if n not in valid]
         if unknown or not name:
             raise ValueError(f"unknown {what} {unknown[0]!r} for `fedmm bench methods`; choose from "
                              f"{', '.join(valid)}" if unknown else f"give at least one {what}")
-    cases = [Case({"dataset": d, "method": m},
-                  (*METHOD_FEDERATIONS[d], *METHOD_COMMON, *METHODS[m], *(QUICK_OVERRIDES if quick else ()),
-                   *overrides))
-             for d in datasets for m in methods]
+    base = {(d, m): (*METHOD_FEDERATIONS[d], *METHOD_COMMON, *METHODS[m], *(QUICK_OVERRIDES if quick else ()),
+                     *overrides, *(("preset=paper",) if protocol == "paper" else ()))
+            for d in datasets for m in methods}
+    chosen = {key: tuned_overrides(*key, base[key], out_dir, tune_settings, simulate) if protocol == "tuned" else ()
+              for key in base}
+    cases = [Case({"dataset": d, "method": m}, (*base[d, m], *chosen[d, m])) for d, m in base]
     df = run_grid(None, [], cases, seeds, out_dir / "runs.csv", out_dir / "runs", on_row, simulate)
     table = methods_table(df, datasets, methods)
     atomic_write(out_dir / "methods.md", table + "\n")
-    return table
+    compared = write_comparison(df, datasets, methods, out_dir, protocol)
+    return table if protocol == "defaults" or compared is None else compared  # defaults: the table as before
 
 
 def methods_table(runs: pd.DataFrame, datasets: Sequence[str], methods: Sequence[str]) -> str:
@@ -259,7 +277,8 @@ def weak_modality(final: pd.DataFrame) -> str:
     """The modality whose final accuracy alone (``test/acc/<m>``) is lowest, averaged over the runs
     (one row per run)."""
     alone = {c.rsplit("/", 1)[1]: final[c].mean() for c in final.columns
-             if c.startswith("test/acc/") and final[c].notna().any()}  # another dataset's modalities are NaN
+             if c.startswith("test/acc/") and not c.endswith("-at-best-val")  # the final round's, not the chosen one's
+             and final[c].notna().any()}  # another dataset's modalities are NaN
     if not alone:
         raise ValueError("the runs report no single-modality accuracy (test/acc/<m>)")
     return min(alone, key=alone.get)

@@ -113,6 +113,13 @@ def _parser() -> argparse.ArgumentParser:
                       help="override a config key of every run; repeatable")
     meth.add_argument("--out", type=Path, default=Path("experiments/out/methods"),
                       help="directory of the runs, the CSV and the table (finished runs are not repeated)")
+    meth.add_argument("--protocol", default="defaults", help="defaults (fedmm's defaults), paper (preset=paper) or "
+                      "tuned (each method tuned on validation with --trials trials, then run on the seeds; default "
+                      "seeds 0-4)")
+    meth.add_argument("--trials", type=int, default=20, help="--protocol tuned: trials per method (the same budget "
+                      "for every method)")
+    meth.add_argument("--jobs", type=int, default=1, help="--protocol tuned: worker processes per study")
+    meth.add_argument("--pruner", default="asha", help="--protocol tuned: asha, median or none")
     meth.set_defaults(func=_bench_methods)
 
     tune = sub.add_parser("tune", help="tune one method on one federation on validation accuracy (Optuna study "
@@ -226,13 +233,19 @@ def _bench_methods(args: argparse.Namespace) -> int:
 
     datasets = _names(args.datasets or ("synthetic" if args.quick else ",".join(METHOD_FEDERATIONS)))
     methods = _names(args.methods or ",".join(METHODS))
-    seeds = _seeds(args.seeds or ("0" if args.quick else "0,1,2"))
+    seeds = _seeds(args.seeds or ("0" if args.quick else "0,1,2" if args.protocol == "defaults" else "0,1,2,3,4"))
+    settings = None
+    if args.protocol == "tuned":
+        from fedmm.tune import TuneSettings
+
+        settings = TuneSettings(trials=args.trials, jobs=args.jobs, pruner=args.pruner)
 
     def progress(row: dict) -> None:
         print(f"{row['dataset']} {row['method']} seed {row['seed']}: test/acc {row['test/acc']:.4f} "
               f"in {row['seconds']:.0f} s", flush=True)
 
-    table = methods_benchmark(datasets, methods, seeds, args.out, args.overrides, quick=args.quick, on_row=progress)
+    table = methods_benchmark(datasets, methods, seeds, args.out, args.overrides, quick=args.quick, on_row=progress,
+                              protocol=args.protocol, tune_settings=settings)
     print(table)
     print(f"results: {args.out}")
     return 0

@@ -24,7 +24,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 
 from fedmm.facts import IMBALANCE_RATIO
 from fedmm.groups import keys_for_modalities
-from fedmm.records import RecordMismatch, subset_record, vet_arrays
+from fedmm.records import RecordMismatch, array_numpy, subset_record, vet_arrays
 
 # records of a message's content
 CONFIG, ARRAYS, EXTRAS, EXTRA_ARRAYS = "config", "arrays", "extras", "extra-arrays"
@@ -357,5 +357,5 @@ def encode_extras(extras: Mapping[str, Any]) -> tuple[ConfigRecord, ArrayRecord]
 def decode_extras(config: ConfigRecord | None, arrays: ArrayRecord | None) -> dict[str, Any]:
     """The extras :func:`encode_extras` split, back in one dict."""
     out: dict[str, Any] = dict(config or {})
-    out.update({k: v.numpy() for k, v in (arrays or {}).items()})
+    out.update({k: array_numpy(v) for k, v in (arrays or {}).items()})
     return out

@@ -24,7 +24,7 @@ from fedmm.config import RunConfig
 from fedmm.data import Dataset, Scenario
 from fedmm.models import MultimodalNet
 from fedmm.objectives import Objective
-from fedmm.records import from_record, to_record
+from fedmm.records import from_record, to_record, torch_state
 from fedmm.results import ResultsWriter, divergence, prepare_out_dir, summarize, write_interrupted, write_summary
 from fedmm.strategies import STRATEGIES
 from fedmm.strategies.base import RoundStrategy
@@ -276,7 +276,7 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
             failed_rounds = [*failed_rounds, server_round] if new_arrays is None else []
             if new_arrays is not None:
                 arrays = new_arrays
-                model.load_state_dict(arrays.to_torch_state_dict())
+                model.load_state_dict(torch_state(arrays))
                 if plan.objective.observes_global_model:
                     asks = strategy.configure_global_model_facts(server_round, arrays)
                     strategy.aggregate_global_model_facts(server_round, exchange(grid, asks, run.round_timeout))

@@ -329,6 +329,8 @@ def _stop_between_trials(stopped: list[int]) -> Iterator[None]:
 
 
 def _worker_main(out_dir: str, name: str, base_toml: str, settings: TuneSettings, worker: int, threads: int) -> None:
+    # started with SIGINT ignored (no KeyboardInterrupt traceback while it imports); work() installs
+    # the handler that stops it, and the parent repeats its signal until every worker has ended
     import torch
 
     torch.set_num_threads(threads)
@@ -418,17 +420,19 @@ def _run_workers(out_dir: Path, name: str, base_toml: str, settings: TuneSetting
              for i in range(settings.jobs)]
     stopped: list[int] = []
     with _stop_between_trials(stopped):
-        for p in procs:
-            p.start()
-        forwarded = False
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the spawned workers' start-up
+        try:
+            for p in procs:
+                p.start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
         while any(p.is_alive() for p in procs):
-            if stopped and not forwarded:  # a `kill -INT` of this process alone reaches the workers too
+            if stopped:  # a `kill -INT` of this process alone reaches the workers too; repeated, harmless
                 for p in procs:
                     if p.pid is not None and p.is_alive():
-                        os.kill(p.pid, stopped[0])
-                forwarded = True
+                        os.kill(p.pid, signal.SIGINT)
             for p in procs:
-                p.join(timeout=0.2)
+                p.join(timeout=0.5)
     codes = [p.exitcode for p in procs]
     if stopped or any(c != 0 for c in codes):
         bad = [c for c in codes if c not in (0, 130)]

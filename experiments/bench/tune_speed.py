@@ -53,9 +53,10 @@ def main() -> None:
                               f"num-server-rounds={args.rounds}", "engine=inline", "device=cpu"])
     cases = {"ASHA pruning, --jobs 1": ("asha", 1), "no pruning, --jobs 1": ("none", 1),
              "ASHA pruning, --jobs 2": ("asha", 2)}
-    results = {name: study(base, args.out / name.split(",")[0].replace(" ", "-").lower() / str(jobs), args.trials,
-                           pruner, jobs)
-               for name, (pruner, jobs) in cases.items()}
+    results = {}
+    for name, (pruner, jobs) in cases.items():
+        results[name] = study(base, args.out / f"{pruner}-jobs{jobs}", args.trials, pruner, jobs)
+        print(f"{name}: {results[name]}", flush=True)  # partial results survive an interrupted benchmark
     print(f"# fedmm tune: {args.trials} trials of {args.method} on segment (Dirichlet 0.5, 20 clients), "
           f"{args.rounds} rounds each, sampler seed 0, {os.cpu_count()} CPUs\n")
     print("| study | trials complete / pruned | rounds trained | wall time (s) | best mean val acc (last rounds) | "

@@ -190,6 +190,8 @@ def _simulate(args: argparse.Namespace) -> int:
               if "best-val-round" in summary else
               f"best {summary['best-test/acc']:.4f} at round {summary['best-round']}, no validation split")
     print(f"test/acc {final['test/acc']:.4f} ({chosen})  alone: {per_mod}  in {summary['total-seconds']:.0f} s")
+    if summary.get("collapsed"):
+        print(f"warning: the run collapsed at round {summary['collapsed']['round']}: {summary['collapsed']['reason']}")
     print(f"results: {plan.out_dir}")
     return 0
 

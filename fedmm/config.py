@@ -34,6 +34,7 @@ from fedmm.params import (
     config_specs,
     specs,
 )
+from fedmm.presets import preset_values
 from fedmm.registry import did_you_mean
 from fedmm.strategies.recipes import STRATEGIES
 
@@ -49,6 +50,8 @@ MOMENTUM = Interval(float, 0.0, 1.0, closed="left")
 WEIGHT_DECAY = NON_NEGATIVE
 PROXIMAL_MU = NON_NEGATIVE
 PRECISION = Options("fp32", "bf16", "fp16")
+OPTIMIZER = Options("sgd", "adam")
+ADAM_BETA2 = Interval(float, 0.0, 1.0, closed="left")
 
 
 @dataclass(frozen=True)
@@ -120,9 +123,17 @@ class RunConfig(Checked):
         0 = constant lr; else lr until this round, then lr - (lr - lr-min) * round / num-server-
         rounds (FedCMI/CMSFed schedule)
     momentum:
-        local SGD momentum
+        local SGD momentum (optimizer=sgd)
     weight_decay:
-        local SGD weight decay
+        local L2 weight decay (SGD and Adam add weight-decay * w to the gradient)
+    optimizer:
+        local optimizer: sgd (momentum) or adam (betas 0.9 and adam-beta2, eps 1e-8; a fresh state
+        every round); preset=paper sets the reference's
+    adam_beta2:
+        optimizer=adam: the second-moment decay beta2
+    preset:
+        none = fedmm's defaults; paper = each method's paper/reference-script hyperparameters
+        (optimizer, lr, batch size, method parameters; docs/presets.md); keys you set win
     precision:
         precision of local training steps: fp32, or autocast bf16 (Ampere+ GPUs, CPU) or fp16 (with
         loss scaling); evaluation stays fp32
@@ -186,6 +197,9 @@ class RunConfig(Checked):
     lr_decay_start: Annotated[int, NON_NEGATIVE_INT] = 0
     momentum: Annotated[float, MOMENTUM, Search(0.0, 0.95)] = 0.9
     weight_decay: Annotated[float, WEIGHT_DECAY, Search(1e-6, 1e-2, log=True)] = 0.0001
+    optimizer: Annotated[str, OPTIMIZER] = "sgd"
+    adam_beta2: Annotated[float, ADAM_BETA2] = 0.999
+    preset: Annotated[str, Options("none", "paper")] = "none"
     precision: Annotated[str, PRECISION] = "fp32"
     # model
     embed_dim: Annotated[int, Interval(int, 1, None, closed="left")] = 64
@@ -232,6 +246,17 @@ class RunConfig(Checked):
             raise ValueError(f"config key 'strategy' {Options(*STRATEGIES.names()).violation(strategy)}")
         kwargs["objective"] = resolve_objective(strategy, kwargs.get("objective", cls.objective))
         kwargs["selection"] = resolve_selection(strategy, kwargs.get("selection", cls.selection))
+        given = {k.replace("-", "_") for k in values}
+        for key, value in preset_values(str(kwargs.get("preset", cls.preset)), strategy=strategy,
+                                        objective=kwargs["objective"], selection=kwargs["selection"],
+                                        num_server_rounds=kwargs.get("num_server_rounds", cls.num_server_rounds)
+                                        ).items():  # preset = "paper": what the user did not set (fedmm/presets.py)
+            if key.replace("-", "_") not in given:
+                head, dot, rest = key.partition(".")
+                if dot:
+                    namespaced[head][rest] = value
+                else:
+                    kwargs[plain[key]] = value
         return cls(**kwargs, **{_NAMESPACE_FIELDS[ns]: given for ns, given in namespaced.items()})
 
     def __post_init__(self) -> None:

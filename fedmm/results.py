@@ -16,6 +16,7 @@ import pandas as pd
 
 from fedmm.checkpoint import CHECKPOINT_ARRAYS, CHECKPOINT_STATE
 from fedmm.config import RunConfig
+from fedmm.collapse import collapse
 from fedmm.files import atomic_write
 from fedmm.model_selection import ORACLE_KEYS, best_on_validation, last_rounds_val
 
@@ -124,7 +125,8 @@ def write_summary(out_dir: Path, summary: Mapping[str, Any]) -> None:
 def summarize(rounds: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Final and best test accuracy (and the round of the best), the round chosen on validation
     and the test numbers at it (:mod:`fedmm.model_selection`), the training-loss stability
-    (:func:`loss_stability`, :func:`divergence`) plus ``extra``. ``best-test/acc`` and
+    (:func:`loss_stability`, :func:`divergence`, :func:`fedmm.collapse.collapse`) plus ``extra``.
+    ``best-test/acc`` and
     ``best-round`` are the test split's best round, listed under ``oracle-keys``: never for selection.
 
     Parameters
@@ -151,6 +153,7 @@ def summarize(rounds: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | No
         **best_on_validation(rounds),
         **last_rounds_val(rounds, LAST_ROUNDS),
         "diverged": divergence(rounds, (extra or {}).get("first-client-error")) or False,
+        "collapsed": collapse(rounds),
     }
     if "best-val-round" in out:
         out["oracle-keys"] = list(ORACLE_KEYS)  # the test split's best round: reported, never for selection

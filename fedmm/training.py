@@ -19,7 +19,17 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.hooks import RemovableHandle
 
-from fedmm.config import BATCH_SIZE, LOCAL_EPOCHS, LR, MOMENTUM, PRECISION, PROXIMAL_MU, WEIGHT_DECAY
+from fedmm.config import (
+    ADAM_BETA2,
+    BATCH_SIZE,
+    LOCAL_EPOCHS,
+    LR,
+    MOMENTUM,
+    OPTIMIZER,
+    PRECISION,
+    PROXIMAL_MU,
+    WEIGHT_DECAY,
+)
 from fedmm.data.augment import Augment
 from fedmm.data.base import LABEL_KEY, ModalitySpec, TensorDict, num_examples
 from fedmm.metrics import accuracy, imbalance_ratio, macro_f1
@@ -111,11 +121,12 @@ class TrainConfig(Checked):
     batch_size:
         Mini-batch size (>= 2: batch-norm needs two rows).
     lr:
-        SGD learning rate (> 0).
+        Learning rate (> 0).
     momentum:
-        SGD momentum in ``[0, 1)``.
+        SGD momentum in ``[0, 1)`` (unused by Adam).
     weight_decay:
-        SGD L2 weight decay (>= 0), applied to the trained parameters only.
+        L2 weight decay (>= 0), applied to the trained parameters only (SGD and Adam alike add
+        ``weight_decay * w`` to the gradient, as ``torch.optim`` does).
     proximal_mu:
         FedProx weight ``mu`` (>= 0): every optimizer step adds ``mu * (w - w_start)`` to the
         gradient of each trained parameter, ``w_start`` being its value when the round began
@@ -127,6 +138,11 @@ class TrainConfig(Checked):
         training step run under autocast in that type (fp16 with loss scaling); weights,
         gradients, optimizer and evaluation stay float32 (see
         :class:`fedmm.objectives.base.Precision`).
+    optimizer:
+        ``"sgd"`` (default, with ``momentum``) or ``"adam"`` (betas ``(0.9, adam_beta2)``, eps
+        1e-8); built afresh every round, so no optimizer state crosses rounds.
+    adam_beta2:
+        Adam's second-moment decay.
     """
 
     epochs: Annotated[int, LOCAL_EPOCHS]
@@ -137,6 +153,15 @@ class TrainConfig(Checked):
     proximal_mu: Annotated[float, PROXIMAL_MU] = 0.0
     seed: int = 0
     precision: Annotated[str, PRECISION] = "fp32"
+    optimizer: Annotated[str, OPTIMIZER] = "sgd"
+    adam_beta2: Annotated[float, ADAM_BETA2] = 0.999
+
+
+def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """The round's local optimizer over ``params`` (:attr:`TrainConfig.optimizer`)."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, betas=(0.9, config.adam_beta2), weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 @dataclass
@@ -273,7 +298,7 @@ def train_local(
     model.to(device)
     was_training = model.training
     params = trainable_parameters(model, trained)
-    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(params, config)
     if config.proximal_mu > 0:
         add_proximal_hook(optimizer, params, config.proximal_mu)
     generator = torch.Generator().manual_seed(config.seed)  # CPU: objectives call randperm with it

@@ -160,8 +160,10 @@ def run_trial(trial: Any, base: RunConfig, space: Mapping[str, Spec], simulate: 
     trial.set_user_attr("seconds", float(summary.get("total-seconds", 0.0)))
     if summary.get("status") == "failed":
         return _prune(trial, trained(), f"run failed: {summary.get('reason')}")
-    if summary.get("diverged"):
-        return _prune(trial, trained(), f"diverged: {summary['diverged'].get('reason', summary['diverged'])}")
+    for flag in ("diverged", "collapsed"):  # the loss-growth rule; the collapse rule (val far below its best)
+        if summary.get(flag):
+            why = summary[flag].get("reason", summary[flag]) if isinstance(summary[flag], dict) else summary[flag]
+            return _prune(trial, trained(), f"{flag}: {why}")
     trained_rows = [r for r in rows if r["round"] > 0]
     last = [float(r[VAL_METRIC]) for r in trained_rows[-LAST_ROUNDS:]]
     best = max(trained_rows, key=lambda r: r[VAL_METRIC])

@@ -133,4 +133,6 @@ def train_config_of(run: RunConfig, *, server_round: int, proximal_mu: float, se
         proximal_mu=proximal_mu,
         seed=seed,
         precision=run.precision,
+        optimizer=run.optimizer,
+        adam_beta2=run.adam_beta2,
     )

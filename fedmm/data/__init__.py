@@ -1,6 +1,6 @@
 """Datasets (one module each, registered by name), partitioning and modality allocation."""
 
-from fedmm.data import arrays, cremad, hapt, synthetic, tabular  # noqa: F401  (importing registers the datasets)
+from fedmm.data import arrays, competition, cremad, hapt, synthetic, tabular  # noqa: F401  (importing registers the datasets)
 from fedmm.data.allocation import allocate_modalities, parse_fractions
 from fedmm.data.base import LABEL_KEY, Dataset, ModalitySpec, TensorDict, num_examples, subset
 from fedmm.data.partition import dirichlet_partition, partition_indices

@@ -64,6 +64,13 @@ class Dataset:
         :func:`fedmm.data.validation.with_validation` carves it out of ``train``.
     val_groups:
         Natural client id of each validation example (the held-out users), or ``None``.
+    test_subsets:
+        Named boolean masks of ``test`` rows whose accuracy the server records every round
+        (``test/acc-<name>``), e.g. ``competition``'s ``hard`` rows (the strong modality carries no
+        signal); empty for most datasets.
+    probe_modalities:
+        Modalities whose encoder gets a linear probe every round (``test/probe/<m>``,
+        :mod:`fedmm.diagnostics`); empty for most datasets.
     """
 
     name: str
@@ -76,6 +83,8 @@ class Dataset:
     train_augment: Callable[[TensorDict, torch.Generator], TensorDict] | None = None
     val: TensorDict | None = None
     val_groups: np.ndarray | None = None
+    test_subsets: dict[str, np.ndarray] = field(default_factory=dict)
+    probe_modalities: tuple[str, ...] = ()
 
     @property
     def modality_names(self) -> list[str]:

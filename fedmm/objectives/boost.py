@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from fedmm.data.base import LABEL_KEY, TensorDict
 from fedmm.objectives.base import Objective, RoundContext
 from fedmm.objectives.registry import register_objective
-from fedmm.params import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Checked, Interval, Search
+from fedmm.params import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Checked, Interval, Options, Search
 
 #: Key of the active-slot counts in the server's extras (one int per modality, canonical order).
 ACTIVE_KEY = "boost-active"
@@ -160,6 +160,11 @@ class SustainedBoosting(Objective):
         merge_weights:
             Inference weight of each modality in canonical order; empty means equal weights (the
             code's ``merge_alpha`` 0.4/0.6 is audio/video, i.e. ``[0.4, 0.6]`` for CREMA-D).
+        decision_window:
+            Which confidences a decision reads: ``since-last`` (default) the mean over every
+            report since the previous decision; ``last-epoch`` (the reference, NeurIPS25-AUG
+            ``train_CREMAD.py`` lines 96 and 220: the sums of the epoch just trained) only the
+            decision round's reports, each client summing its last local epoch only.
         """
 
         lam: Annotated[float, FRACTION, Search(0.1, 1.0)] = 0.5
@@ -172,6 +177,7 @@ class SustainedBoosting(Objective):
         train_added_heads: bool = False
         freeze_previous_heads: bool = False
         merge_weights: Annotated[list[float], POSITIVE] = field(default_factory=list)
+        decision_window: Annotated[str, Options("since-last", "last-epoch")] = "since-last"
 
         def validate(self) -> None:
             """``tau < sigma``, one way of setting the interval, and a frozen head only when heads train."""
@@ -309,7 +315,8 @@ class SustainedBoosting(Objective):
         evaluation's counts) becomes :meth:`active_in_round` of that round, the counts it was
         trained with. A decision is recorded in :attr:`decisions` and takes effect from the next
         round's training. Decision rounds: :meth:`decides`. The decision uses the mean confidence
-        ``c_m = sum S^m / sum n^m`` over all reports since the previous decision. Of the
+        ``c_m = sum S^m / sum n^m`` over all reports since the previous decision (with
+        ``decision_window = "last-epoch"``: over the decision round's reports only). Of the
         strongest ``s`` and weakest ``w`` modality, take the one earlier in canonical order as
         ``i`` and the other as ``k`` and let ``r = c_i / c_k``: ``r > sigma + tau`` gives ``k``
         one more classifier, ``r < sigma - tau`` gives ``i`` one (for two modalities this is the
@@ -320,6 +327,8 @@ class SustainedBoosting(Objective):
             raise RuntimeError("boost: server_observe before extend_model (the server builds the model first)")
         self.active = self.active_in_round(server_round)
         self._observed_round = server_round
+        if self.params.decision_window == "last-epoch":
+            self._window_conf, self._window_count = {}, {}  # only the latest round's reports count
         for _, f in facts:
             for m in self.modalities:
                 if count_key(m) in f and float(f[count_key(m)]) > 0:
@@ -375,6 +384,13 @@ class SustainedBoosting(Objective):
         return target if self.active[target] < p.n_max else None
 
     # -- client side ---------------------------------------------------------------------------
+    def begin_epoch(self, epoch: int) -> None:
+        """With ``decision_window = "last-epoch"`` the confidence sums restart every local epoch, so
+        the round reports its last epoch's."""
+        super().begin_epoch(epoch)
+        if self.params.decision_window == "last-epoch":
+            self._conf, self._count = {}, {}
+
     def begin_round(self, model: nn.Module, data: TensorDict, ctx: RoundContext) -> None:
         """Copy the server's active counts from ``ctx.extras`` and reset the confidence sums."""
         super().begin_round(model, data, ctx)

@@ -123,6 +123,10 @@ class CMSFedObjective(PMR):
         self._received_facts: dict[str, float | list[float]] = {}
 
     # -- client side -----------------------------------------------------------------------------
+    def modulating(self) -> bool:
+        """The ME loss acts for the whole run (PMR's window is not part of CMSFed)."""
+        return True
+
     def begin_round(self, model: nn.Module, data: TensorDict, ctx: RoundContext) -> None:
         """Global prototypes from the server's extras; local ones of the received model for a
         modality without them. In the update pass the received model's class feature sums of every

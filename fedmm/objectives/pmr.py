@@ -25,7 +25,7 @@ from fedmm.data.base import LABEL_KEY, TensorDict, num_examples
 from fedmm.facts import CLIENT_FACTS, IMBALANCE_RATIO, ClientFact
 from fedmm.objectives.base import Objective, RoundContext
 from fedmm.objectives.registry import register_objective
-from fedmm.params import NON_NEGATIVE, Checked, Interval, Search
+from fedmm.params import FRACTION, NON_NEGATIVE, Checked, Interval, Search
 
 
 @dataclass
@@ -144,10 +144,27 @@ class PMR(Objective):
         momentum:
             EMA weight of the previous prototypes in the per-epoch update, in ``[0, 1)``; reference
             default 0.2 (``--momentum_coef``; its scripts use 0, no EMA).
+        modulation_start:
+            First fraction of the run's local epochs in which the prototype CE acts: local epoch
+            ``g`` of ``T`` is modulated when ``modulation_start <= g / T <= modulation_end`` (the
+            reference's ``--modulation_starts``/``--modulation_ends``, epochs 0..70 of 130 in its
+            CREMA-D scripts: ``[0, 70/130]``); outside the window the loss is plain fused CE (the
+            prototypes are still computed). Default 0.
+        modulation_end:
+            Last fraction of the window, in ``[modulation_start, 1]``. Default 1: the term acts for
+            the whole run.
         """
 
         alpha: Annotated[float, NON_NEGATIVE, Search(0.1, 4.0, log=True)] = 1.0
         momentum: Annotated[float, Interval(float, 0.0, 1.0, closed="left"), Search(0.0, 0.9)] = 0.2
+        modulation_start: Annotated[float, FRACTION] = 0.0
+        modulation_end: Annotated[float, FRACTION] = 1.0
+
+        def validate(self) -> None:
+            super().validate()
+            if not self.modulation_start <= self.modulation_end:
+                raise ValueError(f"pmr: the window needs modulation_start <= modulation_end (fractions of training), "
+                                 f"got modulation_start={self.modulation_start}, modulation_end={self.modulation_end}")
 
     params: Params
 
@@ -159,6 +176,11 @@ class PMR(Objective):
         #: Prototype confidence sums ``r^m`` of the last batch (for inspection and tests).
         self.last_scores: dict[str, float] = {}
         self._fresh = False
+
+    def modulating(self) -> bool:
+        """Whether the current local epoch lies in the window ``[modulation_start, modulation_end]``
+        (fractions of the run's local epochs, :meth:`Objective.progress`)."""
+        return self.params.modulation_start <= self.progress() <= self.params.modulation_end
 
     def compute_prototypes(self, model: nn.Module, data: TensorDict) -> dict[str, Prototypes]:
         """Fresh prototypes (no momentum) of every trained modality from ``data``."""
@@ -194,7 +216,7 @@ class PMR(Objective):
         with torch.no_grad():
             self.last_scores = {m: float(s.softmax(dim=1).gather(1, y[:, None]).sum()) for m, s in logits.items()}
         targets = list(logits) if len(logits) == 1 else weak_modalities(self.last_scores)
-        if self.params.alpha > 0.0:
+        if self.params.alpha > 0.0 and self.modulating():
             for m in targets:
                 loss = loss + self.params.alpha * F.cross_entropy(logits[m], y)
         return loss

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 from fedmm.checkpoint import Checkpoint, config_digest, prefixed, save_checkpoint, unprefixed
 from fedmm.config import RunConfig
 from fedmm.data import Dataset, Scenario
+from fedmm.diagnostics import round_diagnostics
 from fedmm.models import MultimodalNet
 from fedmm.objectives import Objective
 from fedmm.records import from_record, to_record, torch_state
@@ -244,6 +245,7 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
         if plan.dataset.val is not None:  # the validation split (validation = "auto"): what selects rounds
             row.update({f"val/{k}": v for k, v in evaluate(model, plan.dataset.val, plan.objective,
                                                             device=device).items()})
+        row.update(round_diagnostics(model, plan.dataset, plan.objective, device=device))  # competition's
         row.update({**stats, "seconds": seconds})
         if writer:
             writer.add_round(row, strategy.client_rows[clients_from:])

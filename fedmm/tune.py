@@ -367,6 +367,9 @@ def tune(base: RunConfig, out_dir: str | Path, settings: TuneSettings,
     out_dir = Path(out_dir).expanduser().resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"output path {str(out_dir)!r} is a file; pass a directory with --out")
+    if getattr(base, "validation", "auto") == "off":
+        raise ValueError("fedmm tune chooses on the validation split, and this config has validation = 'off'; "
+                         "drop it (or set validation = 'auto')")
     space = search_space(base, settings.params)  # an unknown --params key fails before anything is written
     if not space:
         raise ValueError("this run has no tunable parameter (see `fedmm config`)")

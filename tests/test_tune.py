@@ -104,6 +104,12 @@ def test_a_run_without_validation_accuracy_is_an_error_not_a_pruned_trial():
         one_trial(no_val)
 
 
+def test_tuning_without_a_validation_split_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="chooses on the validation split.*validation = 'off'"):
+        tune(load_config(None, [*TINY, "validation=off"]), tmp_path / "study", TuneSettings(trials=1))
+    assert not (tmp_path / "study").exists()
+
+
 def test_the_pruner_stops_a_trial_behind_the_others_at_the_same_round(tmp_path):
     # lr decides the curve: the higher the lr, the better at every round
     def simulate(run, out_dir, on_round=None, **_):

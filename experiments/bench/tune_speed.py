@@ -11,7 +11,7 @@ Prints the rounds trained by all trials together, the wall time, the best trial'
 accuracy of the last rounds and the test accuracy (at the validation-chosen round) of its config
 rerun once, for each; then the rounds pruning saved and the speed-up of `--jobs 2`. Usage:
 
-    .venv/bin/python experiments/bench/tune_speed.py [--trials 20] [--rounds 10] [--method fedavg]
+    .venv/bin/python experiments/bench/tune_speed.py [--trials 20] [--rounds 10] [--method fedavg] [--pruner asha]
 """
 
 from __future__ import annotations
@@ -48,11 +48,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--method", default="fedavg", choices=list(METHODS))
     parser.add_argument("--out", type=Path, default=Path("experiments/out/tune_speed"))
+    parser.add_argument("--pruner", default="asha", choices=["asha", "median"], help="the pruned studies' pruner")
     args = parser.parse_args()
     base = load_config(None, [*METHOD_FEDERATIONS["segment"], *METHOD_COMMON, *METHODS[args.method],
                               f"num-server-rounds={args.rounds}", "engine=inline", "device=cpu"])
-    cases = {"ASHA pruning, --jobs 1": ("asha", 1), "no pruning, --jobs 1": ("none", 1),
-             "ASHA pruning, --jobs 2": ("asha", 2)}
+    label = {"asha": "ASHA", "median": "median"}[args.pruner]
+    cases = {f"{label} pruning, --jobs 1": (args.pruner, 1), "no pruning, --jobs 1": ("none", 1),
+             f"{label} pruning, --jobs 2": (args.pruner, 2)}
     results = {}
     for name, (pruner, jobs) in cases.items():
         results[name] = study(base, args.out / f"{pruner}-jobs{jobs}", args.trials, pruner, jobs)

@@ -119,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     meth.add_argument("--trials", type=int, default=20, help="--protocol tuned: trials per method (the same budget "
                       "for every method)")
     meth.add_argument("--jobs", type=int, default=1, help="--protocol tuned: worker processes per study")
-    meth.add_argument("--pruner", default="asha", help="--protocol tuned: asha, median or none")
+    meth.add_argument("--pruner", default="median", help="--protocol tuned: median, asha or none")
     meth.set_defaults(func=_bench_methods)
 
     tune = sub.add_parser("tune", help="tune one method on one federation on validation accuracy (Optuna study "
@@ -132,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--trials", type=int, default=20, help="trials the study should hold (default 20; finished "
                       "ones from an earlier run count)")
     tune.add_argument("--jobs", type=int, default=1, help="worker processes sharing the study (one per core)")
-    tune.add_argument("--pruner", default="asha", help="asha (default), median or none")
+    tune.add_argument("--pruner", default="median", help="median (default), asha or none (docs/tuning.md)")
     tune.add_argument("--params", help="comma-separated keys to tune (default: every key with a search range, "
                       "see `fedmm config`)")
     tune.add_argument("--seed", type=int, default=0, help="seed of the sampler")

@@ -53,7 +53,7 @@ IMPORTANCE_PLOT = "importance.png"
 #: The per-round validation accuracy a trial reports (rounds.csv's column).
 VAL_METRIC = "val/acc"
 #: The pruners ``fedmm tune --pruner`` offers.
-PRUNERS = ("asha", "median", "none")
+PRUNERS = ("median", "asha", "none")
 
 
 # -- the search space ---------------------------------------------------------------------------
@@ -192,9 +192,10 @@ class TuneSettings:
     jobs:
         Worker processes (each runs trials on the inline engine, with ``cpus / jobs`` torch threads).
     pruner:
-        ``asha`` (asynchronous successive halving: rungs at 1/8, 3/8 of the rounds, ...; keeps the
-        best third), ``median`` (stop a trial below the median of earlier trials at the same round,
-        after a quarter of the rounds) or ``none``.
+        ``median`` (default: stop a trial below the median of earlier trials at the same round,
+        from the sixth trial and after a quarter of the rounds), ``asha`` (asynchronous successive
+        halving: rungs at 1/8, 3/8 of the rounds, ...; keeps the best third; saves more rounds but
+        chose a worse configuration in ``experiments/bench/tune_speed.py``) or ``none``.
     seed:
         Seed of the sampler (TPE); worker ``i`` uses ``seed + i``.
     params:
@@ -203,7 +204,7 @@ class TuneSettings:
 
     trials: int = 20
     jobs: int = 1
-    pruner: str = "asha"
+    pruner: str = "median"
     seed: int = 0
     params: tuple[str, ...] | None = None
 

@@ -18,7 +18,9 @@ import pandas as pd
 
 from fedmm.config import load_config
 from fedmm.files import atomic_write
+from fedmm.reporting import weakest_modality
 from fedmm.results import CLIENTS_FILE, LAST_ROUNDS, ROUNDS_FILE
+from fedmm.runlock import directory_lock
 from fedmm.tta import (
     CLOCK_COLUMN,
     accuracy_column,
@@ -28,7 +30,6 @@ from fedmm.tta import (
     plot_time_to_accuracy,
     time_to_target,
 )
-from fedmm.runlock import directory_lock
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,9 @@ def _run_grid(config: Path | None, overrides: Sequence[str], cases: Sequence[Cas
                "best-round": summary["best-round"], "bytes-up": summary["total-bytes-up"],
                "seconds": summary["total-seconds"], "loss-growth": summary["loss-growth"],
                "last-test/acc": summary.get("last-rounds-test/acc", math.nan),
-               "diverged-round": summary["diverged"]["round"] if summary["diverged"] else math.nan}
+               "diverged-round": summary["diverged"]["round"] if summary["diverged"] else math.nan,
+               **{k: v for k, v in summary.items()  # the round chosen on validation (validation = "auto")
+                  if k.endswith("-at-best-val") or k in ("best-val/acc", "best-val-round", "last-rounds-val/acc")}}
         rows.append(row)
         _write_csv(pd.DataFrame(rows), csv_path)
         if on_row:
@@ -236,6 +239,8 @@ def methods_benchmark(
     on_row: Callable[[dict[str, Any]], None] | None = None,
     simulate: Simulate | None = None,
     on_start: Callable[[str], None] | None = None,
+    protocol: str = "defaults",
+    tune_settings: Any = None,
 ) -> str:
     """Every method of :data:`METHODS` on every federation of :data:`METHOD_FEDERATIONS`.
 
@@ -267,21 +272,35 @@ def methods_benchmark(
         Runs one federation (default: on Ray).
     on_start:
         Called with a line naming each run of the grid before it starts (:func:`run_label`).
+    protocol:
+        How each method's configuration is chosen (:mod:`fedmm.bench_protocol`): ``defaults``,
+        ``paper`` (``preset=paper``) or ``tuned`` (tuned on validation with ``tune_settings``, a
+        :class:`fedmm.tune.TuneSettings`, before its seeds run). Besides ``methods.md``, the runs'
+        comparison (test accuracy at the validation-chosen round, 95 % CI, paired tests against
+        FedAvg) goes to ``comparison.md``/``.csv``/``.png``; its table is returned (``defaults``:
+        the ``methods.md`` table, as before).
     """
+    from fedmm.bench_protocol import PROTOCOLS, tuned_overrides, write_comparison
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     for name, valid, what in ((datasets, METHOD_FEDERATIONS, "dataset"), (methods, METHODS, "method")):
         unknown = [n for n in name if n not in valid]
         if unknown or not name:
             raise ValueError(f"unknown {what} {unknown[0]!r} for `fedmm bench methods`; choose from "
                              f"{', '.join(valid)}" if unknown else f"give at least one {what}")
-    cases = [Case({"dataset": d, "method": m},
-                  (*METHOD_FEDERATIONS[d], *METHOD_COMMON, *METHODS[m], *(QUICK_OVERRIDES if quick else ()),
-                   *overrides))
-             for d in datasets for m in methods]
+    base = {(d, m): (*METHOD_FEDERATIONS[d], *METHOD_COMMON, *METHODS[m], *(QUICK_OVERRIDES if quick else ()),
+                     *overrides, *(("preset=paper",) if protocol == "paper" else ()))
+            for d in datasets for m in methods}
     with directory_lock(out_dir, "benchmark directory"):  # one benchmark per directory (fedmm.runlock)
+        chosen = {key: tuned_overrides(*key, base[key], out_dir, tune_settings, simulate) if protocol == "tuned"
+                  else () for key in base}
+        cases = [Case({"dataset": d, "method": m}, (*base[d, m], *chosen[d, m])) for d, m in base]
         df = run_grid(None, [], cases, seeds, out_dir / "runs.csv", out_dir / "runs", on_row, simulate, on_start)
         table = methods_table(df, datasets, methods)
         atomic_write(out_dir / "methods.md", table + "\n")
-    return table
+        compared = write_comparison(df, datasets, methods, out_dir, protocol)
+    return table if protocol == "defaults" or compared is None else compared  # defaults: the table as before
 
 
 def methods_table(runs: pd.DataFrame, datasets: Sequence[str], methods: Sequence[str]) -> str:
@@ -292,7 +311,7 @@ def methods_table(runs: pd.DataFrame, datasets: Sequence[str], methods: Sequence
     sections = []
     for d in datasets:
         rows = runs[runs["dataset"] == d]
-        weak = weak_modality(rows)
+        weak = weakest_modality(rows)
         header = ["method", *list(columns.values())[:3], f"{weak} alone", *list(columns.values())[3:], "diverged"]
         lines = [f"**{d}** (weakest modality: {weak})", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for m in methods:
@@ -305,16 +324,6 @@ def methods_table(runs: pd.DataFrame, datasets: Sequence[str], methods: Sequence
             lines.append("| " + " | ".join([m, *cells, f"{diverged}/{len(run)}"]) + " |")
         sections.append("\n".join(lines))
     return "\n\n".join(sections)
-
-
-def weak_modality(final: pd.DataFrame) -> str:
-    """The modality whose final accuracy alone (``test/acc/<m>``) is lowest, averaged over the runs
-    (one row per run)."""
-    alone = {c.rsplit("/", 1)[1]: final[c].mean() for c in final.columns
-             if c.startswith("test/acc/") and final[c].notna().any()}  # another dataset's modalities are NaN
-    if not alone:
-        raise ValueError("the runs report no single-modality accuracy (test/acc/<m>)")
-    return min(alone, key=alone.get)
 
 
 def selection_table(curves: pd.DataFrame, policies: Sequence[str], part: pd.DataFrame | None = None) -> str:
@@ -332,7 +341,7 @@ def selection_table(curves: pd.DataFrame, policies: Sequence[str], part: pd.Data
         curves = curves.assign(**{"mb-up": curves.groupby(["policy", "seed"])["bytes-up"].cumsum() / 1e6})
     last_round = curves["round"].max()
     final = curves[curves["round"] == last_round]
-    weak = weak_modality(final)
+    weak = weakest_modality(final)
     column = accuracy_column(curves)
     clock = has_clock(curves)
     target = 0.95 * final.groupby("policy")[column].mean().max()

@@ -163,7 +163,30 @@ def _parser() -> argparse.ArgumentParser:
                       help="override a config key of every run; repeatable")
     meth.add_argument("--out", type=Path, default=Path("experiments/out/methods"),
                       help="directory of the runs, the CSV and the table (finished runs are not repeated)")
+    meth.add_argument("--protocol", default="defaults", help="defaults (fedmm's defaults), paper (preset=paper) or "
+                      "tuned (each method tuned on validation with --trials trials, then run on the seeds; default "
+                      "seeds 0-4)")
+    meth.add_argument("--trials", type=int, default=20, help="--protocol tuned: trials per method (the same budget "
+                      "for every method)")
+    meth.add_argument("--jobs", type=int, default=1, help="--protocol tuned: worker processes per study")
+    meth.add_argument("--pruner", default="median", help="--protocol tuned: median, asha or none")
     meth.set_defaults(func=_bench_methods)
+
+    tune = sub.add_parser("tune", help="tune one method on one federation on validation accuracy (Optuna study "
+                          "in --out; run again to resume)")
+    tune.add_argument("--config", type=Path, help="TOML file of the method and federation")
+    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config key of the base config; repeatable")
+    tune.add_argument("--out", type=Path, required=True, help="the study's directory (study.journal, best.toml, "
+                      "trials.csv, plots); the same --out resumes the study")
+    tune.add_argument("--trials", type=int, default=20, help="trials the study should hold (default 20; finished "
+                      "ones from an earlier run count)")
+    tune.add_argument("--jobs", type=int, default=1, help="worker processes sharing the study (one per core)")
+    tune.add_argument("--pruner", default="median", help="median (default), asha or none (docs/tuning.md)")
+    tune.add_argument("--params", help="comma-separated keys to tune (default: every key with a search range, "
+                      "see `fedmm config`)")
+    tune.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    tune.set_defaults(func=_tune)
 
     keys = sub.add_parser("config", help="list every config key with its constraints, default and meaning")
     keys.add_argument("namespace", nargs="?", help="only this part: run, objective, selection, dataset, encoder, devices")
@@ -241,6 +264,29 @@ def _simulate_in(run: Any, out: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from fedmm.config import load_config
+    from fedmm.tune import STUDY_FILE, TuneSettings, tune
+
+    run = load_config(args.config, args.overrides)
+    settings = TuneSettings(trials=args.trials, jobs=args.jobs, pruner=args.pruner, seed=args.seed,
+                            params=tuple(_names(args.params)) if args.params else None)
+    result = tune(run, args.out, settings)
+    done = (f"{result.complete} complete and {result.pruned} pruned trials ({result.rounds} rounds trained) "
+            f"in {result.seconds:.0f} s")
+    if result.status == "interrupted":
+        return _interrupted(signal.SIGINT, f"interrupted; the study keeps its {done.split(' in ')[0]} in "
+                            f"{args.out / STUDY_FILE}; run the same command again to continue")
+    print(f"study {result.study}: {done}")
+    if result.best_config is None:
+        print("no trial completed (all pruned); widen the search or add trials")
+        return 1
+    values = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best_params.items())
+    print(f"best mean val/acc (last rounds) {result.best_value:.4f}: {values}")
+    print(f"best config: {result.best_config} (fedmm simulate --config {result.best_config} --out DIR)")
+    return 0
+
+
 def _seeds(text: str) -> list[int]:
     try:
         return [int(s) for s in text.split(",")]
@@ -257,14 +303,19 @@ def _bench_methods(args: argparse.Namespace) -> int:
 
     datasets = _names(args.datasets or ("synthetic" if args.quick else ",".join(METHOD_FEDERATIONS)))
     methods = _names(args.methods or ",".join(METHODS))
-    seeds = _seeds(args.seeds or ("0" if args.quick else "0,1,2"))
+    seeds = _seeds(args.seeds or ("0" if args.quick else "0,1,2" if args.protocol == "defaults" else "0,1,2,3,4"))
+    settings = None
+    if args.protocol == "tuned":
+        from fedmm.tune import TuneSettings
+
+        settings = TuneSettings(trials=args.trials, jobs=args.jobs, pruner=args.pruner)
 
     def progress(row: dict) -> None:
         print(f"{row['dataset']} {row['method']} seed {row['seed']}: test/acc {row['test/acc']:.4f} "
               f"in {row['seconds']:.0f} s", flush=True)
 
     table = methods_benchmark(datasets, methods, seeds, args.out, args.overrides, quick=args.quick, on_row=progress,
-                              on_start=_say)
+                              on_start=_say, protocol=args.protocol, tune_settings=settings)
     print(table)
     print(f"results: {args.out}")
     return 0

@@ -28,7 +28,9 @@ from fedmm.params import (
     Checked,
     Interval,
     Options,
+    Search,
     Spec,
+    check_search,
     check_value,
     specs,
 )
@@ -219,13 +221,13 @@ class RunConfig(Checked):
     round_timeout: Annotated[float, POSITIVE] = 600.0
     # local training
     objective: str = "auto"
-    local_epochs: Annotated[int, LOCAL_EPOCHS] = 2
+    local_epochs: Annotated[int, LOCAL_EPOCHS, Search(1, 5)] = 2
     batch_size: Annotated[int, BATCH_SIZE] = 32
-    lr: Annotated[float, LR] = 0.05
+    lr: Annotated[float, LR, Search(1e-3, 0.3, log=True)] = 0.05
     lr_min: Annotated[float, NON_NEGATIVE] = 0.0
     lr_decay_start: Annotated[int, NON_NEGATIVE_INT] = 0
-    momentum: Annotated[float, MOMENTUM] = 0.9
-    weight_decay: Annotated[float, WEIGHT_DECAY] = 0.0001
+    momentum: Annotated[float, MOMENTUM, Search(0.0, 0.95)] = 0.9
+    weight_decay: Annotated[float, WEIGHT_DECAY, Search(1e-6, 1e-2, log=True)] = 0.0001
     optimizer: Annotated[str, OPTIMIZER] = "sgd"
     adam_beta2: Annotated[float, ADAM_BETA2] = 0.999
     preset: Annotated[str, Options("none", "paper")] = "none"
@@ -418,6 +420,7 @@ def key_of(name: str) -> str:
 
 
 RunConfig.field_names = {f.name: key_of(f.name) for f in fields(RunConfig)}
+check_search(RunConfig, "the run config")  # a search range outside the valid one fails at import
 _PLUGINS = next(s for s in specs(RunConfig) if s.name == "plugins")
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import tomli_w
 
 from fedmm.config import key_of, plain_specs
-from fedmm.params import config_specs
+from fedmm.params import Spec, config_specs
 from fedmm.registry import did_you_mean
 from fedmm.strategies.recipes import STRATEGIES
 
@@ -77,6 +77,9 @@ class ParamRow:
         Its default value.
     help:
         What it means (from the declaring docstring).
+    search:
+        Where ``fedmm tune`` looks for its value (:meth:`fedmm.params.Search.describe`); empty
+        when it is not tuned.
     """
 
     key: str
@@ -84,6 +87,7 @@ class ParamRow:
     allowed: str
     default: Any
     help: str
+    search: str = ""
 
 
 def param_classes() -> dict[str, dict[str, type]]:
@@ -119,9 +123,10 @@ def parameter_rows(namespace: str | None = None, name: str | None = None) -> lis
     from fedmm.models.encoders import ENCODERS
 
     components: dict[str, dict[str, list[ParamRow]]] = {
-        "run": {"": [ParamRow(key_of(s.name), "", s.allowed(), s.default, s.help) for s in plain_specs()]}}
+        "run": {"": [ParamRow(key_of(s.name), "", s.allowed(), s.default, s.help, _search_text(s))
+                     for s in plain_specs()]}}
     for ns, classes in param_classes().items():
-        components[ns] = {n: [ParamRow(f"{ns}.{s.name}", f"{ns} {n}", s.allowed(), s.default, s.help)
+        components[ns] = {n: [ParamRow(f"{ns}.{s.name}", f"{ns} {n}", s.allowed(), s.default, s.help, _search_text(s))
                               for s in config_specs(cls)] for n, cls in classes.items()}
     encoder = f"one of {', '.join(ENCODERS.names())}"
     components["dataset"] = {n: [
@@ -147,6 +152,10 @@ def parameter_rows(namespace: str | None = None, name: str | None = None) -> lis
                          f"Valid: {', '.join(components[namespace])}")
     return components[namespace][name]
 
+
+
+def _search_text(spec: Spec) -> str:
+    return f"search {spec.search.describe()}" if spec.search is not None else ""
 
 def config_sections(namespace: str | None = None, name: str | None = None) -> list[tuple[str, list[ParamRow]]]:
     """``fedmm config``'s rows grouped by component, in its order: the plain keys (component ``""``),
@@ -185,7 +194,8 @@ def plain_listing(namespace: str | None = None, name: str | None = None) -> list
             lines += ["", f"[{component}]"]
         if not rows:
             lines.append("(no parameters)")
-        lines += [f"{r.key:22s} {r.default!r:14s} {r.allowed:24s} {r.help}" for r in rows]
+        lines += [f"{r.key:22s} {r.default!r:14s} {r.allowed:24s} {r.help}" + (f" ({r.search})" if r.search else "")
+                  for r in rows]
     return lines
 
 
@@ -204,8 +214,9 @@ def configuration_markdown() -> str:
         if not rows:
             parts.append("(no parameters)\n")
             continue
-        lines = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
-        lines += [f"| `{r.key}` | {_default(r.default)} | {_cell(r.allowed)} | {_cell(r.help)} |" for r in rows]
+        lines = ["| key | default | allowed | meaning | `fedmm tune` searches |", "|---|---|---|---|---|"]
+        lines += [f"| `{r.key}` | {_default(r.default)} | {_cell(r.allowed)} | {_cell(r.help)} | "
+                  f"{_cell(r.search.removeprefix('search '))} |" for r in rows]
         parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
 

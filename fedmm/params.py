@@ -117,6 +117,91 @@ class Options(Constraint):
         return ", ".join(self.options)
 
 
+# -- search ranges -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Search:
+    """Where a tuner (``fedmm tune``) looks for a parameter's value, declared next to its
+    constraints: ``lr: Annotated[float, POSITIVE, Search(1e-4, 0.5, log=True)] = 0.05``. Not a
+    constraint: a configured value outside the range is still valid.
+
+    Parameters
+    ----------
+    low, high:
+        The range of a numeric parameter, both ends included; ``None`` with ``choices``.
+    log:
+        Sample on a log scale (``low`` must then be > 0).
+    step:
+        The grid step of an integer parameter (default 1); ``None`` for a float: continuous.
+    choices:
+        The values to try instead of a range (strings, or a few numbers).
+    """
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+
+    def problem(self, spec: Spec) -> str | None:
+        """``None`` when this range fits ``spec`` (its type and every constraint), else what is
+        wrong (``"low -1 violates: must be >= 0.0, got -1"``)."""
+        if self.choices:
+            if self.low is not None or self.high is not None:
+                return "give either choices or low/high, not both"
+            ends = {f"choice {c!r}": c for c in self.choices}
+        else:
+            if self.low is None or self.high is None:
+                return "needs low and high (or choices)"
+            if not self.low < self.high:
+                return f"low {self.low} must be below high {self.high}"
+            if self.log and self.low <= 0:
+                return f"a log range needs low > 0, got {self.low}"
+            ends = {f"low {self.low}": self.low, f"high {self.high}": self.high}
+        for what, value in ends.items():
+            try:
+                converted = convert_value(value, spec.annotation)
+            except (TypeError, ValueError):
+                return f"{what} is not a {type_name(spec.annotation)}"
+            if isinstance(converted, float) and not math.isfinite(converted):
+                return f"{what} is not finite"
+            for constraint in spec.constraints:
+                if (why := constraint.violation(converted)) is not None:
+                    return f"{what} is outside the valid range: {why}"
+        return None
+
+    def describe(self) -> str:
+        """The range as ``fedmm config`` lists it: ``log[0.0001, 0.5]``, ``[1, 5]``, ``{a, b}``."""
+        if self.choices:
+            return "{" + ", ".join(map(str, self.choices)) + "}"
+        ends = ", ".join("?" if v is None else f"{v:g}" for v in (self.low, self.high))
+        return f"{'log' if self.log else ''}[{ends}]"
+
+    def suggest(self, trial: Any, name: str, annotation: Any) -> Any:
+        """A value drawn by an Optuna ``trial`` for parameter ``name`` of type ``annotation``."""
+        if self.choices:
+            return trial.suggest_categorical(name, list(self.choices))
+        if annotation is int:
+            return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(name, float(self.low), float(self.high), log=self.log, step=self.step)
+
+
+def check_search(target: type, owner: str) -> None:
+    """Refuse (``ValueError`` naming ``owner`` and the field) a :class:`Search` range of
+    ``target``'s parameters that leaves the parameter's valid range; every registry calls it when
+    a ``Params`` class is registered, so a wrong range fails when its module is imported.
+
+    Parameters
+    ----------
+    target:
+        A dataclass (a ``Params``, ``RunConfig``).
+    owner:
+        Who declares it, for the message (``"objective 'mnl'"``).
+    """
+    for spec in specs(target):
+        if spec.search is not None and (why := spec.search.problem(spec)) is not None:
+            raise ValueError(f"search range {spec.search.describe()} of parameter {spec.name!r} of {owner}: {why}")
+
+
 # -- one parameter -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Spec:
@@ -134,6 +219,8 @@ class Spec:
         The :class:`Constraint` objects of its ``Annotated`` annotation.
     help:
         The first paragraph of its docstring entry; empty when it has none.
+    search:
+        Its :class:`Search` range for tuning; ``None`` when it is not tuned.
     """
 
     name: str
@@ -141,6 +228,7 @@ class Spec:
     default: Any
     constraints: tuple[Constraint, ...]
     help: str
+    search: Search | None = None
 
     def allowed(self) -> str:
         """The type and constraints as one phrase (``"float in [0, 1)"``)."""
@@ -186,11 +274,12 @@ def config_specs(cls: type) -> list[Spec]:
 
 
 def _spec(name: str, hint: Any, default: Any, helps: Mapping[str, str]) -> Spec:
-    annotation, constraints = hint, ()
+    annotation, constraints, search = hint, (), None
     if typing.get_origin(hint) is Annotated:
         annotation, *extra = typing.get_args(hint)
         constraints = tuple(c for c in extra if isinstance(c, Constraint))
-    return Spec(name, annotation, default, constraints, helps.get(name, ""))
+        search = next((c for c in extra if isinstance(c, Search)), None)
+    return Spec(name, annotation, default, constraints, helps.get(name, ""), search)
 
 
 def check_value(label: str, value: Any, spec: Spec) -> Any:

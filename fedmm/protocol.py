@@ -25,7 +25,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from fedmm.facts import ANY_NUMBER, CLIENT_FACTS, IMBALANCE_RATIO, IMBALANCE_RATIO_VALID
 from fedmm.params import Interval
 from fedmm.groups import keys_for_modalities
-from fedmm.records import RecordMismatch, subset_record, vet_arrays
+from fedmm.records import RecordMismatch, array_numpy, subset_record, vet_arrays
 
 # records of a message's content
 CONFIG, ARRAYS, EXTRAS, EXTRA_ARRAYS = "config", "arrays", "extras", "extra-arrays"
@@ -373,5 +373,5 @@ def encode_extras(extras: Mapping[str, Any]) -> tuple[ConfigRecord, ArrayRecord]
 def decode_extras(config: ConfigRecord | None, arrays: ArrayRecord | None) -> dict[str, Any]:
     """The extras :func:`encode_extras` split, back in one dict."""
     out: dict[str, Any] = dict(config or {})
-    out.update({k: v.numpy() for k, v in (arrays or {}).items()})
+    out.update({k: array_numpy(v) for k, v in (arrays or {}).items()})
     return out

@@ -16,6 +16,8 @@ from typing import Any
 
 import pandas as pd
 
+from fedmm.progress import weak_modality
+
 #: The files of a run that this module reads (the names of :mod:`fedmm.results`, repeated here so
 #: that reading a run never imports the server's modules).
 ROUNDS_FILE, CLIENTS_FILE, CONFIG_FILE, SUMMARY_FILE = "rounds.csv", "clients.csv", "config.toml", "summary.json"
@@ -161,21 +163,15 @@ def _summary_from_rounds(rounds: pd.DataFrame) -> dict[str, Any]:
 
 # -- what one run shows ---------------------------------------------------------------------------
 
-def weak_modality(final: dict[str, Any]) -> tuple[str, float] | None:
-    """The modality whose unimodal test accuracy (``test/acc/<m>`` of ``final``) is lowest, with
-    that accuracy; ``None`` for a run without per-modality columns.
-
-    Parameters
-    ----------
-    final:
-        The final round's metrics (``summary["final"]`` or a ``rounds.csv`` row).
-    """
-    accs = {k.rsplit("/", 1)[1]: float(v) for k, v in final.items()
-            if k.startswith("test/acc/") and v is not None and math.isfinite(float(v))}
-    if not accs:
-        return None
-    name = min(sorted(accs), key=accs.__getitem__)
-    return name, accs[name]
+def weakest_modality(final: pd.DataFrame) -> str:
+    """The modality whose final accuracy alone (``test/acc/<m>``) is lowest, averaged over the runs
+    (one row per run)."""
+    alone = {c.rsplit("/", 1)[1]: final[c].mean() for c in final.columns
+             if c.startswith("test/acc/") and not c.endswith("-at-best-val")  # the final round's, not the chosen one's
+             and final[c].notna().any()}  # another dataset's modalities are NaN
+    if not alone:
+        raise ValueError("the runs report no single-modality accuracy (test/acc/<m>)")
+    return min(alone, key=alone.get)
 
 
 def best_on_validation(run: Run) -> tuple[float, int, float] | None:

@@ -8,10 +8,15 @@ the clients one after another in this process with torch using all cores; fedmm 
 actors with `client-num-cpus` CPUs each (engine ray) and one after another in this process (engine
 inline, the same threads as the plain loop).
 
-Prints startup (time to the end of round 1 minus one steady round) and the median steady-state
-round time of each, their ratio, and both final accuracies. Usage:
+Prints the start-up (from the call until round 1 starts: Ray's start, the initial model's
+evaluation; the plain loop's client tensors) and the median steady-state round time of each, their
+ratio, and the final accuracies. Start-up used to be round 1's time minus a steady round, which is
+only noise (and could be negative) for an engine without start-up; it is now measured directly.
+The column "inline, np.load decoder" is the inline engine with Flower's own ``Array.numpy()``
+(``np.load``, which parses every array's header with ``ast.literal_eval``) instead of
+``fedmm.records.array_numpy``: the decoder before and after, in the same run. Usage:
 
-    .venv/bin/python experiments/bench/overhead.py [--rounds 6] [--clients 10] [--epochs 1]
+    .venv/bin/python experiments/bench/overhead.py [--rounds 6] [--clients 10] [--epochs 1] [--engines ray,inline]
 """
 
 from __future__ import annotations
@@ -31,12 +36,15 @@ from fedmm.simulation import simulate
 from fedmm.training import evaluate
 
 
-def plain_loop(plan, rounds: int) -> tuple[list[float], float]:
-    """FedAvg over all clients with a hand-written local loop; returns round times and final acc."""
+def plain_loop(plan, rounds: int) -> tuple[list[float], float, float]:
+    """FedAvg over all clients with a hand-written local loop; returns round times, final acc and
+    start-up (building the clients' tensors)."""
+    called = time.perf_counter()
     run = plan.run
     global_model = copy.deepcopy(plan.model)
     datasets = [client_data(plan.dataset, plan.scenario, k) for k in range(len(plan.scenario.partitions))]
     times = []
+    startup = time.perf_counter() - called
     for server_round in range(1, rounds + 1):
         started = time.perf_counter()
         states, weights = [], []
@@ -66,17 +74,26 @@ def plain_loop(plan, rounds: int) -> tuple[list[float], float]:
         global_model.load_state_dict(averaged)
         times.append(time.perf_counter() - started)
     acc = evaluate(global_model, plan.dataset.test, plan.objective, device=torch.device("cpu"))["acc"]
-    return times, acc
+    return times, acc, startup
 
 
-def fedmm_simulation(plan, out_dir: Path) -> tuple[list[float], float, float]:
-    """Round times (round 1 includes the engine's start-up), final accuracy and total wall time."""
-    rows = []
+def fedmm_simulation(plan, out_dir: Path) -> tuple[list[float], float, float, float]:
+    """Round times, final accuracy, total wall time and start-up: from the call until round 1's
+    training began (the time round 1's row arrived, less its training time and evaluation)."""
+    rows, arrived = [], []
+
+    def on_round(row: dict) -> None:
+        arrived.append(time.perf_counter())
+        rows.append(row)
+
     started = time.perf_counter()
-    simulate(plan.run, out_dir, plan=plan, on_round=rows.append)
+    simulate(plan.run, out_dir, plan=plan, on_round=on_round)
     wall = time.perf_counter() - started
     times = [r["seconds"] for r in rows if r["round"] > 0]
-    return times, rows[-1]["test/acc"], wall
+    # round 0's row arrives after the engine started and the initial model was evaluated; round 1
+    # starts right after it (before its row, round 1 trains for rows[1]["seconds"] and is evaluated)
+    startup = arrived[0] - started
+    return times, rows[-1]["test/acc"], wall, startup
 
 
 def main() -> None:
@@ -85,6 +102,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--dataset", default="hapt")
+    parser.add_argument("--engines", default="ray,inline", help="comma-separated fedmm engines to time")
     args = parser.parse_args()
     flat = [
         f"dataset={args.dataset}", "partition=iid", f"num-clients={args.clients}", "allocation=all",
@@ -92,20 +110,32 @@ def main() -> None:
     ]
     run = load_config(None, flat)
     out_dir = Path("experiments/out/overhead")
-    plain_times, plain_acc = plain_loop(prepare(run), args.rounds)
+    plain_times, plain_acc, plain_startup = plain_loop(prepare(run), args.rounds)
     fedmm_runs = {}
-    for engine in ("ray", "inline"):
+    for engine in [e.strip() for e in args.engines.split(",") if e.strip()]:
         engine_run = load_config(None, [*flat, f"engine={engine}"])
         fedmm_runs[engine] = fedmm_simulation(prepare(engine_run, out_dir / engine, overwrite=True), out_dir / engine)
+    if "inline" in fedmm_runs:  # the same inline run with Flower's np.load decoder (before array_numpy)
+        import fedmm.protocol
+        import fedmm.records
+
+        fast = fedmm.records.array_numpy
+        fedmm.records.array_numpy = fedmm.protocol.array_numpy = lambda array: array.numpy()
+        try:
+            engine_run = load_config(None, [*flat, "engine=inline"])
+            fedmm_runs["inline, np.load decoder"] = fedmm_simulation(
+                prepare(engine_run, out_dir / "inline-npload", overwrite=True), out_dir / "inline-npload")
+        finally:
+            fedmm.records.array_numpy = fedmm.protocol.array_numpy = fast
 
     plain_steady = statistics.median(plain_times[1:])
-    steady = {e: statistics.median(times[1:]) for e, (times, _, _) in fedmm_runs.items()}
+    steady = {e: statistics.median(times[1:]) for e, (times, *_) in fedmm_runs.items()}
     print(f"# fedmm overhead: {args.dataset}, {args.clients} clients (all selected), {args.rounds} rounds, "
           f"{args.epochs} local epoch(s), {torch.get_num_threads()} torch threads in the plain loop and inline\n")
-    print("| | plain PyTorch loop | fedmm, engine ray | fedmm, engine inline |")
-    print("|---|---|---|---|")
-    print(f"| start-up (s) | {plain_times[0] - plain_steady:.2f} | "
-          + " | ".join(f"{fedmm_runs[e][0][0] - steady[e]:.2f}" for e in fedmm_runs) + " |")
+    print("| | plain PyTorch loop | " + " | ".join(f"fedmm, engine {e}" for e in fedmm_runs) + " |")
+    print("|---|---|" + "---|" * len(fedmm_runs))
+    print(f"| start-up (s, until round 1 starts) | {plain_startup:.2f} | "
+          + " | ".join(f"{fedmm_runs[e][3]:.2f}" for e in fedmm_runs) + " |")
     print(f"| steady-state round (s, median of rounds 2..{args.rounds}) | {plain_steady:.2f} | "
           + " | ".join(f"{steady[e]:.2f}" for e in fedmm_runs) + " |")
     print("| ratio fedmm / plain (steady round) | | "

@@ -39,7 +39,7 @@ from fedmm.groups import keys_for_modalities
 from fedmm.objectives import RoundContext
 from fedmm.protocol import (ARRAYS, Request, evaluate_reply, info_reply, model_facts_reply, requested_partition,
                             run_config_text, train_reply)
-from fedmm.records import to_record
+from fedmm.records import to_record, torch_state
 from fedmm.training import evaluate, resolve_device, train_local
 from fedmm.workspace import dataset_of, loaded_dataset, model_of, objective_of, parse_run_config, scenario_of, train_config_of
 
@@ -212,7 +212,7 @@ def train(msg: Message, context: Context) -> Message:
     device = resolve_device(run.device)
     objective = objective_of(run)
     model = model_of(run, objective)
-    model.load_state_dict(msg.content[ARRAYS].to_torch_state_dict(), strict=False)
+    model.load_state_dict(torch_state(msg.content[ARRAYS]), strict=False)
     model.to(device)
     teacher = copy.deepcopy(model).eval().requires_grad_(False) if objective.uses_global_model else None
     ctx = _round_context(request, run, modalities, device, teacher)
@@ -247,7 +247,7 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     device = resolve_device(node.run.device)
     objective = objective_of(node.run)
     model = model_of(node.run, objective)
-    model.load_state_dict(msg.content[ARRAYS].to_torch_state_dict(), strict=False)
+    model.load_state_dict(torch_state(msg.content[ARRAYS]), strict=False)
     model.to(device)
     data = node.data
     request = Request.from_message(msg)

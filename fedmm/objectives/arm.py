@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from fedmm.data.base import LABEL_KEY, TensorDict
 from fedmm.objectives.base import Objective
 from fedmm.objectives.registry import register_objective
-from fedmm.params import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Checked
+from fedmm.params import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Checked, Search
 
 
 class SubspaceClassifier(nn.Module):
@@ -105,10 +105,10 @@ class ARMReconstruction(Objective):
         """
 
         subspace_dim: Annotated[int, NON_NEGATIVE_INT] = 0
-        distill_weight: Annotated[float, NON_NEGATIVE] = 1.0
-        temperature: Annotated[float, POSITIVE] = 2.0
-        ortho_weight: Annotated[float, NON_NEGATIVE] = 0.01
-        strong_ce_weight: Annotated[float, NON_NEGATIVE] = 1.0
+        distill_weight: Annotated[float, NON_NEGATIVE, Search(0.1, 2.0)] = 1.0
+        temperature: Annotated[float, POSITIVE, Search(1.0, 8.0)] = 2.0
+        ortho_weight: Annotated[float, NON_NEGATIVE, Search(1e-3, 0.1, log=True)] = 0.01
+        strong_ce_weight: Annotated[float, NON_NEGATIVE, Search(0.1, 2.0)] = 1.0
         strong_modality: str = ""
 
     params: Params

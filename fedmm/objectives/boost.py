@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from fedmm.data.base import LABEL_KEY, TensorDict
 from fedmm.objectives.base import Objective, RoundContext
 from fedmm.objectives.registry import register_objective
-from fedmm.params import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Checked, Interval, Options
+from fedmm.params import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Checked, Interval, Options, Search
 
 #: Key of the active-slot counts in the server's extras (one int per modality, canonical order).
 ACTIVE_KEY = "boost-active"
@@ -167,12 +167,12 @@ class SustainedBoosting(Objective):
             decision round's reports, each client summing its last local epoch only.
         """
 
-        lam: Annotated[float, FRACTION] = 0.5
+        lam: Annotated[float, FRACTION, Search(0.1, 1.0)] = 0.5
         n_max: Annotated[int, Interval(int, 1, None, closed="left")] = 11
         hidden_dim: Annotated[int, NON_NEGATIVE_INT] = 0
-        sigma: Annotated[float, POSITIVE] = 1.0
-        tau: Annotated[float, NON_NEGATIVE] = 0.01
-        assign_interval: Annotated[float, Interval(float, 0.0, 1.0, closed="right")] = 0.1
+        sigma: Annotated[float, POSITIVE, Search(0.1, 10.0, log=True)] = 1.0
+        tau: Annotated[float, NON_NEGATIVE, Search(1e-3, 0.1, log=True)] = 0.01
+        assign_interval: Annotated[float, Interval(float, 0.0, 1.0, closed="right"), Search(0.05, 0.5)] = 0.1
         assign_every: Annotated[int, NON_NEGATIVE_INT] = 0
         train_added_heads: bool = False
         freeze_previous_heads: bool = False

@@ -53,7 +53,7 @@ from fedmm.data.base import TensorDict
 from fedmm.objectives.base import Objective, RoundContext
 from fedmm.objectives.pmr import PMR, Prototypes, class_feature_sums, prototypes_from_sums
 from fedmm.objectives.registry import register_objective
-from fedmm.params import NON_NEGATIVE, Checked
+from fedmm.params import NON_NEGATIVE, Checked, Search
 
 #: The server round of the strategy's update pass before round 1 (the same value as
 #: ``fedmm.strategies.selection.base.UPDATE_PASS_ROUND``; objectives import no strategy code).
@@ -110,7 +110,7 @@ class CMSFedObjective(PMR):
             Weight of the ME (prototype) loss, the reference's ``--MI_alpha`` (2.0 in its scripts).
         """
 
-        alpha: Annotated[float, NON_NEGATIVE] = 2.0
+        alpha: Annotated[float, NON_NEGATIVE, Search(0.5, 4.0)] = 2.0
 
     params: Params
 

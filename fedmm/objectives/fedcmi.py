@@ -46,7 +46,7 @@ from fedmm.data.base import LABEL_KEY, TensorDict, num_examples
 from fedmm.models.projectors import add_projectors, filled_slots, project
 from fedmm.objectives.base import Objective, RoundContext
 from fedmm.objectives.registry import register_objective
-from fedmm.params import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Checked
+from fedmm.params import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Checked, Search
 
 
 def class_wise_temperature(p_first: torch.Tensor, p_second: torch.Tensor, present: torch.Tensor,
@@ -122,15 +122,15 @@ class FedCMI(Objective):
             strategy parameter ``strategy.mu`` is fedprox's and is refused here.
         """
 
-        lambda1: Annotated[float, NON_NEGATIVE] = 2.0
-        lambda2: Annotated[float, NON_NEGATIVE] = 1.0
-        kappa: Annotated[float, NON_NEGATIVE] = 2.0
+        lambda1: Annotated[float, NON_NEGATIVE, Search(0.5, 4.0)] = 2.0
+        lambda2: Annotated[float, NON_NEGATIVE, Search(0.25, 2.0)] = 1.0
+        kappa: Annotated[float, NON_NEGATIVE, Search(0.5, 4.0)] = 2.0
         class_wise: bool = True
-        temperature: Annotated[float, POSITIVE] = 1.0
+        temperature: Annotated[float, POSITIVE, Search(0.5, 4.0)] = 1.0
         warmup_rounds: Annotated[int, NON_NEGATIVE_INT] = 1
         projector: Literal["linear", "mlp"] = "linear"
         proximal: bool = False
-        mu: Annotated[float, NON_NEGATIVE] = 1.0
+        mu: Annotated[float, NON_NEGATIVE, Search(0.01, 2.0, log=True)] = 1.0
 
     params: Params
 

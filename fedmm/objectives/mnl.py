@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from fedmm.data.base import LABEL_KEY, TensorDict
 from fedmm.objectives.base import Objective, RoundContext
 from fedmm.objectives.registry import register_objective
-from fedmm.params import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, Checked
+from fedmm.params import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, Checked, Search
 
 #: How MNL forms the fused prediction ``z^f`` (the ``fusion`` parameter).
 FUSIONS = ("mean", "concat")
@@ -130,8 +130,8 @@ class MNL(Objective):
         """
 
         fusion: Literal["mean", "concat"] = "mean"
-        lam: Annotated[float, NON_NEGATIVE] = 0.7
-        start: Annotated[float, FRACTION] = 0.0
+        lam: Annotated[float, NON_NEGATIVE, Search(0.1, 2.0)] = 0.7
+        start: Annotated[float, FRACTION, Search(0.0, 0.5)] = 0.0
         start_round: Annotated[int, NON_NEGATIVE_INT] = 0
 
         def validate(self) -> None:

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from fedmm.data.base import LABEL_KEY, TensorDict
 from fedmm.objectives.base import Objective, RoundContext
 from fedmm.objectives.registry import register_objective
-from fedmm.params import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, Checked
+from fedmm.params import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, Checked, Search
 
 #: Added to the gradient's standard deviation before drawing the GE noise (reference value).
 GE_STD_EPS = 1e-8
@@ -143,9 +143,9 @@ class OGMGE(Objective):
             Add the Gaussian generalisation-enhancement noise (OGM-GE); ``False`` gives plain OGM.
         """
 
-        alpha: Annotated[float, NON_NEGATIVE] = 0.1
+        alpha: Annotated[float, NON_NEGATIVE, Search(0.05, 1.0, log=True)] = 0.1
         modulation_start: Annotated[float, FRACTION] = 0.0
-        modulation_end: Annotated[float, FRACTION] = 0.5
+        modulation_end: Annotated[float, FRACTION, Search(0.2, 1.0)] = 0.5
         modulation_start_round: Annotated[int, NON_NEGATIVE_INT] = 0
         modulation_end_round: Annotated[int, NON_NEGATIVE_INT] = 0
         ge: bool = True

@@ -25,7 +25,7 @@ from fedmm.data.base import LABEL_KEY, TensorDict, num_examples
 from fedmm.facts import CLIENT_FACTS, IMBALANCE_RATIO, IMBALANCE_RATIO_VALID, ClientFact
 from fedmm.objectives.base import Objective, RoundContext
 from fedmm.objectives.registry import register_objective
-from fedmm.params import FRACTION, NON_NEGATIVE, Checked, Interval
+from fedmm.params import FRACTION, NON_NEGATIVE, Checked, Interval, Search
 
 
 @dataclass
@@ -155,8 +155,8 @@ class PMR(Objective):
             the whole run.
         """
 
-        alpha: Annotated[float, NON_NEGATIVE] = 1.0
-        momentum: Annotated[float, Interval(float, 0.0, 1.0, closed="left")] = 0.2
+        alpha: Annotated[float, NON_NEGATIVE, Search(0.1, 4.0, log=True)] = 1.0
+        momentum: Annotated[float, Interval(float, 0.0, 1.0, closed="left"), Search(0.0, 0.9)] = 0.2
         modulation_start: Annotated[float, FRACTION] = 0.0
         modulation_end: Annotated[float, FRACTION] = 1.0
 

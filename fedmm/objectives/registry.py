@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from fedmm.objectives.base import Objective
-from fedmm.params import Label, config_specs, parse, type_name
+from fedmm.params import Label, check_search, config_specs, parse, type_name
 from fedmm.registry import Registry
 
 #: Every registered objective class, by name.
@@ -66,6 +66,7 @@ def register_objective(cls: ObjectiveType) -> ObjectiveType:
     bad_aliases = {a: f for a, f in _aliases(cls).items() if f not in fields}
     if bad_aliases:
         raise ValueError(f"objective {name!r}: param_aliases {bad_aliases} point at no Params field; fields are {sorted(fields)}")
+    check_search(cls.Params, f"objective {name!r}")  # a search range outside the valid one fails at import
     OBJECTIVES.add(name, cls)
     # a directly built Params names its fields as build_objective does (fedmm.params.Checked)
     cls.Params.label_format = f"parameter '{{}}' of objective {name!r}"

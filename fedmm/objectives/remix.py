@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from fedmm.data.base import LABEL_KEY, TensorDict, num_examples
 from fedmm.objectives.base import Objective, RoundContext
 from fedmm.objectives.registry import register_objective
-from fedmm.params import FRACTION, NON_NEGATIVE, Checked, Interval
+from fedmm.params import FRACTION, NON_NEGATIVE, Checked, Interval, Search
 
 #: Probabilities are clipped here before the log, as in the reference code.
 PROB_FLOOR = 1e-9
@@ -108,10 +108,10 @@ class DataRemixing(Objective):
             batches then all audio ones, so the epoch's last updates always favour audio).
         """
 
-        warmup: Annotated[float, FRACTION] = 1 / 6
+        warmup: Annotated[float, FRACTION, Search(0.0, 0.5)] = 1 / 6
         warmup_rounds: Annotated[int, Interval(int, -1, None, closed="left")] = -1
-        warmup_head_weight: Annotated[float, NON_NEGATIVE] = 0.5
-        head_weight: Annotated[float, NON_NEGATIVE] = 1.0
+        warmup_head_weight: Annotated[float, NON_NEGATIVE, Search(0.1, 1.0)] = 0.5
+        head_weight: Annotated[float, NON_NEGATIVE, Search(0.1, 2.0)] = 1.0
         interleave: bool = True
 
         def validate(self) -> None:

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from fedmm.data.base import LABEL_KEY, TensorDict
 from fedmm.objectives.base import Objective
 from fedmm.objectives.registry import register_objective
-from fedmm.params import NON_NEGATIVE, Checked
+from fedmm.params import NON_NEGATIVE, Checked, Search
 
 
 @register_objective
@@ -40,7 +40,7 @@ class Uniform(Objective):
             Weight of each per-modality head loss (1 = the uniform baseline).
         """
 
-        head_weight: Annotated[float, NON_NEGATIVE] = 1.0
+        head_weight: Annotated[float, NON_NEGATIVE, Search(0.1, 2.0)] = 1.0
 
     params: Params
 

@@ -19,7 +19,7 @@ from flwr.serverapp import Grid
 from fedmm.checkpoint import Checkpoint, config_digest, prefixed, save_checkpoint, unprefixed, unreadable_state
 from fedmm.diagnostics import round_diagnostics
 from fedmm.protocol import NUM_EXAMPLES
-from fedmm.records import from_record, to_record
+from fedmm.records import from_record, to_record, torch_state
 from fedmm.results import ResultsWriter, divergence, summarize, write_interrupted, write_summary
 from fedmm.server.plan import Plan, build_strategy
 from fedmm.server.stopping import Interrupted, StoppableGrid, StopRequest
@@ -151,7 +151,7 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
             failed_rounds = [*failed_rounds, server_round] if new_arrays is None else []
             if new_arrays is not None:
                 arrays = new_arrays
-                model.load_state_dict(arrays.to_torch_state_dict())
+                model.load_state_dict(torch_state(arrays))
                 if plan.objective.observes_global_model:
                     asks = strategy.configure_global_model_facts(server_round, arrays)
                     strategy.aggregate_global_model_facts(server_round, exchange(grid, asks, run.round_timeout))

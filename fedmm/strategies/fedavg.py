@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 
 from fedmm.checkpoint import prefixed, unprefixed
-from fedmm.groups import key_modality, keys_for_modalities
+from fedmm.groups import key_modality
 from fedmm.protocol import NUM_EXAMPLES, ClientInfo, Request, message_bytes
 from fedmm.records import aggregate, from_record, to_record
 from fedmm.strategies.base import ExtrasFn, ObserveFn

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fedmm.params import NON_NEGATIVE, Checked, Label, parse
+from fedmm.params import NON_NEGATIVE, Checked, Label, Search, check_search, parse
 from fedmm.registry import Registry
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class FedProxParams(Checked):
         0 is FedAvg). FedCMI's own proximal term is ``objective.mu``.
     """
 
-    mu: Annotated[float, NON_NEGATIVE] = 0.01
+    mu: Annotated[float, NON_NEGATIVE, Search(1e-4, 1.0, log=True)] = 0.01
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,9 @@ class StrategyRecipe:
     objective: str | None = None
     selection: str = "all"
     params: type = NoParams
+
+    def __post_init__(self) -> None:
+        check_search(self.params, f"strategy {self.params.__qualname__}")  # a search range outside the valid one fails at import
 
     def parse_params(self, name: str, given: Mapping[str, Any], *, label: Label | None = None) -> Any:
         """``params`` built from the ``strategy.*`` values ``given`` by :func:`fedmm.params.parse`.

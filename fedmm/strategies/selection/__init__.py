@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from fedmm.params import Label, parse, specs
+from fedmm.params import Label, check_search, parse, specs
 from fedmm.registry import Registry
 from fedmm.strategies.selection.base import (
     Assignment,
@@ -37,6 +37,7 @@ def register_policy(cls: P) -> P:
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
         raise ValueError(f"{cls.__name__} needs a non-empty class attribute 'name' to be registered")
+    check_search(cls.Params, f"selection {name!r}")  # a search range outside the valid one fails at import
     POLICIES.add(name, cls)
     # a directly built Params names its fields as build_policy does (fedmm.params.Checked)
     cls.Params.label_format = f"parameter '{{}}' of selection {name!r}"

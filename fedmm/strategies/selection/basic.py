@@ -13,7 +13,7 @@ from typing import Annotated
 
 import numpy as np
 
-from fedmm.params import Checked, Interval
+from fedmm.params import Checked, Interval, Search
 from fedmm.strategies.selection.base import (
     MODE_ALL,
     Assignment,
@@ -79,7 +79,7 @@ class PowerOfChoice(SelectionPolicy):
             draw candidates proportional to num-examples (paper) instead of uniformly
         """
 
-        d: Annotated[int, Interval(int, 1, None, closed="left")] = 10
+        d: Annotated[int, Interval(int, 1, None, closed="left"), Search(2, 20)] = 10
         weighted: bool = True
 
     def __init__(self, params: PowerOfChoice.Params | None = None, *, seed: int = 0) -> None:

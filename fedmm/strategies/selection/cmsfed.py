@@ -25,7 +25,7 @@ from typing import Annotated
 
 import numpy as np
 
-from fedmm.params import Interval, Options
+from fedmm.params import Interval, Options, Search
 from fedmm.strategies.selection.base import (
     MODE_MULTIMODAL,
     MODE_UNSEEN,
@@ -127,7 +127,7 @@ class CMSFed(UpdateVectorPolicy):
             updates that trained m alone, the reference) or 'every' (every update that trained m)
         """
 
-        delta: Annotated[float, Interval(float, 1.0, None, closed="left")] = 1.5
+        delta: Annotated[float, Interval(float, 1.0, None, closed="left"), Search(1.0, 3.0)] = 1.5
         modalities: str = ""
         slice_refresh: Annotated[str, Options(*SLICE_REFRESH)] = "unimodal"
 

@@ -51,7 +51,7 @@ from typing import Annotated
 
 import numpy as np
 
-from fedmm.params import FRACTION, NON_NEGATIVE_INT, Checked, Interval
+from fedmm.params import FRACTION, NON_NEGATIVE_INT, Checked, Interval, Search
 from fedmm.strategies.selection.base import (
     UPDATE_PASS_ROUND,
     ClientState,
@@ -360,8 +360,8 @@ class UpdateVectorPolicy(SelectionPolicy):
 
         sketch_dim: Annotated[int, NON_NEGATIVE_INT] = 256
         stochastic: bool = True
-        subsample: Annotated[float, Interval(float, 0.0, 1.0, closed="right")] = 0.1
-        support_fraction: Annotated[float, FRACTION] = 0.25
+        subsample: Annotated[float, Interval(float, 0.0, 1.0, closed="right"), Search(0.05, 0.5)] = 0.1
+        support_fraction: Annotated[float, FRACTION, Search(0.1, 0.5)] = 0.25
 
     def __init__(self, params: UpdateVectorPolicy.Params | None = None, *, seed: int = 0) -> None:
         super().__init__(params, seed=seed)

@@ -4,6 +4,9 @@
 a tidy CSV that is rewritten after every run, so an interrupted benchmark keeps what it finished
 and a rerun skips it. ``fedmm bench selection`` (:func:`selection_benchmark`) is the grid over
 selection policies, with per-round curves, a Markdown table and plots.
+
+Why one module of this size: the grid of runs and the tables of its two benchmarks (selection,
+methods), which share the grid.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""``fedmm simulate | datasets | report | compare | bench | config | deploy | prepare``."""
+"""``fedmm simulate | tune | datasets | report | compare | bench | config | deploy | prepare``.
+
+Why one module of this size: the argument parser of every command; each command's body is a thin
+function calling its module.
+"""
 
 from __future__ import annotations
 

@@ -6,6 +6,9 @@ and its meaning in :class:`RunConfig`'s docstring; :mod:`fedmm.params` checks it
 pass parameters through to the component they configure and are validated by that component's own
 declaration when the config is built: ``strategy.<param>``, ``objective.<param>``, ``selection.<param>``,
 ``dataset.<option>`` and ``encoder.<modality>``.
+
+Why one module of this size: it declares every run key once (the class docstring is the key
+reference, a line per key); reading text and listing live in config_text.py and config_doc.py.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ with a ``fedmm-local`` connection, and stops every process it started when it en
 ``--auth`` the SuperLink admits only SuperNodes whose public keys were registered with
 ``flwr supernode register`` (Flower's CLI-managed SuperNode authentication; it needs TLS).
 See docs/deploy.md for the same steps across machines.
+
+Why one module of this size: certificates, node keys and the processes of a local deployment, used
+together by `fedmm deploy` and the tests.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ A profile is three numbers per client and a list of online intervals:
   trace; ``online-share = 1`` (default) keeps every client online.
 
 Every draw is clipped to the distribution's 1st-99th percentile, so no device is absurdly slow.
+
+Why one module of this size: the parametric device model and the trace files, with the row-by-row
+messages a bad trace gets.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ for a ``float``), refuse NaN and infinity, then test every constraint. :func:`pa
 dataclass from a mapping of config names with it; :class:`Checked` runs it when a dataclass is
 built directly. Every error is a ``ValueError`` whose message starts with the parameter's label
 (``config key 'lr'``, ``parameter 'delta' of selection 'cmsfed'``, ``TrainConfig.momentum``).
+
+Why one module of this size: the one parameter validator: constraints, search ranges, conversion
+and docstring help belong together.
 """
 
 from __future__ import annotations

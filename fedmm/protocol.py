@@ -10,6 +10,9 @@ groups the node needs and the objective's ``extras``. Client -> server: ``info``
 Decoding a client's reply vets it: every ``decode_*`` reply function raises
 :class:`~fedmm.records.RecordMismatch` naming what makes the reply unusable. No other module spells
 a message key.
+
+Why one module of this size: every message key and codec lives here by design: no other module
+spells a key.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """``fedmm simulate``: the Flower Simulation Engine on Ray, in this process, with explicit resources;
-or the ``inline`` engine (:mod:`fedmm.inline`), every client in this process, one after the other."""
+or the ``inline`` engine (:mod:`fedmm.inline`), every client in this process, one after the other.
+
+Why one module of this size: the one entry of `fedmm simulate` for its three engines (Ray in-
+process, a Ray cluster, inline), with the signal handling and resume they share.
+"""
 
 from __future__ import annotations
 

@@ -6,6 +6,9 @@ and no host/device copies. The loop owns the device, the optimizer and the epoch
 owns the batches, the loss and the step (see :mod:`fedmm.objectives.base`).
 
 This module imports neither Flower nor Ray: it runs on machines that have only torch.
+
+Why one module of this size: the local loop and its settings (TrainConfig, optimizer, precision,
+proximal hook, evaluation) are the unit the GPU machine imports without Flower.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ failed and do not count), keeps the finished ones, and exits without a traceback
 Outputs in ``<out>``: ``best.toml`` (the best trial's full config, for ``fedmm simulate --config``),
 ``trials.csv``, ``history.png`` (optimisation history) and ``importance.png`` (parameter importances
 by PED-ANOVA, Watanabe et al., IJCAI 2023: it needs no scikit-learn, unlike fANOVA).
+
+Why one module of this size: one Optuna study: the trial objective, pruning, worker processes and
+the outputs.
 """
 
 from __future__ import annotations

@@ -65,3 +65,16 @@ def test_every_module_of_the_package_has_a_layer():
     present |= {f"fedmm.{p.name}" for p in package.iterdir() if (p / "__init__.py").is_file()}
     layered = {m.strip() for line in contract_layers() for m in line.split("|")}
     assert present - layered == set()
+
+
+def test_a_module_above_350_lines_says_why_at_its_top():
+    import ast
+
+    long = []
+    for path in sorted((ROOT / "fedmm").rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") > 350:
+            doc = ast.get_docstring(ast.parse(text)) or ""
+            if "Why one module of this size:" not in doc:
+                long.append(str(path.relative_to(ROOT)))
+    assert long == []

@@ -10,6 +10,9 @@ Every array is checked before it becomes a tensor, and every error names the fil
 key) and the shape or dtype expected: ``FileNotFoundError`` for a missing directory, split, labels
 or modality file, ``ValueError`` for the rest, the two errors ``fedmm simulate`` reports as one
 line. ``labels`` and ``groups`` are reserved names, never modalities.
+
+Why one module of this size: one loader and its validation of every user file (each check names the
+file and what was expected).
 """
 
 from __future__ import annotations

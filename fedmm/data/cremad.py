@@ -37,6 +37,8 @@ Defaults: ``num_frames=1`` as OGM-GE/AUG (the lineage of the FedCMI/CMSFed code;
 Decoded clips are cached as one file ``$FEDMM_CACHE_DIR/cremad-<hash>.safetensors`` (default
 ``~/.cache/fedmm``), keyed by the data directory, its file listing (names, sizes, mtimes) and the
 preprocessing options; frames are stored as uint8, so later runs only normalise.
+
+Why one module of this size: one dataset: layout checks, audio and frame decoding, the cache.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ Parameters are declared as dataclass fields on a ``Params`` class nested in each
 :class:`fedmm.params.Checked` dataclass: constraints in the fields' ``Annotated`` annotations, help
 in its numpy docstring) and validated by :func:`fedmm.params.check_value`, through
 :func:`fedmm.objectives.registry.build_objective` or when a ``Params`` is built directly.
+
+Why one module of this size: the Objective hooks are one contract: every hook with its
+documentation in one place.
 """
 
 from __future__ import annotations

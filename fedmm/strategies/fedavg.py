@@ -4,6 +4,10 @@ Subclasses change one rule through public hooks: :meth:`ModalityAwareFedAvg.comb
 accepted updates become the new global arrays: FedMedian, a trimmed mean, FedAvgM),
 :meth:`ModalityAwareFedAvg.training_options` (what every training request adds: FedProx's
 proximal weight) and :meth:`ModalityAwareFedAvg.round_metrics` (extra ``rounds.csv`` columns).
+
+Why one module of this size: the round's steps of one strategy (discovery, update pass, probes,
+training, facts, evaluation, the clock's filter); their building blocks live in roster.py,
+replies.py and timing.py.
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ The statistical utility is ``|B_i| * sqrt(mean_k loss_k ** 2)`` in the paper. fe
 report their mean training loss and their number of examples, not per-sample losses, so fedmm
 takes ``num_examples * loss``: the mean loss stands in for the root mean square of the per-sample
 losses (a lower bound of it, equal when every sample has the same loss).
+
+Why one module of this size: one policy: utility, speed penalty, exploration, pacer and blacklist
+share the policy's state.
 """
 
 from __future__ import annotations

@@ -38,6 +38,9 @@ entry and dominate selection time, and the sum keeps the multimodal function at 
 same accuracy as each per-modality sketch) instead of M k. Raise ``sketch_dim`` for more accuracy.
 
 ``sketch_dim = 0`` stores the exact vectors instead (memory N x P per modality).
+
+Why one module of this size: the count sketch and the streaming update vectors are one algorithm
+with its numerics.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ one output layer ``(W_out, b_out)`` stored as ``fusion.boost_out`` so that it ag
 shared group. Only the first ``n_m`` slots of modality ``m`` are *active*; the cumulative logits are
 ``Z^m_t = sum_{j<=t} h^m_j(u^m)``. The server, not the clients, decides when a modality gets one more
 active slot, so every client keeps the same model shape (docs/methods/boost.md §4).
+
+Why one module of this size: one objective: the boosting loss, the adaptive classifier assignment
+and its server half share the classifiers' state.
 """
 
 from __future__ import annotations

@@ -354,8 +354,8 @@ class RunConfig(Checked):
         from fedmm.data.registry import check_options
         from fedmm.devices import DeviceParams
         from fedmm.models.encoders import ENCODERS
-        from fedmm.params import parse
         from fedmm.objectives.registry import objective_class, parse_params
+        from fedmm.params import parse
         from fedmm.strategies.selection import parse_policy_params
 
         # kept, so that what builds the strategy, objective and policy never parses a value again
@@ -528,3 +528,18 @@ def plain_specs() -> list[Spec]:
 
 def _unknown_key_message(key: str, valid: list[str]) -> str:
     return f"unknown config key '{key}'{did_you_mean(key, valid)} Valid keys: {', '.join(sorted(valid))}"
+
+
+def param_classes() -> dict[str, dict[str, type]]:
+    """Namespace -> registered name -> its ``Params`` dataclass (a :class:`fedmm.params.Checked` one).
+
+    The one place a registry of ``Params`` joins :func:`parameter_rows` (``fedmm config``): one line
+    per namespace (imported here: ``import fedmm.config`` stays torch-free)."""
+    from fedmm.objectives.registry import OBJECTIVES
+    from fedmm.strategies.selection import POLICIES
+
+    return {
+        "strategy": {name: recipe.params for name, recipe in STRATEGIES.items()},
+        "objective": {name: cls.Params for name, cls in OBJECTIVES.items()},
+        "selection": {name: cls.Params for name, cls in POLICIES.items()},
+    }

@@ -9,10 +9,9 @@ from typing import Any
 
 import tomli_w
 
-from fedmm.config import key_of, plain_specs
+from fedmm.config import key_of, param_classes, plain_specs
 from fedmm.params import Spec, config_specs
 from fedmm.registry import did_you_mean
-from fedmm.strategies.recipes import STRATEGIES
 
 #: The command that writes the reference page; the page says it, and tests/test_config_doc.py
 #: fails when the page in the repository is not its output.
@@ -90,21 +89,6 @@ class ParamRow:
     search: str = ""
 
 
-def param_classes() -> dict[str, dict[str, type]]:
-    """Namespace -> registered name -> its ``Params`` dataclass (a :class:`fedmm.params.Checked` one).
-
-    The one place a registry of ``Params`` joins :func:`parameter_rows` (``fedmm config``): one line
-    per namespace (imported here: ``import fedmm.config`` stays torch-free)."""
-    from fedmm.objectives.registry import OBJECTIVES
-    from fedmm.strategies.selection import POLICIES
-
-    return {
-        "strategy": {name: recipe.params for name, recipe in STRATEGIES.items()},
-        "objective": {name: cls.Params for name, cls in OBJECTIVES.items()},
-        "selection": {name: cls.Params for name, cls in POLICIES.items()},
-    }
-
-
 def parameter_rows(namespace: str | None = None, name: str | None = None) -> list[ParamRow]:
     """Every parameter a run config takes, with its constraints, default and meaning: the plain
     keys (declaration order), then each registered component's (:func:`param_classes`), every
@@ -169,7 +153,7 @@ def config_sections(namespace: str | None = None, name: str | None = None) -> li
         Only this namespace (``"run"``, ``"objective"``, ...); ``None`` for all.
     name:
         With ``namespace``: only this component; an unknown name is a ``ValueError`` naming the
-        registered ones (:func:`fedmm.config.parameter_rows`).
+        registered ones (:func:`parameter_rows`).
     """
     rows = parameter_rows(namespace, name)
     sections: dict[str, list[ParamRow]] = {}

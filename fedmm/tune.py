@@ -299,7 +299,7 @@ def work(out_dir: Path, name: str, base_toml: str, settings: TuneSettings, worke
 
     import optuna
 
-    from fedmm.config import flatten
+    from fedmm.config_text import flatten
     from fedmm.server.loop import Interrupted
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a stopped trial is logged as failed, with a traceback

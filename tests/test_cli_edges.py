@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from fedmm.cli import main
-from fedmm.config_doc import param_classes, parameter_rows
+from fedmm.config import param_classes
+from fedmm.config_doc import parameter_rows
 
 
 def _every_component() -> list[tuple[str, str]]:

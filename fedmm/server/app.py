@@ -10,7 +10,9 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedmm.config import RunConfig, parse_overrides
+from fedmm.results import CONFIG_FILE
 from fedmm.server.loop import prepare, run_federation
+from fedmm.simulation import resume_checkpoint, resume_config
 from fedmm.strategies.roster import FederationTooSmall
 
 app = ServerApp()
@@ -19,6 +21,9 @@ log = logging.getLogger("fedmm")
 #: The run-config key that carries namespaced options through ``flwr run``, which accepts only keys
 #: declared in ``[tool.flwr.app.config]``: ``--run-config "overrides='objective.lambda2=0.5 encoder.audio=mlp'"``.
 OVERRIDES_KEY = "overrides"
+#: The run-config key that resumes the run whose checkpoint is in ``out-dir`` (a ServerApp killed
+#: mid-run): submit the same ``--run-config`` again with ``resume=true``.
+RESUME_KEY = "resume"
 
 
 def run_config_from_flower(values: dict) -> RunConfig:
@@ -27,19 +32,66 @@ def run_config_from_flower(values: dict) -> RunConfig:
     ``selection.<param>``, ``dataset.<option>`` and ``encoder.<modality>``, which cannot be declared
     in advance)."""
     extra = parse_overrides(shlex.split(str(values.pop(OVERRIDES_KEY, ""))))
+    values.pop(RESUME_KEY, None)
     return RunConfig.from_mapping({**values, **extra})
+
+
+def check_resumable(run: RunConfig, out_dir: Path) -> None:
+    """Check that ``run`` can continue the run in ``out_dir`` (the checks of ``fedmm simulate
+    --resume``: its ``config.toml`` and checkpoint are readable and belong together, and the run has
+    not completed) and that it is the config that run was started with.
+
+    Parameters
+    ----------
+    run:
+        The submitted run config (without ``resume``).
+    out_dir:
+        The run's ``out-dir``.
+
+    Raises ``ValueError`` naming the directory, or the keys that differ, and what to do.
+    """
+    if not run.out_dir:
+        raise ValueError(f"run-config key {RESUME_KEY!r} needs out-dir: the directory of the run to resume "
+                         "(its config.toml and checkpoint)")
+    stored = resume_config(out_dir)
+    now, then = run.to_flat(), stored.to_flat()
+    changed = sorted(k for k in now.keys() | then.keys() if now.get(k) != then.get(k))
+    if changed:
+        shown = ", ".join(f"{k} = {now.get(k)!r} (the run has {then.get(k)!r})" for k in changed[:3])
+        raise ValueError(f"{RESUME_KEY}=true continues the run in {str(out_dir)!r} exactly as it was started, but "
+                         f"this run config differs from its {out_dir / CONFIG_FILE}: {shown}; submit the run's "
+                         f"--run-config again with {RESUME_KEY}=true, or drop {RESUME_KEY} to start it over")
+
+
+def is_resume(values: dict) -> bool:
+    """Whether the run config asks to resume (``resume = true``; a string is refused)."""
+    value = values.get(RESUME_KEY, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"run-config key {RESUME_KEY!r} must be true or false, got {value!r}")
+    return value
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the federation described by the run config; results go to ``out-dir`` (absolute paths
     are safest: the app runs from wherever the SuperLink was started), else ``results/run-<id>``."""
-    run = run_config_from_flower(dict(context.run_config))
-    out_dir = Path(run.out_dir) if run.out_dir else Path.cwd() / "results" / f"run-{context.run_id}"
-    plan = prepare(run, out_dir, overwrite=True)
+    try:
+        resume = is_resume(dict(context.run_config))
+        run = run_config_from_flower(dict(context.run_config))
+        out_dir = Path(run.out_dir) if run.out_dir else Path.cwd() / "results" / f"run-{context.run_id}"
+        if resume:
+            check_resumable(run, out_dir)
+        plan = prepare(run, out_dir, overwrite=True, resume=resume)
+        checkpoint = resume_checkpoint(out_dir, run, plan.model) if resume else None
+    except ValueError as err:  # a config or run directory to fix: one line, no traceback
+        log.error("fedmm: error: %s", err)
+        return
+    if checkpoint is not None:
+        log.info("fedmm: resuming %s after round %d of %d", plan.out_dir, checkpoint.server_round,
+                 run.num_server_rounds)
     log.info("fedmm: writing results to %s", plan.out_dir)
     try:
-        summary = run_federation(grid, plan)
+        summary = run_federation(grid, plan, resume=checkpoint)
     except FederationTooSmall as err:  # summary.json says interrupted, with this reason
         log.error("fedmm: error: %s", err)
         return

@@ -122,8 +122,7 @@ class ModalityAwareFedAvg:
         self._pass_queue = None
 
     def configure_discovery(self, server_round: int, grid: Grid) -> list[Message]:
-        self._messages, rows = self.roster.connect(grid, server_round, self.run_config)
-        self.client_rows.extend(rows)
+        self._messages = self.roster.connect(grid, server_round, self.run_config)
         return list(self._messages.values())
 
     def aggregate_discovery(self, server_round: int, replies: Iterable[Message]) -> None:

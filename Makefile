@@ -19,8 +19,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/fedmm simulate --config experiments/configs/demo.toml --out results/demo --overwrite
 
+# Every test, on 2 workers (pytest-xdist): the integration tests one after the other on one of them
+# (tests/conftest.py puts them in one xdist group), the unit tests on the other; `pytest -q` alone
+# runs the same tests serially.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 bench: $(STAMP)
 	$(PY) experiments/bench/overhead.py

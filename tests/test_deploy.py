@@ -1,10 +1,14 @@
-"""A real SuperLink and SuperNodes on loopback, driven by `flwr run`: TLS, and a node that crashes."""
+"""A real SuperLink and SuperNodes on loopback, driven by `flwr run`: TLS, a node that crashes and
+comes back, and a ServerApp killed mid-run and resumed. Every process a test starts is stopped by
+its process id (:meth:`LocalDeployment.stop`, ``Popen.kill``), also when the test fails."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pandas as pd
@@ -34,6 +38,16 @@ def wait_for_summary(out: Path, proc: subprocess.Popen, timeout: float) -> dict:
         time.sleep(1)
     proc.kill()
     raise AssertionError(f"no summary.json after {timeout:.0f} s; flwr output:\n{proc.communicate()[0][-3000:]}")
+
+
+def checkpointed(out: Path) -> int:
+    """The round of the checkpoint in ``out`` (-1: none yet)."""
+    from fedmm.checkpoint import load_checkpoint
+
+    try:
+        return load_checkpoint(out, arrays=False).server_round
+    except ValueError:
+        return -1
 
 
 def test_tls_superlink_and_three_supernodes(tmp_path):
@@ -109,3 +123,49 @@ def test_a_node_killed_mid_round_comes_back_under_its_partition_and_each_missed_
     assert (mine.loc[5, "status"] == "ok"), clients.to_string()
     rounds = pd.read_csv(out / "rounds.csv")
     assert rounds["clients-ok"].iloc[1:].min() >= 2  # every round aggregated the replies that came
+
+
+def test_a_serverapp_killed_mid_run_is_resumed_against_the_same_supernodes_and_ends_like_an_uninterrupted_run(
+        tmp_path, flower_identity):
+    from fedmm.server.app import run_config_from_flower
+    from tests.inprocess import simulate_in_process
+
+    out = tmp_path / "out"
+    extra = "allocation='multi-ratio' clients-per-round=2 selection='random' seed=5 round-timeout=60.0"
+    with LocalDeployment(tmp_path / "deploy", 3) as deployment:
+        proc = flwr_run(deployment, out, rounds=4, extra=extra)
+        resumed = None
+        try:
+            deadline = time.monotonic() + 300
+            while checkpointed(out) < 2:  # rounds 0-2 written and checkpointed; round 3 under way
+                assert time.monotonic() < deadline, "round 2 did not finish"
+                assert proc.poll() is None, proc.communicate()[0][-3000:]
+                time.sleep(0.2)
+            before = pd.read_csv(out / "rounds.csv")
+            servers = flwr_processes(deployment.workdir / "superlink", "flwr-serverapp")
+            assert len(servers) == 1, servers
+            os.kill(servers[0], signal.SIGKILL)  # the ServerApp process dies; SuperLink and SuperNodes stay
+            proc.kill()
+            assert not (out / "summary.json").exists()  # nothing ran after the kill
+            resumed = flwr_run(deployment, out, rounds=4, extra=f"{extra} resume=true")
+            summary = wait_for_summary(out, resumed, timeout=400)
+        finally:
+            proc.kill()
+            if resumed is not None:
+                resumed.kill()
+    assert summary["status"] == "completed" and summary["rounds"] == 4, summary
+    # rounds 0-2 are the first ServerApp's (their times too): the resumed one started with round 3
+    pd.testing.assert_frame_equal(before.iloc[:3], pd.read_csv(out / "rounds.csv").iloc[:3])
+    # the same run, uninterrupted, with discovery as in a deployment (the inline engine)
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    values = {**declared, "dataset": "synthetic", "partition": "iid", "num-clients": 3, "allocation": "multi-ratio",
+              "num-server-rounds": 4, "local-epochs": 1, "clients-per-round": 2, "selection": "random", "seed": 5,
+              "round-timeout": 60.0}
+    simulate_in_process(run_config_from_flower(values), tmp_path / "whole", roster_from_scenario=False)
+    whole, split = (pd.read_csv(d / "rounds.csv") for d in (tmp_path / "whole", out))
+    assert split["round"].tolist() == [0, 1, 2, 3, 4]
+    metrics = [c for c in whole.columns if c.startswith(("test/", "train/", "clients-"))]
+    pd.testing.assert_frame_equal(whole[metrics], split[metrics], rtol=1e-5)
+    cols = ["round", "partition-id", "modalities-trained", "status", "num-examples"]
+    a, b = (pd.read_csv(d / "clients.csv")[cols] for d in (tmp_path / "whole", out))
+    pd.testing.assert_frame_equal(a, b)  # the same selections, each round once

@@ -108,23 +108,28 @@ class Sampler(threading.Thread):
         self.root, self.every = root, every
         self.peak: dict[tuple[str, str], int] = {}
         self.peak_total = 0
+        self.most_clientapps = 0
+        self.least_available = _mem_available_kib()
         self.halt = threading.Event()
         #: Set when the machine runs short of memory (the bench then stops the deployment).
         self.short_of_memory = threading.Event()
 
     def run(self) -> None:
         while not self.halt.is_set():
-            total = 0
+            total = clientapps = 0
             for pid, home in processes_below(self.root).items():
                 status = _status(pid)
                 total += _pss(pid)
                 cmd = _cmdline(pid)
                 kind = next((k for k in ("flwr-serverapp", "flwr-clientapp", "flower-superexec", "flower-superlink",
                                          "flower-supernode", "flwr ") if k in cmd), "other")
+                clientapps += kind == "flwr-clientapp"
                 key = (home, kind)
                 self.peak[key] = max(self.peak.get(key, 0), _kib(status.get("VmHWM")))
             self.peak_total = max(self.peak_total, total)
-            if _mem_available_kib() < MIN_AVAILABLE_MIB * 1024:
+            self.most_clientapps = max(self.most_clientapps, clientapps)
+            self.least_available = min(self.least_available, _mem_available_kib())
+            if self.least_available < MIN_AVAILABLE_MIB * 1024:
                 self.short_of_memory.set()
             self.halt.wait(self.every)
 
@@ -133,6 +138,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients-per-round", type=int, default=0, help="nodes that train each round (0: all)")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory")
     parser.add_argument("--state", choices=("memory", "file"), default="memory",
                         help="the SuperLink's state: in memory (Flower's default), or in a SQLite file (--database)")
@@ -146,20 +152,23 @@ def main() -> None:
         sampler = Sampler(deployment.workdir)
         sampler.start()
         run_config = (f"dataset='synthetic' partition='iid' num-clients={args.nodes} allocation='all' "
-                      f"clients-per-round={args.nodes} num-server-rounds={args.rounds} local-epochs=1 "
+                      f"clients-per-round={args.clients_per_round or args.nodes} num-server-rounds={args.rounds} local-epochs=1 "
                       f"round-timeout=900.0 out-dir='{out}'")
         env = {**os.environ, "FLWR_HOME": str(deployment.flwr_home), "PATH": f"{BIN}:{os.environ['PATH']}",
                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
         submitted = time.perf_counter()
         proc = subprocess.Popen([str(BIN / "flwr"), "run", ".", CONNECTION, "--stream", "--run-config", run_config],
                                 cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        stopped = ""
         try:
             deadline = time.monotonic() + 600 + 300 * args.rounds
             while not (out / "summary.json").is_file():
                 if sampler.short_of_memory.is_set():
-                    raise SystemExit(f"stopped: less than {MIN_AVAILABLE_MIB} MiB of memory left on this machine")
+                    stopped = f"stopped by the bench: less than {MIN_AVAILABLE_MIB} MiB of memory left on this machine"
+                    break
                 if time.monotonic() > deadline:
-                    raise SystemExit(f"no summary.json in {out} in time; logs in {deployment.workdir}")
+                    stopped = f"stopped by the bench: no summary.json in time; logs in {deployment.workdir}"
+                    break
                 time.sleep(0.5)
             total = time.perf_counter() - submitted
             time.sleep(1.0)
@@ -169,18 +178,18 @@ def main() -> None:
             sampler.halt.set()
             sampler.join()
         load = os.getloadavg()
-    summary = json.loads((out / "summary.json").read_text())
-    rounds = pd.read_csv(out / "rounds.csv")
+    summary = json.loads((out / "summary.json").read_text()) if not stopped else {"status": stopped}
+    rounds = pd.read_csv(out / "rounds.csv") if (out / "rounds.csv").is_file() else pd.DataFrame({"round": []})
     clients = pd.read_csv(out / "clients.csv") if (out / "clients.csv").is_file() else pd.DataFrame({"status": []})
     peak = sampler.peak
     mib = lambda kib: f"{kib / 1024:.0f}"  # noqa: E731
     node0 = {kind: v for (home, kind), v in peak.items() if home == "node0"}
     link = {kind: v for (home, kind), v in peak.items() if home == "superlink"}
     print(f"deployment: {args.nodes} SuperNodes + SuperLink on 127.0.0.1, TLS, SuperNode authentication "
-          f"(registered keys), SuperLink state {args.state}; {args.rounds} rounds, every node trains every round "
-          "(synthetic, iid, 1 epoch)")
+          f"(registered keys), SuperLink state {args.state}; {args.rounds} rounds, "
+          f"{args.clients_per_round or args.nodes} nodes train each round (synthetic, iid, 1 epoch)")
     print(f"started (certificates, {args.nodes} key registrations, processes) in {up:.0f} s; "
-          f"flwr run to summary.json {total:.0f} s; load average at the end {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+          f"flwr run to {'summary.json' if not stopped else 'the stop'} {total:.0f} s; load average at the end {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     print()
     print("| round | seconds | clients ok |")
     print("|---:|---:|---:|")
@@ -196,6 +205,8 @@ def main() -> None:
     print(f"| its SuperExec (flower-superexec) | {mib(node0.get('flower-superexec', 0))} |")
     print(f"| its largest ClientApp (flwr-clientapp, one per message) | {mib(node0.get('flwr-clientapp', 0))} |")
     print(f"| all processes together (peak of the summed PSS) | {mib(sampler.peak_total)} |")
+    print(f"\nat most {sampler.most_clientapps} ClientApp processes at once; the machine's available memory fell "
+          f"to {mib(sampler.least_available)} MiB (other work on the machine included)")
     ok = (clients["status"] == "ok").sum()
     print(f"\nclients.csv: {ok} ok of {len(clients)} rows; run status {summary['status']} {summary.get('reason', '')}")
 

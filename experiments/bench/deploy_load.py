@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedmm.deploy import CONNECTION, LocalDeployment
+from fedmm.deploy import CONNECTION, LocalDeployment, stop_on_signals
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -146,7 +146,7 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fedmm-deploy-load-"))
     out = workdir / "out"
     started = time.perf_counter()
-    with LocalDeployment(workdir / "deploy", args.nodes, tls=True, auth=True,
+    with stop_on_signals(), LocalDeployment(workdir / "deploy", args.nodes, tls=True, auth=True,
                          state_file=args.state == "file") as deployment:
         up = time.perf_counter() - started
         sampler = Sampler(deployment.workdir)

@@ -128,10 +128,10 @@ def test_a_node_killed_mid_round_comes_back_under_its_partition_and_each_missed_
 def test_a_serverapp_killed_mid_run_is_resumed_against_the_same_supernodes_and_ends_like_an_uninterrupted_run(
         tmp_path, flower_identity):
     from fedmm.server.app import run_config_from_flower
-    from tests.inprocess import simulate_in_process
+    from inprocess import simulate_in_process
 
     out = tmp_path / "out"
-    extra = "allocation='multi-ratio' clients-per-round=2 selection='random' seed=5 round-timeout=60.0"
+    extra = "clients-per-round=2 selection='random' seed=5 round-timeout=60.0"
     with LocalDeployment(tmp_path / "deploy", 3) as deployment:
         proc = flwr_run(deployment, out, rounds=4, extra=extra)
         resumed = None
@@ -158,7 +158,7 @@ def test_a_serverapp_killed_mid_run_is_resumed_against_the_same_supernodes_and_e
     pd.testing.assert_frame_equal(before.iloc[:3], pd.read_csv(out / "rounds.csv").iloc[:3])
     # the same run, uninterrupted, with discovery as in a deployment (the inline engine)
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    values = {**declared, "dataset": "synthetic", "partition": "iid", "num-clients": 3, "allocation": "multi-ratio",
+    values = {**declared, "dataset": "synthetic", "partition": "iid", "num-clients": 3, "allocation": "all",
               "num-server-rounds": 4, "local-epochs": 1, "clients-per-round": 2, "selection": "random", "seed": 5,
               "round-timeout": 60.0}
     simulate_in_process(run_config_from_flower(values), tmp_path / "whole", roster_from_scenario=False)

@@ -127,8 +127,9 @@ def test_a_node_killed_mid_round_comes_back_under_its_partition_and_each_missed_
 
 def test_a_serverapp_killed_mid_run_is_resumed_against_the_same_supernodes_and_ends_like_an_uninterrupted_run(
         tmp_path, flower_identity):
-    from fedmm.server.app import run_config_from_flower
     from inprocess import simulate_in_process
+
+    from fedmm.server.app import run_config_from_flower
 
     out = tmp_path / "out"
     extra = "clients-per-round=2 selection='random' seed=5 round-timeout=60.0"

@@ -152,7 +152,8 @@ def main() -> None:
         sampler = Sampler(deployment.workdir)
         sampler.start()
         run_config = (f"dataset='synthetic' partition='iid' num-clients={args.nodes} allocation='all' "
-                      f"clients-per-round={args.clients_per_round or args.nodes} num-server-rounds={args.rounds} local-epochs=1 "
+                      f"clients-per-round={args.clients_per_round or args.nodes} num-server-rounds={args.rounds} "
+                      "local-epochs=1 "
                       f"round-timeout=900.0 out-dir='{out}'")
         env = {**os.environ, "FLWR_HOME": str(deployment.flwr_home), "PATH": f"{BIN}:{os.environ['PATH']}",
                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
@@ -189,7 +190,8 @@ def main() -> None:
           f"(registered keys), SuperLink state {args.state}; {args.rounds} rounds, "
           f"{args.clients_per_round or args.nodes} nodes train each round (synthetic, iid, 1 epoch)")
     print(f"started (certificates, {args.nodes} key registrations, processes) in {up:.0f} s; "
-          f"flwr run to {'summary.json' if not stopped else 'the stop'} {total:.0f} s; load average at the end {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+          f"flwr run to {'summary.json' if not stopped else 'the stop'} {total:.0f} s; "
+          f"load average at the end {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     print()
     print("| round | seconds | clients ok |")
     print("|---:|---:|---:|")

@@ -12,7 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedmm.config import RunConfig, parse_overrides
 from fedmm.results import CONFIG_FILE
 from fedmm.server.loop import prepare, run_federation
-from fedmm.simulation import resume_checkpoint, resume_config
+from fedmm.server.resume import resume_checkpoint, resume_config
 from fedmm.strategies.roster import FederationTooSmall
 
 app = ServerApp()
@@ -66,7 +66,7 @@ def check_resumable(run: RunConfig, out_dir: Path) -> None:
 def is_resume(values: dict) -> bool:
     """Whether the run config asks to resume (``resume = true``; a string is refused)."""
     value = values.get(RESUME_KEY, False)
-    if not isinstance(value, bool):
+    if value is not True and value is not False:  # a TOML bool only (flwr run parses `true`)
         raise ValueError(f"run-config key {RESUME_KEY!r} must be true or false, got {value!r}")
     return value
 

@@ -101,8 +101,8 @@ def test_a_node_killed_mid_round_comes_back_under_its_partition_and_each_missed_
                 assert proc.poll() is None, proc.communicate()[0][-3000:]
                 time.sleep(0.2)
             deployment.stop_node(2)
-            while rounds_done(out) < 4:  # it misses rounds 2 and 3
-                assert time.monotonic() < deadline + 200, "round 3 did not finish"
+            while rounds_done(out) < 3:  # it misses round 2 (and those that begin before it is back)
+                assert time.monotonic() < deadline + 200, "round 2 did not finish"
                 time.sleep(0.5)
             deployment.start_node(2)  # the same command again: a new SuperNode, a new node id
             summary = wait_for_summary(out, proc, timeout=400)
@@ -115,12 +115,12 @@ def test_a_node_killed_mid_round_comes_back_under_its_partition_and_each_missed_
     counts = clients.groupby(["round", "partition-id"]).size()
     assert (counts == 1).all() and len(counts) == 5 * 3, clients.to_string()
     mine = clients[clients["partition-id"] == 2].set_index("round")
-    assert mine.loc[1, "status"] == "ok"
-    assert (mine.loc[[2, 3], "status"] != "ok").all(), clients.to_string()
+    assert mine.loc[1, "status"] == "ok" and mine.loc[2, "status"] != "ok", clients.to_string()
     # rejoined: discovered again, mapped to partition 2 under its new node id, trained in a later round
-    back = mine[(mine.index > 3) & (mine["status"] == "ok")]
+    back = mine[(mine.index > 2) & (mine["status"] == "ok")]
     assert len(back) >= 1 and (back["node-id"] != mine.loc[1, "node-id"]).all(), clients.to_string()
-    assert (mine.loc[5, "status"] == "ok"), clients.to_string()
+    away = mine[(mine.index > 1) & (mine.index < back.index.min())]
+    assert (away["status"] != "ok").all() and len(away) == back.index.min() - 2, clients.to_string()
     rounds = pd.read_csv(out / "rounds.csv")
     assert rounds["clients-ok"].iloc[1:].min() >= 2  # every round aggregated the replies that came
 

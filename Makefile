@@ -24,8 +24,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check fedmm tests experiments
 	$(VENV)/bin/lint-imports
 
+# Every test, on 2 workers (pytest-xdist): the integration tests one after the other on one of them
+# (tests/conftest.py puts them in one xdist group), the unit tests on the other; `pytest -q` alone
+# runs the same tests serially.
 test: $(STAMP) lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 bench: $(STAMP)
 	$(PY) experiments/bench/overhead.py

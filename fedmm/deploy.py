@@ -213,6 +213,10 @@ class LocalDeployment:
         each node gets a key pair ``keys/node<i>`` (+ ``.pub``) whose public key is registered with
         ``flwr supernode register`` before the node starts with ``--auth-supernode-private-key``;
         a node without a registered key is refused.
+    state_file:
+        Keep the SuperLink's state (runs, messages, registered keys) in ``state.db`` (SQLite,
+        ``--database``), so that it survives a SuperLink restart; ``False``: in memory (Flower's
+        default), which has no file lock for many nodes to contend for.
     """
 
     workdir: Path
@@ -220,6 +224,7 @@ class LocalDeployment:
     tls: bool = False
     port: int = 0
     auth: bool = False
+    state_file: bool = True
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -255,9 +260,9 @@ class LocalDeployment:
                         "--ssl-keyfile", str(self.certs.server_key)]
         if self.auth:
             security.append("--enable-supernode-auth")
+        state = ["--database", str(self.workdir / "state.db")] if self.state_file else []
         try:
-            self._spawn("superlink", ["flower-superlink", *security, "--port", str(self.port),
-                                      "--database", str(self.workdir / "state.db"),
+            self._spawn("superlink", ["flower-superlink", *security, "--port", str(self.port), *state,
                                       "--disable-runtime-dependency-installation"])
             self._wait_for_port(self.port)
             self._write_flwr_config()  # `flwr supernode register` needs the connection

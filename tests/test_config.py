@@ -72,10 +72,10 @@ def test_every_plain_key_is_declared_for_flwr_run_and_the_declared_defaults_reso
     from pathlib import Path
 
     from fedmm.config_doc import config_keys
-    from fedmm.server.app import OVERRIDES_KEY, run_config_from_flower
+    from fedmm.server.app import OVERRIDES_KEY, RESUME_KEY, run_config_from_flower
 
     declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    assert {k for k, _, _ in config_keys()} | {OVERRIDES_KEY} == set(declared)
+    assert {k for k, _, _ in config_keys()} | {OVERRIDES_KEY, RESUME_KEY} == set(declared)
     run = run_config_from_flower(dict(declared))
     assert (run.objective, run.selection) == ("ce", "all")
     run = run_config_from_flower({**declared, "strategy": "fedcmi",

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-from flwr.app import ConfigRecord
 
 from fedmm.deploy import DeployError, LocalDeployment, free_port
 from fedmm.strategies.fedavg import ModalityAwareFedAvg

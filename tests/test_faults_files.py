@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedmm.checkpoint import CHECKPOINT_ARRAYS, CHECKPOINT_STATE, Checkpoint, load_checkpoint, save_checkpoint
+from fedmm.checkpoint import CHECKPOINT_ARRAYS, CHECKPOINT_STATE, load_checkpoint, save_checkpoint
 from fedmm.config import load_config
 from fedmm.results import CONFIG_FILE, SUMMARY_FILE, ResultsWriter, prepare_out_dir
 from fedmm.inline import InlineGrid

@@ -45,7 +45,6 @@ import os  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 from test_faults_signals import _fedmm, _session_pids, _wait_for_round_1  # noqa: E402
 

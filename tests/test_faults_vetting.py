@@ -9,7 +9,7 @@ import logging
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from test_faults_replies import (GLOBAL, HELD, FakeGrid, evaluation, good_arrays, make_strategy, reply,
                                  train_round)
 

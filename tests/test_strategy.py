@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app import Error, Message, MetricRecord, RecordDict
 
 from fedmm.protocol import ARRAYS, CONFIG, EXTRAS, METRICS, MODALITIES, NUM_EXAMPLES, TRAIN_LOSS
 from fedmm.records import from_record, to_record
@@ -89,10 +89,32 @@ def test_only_connected_nodes_are_selected():
     s = make_strategy()
     msgs = list(train_messages(s, 1, to_record(GLOBAL), FakeGrid({1: 0, 2: 0, 4: 0}), 600))
     assert sorted(m.metadata.dst_node_id for m in msgs) == [1, 2, 4]  # node 3 is not connected
-    s.roster.connected = {1, 2, 3, 4}
-    list(train_messages(s, 2, to_record(GLOBAL), FakeGrid({1: 0, 2: 0}), 600))
-    lost = [(r["round"], r["node-id"], r["status"]) for r in s.client_rows]
-    assert lost == [(2, 3, "disconnected"), (2, 4, "disconnected")]
+
+
+def test_every_round_a_client_misses_while_its_node_is_away_is_recorded_once():
+    s = make_strategy()
+    outcomes = []
+
+    def round_(server_round, nodes, replies=()):
+        msgs = {m.metadata.dst_node_id: m for m in train_messages(s, server_round, to_record(GLOBAL),
+                                                                   FakeGrid(nodes), 600)}
+        start = len(s.client_rows)
+        s.aggregate_train(server_round, [reply(msgs[n], {k: v for k, v in GLOBAL.items()
+                                                          if not k.startswith("encoders.b") or n != 2})
+                                         for n in replies])
+        outcomes.append(sorted((r["partition-id"], r["node-id"], r["status"]) for r in s.client_rows[start:]))
+        return msgs
+
+    round_(1, {1: 0, 2: 0, 3: 0, 4: 0}, replies=[1, 2])
+    round_(2, {1: 0, 2: 0}, replies=[1, 2])  # the nodes of partitions 2 and 3 die
+    round_(3, {1: 0, 2: 0}, replies=[1, 2])  # and stay away
+    s.roster.register(9, 3, HELD[4], 10)  # partition 3 comes back as node 9 (discovery maps it again)
+    msgs = round_(4, {1: 0, 2: 0, 9: 0}, replies=[1, 2, 9])
+    assert set(msgs) == {1, 2, 9}
+    assert outcomes[0] == [(0, 1, "ok"), (1, 2, "ok"), (2, 3, "no-reply"), (3, 4, "no-reply")]
+    for missed in outcomes[1:3]:  # one row per partition in every round, the absent ones disconnected
+        assert missed == [(0, 1, "ok"), (1, 2, "ok"), (2, 3, "disconnected"), (3, 4, "disconnected")]
+    assert outcomes[3] == [(0, 1, "ok"), (1, 2, "ok"), (2, 3, "disconnected"), (3, 9, "ok")]
 
 
 # -- update vectors --------------------------------------------------------------------------------------

@@ -187,8 +187,7 @@ class ModalityAwareFedAvg:
             self.round_stats.update({"sim-seconds": 0.0, "sim-clock": self.clock.seconds})
 
     def configure_discovery(self, server_round: int, grid: Grid) -> list[Message]:
-        self._messages, rows = self.roster.connect(grid, server_round, self.run_config)
-        self.client_rows.extend(rows)
+        self._messages = self.roster.connect(grid, server_round, self.run_config)
         return list(self._messages.values())
 
     def aggregate_discovery(self, server_round: int, replies: Iterable[Message]) -> None:

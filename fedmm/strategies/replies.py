@@ -39,9 +39,10 @@ def accept(roster: Roster, server_round: int, replies: Iterable[Message], sent: 
            timeout: float) -> tuple[list[Accepted], list[dict[str, Any]], int]:
     """Vet every training reply (:func:`~fedmm.protocol.decode_train_reply`: arrays exactly the
     trained groups of ``global_state``, the ``client_facts`` asked for numbers): the usable ones (by
-    client id), every client's outcome row (ok, error, rejected, no-reply; by partition id, so that
-    neither the tables nor the average depend on the order in which replies arrived) and the bytes
-    the accepted ones uploaded.
+    client id), every client's outcome row (ok, error, rejected, no-reply, and in a training round
+    ``disconnected`` for each known client whose node is away, :meth:`Roster.absent_rows`; by
+    partition id, so that neither the tables nor the average depend on the order in which replies
+    arrived) and the bytes the accepted ones uploaded.
 
     A reply counts for the node whose message (in ``messages``, by node) it answers, so the error
     the SuperLink sends for a node that died counts once, for that node's partition. A second reply
@@ -85,6 +86,8 @@ def accept(roster: Roster, server_round: int, replies: Iterable[Message], sent: 
         row["status"] = "no-reply"
         log.warning("round %d: node %d sent no reply within %.0f s", server_round, node, timeout)
         rows.append(row)
+    if server_round > 0:  # a training round (not the update pass): the clients whose node is away
+        rows.extend(roster.absent_rows(server_round, skip=answered | set(sent)))
     return sorted(accepted, key=lambda r: r.client_id), sorted(rows, key=lambda r: r["partition-id"]), uploaded
 
 

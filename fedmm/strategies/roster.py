@@ -88,34 +88,31 @@ class Roster:
         self.node_of[client_id] = node_id
         self.client_of[node_id] = client_id
 
-    def connect(self, grid: Grid, server_round: int, run_config: str) -> tuple[dict[int, Message], list[dict[str, Any]]]:
-        """Take the grid's connected nodes: the discovery messages for the nodes not seen before
-        (by node) and the ``disconnected`` rows of the nodes that are gone.
+    def connect(self, grid: Grid, server_round: int, run_config: str) -> dict[int, Message]:
+        """Take the grid's connected nodes; the discovery messages for the nodes not seen before
+        (by node).
 
         The first call of a run (also of a resumed one) waits up to ``round_timeout`` seconds for
         ``min_available_nodes`` (:class:`FederationTooSmall` when fewer are connected by then);
         later rounds go on with whoever is connected, so a node that drops out is skipped and one
-        that (re)joins is discovered.
+        that (re)joins is discovered. The rounds a client misses while its node is away are
+        recorded by :meth:`absent_rows`.
         """
         if not self.waited_for_nodes:
             self._wait_for_nodes(grid)
         self.waited_for_nodes = True
         node_ids = list(grid.get_node_ids())
-        rows = []
         for node in sorted(self.connected - set(node_ids)):
             if node not in self.client_of:  # gone before its discovery reply: no partition to record it under
                 log.warning("round %d: node %d left before it was discovered", server_round, node)
-                continue
-            row = client_row(self, server_round, node, None)
-            row["status"] = "disconnected"
-            log.warning("round %d: node %d (partition %d) is gone", server_round, node, self.client_of[node])
-            rows.append(row)
+            elif self.node_of.get(self.client_of[node]) == node:
+                log.warning("round %d: node %d (partition %d) is gone", server_round, node, self.client_of[node])
         self.connected = set(node_ids)
         new = [n for n in node_ids if n not in self.client_of]
         if self.scenario is not None:
             self._register_from_scenario(sorted(new))
-            return {}, rows
-        return {n: query_message(n, run_config, MessageType.QUERY) for n in new}, rows
+            return {}
+        return {n: query_message(n, run_config, MessageType.QUERY) for n in new}
 
     def _register_from_scenario(self, nodes: Sequence[int]) -> None:
         """Map ``nodes`` (sorted) one to one onto the scenario's clients that have no node yet, by
@@ -131,6 +128,29 @@ class Roster:
                         len(self.scenario))
         log.info("registered %d nodes from the scenario (%d clients known)", min(len(nodes), len(free)),
                  len(self.clients))
+
+    def absent_rows(self, server_round: int, skip: Collection[int] = ()) -> list[dict[str, Any]]:
+        """One ``disconnected`` ``clients.csv`` row for every known client whose node was not
+        connected at this round's discovery (after a node that came back under a new id was
+        discovered again), so that each round a client misses is recorded once; ``skip``: nodes
+        that already have a row this round.
+
+        Parameters
+        ----------
+        server_round:
+            The round the rows belong to.
+        skip:
+            Node ids with an outcome of their own this round (they were sent a message).
+        """
+        rows = []
+        for client_id in sorted(self.clients):
+            node = self.node_of.get(client_id)
+            if node is None or node in self.connected or node in skip:
+                continue
+            row = client_row(self, server_round, node, None)
+            row["status"] = "disconnected"
+            rows.append(row)
+        return rows
 
     def partition_of(self, client_id: int) -> int | None:
         """The partition id the messages to ``client_id``'s node name (``None``: discovery, the node

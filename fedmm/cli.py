@@ -213,7 +213,7 @@ def _parser() -> argparse.ArgumentParser:
 def _simulate(args: argparse.Namespace) -> int:
     from fedmm.config import load_config
     from fedmm.runlock import directory_lock
-    from fedmm.simulation import resume_config
+    from fedmm.server.resume import resume_config
 
     if args.resume:
         if args.config or args.overrides or args.out:

@@ -31,7 +31,7 @@ from fedmm.results import prepare_out_dir
 from fedmm.runlock import directory_lock
 from fedmm.server.loop import RoundCallback, restore_state, run_federation
 from fedmm.server.plan import Plan, build_strategy, prepare
-from fedmm.server.resume import resume_checkpoint, resume_config  # noqa: F401 - fedmm.simulation's API
+from fedmm.server.resume import resume_checkpoint
 from fedmm.server.stopping import Interrupted, StopRequest
 
 log = logging.getLogger("fedmm")
@@ -221,7 +221,7 @@ def simulate(
     plan:
         An already prepared plan for ``run`` (skips preparing it again).
     resume:
-        Continue the run whose checkpoint is in ``out_dir`` (see :func:`resume_config`).
+        Continue the run whose checkpoint is in ``out_dir`` (see :func:`fedmm.server.resume.resume_config`).
     roster_from_scenario:
         Register the server's roster from the scenario (every client's partition, modalities and
         size), with no ``query`` message per node; ``False``: discover the nodes as a deployment

@@ -112,7 +112,7 @@ def test_overwrite_removes_every_file_of_the_earlier_run_and_keeps_the_users(run
 def test_a_run_that_overwrote_and_died_before_its_first_checkpoint_is_not_resumed_from_the_old_one(
         run_dir: Path, monkeypatch: pytest.MonkeyPatch, flower_identity: None) -> None:
     import fedmm.server.loop
-    from fedmm.simulation import resume_config
+    from fedmm.server.resume import resume_config
 
     def broken(*_: object, **__: object) -> dict:
         raise Interrupt("died in the initial evaluation")
@@ -186,7 +186,7 @@ def test_the_undamaged_checkpoint_resumes_in_process(run_dir: Path, flower_ident
     """The fixture itself is resumable: the refusals above come from the damage, not the fixture."""
     from fedmm.server.loop import run_federation
     from fedmm.server.plan import prepare
-    from fedmm.simulation import resume_checkpoint, resume_config
+    from fedmm.server.resume import resume_checkpoint, resume_config
 
     run = resume_config(run_dir)
     plan = prepare(run, run_dir, resume=True)

@@ -68,7 +68,7 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
 
 
 def test_a_run_written_with_a_moved_config_key_is_refused_naming_the_new_key(tmp_path):
-    from fedmm.simulation import resume_config
+    from fedmm.server.resume import resume_config
 
     run_dir = tmp_path / "old-run"
     run_dir.mkdir()

@@ -22,6 +22,7 @@ demo: $(STAMP)
 # the house's rules: ruff (lint) and the import contracts of .importlinter (docs/architecture.md)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fedmm tests experiments
+	$(VENV)/bin/ruff format --check fedmm tests experiments
 	$(VENV)/bin/lint-imports
 
 # Every test, on 2 workers (pytest-xdist): the integration tests one after the other on one of them

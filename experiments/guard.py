@@ -6,8 +6,8 @@ bit-identical.
 
 The cases: `make demo`'s federation (HAPT), every strategy, every objective and every selection
 policy on a small `synthetic` federation, and an M = 3 case. Each case keeps every numeric column
-of ``rounds.csv`` except wall times (``seconds``, ``selection-seconds``) plus a SHA-256 of the final model's weights. Extra
-``--set`` overrides apply to every case (e.g. a key a change adds, set to its "off" value).
+of ``rounds.csv`` except wall times (``seconds``, ``selection-seconds``) plus a SHA-256 of the final
+model's weights. Extra ``--set`` overrides apply to every case (e.g. a key a change adds, set to its "off" value).
 """
 
 from __future__ import annotations
@@ -23,8 +23,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-SMALL = ["dataset=synthetic", "partition=dirichlet", "num-clients=6", "dirichlet-alpha=1.0",
-         "num-server-rounds=3", "local-epochs=1", "clients-per-round=3", "engine=inline"]
+SMALL = [
+    "dataset=synthetic",
+    "partition=dirichlet",
+    "num-clients=6",
+    "dirichlet-alpha=1.0",
+    "num-server-rounds=3",
+    "local-epochs=1",
+    "clients-per-round=3",
+    "engine=inline",
+]
 
 
 def cases() -> dict[str, tuple[str | None, list[str]]]:
@@ -47,11 +55,10 @@ def cases() -> dict[str, tuple[str | None, list[str]]]:
 
 
 def run_case(config: str | None, overrides: list[str]) -> dict:
-    from inprocess import simulate_in_process  # the tests' in-process engine
-
     import tempfile
 
     import pandas as pd
+    from inprocess import simulate_in_process  # the tests' in-process engine
     from safetensors.numpy import load_file
 
     from fedmm.config import load_config
@@ -68,8 +75,10 @@ def run_case(config: str | None, overrides: list[str]) -> dict:
         digest.update(weights[key].tobytes())
     numeric = rounds.select_dtypes("number")
     numeric = numeric.drop(columns=[c for c in numeric.columns if c.endswith("seconds")])  # wall times
-    cols = {c: [None if (isinstance(v, float) and math.isnan(v)) else v for v in numeric[c].tolist()]
-            for c in numeric.columns}
+    cols = {
+        c: [None if (isinstance(v, float) and math.isnan(v)) else v for v in numeric[c].tolist()]
+        for c in numeric.columns
+    }
     return {"rounds": cols, "model-sha256": digest.hexdigest()}
 
 

@@ -12,8 +12,13 @@ from typing import Any
 __version__ = "0.1.0"
 
 #: Lazily imported attributes -> the module that defines them.
-_LAZY = {"simulate": "fedmm.api", "compare_runs": "fedmm.api", "to_config": "fedmm.api",
-         "load_run": "fedmm.reporting", "Run": "fedmm.reporting"}
+_LAZY = {
+    "simulate": "fedmm.api",
+    "compare_runs": "fedmm.api",
+    "to_config": "fedmm.api",
+    "load_run": "fedmm.reporting",
+    "Run": "fedmm.reporting",
+}
 
 __all__ = ["Run", "compare_runs", "load_run", "simulate", "to_config", "__version__"]
 

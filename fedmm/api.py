@@ -18,8 +18,9 @@ from fedmm.config_text import flatten, read_toml
 from fedmm.reporting import Run, load_run
 
 
-def to_config(config: RunConfig | Mapping[str, Any] | str | Path | None = None,
-              overrides: Mapping[str, Any] | None = None) -> RunConfig:
+def to_config(
+    config: RunConfig | Mapping[str, Any] | str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> RunConfig:
     """A validated :class:`RunConfig` from any of the forms :func:`simulate` takes.
 
     Parameters
@@ -46,9 +47,14 @@ def to_config(config: RunConfig | Mapping[str, Any] | str | Path | None = None,
     return RunConfig.from_mapping({**values, **flatten(overrides or {})})
 
 
-def simulate(config: RunConfig | Mapping[str, Any] | str | Path | None = None, out: str | Path | None = None, *,
-             overrides: Mapping[str, Any] | None = None, overwrite: bool = False,
-             on_round: Callable[[dict[str, Any]], None] | None = None) -> Run:
+def simulate(
+    config: RunConfig | Mapping[str, Any] | str | Path | None = None,
+    out: str | Path | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+) -> Run:
     """Simulate the federation of ``config`` (on its ``engine``: Ray, or ``"inline"`` in this
     process) and return its results.
 

@@ -101,13 +101,24 @@ def run_grid(
         return _run_grid(config, overrides, cases, seeds, csv_path, runs_dir, on_row, simulate, on_start)
 
 
-def _run_grid(config: Path | None, overrides: Sequence[str], cases: Sequence[Case], seeds: Iterable[int],
-              csv_path: Path, runs_dir: Path | None, on_row: Callable[[dict[str, Any]], None] | None,
-              simulate: Simulate, on_start: Callable[[str], None] | None) -> pd.DataFrame:
+def _run_grid(
+    config: Path | None,
+    overrides: Sequence[str],
+    cases: Sequence[Case],
+    seeds: Iterable[int],
+    csv_path: Path,
+    runs_dir: Path | None,
+    on_row: Callable[[dict[str, Any]], None] | None,
+    simulate: Simulate,
+    on_start: Callable[[str], None] | None,
+) -> pd.DataFrame:
     seeds = list(seeds)
     label_names = sorted({k for c in cases for k in c.labels})
-    runs = [(case, seed, load_config(config, [*overrides, *case.overrides, f"seed={seed}"]))
-            for case in cases for seed in seeds]  # every config error surfaces before the first run
+    runs = [
+        (case, seed, load_config(config, [*overrides, *case.overrides, f"seed={seed}"]))
+        for case in cases
+        for seed in seeds
+    ]  # every config error surfaces before the first run
     rows = pd.read_csv(csv_path).to_dict("records") if csv_path.is_file() else []
     done = {tuple(str(r[k]) for k in (*label_names, "seed")) for r in rows}
     for index, (case, seed, run) in enumerate(runs, 1):
@@ -119,15 +130,27 @@ def _run_grid(config: Path | None, overrides: Sequence[str], cases: Sequence[Cas
         out = runs_dir / case.slug(seed) if runs_dir is not None else None
         summary = simulate(run, out, overwrite=True)
         if summary.get("status") == "failed":  # a failed run is no benchmark row; finished rows stay in the CSV
-            raise ValueError(f"run {case.slug(seed)} stopped, {summary['reason']}; first client error: "
-                             f"{summary['first-client-error']}")
-        row = {**case.labels, "seed": seed, **summary["final"], "best-test/acc": summary["best-test/acc"],
-               "best-round": summary["best-round"], "bytes-up": summary["total-bytes-up"],
-               "seconds": summary["total-seconds"], "loss-growth": summary["loss-growth"],
-               "last-test/acc": summary.get("last-rounds-test/acc", math.nan),
-               "diverged-round": summary["diverged"]["round"] if summary["diverged"] else math.nan,
-               **{k: v for k, v in summary.items()  # the round chosen on validation (validation = "auto")
-                  if k.endswith("-at-best-val") or k in ("best-val/acc", "best-val-round", "last-rounds-val/acc")}}
+            raise ValueError(
+                f"run {case.slug(seed)} stopped, {summary['reason']}; first client error: "
+                f"{summary['first-client-error']}"
+            )
+        row = {
+            **case.labels,
+            "seed": seed,
+            **summary["final"],
+            "best-test/acc": summary["best-test/acc"],
+            "best-round": summary["best-round"],
+            "bytes-up": summary["total-bytes-up"],
+            "seconds": summary["total-seconds"],
+            "loss-growth": summary["loss-growth"],
+            "last-test/acc": summary.get("last-rounds-test/acc", math.nan),
+            "diverged-round": summary["diverged"]["round"] if summary["diverged"] else math.nan,
+            **{
+                k: v
+                for k, v in summary.items()  # the round chosen on validation (validation = "auto")
+                if k.endswith("-at-best-val") or k in ("best-val/acc", "best-val-round", "last-rounds-val/acc")
+            },
+        }
         rows.append(row)
         _write_csv(pd.DataFrame(rows), csv_path)
         if on_row:
@@ -183,15 +206,23 @@ def selection_benchmark(
     with directory_lock(out_dir, "benchmark directory"):  # one benchmark per directory (fedmm.runlock)
         run_grid(config, overrides, cases, seeds, out_dir / "runs.csv", runs_dir, on_row, on_start=on_start)
         curves = pd.concat(
-            [pd.read_csv(runs_dir / c.slug(s) / ROUNDS_FILE).assign(policy=c.labels["policy"], seed=s)
-             for c in cases for s in seeds],
+            [
+                pd.read_csv(runs_dir / c.slug(s) / ROUNDS_FILE).assign(policy=c.labels["policy"], seed=s)
+                for c in cases
+                for s in seeds
+            ],
             ignore_index=True,
         )
         curves["mb-up"] = curves.groupby(["policy", "seed"])["bytes-up"].cumsum() / 1e6
         _write_csv(curves, out_dir / "selection.csv")
         part = pd.concat(
-            [participation(pd.read_csv(runs_dir / c.slug(s) / CLIENTS_FILE)).assign(policy=c.labels["policy"], seed=s)
-             for c in cases for s in seeds],
+            [
+                participation(pd.read_csv(runs_dir / c.slug(s) / CLIENTS_FILE)).assign(
+                    policy=c.labels["policy"], seed=s
+                )
+                for c in cases
+                for s in seeds
+            ],
             ignore_index=True,
         )
         _write_csv(part, out_dir / "participation.csv")
@@ -209,8 +240,13 @@ METHOD_FEDERATIONS: dict[str, tuple[str, ...]] = {
     "hapt": ("dataset=hapt", "partition=natural"),
     "segment": ("dataset=segment", "partition=dirichlet", "dirichlet-alpha=0.5", "num-clients=20"),
     "mfeat": ("dataset=mfeat", "partition=dirichlet", "dirichlet-alpha=0.5", "num-clients=20"),
-    "synthetic": ("dataset=synthetic", "dataset.num_modalities=3", "partition=dirichlet", "dirichlet-alpha=0.5",
-                  "num-clients=20"),
+    "synthetic": (
+        "dataset=synthetic",
+        "dataset.num_modalities=3",
+        "partition=dirichlet",
+        "dirichlet-alpha=0.5",
+        "num-clients=20",
+    ),
 }
 METHOD_COMMON = ("allocation=multi-ratio", "multi-ratio=0.5")
 #: Every strategy with its own objective and selection, CMSFed also with random selection, and
@@ -224,8 +260,10 @@ METHODS: dict[str, tuple[str, ...]] = {
     "fedcmi": ("strategy=fedcmi",),
     "cmsfed": ("strategy=cmsfed",),
     "cmsfed+random": ("strategy=cmsfed", "selection=random"),
-    **{f"fedavg+{o}": ("strategy=fedavg", f"objective={o}")
-       for o in ("uniform", "ogm-ge", "pmr", "boost", "mnl", "remix", "arm")},
+    **{
+        f"fedavg+{o}": ("strategy=fedavg", f"objective={o}")
+        for o in ("uniform", "ogm-ge", "pmr", "boost", "mnl", "remix", "arm")
+    },
 }
 #: ``--quick``: a smoke run of every method (1 seed, 2 rounds of 1 local epoch, 6 clients).
 QUICK_OVERRIDES = ("num-server-rounds=2", "local-epochs=1", "num-clients=6", "clients-per-round=3")
@@ -290,14 +328,28 @@ def methods_benchmark(
     for name, valid, what in ((datasets, METHOD_FEDERATIONS, "dataset"), (methods, METHODS, "method")):
         unknown = [n for n in name if n not in valid]
         if unknown or not name:
-            raise ValueError(f"unknown {what} {unknown[0]!r} for `fedmm bench methods`; choose from "
-                             f"{', '.join(valid)}" if unknown else f"give at least one {what}")
-    base = {(d, m): (*METHOD_FEDERATIONS[d], *METHOD_COMMON, *METHODS[m], *(QUICK_OVERRIDES if quick else ()),
-                     *overrides, *(("preset=paper",) if protocol == "paper" else ()))
-            for d in datasets for m in methods}
+            raise ValueError(
+                f"unknown {what} {unknown[0]!r} for `fedmm bench methods`; choose from {', '.join(valid)}"
+                if unknown
+                else f"give at least one {what}"
+            )
+    base = {
+        (d, m): (
+            *METHOD_FEDERATIONS[d],
+            *METHOD_COMMON,
+            *METHODS[m],
+            *(QUICK_OVERRIDES if quick else ()),
+            *overrides,
+            *(("preset=paper",) if protocol == "paper" else ()),
+        )
+        for d in datasets
+        for m in methods
+    }
     with directory_lock(out_dir, "benchmark directory"):  # one benchmark per directory (fedmm.runlock)
-        chosen = {key: tuned_overrides(*key, base[key], out_dir, tune_settings, simulate) if protocol == "tuned"
-                  else () for key in base}
+        chosen = {
+            key: tuned_overrides(*key, base[key], out_dir, tune_settings, simulate) if protocol == "tuned" else ()
+            for key in base
+        }
         cases = [Case({"dataset": d, "method": m}, (*base[d, m], *chosen[d, m])) for d, m in base]
         df = run_grid(None, [], cases, seeds, out_dir / "runs.csv", out_dir / "runs", on_row, simulate, on_start)
         table = methods_table(df, datasets, methods)
@@ -309,20 +361,32 @@ def methods_benchmark(
 def methods_table(runs: pd.DataFrame, datasets: Sequence[str], methods: Sequence[str]) -> str:
     """The Markdown table of :func:`methods_benchmark`: a section per dataset, a row per method
     (mean ± std over seeds; "diverged" counts the seeds whose run diverged)."""
-    columns = {"test/acc": "final acc", "last-test/acc": f"last {LAST_ROUNDS} rounds acc", "best-test/acc": "best acc",
-               "test/imbalance": "imbalance ratio", "loss-growth": "largest / round-1 train loss"}
+    columns = {
+        "test/acc": "final acc",
+        "last-test/acc": f"last {LAST_ROUNDS} rounds acc",
+        "best-test/acc": "best acc",
+        "test/imbalance": "imbalance ratio",
+        "loss-growth": "largest / round-1 train loss",
+    }
     sections = []
     for d in datasets:
         rows = runs[runs["dataset"] == d]
         weak = weakest_modality(rows)
         header = ["method", *list(columns.values())[:3], f"{weak} alone", *list(columns.values())[3:], "diverged"]
-        lines = [f"**{d}** (weakest modality: {weak})", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines = [
+            f"**{d}** (weakest modality: {weak})",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+        ]
         for m in methods:
             run = rows[rows["method"] == m]
             if run.empty:
                 continue
-            cells = [_mean_std(run[c]) if c in run else "n/a"  # rows of a CSV written before the column
-                     for c in (*list(columns)[:3], f"test/acc/{weak}", *list(columns)[3:])]
+            cells = [
+                _mean_std(run[c]) if c in run else "n/a"  # rows of a CSV written before the column
+                for c in (*list(columns)[:3], f"test/acc/{weak}", *list(columns)[3:])
+            ]
             diverged = int(run["diverged-round"].notna().sum())
             lines.append("| " + " | ".join([m, *cells, f"{diverged}/{len(run)}"]) + " |")
         sections.append("\n".join(lines))
@@ -368,16 +432,22 @@ def selection_table(curves: pd.DataFrame, policies: Sequence[str], part: pd.Data
             _reached(reach["round"], 1),
         ]
         if clock:
-            cells += [_reached(reach["minutes"], 2), _reached(reach["mb"], 1),
-                      _mean_std(per_seed[CLOCK_COLUMN].max() / 60.0, digits=2)]
+            cells += [
+                _reached(reach["minutes"], 2),
+                _reached(reach["mb"], 1),
+                _mean_std(per_seed[CLOCK_COLUMN].max() / 60.0, digits=2),
+            ]
         cells += [
             _mean_std(per_seed["bytes-up"].sum() / 1e6, digits=1),
             _mean_std(runs[runs["round"] > 0]["selection-seconds"] * 1e3, digits=2),
         ]
         if part is not None:
             shares = pd.DataFrame([multimodal_share(g) for _, g in part[part["policy"] == p].groupby("seed")])
-            cells.append(f"{_mean_std(shares['selected'], digits=2)} / {_mean_std(shares['trained'], digits=2)}"
-                         if len(shares) else "n/a")
+            cells.append(
+                f"{_mean_std(shares['selected'], digits=2)} / {_mean_std(shares['trained'], digits=2)}"
+                if len(shares)
+                else "n/a"
+            )
         lines.append(f"| {p} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

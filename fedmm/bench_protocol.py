@@ -40,8 +40,9 @@ def toml_value(value: Any) -> str:
     return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
 
 
-def tuned_overrides(dataset: str, method: str, base: Sequence[str], out_dir: Path, settings: Any,
-                    simulate: Any = None) -> tuple[str, ...]:
+def tuned_overrides(
+    dataset: str, method: str, base: Sequence[str], out_dir: Path, settings: Any, simulate: Any = None
+) -> tuple[str, ...]:
     """Tune ``method`` on ``dataset``'s federation (config ``base``, seed 0) into
     ``out_dir/tune/<dataset>-<method>`` (a finished study is not run again) and return its best
     values as overrides.
@@ -55,13 +56,16 @@ def tuned_overrides(dataset: str, method: str, base: Sequence[str], out_dir: Pat
     if result.status != "completed":
         raise KeyboardInterrupt  # the study keeps its finished trials; the CLI says so
     if result.best_config is None:
-        raise ValueError(f"tuning {method} on {dataset}: all {result.pruned} trials were pruned (diverged or failed); "
-                         f"see {out_dir / 'tune' / f'{dataset}-{method}' / 'trials.csv'}")
+        raise ValueError(
+            f"tuning {method} on {dataset}: all {result.pruned} trials were pruned (diverged or failed); "
+            f"see {out_dir / 'tune' / f'{dataset}-{method}' / 'trials.csv'}"
+        )
     return tuple(f"{k}={toml_value(v)}" for k, v in sorted(result.best_params.items()))
 
 
-def comparison(runs: pd.DataFrame, datasets: Sequence[str], methods: Sequence[str],
-               baseline: str = BASELINE) -> pd.DataFrame:
+def comparison(
+    runs: pd.DataFrame, datasets: Sequence[str], methods: Sequence[str], baseline: str = BASELINE
+) -> pd.DataFrame:
     """The tidy comparison: one row per dataset, method and reported metric, with ``mean``, ``std``,
     ``ci-low``, ``ci-high`` (95 % t interval), ``n`` (seeds), and against ``baseline`` on the same
     seeds ``diff`` (mean paired difference), ``t-p`` and ``wilcoxon-p``.
@@ -93,20 +97,30 @@ def comparison(runs: pd.DataFrame, datasets: Sequence[str], methods: Sequence[st
                     continue
                 values = run[column].astype(float)
                 ci = mean_ci(values.tolist())
-                row = {"dataset": d, "method": m, "metric": column, "label": label, "mean": ci.mean,
-                       "std": float(values.std()) if len(values.dropna()) > 1 else float("nan"),
-                       "ci-low": ci.low, "ci-high": ci.high, "n": ci.n}
+                row = {
+                    "dataset": d,
+                    "method": m,
+                    "metric": column,
+                    "label": label,
+                    "mean": ci.mean,
+                    "std": float(values.std()) if len(values.dropna()) > 1 else float("nan"),
+                    "ci-low": ci.low,
+                    "ci-high": ci.high,
+                    "n": ci.n,
+                }
                 if m != baseline and not base.empty and column in base:
                     seeds = sorted(set(run.index) & set(base.index))
-                    test = paired_tests(run.loc[seeds, column].astype(float).tolist(),
-                                        base.loc[seeds, column].astype(float).tolist())
+                    test = paired_tests(
+                        run.loc[seeds, column].astype(float).tolist(), base.loc[seeds, column].astype(float).tolist()
+                    )
                     row.update({"diff": test.diff, "t-p": test.t_p, "wilcoxon-p": test.wilcoxon_p, "pairs": test.n})
                 rows.append(row)
     return pd.DataFrame(rows)
 
 
-def comparison_table(tidy: pd.DataFrame, datasets: Sequence[str], methods: Sequence[str], protocol: str,
-                     baseline: str = BASELINE) -> str:
+def comparison_table(
+    tidy: pd.DataFrame, datasets: Sequence[str], methods: Sequence[str], protocol: str, baseline: str = BASELINE
+) -> str:
     """The Markdown table of :func:`comparison`: a section per dataset, a row per method."""
     sections = []
     for d in datasets:
@@ -115,27 +129,55 @@ def comparison_table(tidy: pd.DataFrame, datasets: Sequence[str], methods: Seque
             continue
         weak_metric = next((c for c in at_d["metric"].unique() if c not in REPORTED), "")
         weak = weak_metric.split("/")[-1].removesuffix("-at-best-val") or "n/a"
-        header = ["method", "test acc at best-val round", "95 % CI", f"diff vs {baseline}", "paired t p",
-                  "Wilcoxon p", "last-rounds test acc", f"{weak} alone", "seeds"]
-        lines = [f"**{d}** (protocol {protocol}; weakest modality: {weak})", "",
-                 "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        header = [
+            "method",
+            "test acc at best-val round",
+            "95 % CI",
+            f"diff vs {baseline}",
+            "paired t p",
+            "Wilcoxon p",
+            "last-rounds test acc",
+            f"{weak} alone",
+            "seeds",
+        ]
+        lines = [
+            f"**{d}** (protocol {protocol}; weakest modality: {weak})",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+        ]
         for m in methods:
             cell = {r["metric"]: r for _, r in at_d[at_d["method"] == m].iterrows()}
             if PRIMARY not in cell:
                 continue
             p = cell[PRIMARY]
-            tests = ["—", "—", "—"] if m == baseline or pd.isna(p.get("diff")) else [
-                f"{p['diff']:+.3f}", _p(p["t-p"]), _p(p["wilcoxon-p"])]
-            lines.append("| " + " | ".join([
-                m, _ms(p), _ci(p), *tests,
-                _ms(cell["last-test/acc"]) if "last-test/acc" in cell else "n/a",
-                _ms(cell[weak_metric]) if weak_metric in cell else "n/a", str(int(p["n"])),
-            ]) + " |")
+            tests = (
+                ["—", "—", "—"]
+                if m == baseline or pd.isna(p.get("diff"))
+                else [f"{p['diff']:+.3f}", _p(p["t-p"]), _p(p["wilcoxon-p"])]
+            )
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        m,
+                        _ms(p),
+                        _ci(p),
+                        *tests,
+                        _ms(cell["last-test/acc"]) if "last-test/acc" in cell else "n/a",
+                        _ms(cell[weak_metric]) if weak_metric in cell else "n/a",
+                        str(int(p["n"])),
+                    ]
+                )
+                + " |"
+            )
         sections.append("\n".join(lines))
-    note = (f"Mean ± std over seeds; 95 % CI: Student t interval of the mean; diff: mean paired difference from "
-            f"{baseline} on the same seeds, with the two-sided p of the paired t-test and of the Wilcoxon signed-rank "
-            "test (with 5 seeds its smallest possible p is 0.0625). The round of each run is chosen on validation "
-            "accuracy; the test split is only reported.")
+    note = (
+        f"Mean ± std over seeds; 95 % CI: Student t interval of the mean; diff: mean paired difference from "
+        f"{baseline} on the same seeds, with the two-sided p of the paired t-test and of the Wilcoxon signed-rank "
+        "test (with 5 seeds its smallest possible p is 0.0625). The round of each run is chosen on validation "
+        "accuracy; the test split is only reported."
+    )
     return "\n\n".join([*sections, note])
 
 
@@ -149,8 +191,9 @@ def plot_comparison(tidy: pd.DataFrame, datasets: Sequence[str], methods: Sequen
     shown = [d for d in datasets if not tidy[(tidy["dataset"] == d) & (tidy["metric"] == PRIMARY)].empty]
     if not shown:
         return
-    fig, axes = plt.subplots(1, len(shown), figsize=(4.5 * len(shown), 0.35 * len(methods) + 1.5), dpi=120,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(shown), figsize=(4.5 * len(shown), 0.35 * len(methods) + 1.5), dpi=120, squeeze=False
+    )
     for ax, d in zip(axes[0], shown, strict=True):
         rows = tidy[(tidy["dataset"] == d) & (tidy["metric"] == PRIMARY)].set_index("method")
         names = [m for m in methods if m in rows.index]
@@ -169,8 +212,9 @@ def plot_comparison(tidy: pd.DataFrame, datasets: Sequence[str], methods: Sequen
     plt.close(fig)
 
 
-def write_comparison(runs: pd.DataFrame, datasets: Sequence[str], methods: Sequence[str], out_dir: Path,
-                     protocol: str) -> str | None:
+def write_comparison(
+    runs: pd.DataFrame, datasets: Sequence[str], methods: Sequence[str], out_dir: Path, protocol: str
+) -> str | None:
     """``comparison.csv`` (tidy), ``comparison.md`` and ``comparison.png`` in ``out_dir``; returns the
     table, or ``None`` when the runs have no validation-chosen round (``validation = "off"``)."""
     if PRIMARY not in runs:

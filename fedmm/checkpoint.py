@@ -68,8 +68,10 @@ def config_digest(config_toml: str) -> str:
 
 def _start_over(run_dir: Path) -> str:
     """What to do about an unusable checkpoint in ``run_dir``."""
-    return (f"restore it from a backup, or start the run over with `fedmm simulate --config "
-            f"{run_dir / 'config.toml'} --out {run_dir} --overwrite`")
+    return (
+        f"restore it from a backup, or start the run over with `fedmm simulate --config "
+        f"{run_dir / 'config.toml'} --out {run_dir} --overwrite`"
+    )
 
 
 def unreadable_state(run_dir: str | Path, err: Exception) -> ValueError:
@@ -84,8 +86,10 @@ def unreadable_state(run_dir: str | Path, err: Exception) -> ValueError:
         What loading the values raised.
     """
     run_dir = Path(run_dir)
-    return ValueError(f"checkpoint file {str(run_dir / CHECKPOINT_STATE)!r} is damaged (its server state cannot be "
-                      f"loaded: {type(err).__name__}: {err}); {_start_over(run_dir)}")
+    return ValueError(
+        f"checkpoint file {str(run_dir / CHECKPOINT_STATE)!r} is damaged (its server state cannot be "
+        f"loaded: {type(err).__name__}: {err}); {_start_over(run_dir)}"
+    )
 
 
 def save_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> None:
@@ -121,8 +125,9 @@ def _saved_state(run_dir: Path) -> dict[str, Any]:
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"checkpoint file {str(path)!r} is damaged (not readable JSON: {err}); "
-                         f"{_start_over(run_dir)}") from None
+        raise ValueError(
+            f"checkpoint file {str(path)!r} is damaged (not readable JSON: {err}); {_start_over(run_dir)}"
+        ) from None
     if not isinstance(saved, dict):
         problem = "it holds no JSON object"
     elif not isinstance(saved.get("round"), int) or isinstance(saved["round"], bool) or saved["round"] < 0:
@@ -161,8 +166,10 @@ def load_checkpoint(run_dir: str | Path, *, arrays: bool = True) -> Checkpoint:
                 group, _, name = key.partition("/")
                 (model if group == "model" else state)[name] = f.get_tensor(key)
     except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"checkpoint file {str(arrays_path)!r} is damaged (not a readable safetensors file: "
-                         f"{err}); {_start_over(run_dir)}") from None
+        raise ValueError(
+            f"checkpoint file {str(arrays_path)!r} is damaged (not a readable safetensors file: "
+            f"{err}); {_start_over(run_dir)}"
+        ) from None
     if arrays_round != int(saved["round"]):
         raise ValueError(
             f"checkpoint in {str(run_dir)!r} is inconsistent: {CHECKPOINT_ARRAYS} is from round {arrays_round}, "
@@ -170,8 +177,12 @@ def load_checkpoint(run_dir: str | Path, *, arrays: bool = True) -> Checkpoint:
             f"{_start_over(run_dir)}"
         )
     digest = saved.get("config-sha256")
-    return Checkpoint(server_round=int(saved["round"]), model=model, state=state,
-                      config_sha256=digest if isinstance(digest, str) else None)
+    return Checkpoint(
+        server_round=int(saved["round"]),
+        model=model,
+        state=state,
+        config_sha256=digest if isinstance(digest, str) else None,
+    )
 
 
 def check_model_fits(run_dir: str | Path, checkpoint: Checkpoint, expected: Mapping[str, tuple[int, ...]]) -> None:
@@ -203,12 +214,16 @@ def check_model_fits(run_dir: str | Path, checkpoint: Checkpoint, expected: Mapp
     elif missing:
         problem = f"it lacks the model's {missing[0]!r}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
     elif extra:
-        problem = f"it has {extra[0]!r}, which the model lacks" + (f", and {len(extra) - 1} more" if len(extra) > 1 else "")
+        problem = f"it has {extra[0]!r}, which the model lacks" + (
+            f", and {len(extra) - 1} more" if len(extra) > 1 else ""
+        )
     else:
         return
-    raise ValueError(f"checkpoint file {str(run_dir / CHECKPOINT_ARRAYS)!r} does not fit the model that "
-                     f"{str(run_dir / 'config.toml')!r} builds ({problem}); it belongs to another run: "
-                     f"{_start_over(run_dir)}")
+    raise ValueError(
+        f"checkpoint file {str(run_dir / CHECKPOINT_ARRAYS)!r} does not fit the model that "
+        f"{str(run_dir / 'config.toml')!r} builds ({problem}); it belongs to another run: "
+        f"{_start_over(run_dir)}"
+    )
 
 
 def prefixed(prefix: str, state: Mapping[str, Any]) -> dict[str, Any]:
@@ -218,4 +233,4 @@ def prefixed(prefix: str, state: Mapping[str, Any]) -> dict[str, Any]:
 
 def unprefixed(prefix: str, state: Mapping[str, Any]) -> dict[str, Any]:
     """The entries of ``state`` under ``prefix``, with the prefix removed."""
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

@@ -64,10 +64,15 @@ def _interrupted(signum: int, message: str) -> int:
 
 
 def _plugin_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--plugins", action="append", default=[], metavar="MODULE[,MODULE]",
-                        help="import these modules first (as the config key plugins does), so that every "
-                        "command sees the objectives, policies, datasets and strategies they register; "
-                        "repeatable")
+    parser.add_argument(
+        "--plugins",
+        action="append",
+        default=[],
+        metavar="MODULE[,MODULE]",
+        help="import these modules first (as the config key plugins does), so that every "
+        "command sees the objectives, policies, datasets and strategies they register; "
+        "repeatable",
+    )
 
 
 def _import_plugin_option(argv: Sequence[str]) -> tuple[str, ...]:
@@ -92,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser(
-        "simulate", help="simulate a federation (on Ray, or in this process with engine=inline) and write its results",
+        "simulate",
+        help="simulate a federation (on Ray, or in this process with engine=inline) and write its results",
         description="Simulate a federation: the clients train for num-server-rounds rounds; the server\n"
         "aggregates and evaluates the global model every round and writes rounds.csv, clients.csv,\n"
         "summary.json, the final model and a plot to --out. Progress: a live bar in a terminal, one\n"
@@ -102,14 +108,25 @@ def _parser() -> argparse.ArgumentParser:
         "  fedmm simulate --set dataset=segment --set num-server-rounds=5 --set engine=inline --out results/first\n"
         "  fedmm simulate --config experiments/configs/demo.toml --out results/demo --overwrite\n"
         "  fedmm simulate --resume results/demo    # continue a stopped run",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sim.add_argument("--config", type=Path, help="TOML file of config keys (see README)")
-    sim.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config key; repeatable (e.g. --set num-server-rounds=5)")
+    sim.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key; repeatable (e.g. --set num-server-rounds=5)",
+    )
     sim.add_argument("--out", type=Path, help="results directory (default: the config's out-dir)")
     sim.add_argument("--overwrite", action="store_true", help="replace results already in --out")
-    sim.add_argument("--resume", type=Path, metavar="DIR",
-                     help="continue the stopped run in DIR from its last checkpoint (no --config/--set)")
+    sim.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="continue the stopped run in DIR from its last checkpoint (no --config/--set)",
+    )
     sim.add_argument("--quiet", action="store_true", help="no progress display")
     sim.set_defaults(func=_simulate)
 
@@ -121,13 +138,20 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--last", type=int, default=10, help="how many of the last rounds to show (default 10)")
     report.set_defaults(func=_report)
 
-    comp = sub.add_parser("compare", help="compare runs: what differs in their configs, their results, overlay plots",
-                          description="A table of the runs (the config keys that differ, final test accuracy, "
-                          "best on validation where it exists, last rounds' mean, weak modality, bytes, time) and, "
-                          "with --out, compare.md, compare.csv and one overlay plot per metric.",
-                          epilog="example: fedmm compare 'results/*' --out results/compare")
-    comp.add_argument("run_dirs", nargs="+", metavar="DIR",
-                      help="results directories or globs; a directory of runs (a benchmark's) stands for its runs")
+    comp = sub.add_parser(
+        "compare",
+        help="compare runs: what differs in their configs, their results, overlay plots",
+        description="A table of the runs (the config keys that differ, final test accuracy, "
+        "best on validation where it exists, last rounds' mean, weak modality, bytes, time) and, "
+        "with --out, compare.md, compare.csv and one overlay plot per metric.",
+        epilog="example: fedmm compare 'results/*' --out results/compare",
+    )
+    comp.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="DIR",
+        help="results directories or globs; a directory of runs (a benchmark's) stands for its runs",
+    )
     comp.add_argument("--out", type=Path, help="write compare.md, compare.csv and compare-<metric>.png here")
     comp.set_defaults(func=_compare)
 
@@ -136,8 +160,12 @@ def _parser() -> argparse.ArgumentParser:
     local = deploy_sub.add_parser("local", help="start a SuperLink and N SuperNodes on loopback until Ctrl-C")
     local.add_argument("--nodes", type=int, default=3, help="number of SuperNodes (partition-id 0..N-1)")
     local.add_argument("--tls", action="store_true", help="serve over TLS with generated certificates")
-    local.add_argument("--auth", action="store_true", help="SuperNode authentication: admit only nodes whose "
-                       "keys are registered with `flwr supernode register` (implies --tls)")
+    local.add_argument(
+        "--auth",
+        action="store_true",
+        help="SuperNode authentication: admit only nodes whose "
+        "keys are registered with `flwr supernode register` (implies --tls)",
+    )
     local.add_argument("--port", type=int, default=9092, help="SuperLink port")
     local.add_argument("--workdir", type=Path, default=Path(".fedmm-deploy"), help="logs, state, certificates")
     local.set_defaults(func=_deploy_local)
@@ -150,53 +178,101 @@ def _parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     sel = bench_sub.add_parser("selection", help="the same federation and budget under each selection policy")
     sel.add_argument("--config", type=Path, help="TOML file of the federation (see README)")
-    sel.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config key of every run; repeatable")
+    sel.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key of every run; repeatable",
+    )
     sel.add_argument("--policies", default="random,powd,divfl,cmsfed", help="comma-separated selection policies")
     sel.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    sel.add_argument("--out", type=Path, default=Path("experiments/out/selection"),
-                     help="directory of the runs, CSVs, table and plot (finished runs are not repeated)")
+    sel.add_argument(
+        "--out",
+        type=Path,
+        default=Path("experiments/out/selection"),
+        help="directory of the runs, CSVs, table and plot (finished runs are not repeated)",
+    )
     sel.set_defaults(func=_bench_selection)
     meth = bench_sub.add_parser("methods", help="every strategy and objective on every shipped dataset")
-    meth.add_argument("--datasets", help="comma-separated datasets (default: hapt,segment,mfeat,synthetic; "
-                      "with --quick: synthetic)")
+    meth.add_argument(
+        "--datasets", help="comma-separated datasets (default: hapt,segment,mfeat,synthetic; with --quick: synthetic)"
+    )
     meth.add_argument("--methods", help="comma-separated methods (default: all; see README)")
     meth.add_argument("--seeds", help="comma-separated seeds (default 0,1,2; with --quick: 0)")
     meth.add_argument("--quick", action="store_true", help="smoke runs: 2 rounds of 1 local epoch, 6 clients")
-    meth.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a config key of every run; repeatable")
-    meth.add_argument("--out", type=Path, default=Path("experiments/out/methods"),
-                      help="directory of the runs, the CSV and the table (finished runs are not repeated)")
-    meth.add_argument("--protocol", default="defaults", help="defaults (fedmm's defaults), paper (preset=paper) or "
-                      "tuned (each method tuned on validation with --trials trials, then run on the seeds; default "
-                      "seeds 0-4)")
-    meth.add_argument("--trials", type=int, default=20, help="--protocol tuned: trials per method (the same budget "
-                      "for every method)")
+    meth.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key of every run; repeatable",
+    )
+    meth.add_argument(
+        "--out",
+        type=Path,
+        default=Path("experiments/out/methods"),
+        help="directory of the runs, the CSV and the table (finished runs are not repeated)",
+    )
+    meth.add_argument(
+        "--protocol",
+        default="defaults",
+        help="defaults (fedmm's defaults), paper (preset=paper) or "
+        "tuned (each method tuned on validation with --trials trials, then run on the seeds; default "
+        "seeds 0-4)",
+    )
+    meth.add_argument(
+        "--trials", type=int, default=20, help="--protocol tuned: trials per method (the same budget for every method)"
+    )
     meth.add_argument("--jobs", type=int, default=1, help="--protocol tuned: worker processes per study")
     meth.add_argument("--pruner", default="median", help="--protocol tuned: median, asha or none")
     meth.set_defaults(func=_bench_methods)
 
-    tune = sub.add_parser("tune", help="tune one method on one federation on validation accuracy (Optuna study "
-                          "in --out; run again to resume)")
+    tune = sub.add_parser(
+        "tune",
+        help="tune one method on one federation on validation accuracy (Optuna study in --out; run again to resume)",
+    )
     tune.add_argument("--config", type=Path, help="TOML file of the method and federation")
-    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a config key of the base config; repeatable")
-    tune.add_argument("--out", type=Path, required=True, help="the study's directory (study.journal, best.toml, "
-                      "trials.csv, plots); the same --out resumes the study")
-    tune.add_argument("--trials", type=int, default=20, help="trials the study should hold (default 20; finished "
-                      "ones from an earlier run count)")
+    tune.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key of the base config; repeatable",
+    )
+    tune.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="the study's directory (study.journal, best.toml, trials.csv, plots); the same --out resumes the study",
+    )
+    tune.add_argument(
+        "--trials",
+        type=int,
+        default=20,
+        help="trials the study should hold (default 20; finished ones from an earlier run count)",
+    )
     tune.add_argument("--jobs", type=int, default=1, help="worker processes sharing the study (one per core)")
     tune.add_argument("--pruner", default="median", help="median (default), asha or none (docs/tuning.md)")
-    tune.add_argument("--params", help="comma-separated keys to tune (default: every key with a search range, "
-                      "see `fedmm config`)")
+    tune.add_argument(
+        "--params", help="comma-separated keys to tune (default: every key with a search range, see `fedmm config`)"
+    )
     tune.add_argument("--seed", type=int, default=0, help="seed of the sampler")
     tune.set_defaults(func=_tune)
 
     keys = sub.add_parser("config", help="list every config key with its constraints, default and meaning")
-    keys.add_argument("namespace", nargs="?", help="only this part: run, objective, selection, dataset, encoder, devices")
+    keys.add_argument(
+        "namespace", nargs="?", help="only this part: run, objective, selection, dataset, encoder, devices"
+    )
     keys.add_argument("name", nargs="?", help="only this component of the namespace (e.g. fedmm config objective mnl)")
-    keys.add_argument("--markdown", action="store_true",
-                      help="print the configuration reference page (fedmm config --markdown > docs/configuration.md)")
+    keys.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the configuration reference page (fedmm config --markdown > docs/configuration.md)",
+    )
     keys.set_defaults(func=_config_keys)
 
     prep = sub.add_parser("prepare", help="build a user-owned dataset's directory (CREMA-D frames at 1 fps)")
@@ -217,8 +293,10 @@ def _simulate(args: argparse.Namespace) -> int:
 
     if args.resume:
         if args.config or args.overrides or args.out:
-            raise ValueError("--resume DIR continues the run exactly as configured in DIR/config.toml; "
-                             "drop --config, --set and --out")
+            raise ValueError(
+                "--resume DIR continues the run exactly as configured in DIR/config.toml; "
+                "drop --config, --set and --out"
+            )
         if not args.resume.is_dir():
             resume_config(args.resume)  # raises, naming what is missing (the lock would create the directory)
         with directory_lock(args.resume, flag="--resume directory"):  # before the run's files are read
@@ -249,18 +327,25 @@ def _simulate_in(run: Any, out: Path, args: argparse.Namespace) -> int:
         if err.last_round is None:
             advice = "no round finished; run the same command again (with --overwrite)"
         else:
-            advice = (f"rounds 0-{err.last_round} of {run.num_server_rounds} are in {plan.out_dir}; "
-                      f"continue with `fedmm simulate --resume {plan.out_dir}`")
+            advice = (
+                f"rounds 0-{err.last_round} of {run.num_server_rounds} are in {plan.out_dir}; "
+                f"continue with `fedmm simulate --resume {plan.out_dir}`"
+            )
         return _interrupted(err.signum, f"interrupted ({err.signal_name}), the round under way was dropped; {advice}")
     if summary.get("status") == "failed":
-        print(f"fedmm: error: run stopped, {summary['reason']}; first client error: {summary['first-client-error']}; "
-              f"fix its cause and rerun (finished rounds are in {plan.out_dir})", file=sys.stderr)
+        print(
+            f"fedmm: error: run stopped, {summary['reason']}; first client error: {summary['first-client-error']}; "
+            f"fix its cause and rerun (finished rounds are in {plan.out_dir})",
+            file=sys.stderr,
+        )
         return 1
     final = summary["final"]
     per_mod = "  ".join(f"{k.rsplit('/', 1)[1]} {v:.3f}" for k, v in final.items() if k.startswith("test/acc/"))
-    chosen = (f"at best val round {summary['best-val-round']}: {summary['test/acc-at-best-val']:.4f}"
-              if "best-val-round" in summary else
-              f"best {summary['best-test/acc']:.4f} at round {summary['best-round']}, no validation split")
+    chosen = (
+        f"at best val round {summary['best-val-round']}: {summary['test/acc-at-best-val']:.4f}"
+        if "best-val-round" in summary
+        else f"best {summary['best-test/acc']:.4f} at round {summary['best-round']}, no validation split"
+    )
     print(f"test/acc {final['test/acc']:.4f} ({chosen})  alone: {per_mod}  in {summary['total-seconds']:.0f} s")
     if summary.get("collapsed"):
         print(f"warning: the run collapsed at round {summary['collapsed']['round']}: {summary['collapsed']['reason']}")
@@ -273,14 +358,24 @@ def _tune(args: argparse.Namespace) -> int:
     from fedmm.tune import STUDY_FILE, TuneSettings, tune
 
     run = load_config(args.config, args.overrides)
-    settings = TuneSettings(trials=args.trials, jobs=args.jobs, pruner=args.pruner, seed=args.seed,
-                            params=tuple(_names(args.params)) if args.params else None)
+    settings = TuneSettings(
+        trials=args.trials,
+        jobs=args.jobs,
+        pruner=args.pruner,
+        seed=args.seed,
+        params=tuple(_names(args.params)) if args.params else None,
+    )
     result = tune(run, args.out, settings)
-    done = (f"{result.complete} complete and {result.pruned} pruned trials ({result.rounds} rounds trained) "
-            f"in {result.seconds:.0f} s")
+    done = (
+        f"{result.complete} complete and {result.pruned} pruned trials ({result.rounds} rounds trained) "
+        f"in {result.seconds:.0f} s"
+    )
     if result.status == "interrupted":
-        return _interrupted(signal.SIGINT, f"interrupted; the study keeps its {done.split(' in ')[0]} in "
-                            f"{args.out / STUDY_FILE}; run the same command again to continue")
+        return _interrupted(
+            signal.SIGINT,
+            f"interrupted; the study keeps its {done.split(' in ')[0]} in "
+            f"{args.out / STUDY_FILE}; run the same command again to continue",
+        )
     print(f"study {result.study}: {done}")
     if result.best_config is None:
         print("no trial completed (all pruned); widen the search or add trials")
@@ -315,11 +410,24 @@ def _bench_methods(args: argparse.Namespace) -> int:
         settings = TuneSettings(trials=args.trials, jobs=args.jobs, pruner=args.pruner)
 
     def progress(row: dict) -> None:
-        print(f"{row['dataset']} {row['method']} seed {row['seed']}: test/acc {row['test/acc']:.4f} "
-              f"in {row['seconds']:.0f} s", flush=True)
+        print(
+            f"{row['dataset']} {row['method']} seed {row['seed']}: test/acc {row['test/acc']:.4f} "
+            f"in {row['seconds']:.0f} s",
+            flush=True,
+        )
 
-    table = methods_benchmark(datasets, methods, seeds, args.out, args.overrides, quick=args.quick, on_row=progress,
-                              on_start=_say, protocol=args.protocol, tune_settings=settings)
+    table = methods_benchmark(
+        datasets,
+        methods,
+        seeds,
+        args.out,
+        args.overrides,
+        quick=args.quick,
+        on_row=progress,
+        on_start=_say,
+        protocol=args.protocol,
+        tune_settings=settings,
+    )
     print(table)
     print(f"results: {args.out}")
     return 0
@@ -332,10 +440,11 @@ def _bench_selection(args: argparse.Namespace) -> int:
     seeds = _seeds(args.seeds)
 
     def progress(row: dict) -> None:
-        print(f"{row['policy']} seed {row['seed']}: test/acc {row['test/acc']:.4f} in {row['seconds']:.0f} s", flush=True)
+        print(
+            f"{row['policy']} seed {row['seed']}: test/acc {row['test/acc']:.4f} in {row['seconds']:.0f} s", flush=True
+        )
 
-    table = selection_benchmark(args.config, args.overrides, policies, seeds, args.out, on_row=progress,
-                                on_start=_say)
+    table = selection_benchmark(args.config, args.overrides, policies, seeds, args.out, on_row=progress, on_start=_say)
     print(table)
     print(f"results: {args.out}")
     return 0
@@ -355,10 +464,15 @@ def _datasets(args: argparse.Namespace) -> int:
     width = max(shutil.get_terminal_size((100, 24)).columns, 40) - 1
     print(f"{'name':10s} {'classes':>7s} {'train':>6s} {'test':>5s}  modalities (example shape)")
     for row in dataset_table():
-        mods = " ".join(f"{m}{_shape(s)}"
-                        for m, s in row["modalities"].items()) if row.get("modalities") else "(from data-dir)"
-        facts = f"{row['name']:10s} {row.get('num_classes', '-')!s:>7s} {row.get('train', '-')!s:>6s} " \
-                f"{row.get('test', '-')!s:>5s}  "
+        mods = (
+            " ".join(f"{m}{_shape(s)}" for m, s in row["modalities"].items())
+            if row.get("modalities")
+            else "(from data-dir)"
+        )
+        facts = (
+            f"{row['name']:10s} {row.get('num_classes', '-')!s:>7s} {row.get('train', '-')!s:>6s} "
+            f"{row.get('test', '-')!s:>5s}  "
+        )
         print(textwrap.fill(mods, width, initial_indent=facts, subsequent_indent=" " * len(facts)))
         about = row["description"] + ("" if row["installed"] else " [not installed]")
         print(textwrap.fill(about, width, initial_indent=" " * 11, subsequent_indent=" " * 11))
@@ -403,15 +517,20 @@ def _deploy_local(args: argparse.Namespace) -> int:
 
     tls = args.tls or args.auth
     try:
-        with stop_on_signals(), LocalDeployment(args.workdir, args.nodes, tls=tls, port=args.port,
-                                                auth=args.auth) as deployment:
+        with (
+            stop_on_signals(),
+            LocalDeployment(args.workdir, args.nodes, tls=tls, port=args.port, auth=args.auth) as deployment,
+        ):
             security = "TLS, SuperNode authentication" if args.auth else "TLS" if tls else "insecure"
-            print(f"SuperLink on {deployment.address} ({security}), {args.nodes} SuperNodes; "
-                  f"logs in {deployment.workdir}")
-            print("Submit the app from this directory with:\n"
-                  f"  FLWR_HOME={deployment.flwr_home} flwr run . {CONNECTION} --stream "
-                  f"--run-config \"num-clients={args.nodes} partition='iid' "
-                  f"out-dir='{Path.cwd() / 'results' / 'deploy'}'\"")
+            print(
+                f"SuperLink on {deployment.address} ({security}), {args.nodes} SuperNodes; logs in {deployment.workdir}"
+            )
+            print(
+                "Submit the app from this directory with:\n"
+                f"  FLWR_HOME={deployment.flwr_home} flwr run . {CONNECTION} --stream "
+                f"--run-config \"num-clients={args.nodes} partition='iid' "
+                f"out-dir='{Path.cwd() / 'results' / 'deploy'}'\""
+            )
             print("Ctrl-C (or SIGTERM, SIGHUP) stops every process started here.", flush=True)
             while True:
                 time.sleep(1)
@@ -445,7 +564,9 @@ def _config_keys(args: argparse.Namespace) -> int:
 
 
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not verbose:
         # run_simulation warns that it is deprecated in favour of `flwr run`; fedmm simulate uses it
         # on purpose (in-process, explicit resources), so only Flower's errors are shown.

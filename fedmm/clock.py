@@ -68,8 +68,9 @@ def transfer_seconds(num_bytes: float | np.ndarray, kbps: float | np.ndarray) ->
     return np.asarray(num_bytes, dtype=np.float64) * 8.0 / 1000.0 / np.asarray(kbps, dtype=np.float64)
 
 
-def train_seconds(samples: float | np.ndarray, compute_ms_per_sample: float | np.ndarray,
-                  share: float | np.ndarray) -> float | np.ndarray:
+def train_seconds(
+    samples: float | np.ndarray, compute_ms_per_sample: float | np.ndarray, share: float | np.ndarray
+) -> float | np.ndarray:
     """Seconds of local training: ``samples`` (examples x epochs) at ``compute_ms_per_sample`` of
     the full model, scaled by the trained modalities' ``share`` of the full model's cost.
 
@@ -82,12 +83,24 @@ def train_seconds(samples: float | np.ndarray, compute_ms_per_sample: float | np
     share:
         Cost of what it trains relative to the full model (in (0, 1]).
     """
-    return (np.asarray(samples, dtype=np.float64) * np.asarray(compute_ms_per_sample, dtype=np.float64)
-            * np.asarray(share, dtype=np.float64) / 1000.0)
+    return (
+        np.asarray(samples, dtype=np.float64)
+        * np.asarray(compute_ms_per_sample, dtype=np.float64)
+        * np.asarray(share, dtype=np.float64)
+        / 1000.0
+    )
 
 
-def client_time(*, bytes_down: float, bytes_up: float, samples: float, share: float, compute_ms_per_sample: float,
-                down_kbps: float, up_kbps: float) -> ClientTimes:
+def client_time(
+    *,
+    bytes_down: float,
+    bytes_up: float,
+    samples: float,
+    share: float,
+    compute_ms_per_sample: float,
+    down_kbps: float,
+    up_kbps: float,
+) -> ClientTimes:
     """One client's simulated round time (module docstring).
 
     Parameters
@@ -103,9 +116,11 @@ def client_time(*, bytes_down: float, bytes_up: float, samples: float, share: fl
     compute_ms_per_sample, down_kbps, up_kbps:
         Its device profile (:class:`fedmm.devices.Profiles`).
     """
-    return ClientTimes(float(transfer_seconds(bytes_down, down_kbps)),
-                       float(train_seconds(samples, compute_ms_per_sample, share)),
-                       float(transfer_seconds(bytes_up, up_kbps)))
+    return ClientTimes(
+        float(transfer_seconds(bytes_down, down_kbps)),
+        float(train_seconds(samples, compute_ms_per_sample, share)),
+        float(transfer_seconds(bytes_up, up_kbps)),
+    )
 
 
 @dataclass(frozen=True)
@@ -126,8 +141,14 @@ class RoundClose:
     seconds: float
 
 
-def close_round(times: Sequence[float] | np.ndarray, offline_at: Sequence[float] | np.ndarray, rule: str, *,
-                keep: int | None = None, deadline: float | None = None) -> RoundClose:
+def close_round(
+    times: Sequence[float] | np.ndarray,
+    offline_at: Sequence[float] | np.ndarray,
+    rule: str,
+    *,
+    keep: int | None = None,
+    deadline: float | None = None,
+) -> RoundClose:
     """Apply a round-close rule to the selected clients' times.
 
     Parameters

@@ -37,8 +37,9 @@ def held_out_prefix(rounds: Sequence[Mapping[str, Any]]) -> str:
     return "val" if any("val/acc" in r for r in rounds) else "test"
 
 
-def accuracy_collapse(rounds: Sequence[Mapping[str, Any]], *, drop: float = COLLAPSE_DROP,
-                      window: int = COLLAPSE_WINDOW) -> dict[str, Any] | None:
+def accuracy_collapse(
+    rounds: Sequence[Mapping[str, Any]], *, drop: float = COLLAPSE_DROP, window: int = COLLAPSE_WINDOW
+) -> dict[str, Any] | None:
     """The first of the last ``window`` training rounds whose held-out accuracy is more than ``drop``
     below the best of the rounds before it (round 0 included), with the reason; ``None`` if none.
 
@@ -60,9 +61,12 @@ def accuracy_collapse(rounds: Sequence[Mapping[str, Any]], *, drop: float = COLL
         if not math.isfinite(acc):
             continue
         if int(r["round"]) in late and best_round is not None and acc < best - drop:
-            return {"round": int(r["round"]), "rule": "accuracy",
-                    "reason": f"{key} {acc:.4g} is {best - acc:.4g} below the run's best {best:.4g} (round "
-                              f"{best_round}), more than {drop:g}, in the last {window} rounds"}
+            return {
+                "round": int(r["round"]),
+                "rule": "accuracy",
+                "reason": f"{key} {acc:.4g} is {best - acc:.4g} below the run's best {best:.4g} (round "
+                f"{best_round}), more than {drop:g}, in the last {window} rounds",
+            }
         if acc > best:
             best, best_round = acc, int(r["round"])
     return None
@@ -90,9 +94,12 @@ def loss_growth(rounds: Sequence[Mapping[str, Any]], *, rise: float = LOSS_RISE)
         if not (math.isfinite(train) and math.isfinite(held)):
             continue
         if train > rise * low_train and held > rise * low_held:
-            return {"round": int(r["round"]), "rule": "loss",
-                    "reason": f"train/loss {train:.4g} and {key} {held:.4g} both grew over {rise:g} times their "
-                              f"lowest so far ({low_train:.4g}, {low_held:.4g})"}
+            return {
+                "round": int(r["round"]),
+                "rule": "loss",
+                "reason": f"train/loss {train:.4g} and {key} {held:.4g} both grew over {rise:g} times their "
+                f"lowest so far ({low_train:.4g}, {low_held:.4g})",
+            }
         low_train, low_held = min(low_train, train), min(low_held, held)
     return None
 

@@ -49,15 +49,18 @@ def expand_run_dirs(patterns: Iterable[str | Path]) -> list[Path]:
         found = []
         for match in matches:
             if not match.exists():
-                raise ValueError(f"results directory {str(match)!r} does not exist; pass directories written by "
-                                 "fedmm simulate")
+                raise ValueError(
+                    f"results directory {str(match)!r} does not exist; pass directories written by fedmm simulate"
+                )
             if (match / ROUNDS_FILE).is_file() or not match.is_dir():
                 found.append(match)
                 continue
             below = sorted({p.parent for p in (*match.glob(f"*/{ROUNDS_FILE}"), *match.glob(f"*/*/{ROUNDS_FILE}"))})
             if not below and not magic:
-                raise ValueError(f"{str(match)!r} holds no run (no {ROUNDS_FILE} in it or below it); pass "
-                                 "directories written by fedmm simulate")
+                raise ValueError(
+                    f"{str(match)!r} holds no run (no {ROUNDS_FILE} in it or below it); pass "
+                    "directories written by fedmm simulate"
+                )
             found.extend(below)  # a glob's match without runs (e.g. a compare --out folder) is passed over
         if magic and not found:
             raise ValueError(f"{text!r} matches no run directory; pass run directories written by fedmm simulate")
@@ -79,8 +82,7 @@ def differing_keys(configs: Sequence[dict[str, Any]]) -> list[str]:
     """
     keys = list(dict.fromkeys(k for c in configs for k in c))
     missing = object()
-    return [k for k in keys if k not in IGNORED_KEYS
-            and len({repr(c.get(k, missing)) for c in configs}) > 1]
+    return [k for k in keys if k not in IGNORED_KEYS and len({repr(c.get(k, missing)) for c in configs}) > 1]
 
 
 def short_names(paths: Sequence[Path]) -> list[str]:
@@ -139,10 +141,12 @@ def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     if "last-rounds-test/acc" in table:
         table["last-rounds-test/acc"] = [
             "-" if not math.isfinite(m) else f"{m:.4f} ± {s:.4f}"
-            for m, s in zip(table["last-rounds-test/acc"], table.pop("last-rounds-test/acc-std"))]
+            for m, s in zip(table["last-rounds-test/acc"], table.pop("last-rounds-test/acc-std"))
+        ]
     if "weak-modality" in table:
-        table["weak-modality"] = [f"{m} {a:.3f}" if m else "-"
-                                  for m, a in zip(table["weak-modality"], table.pop("weak-modality-test/acc"))]
+        table["weak-modality"] = [
+            f"{m} {a:.3f}" if m else "-" for m, a in zip(table["weak-modality"], table.pop("weak-modality-test/acc"))
+        ]
     header = [str(c) for c in table.columns]
     rows = [[_cell(c, v) for c, v in zip(header, row)] for row in table.itertuples(index=False)]
     return header, rows
@@ -178,9 +182,13 @@ def overlay_metrics(runs: Sequence[Run]) -> list[str]:
     return [m for m in [*wanted, *per_mod] if m in present]
 
 
-_TITLES = {"test/acc": "test accuracy (multimodal)", "val/acc": "validation accuracy (multimodal)",
-           "test/loss": "test loss (global model)", "train/loss": "training loss (clients' mean)",
-           "test/imbalance": "imbalance (test)"}
+_TITLES = {
+    "test/acc": "test accuracy (multimodal)",
+    "val/acc": "validation accuracy (multimodal)",
+    "test/loss": "test loss (global model)",
+    "train/loss": "training loss (clients' mean)",
+    "test/imbalance": "imbalance (test)",
+}
 
 
 def metric_title(metric: str) -> str:

@@ -46,8 +46,19 @@ NAMESPACES = ("strategy", "objective", "selection", "dataset", "encoder", "devic
 #: experiment tracking off, SGD, no preset), so a run without them sends and records the same text,
 #: byte counts and checkpoint digest as before they existed. (``validation`` is never left out: a
 #: checkpoint trained without a validation split must not resume with one.)
-QUIET_AT_DEFAULT = ("devices", "round-close", "round-deadline", "overcommit", "tensorboard", "mlflow", "mlflow-uri",
-                    "mlflow-experiment", "optimizer", "adam-beta2", "preset")
+QUIET_AT_DEFAULT = (
+    "devices",
+    "round-close",
+    "round-deadline",
+    "overcommit",
+    "tensorboard",
+    "mlflow",
+    "mlflow-uri",
+    "mlflow-experiment",
+    "optimizer",
+    "adam-beta2",
+    "preset",
+)
 #: Keys that moved, and where to: an old config that sets one gets an error naming the new key.
 MOVED_KEYS = {"proximal-mu": "strategy.mu (with strategy=fedprox)"}
 
@@ -292,10 +303,13 @@ class RunConfig(Checked):
         kwargs["objective"] = resolve_objective(strategy, kwargs.get("objective", cls.objective))
         kwargs["selection"] = resolve_selection(strategy, kwargs.get("selection", cls.selection))
         given = {k.replace("-", "_") for k in values}
-        for key, value in preset_values(str(kwargs.get("preset", cls.preset)), strategy=strategy,
-                                        objective=kwargs["objective"], selection=kwargs["selection"],
-                                        num_server_rounds=kwargs.get("num_server_rounds", cls.num_server_rounds)
-                                        ).items():  # preset = "paper": what the user did not set (fedmm/presets.py)
+        for key, value in preset_values(
+            str(kwargs.get("preset", cls.preset)),
+            strategy=strategy,
+            objective=kwargs["objective"],
+            selection=kwargs["selection"],
+            num_server_rounds=kwargs.get("num_server_rounds", cls.num_server_rounds),
+        ).items():  # preset = "paper": what the user did not set (fedmm/presets.py)
             if key.replace("-", "_") not in given:
                 head, dot, rest = key.partition(".")
                 if dot:
@@ -328,12 +342,16 @@ class RunConfig(Checked):
                 "client in this process); drop one of them"
             )
         if self.mlflow_uri and not self.mlflow:
-            raise ValueError(f"config key 'mlflow-uri' = {self.mlflow_uri!r} needs mlflow = true (it only says where "
-                             "MLflow runs go); add mlflow = true or drop mlflow-uri")
+            raise ValueError(
+                f"config key 'mlflow-uri' = {self.mlflow_uri!r} needs mlflow = true (it only says where "
+                "MLflow runs go); add mlflow = true or drop mlflow-uri"
+            )
         if self.ray_address and (problem := ray_address_problem(self.ray_address)):
-            raise ValueError(f"config key 'ray-address' = {self.ray_address!r} {problem}; give the Ray head's "
-                             "'<host>:<port>' (e.g. '10.0.0.1:6379'), 'ray://<host>:<port>', 'auto', or leave it "
-                             "empty for a local Ray instance")
+            raise ValueError(
+                f"config key 'ray-address' = {self.ray_address!r} {problem}; give the Ray head's "
+                "'<host>:<port>' (e.g. '10.0.0.1:6379'), 'ray://<host>:<port>', 'auto', or leave it "
+                "empty for a local Ray instance"
+            )
         if self.lr_decay_start > 0:
             if self.lr_decay_start >= self.num_server_rounds:
                 raise ValueError(
@@ -346,11 +364,15 @@ class RunConfig(Checked):
                     f"rate decays from lr to lr-min in the last round), got {self.lr_min}"
                 )
         if self.round_close != "all" and self.devices == "off":
-            raise ValueError(f"config key 'round-close' = {self.round_close!r} needs the simulated clock: set "
-                             "'devices' to 'model' or a trace file (docs/devices.md)")
+            raise ValueError(
+                f"config key 'round-close' = {self.round_close!r} needs the simulated clock: set "
+                "'devices' to 'model' or a trace file (docs/devices.md)"
+            )
         if self.devices_params and self.devices == "off":
-            raise ValueError(f"config key 'devices.{sorted(self.devices_params)[0]}' needs devices = 'model' or a "
-                             "trace file; devices is 'off'")
+            raise ValueError(
+                f"config key 'devices.{sorted(self.devices_params)[0]}' needs devices = 'model' or a "
+                "trace file; devices is 'off'"
+            )
         from fedmm.data.registry import check_options
         from fedmm.devices import DeviceParams
         from fedmm.models.encoders import ENCODERS
@@ -359,18 +381,31 @@ class RunConfig(Checked):
         from fedmm.strategies.selection import parse_policy_params
 
         # kept, so that what builds the strategy, objective and policy never parses a value again
-        object.__setattr__(self, "parsed", {
-            "strategy": STRATEGIES.get(self.strategy).parse_params(self.strategy, self.strategy_params,
-                                                                   label=_namespace_label("strategy")),
-            "objective": parse_params(objective_class(self.objective), self.objective_params,
-                                      label=_namespace_label("objective")),
-            "selection": parse_policy_params(self.selection, self.selection_params, label=_namespace_label("selection")),
-            "devices": parse(DeviceParams, self.devices_params, component="devices", label=_namespace_label("devices"),
-                             aliases={k.replace("_", "-"): k for k in DeviceParams.__dataclass_fields__},
-                             shown=lambda k: k.replace("_", "-")),
-        })
+        object.__setattr__(
+            self,
+            "parsed",
+            {
+                "strategy": STRATEGIES.get(self.strategy).parse_params(
+                    self.strategy, self.strategy_params, label=_namespace_label("strategy")
+                ),
+                "objective": parse_params(
+                    objective_class(self.objective), self.objective_params, label=_namespace_label("objective")
+                ),
+                "selection": parse_policy_params(
+                    self.selection, self.selection_params, label=_namespace_label("selection")
+                ),
+                "devices": parse(
+                    DeviceParams,
+                    self.devices_params,
+                    component="devices",
+                    label=_namespace_label("devices"),
+                    aliases={k.replace("_", "-"): k for k in DeviceParams.__dataclass_fields__},
+                    shown=lambda k: k.replace("_", "-"),
+                ),
+            },
+        )
         check_options(self.dataset, self.dataset_options, label=lambda shown: f"config key '{shown}'")  # dataset.<opt>
-        for modality, name in self.encoders.items():
+        for name in self.encoders.values():
             if name not in ENCODERS:
                 ENCODERS.get(name)  # raises naming the nearest encoder
 
@@ -412,9 +447,14 @@ class RunConfig(Checked):
 
 
 #: Namespace -> the RunConfig field that holds its parameters.
-_NAMESPACE_FIELDS = {"strategy": "strategy_params", "objective": "objective_params",
-                     "selection": "selection_params", "dataset": "dataset_options", "encoder": "encoders",
-                     "devices": "devices_params"}
+_NAMESPACE_FIELDS = {
+    "strategy": "strategy_params",
+    "objective": "objective_params",
+    "selection": "selection_params",
+    "dataset": "dataset_options",
+    "encoder": "encoders",
+    "devices": "devices_params",
+}
 
 
 def key_of(name: str) -> str:
@@ -470,21 +510,29 @@ def import_plugins(modules: Any) -> tuple[str, ...]:
     names = check_value(RunConfig.field_label("plugins"), modules, _PLUGINS)
     for name in names:
         if not all(part.isidentifier() for part in name.split(".")):
-            raise ValueError(f"config key 'plugins' names {name!r}, which is not an absolute module name (dotted "
-                             "identifiers such as 'mypkg.fedext'; relative names like '.ext' cannot be imported)")
+            raise ValueError(
+                f"config key 'plugins' names {name!r}, which is not an absolute module name (dotted "
+                "identifiers such as 'mypkg.fedext'; relative names like '.ext' cannot be imported)"
+            )
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as err:
             if err.name is None or not (name == err.name or name.startswith(f"{err.name}.")):
-                raise ValueError(f"config key 'plugins': module {name!r} needs module {err.name!r}, which is not "
-                                 f"installed ({err}); install it where the run reads its config (the server "
-                                 "and every client process)") from None
-            raise ValueError(f"config key 'plugins' names module {name!r}, which cannot be imported ({err}); "
-                             "install the package that holds it, or put its directory on PYTHONPATH (the "
-                             "server and every client process import it)") from None
+                raise ValueError(
+                    f"config key 'plugins': module {name!r} needs module {err.name!r}, which is not "
+                    f"installed ({err}); install it where the run reads its config (the server "
+                    "and every client process)"
+                ) from None
+            raise ValueError(
+                f"config key 'plugins' names module {name!r}, which cannot be imported ({err}); "
+                "install the package that holds it, or put its directory on PYTHONPATH (the "
+                "server and every client process import it)"
+            ) from None
         except Exception as err:  # the plugin's own code raised while it was imported
-            raise ValueError(f"config key 'plugins': importing module {name!r} failed with "
-                             f"{type(err).__name__}: {err}; fix the module (or remove it from plugins)") from None
+            raise ValueError(
+                f"config key 'plugins': importing module {name!r} failed with "
+                f"{type(err).__name__}: {err}; fix the module (or remove it from plugins)"
+            ) from None
     return names
 
 

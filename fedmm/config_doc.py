@@ -107,39 +107,70 @@ def parameter_rows(namespace: str | None = None, name: str | None = None) -> lis
     from fedmm.models.encoders import ENCODERS
 
     components: dict[str, dict[str, list[ParamRow]]] = {
-        "run": {"": [ParamRow(key_of(s.name), "", s.allowed(), s.default, s.help, _search_text(s))
-                     for s in plain_specs()]}}
+        "run": {
+            "": [ParamRow(key_of(s.name), "", s.allowed(), s.default, s.help, _search_text(s)) for s in plain_specs()]
+        }
+    }
     for ns, classes in param_classes().items():
-        components[ns] = {n: [ParamRow(f"{ns}.{s.name}", f"{ns} {n}", s.allowed(), s.default, s.help, _search_text(s))
-                              for s in config_specs(cls)] for n, cls in classes.items()}
+        components[ns] = {
+            n: [
+                ParamRow(f"{ns}.{s.name}", f"{ns} {n}", s.allowed(), s.default, s.help, _search_text(s))
+                for s in config_specs(cls)
+            ]
+            for n, cls in classes.items()
+        }
     encoder = f"one of {', '.join(ENCODERS.names())}"
-    components["dataset"] = {n: [
-        *(ParamRow(f"dataset.{s.name}", f"dataset {n}", s.allowed(), s.default, s.help) for s in entry.options()),
-        ParamRow("encoder.<modality>", f"dataset {n}", encoder, dict(entry.encoders),
-                 "default encoder of a modality, by its kind (unless encoder.<modality> names one)"),
-    ] for n, entry in DATASETS.items()}
-    components["encoder"] = {"": [ParamRow("encoder.<modality>", "encoder", encoder, "",
-                                           "encoder of a modality (default: the dataset's, see its rows)")]}
+    components["dataset"] = {
+        n: [
+            *(ParamRow(f"dataset.{s.name}", f"dataset {n}", s.allowed(), s.default, s.help) for s in entry.options()),
+            ParamRow(
+                "encoder.<modality>",
+                f"dataset {n}",
+                encoder,
+                dict(entry.encoders),
+                "default encoder of a modality, by its kind (unless encoder.<modality> names one)",
+            ),
+        ]
+        for n, entry in DATASETS.items()
+    }
+    components["encoder"] = {
+        "": [
+            ParamRow(
+                "encoder.<modality>",
+                "encoder",
+                encoder,
+                "",
+                "encoder of a modality (default: the dataset's, see its rows)",
+            )
+        ]
+    }
     from fedmm.devices import DeviceParams
 
-    components["devices"] = {"": [ParamRow(f"devices.{key_of(s.name)}", "devices model", s.allowed(), s.default,
-                                           s.help) for s in config_specs(DeviceParams)]}
+    components["devices"] = {
+        "": [
+            ParamRow(f"devices.{key_of(s.name)}", "devices model", s.allowed(), s.default, s.help)
+            for s in config_specs(DeviceParams)
+        ]
+    }
     if namespace is None:
         return [row for by_name in components.values() for rows in by_name.values() for row in rows]
     if namespace not in components:
-        raise ValueError(f"unknown namespace {namespace!r}{did_you_mean(namespace, list(components))} "
-                         f"Valid: {', '.join(components)}")
+        raise ValueError(
+            f"unknown namespace {namespace!r}{did_you_mean(namespace, list(components))} Valid: {', '.join(components)}"
+        )
     if name is None:
         return [row for rows in components[namespace].values() for row in rows]
     if name not in components[namespace]:
-        raise ValueError(f"unknown {namespace} {name!r}{did_you_mean(name, list(components[namespace]))} "
-                         f"Valid: {', '.join(components[namespace])}")
+        raise ValueError(
+            f"unknown {namespace} {name!r}{did_you_mean(name, list(components[namespace]))} "
+            f"Valid: {', '.join(components[namespace])}"
+        )
     return components[namespace][name]
-
 
 
 def _search_text(spec: Spec) -> str:
     return f"search {spec.search.describe()}" if spec.search is not None else ""
+
 
 def config_sections(namespace: str | None = None, name: str | None = None) -> list[tuple[str, list[ParamRow]]]:
     """``fedmm config``'s rows grouped by component, in its order: the plain keys (component ``""``),
@@ -160,7 +191,7 @@ def config_sections(namespace: str | None = None, name: str | None = None) -> li
     if namespace in (None, "run"):
         sections[""] = []
     classes = param_classes()
-    for ns in ([namespace] if namespace else classes):
+    for ns in [namespace] if namespace else classes:
         for n in classes.get(ns, {}):
             if name in (None, n):
                 sections[f"{ns} {n}"] = []
@@ -178,8 +209,10 @@ def plain_listing(namespace: str | None = None, name: str | None = None) -> list
             lines += ["", f"[{component}]"]
         if not rows:
             lines.append("(no parameters)")
-        lines += [f"{r.key:22s} {r.default!r:14s} {r.allowed:24s} {r.help}" + (f" ({r.search})" if r.search else "")
-                  for r in rows]
+        lines += [
+            f"{r.key:22s} {r.default!r:14s} {r.allowed:24s} {r.help}" + (f" ({r.search})" if r.search else "")
+            for r in rows
+        ]
     return lines
 
 
@@ -199,8 +232,11 @@ def configuration_markdown() -> str:
             parts.append("(no parameters)\n")
             continue
         lines = ["| key | default | allowed | meaning | `fedmm tune` searches |", "|---|---|---|---|---|"]
-        lines += [f"| `{r.key}` | {_default(r.default)} | {_cell(r.allowed)} | {_cell(r.help)} | "
-                  f"{_cell(r.search.removeprefix('search '))} |" for r in rows]
+        lines += [
+            f"| `{r.key}` | {_default(r.default)} | {_cell(r.allowed)} | {_cell(r.help)} | "
+            f"{_cell(r.search.removeprefix('search '))} |"
+            for r in rows
+        ]
         parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
 

@@ -28,8 +28,9 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError as err:
         raise ValueError(f"config file {name!r} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     except OSError as err:
-        raise ValueError(f"config file {name!r} cannot be read ({err.strerror}); check its path and permissions") \
-            from None
+        raise ValueError(
+            f"config file {name!r} cannot be read ({err.strerror}); check its path and permissions"
+        ) from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:

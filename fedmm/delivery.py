@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-
 #: Seconds between the simulation engine's looks for messages to deliver (Flower's own: 0.1).
 DELIVERY_POLL = 0.1
 
@@ -38,8 +37,8 @@ def deliver_messages(state: Any, queue: Any, nodes_mapping: Mapping[int, Any], f
     f_stop:
         Set when the simulation stops.
     """
-    from flwr.supercore.date import now
     from flwr.server.superlink.fleet.vce import vce_api
+    from flwr.supercore.date import now
 
     store, lock = getattr(state, "message_ins_store", None), getattr(state, "lock", None)
     check = getattr(state, "_check_stored_messages", None)
@@ -48,8 +47,9 @@ def deliver_messages(state: Any, queue: Any, nodes_mapping: Mapping[int, Any], f
         return
     while not f_stop.is_set():
         with lock:
-            waiting = {i for i, m in store.items() if m.metadata.delivered_at == ""
-                       and m.metadata.dst_node_id in nodes_mapping}
+            waiting = {
+                i for i, m in store.items() if m.metadata.delivered_at == "" and m.metadata.dst_node_id in nodes_mapping
+            }
             if waiting:
                 check(waiting)  # drops expired messages (Flower then answers them with an error)
             ready = [m for i, m in store.items() if i in waiting]

@@ -48,8 +48,9 @@ class Certificates:
     server_key: Path
 
 
-def generate_certificates(out_dir: str | Path, hosts: Sequence[str] = ("localhost", "127.0.0.1"),
-                          days: int = 365) -> Certificates:
+def generate_certificates(
+    out_dir: str | Path, hosts: Sequence[str] = ("localhost", "127.0.0.1"), days: int = 365
+) -> Certificates:
     """A self-signed CA and a SuperLink certificate signed by it.
 
     Parameters
@@ -71,12 +72,16 @@ def generate_certificates(out_dir: str | Path, hosts: Sequence[str] = ("localhos
         raise ValueError("give at least one host name or IP address for the certificate (e.g. --host 10.0.0.5)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedmm CA")])
     ca_cert = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
@@ -89,9 +94,13 @@ def generate_certificates(out_dir: str | Path, hosts: Sequence[str] = ("localhos
             sans.append(x509.DNSName(host))
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
@@ -99,8 +108,9 @@ def generate_certificates(out_dir: str | Path, hosts: Sequence[str] = ("localhos
     paths = Certificates(out / "ca.crt", out / "server.pem", out / "server.key")
     paths.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     paths.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths.server_key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                   serialization.NoEncryption()))
+    paths.server_key.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     paths.server_key.chmod(0o600)
     return paths
 
@@ -122,12 +132,14 @@ def generate_node_key(path: str | Path) -> Path:
     private = Path(path)
     private.parent.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP384R1())
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                          serialization.NoEncryption()))
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    )
     private.chmod(0o600)
     public = private.with_name(private.name + ".pub")
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                     serialization.PublicFormat.OpenSSH) + b"\n")
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n"
+    )
     return public
 
 
@@ -154,15 +166,19 @@ def check_port_free(port: int, host: str = "127.0.0.1") -> None:
             s.bind((host, port))
         except OSError as err:
             if err.errno != errno.EADDRINUSE:
-                raise DeployError(f"cannot use port {port} on {host} for the SuperLink: {err.strerror}; "
-                                  "pass another --port") from None
-            raise DeployError(f"port {port} on {host} is already in use by another process; stop it or "
-                              f"pass another --port (e.g. --port {free_port()})") from None
+                raise DeployError(
+                    f"cannot use port {port} on {host} for the SuperLink: {err.strerror}; pass another --port"
+                ) from None
+            raise DeployError(
+                f"port {port} on {host} is already in use by another process; stop it or "
+                f"pass another --port (e.g. --port {free_port()})"
+            ) from None
 
 
 @contextlib.contextmanager
-def stop_on_signals(signals: Sequence[signal.Signals] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP),
-                    ) -> Iterator[None]:
+def stop_on_signals(
+    signals: Sequence[signal.Signals] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP),
+) -> Iterator[None]:
     """Within the block, the first of ``signals`` raises :class:`KeyboardInterrupt` in the main
     thread (so ``with LocalDeployment(...)`` stops what it started); later ones are ignored while
     the processes stop. A signal the process inherited as ignored (``nohup`` ignores SIGHUP) stays
@@ -231,8 +247,10 @@ class LocalDeployment:
         if self.num_nodes < 1:
             raise ValueError(f"--nodes must be >= 1, got {self.num_nodes}")
         if self.auth and not self.tls:
-            raise ValueError("SuperNode authentication needs TLS (flower-superlink refuses --enable-supernode-auth "
-                             "with --insecure): pass tls=True as well (fedmm deploy local --auth implies --tls)")
+            raise ValueError(
+                "SuperNode authentication needs TLS (flower-superlink refuses --enable-supernode-auth "
+                "with --insecure): pass tls=True as well (fedmm deploy local --auth implies --tls)"
+            )
         self.workdir = Path(self.workdir).resolve()
         self.port = self.port or free_port()
         self.certs: Certificates | None = None
@@ -256,14 +274,29 @@ class LocalDeployment:
         security = ["--insecure"]
         if self.tls:
             self.certs = generate_certificates(self.workdir / "certs")
-            security = ["--ssl-ca-certfile", str(self.certs.ca), "--ssl-certfile", str(self.certs.server_cert),
-                        "--ssl-keyfile", str(self.certs.server_key)]
+            security = [
+                "--ssl-ca-certfile",
+                str(self.certs.ca),
+                "--ssl-certfile",
+                str(self.certs.server_cert),
+                "--ssl-keyfile",
+                str(self.certs.server_key),
+            ]
         if self.auth:
             security.append("--enable-supernode-auth")
         state = ["--database", str(self.workdir / "state.db")] if self.state_file else []
         try:
-            self._spawn("superlink", ["flower-superlink", *security, "--port", str(self.port), *state,
-                                      "--disable-runtime-dependency-installation"])
+            self._spawn(
+                "superlink",
+                [
+                    "flower-superlink",
+                    *security,
+                    "--port",
+                    str(self.port),
+                    *state,
+                    "--disable-runtime-dependency-installation",
+                ],
+            )
             self._wait_for_port(self.port)
             self._write_flwr_config()  # `flwr supernode register` needs the connection
             for i in range(self.num_nodes):
@@ -282,7 +315,7 @@ class LocalDeployment:
         """Register ``public_key`` with the SuperLink (``flwr supernode register``); its node id."""
         out = self._flwr("supernode", "register", str(public_key), CONNECTION, "--format", "json")
         try:
-            return int(json.loads(out[out.index("{"):])["node-id"])
+            return int(json.loads(out[out.index("{") :])["node-id"])
         except (ValueError, KeyError) as err:
             raise RuntimeError(f"flwr supernode register {public_key} gave no node id ({err}):\n{out}") from None
 
@@ -295,11 +328,19 @@ class LocalDeployment:
             if partition_id not in self.node_ids:
                 self.node_ids[partition_id] = self.register_node(generate_node_key(key))
             security += ["--auth-supernode-private-key", str(key)]
-        self._spawn(f"node{partition_id}", [
-            "flower-supernode", *security, "--superlink", self.address,
-            "--port", str(free_port()),
-            "--node-config", f"partition-id={partition_id} num-partitions={self.num_nodes}",
-        ])
+        self._spawn(
+            f"node{partition_id}",
+            [
+                "flower-supernode",
+                *security,
+                "--superlink",
+                self.address,
+                "--port",
+                str(free_port()),
+                "--node-config",
+                f"partition-id={partition_id} num-partitions={self.num_nodes}",
+            ],
+        )
 
     def stop_node(self, partition_id: int) -> None:
         """Kill SuperNode ``partition_id`` and everything it started (a crashed machine)."""
@@ -334,8 +375,14 @@ class LocalDeployment:
         """Run ``flwr <args>`` against this deployment's Flower configuration; its output."""
         path = _path_with_venv()
         env = {**os.environ, "FLWR_HOME": str(self.flwr_home), "PATH": path}
-        proc = subprocess.run([_executable("flwr", path), *args], env=env, capture_output=True, text=True,
-                              timeout=timeout, cwd=self.workdir)
+        proc = subprocess.run(
+            [_executable("flwr", path), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.workdir,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"flwr {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
         return proc.stdout
@@ -345,8 +392,9 @@ class LocalDeployment:
         exe = _executable(argv[0], path)
         env = {**os.environ, "FLWR_HOME": str(self.workdir / name), "PATH": path}
         log = open(self.workdir / f"{name}.log", "ab")
-        self.processes[name] = subprocess.Popen([exe, *argv[1:]], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                                start_new_session=True, cwd=self.workdir)
+        self.processes[name] = subprocess.Popen(
+            [exe, *argv[1:]], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=self.workdir
+        )
 
     def _kill(self, name: str, sig: signal.Signals) -> None:
         if name in self.processes:
@@ -374,8 +422,9 @@ class LocalDeployment:
         """Raise :class:`DeployError` (with the last line of its log) when the SuperLink has exited."""
         proc, log = self.processes["superlink"], self.workdir / "superlink.log"
         if proc.poll() is not None:
-            raise DeployError(f"the SuperLink exited at start-up (exit code {proc.returncode}): "
-                              f"{_last_line(log)}; see {log}")
+            raise DeployError(
+                f"the SuperLink exited at start-up (exit code {proc.returncode}): {_last_line(log)}; see {log}"
+            )
 
     def _wait_for_port(self, port: int, timeout: float = 30.0) -> None:
         log = self.workdir / "superlink.log"

@@ -138,8 +138,11 @@ class Profiles:
             # a client online at the period's end and at its start stays online across the wrap
             self._wrap = np.zeros(n)
             last = self.offsets[1:] - 1
-            ok = has & (self.starts[np.minimum(first, len(self.starts) - 1)] <= 0.0) & (
-                self.ends[np.maximum(last, 0)] >= self.period_s)
+            ok = (
+                has
+                & (self.starts[np.minimum(first, len(self.starts) - 1)] <= 0.0)
+                & (self.ends[np.maximum(last, 0)] >= self.period_s)
+            )
             whole = ok & (first == last)  # one interval over the whole period: always online
             self._wrap[ok] = self.ends[first[ok]]
             self._wrap[whole] = np.inf
@@ -220,13 +223,15 @@ def draw_profiles(num_clients: int, seed: int, params: DeviceParams | None = Non
     up = down * _lognormal(rng, p.up_ratio, p.up_ratio_sigma, num_clients)
     if p.online_share >= 1.0:
         return Profiles(compute, down, up, p.period_s)
-    starts, ends, offsets = _draw_availability(np.random.default_rng([seed, SEED_SALT, 1]), num_clients,
-                                               p.online_share, p.mean_online_s, p.period_s)
+    starts, ends, offsets = _draw_availability(
+        np.random.default_rng([seed, SEED_SALT, 1]), num_clients, p.online_share, p.mean_online_s, p.period_s
+    )
     return Profiles(compute, down, up, p.period_s, starts, ends, offsets)
 
 
-def _draw_availability(rng: np.random.Generator, n: int, share: float, mean_on: float, period: float,
-                       chunk: int = 8192) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _draw_availability(
+    rng: np.random.Generator, n: int, share: float, mean_on: float, period: float, chunk: int = 8192
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Online intervals of an alternating exponential on/off process, stationary at time 0, cut at
     ``period`` (CSR arrays: starts, ends, offsets)."""
     mean_off = mean_on * (1.0 - share) / share
@@ -294,16 +299,20 @@ def load_trace(path: str | Path, num_clients: int, period_s: float = DeviceParam
     path = Path(path).expanduser()
     name = str(path)
     if not path.is_file():
-        raise TraceError(f"devices trace file {name!r} does not exist; set config key 'devices' to 'off', "
-                         "'model' or the path of a CSV/Parquet trace (docs/devices.md)")
+        raise TraceError(
+            f"devices trace file {name!r} does not exist; set config key 'devices' to 'off', "
+            "'model' or the path of a CSV/Parquet trace (docs/devices.md)"
+        )
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             table = pd.read_parquet(path)
         else:
             table = pd.read_csv(path, skipinitialspace=True)
     except ImportError as err:
-        raise TraceError(f"devices trace file {name!r}: reading Parquet needs pyarrow ({err}); "
-                         "pip install pyarrow, or save the trace as CSV") from None
+        raise TraceError(
+            f"devices trace file {name!r}: reading Parquet needs pyarrow ({err}); "
+            "pip install pyarrow, or save the trace as CSV"
+        ) from None
     except Exception as err:  # pandas raises many kinds for a damaged file
         raise TraceError(f"devices trace file {name!r} cannot be read: {err}") from None
     table.columns = [str(c).strip() for c in table.columns]
@@ -311,8 +320,10 @@ def load_trace(path: str | Path, num_clients: int, period_s: float = DeviceParam
     has_intervals = [c for c in INTERVAL_COLUMNS if c in table.columns]
     if missing or len(has_intervals) == 1:
         need = [*missing, *(c for c in INTERVAL_COLUMNS if has_intervals and c not in table.columns)]
-        raise TraceError(f"devices trace file {name!r} lacks column(s) {need}; it has {list(table.columns)} "
-                         f"(needed: {list(DEVICE_COLUMNS)}, optionally {list(INTERVAL_COLUMNS)})")
+        raise TraceError(
+            f"devices trace file {name!r} lacks column(s) {need}; it has {list(table.columns)} "
+            f"(needed: {list(DEVICE_COLUMNS)}, optionally {list(INTERVAL_COLUMNS)})"
+        )
     if table.empty:
         raise TraceError(f"devices trace file {name!r} has no rows")
     csv = path.suffix.lower() not in (".parquet", ".pq")
@@ -336,8 +347,11 @@ def load_trace(path: str | Path, num_clients: int, period_s: float = DeviceParam
     checks += [(values[c] <= 0, f"{c} must be > 0") for c in DEVICE_COLUMNS[1:]]
     if has_intervals:
         s, e = values["online_start_s"], values["online_end_s"]
-        checks += [(s < 0, "online_start_s must be >= 0"), (e <= s, "online_end_s must be > online_start_s"),
-                   (e > period_s, f"online_end_s must be <= the period, devices.period-s = {period_s:g}")]
+        checks += [
+            (s < 0, "online_start_s must be >= 0"),
+            (e <= s, "online_end_s must be > online_start_s"),
+            (e > period_s, f"online_end_s must be <= the period, devices.period-s = {period_s:g}"),
+        ]
     for mask, why in checks:
         if mask.any():
             i = int(np.flatnonzero(mask)[0])
@@ -353,8 +367,11 @@ def load_trace(path: str | Path, num_clients: int, period_s: float = DeviceParam
         differs = v != v[first][group]
         if differs.any():
             i = int(order[np.flatnonzero(differs)[0]])
-            raise bad(i, f"{c} differs from the value on client {keys[i]}'s first row; a client's device "
-                         "values must be the same on all its rows")
+            raise bad(
+                i,
+                f"{c} differs from the value on client {keys[i]}'s first row; a client's device "
+                "values must be the same on all its rows",
+            )
     if has_intervals:
         s, e = values["online_start_s"][order], values["online_end_s"][order]
         overlap = ~first & (s < np.concatenate([[np.inf], e[:-1]]))
@@ -363,8 +380,13 @@ def load_trace(path: str | Path, num_clients: int, period_s: float = DeviceParam
             raise bad(i, f"client {keys[i]}'s online interval overlaps its previous one")
     unique = k[first]
     if len(unique) < num_clients:
-        log.info("devices trace %s has %d clients for %d: client p takes the trace's (p mod %d)-th key",
-                 name, len(unique), num_clients, len(unique))
+        log.info(
+            "devices trace %s has %d clients for %d: client p takes the trace's (p mod %d)-th key",
+            name,
+            len(unique),
+            num_clients,
+            len(unique),
+        )
     pick = np.arange(num_clients) % len(unique)  # client p -> p-th key (cyclic), keys sorted
     firsts = np.flatnonzero(first)
     dev = {c: values[c][order][firsts][pick] for c in DEVICE_COLUMNS[1:]}
@@ -373,10 +395,14 @@ def load_trace(path: str | Path, num_clients: int, period_s: float = DeviceParam
     counts_by_key = np.diff(np.concatenate([firsts, [len(k)]]))
     counts = counts_by_key[pick]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    rows = np.concatenate([np.arange(firsts[g], firsts[g] + counts_by_key[g]) for g in pick]) if num_clients else \
-        np.zeros(0, dtype=np.int64)
-    return Profiles(dev["compute_ms_per_sample"], dev["down_kbps"], dev["up_kbps"], period_s,
-                    s[rows], e[rows], offsets, source=name)
+    rows = (
+        np.concatenate([np.arange(firsts[g], firsts[g] + counts_by_key[g]) for g in pick])
+        if num_clients
+        else np.zeros(0, dtype=np.int64)
+    )
+    return Profiles(
+        dev["compute_ms_per_sample"], dev["down_kbps"], dev["up_kbps"], period_s, s[rows], e[rows], offsets, source=name
+    )
 
 
 def trace_table(profiles: Profiles) -> pd.DataFrame:
@@ -391,8 +417,12 @@ def trace_table(profiles: Profiles) -> pd.DataFrame:
     import pandas as pd
 
     n = len(profiles)
-    device = {"client": np.arange(n), "compute_ms_per_sample": profiles.compute_ms_per_sample,
-              "down_kbps": profiles.down_kbps, "up_kbps": profiles.up_kbps}
+    device = {
+        "client": np.arange(n),
+        "compute_ms_per_sample": profiles.compute_ms_per_sample,
+        "down_kbps": profiles.down_kbps,
+        "up_kbps": profiles.up_kbps,
+    }
     if profiles.always_online:
         return pd.DataFrame(device)
     per = np.diff(profiles.offsets)

@@ -23,8 +23,14 @@ from fedmm.training import evaluate
 
 
 @torch.no_grad()
-def encoder_features(model: MultimodalNet, modality: str, data: TensorDict, *, batch_size: int = 1024,
-                     device: torch.device | str | None = None) -> np.ndarray:
+def encoder_features(
+    model: MultimodalNet,
+    modality: str,
+    data: TensorDict,
+    *,
+    batch_size: int = 1024,
+    device: torch.device | str | None = None,
+) -> np.ndarray:
     """``modality``'s encoder output for every row of ``data`` (eval mode), as float64 ``(n, embed)``.
 
     Parameters
@@ -45,15 +51,23 @@ def encoder_features(model: MultimodalNet, modality: str, data: TensorDict, *, b
     model.eval()
     try:
         x = data[modality]
-        parts = [model.encoders[modality](x[i:i + batch_size].to(device)).float().cpu()
-                 for i in range(0, len(x), batch_size)]
+        parts = [
+            model.encoders[modality](x[i : i + batch_size].to(device)).float().cpu()
+            for i in range(0, len(x), batch_size)
+        ]
     finally:
         model.train(was_training)
     return torch.cat(parts).numpy().astype(np.float64)
 
 
-def linear_probe(model: MultimodalNet, modality: str, train: TensorDict, test: TensorDict, *,
-                 device: torch.device | str | None = None) -> float:
+def linear_probe(
+    model: MultimodalNet,
+    modality: str,
+    train: TensorDict,
+    test: TensorDict,
+    *,
+    device: torch.device | str | None = None,
+) -> float:
     """Test accuracy of a linear classifier on ``modality``'s frozen, standardised features, fitted
     on ``train`` (module docstring).
 
@@ -82,8 +96,9 @@ def linear_probe(model: MultimodalNet, modality: str, train: TensorDict, test: T
     return float(probe.score(score_x, test[LABEL_KEY].numpy()))
 
 
-def round_diagnostics(model: MultimodalNet, dataset: Dataset, objective: Objective, *,
-                      device: torch.device | str | None = None) -> dict[str, float]:
+def round_diagnostics(
+    model: MultimodalNet, dataset: Dataset, objective: Objective, *, device: torch.device | str | None = None
+) -> dict[str, float]:
     """``test/acc-<name>`` for every subset of ``dataset.test_subsets`` and ``test/probe/<m>`` for
     every modality of ``dataset.probe_modalities``; empty for a dataset that asks for none.
 
@@ -101,8 +116,9 @@ def round_diagnostics(model: MultimodalNet, dataset: Dataset, objective: Objecti
     out: dict[str, float] = {}
     for name, mask in dataset.test_subsets.items():
         rows = np.flatnonzero(mask)
-        out[f"test/acc-{name}"] = (evaluate(model, subset(dataset.test, rows), objective, device=device)["acc"]
-                                   if rows.size else float("nan"))
+        out[f"test/acc-{name}"] = (
+            evaluate(model, subset(dataset.test, rows), objective, device=device)["acc"] if rows.size else float("nan")
+        )
     for m in dataset.probe_modalities:
         out[f"test/probe/{m}"] = linear_probe(model, m, dataset.train, dataset.test, device=device)
     return out

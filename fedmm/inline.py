@@ -81,9 +81,13 @@ class InlineGrid:
         from fedmm.clients.trust import in_process_clients
 
         node = msg.metadata.dst_node_id
-        context = Context(run_id=INLINE_RUN_ID, node_id=node, state=RecordDict(), run_config={},
-                          node_config={"partition-id": self.partition_of_node[node],
-                                       "num-partitions": self.num_nodes})
+        context = Context(
+            run_id=INLINE_RUN_ID,
+            node_id=node,
+            state=RecordDict(),
+            run_config={},
+            node_config={"partition-id": self.partition_of_node[node], "num-partitions": self.num_nodes},
+        )
         try:
             # the run's plugins are this process's own (fedmm.clients.trust); Ctrl-C interrupts the
             # client's work itself (fedmm.simulation.stop_on_signals), not only the next message
@@ -93,8 +97,9 @@ class InlineGrid:
             raise
         except Exception as ex:  # Flower's engines turn a raised exception into an error reply
             wrapped = ClientAppException(str(ex))
-            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(wrapped)}:<'{wrapped}'>"),
-                           reply_to=msg)
+            return Message(
+                Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(wrapped)}:<'{wrapped}'>"), reply_to=msg
+            )
 
 
 @contextmanager

@@ -63,5 +63,7 @@ def last_rounds_val(rounds: Sequence[Mapping[str, Any]], count: int) -> dict[str
     if not accs:
         return {"last-rounds-val/acc": math.nan, "last-rounds-val/acc-std": math.nan}
     mean = sum(accs) / len(accs)
-    return {"last-rounds-val/acc": mean,
-            "last-rounds-val/acc-std": math.sqrt(sum((a - mean) ** 2 for a in accs) / len(accs))}
+    return {
+        "last-rounds-val/acc": mean,
+        "last-rounds-val/acc-std": math.sqrt(sum((a - mean) ** 2 for a in accs) / len(accs)),
+    }

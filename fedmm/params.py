@@ -262,7 +262,7 @@ def specs(target: type | Callable[..., Any]) -> list[Spec]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _checked_specs(cls: type) -> tuple[Spec, ...]:
     """:func:`specs` of a :class:`Checked` class, read once per class (every instance is checked
     against them: clients build train settings and model configs for every message)."""
@@ -306,8 +306,9 @@ def check_value(label: str, value: Any, spec: Spec) -> Any:
     try:
         converted = convert_value(value, spec.annotation)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{label} expects {type_name(spec.annotation)}, got {value!r} "
-                         f"({type(value).__name__}): {err}") from None
+        raise ValueError(
+            f"{label} expects {type_name(spec.annotation)}, got {value!r} ({type(value).__name__}): {err}"
+        ) from None
     items = converted if isinstance(converted, (list, tuple)) else [converted]
     if any(isinstance(v, float) and not math.isfinite(v) for v in items):
         raise ValueError(f"{label} must be a finite number, got {value!r}")
@@ -319,9 +320,16 @@ def check_value(label: str, value: Any, spec: Spec) -> Any:
     return converted
 
 
-def parse_values(declared: list[Spec], given: Mapping[str, Any], *, component: str, noun: str = "parameter",
-                 aliases: Mapping[str, str] | None = None, shown: Callable[[str], str] = str,
-                 label: Label | None = None) -> dict[str, Any]:
+def parse_values(
+    declared: list[Spec],
+    given: Mapping[str, Any],
+    *,
+    component: str,
+    noun: str = "parameter",
+    aliases: Mapping[str, str] | None = None,
+    shown: Callable[[str], str] = str,
+    label: Label | None = None,
+) -> dict[str, Any]:
     """Field name -> the checked value of every given parameter (:func:`check_value`).
 
     Parameters
@@ -351,8 +359,10 @@ def parse_values(declared: list[Spec], given: Mapping[str, Any], *, component: s
             valid = [shown(n) for n in by_name]
             if not valid:
                 raise ValueError(f"{component} takes no {noun}s, got {shown(key)!r}")
-            raise ValueError(f"unknown {noun} {shown(key)!r} of {component}{did_you_mean(shown(key), valid)} "
-                             f"Valid {noun}s: {', '.join(valid)}")
+            raise ValueError(
+                f"unknown {noun} {shown(key)!r} of {component}{did_you_mean(shown(key), valid)} "
+                f"Valid {noun}s: {', '.join(valid)}"
+            )
         if field in out:
             raise ValueError(f"{noun} {shown(field)!r} of {component} given twice (as {key!r})")
         out[field] = check_value(label(shown(field)), raw, by_name[field])

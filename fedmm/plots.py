@@ -92,11 +92,19 @@ def plot_run(rounds: pd.DataFrame, path: Path, config: Mapping[str, Any]) -> Pat
         ax.plot(rounds["round"], rounds["test/acc"], marker="o", markersize=3, lw=2, label="multimodal", color="k")
         for i, m in enumerate(modalities):
             color = f"C{i}"
-            ax.plot(rounds["round"], rounds[f"test/acc/{m}"], marker="o", markersize=3, lw=1.2, color=color,
-                    label=f"{m} alone")
+            ax.plot(
+                rounds["round"],
+                rounds[f"test/acc/{m}"],
+                marker="o",
+                markersize=3,
+                lw=1.2,
+                color=color,
+                label=f"{m} alone",
+            )
             if f"test/acc-fill/{m}" in rounds:
-                ax.plot(rounds["round"], rounds[f"test/acc-fill/{m}"], ls="--", lw=1.2, color=color,
-                        label=f"{m} + fill")
+                ax.plot(
+                    rounds["round"], rounds[f"test/acc-fill/{m}"], ls="--", lw=1.2, color=color, label=f"{m} + fill"
+                )
         ax.set_ylabel("test accuracy")
         ax.set_ylim(0, 1)
         ax.legend(fontsize=8)
@@ -163,12 +171,17 @@ def plot_selection(clients: pd.DataFrame, path: Path, config: Mapping[str, Any])
         ax.set_xlim(first - 0.5, last + 0.5)
         ax.set_ylim(-0.5, num_clients - 0.5)
         integer_rounds(ax)
-        held = (rows.dropna(subset=["modalities-held"]).groupby("partition-id")["modalities-held"].last()
-                if "modalities-held" in rows else pd.Series(dtype=str))
+        held = (
+            rows.dropna(subset=["modalities-held"]).groupby("partition-id")["modalities-held"].last()
+            if "modalities-held" in rows
+            else pd.Series(dtype=str)
+        )
         if num_clients <= MAX_LABELLED_CLIENTS:  # each client's row names what it holds
             ax.set_yticks(range(num_clients))
-            ax.set_yticklabels([f"{p} ({held[p]})" if p in held.index else str(p) for p in range(num_clients)],
-                               fontsize=7 if num_clients > 16 else 9)
+            ax.set_yticklabels(
+                [f"{p} ({held[p]})" if p in held.index else str(p) for p in range(num_clients)],
+                fontsize=7 if num_clients > 16 else 9,
+            )
             ax.set_ylabel("client (modalities held)")
         else:
             from matplotlib.ticker import MaxNLocator

@@ -70,8 +70,9 @@ PAPER: dict[str, dict[str, Value]] = {
         "batch-size": Value(64, f"{PMR} main_Prototype_grad.py:36"),
         "objective.alpha": Value(2.0, f"{PMR} bash.sh:222"),
         "objective.momentum": Value(0.0, f"{PMR} bash.sh:222"),
-        "objective.modulation_end": Value(70 / 130, f"{PMR} bash.sh:222; main_Prototype_grad.py:47-48, 156 "
-                                                    "(epochs 0..70 of 130)"),
+        "objective.modulation_end": Value(
+            70 / 130, f"{PMR} bash.sh:222; main_Prototype_grad.py:47-48, 156 (epochs 0..70 of 130)"
+        ),
     },
     "boost": {
         "optimizer": Value("sgd", f"{AUG} data/crema.json:25-26; train_CREMAD.py:201"),
@@ -142,8 +143,9 @@ def preset_method(strategy: str, objective: str) -> str | None:
     return objective if objective in PAPER else None
 
 
-def preset_values(preset: str, *, strategy: str, objective: str, selection: str,
-                  num_server_rounds: int) -> dict[str, Any]:
+def preset_values(
+    preset: str, *, strategy: str, objective: str, selection: str, num_server_rounds: int
+) -> dict[str, Any]:
     """The flat config values ``preset`` gives a run (empty for ``"none"``).
 
     Parameters

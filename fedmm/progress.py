@@ -28,8 +28,7 @@ def weak_modality(row: Mapping[str, Any]) -> tuple[str, float] | None:
     row:
         A round's results row.
     """
-    alone = {k.rsplit("/", 1)[1]: float(v) for k, v in row.items()
-             if k.startswith(f"{ACC}/") and _finite(v)}
+    alone = {k.rsplit("/", 1)[1]: float(v) for k, v in row.items() if k.startswith(f"{ACC}/") and _finite(v)}
     if not alone:
         return None
     name = min(alone, key=alone.__getitem__)
@@ -85,8 +84,9 @@ def print_rounds(total: int, stream: TextIO | None = None) -> Callable[[Mapping[
 
 
 @contextmanager
-def watch(total: int, *, enabled: bool = True, stream: TextIO | None = None,
-          live: bool | None = None) -> Iterator[Callable[[Mapping[str, Any]], None] | None]:
+def watch(
+    total: int, *, enabled: bool = True, stream: TextIO | None = None, live: bool | None = None
+) -> Iterator[Callable[[Mapping[str, Any]], None] | None]:
     """The progress display of a run: yields its ``on_round`` callback (``None`` when disabled).
 
     Parameters
@@ -113,8 +113,15 @@ def watch(total: int, *, enabled: bool = True, stream: TextIO | None = None,
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    bar = Progress(TextColumn("round"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.description}"),
-                   TimeElapsedColumn(), transient=False, console=Console(file=stream))
+    bar = Progress(
+        TextColumn("round"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        transient=False,
+        console=Console(file=stream),
+    )
     task = bar.add_task("starting...", total=total)
 
     def on_round(row: Mapping[str, Any]) -> None:

@@ -26,8 +26,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedmm.facts import ANY_NUMBER, CLIENT_FACTS, IMBALANCE_RATIO, IMBALANCE_RATIO_VALID
-from fedmm.params import Interval
 from fedmm.groups import keys_for_modalities
+from fedmm.params import Interval
 from fedmm.records import RecordMismatch, array_numpy, subset_record, vet_arrays
 
 # records of a message's content
@@ -117,8 +117,11 @@ class Request:
         """The message to ``node`` carrying this request, the parameter groups of the modalities
         ``groups`` (and the shared ``fusion`` group) of ``arrays`` and the encoded extras (a fresh
         config record each time: messages never share one)."""
-        config: dict[str, Any] = {RUN_CONFIG: self.run_config, SERVER_ROUND: self.server_round,
-                                  MODALITIES: _join(self.modalities)}
+        config: dict[str, Any] = {
+            RUN_CONFIG: self.run_config,
+            SERVER_ROUND: self.server_round,
+            MODALITIES: _join(self.modalities),
+        }
         if self.proximal_mu is not None:
             config[PROXIMAL_MU] = self.proximal_mu
         if self.client_facts:
@@ -133,8 +136,9 @@ class Request:
             config[PARTITION_ID] = self.partition_id
         extra_config, extra_arrays = encode_extras(self.extras)
         payload = subset_record(arrays, keys_for_modalities(arrays.keys(), groups))
-        content = RecordDict({ARRAYS: payload, CONFIG: ConfigRecord(config), EXTRAS: extra_config,
-                              EXTRA_ARRAYS: extra_arrays})
+        content = RecordDict(
+            {ARRAYS: payload, CONFIG: ConfigRecord(config), EXTRAS: extra_config, EXTRA_ARRAYS: extra_arrays}
+        )
         return Message(content=content, dst_node_id=node, message_type=message_type)
 
     @classmethod
@@ -180,8 +184,11 @@ def requested_partition(msg: Message) -> int | None:
 # -- discovery ---------------------------------------------------------------------------------------
 def query_message(node: int, run_config: str, message_type: str) -> Message:
     """The discovery message to ``node`` (``message_type``: Flower's ``query``)."""
-    return Message(content=RecordDict({CONFIG: ConfigRecord({RUN_CONFIG: run_config})}), dst_node_id=node,
-                   message_type=message_type)
+    return Message(
+        content=RecordDict({CONFIG: ConfigRecord({RUN_CONFIG: run_config})}),
+        dst_node_id=node,
+        message_type=message_type,
+    )
 
 
 def info_reply(msg: Message, partition_id: int, modalities: Sequence[str], num_examples: int) -> Message:
@@ -219,8 +226,9 @@ def decode_info(reply: Message, num_partitions: int | None, known: Collection[st
 
 
 # -- training ----------------------------------------------------------------------------------------
-def train_reply(msg: Message, arrays: ArrayRecord, num_examples: int, loss: float, seconds: float,
-                facts: Mapping[str, Any]) -> Message:
+def train_reply(
+    msg: Message, arrays: ArrayRecord, num_examples: int, loss: float, seconds: float, facts: Mapping[str, Any]
+) -> Message:
     """A node's training reply: its trained groups, metrics and (when any) facts."""
     metrics = MetricRecord({NUM_EXAMPLES: num_examples, TRAIN_LOSS: loss, SECONDS: seconds})
     content = RecordDict({ARRAYS: arrays, METRICS: metrics})
@@ -240,8 +248,14 @@ class TrainReply:
     facts: dict[str, Any]
 
 
-def decode_train_reply(reply: Message, *, limit: float, global_state: Mapping[str, np.ndarray],
-                       expected: Collection[str], client_facts: Collection[str] = ()) -> TrainReply:
+def decode_train_reply(
+    reply: Message,
+    *,
+    limit: float,
+    global_state: Mapping[str, np.ndarray],
+    expected: Collection[str],
+    client_facts: Collection[str] = (),
+) -> TrainReply:
     """A training reply as a :class:`TrainReply`; raises :class:`RecordMismatch` naming what makes it
     unusable: metrics missing or not finite numbers, ``num-examples`` outside ``1 .. limit`` (what
     the node reported at discovery), facts that are not numbers (the imbalance ratio and the
@@ -258,8 +272,9 @@ def decode_train_reply(reply: Message, *, limit: float, global_state: Mapping[st
     record = reply.content.get(ARRAYS)
     if not isinstance(record, ArrayRecord):
         raise RecordMismatch(f"the reply has no {ARRAYS!r} record")
-    return TrainReply(num_examples, loss, 0.0 if seconds is None else seconds,
-                      vet_arrays(record, global_state, expected), facts)
+    return TrainReply(
+        num_examples, loss, 0.0 if seconds is None else seconds, vet_arrays(record, global_state, expected), facts
+    )
 
 
 def reply_bytes(reply: Message) -> int:
@@ -270,8 +285,9 @@ def reply_bytes(reply: Message) -> int:
 # -- evaluation, probes, global-model facts ------------------------------------------------------------
 def evaluate_reply(msg: Message, num_examples: int, loss: float, acc: float) -> Message:
     """A node's evaluation of the received model on its own data."""
-    return Message(RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: num_examples, LOSS: loss, ACC: acc})}),
-                   reply_to=msg)
+    return Message(
+        RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: num_examples, LOSS: loss, ACC: acc})}), reply_to=msg
+    )
 
 
 def model_facts_reply(msg: Message, num_examples: int, facts: Mapping[str, Any]) -> Message:
@@ -307,8 +323,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def number(values: Mapping[str, Any], key: str, *, required: bool = True,
-           valid: Interval | None = None) -> float | None:
+def number(
+    values: Mapping[str, Any], key: str, *, required: bool = True, valid: Interval | None = None
+) -> float | None:
     """``values[key]`` as a finite float; ``None`` when absent and not ``required``; raises
     :class:`RecordMismatch` when it is missing (and required), not a number, not finite, or outside
     ``valid`` (default: the key's range in :data:`VALID`, any number for a key without one)."""
@@ -330,8 +347,10 @@ def examples(values: Mapping[str, Any], limit: float) -> int:
     discovery (:class:`RecordMismatch` otherwise, so no client can outweigh its data)."""
     n = number(values, NUM_EXAMPLES)
     if n != int(n) or not 1 <= n <= limit:
-        raise RecordMismatch(f"{NUM_EXAMPLES} {values[NUM_EXAMPLES]!r} is not an integer in 1..{limit} "
-                             "(the examples it reported at discovery)")
+        raise RecordMismatch(
+            f"{NUM_EXAMPLES} {values[NUM_EXAMPLES]!r} is not an integer in 1..{limit} "
+            "(the examples it reported at discovery)"
+        )
     return int(n)
 
 

@@ -47,18 +47,22 @@ def array_numpy(array: Array) -> np.ndarray:
     data = array.data
     if array.stype == SType.NUMPY and data[:6] == _NPY_MAGIC and data[6:7] in (b"\x01", b"\x02", b"\x03"):
         size = 2 if data[6] == 1 else 4
-        header_len = int.from_bytes(data[8:8 + size], "little")
+        header_len = int.from_bytes(data[8 : 8 + size], "little")
         start = 8 + size + header_len
-        header = data[8 + size:start]
+        header = data[8 + size : start]
         try:
             dtype = np.dtype(array.dtype)
             shape = tuple(int(n) for n in array.shape)
         except (TypeError, ValueError):
             return array.numpy()
         count = math.prod(shape)
-        if (not dtype.hasobject and f"'descr': '{dtype.str}'".encode() in header
-                and b"'fortran_order': False" in header and f"'shape': {shape!r}".encode() in header
-                and len(data) == start + count * dtype.itemsize):
+        if (
+            not dtype.hasobject
+            and f"'descr': '{dtype.str}'".encode() in header
+            and b"'fortran_order': False" in header
+            and f"'shape': {shape!r}".encode() in header
+            and len(data) == start + count * dtype.itemsize
+        ):
             return np.frombuffer(data, dtype=dtype, count=count, offset=start).reshape(shape).copy()
     return array.numpy()
 
@@ -88,8 +92,9 @@ class RecordMismatch(ValueError):
     """A record a client sent that the server cannot use; the message is the reason (one line)."""
 
 
-def vet_arrays(record: ArrayRecord, global_state: Mapping[str, np.ndarray], expected: Collection[str]
-               ) -> dict[str, np.ndarray]:
+def vet_arrays(
+    record: ArrayRecord, global_state: Mapping[str, np.ndarray], expected: Collection[str]
+) -> dict[str, np.ndarray]:
     """The arrays of a client's ``record`` as numpy, checked against the global model.
 
     Parameters
@@ -125,8 +130,9 @@ def vet_arrays(record: ArrayRecord, global_state: Mapping[str, np.ndarray], expe
             raise RecordMismatch(f"parameter {k!r} cannot be read ({type(err).__name__})") from None
         g = global_state[k]
         if a.shape != g.shape or a.dtype != g.dtype:
-            raise RecordMismatch(f"parameter {k!r} has shape {a.shape} and dtype {a.dtype}; "
-                                 f"the global model's is {g.shape} {g.dtype}")
+            raise RecordMismatch(
+                f"parameter {k!r} has shape {a.shape} and dtype {a.dtype}; the global model's is {g.shape} {g.dtype}"
+            )
         out[k] = a
     bad = [k for k, a in out.items() if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all()]
     if bad:
@@ -134,7 +140,9 @@ def vet_arrays(record: ArrayRecord, global_state: Mapping[str, np.ndarray], expe
     return out
 
 
-def aggregate(global_state: Mapping[str, np.ndarray], contributions: Sequence[tuple[float, Mapping[str, np.ndarray]]]) -> dict[str, np.ndarray]:
+def aggregate(
+    global_state: Mapping[str, np.ndarray], contributions: Sequence[tuple[float, Mapping[str, np.ndarray]]]
+) -> dict[str, np.ndarray]:
     """Modality-aware FedAvg: every key averaged over the contributions that contain it.
 
     Parameters

@@ -51,8 +51,9 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except (KeyError, TypeError):
-            raise ValueError(f"unknown {self.kind} {name!r}{did_you_mean(str(name), self.names())} "
-                             f"Valid: {', '.join(self.names())}") from None
+            raise ValueError(
+                f"unknown {self.kind} {name!r}{did_you_mean(str(name), self.names())} Valid: {', '.join(self.names())}"
+            ) from None
 
     def remove(self, name: str) -> T:
         """Unregister ``name`` and return its entry (a test that registered an extension cleans up

@@ -60,8 +60,10 @@ class Run:
 
     def __repr__(self) -> str:
         final = self.summary.get("final", {}).get("test/acc", math.nan)
-        return (f"Run({str(self.out_dir)!r}, status={self.summary.get('status', '?')!r}, "
-                f"rounds={len(self.rounds) - 1}, test/acc={final:.4f})")
+        return (
+            f"Run({str(self.out_dir)!r}, status={self.summary.get('status', '?')!r}, "
+            f"rounds={len(self.rounds) - 1}, test/acc={final:.4f})"
+        )
 
 
 def load_run(path: str | Path) -> Run:
@@ -80,13 +82,16 @@ def load_run(path: str | Path) -> Run:
     """
     out_dir = Path(path).expanduser()
     if not out_dir.is_dir():
-        raise ValueError(f"results directory {str(out_dir)!r} does not exist; pass a directory written by "
-                         "fedmm simulate")
+        raise ValueError(
+            f"results directory {str(out_dir)!r} does not exist; pass a directory written by fedmm simulate"
+        )
     rounds = _read_csv(out_dir / ROUNDS_FILE, required=True)
     for column in ("round", "test/acc"):
         if column not in rounds.columns:
-            raise ValueError(f"{str(out_dir / ROUNDS_FILE)!r} has no {column!r} column; it was not written by "
-                             "fedmm simulate (rerun the run)")
+            raise ValueError(
+                f"{str(out_dir / ROUNDS_FILE)!r} has no {column!r} column; it was not written by "
+                "fedmm simulate (rerun the run)"
+            )
     if rounds.empty:
         raise ValueError(f"{str(out_dir / ROUNDS_FILE)!r} has no rounds yet; wait for the run's first round")
     clients = _read_csv(out_dir / CLIENTS_FILE, required=False)
@@ -109,8 +114,10 @@ def _read_csv(path: Path, *, required: bool) -> pd.DataFrame:
             raise ValueError(f"{str(path)!r} is empty; the run wrote no round (rerun it)") from None
         return pd.DataFrame()
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
-        raise ValueError(f"{str(path)!r} is damaged and cannot be read as CSV ({_first_line(err)}); rerun the "
-                         "run or remove the directory") from None
+        raise ValueError(
+            f"{str(path)!r} is damaged and cannot be read as CSV ({_first_line(err)}); rerun the "
+            "run or remove the directory"
+        ) from None
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -123,8 +130,10 @@ def _read_config(path: Path) -> dict[str, Any]:
     try:
         values = flatten(tomllib.loads(path.read_text(encoding="utf-8")))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as err:
-        raise ValueError(f"{str(path)!r} is damaged and cannot be read as TOML ({_first_line(err)}); rerun the "
-                         "run or remove the directory") from None
+        raise ValueError(
+            f"{str(path)!r} is damaged and cannot be read as TOML ({_first_line(err)}); rerun the "
+            "run or remove the directory"
+        ) from None
     return {**_plain_defaults(), **values}
 
 
@@ -133,8 +142,11 @@ def _plain_defaults() -> dict[str, Any]:
 
     from fedmm.config import RunConfig, key_of
 
-    return {key_of(f.name): f.default for f in fields(RunConfig)
-            if f.default is not MISSING and not isinstance(f.default, tuple)}
+    return {
+        key_of(f.name): f.default
+        for f in fields(RunConfig)
+        if f.default is not MISSING and not isinstance(f.default, tuple)
+    }
 
 
 def _read_summary(path: Path) -> dict[str, Any] | None:
@@ -143,8 +155,10 @@ def _read_summary(path: Path) -> dict[str, Any] | None:
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
-        raise ValueError(f"{str(path)!r} is damaged and cannot be read as JSON ({_first_line(err)}); rerun the "
-                         "run or remove the file (fedmm then reads rounds.csv alone)") from None
+        raise ValueError(
+            f"{str(path)!r} is damaged and cannot be read as JSON ({_first_line(err)}); rerun the "
+            "run or remove the file (fedmm then reads rounds.csv alone)"
+        ) from None
     if not isinstance(summary, dict):
         raise ValueError(f"{str(path)!r} is not a JSON object; rerun the run or remove the file")
     return summary
@@ -163,12 +177,17 @@ def _summary_from_rounds(rounds: pd.DataFrame) -> dict[str, Any]:
 
 # -- what one run shows ---------------------------------------------------------------------------
 
+
 def weakest_modality(final: pd.DataFrame) -> str:
     """The modality whose final accuracy alone (``test/acc/<m>``) is lowest, averaged over the runs
     (one row per run)."""
-    alone = {c.rsplit("/", 1)[1]: final[c].mean() for c in final.columns
-             if c.startswith("test/acc/") and not c.endswith("-at-best-val")  # the final round's, not the chosen one's
-             and final[c].notna().any()}  # another dataset's modalities are NaN
+    alone = {
+        c.rsplit("/", 1)[1]: final[c].mean()
+        for c in final.columns
+        if c.startswith("test/acc/")
+        and not c.endswith("-at-best-val")  # the final round's, not the chosen one's
+        and final[c].notna().any()
+    }  # another dataset's modalities are NaN
     if not alone:
         raise ValueError("the runs report no single-modality accuracy (test/acc/<m>)")
     return min(alone, key=alone.get)
@@ -259,24 +278,34 @@ def report_text(run: Run, last: int = 10) -> str:
     if s.get("reason"):
         status += f" ({s['reason']})"
     lines.append(status)
-    lines.append(f"  final test/acc {_num(facts['test/acc'])}   last {s.get('last-rounds', '?')} rounds "
-                 f"{_num(facts['last-rounds-test/acc'])} ± {_num(facts['last-rounds-test/acc-std'])}")
+    lines.append(
+        f"  final test/acc {_num(facts['test/acc'])}   last {s.get('last-rounds', '?')} rounds "
+        f"{_num(facts['last-rounds-test/acc'])} ± {_num(facts['last-rounds-test/acc-std'])}"
+    )
     if math.isfinite(facts["best-val/acc"]):
         best = best_on_validation(run)
         lines.append(f"  best on validation {_num(best[0])} at round {best[1]}: test/acc {_num(best[2])}")
     if "best-test/acc" in s:
-        lines.append(f"  best test/acc {_num(s['best-test/acc'])} at round {s.get('best-round', '?')} "
-                     "(read from test: for looking, not for choosing)")
+        lines.append(
+            f"  best test/acc {_num(s['best-test/acc'])} at round {s.get('best-round', '?')} "
+            "(read from test: for looking, not for choosing)"
+        )
     final = s.get("final", {})
     alone = "  ".join(f"{m} {_num(final.get(f'test/acc/{m}'), 3)}" for m in run.modalities)
     if alone:
         lines.append(f"  each modality alone: {alone}   weak: {facts['weak-modality']}")
     if "test/imbalance" in final:
         lines.append(f"  imbalance {_num(final['test/imbalance'], 3)}   test/loss {_num(final.get('test/loss'))}")
-    lines.append(f"  moved {format_bytes(facts['bytes'])}   time {_num(facts['seconds'], 1)} s"
-                 + ("   DIVERGED" if s.get("diverged") else ""))
-    cols = ["round", "test/acc", *[f"test/acc/{m}" for m in run.modalities],
-            *[c for c in ("val/acc", "test/loss", "train/loss", "seconds") if c in run.rounds.columns]]
+    lines.append(
+        f"  moved {format_bytes(facts['bytes'])}   time {_num(facts['seconds'], 1)} s"
+        + ("   DIVERGED" if s.get("diverged") else "")
+    )
+    cols = [
+        "round",
+        "test/acc",
+        *[f"test/acc/{m}" for m in run.modalities],
+        *[c for c in ("val/acc", "test/loss", "train/loss", "seconds") if c in run.rounds.columns],
+    ]
     table = run.rounds[cols].tail(last).rename(columns=lambda col: col.replace("test/acc/", "alone/"))
     lines += ["", table.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")]
     return "\n".join(lines)

@@ -15,8 +15,8 @@ from typing import Any
 import pandas as pd
 
 from fedmm.checkpoint import CHECKPOINT_ARRAYS, CHECKPOINT_STATE
-from fedmm.config import RunConfig
 from fedmm.collapse import collapse
+from fedmm.config import RunConfig
 from fedmm.files import atomic_write
 from fedmm.model_selection import ORACLE_KEYS, best_on_validation, last_rounds_val
 
@@ -33,8 +33,17 @@ LOCK_FILE = ".fedmm.lock"
 SELECTION_PLOT_FILE = "selection.png"
 #: Every file a run writes into its directory; a new run (``--overwrite``) removes all of them and
 #: leaves any other file alone.
-RUN_FILES = (ROUNDS_FILE, CLIENTS_FILE, CONFIG_FILE, SUMMARY_FILE, MODEL_FILE, PLOT_FILE,
-             CHECKPOINT_ARRAYS, CHECKPOINT_STATE, SELECTION_PLOT_FILE)
+RUN_FILES = (
+    ROUNDS_FILE,
+    CLIENTS_FILE,
+    CONFIG_FILE,
+    SUMMARY_FILE,
+    MODEL_FILE,
+    PLOT_FILE,
+    CHECKPOINT_ARRAYS,
+    CHECKPOINT_STATE,
+    SELECTION_PLOT_FILE,
+)
 
 
 def prepare_out_dir(path: str | Path, *, overwrite: bool) -> Path:
@@ -44,8 +53,9 @@ def prepare_out_dir(path: str | Path, *, overwrite: bool) -> Path:
         raise ValueError(f"output path {str(path)!r} is a file; pass a directory with --out")
     blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:
-        raise ValueError(f"output path {str(path)!r} lies below {str(blocker)!r}, which is a file; "
-                         "pass a directory with --out")
+        raise ValueError(
+            f"output path {str(path)!r} lies below {str(blocker)!r}, which is a file; pass a directory with --out"
+        )
     if path.is_dir() and any(p.name != LOCK_FILE for p in path.iterdir()) and not overwrite:
         raise ValueError(
             f"output directory {str(path)!r} is not empty; pass --overwrite to replace its results "
@@ -89,21 +99,26 @@ def check_resumable_tables(run_dir: str | Path, last_round: int) -> None:
         The checkpoint's round.
     """
     run_dir = Path(run_dir)
-    advice = (f"restore it from a backup, or start the run over with `fedmm simulate --config "
-              f"{run_dir / CONFIG_FILE} --out {run_dir} --overwrite` (the checkpoint holds no table rows to "
-              "rebuild it from)")
+    advice = (
+        f"restore it from a backup, or start the run over with `fedmm simulate --config "
+        f"{run_dir / CONFIG_FILE} --out {run_dir} --overwrite` (the checkpoint holds no table rows to "
+        "rebuild it from)"
+    )
     try:
         rounds = set(read_table(run_dir / ROUNDS_FILE)["round"])
         if (run_dir / CLIENTS_FILE).is_file():
             read_table(run_dir / CLIENTS_FILE)
     except (ValueError, FileNotFoundError) as err:
-        raise ValueError(f"cannot resume {str(run_dir)!r}: {err}, so rounds 0-{last_round} would be lost; "
-                         f"{advice}") from None
+        raise ValueError(
+            f"cannot resume {str(run_dir)!r}: {err}, so rounds 0-{last_round} would be lost; {advice}"
+        ) from None
     missing = sorted(set(range(last_round + 1)) - rounds)
     if missing:
-        raise ValueError(f"cannot resume {str(run_dir)!r}: {str(run_dir / ROUNDS_FILE)!r} lacks round {missing[0]}"
-                         f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''} of the checkpoint's "
-                         f"0-{last_round}, which would be lost; {advice}")
+        raise ValueError(
+            f"cannot resume {str(run_dir)!r}: {str(run_dir / ROUNDS_FILE)!r} lacks round {missing[0]}"
+            f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''} of the checkpoint's "
+            f"0-{last_round}, which would be lost; {advice}"
+        )
 
 
 class ResultsWriter:
@@ -181,8 +196,11 @@ class ResultsWriter:
 def write_interrupted(out_dir: Path, rounds: Sequence[Mapping[str, Any]], reason: str) -> None:
     """``summary.json`` of a run that stopped before its last round (``fedmm simulate --resume``
     continues it from its checkpoint)."""
-    summary = summarize(rounds, {"status": "interrupted", "reason": reason}) if rounds else {
-        "status": "interrupted", "reason": reason}
+    summary = (
+        summarize(rounds, {"status": "interrupted", "reason": reason})
+        if rounds
+        else {"status": "interrupted", "reason": reason}
+    )
     write_summary(out_dir, summary)
 
 
@@ -283,8 +301,11 @@ def loss_stability(rounds: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         The run's rows of ``rounds.csv``; rows without a finite ``train/loss`` (round 0, a round
         without usable replies) are skipped.
     """
-    losses = [float(r["train/loss"]) for r in rounds
-              if int(r["round"]) >= 1 and math.isfinite(float(r.get("train/loss", math.nan)))]
+    losses = [
+        float(r["train/loss"])
+        for r in rounds
+        if int(r["round"]) >= 1 and math.isfinite(float(r.get("train/loss", math.nan)))
+    ]
     if not losses:
         return {"loss-round-1": math.nan, "loss-max": math.nan, "loss-growth": math.nan}
     return {"loss-round-1": losses[0], "loss-max": max(losses), "loss-growth": max(losses) / losses[0]}
@@ -315,8 +336,10 @@ def divergence(rounds: Sequence[Mapping[str, Any]], client_error: str | None = N
         if math.isfinite(loss):
             first = loss if first is None else first
             if loss > DIVERGENCE_GROWTH * first:
-                return {"round": server_round, "reason": f"training loss {loss:.4g} is over {DIVERGENCE_GROWTH:g} "
-                                                         f"times round 1's ({first:.4g})"}
+                return {
+                    "round": server_round,
+                    "reason": f"training loss {loss:.4g} is over {DIVERGENCE_GROWTH:g} times round 1's ({first:.4g})",
+                }
         elif client_error and any(text in client_error for text in _NON_FINITE):
             return {"round": server_round, "reason": f"clients sent non-finite values ({client_error})"}
     return None

@@ -25,7 +25,6 @@ from pathlib import Path
 
 from fedmm.results import LOCK_FILE, prepare_out_dir
 
-
 #: Directories this process holds, with how many nested holders (a run inside a locked benchmark
 #: directory, the CLI's lock around ``simulate``'s own).
 _held: dict[Path, int] = {}

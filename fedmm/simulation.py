@@ -133,8 +133,9 @@ def _check_answers(address: str, seconds: float = RAY_ANSWER_SECONDS) -> None:
     try:
         grpc.channel_ready_future(channel).result(timeout=seconds)
     except grpc.FutureTimeoutError:
-        raise _no_cluster(address, f"a process accepts connections there but did not answer as a Ray cluster "
-                                   f"within {seconds:g} s") from None
+        raise _no_cluster(
+            address, f"a process accepts connections there but did not answer as a Ray cluster within {seconds:g} s"
+        ) from None
     finally:
         channel.close()
 
@@ -247,17 +248,20 @@ def simulate(
         return _simulate_on_ray(plan, on_round, checkpoint, stop)
 
 
-def _simulate_inline(plan: Plan, on_round: RoundCallback | None, checkpoint: Checkpoint | None,
-                     stop: StopRequest) -> dict[str, Any]:
+def _simulate_inline(
+    plan: Plan, on_round: RoundCallback | None, checkpoint: Checkpoint | None, stop: StopRequest
+) -> dict[str, Any]:
     from fedmm.inline import InlineGrid, server_identity
 
     with stop_on_signals(stop), server_identity():
-        return run_federation(InlineGrid(len(plan.scenario.partitions), stop), plan, on_round,
-                              resume=checkpoint, stop=stop)
+        return run_federation(
+            InlineGrid(len(plan.scenario.partitions), stop), plan, on_round, resume=checkpoint, stop=stop
+        )
 
 
-def _simulate_on_ray(plan: Plan, on_round: RoundCallback | None, checkpoint: Checkpoint | None,
-                     stop: StopRequest) -> dict[str, Any]:
+def _simulate_on_ray(
+    plan: Plan, on_round: RoundCallback | None, checkpoint: Checkpoint | None, stop: StopRequest
+) -> dict[str, Any]:
     # Imported here so that `fedmm datasets` and config errors do not pay for Ray's import.
     import ray
     from flwr.simulation import run_simulation
@@ -298,7 +302,8 @@ def _simulate_on_ray(plan: Plan, on_round: RoundCallback | None, checkpoint: Che
             reinstall_handlers()
             # on a cluster, the clients' share of a GPU follows the cluster's GPUs, not this machine's
             backend_config["client_resources"] = client_resources(
-                run, ray.cluster_resources().get("GPU", 0.0) if run.ray_address else None)
+                run, ray.cluster_resources().get("GPU", 0.0) if run.ray_address else None
+            )
             if run.ray_address:
                 log.info("joined the Ray cluster at %s: %s", run.ray_address, _cluster_text(ray.cluster_resources()))
             # the server thread's Interrupted comes back out of run_simulation after Ray's shutdown;

@@ -104,7 +104,9 @@ def paired_tests(a: Sequence[float], b: Sequence[float]) -> Paired:
 
     if len(a) != len(b):
         raise ValueError(f"paired tests need the same seeds: got {len(a)} and {len(b)} values")
-    pairs = [(float(x), float(y)) for x, y in zip(a, b, strict=True) if not (math.isnan(float(x)) or math.isnan(float(y)))]
+    pairs = [
+        (float(x), float(y)) for x, y in zip(a, b, strict=True) if not (math.isnan(float(x)) or math.isnan(float(y)))
+    ]
     n = len(pairs)
     if n == 0:
         return Paired(math.nan, math.nan, math.nan, 0)

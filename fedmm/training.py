@@ -35,8 +35,8 @@ from fedmm.config import (
 )
 from fedmm.data.augment import Augment
 from fedmm.data.base import LABEL_KEY, ModalitySpec, TensorDict, num_examples
-from fedmm.metrics import accuracy, imbalance_ratio, macro_f1
 from fedmm.groups import MODALITY_GROUP_PREFIXES, group_modality, parameter_group
+from fedmm.metrics import accuracy, imbalance_ratio, macro_f1
 from fedmm.models.net import ModelConfig, MultimodalNet
 from fedmm.objectives.base import Objective, Precision, RoundContext
 from fedmm.params import Checked
@@ -205,7 +205,9 @@ def trainable_parameters(model: nn.Module, modalities: list[str]) -> list[nn.Par
     """
     allowed = {None, *modalities}
     return [
-        p for name, p in model.named_parameters() if p.requires_grad and group_modality(parameter_group(name)) in allowed
+        p
+        for name, p in model.named_parameters()
+        if p.requires_grad and group_modality(parameter_group(name)) in allowed
     ]
 
 
@@ -255,7 +257,11 @@ def _set_modes(model: nn.Module, trained: list[str]) -> None:
 
 
 def train_local(
-    model: MultimodalNet, data: TensorDict, objective: Objective, ctx: RoundContext, config: TrainConfig,
+    model: MultimodalNet,
+    data: TensorDict,
+    objective: Objective,
+    ctx: RoundContext,
+    config: TrainConfig,
     augment: Augment | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data`` with ``objective`` for ``config.epochs`` epochs (one round).
@@ -293,7 +299,9 @@ def train_local(
         raise ValueError(f"asked to train modalities {unknown} that the model does not have; it has {model.modalities}")
     missing = [m for m in trained if m not in data]
     if missing:
-        raise ValueError(f"asked to train modalities {missing} that the local data does not have; it has {sorted(data)}")
+        raise ValueError(
+            f"asked to train modalities {missing} that the local data does not have; it has {sorted(data)}"
+        )
     if not trained:
         raise ValueError("ctx.modalities is empty: a client must train at least one modality")
     device = ctx.device

@@ -77,8 +77,10 @@ def multimodal_share(part: pd.DataFrame) -> dict[str, float]:
     all rounds of a :func:`participation` table."""
     multi = part["modalities-held"].astype(str).str.contains(r"\+")
     total_sel, total_tr = part["selected"].sum(), part["trained"].sum()
-    return {"selected": float(part.loc[multi, "selected"].sum() / total_sel) if total_sel else math.nan,
-            "trained": float(part.loc[multi, "trained"].sum() / total_tr) if total_tr else math.nan}
+    return {
+        "selected": float(part.loc[multi, "selected"].sum() / total_sel) if total_sel else math.nan,
+        "trained": float(part.loc[multi, "trained"].sum() / total_tr) if total_tr else math.nan,
+    }
 
 
 def has_clock(curves: pd.DataFrame) -> bool:
@@ -86,8 +88,9 @@ def has_clock(curves: pd.DataFrame) -> bool:
     return CLOCK_COLUMN in curves and curves[CLOCK_COLUMN].notna().any()
 
 
-def plot_time_to_accuracy(curves: pd.DataFrame, policies: Sequence[str], column: str, ax_rounds, ax_mb,
-                          ax_time=None) -> None:
+def plot_time_to_accuracy(
+    curves: pd.DataFrame, policies: Sequence[str], column: str, ax_rounds, ax_mb, ax_time=None
+) -> None:
     """Mean ``column`` per policy against rounds, uploaded MB and (with a clock) simulated minutes,
     on the given matplotlib axes; the time axis averages the seeds' clocks per round."""
     clock = has_clock(curves)
@@ -105,5 +108,13 @@ def plot_time_to_accuracy(curves: pd.DataFrame, policies: Sequence[str], column:
     ax_rounds.set_ylabel(f"{column} (mean over seeds)")
 
 
-__all__ = ["ACCURACY_COLUMNS", "CLOCK_COLUMN", "accuracy_column", "has_clock", "multimodal_share", "participation",
-           "plot_time_to_accuracy", "time_to_target"]
+__all__ = [
+    "ACCURACY_COLUMNS",
+    "CLOCK_COLUMN",
+    "accuracy_column",
+    "has_clock",
+    "multimodal_share",
+    "participation",
+    "plot_time_to_accuracy",
+    "time_to_target",
+]

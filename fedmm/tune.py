@@ -76,14 +76,17 @@ def search_space(run: RunConfig, only: Sequence[str] | None = None) -> dict[str,
     space = {s.name.replace("_", "-"): s for s in specs(RunConfig) if s.search is not None}
     classes = param_classes()
     for namespace, name in (("strategy", run.strategy), ("objective", run.objective), ("selection", run.selection)):
-        space.update({f"{namespace}.{s.name}": s for s in config_specs(classes[namespace][name])
-                      if s.search is not None})
+        space.update(
+            {f"{namespace}.{s.name}": s for s in config_specs(classes[namespace][name]) if s.search is not None}
+        )
     if only is None:
         return space
     unknown = [k for k in only if k not in space]
     if unknown:
-        raise ValueError(f"--params: {unknown[0]!r} is not a tunable parameter of this run; tunable: "
-                         f"{', '.join(space)} (see `fedmm config`)")
+        raise ValueError(
+            f"--params: {unknown[0]!r} is not a tunable parameter of this run; tunable: "
+            f"{', '.join(space)} (see `fedmm config`)"
+        )
     return {k: space[k] for k in only}
 
 
@@ -110,8 +113,13 @@ class _Pruned(Exception):
     """Raised from the round callback to stop a trial's federation (the pruner asked)."""
 
 
-def run_trial(trial: Any, base: RunConfig, space: Mapping[str, Spec], simulate: Callable[..., dict] | None = None,
-              stopped: Sequence[int] = ()) -> float:
+def run_trial(
+    trial: Any,
+    base: RunConfig,
+    space: Mapping[str, Spec],
+    simulate: Callable[..., dict] | None = None,
+    stopped: Sequence[int] = (),
+) -> float:
     """Run one trial: draw its values, simulate the federation, report ``val/acc`` every round.
 
     Returns the mean ``val/acc`` of the last :data:`LAST_ROUNDS` rounds. Raises
@@ -277,8 +285,9 @@ def _load_study(out_dir: Path, name: str, settings: TuneSettings, rounds: int, w
     import optuna
 
     sampler = optuna.samplers.TPESampler(seed=settings.seed + worker)
-    return optuna.load_study(study_name=name, storage=storage(out_dir), sampler=sampler,
-                             pruner=_pruner(settings, rounds))
+    return optuna.load_study(
+        study_name=name, storage=storage(out_dir), sampler=sampler, pruner=_pruner(settings, rounds)
+    )
 
 
 def _counted(study: Any) -> int:
@@ -288,8 +297,14 @@ def _counted(study: Any) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)))
 
 
-def work(out_dir: Path, name: str, base_toml: str, settings: TuneSettings, worker: int = 0,
-         simulate: Callable[..., dict] | None = None) -> str:
+def work(
+    out_dir: Path,
+    name: str,
+    base_toml: str,
+    settings: TuneSettings,
+    worker: int = 0,
+    simulate: Callable[..., dict] | None = None,
+) -> str:
     """One worker: run trials of study ``name`` until it holds ``settings.trials`` of them.
 
     Returns ``completed``, or ``interrupted`` after a stop (SIGINT/SIGTERM: the trial under way is
@@ -325,8 +340,9 @@ def _stop_between_trials(stopped: list[int]) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.signal(s, lambda signum, frame: stopped.append(signum)) for s in (signal.SIGINT,
-                                                                                            signal.SIGTERM)}
+    previous = {
+        s: signal.signal(s, lambda signum, frame: stopped.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
@@ -345,8 +361,9 @@ def _worker_main(out_dir: str, name: str, base_toml: str, settings: TuneSettings
     raise SystemExit(0 if status == "completed" else 130)
 
 
-def tune(base: RunConfig, out_dir: str | Path, settings: TuneSettings,
-         simulate: Callable[..., dict] | None = None) -> TuneResult:
+def tune(
+    base: RunConfig, out_dir: str | Path, settings: TuneSettings, simulate: Callable[..., dict] | None = None
+) -> TuneResult:
     """Create or resume the study of ``base`` in ``out_dir`` and run it until it holds
     ``settings.trials`` finished trials (or a stop); then write ``best.toml``, ``trials.csv`` and
     the plots.
@@ -372,8 +389,10 @@ def tune(base: RunConfig, out_dir: str | Path, settings: TuneSettings,
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"output path {str(out_dir)!r} is a file; pass a directory with --out")
     if getattr(base, "validation", "auto") == "off":
-        raise ValueError("fedmm tune chooses on the validation split, and this config has validation = 'off'; "
-                         "drop it (or set validation = 'auto')")
+        raise ValueError(
+            "fedmm tune chooses on the validation split, and this config has validation = 'off'; "
+            "drop it (or set validation = 'auto')"
+        )
     space = search_space(base, settings.params)  # an unknown --params key fails before anything is written
     if not space:
         raise ValueError("this run has no tunable parameter (see `fedmm config`)")
@@ -384,8 +403,10 @@ def tune(base: RunConfig, out_dir: str | Path, settings: TuneSettings,
         store = storage(out_dir)
         others = [s.study_name for s in optuna.get_all_study_summaries(store) if s.study_name != name]
         if others:
-            raise ValueError(f"{str(out_dir)!r} holds the study {others[0]!r} of another config (method, federation "
-                             "or budget); pass another --out for this one")
+            raise ValueError(
+                f"{str(out_dir)!r} holds the study {others[0]!r} of another config (method, federation "
+                "or budget); pass another --out for this one"
+            )
         study = optuna.create_study(study_name=name, storage=store, direction="maximize", load_if_exists=True)
         _fail_stale(study)
         base_toml = base.to_toml()
@@ -406,8 +427,10 @@ def _exclusive(out_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ValueError(f"another `fedmm tune` is running on {str(out_dir)!r}; wait for it or stop it "
-                             "(its finished trials stay), or pass another --out") from None
+            raise ValueError(
+                f"another `fedmm tune` is running on {str(out_dir)!r}; wait for it or stop it "
+                "(its finished trials stay), or pass another --out"
+            ) from None
         yield
 
 
@@ -425,8 +448,10 @@ def _run_workers(out_dir: Path, name: str, base_toml: str, settings: TuneSetting
     a stop (Ctrl-C reaches every process of the group) waits for all of them to finish their stop."""
     ctx = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // settings.jobs)
-    procs = [ctx.Process(target=_worker_main, args=(str(out_dir), name, base_toml, settings, i, threads), daemon=False)
-             for i in range(settings.jobs)]
+    procs = [
+        ctx.Process(target=_worker_main, args=(str(out_dir), name, base_toml, settings, i, threads), daemon=False)
+        for i in range(settings.jobs)
+    ]
     stopped: list[int] = []
     with _stop_between_trials(stopped):
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the spawned workers' start-up
@@ -458,8 +483,13 @@ def write_outputs(study: Any, base: RunConfig, out_dir: Path, status: str) -> Tu
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
-    result = TuneResult(study.study_name, status, len(complete), len(pruned),
-                        sum(int(t.user_attrs.get("rounds", 0)) for t in (*complete, *pruned)))
+    result = TuneResult(
+        study.study_name,
+        status,
+        len(complete),
+        len(pruned),
+        sum(int(t.user_attrs.get("rounds", 0)) for t in (*complete, *pruned)),
+    )
     frame = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs", "duration"))
     atomic_write(out_dir / TRIALS_FILE, frame.to_csv(index=False))
     if not complete:
@@ -468,9 +498,11 @@ def write_outputs(study: Any, base: RunConfig, out_dir: Path, status: str) -> Tu
     result.best_value, result.best_params = float(best.value), dict(best.params)
     result.best_config = out_dir / BEST_FILE
     chosen = base.replace(**best.params)
-    header = (f"# fedmm tune: best of {len(complete)} complete and {len(pruned)} pruned trials of study "
-              f"{study.study_name}\n# trial {best.number}: mean {VAL_METRIC} of the last {LAST_ROUNDS} rounds "
-              f"{best.value:.4f}\n# rerun: fedmm simulate --config {BEST_FILE} --out DIR\n")
+    header = (
+        f"# fedmm tune: best of {len(complete)} complete and {len(pruned)} pruned trials of study "
+        f"{study.study_name}\n# trial {best.number}: mean {VAL_METRIC} of the last {LAST_ROUNDS} rounds "
+        f"{best.value:.4f}\n# rerun: fedmm simulate --config {BEST_FILE} --out DIR\n"
+    )
     atomic_write(result.best_config, header + chosen.to_toml())
     _plots(study, out_dir)
     return result

@@ -62,8 +62,13 @@ def scenario_of(run: RunConfig) -> Scenario:
 def scenario_note(run: RunConfig) -> str | None:
     """The line a run prints once when ``partition = "auto"`` chose a split for a dataset without
     natural clients (:func:`fedmm.data.partition.partition_note`); ``None`` otherwise."""
-    return partition_note(run.dataset, run.partition, run.num_clients or None,
-                          dataset_of(run).train_groups is not None, run.dirichlet_alpha)
+    return partition_note(
+        run.dataset,
+        run.partition,
+        run.num_clients or None,
+        dataset_of(run).train_groups is not None,
+        run.dirichlet_alpha,
+    )
 
 
 def objective_of(run: RunConfig) -> Objective:

@@ -28,8 +28,9 @@ def run_in_process(run, on_round=None, *, roster_from_scenario=True, shuffle=Non
     return rows
 
 
-def simulate_in_process(run, out_dir=None, *, overwrite=False, roster_from_scenario=True, shuffle=None,
-                        resume=None, on_round=None, **_):
+def simulate_in_process(
+    run, out_dir=None, *, overwrite=False, roster_from_scenario=True, shuffle=None, resume=None, on_round=None, **_
+):
     """``fedmm.simulation.simulate`` on an :class:`InlineGrid` (for ``run_grid``'s ``simulate``):
     writes ``out_dir`` and returns the summary. ``resume``: a checkpoint to continue from."""
     from fedmm.server.loop import run_federation

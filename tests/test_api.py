@@ -14,18 +14,26 @@ import fedmm
 from fedmm.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = {"dataset": "synthetic", "partition": "iid", "num-clients": 4, "num-server-rounds": 2, "local-epochs": 1,
-         "engine": "inline"}
+SMALL = {
+    "dataset": "synthetic",
+    "partition": "iid",
+    "num-clients": 4,
+    "num-server-rounds": 2,
+    "local-epochs": 1,
+    "engine": "inline",
+}
 
 
 def test_import_fedmm_is_light_and_the_core_stays_free_of_flwr_and_ray():
-    code = ("import sys, fedmm\n"
-            "heavy = [m for m in ('torch', 'flwr', 'ray', 'pandas', 'matplotlib') if m in sys.modules]\n"
-            "assert not heavy, heavy\n"
-            "assert callable(fedmm.load_run) and 'pandas' in sys.modules\n"
-            "import fedmm.models, fedmm.objectives, fedmm.training\n"
-            "fedmm.load_run\n"
-            "assert 'flwr' not in sys.modules and 'ray' not in sys.modules\n")
+    code = (
+        "import sys, fedmm\n"
+        "heavy = [m for m in ('torch', 'flwr', 'ray', 'pandas', 'matplotlib') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "assert callable(fedmm.load_run) and 'pandas' in sys.modules\n"
+        "import fedmm.models, fedmm.objectives, fedmm.training\n"
+        "fedmm.load_run\n"
+        "assert 'flwr' not in sys.modules and 'ray' not in sys.modules\n"
+    )
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -44,8 +52,9 @@ def test_simulate_from_a_dict_returns_the_runs_frames(tmp_path):
     assert [r["test/acc"] for r in rows] == pytest.approx(run.rounds["test/acc"].tolist())
     # the same run from a TOML file with overrides, and from a RunConfig: the same numbers
     toml = tmp_path / "run.toml"
-    toml.write_text(load_config(None, [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in SMALL.items()])
-                    .to_toml())
+    toml.write_text(
+        load_config(None, [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in SMALL.items()]).to_toml()
+    )
     again = fedmm.simulate(toml, tmp_path / "b", overrides={"objective": "ogm-ge"})
     pd.testing.assert_series_equal(again.rounds["test/acc"], run.rounds["test/acc"])
     loaded = fedmm.load_run(tmp_path / "a")
@@ -59,8 +68,12 @@ def test_simulate_without_out_writes_to_a_temporary_directory(tmp_path, monkeypa
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", None)
-    run = fedmm.simulate(load_config(None, [f"{k}={v}" for k, v in SMALL.items() if k != "dataset"]
-                                     + ["dataset=synthetic", "num-server-rounds=1"]))
+    run = fedmm.simulate(
+        load_config(
+            None,
+            [f"{k}={v}" for k, v in SMALL.items() if k != "dataset"] + ["dataset=synthetic", "num-server-rounds=1"],
+        )
+    )
     assert run.out_dir.parent == tmp_path and run.out_dir.name.startswith("fedmm-run-")
     assert (run.out_dir / "summary.json").is_file()
 

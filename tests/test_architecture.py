@@ -36,8 +36,13 @@ def test_the_import_contracts_hold():
     lint = Path(sys.executable).with_name("lint-imports")
     if not lint.exists():
         pytest.fail("import-linter is not installed: make install (dev extra) brings it")
-    done = subprocess.run([str(lint), "--config", str(ROOT / ".importlinter")], cwd=ROOT, capture_output=True,
-                          text=True, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    done = subprocess.run(
+        [str(lint), "--config", str(ROOT / ".importlinter")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": ""},
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
 
 

@@ -8,14 +8,17 @@ from flwr.app import Array
 from fedmm.records import array_numpy
 
 
-@pytest.mark.parametrize("value", [
-    np.arange(12, dtype=np.float32).reshape(3, 4) / 7,
-    np.array(5, dtype=np.int64),  # a 0-d buffer (num_batches_tracked)
-    np.zeros((0, 3), dtype=np.float64),
-    np.array([True, False]),
-    np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float16),
-    np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3)),  # Fortran order: np.load's path
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.arange(12, dtype=np.float32).reshape(3, 4) / 7,
+        np.array(5, dtype=np.int64),  # a 0-d buffer (num_batches_tracked)
+        np.zeros((0, 3), dtype=np.float64),
+        np.array([True, False]),
+        np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float16),
+        np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3)),  # Fortran order: np.load's path
+    ],
+)
 def test_the_same_array_as_flowers_decoder(value):
     arr = Array(value)
     fast, slow = array_numpy(arr), arr.numpy()
@@ -34,17 +37,28 @@ def test_a_header_that_disagrees_with_the_array_fields_is_left_to_flowers_decode
 
 
 def test_a_run_decoded_with_flowers_decoder_has_the_same_rounds(flower_identity, monkeypatch):
-    from fedmm.config import load_config
     from inprocess import run_in_process
 
-    run = load_config(None, ["dataset=synthetic", "partition=iid", "num-clients=3", "num-server-rounds=2",
-                             "local-epochs=1", "clients-per-round=3"])
+    from fedmm.config import load_config
+
+    run = load_config(
+        None,
+        [
+            "dataset=synthetic",
+            "partition=iid",
+            "num-clients=3",
+            "num-server-rounds=2",
+            "local-epochs=1",
+            "clients-per-round=3",
+        ],
+    )
     fast = run_in_process(run)
     monkeypatch.setattr("fedmm.records.array_numpy", lambda a: a.numpy())
     monkeypatch.setattr("fedmm.protocol.array_numpy", lambda a: a.numpy())
     slow = run_in_process(run)
     import pandas as pd
 
-    fast, slow = (pd.DataFrame(rows).drop(columns=["seconds", "selection-seconds"], errors="ignore")
-                  for rows in (fast, slow))
+    fast, slow = (
+        pd.DataFrame(rows).drop(columns=["seconds", "selection-seconds"], errors="ignore") for rows in (fast, slow)
+    )
     assert list(fast.columns) == list(slow.columns) and fast.equals(slow)  # NaN (round 0's loss) equals NaN

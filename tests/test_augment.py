@@ -46,6 +46,12 @@ def test_frame_augment_transforms_only_its_modality_of_every_training_batch():
     out = Recording("visual")(batch, torch.Generator().manual_seed(0))
     assert torch.equal(out["audio"], batch["audio"]) and not torch.equal(out["visual"], batch["visual"])
     seen.clear()
-    train_local(model, data, objective, RoundContext(server_round=1, num_rounds=1, modalities=["audio", "visual"]),
-                TrainConfig(epochs=2, batch_size=4, lr=0.01), augment=Recording("visual"))
+    train_local(
+        model,
+        data,
+        objective,
+        RoundContext(server_round=1, num_rounds=1, modalities=["audio", "visual"]),
+        TrainConfig(epochs=2, batch_size=4, lr=0.01),
+        augment=Recording("visual"),
+    )
     assert len(seen) == 6 and all(keys == ["audio", "visual", "y"] for keys in seen)  # 3 batches x 2 epochs

@@ -11,8 +11,15 @@ def test_run_grid_skips_runs_already_in_the_csv(tmp_path, monkeypatch):
 
     def fake_simulate(run, out, overwrite=False):
         calls.append((run.selection, run.seed))
-        return {"final": {"test/acc": 0.5 + run.seed / 10}, "best-test/acc": 0.9, "best-round": 1,
-                "total-bytes-up": 1.0, "total-seconds": 2.0, "loss-growth": 1.0, "diverged": False}
+        return {
+            "final": {"test/acc": 0.5 + run.seed / 10},
+            "best-test/acc": 0.9,
+            "best-round": 1,
+            "total-bytes-up": 1.0,
+            "total-seconds": 2.0,
+            "loss-growth": 1.0,
+            "diverged": False,
+        }
 
     monkeypatch.setattr("fedmm.simulation.simulate", fake_simulate)
     cases = [Case({"policy": p}, (f"selection={p}",)) for p in ("random", "divfl")]
@@ -33,8 +40,18 @@ def test_selection_table_by_hand():
     for policy, accs in (("a", [0.0, 0.5, 0.9]), ("b", [0.0, 0.8, 0.8])):
         for seed in (0, 1):
             for r, acc in enumerate(accs):
-                rows.append({"policy": policy, "seed": seed, "round": r, "test/acc": acc, "test/acc/x": 0.7,
-                             "test/acc/y": 0.2 + seed * 0.1, "bytes-up": 1e6 * r, "selection-seconds": 0.001})
+                rows.append(
+                    {
+                        "policy": policy,
+                        "seed": seed,
+                        "round": r,
+                        "test/acc": acc,
+                        "test/acc/x": 0.7,
+                        "test/acc/y": 0.2 + seed * 0.1,
+                        "bytes-up": 1e6 * r,
+                        "selection-seconds": 0.001,
+                    }
+                )
     table = selection_table(pd.DataFrame(rows), ["a", "b"])
     lines = table.splitlines()
     assert "y alone" in lines[0] and "rounds to 0.855" in lines[0]  # 0.95 x the best final (0.9)
@@ -46,9 +63,30 @@ def test_selection_table_by_hand():
 def test_selection_benchmark_end_to_end(tmp_path):
     from fedmm.cli import main
 
-    code = main(["bench", "selection", "--set", "dataset=synthetic", "--set", "partition=iid",
-                 "--set", "num-clients=4", "--set", "clients-per-round=2", "--set", "num-server-rounds=2",
-                 "--set", "local-epochs=1", "--policies", "random,cmsfed", "--seeds", "0", "--out", str(tmp_path)])
+    code = main(
+        [
+            "bench",
+            "selection",
+            "--set",
+            "dataset=synthetic",
+            "--set",
+            "partition=iid",
+            "--set",
+            "num-clients=4",
+            "--set",
+            "clients-per-round=2",
+            "--set",
+            "num-server-rounds=2",
+            "--set",
+            "local-epochs=1",
+            "--policies",
+            "random,cmsfed",
+            "--seeds",
+            "0",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     curves = pd.read_csv(tmp_path / "selection.csv")
     assert set(curves["policy"]) == {"random", "cmsfed"} and curves["round"].max() == 2

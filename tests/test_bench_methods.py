@@ -5,16 +5,24 @@ import sys
 
 import pandas as pd
 import pytest
+from inprocess import simulate_in_process
 
 from fedmm.bench import METHODS, methods_benchmark
-from inprocess import simulate_in_process
 
 
 def test_quick_methods_benchmark_runs_every_method_on_synthetic_with_three_modalities(flower_identity, tmp_path):
     table = methods_benchmark(["synthetic"], list(METHODS), [0], tmp_path, quick=True, simulate=simulate_in_process)
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert sorted(runs["method"]) == sorted(METHODS) and set(runs["dataset"]) == {"synthetic"}
-    for column in ("test/acc", "last-test/acc", "best-test/acc", "test/acc/m2", "test/imbalance", "loss-growth", "diverged-round"):
+    for column in (
+        "test/acc",
+        "last-test/acc",
+        "best-test/acc",
+        "test/acc/m2",
+        "test/imbalance",
+        "loss-growth",
+        "diverged-round",
+    ):
         assert column in runs
     assert runs["test/acc"].between(0, 1).all() and (runs["loss-growth"] >= 1).all()
     assert (tmp_path / "runs" / "synthetic-cmsfed+random-seed0" / "rounds.csv").is_file()
@@ -31,8 +39,23 @@ def test_methods_benchmark_names_an_unknown_method(tmp_path):
 
 @pytest.mark.integration
 def test_fedmm_bench_methods_quick_from_the_command_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "fedmm.cli", "bench", "methods", "--quick", "--methods",
-                          "fedavg,cmsfed", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedmm.cli",
+            "bench",
+            "methods",
+            "--quick",
+            "--methods",
+            "fedavg,cmsfed",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "synthetic fedavg seed 0" in out.stdout and "| cmsfed |" in out.stdout
     assert len(pd.read_csv(tmp_path / "runs.csv")) == 2
@@ -41,12 +64,35 @@ def test_fedmm_bench_methods_quick_from_the_command_line(tmp_path):
 def test_methods_table_takes_each_datasets_weakest_modality_among_its_own():
     from fedmm.bench import methods_table
 
-    runs = pd.DataFrame([
-        {"dataset": "a", "method": "fedavg", "seed": 0, "test/acc": 0.9, "best-test/acc": 0.9, "test/acc/x": 0.8,
-         "test/acc/y": 0.5, "test/imbalance": 1.6, "loss-growth": 1.0, "diverged-round": float("nan")},
-        {"dataset": "b", "method": "fedavg", "seed": 0, "test/acc": 0.7, "last-test/acc": 0.75, "best-test/acc": 0.8, "test/acc/u": 0.6,
-         "test/acc/v": 0.65, "test/imbalance": 1.1, "loss-growth": 4.0, "diverged-round": 3},
-    ])
+    runs = pd.DataFrame(
+        [
+            {
+                "dataset": "a",
+                "method": "fedavg",
+                "seed": 0,
+                "test/acc": 0.9,
+                "best-test/acc": 0.9,
+                "test/acc/x": 0.8,
+                "test/acc/y": 0.5,
+                "test/imbalance": 1.6,
+                "loss-growth": 1.0,
+                "diverged-round": float("nan"),
+            },
+            {
+                "dataset": "b",
+                "method": "fedavg",
+                "seed": 0,
+                "test/acc": 0.7,
+                "last-test/acc": 0.75,
+                "best-test/acc": 0.8,
+                "test/acc/u": 0.6,
+                "test/acc/v": 0.65,
+                "test/imbalance": 1.1,
+                "loss-growth": 4.0,
+                "diverged-round": 3,
+            },
+        ]
+    )
     table = methods_table(runs, ["a", "b"], ["fedavg"])
     assert "**a** (weakest modality: y)" in table and "**b** (weakest modality: u)" in table
     assert "| fedavg | 0.700 | 0.750 | 0.800 | 0.600 | 1.100 | 4.000 | 1/1 |" in table

@@ -6,10 +6,10 @@ import tomllib
 
 import pandas as pd
 import pytest
+from inprocess import simulate_in_process
 
 from fedmm.bench import methods_benchmark
 from fedmm.bench_protocol import comparison, comparison_table, toml_value
-from inprocess import simulate_in_process
 
 
 def runs_frame():
@@ -18,9 +18,19 @@ def runs_frame():
     other = [0.81, 0.82, 0.77, 0.84, 0.85]  # differences 0.01, 0.02, -0.03, 0.04, 0.05 (test_stats)
     for method, values in (("fedavg", base), ("fedavg+mnl", other)):
         for seed, v in enumerate(values):
-            rows.append({"dataset": "d", "method": method, "seed": seed, "test/acc-at-best-val": v,
-                         "last-test/acc": v - 0.01, "test/acc/x-at-best-val": v - 0.1, "test/acc/x": v - 0.1,
-                         "test/acc/y": v - 0.3, "test/acc/y-at-best-val": v - 0.3})
+            rows.append(
+                {
+                    "dataset": "d",
+                    "method": method,
+                    "seed": seed,
+                    "test/acc-at-best-val": v,
+                    "last-test/acc": v - 0.01,
+                    "test/acc/x-at-best-val": v - 0.1,
+                    "test/acc/x": v - 0.1,
+                    "test/acc/y": v - 0.3,
+                    "test/acc/y-at-best-val": v - 0.3,
+                }
+            )
     return pd.DataFrame(rows[::-1])  # seeds out of order: pairs are matched by seed
 
 
@@ -37,16 +47,20 @@ def test_the_comparison_pairs_seeds_with_the_baseline_and_gives_the_t_interval()
     assert primary["wilcoxon-p"] == pytest.approx(10 / 32) and primary["pairs"] == 5
     half = 2.776445 * primary["std"] / math.sqrt(5)
     assert primary["mean"] == pytest.approx(0.818)
-    assert (primary["ci-low"], primary["ci-high"]) == (pytest.approx(0.818 - half, abs=1e-5),
-                                                        pytest.approx(0.818 + half, abs=1e-5))
+    assert (primary["ci-low"], primary["ci-high"]) == (
+        pytest.approx(0.818 - half, abs=1e-5),
+        pytest.approx(0.818 + half, abs=1e-5),
+    )
     assert set(tidy["metric"]) == {"test/acc-at-best-val", "last-test/acc", "test/acc/y-at-best-val"}  # y: weakest
     baseline = tidy[tidy["method"] == "fedavg"]
     assert baseline["diff"].isna().all() and (baseline["std"] == 0).all()
 
     table = comparison_table(tidy, ["d"], ["fedavg", "fedavg+mnl"], "tuned")
     assert "**d** (protocol tuned; weakest modality: y)" in table
-    assert f"| fedavg+mnl | 0.818 ± 0.031 | [{0.818 - half:.3f}, {0.818 + half:.3f}] | +0.018 | {t_p:.3f} | 0.312 | " \
-           "0.808 ± 0.031 | 0.518 ± 0.031 | 5 |" in table
+    assert (
+        f"| fedavg+mnl | 0.818 ± 0.031 | [{0.818 - half:.3f}, {0.818 + half:.3f}] | +0.018 | {t_p:.3f} | 0.312 | "
+        "0.808 ± 0.031 | 0.518 ± 0.031 | 5 |" in table
+    )
     assert "| fedavg | 0.800 ± 0.000 | [0.800, 0.800] | — | — | — |" in table
     assert "Wilcoxon signed-rank" in table
 
@@ -60,8 +74,16 @@ def test_a_quick_tuned_benchmark_tunes_each_method_then_runs_its_choice_on_the_s
     from fedmm.tune import TuneSettings
 
     settings = TuneSettings(trials=2, pruner="none", params=("lr",))
-    table = methods_benchmark(["synthetic"], ["fedavg", "fedavg+mnl"], [0, 1], tmp_path, quick=True,
-                              simulate=simulate_in_process, protocol="tuned", tune_settings=settings)
+    table = methods_benchmark(
+        ["synthetic"],
+        ["fedavg", "fedavg+mnl"],
+        [0, 1],
+        tmp_path,
+        quick=True,
+        simulate=simulate_in_process,
+        protocol="tuned",
+        tune_settings=settings,
+    )
     assert "(protocol tuned; weakest modality: m2)" in table and "| fedavg+mnl |" in table
     for method in ("fedavg", "fedavg+mnl"):
         best = tomllib.loads((tmp_path / "tune" / f"synthetic-{method}" / "best.toml").read_text())

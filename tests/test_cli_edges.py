@@ -19,7 +19,8 @@ def _every_component() -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize(("namespace", "name"), _every_component())
 def test_config_of_every_registered_component_prints_its_parameters_or_says_it_has_none(
-        namespace: str, name: str, capsys) -> None:
+    namespace: str, name: str, capsys
+) -> None:
     assert main(["config", namespace, name]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line]
     assert lines[0] == f"[{namespace} {name}]"

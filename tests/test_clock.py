@@ -29,8 +29,9 @@ def test_a_clients_time_on_a_hand_made_profile():
     assert t.upload == pytest.approx((1000 + 4000) / 500)  # 10 s: only the trained groups, not b's
     assert t.total == pytest.approx(21.4)
     # the same on the scalar function
-    same = client_time(bytes_down=11000, bytes_up=5000, samples=100, share=0.4, compute_ms_per_sample=10,
-                       down_kbps=8, up_kbps=4)
+    same = client_time(
+        bytes_down=11000, bytes_up=5000, samples=100, share=0.4, compute_ms_per_sample=10, down_kbps=8, up_kbps=4
+    )
     assert same == ClientTimes(pytest.approx(11.0), pytest.approx(0.4), pytest.approx(10.0))
 
 

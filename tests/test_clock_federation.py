@@ -4,6 +4,7 @@ filtering for every policy, and resume."""
 import numpy as np
 import pandas as pd
 import pytest
+from inprocess import simulate_in_process
 from safetensors.numpy import load_file
 
 from fedmm.checkpoint import load_checkpoint
@@ -11,10 +12,19 @@ from fedmm.config import load_config
 from fedmm.results import CLIENTS_FILE, MODEL_FILE, ROUNDS_FILE
 from fedmm.strategies.selection import policy_names
 from fedmm.workspace import model_of, objective_of, scenario_of
-from inprocess import simulate_in_process
 
-BASE = ["dataset=synthetic", "partition=iid", "num-clients=8", "allocation=multi-ratio", "multi-ratio=0.5",
-        "local-epochs=1", "batch-size=16", "device=cpu", "seed=3", "engine=inline"]
+BASE = [
+    "dataset=synthetic",
+    "partition=iid",
+    "num-clients=8",
+    "allocation=multi-ratio",
+    "multi-ratio=0.5",
+    "local-epochs=1",
+    "batch-size=16",
+    "device=cpu",
+    "seed=3",
+    "engine=inline",
+]
 HEADER = "client,compute_ms_per_sample,down_kbps,up_kbps"
 
 
@@ -36,8 +46,14 @@ def test_a_deadline_drops_exactly_the_late_clients_and_does_not_aggregate_them(t
     multi = {p for p, mods in enumerate(held) if len(mods) > 1}
     assert multi and len(multi) < len(held)
     rows = [f"{p},{1000.0 if p in multi else 1.0},1000000,1000000" for p in range(len(held))]
-    run = config("selection=all", "num-server-rounds=1", f"devices={trace(tmp_path, rows)}", "round-close=deadline",
-                 "round-deadline=10", *split)
+    run = config(
+        "selection=all",
+        "num-server-rounds=1",
+        f"devices={trace(tmp_path, rows)}",
+        "round-close=deadline",
+        "round-deadline=10",
+        *split,
+    )
     simulate_in_process(run, tmp_path / "run")
     clients = pd.read_csv(tmp_path / "run" / CLIENTS_FILE)
     late = set(clients.loc[clients["status"] == "late", "partition-id"])
@@ -59,8 +75,14 @@ def test_a_deadline_drops_exactly_the_late_clients_and_does_not_aggregate_them(t
 
 
 def test_overcommitment_keeps_the_first_k_to_finish(tmp_path, flower_identity):
-    run = config("selection=random", "clients-per-round=2", "num-server-rounds=3", "devices=model",
-                 "round-close=overcommit", "overcommit=1.0")
+    run = config(
+        "selection=random",
+        "clients-per-round=2",
+        "num-server-rounds=3",
+        "devices=model",
+        "round-close=overcommit",
+        "overcommit=1.0",
+    )
     simulate_in_process(run, tmp_path / "run")
     clients = pd.read_csv(tmp_path / "run" / CLIENTS_FILE)
     rounds = pd.read_csv(tmp_path / "run" / ROUNDS_FILE)
@@ -80,8 +102,14 @@ def test_no_policy_selects_an_offline_client(tmp_path, flower_identity, policy):
     rows = [f"{p},1,100000,100000,0,200000" if p < 4 else f"{p},1,100000,100000,100000,200000" for p in range(8)]
     path = trace(tmp_path, rows, intervals=True)
     strategy = "cmsfed" if policy == "cmsfed" else "fedavg"
-    run = config(f"selection={policy}", f"strategy={strategy}", "clients-per-round=3", "num-server-rounds=2",
-                 f"devices={path}", "devices.period-s=200000")
+    run = config(
+        f"selection={policy}",
+        f"strategy={strategy}",
+        "clients-per-round=3",
+        "num-server-rounds=2",
+        f"devices={path}",
+        "devices.period-s=200000",
+    )
     simulate_in_process(run, tmp_path / "run")
     clients = pd.read_csv(tmp_path / "run" / CLIENTS_FILE)
     trained = clients[clients["round"] >= 1]
@@ -92,8 +120,12 @@ def test_no_policy_selects_an_offline_client(tmp_path, flower_identity, policy):
 def test_a_client_that_goes_offline_before_it_finishes_is_dropped(tmp_path, flower_identity):
     # client p is online for the first p + 1 seconds of the period; 100 ms per sample of the full model
     rows = [f"{p},100,1000000,1000000,0,{p + 1}" for p in range(8)]
-    run = config("selection=all", "num-server-rounds=1", f"devices={trace(tmp_path, rows, intervals=True)}",
-                 "devices.period-s=100000")
+    run = config(
+        "selection=all",
+        "num-server-rounds=1",
+        f"devices={trace(tmp_path, rows, intervals=True)}",
+        "devices.period-s=100000",
+    )
     simulate_in_process(run, tmp_path / "run")
     clients = pd.read_csv(tmp_path / "run" / CLIENTS_FILE)
     status = dict(zip(clients["partition-id"], clients["status"]))
@@ -109,8 +141,15 @@ def test_resume_keeps_the_clock_and_the_profiles(tmp_path, flower_identity):
 
     rows = [f"{p},{5 + p},{800 * (p + 1)},{400 * (p + 1)},{p * 100},{p * 100 + 5000}" for p in range(8)]
     path = trace(tmp_path, rows, intervals=True)
-    run = config("selection=random", "clients-per-round=3", "num-server-rounds=3", f"devices={path}",
-                 "devices.period-s=6000", "round-close=deadline", "round-deadline=30")
+    run = config(
+        "selection=random",
+        "clients-per-round=3",
+        "num-server-rounds=3",
+        f"devices={path}",
+        "devices.period-s=6000",
+        "round-close=deadline",
+        "round-deadline=30",
+    )
     simulate_in_process(run, tmp_path / "whole")
 
     def stop_after_1(row):

@@ -12,9 +12,15 @@ from fedmm.results import summarize
 def _rounds(accs, train=None, held=None, prefix="val"):
     rows = []
     for r, acc in enumerate(accs):
-        row = {"round": r, f"{prefix}/acc": acc, f"{prefix}/loss": (held or [1.0] * len(accs))[r],
-               "train/loss": float("nan") if r == 0 else (train or [1.0] * len(accs))[r],
-               "seconds": 1.0, "bytes-up": 0.0, "bytes-down": 0.0}
+        row = {
+            "round": r,
+            f"{prefix}/acc": acc,
+            f"{prefix}/loss": (held or [1.0] * len(accs))[r],
+            "train/loss": float("nan") if r == 0 else (train or [1.0] * len(accs))[r],
+            "seconds": 1.0,
+            "bytes-up": 0.0,
+            "bytes-down": 0.0,
+        }
         if prefix == "val":
             row.update({"test/acc": 0.5, "test/loss": 1.0})
         rows.append(row)

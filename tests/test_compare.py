@@ -20,36 +20,70 @@ def write_run(path, config, accs, *, summary=True, val=None, extra_summary=None)
     path.mkdir(parents=True)
     rows = []
     for r, (acc, a, b) in enumerate(accs):
-        row = {"round": r, "test/acc": acc, "test/acc/a": a, "test/acc/b": b, "test/loss": 2.0 - acc,
-               "train/loss": math.nan if r == 0 else 1.5 - acc, "bytes-up": 0.0 if r == 0 else 1000.0,
-               "bytes-down": 0.0 if r == 0 else 2000.0, "seconds": 0.0 if r == 0 else 1.5}
+        row = {
+            "round": r,
+            "test/acc": acc,
+            "test/acc/a": a,
+            "test/acc/b": b,
+            "test/loss": 2.0 - acc,
+            "train/loss": math.nan if r == 0 else 1.5 - acc,
+            "bytes-up": 0.0 if r == 0 else 1000.0,
+            "bytes-down": 0.0 if r == 0 else 2000.0,
+            "seconds": 0.0 if r == 0 else 1.5,
+        }
         if val is not None:
             row["val/acc"] = val[r]
         rows.append(row)
     pd.DataFrame(rows).to_csv(path / "rounds.csv", index=False)
-    pd.DataFrame([{"round": 1, "node-id": 1, "partition-id": 0, "modalities-held": "a+b",
-                   "modalities-trained": "a+b", "status": "ok"}]).to_csv(path / "clients.csv", index=False)
+    pd.DataFrame(
+        [
+            {
+                "round": 1,
+                "node-id": 1,
+                "partition-id": 0,
+                "modalities-held": "a+b",
+                "modalities-trained": "a+b",
+                "status": "ok",
+            }
+        ]
+    ).to_csv(path / "clients.csv", index=False)
     (path / "config.toml").write_text(tomli_w.dumps({"dataset": "synthetic", "seed": 0, **config}))
     if summary:
         trained = [acc for acc, _, _ in accs[1:]]
         mean = sum(trained) / len(trained)
         std = math.sqrt(sum((t - mean) ** 2 for t in trained) / len(trained))
         last = accs[-1]
-        s = {"rounds": len(accs) - 1, "final": {"test/acc": last[0], "test/acc/a": last[1], "test/acc/b": last[2]},
-             "best-test/acc": max(a for a, _, _ in accs), "best-round": 1, "total-seconds": 1.5 * (len(accs) - 1),
-             "total-bytes-up": 1000.0 * (len(accs) - 1), "total-bytes-down": 2000.0 * (len(accs) - 1),
-             "last-rounds": len(trained), "last-rounds-test/acc": mean, "last-rounds-test/acc-std": std,
-             "diverged": False, "status": "completed", **(extra_summary or {})}
+        s = {
+            "rounds": len(accs) - 1,
+            "final": {"test/acc": last[0], "test/acc/a": last[1], "test/acc/b": last[2]},
+            "best-test/acc": max(a for a, _, _ in accs),
+            "best-round": 1,
+            "total-seconds": 1.5 * (len(accs) - 1),
+            "total-bytes-up": 1000.0 * (len(accs) - 1),
+            "total-bytes-down": 2000.0 * (len(accs) - 1),
+            "last-rounds": len(trained),
+            "last-rounds-test/acc": mean,
+            "last-rounds-test/acc-std": std,
+            "diverged": False,
+            "status": "completed",
+            **(extra_summary or {}),
+        }
         (path / "summary.json").write_text(json.dumps(s))
     return path
 
 
 @pytest.fixture
 def two_runs(tmp_path):
-    a = write_run(tmp_path / "runs" / "fedavg", {"strategy": "fedavg", "lr": 0.05, "out-dir": "x"},
-                  [(0.2, 0.3, 0.1), (0.6, 0.5, 0.2), (0.7, 0.65, 0.3)])
-    b = write_run(tmp_path / "runs" / "fedcmi", {"strategy": "fedcmi", "lr": 0.05, "out-dir": "y"},
-                  [(0.2, 0.3, 0.1), (0.5, 0.2, 0.45), (0.9, 0.35, 0.8)])
+    a = write_run(
+        tmp_path / "runs" / "fedavg",
+        {"strategy": "fedavg", "lr": 0.05, "out-dir": "x"},
+        [(0.2, 0.3, 0.1), (0.6, 0.5, 0.2), (0.7, 0.65, 0.3)],
+    )
+    b = write_run(
+        tmp_path / "runs" / "fedcmi",
+        {"strategy": "fedcmi", "lr": 0.05, "out-dir": "y"},
+        [(0.2, 0.3, 0.1), (0.5, 0.2, 0.45), (0.9, 0.35, 0.8)],
+    )
     return a, b
 
 
@@ -70,8 +104,15 @@ def test_compare_table_shows_what_differs_and_each_runs_numbers(two_runs, tmp_pa
     assert "best-val/acc" not in table.columns  # no validation split in these runs
     # Markdown and CSV out, plus one overlay plot per metric
     names = {p.name for p in written}
-    assert {"compare.md", "compare.csv", "compare-test-acc.png", "compare-test-loss.png", "compare-train-loss.png",
-            "compare-test-acc-a.png", "compare-test-acc-b.png"} <= names
+    assert {
+        "compare.md",
+        "compare.csv",
+        "compare-test-acc.png",
+        "compare-test-loss.png",
+        "compare-train-loss.png",
+        "compare-test-acc-a.png",
+        "compare-test-acc-b.png",
+    } <= names
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| fedavg | fedavg | completed | 2 | 0.7000 | 0.6500 ± 0.0500 | b 0.300 | 6.0 kB | 3.0 |" in md
     csv = pd.read_csv(tmp_path / "cmp" / "compare.csv")
@@ -80,8 +121,7 @@ def test_compare_table_shows_what_differs_and_each_runs_numbers(two_runs, tmp_pa
 
 def test_best_on_validation_is_chosen_on_validation_not_on_test(tmp_path):
     # val peaks at round 1 (test 0.6 there); test peaks at round 2: the table must report round 1's test
-    run = write_run(tmp_path / "v", {}, [(0.2, 0.2, 0.1), (0.6, 0.5, 0.2), (0.9, 0.8, 0.3)],
-                    val=[0.1, 0.8, 0.7])
+    run = write_run(tmp_path / "v", {}, [(0.2, 0.2, 0.1), (0.6, 0.5, 0.2), (0.9, 0.8, 0.3)], val=[0.1, 0.8, 0.7])
     assert best_on_validation(load_run(run)) == (0.8, 1, 0.6)
     facts = run_facts(load_run(run))
     assert (facts["best-val/acc"], facts["test/acc-at-best-val"]) == (0.8, 0.6)
@@ -89,8 +129,13 @@ def test_best_on_validation_is_chosen_on_validation_not_on_test(tmp_path):
     table = compare_table([load_run(run), load_run(other)])
     assert table["test/acc-at-best-val"].tolist()[0] == 0.6 and math.isnan(table["best-val/acc"].tolist()[1])
     # a summary with the validation keys (written by a run with a validation split) is taken as it is
-    given = write_run(tmp_path / "s", {}, [(0.2, 0.2, 0.1), (0.6, 0.5, 0.2)], val=[0.1, 0.2],
-                      extra_summary={"best-val/acc": 0.77, "best-val-round": 1, "test/acc-at-best-val": 0.55})
+    given = write_run(
+        tmp_path / "s",
+        {},
+        [(0.2, 0.2, 0.1), (0.6, 0.5, 0.2)],
+        val=[0.1, 0.2],
+        extra_summary={"best-val/acc": 0.77, "best-val-round": 1, "test/acc-at-best-val": 0.55},
+    )
     assert best_on_validation(load_run(given)) == (0.77, 1, 0.55)
 
 

@@ -57,7 +57,9 @@ def test_the_hard_rows_are_the_test_rows_without_strong_signal_and_the_shift_mov
 def test_series_kind_and_the_options_are_checked():
     d = load_dataset("competition", kind="series", **SMALL)
     assert d.train["m0"].shape == (400, 16, 4) and d.modalities[0].kind == "series"
-    assert torch.equal(load_dataset("competition", **SMALL).train["m1"], load_dataset("competition", **SMALL).train["m1"])
+    assert torch.equal(
+        load_dataset("competition", **SMALL).train["m1"], load_dataset("competition", **SMALL).train["m1"]
+    )
     with pytest.raises(ValueError, match="num_classes"):
         load_dataset("competition", num_classes=20, **SMALL)
     with pytest.raises(ValueError, match="dataset.strong_present"):
@@ -86,9 +88,21 @@ def test_the_linear_probe_is_fitted_on_train_and_scored_on_test():
 
 
 def test_a_competition_run_records_the_hard_rows_and_the_probe(flower_identity):
-    run = RunConfig.from_mapping({"dataset": "competition", "dataset.num_train": 300, "dataset.num_test": 300,
-                                  "partition": "iid", "num-clients": 2, "clients-per-round": 2, "allocation": "all",
-                                  "num-server-rounds": 1, "local-epochs": 1, "engine": "inline", "device": "cpu"})
+    run = RunConfig.from_mapping(
+        {
+            "dataset": "competition",
+            "dataset.num_train": 300,
+            "dataset.num_test": 300,
+            "partition": "iid",
+            "num-clients": 2,
+            "clients-per-round": 2,
+            "allocation": "all",
+            "num-server-rounds": 1,
+            "local-epochs": 1,
+            "engine": "inline",
+            "device": "cpu",
+        }
+    )
     rows = run_in_process(run)
     assert {"test/acc-hard", "test/probe/m1", "val/acc/m1", "test/acc/m1"} <= set(rows[-1])
     d = dataset_of(run)
@@ -97,12 +111,23 @@ def test_a_competition_run_records_the_hard_rows_and_the_probe(flower_identity):
     diag = round_diagnostics(model, d, objective)
     from fedmm.data import subset
     from fedmm.training import evaluate
+
     hard = subset(d.test, np.flatnonzero(d.test_subsets["hard"]))
     assert diag["test/acc-hard"] == evaluate(model, hard, objective)["acc"]
     assert 0.0 <= diag["test/probe/m1"] <= 1.0
 
 
 def test_other_datasets_record_no_diagnostics(flower_identity):
-    run = RunConfig.from_mapping({"dataset": "synthetic", "partition": "iid", "num-clients": 2, "clients-per-round": 2,
-                                  "num-server-rounds": 1, "local-epochs": 1, "engine": "inline", "device": "cpu"})
+    run = RunConfig.from_mapping(
+        {
+            "dataset": "synthetic",
+            "partition": "iid",
+            "num-clients": 2,
+            "clients-per-round": 2,
+            "num-server-rounds": 1,
+            "local-epochs": 1,
+            "engine": "inline",
+            "device": "cpu",
+        }
+    )
     assert not any("probe" in k or "acc-" in k for k in run_in_process(run)[-1])

@@ -57,7 +57,12 @@ def test_combinations_are_checked():
 
 def test_override_parsing():
     assert parse_overrides(["a=1", "b=0.5", "c=mnl", "d='x y'", "e=true"]) == {
-        "a": 1, "b": 0.5, "c": "mnl", "d": "x y", "e": True}
+        "a": 1,
+        "b": 0.5,
+        "c": "mnl",
+        "d": "x y",
+        "e": True,
+    }
     with pytest.raises(ValueError, match="key=value"):
         parse_overrides(["lr"])
 
@@ -74,12 +79,15 @@ def test_every_plain_key_is_declared_for_flwr_run_and_the_declared_defaults_reso
     from fedmm.config_doc import config_keys
     from fedmm.server.app import OVERRIDES_KEY, RESUME_KEY, run_config_from_flower
 
-    declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"][
+        "config"
+    ]
     assert {k for k, _, _ in config_keys()} | {OVERRIDES_KEY, RESUME_KEY} == set(declared)
     run = run_config_from_flower(dict(declared))
     assert (run.objective, run.selection) == ("ce", "all")
-    run = run_config_from_flower({**declared, "strategy": "fedcmi",
-                                  OVERRIDES_KEY: "objective.lambda2=0.5 'encoder.acc=mlp'"})
+    run = run_config_from_flower(
+        {**declared, "strategy": "fedcmi", OVERRIDES_KEY: "objective.lambda2=0.5 'encoder.acc=mlp'"}
+    )
     assert run.objective == "fedcmi" and run.objective_params == {"lambda2": 0.5} and run.encoders == {"acc": "mlp"}
 
 
@@ -103,8 +111,19 @@ def test_namespaced_values_are_parsed_once_when_the_config_loads(monkeypatch):
     from fedmm.server.plan import prepare
     from fedmm.workspace import objective_of
 
-    run = load_config(None, ["dataset=synthetic", "partition=iid", "num-clients=2", "strategy=fedprox",
-                             "strategy.mu=0.3", "objective=mnl", "objective.lambda=0.25", "selection=random"])
+    run = load_config(
+        None,
+        [
+            "dataset=synthetic",
+            "partition=iid",
+            "num-clients=2",
+            "strategy=fedprox",
+            "strategy.mu=0.3",
+            "objective=mnl",
+            "objective.lambda=0.25",
+            "selection=random",
+        ],
+    )
     assert run.parsed["objective"].lam == 0.25 and run.parsed["strategy"].mu == 0.3
 
     def no_second_parse(*args, **kwargs):

@@ -109,16 +109,18 @@ def test_split_files_in_ogm_ge_format_decide_the_split(data_dir: Path) -> None:
     test_names = [n for n in names if n.startswith("1003_")]
     train_names = [n for n in names if n not in test_names]
     # OGM-GE's files: no header, "clip,LABEL" with LABEL the emotion code; a BOM is tolerated
-    (data_dir / "train.csv").write_text("\n".join(f"{n},{n.split('_')[2]}" for n in train_names) + "\n",
-                                        encoding="utf-8-sig")
+    (data_dir / "train.csv").write_text(
+        "\n".join(f"{n},{n.split('_')[2]}" for n in train_names) + "\n", encoding="utf-8-sig"
+    )
     (data_dir / "test.csv").write_text("\n".join(f"{n},{n.split('_')[2]}" for n in test_names) + "\n")
     d = load_cremad(data_dir=str(data_dir), image_size=16)
     assert len(d.train["y"]) == 12 and len(d.test["y"]) == 6
     assert set(d.train_groups.tolist()) == {1001, 1002}
     assert d.notes["split"] == "train.csv/test.csv"
 
-    (data_dir / "test.csv").write_text(f"{test_names[0]},HAP\n" if "_HAP_" not in test_names[0] else
-                                       f"{test_names[0]},SAD\n")
+    (data_dir / "test.csv").write_text(
+        f"{test_names[0]},HAP\n" if "_HAP_" not in test_names[0] else f"{test_names[0]},SAD\n"
+    )
     with pytest.raises(ValueError, match="does not match clip"):
         load_cremad(data_dir=str(data_dir), image_size=16)
 
@@ -154,7 +156,9 @@ def test_frames_are_picked_resized_and_imagenet_normalised(data_dir: Path) -> No
         for t, colour in enumerate(frame_colours(y)):
             expected = (torch.tensor(colour) / 255 - mean) / std
             assert torch.allclose(v[row, t].mean(dim=(1, 2)), expected, atol=0.1), (row, t)
-    assert cremad.pick_frames(5, 1) == [2] and cremad.pick_frames(4, 2) == [1, 3] and cremad.pick_frames(1, 3) == [0, 0, 0]
+    assert (
+        cremad.pick_frames(5, 1) == [2] and cremad.pick_frames(4, 2) == [1, 3] and cremad.pick_frames(1, 3) == [0, 0, 0]
+    )
 
 
 def test_second_load_reads_the_cache_and_options_change_the_key(data_dir: Path, monkeypatch, tmp_path: Path) -> None:
@@ -262,8 +266,9 @@ def test_local_round_with_the_resnet18_encoders_on_the_fixture(data_dir: Path) -
     assert math.isfinite(result.loss) and result.num_steps == 1 and result.num_examples == 12
     after = model.state_dict()
     assert not torch.equal(before["encoders.audio.net.conv1.weight"], after["encoders.audio.net.conv1.weight"])
-    assert not torch.equal(before["encoders.visual.net.layer4.1.conv2.weight"],
-                           after["encoders.visual.net.layer4.1.conv2.weight"])
+    assert not torch.equal(
+        before["encoders.visual.net.layer4.1.conv2.weight"], after["encoders.visual.net.layer4.1.conv2.weight"]
+    )
     metrics = evaluate(model, test, objective)
     assert {"acc", "acc/audio", "acc/visual"} <= set(metrics) and math.isfinite(metrics["loss"])
 
@@ -338,12 +343,27 @@ def test_one_round_simulation_on_the_fixture(data_dir: Path, tmp_path: Path) -> 
     from fedmm.config import load_config
     from fedmm.simulation import simulate
 
-    run = load_config(None, [
-        "dataset=cremad", f"data-dir={str(data_dir)!r}", "dataset.image_size=16", "encoder.audio=mlp",
-        "encoder.visual=mlp", "embed-dim=16", "partition=natural", "allocation=multi-ratio", "multi-ratio=1.0",
-        "num-server-rounds=1", "selection=all", "local-epochs=1", "batch-size=4", "lr=0.001",
-        "client-num-cpus=1", "device=cpu",
-    ])
+    run = load_config(
+        None,
+        [
+            "dataset=cremad",
+            f"data-dir={str(data_dir)!r}",
+            "dataset.image_size=16",
+            "encoder.audio=mlp",
+            "encoder.visual=mlp",
+            "embed-dim=16",
+            "partition=natural",
+            "allocation=multi-ratio",
+            "multi-ratio=1.0",
+            "num-server-rounds=1",
+            "selection=all",
+            "local-epochs=1",
+            "batch-size=4",
+            "lr=0.001",
+            "client-num-cpus=1",
+            "device=cpu",
+        ],
+    )
     summary = simulate(run, tmp_path / "run")
     rounds = pd.read_csv(tmp_path / "run" / "rounds.csv")
     assert rounds["round"].tolist() == [0, 1]

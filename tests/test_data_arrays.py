@@ -80,10 +80,13 @@ def test_one_npz_per_split_gives_the_same_dataset(tmp_path: Path) -> None:
     assert npz.train_groups.tolist() == npy.train_groups.tolist()
 
 
-@pytest.mark.parametrize("meta_file, text", [
-    ("meta.toml", 'class_names = ["walk", "sit", "lie"]\n[modalities]\ngyro = "series"\nacc = "vector"\n'),
-    ("meta.json", '{"class_names": ["walk", "sit", "lie"], "modalities": {"gyro": "series", "acc": "vector"}}'),
-])
+@pytest.mark.parametrize(
+    "meta_file, text",
+    [
+        ("meta.toml", 'class_names = ["walk", "sit", "lie"]\n[modalities]\ngyro = "series"\nacc = "vector"\n'),
+        ("meta.json", '{"class_names": ["walk", "sit", "lie"], "modalities": {"gyro": "series", "acc": "vector"}}'),
+    ],
+)
 def test_metadata_sets_class_names_order_and_kinds(toy: Path, meta_file: str, text: str) -> None:
     (toy / meta_file).write_text(text)
     d = load_arrays(data_dir=str(toy))
@@ -98,18 +101,29 @@ def test_metadata_sets_class_names_order_and_kinds(toy: Path, meta_file: str, te
 
 def test_default_kinds_and_read_rules_follow_the_axes_of_one_example(tmp_path: Path) -> None:
     n = 4
-    arrays = {"s0": np.arange(n, dtype=np.float32),  # one number per row: vector (1,)
-              "s1": np.ones((n, 5)), "s2": np.ones((n, 2, 5)), "s3": np.ones((n, 1, 5, 6)),
-              "s4": np.ones((n, 2, 3, 4, 4)), "labels": np.array([0, 1, 0, 1])}
+    arrays = {
+        "s0": np.arange(n, dtype=np.float32),  # one number per row: vector (1,)
+        "s1": np.ones((n, 5)),
+        "s2": np.ones((n, 2, 5)),
+        "s3": np.ones((n, 1, 5, 6)),
+        "s4": np.ones((n, 2, 3, 4, 4)),
+        "labels": np.array([0, 1, 0, 1]),
+    }
     for split in ("train", "test"):
         write_split(tmp_path, split, arrays)
     d = load_arrays(data_dir=str(tmp_path))
     assert [(m.shape, m.kind) for m in d.modalities] == [
-        ((1,), "vector"), ((5,), "vector"), ((2, 5), "series"), ((1, 5, 6), "spectrogram"), ((2, 3, 4, 4), "frames")]
+        ((1,), "vector"),
+        ((5,), "vector"),
+        ((2, 5), "series"),
+        ((1, 5, 6), "spectrogram"),
+        ((2, 3, 4, 4), "frames"),
+    ]
     assert d.train["s0"].tolist() == [[0.0], [1.0], [2.0], [3.0]]
     # a declared kind reads one axis fewer with a leading axis of size 1
-    (tmp_path / "meta.toml").write_text('[modalities]\ns0 = "vector"\ns1 = "series"\ns2 = "spectrogram"\n'
-                                        's3 = "frames"\ns4 = "frames"\n')
+    (tmp_path / "meta.toml").write_text(
+        '[modalities]\ns0 = "vector"\ns1 = "series"\ns2 = "spectrogram"\ns3 = "frames"\ns4 = "frames"\n'
+    )
     d = load_arrays(data_dir=str(tmp_path))
     assert [m.shape for m in d.modalities] == [(1,), (1, 5), (1, 2, 5), (1, 1, 5, 6), (2, 3, 4, 4)]
     assert d.train["s3"].shape == (n, 1, 1, 5, 6)
@@ -139,12 +153,14 @@ def remove(rel: str) -> Callable[[Path], None]:
     def go(root: Path) -> None:
         target = root / rel
         shutil.rmtree(target) if target.is_dir() else target.unlink()
+
     return go
 
 
 def write(rel: str, text: str | bytes) -> Callable[[Path], None]:
     def go(root: Path) -> None:
         (root / rel).write_bytes(text if isinstance(text, bytes) else text.encode())
+
     return go
 
 
@@ -152,6 +168,7 @@ def truncate(rel: str) -> Callable[[Path], None]:
     def go(root: Path) -> None:
         path = root / rel
         path.write_bytes(path.read_bytes()[:100])
+
     return go
 
 
@@ -174,79 +191,179 @@ HUGE[2, 0] = 1e39  # finite in float64, infinite as float32
 ERRORS = {
     "missing data-dir": (lambda root: shutil.rmtree(root), FileNotFoundError, r"data-dir '.*data' does not exist"),
     "missing test split": (remove("test"), FileNotFoundError, r"has no test split: expected test/ or test.npz"),
-    "two forms of a split": (lambda root: np.savez(root / "train.npz", labels=np.zeros(2)), ValueError,
-                             r"has both train/ and train.npz; keep one"),
-    "missing labels": (remove("train/labels.npy"), FileNotFoundError,
-                       r"the train split has no labels: expected '.*train/labels.npy', integers 0..C-1 of shape \(N,\)"),
+    "two forms of a split": (
+        lambda root: np.savez(root / "train.npz", labels=np.zeros(2)),
+        ValueError,
+        r"has both train/ and train.npz; keep one",
+    ),
+    "missing labels": (
+        remove("train/labels.npy"),
+        FileNotFoundError,
+        r"the train split has no labels: expected '.*train/labels.npy', integers 0..C-1 of shape \(N,\)",
+    ),
     "npz without labels": (as_npz, FileNotFoundError, r"test split has no labels: expected '.*test.npz' key 'labels'"),
-    "rows differ from labels": (replace("train/gyro.npy", np.ones((5, 4))), ValueError,
-                                r"'.*train/gyro.npy' has shape \(5, 4\), expected \(6, \.\.\.\): one row per label "
-                                r"of '.*train/labels.npy'"),
-    "scalar modality": (replace("test/gyro.npy", np.float64(3.0)), ValueError,
-                        r"test/gyro.npy' has shape \(\), expected \(3, \.\.\.\)"),
-    "float labels": (replace("train/labels.npy", np.zeros(TRAIN_ROWS)), ValueError,
-                     r"train/labels.npy' has dtype float64, expected integer labels"),
-    "2-d labels": (replace("test/labels.npy", np.zeros((TEST_ROWS, 1), dtype=int)), ValueError,
-                   r"test/labels.npy' has shape \(3, 1\), expected \(N,\) with N >= 1"),
-    "empty split": (both(replace("test/labels.npy", np.zeros(0, dtype=int)), replace("test/acc.npy", np.ones((0, 2, 3))),
-                         replace("test/gyro.npy", np.ones((0, 4)))), ValueError,
-                    r"test/labels.npy' has shape \(0,\), expected \(N,\) with N >= 1"),
-    "negative label": (replace("test/labels.npy", np.array([0, -1, 2])), ValueError,
-                       r"test/labels.npy' has labels -1..2, expected 0..2 \(C = largest label \+ 1\)"),
-    "label beyond class_names": (write("meta.toml", 'class_names = ["a", "b"]'), ValueError,
-                                 r"train/labels.npy' has labels 0..2, expected 0..1 \(2 class_names in '.*meta.toml'\)"),
-    "one class": (both(replace("train/labels.npy", np.zeros(TRAIN_ROWS, dtype=int)),
-                       replace("test/labels.npy", np.zeros(TEST_ROWS, dtype=int))), ValueError,
-                  r"train/labels.npy': the labels give 1 class, expected at least 2"),
-    "test modality the train split lacks": (replace("test/mag.npy", np.ones((TEST_ROWS, 2))), ValueError,
-                                            r"'.*test/mag.npy' is a modality the train split lacks"),
-    "train modality the test split lacks": (remove("test/gyro.npy"), FileNotFoundError,
-                                            r"the test split has no array 'gyro' \(test/gyro.npy or key 'gyro' of "
-                                            r"test.npz\) but the train split has '.*train/gyro.npy'; expected shape "
-                                            r"\(M, 4\)"),
-    "example shapes differ": (replace("test/acc.npy", np.ones((TEST_ROWS, 2, 4))), ValueError,
-                              r"test/acc.npy' has shape \(3, 2, 4\), expected \(M, 2, 3\) as '.*train/acc.npy'"),
-    "nan": (replace("train/acc.npy", NAN), ValueError,
-            r"train/acc.npy' has 1 values that are NaN or infinite as float32 \(first in row 4\)"),
-    "float32 overflow": (replace("test/gyro.npy", HUGE), ValueError,
-                         r"test/gyro.npy' has 1 values that are NaN or infinite as float32 \(first in row 2\)"),
-    "string modality": (replace("train/gyro.npy", np.array(["x"] * TRAIN_ROWS)), ValueError,
-                        r"train/gyro.npy' has dtype <U1, expected a numeric dtype"),
-    "pickled npy": (replace("train/acc.npy", np.array([{}] * TRAIN_ROWS, dtype=object)), ValueError,
-                    r"cannot read '.*train/acc.npy' as a numpy array without pickle \(.*\); expected a file written "
-                    r"by numpy.save"),
-    "garbage npy": (write("test/acc.npy", b"not a numpy file"), ValueError,
-                    r"cannot read '.*test/acc.npy' as a numpy array without pickle"),
-    "truncated npz": (both(as_npz, truncate("test.npz")), ValueError,
-                    r"cannot read '.*test.npz' as a numpy .npz archive without pickle"),
-    "unusable modality name": (both(replace("train/y.npy", np.ones((TRAIN_ROWS, 2))),
-                                    replace("test/y.npy", np.ones((TEST_ROWS, 2)))), ValueError,
-                               r"modality name 'y' of '.*train' is not usable"),
-    "dotted modality name": (replace("train/a.b.npy", np.ones((TRAIN_ROWS, 2))), ValueError, r"modality name 'a.b' of '.*train' is not usable"),
-    "no modality": (both(remove("train/acc.npy"), remove("train/gyro.npy")), ValueError,
-                    r"'.*train' holds labels but no modality array"),
-    "two metadata files": (both(write("meta.toml", ""), write("meta.json", "{}")), ValueError,
-                           r"has both meta.toml and meta.json"),
+    "rows differ from labels": (
+        replace("train/gyro.npy", np.ones((5, 4))),
+        ValueError,
+        r"'.*train/gyro.npy' has shape \(5, 4\), expected \(6, \.\.\.\): one row per label "
+        r"of '.*train/labels.npy'",
+    ),
+    "scalar modality": (
+        replace("test/gyro.npy", np.float64(3.0)),
+        ValueError,
+        r"test/gyro.npy' has shape \(\), expected \(3, \.\.\.\)",
+    ),
+    "float labels": (
+        replace("train/labels.npy", np.zeros(TRAIN_ROWS)),
+        ValueError,
+        r"train/labels.npy' has dtype float64, expected integer labels",
+    ),
+    "2-d labels": (
+        replace("test/labels.npy", np.zeros((TEST_ROWS, 1), dtype=int)),
+        ValueError,
+        r"test/labels.npy' has shape \(3, 1\), expected \(N,\) with N >= 1",
+    ),
+    "empty split": (
+        both(
+            replace("test/labels.npy", np.zeros(0, dtype=int)),
+            replace("test/acc.npy", np.ones((0, 2, 3))),
+            replace("test/gyro.npy", np.ones((0, 4))),
+        ),
+        ValueError,
+        r"test/labels.npy' has shape \(0,\), expected \(N,\) with N >= 1",
+    ),
+    "negative label": (
+        replace("test/labels.npy", np.array([0, -1, 2])),
+        ValueError,
+        r"test/labels.npy' has labels -1..2, expected 0..2 \(C = largest label \+ 1\)",
+    ),
+    "label beyond class_names": (
+        write("meta.toml", 'class_names = ["a", "b"]'),
+        ValueError,
+        r"train/labels.npy' has labels 0..2, expected 0..1 \(2 class_names in '.*meta.toml'\)",
+    ),
+    "one class": (
+        both(
+            replace("train/labels.npy", np.zeros(TRAIN_ROWS, dtype=int)),
+            replace("test/labels.npy", np.zeros(TEST_ROWS, dtype=int)),
+        ),
+        ValueError,
+        r"train/labels.npy': the labels give 1 class, expected at least 2",
+    ),
+    "test modality the train split lacks": (
+        replace("test/mag.npy", np.ones((TEST_ROWS, 2))),
+        ValueError,
+        r"'.*test/mag.npy' is a modality the train split lacks",
+    ),
+    "train modality the test split lacks": (
+        remove("test/gyro.npy"),
+        FileNotFoundError,
+        r"the test split has no array 'gyro' \(test/gyro.npy or key 'gyro' of "
+        r"test.npz\) but the train split has '.*train/gyro.npy'; expected shape "
+        r"\(M, 4\)",
+    ),
+    "example shapes differ": (
+        replace("test/acc.npy", np.ones((TEST_ROWS, 2, 4))),
+        ValueError,
+        r"test/acc.npy' has shape \(3, 2, 4\), expected \(M, 2, 3\) as '.*train/acc.npy'",
+    ),
+    "nan": (
+        replace("train/acc.npy", NAN),
+        ValueError,
+        r"train/acc.npy' has 1 values that are NaN or infinite as float32 \(first in row 4\)",
+    ),
+    "float32 overflow": (
+        replace("test/gyro.npy", HUGE),
+        ValueError,
+        r"test/gyro.npy' has 1 values that are NaN or infinite as float32 \(first in row 2\)",
+    ),
+    "string modality": (
+        replace("train/gyro.npy", np.array(["x"] * TRAIN_ROWS)),
+        ValueError,
+        r"train/gyro.npy' has dtype <U1, expected a numeric dtype",
+    ),
+    "pickled npy": (
+        replace("train/acc.npy", np.array([{}] * TRAIN_ROWS, dtype=object)),
+        ValueError,
+        r"cannot read '.*train/acc.npy' as a numpy array without pickle \(.*\); expected a file written "
+        r"by numpy.save",
+    ),
+    "garbage npy": (
+        write("test/acc.npy", b"not a numpy file"),
+        ValueError,
+        r"cannot read '.*test/acc.npy' as a numpy array without pickle",
+    ),
+    "truncated npz": (
+        both(as_npz, truncate("test.npz")),
+        ValueError,
+        r"cannot read '.*test.npz' as a numpy .npz archive without pickle",
+    ),
+    "unusable modality name": (
+        both(replace("train/y.npy", np.ones((TRAIN_ROWS, 2))), replace("test/y.npy", np.ones((TEST_ROWS, 2)))),
+        ValueError,
+        r"modality name 'y' of '.*train' is not usable",
+    ),
+    "dotted modality name": (
+        replace("train/a.b.npy", np.ones((TRAIN_ROWS, 2))),
+        ValueError,
+        r"modality name 'a.b' of '.*train' is not usable",
+    ),
+    "no modality": (
+        both(remove("train/acc.npy"), remove("train/gyro.npy")),
+        ValueError,
+        r"'.*train' holds labels but no modality array",
+    ),
+    "two metadata files": (
+        both(write("meta.toml", ""), write("meta.json", "{}")),
+        ValueError,
+        r"has both meta.toml and meta.json",
+    ),
     "unreadable metadata": (write("meta.toml", "class_names = ["), ValueError, r"cannot read '.*meta.toml'"),
     "metadata not a table": (write("meta.json", "[1, 2]"), ValueError, r"meta.json' must hold a table"),
-    "unknown metadata key": (write("meta.toml", 'classes = ["a"]'), ValueError,
-                             r"meta.toml' has the unknown key 'classes'; valid keys: class_names, modalities"),
-    "class_names not strings": (write("meta.json", '{"class_names": [0, 1, 2]}'), ValueError,
-                                r"class_names must be a list of strings"),
-    "unknown kind": (write("meta.toml", '[modalities]\nacc = "image"\ngyro = "vector"'), ValueError,
-                     r"modalities must map each modality to one of the kinds vector, series, spectrogram, frames"),
-    "metadata lists other modalities": (write("meta.toml", '[modalities]\nacc = "series"'), ValueError,
-                                        r"lists the modalities \['acc'\] but the train split has \['acc', 'gyro'\]"),
-    "kind cannot read the array": (write("meta.toml", '[modalities]\nacc = "frames"\ngyro = "vector"'), ValueError,
-                                   r"train/acc.npy' has examples of shape \(2, 3\), which kind 'frames' cannot read"),
-    "too many axes for any kind": (both(replace("train/acc.npy", np.ones((TRAIN_ROWS, 1, 1, 1, 1, 2))),
-                                        replace("test/acc.npy", np.ones((TEST_ROWS, 1, 1, 1, 1, 2)))), ValueError,
-                                   r"train/acc.npy' has examples of shape \(1, 1, 1, 1, 2\): more axes than any kind"),
-    "groups of another length": (replace("train/groups.npy", np.arange(5)), ValueError,
-                                 r"train/groups.npy' has shape \(5,\) and dtype int64, expected shape \(6,\) of "
-                                 r"integers or strings"),
-    "float groups": (replace("train/groups.npy", np.ones(TRAIN_ROWS)), ValueError,
-                     r"train/groups.npy' has shape \(6,\) and dtype float64, expected shape \(6,\)"),
+    "unknown metadata key": (
+        write("meta.toml", 'classes = ["a"]'),
+        ValueError,
+        r"meta.toml' has the unknown key 'classes'; valid keys: class_names, modalities",
+    ),
+    "class_names not strings": (
+        write("meta.json", '{"class_names": [0, 1, 2]}'),
+        ValueError,
+        r"class_names must be a list of strings",
+    ),
+    "unknown kind": (
+        write("meta.toml", '[modalities]\nacc = "image"\ngyro = "vector"'),
+        ValueError,
+        r"modalities must map each modality to one of the kinds vector, series, spectrogram, frames",
+    ),
+    "metadata lists other modalities": (
+        write("meta.toml", '[modalities]\nacc = "series"'),
+        ValueError,
+        r"lists the modalities \['acc'\] but the train split has \['acc', 'gyro'\]",
+    ),
+    "kind cannot read the array": (
+        write("meta.toml", '[modalities]\nacc = "frames"\ngyro = "vector"'),
+        ValueError,
+        r"train/acc.npy' has examples of shape \(2, 3\), which kind 'frames' cannot read",
+    ),
+    "too many axes for any kind": (
+        both(
+            replace("train/acc.npy", np.ones((TRAIN_ROWS, 1, 1, 1, 1, 2))),
+            replace("test/acc.npy", np.ones((TEST_ROWS, 1, 1, 1, 1, 2))),
+        ),
+        ValueError,
+        r"train/acc.npy' has examples of shape \(1, 1, 1, 1, 2\): more axes than any kind",
+    ),
+    "groups of another length": (
+        replace("train/groups.npy", np.arange(5)),
+        ValueError,
+        r"train/groups.npy' has shape \(5,\) and dtype int64, expected shape \(6,\) of "
+        r"integers or strings",
+    ),
+    "float groups": (
+        replace("train/groups.npy", np.ones(TRAIN_ROWS)),
+        ValueError,
+        r"train/groups.npy' has shape \(6,\) and dtype float64, expected shape \(6,\)",
+    ),
 }
 
 
@@ -289,22 +406,37 @@ def federation_dir(root: Path, num_modalities: int, rows_per_group: int = 8, gro
     rng = np.random.default_rng(0)
     for split, n in (("train", rows_per_group * groups), ("test", 12)):
         y = np.arange(n) % 3
-        arrays = {"a": y[:, None] + rng.standard_normal((n, 5)), "b": y[:, None, None] + rng.standard_normal((n, 2, 8)),
-                  "c": y + rng.standard_normal(n).astype(np.float32), "labels": y}
+        arrays = {
+            "a": y[:, None] + rng.standard_normal((n, 5)),
+            "b": y[:, None, None] + rng.standard_normal((n, 2, 8)),
+            "c": y + rng.standard_normal(n).astype(np.float32),
+            "labels": y,
+        }
         keep = ["a", "b", "c"][:num_modalities]
         write_split(root, split, {k: v for k, v in arrays.items() if k in (*keep, "labels")})
     np.save(root / "train" / "groups.npy", np.repeat(np.arange(groups) + 10, rows_per_group))
     return root
 
 
-FEDERATION = ["dataset=arrays", "partition=natural", "num-clients=0", "allocation=all", "num-server-rounds=1",
-              "local-epochs=1", "batch-size=4", "embed-dim=8", "device=cpu", "client-num-cpus=1",
-              "validation=off"]  # every group of groups.npy a client (auto would hold one out for validation)
+FEDERATION = [
+    "dataset=arrays",
+    "partition=natural",
+    "num-clients=0",
+    "allocation=all",
+    "num-server-rounds=1",
+    "local-epochs=1",
+    "batch-size=4",
+    "embed-dim=8",
+    "device=cpu",
+    "client-num-cpus=1",
+    "validation=off",
+]  # every group of groups.npy a client (auto would hold one out for validation)
 
 
 @pytest.mark.parametrize("num_modalities", [2, 3])
 def test_a_one_round_federation_takes_its_clients_and_modalities_from_the_files(
-        tmp_path: Path, flower_identity: None, num_modalities: int) -> None:
+    tmp_path: Path, flower_identity: None, num_modalities: int
+) -> None:
     from inprocess import run_in_process
 
     root = federation_dir(tmp_path / "data", num_modalities)
@@ -336,6 +468,7 @@ def test_a_node_with_its_own_data_dir_trains_on_its_arrays(tmp_path: Path, flowe
     reply = train(run, "a,b", **keys)
     assert reply.content["metrics"]["num-examples"] == 10
     assert {key_modality(k) for k in reply.content["arrays"].keys()} == {None, "a", "b"}
-    evaluation = app(server_message(run, MessageType.EVALUATE, str(node_dir), modalities="a,b", server_round=1),
-                     context(**keys))
+    evaluation = app(
+        server_message(run, MessageType.EVALUATE, str(node_dir), modalities="a,b", server_round=1), context(**keys)
+    )
     assert evaluation.content["metrics"]["num-examples"] == 10

@@ -27,8 +27,14 @@ def _message(node, delivered=""):
 
 
 def test_every_waiting_message_is_delivered_once_in_push_order_and_expired_ones_never():
-    msgs = {"a": _message(5), "b": _message(7, delivered="earlier"), "c": _message(9), "d": _message(99),
-            "e": _message(5), "f": _message(7)}
+    msgs = {
+        "a": _message(5),
+        "b": _message(7, delivered="earlier"),
+        "c": _message(9),
+        "d": _message(99),
+        "e": _message(5),
+        "f": _message(7),
+    }
     state = FakeState(dict(msgs), expired={"c"})
     out, stop = queue.Queue(), threading.Event()
     worker = threading.Thread(target=deliver_messages, args=(state, out, {5: 0, 7: 1, 9: 2}, stop))

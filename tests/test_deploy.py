@@ -22,12 +22,24 @@ BIN = Path(sys.executable).parent
 
 
 def flwr_run(deployment: LocalDeployment, out: Path, rounds: int, extra: str = "") -> subprocess.Popen:
-    run_config = (f"dataset='synthetic' partition='iid' num-clients={deployment.num_nodes} allocation='all' "
-                  f"num-server-rounds={rounds} local-epochs=1 out-dir='{out}' {extra}")
-    env = {**os.environ, "FLWR_HOME": str(deployment.flwr_home), "PATH": f"{BIN}:{os.environ['PATH']}",
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
-    return subprocess.Popen([str(BIN / "flwr"), "run", ".", CONNECTION, "--stream", "--run-config", run_config],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_config = (
+        f"dataset='synthetic' partition='iid' num-clients={deployment.num_nodes} allocation='all' "
+        f"num-server-rounds={rounds} local-epochs=1 out-dir='{out}' {extra}"
+    )
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(deployment.flwr_home),
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    }
+    return subprocess.Popen(
+        [str(BIN / "flwr"), "run", ".", CONNECTION, "--stream", "--run-config", run_config],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def wait_for_summary(out: Path, proc: subprocess.Popen, timeout: float) -> dict:
@@ -126,7 +138,8 @@ def test_a_node_killed_mid_round_comes_back_under_its_partition_and_each_missed_
 
 
 def test_a_serverapp_killed_mid_run_is_resumed_against_the_same_supernodes_and_ends_like_an_uninterrupted_run(
-        tmp_path, flower_identity):
+    tmp_path, flower_identity
+):
     from inprocess import simulate_in_process
 
     from fedmm.server.app import run_config_from_flower
@@ -159,9 +172,19 @@ def test_a_serverapp_killed_mid_run_is_resumed_against_the_same_supernodes_and_e
     pd.testing.assert_frame_equal(before.iloc[:3], pd.read_csv(out / "rounds.csv").iloc[:3])
     # the same run, uninterrupted, with discovery as in a deployment (the inline engine)
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    values = {**declared, "dataset": "synthetic", "partition": "iid", "num-clients": 3, "allocation": "all",
-              "num-server-rounds": 4, "local-epochs": 1, "clients-per-round": 2, "selection": "random", "seed": 5,
-              "round-timeout": 60.0}
+    values = {
+        **declared,
+        "dataset": "synthetic",
+        "partition": "iid",
+        "num-clients": 3,
+        "allocation": "all",
+        "num-server-rounds": 4,
+        "local-epochs": 1,
+        "clients-per-round": 2,
+        "selection": "random",
+        "seed": 5,
+        "round-timeout": 60.0,
+    }
     simulate_in_process(run_config_from_flower(values), tmp_path / "whole", roster_from_scenario=False)
     whole, split = (pd.read_csv(d / "rounds.csv") for d in (tmp_path / "whole", out))
     assert split["round"].tolist() == [0, 1, 2, 3, 4]

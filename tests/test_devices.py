@@ -36,16 +36,23 @@ def test_a_trace_without_intervals_is_always_online(tmp_path):
     assert p.always_online and p.online_for(np.array([0, 1]), 1e9).tolist() == [math.inf, math.inf]
 
 
-@pytest.mark.parametrize("rows, where, why", [
-    ("0,10,800,400,0,100\n1,abc,800,400,0,100\n", "row 2 (line 3)", "compute_ms_per_sample = 'abc' is not a finite"),
-    ("0,10,800,400,0,100\n1,10,-5,400,0,100\n", "row 2 (line 3)", "down_kbps must be > 0"),
-    ("0,10,800,400,0,100\n0,10,800,400,50,40\n", "row 2 (line 3)", "online_end_s must be > online_start_s"),
-    ("0,10,800,400,0,100\n0,10,900,400,200,300\n", "row 2 (line 3)", "down_kbps differs"),
-    ("0,10,800,400,0,100\n1,10,800,400,0,10\n0,10,800,400,50,150\n", "row 3 (line 4)", "overlaps"),
-    ("0,10,800,400,0,100\n1,10,800,400,0,2000\n", "row 2 (line 3)", "period"),
-    ("0.5,10,800,400,0,100\n", "row 1 (line 2)", "integer"),
-    ("0,10,800,,0,100\n", "row 1 (line 2)", "up_kbps is empty"),
-])
+@pytest.mark.parametrize(
+    "rows, where, why",
+    [
+        (
+            "0,10,800,400,0,100\n1,abc,800,400,0,100\n",
+            "row 2 (line 3)",
+            "compute_ms_per_sample = 'abc' is not a finite",
+        ),
+        ("0,10,800,400,0,100\n1,10,-5,400,0,100\n", "row 2 (line 3)", "down_kbps must be > 0"),
+        ("0,10,800,400,0,100\n0,10,800,400,50,40\n", "row 2 (line 3)", "online_end_s must be > online_start_s"),
+        ("0,10,800,400,0,100\n0,10,900,400,200,300\n", "row 2 (line 3)", "down_kbps differs"),
+        ("0,10,800,400,0,100\n1,10,800,400,0,10\n0,10,800,400,50,150\n", "row 3 (line 4)", "overlaps"),
+        ("0,10,800,400,0,100\n1,10,800,400,0,2000\n", "row 2 (line 3)", "period"),
+        ("0.5,10,800,400,0,100\n", "row 1 (line 2)", "integer"),
+        ("0,10,800,,0,100\n", "row 1 (line 2)", "up_kbps is empty"),
+    ],
+)
 def test_a_trace_file_with_a_bad_row_names_the_file_and_the_row(tmp_path, rows, where, why):
     path = write(tmp_path, HEADER + rows)
     with pytest.raises(TraceError) as err:
@@ -88,7 +95,9 @@ def test_the_availability_model_has_the_asked_share_online():
 def test_devices_are_off_by_default_and_leave_the_config_text_as_it_was():
     run = RunConfig.from_mapping({})
     text = run.to_toml()
-    assert run.devices == "off" and not any(k in text for k in ("devices", "round-close", "round-deadline", "overcommit"))
+    assert run.devices == "off" and not any(
+        k in text for k in ("devices", "round-close", "round-deadline", "overcommit")
+    )
     with pytest.raises(ValueError, match="'round-close' = 'deadline' needs the simulated clock"):
         RunConfig.from_mapping({"round-close": "deadline"})
     with pytest.raises(ValueError, match="config key 'devices.online-share' must be > 0"):

@@ -5,14 +5,15 @@ import math
 import pytest
 
 from fedmm.config import load_config
-from fedmm.results import divergence, loss_stability
 from fedmm.inline import InlineGrid
+from fedmm.results import divergence, loss_stability
 
 
 def _rows(losses, test_losses=None):
     test_losses = test_losses or [1.0] * len(losses)
     return [{"round": 0, "train/loss": math.nan, "test/loss": 2.0}] + [
-        {"round": r, "train/loss": loss, "test/loss": t} for r, (loss, t) in enumerate(zip(losses, test_losses), 1)]
+        {"round": r, "train/loss": loss, "test/loss": t} for r, (loss, t) in enumerate(zip(losses, test_losses), 1)
+    ]
 
 
 def test_loss_stability_is_the_largest_round_loss_over_the_first_rounds():
@@ -36,8 +37,18 @@ def test_a_run_made_to_diverge_is_flagged_in_its_summary(flower_identity, caplog
     from fedmm.server.loop import run_federation
     from fedmm.server.plan import prepare
 
-    run = load_config(None, ["dataset=synthetic", "num-clients=4", "partition=iid", "num-server-rounds=4",
-                             "local-epochs=1", f"lr={lr}", "momentum=0.0"])
+    run = load_config(
+        None,
+        [
+            "dataset=synthetic",
+            "num-clients=4",
+            "partition=iid",
+            "num-server-rounds=4",
+            "local-epochs=1",
+            f"lr={lr}",
+            "momentum=0.0",
+        ],
+    )
     summary = run_federation(InlineGrid(4), prepare(run))
     assert summary["status"] == status
     assert summary["diverged"] and summary["diverged"]["round"] >= 1
@@ -50,8 +61,9 @@ def test_a_healthy_run_is_not_flagged(flower_identity):
     from fedmm.server.loop import run_federation
     from fedmm.server.plan import prepare
 
-    run = load_config(None, ["dataset=synthetic", "num-clients=4", "partition=iid", "num-server-rounds=3",
-                             "local-epochs=1"])
+    run = load_config(
+        None, ["dataset=synthetic", "num-clients=4", "partition=iid", "num-server-rounds=3", "local-epochs=1"]
+    )
     summary = run_federation(InlineGrid(4), prepare(run))
     assert summary["diverged"] is False and summary["loss-growth"] <= 3.0
 
@@ -59,8 +71,9 @@ def test_a_healthy_run_is_not_flagged(flower_identity):
 def test_last_rounds_average_the_last_five_training_rounds():
     from fedmm.results import last_rounds
 
-    rows = [{"round": 0, "test/acc": 0.1}] + [{"round": r, "test/acc": a}
-                                               for r, a in enumerate([0.2, 0.9, 0.5, 0.7, 0.6, 0.8, 0.4], 1)]
+    rows = [{"round": 0, "test/acc": 0.1}] + [
+        {"round": r, "test/acc": a} for r, a in enumerate([0.2, 0.9, 0.5, 0.7, 0.6, 0.8, 0.4], 1)
+    ]
     stats = last_rounds(rows)
     assert stats["last-rounds"] == 5
     assert stats["last-rounds-test/acc"] == pytest.approx(0.6)  # rounds 3-7: 0.5, 0.7, 0.6, 0.8, 0.4

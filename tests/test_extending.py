@@ -19,24 +19,30 @@ import pandas as pd
 import pytest
 import torch
 from flwr.app import MessageType
+from inprocess import run_in_process, simulate_in_process
 
 from fedmm.config import load_config
 from fedmm.data.registry import DATASETS
 from fedmm.facts import CLIENT_FACTS
+from fedmm.inline import InlineGrid
 from fedmm.objectives.registry import OBJECTIVES
+from fedmm.protocol import ARRAYS, NUM_EXAMPLES, metrics_of
 from fedmm.records import from_record
 from fedmm.strategies.recipes import STRATEGIES
 from fedmm.strategies.selection import POLICIES, ClientState
-from fedmm.protocol import ARRAYS, NUM_EXAMPLES, metrics_of
 from fedmm.workspace import parse_run_config
-from fedmm.inline import InlineGrid
-from inprocess import run_in_process, simulate_in_process
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 MODULES = ("ext_objective", "ext_policy", "ext_fact", "ext_dataset", "ext_fedmedian", "ext_fedavgm", "ext_uniform")
 REGISTRIES = (OBJECTIVES, POLICIES, CLIENT_FACTS, DATASETS, STRATEGIES)
-SYN = ["dataset=synthetic", "num-server-rounds=1", "local-epochs=1", "partition=iid", "num-clients=6",
-       "clients-per-round=3"]
+SYN = [
+    "dataset=synthetic",
+    "num-server-rounds=1",
+    "local-epochs=1",
+    "partition=iid",
+    "num-clients=6",
+    "clients-per-round=3",
+]
 
 
 def doc_modules() -> dict[str, str]:
@@ -109,10 +115,12 @@ def test_label_smoothing_loss_by_hand(plugin_dir):
 
 def test_a_federation_trains_with_the_objectives_loss(plugin_dir, flower_identity):
     ce = results(run_in_process(load_config(None, [*SYN, "objective=ce"])))
-    zero = results(run_in_process(config("ext_objective", *SYN, "objective=label-smoothing",
-                                         "objective.smoothing=0.0")))
-    smooth = results(run_in_process(config("ext_objective", *SYN, "objective=label-smoothing",
-                                           "objective.smoothing=0.3")))
+    zero = results(
+        run_in_process(config("ext_objective", *SYN, "objective=label-smoothing", "objective.smoothing=0.0"))
+    )
+    smooth = results(
+        run_in_process(config("ext_objective", *SYN, "objective=label-smoothing", "objective.smoothing=0.3"))
+    )
     assert zero == ce  # eps = 0 is plain cross-entropy, bit for bit
     assert smooth["train/loss"] != ce["train/loss"]
 
@@ -139,8 +147,15 @@ def test_a_federation_trains_the_policys_picks(plugin_dir, flower_identity, tmp_
 
 # -- a client fact ----------------------------------------------------------------------------------
 def test_the_policy_receives_the_client_fact_by_name(plugin_dir, flower_identity):
-    run = config("ext_fact", *SYN, "partition=dirichlet", "num-clients=4", "dataset.num_classes=4",
-                 "dirichlet-alpha=0.5", "selection=all-majority-share")
+    run = config(
+        "ext_fact",
+        *SYN,
+        "partition=dirichlet",
+        "num-clients=4",
+        "dataset.num_classes=4",
+        "dirichlet-alpha=0.5",
+        "selection=all-majority-share",
+    )
     plans = []
     run_in_process(run, on_round=lambda plan, row: plans.append(plan))
     plan = plans[0]
@@ -160,9 +175,16 @@ def test_a_federation_on_the_users_dataset(plugin_dir, flower_identity, tmp_path
     parser = argparse.ArgumentParser()
     prepare = ext_dataset.add_prepare(parser)
     assert prepare(parser.parse_args(["--out", str(tmp_path / "blobs")])) == 0  # 400 examples, 3 groups
-    run = config("ext_dataset", "dataset=blobs", f"data-dir={tmp_path / 'blobs'}", "num-server-rounds=1",
-                 "local-epochs=1", "partition=natural", "num-clients=0",
-                 "validation=off")  # every group a client (auto holds one group out for validation)
+    run = config(
+        "ext_dataset",
+        "dataset=blobs",
+        f"data-dir={tmp_path / 'blobs'}",
+        "num-server-rounds=1",
+        "local-epochs=1",
+        "partition=natural",
+        "num-clients=0",
+        "validation=off",
+    )  # every group a client (auto holds one group out for validation)
     entry = DATASETS.get("blobs")
     assert entry.user_owned and entry.prepare is ext_dataset.add_prepare
     plans: list = []
@@ -183,8 +205,10 @@ def test_fedavgm_step_by_hand(plugin_dir):
     strategy = FedAvgM.__new__(FedAvgM)
     strategy.server_lr, strategy.momentum, strategy.velocity = 0.5, 0.9, {}
     count = np.array(3, dtype=np.int64)
-    first = strategy.step({"w": np.array([1.0], np.float32), "n": count},
-                          {"w": np.array([3.0], np.float32), "n": np.array(5, dtype=np.int64)})
+    first = strategy.step(
+        {"w": np.array([1.0], np.float32), "n": count},
+        {"w": np.array([3.0], np.float32), "n": np.array(5, dtype=np.int64)},
+    )
     # d = 3 - 1 = 2, v = 2, w = 1 + 0.5 * 2 = 2; the integer buffer takes the FedAvg value
     assert first["w"].tolist() == [2.0] and int(first["n"]) == 5
     second = strategy.step({"w": np.array([2.0], np.float32)}, {"w": np.array([2.5], np.float32)})
@@ -195,8 +219,12 @@ def test_fedavgm_step_by_hand(plugin_dir):
 def test_a_federation_with_fedavgm_moves_by_server_lr(plugin_dir, flower_identity):
     def final_and_initial(run):
         states = []
-        run_in_process(run, on_round=lambda plan, row: states.append({
-            k: v.detach().clone().numpy() for k, v in plan.model.state_dict().items()}))
+        run_in_process(
+            run,
+            on_round=lambda plan, row: states.append(
+                {k: v.detach().clone().numpy() for k, v in plan.model.state_dict().items()}
+            ),
+        )
         return states[-1], states[0]  # after round 1, and the initial model (row of round 0)
 
     fedavg, init = final_and_initial(load_config(None, [*SYN, "strategy=fedavg"]))
@@ -229,8 +257,9 @@ def test_a_strategy_of_its_own_averages_with_equal_weights(plugin_dir, flower_id
     from fedmm.server.loop import run_federation
     from fedmm.server.plan import prepare
 
-    run = config("ext_uniform", *SYN, "partition=dirichlet", "num-clients=4", "strategy=uniform-fedavg",
-                 "selection=all")
+    run = config(
+        "ext_uniform", *SYN, "partition=dirichlet", "num-clients=4", "strategy=uniform-fedavg", "selection=all"
+    )
     plan = prepare(run)
     grid = RecordingGrid(len(plan.scenario.partitions))
     initial = {k: v.detach().clone().numpy() for k, v in plan.model.state_dict().items()}
@@ -254,13 +283,17 @@ def test_a_strategy_of_its_own_averages_with_equal_weights(plugin_dir, flower_id
 def test_fedmedian_combine_by_hand(plugin_dir):
     config("ext_fedmedian")
     from ext_fedmedian import FedMedian
+
     from fedmm.strategies.replies import Accepted
 
     strategy = FedMedian.__new__(FedMedian)
     old = {"a": np.zeros(2, np.float32), "b": np.ones(1, np.float32)}
-    accepted = [Accepted(client_id=c, modalities=("x",), num_examples=n, loss=0.0,
-                         arrays={"a": np.array(v, np.float32)}, facts={})
-                for c, n, v in [(0, 100, [1.0, 5.0]), (1, 1, [2.0, -1.0]), (2, 1, [9.0, 0.0])]]
+    accepted = [
+        Accepted(
+            client_id=c, modalities=("x",), num_examples=n, loss=0.0, arrays={"a": np.array(v, np.float32)}, facts={}
+        )
+        for c, n, v in [(0, 100, [1.0, 5.0]), (1, 1, [2.0, -1.0]), (2, 1, [9.0, 0.0])]
+    ]
     new = strategy.combine(old, accepted)
     # the median per coordinate, whatever the weights: [2, 0]; "b" was sent by nobody and stays
     assert new["a"].tolist() == [2.0, 0.0] and new["b"].tolist() == [1.0]

@@ -15,8 +15,18 @@ from fedmm.config import load_config
 from fedmm.server.loop import MAX_FAILED_ROUNDS, client_error_text, run_federation
 from fedmm.server.plan import prepare
 
-SMALL = ["dataset=synthetic", "dataset.num_train=40", "dataset.num_test=8", "partition=iid", "num-clients=2",
-         "allocation=all", "local-epochs=1", "batch-size=8", "device=cpu", "num-server-rounds=6"]
+SMALL = [
+    "dataset=synthetic",
+    "dataset.num_train=40",
+    "dataset.num_test=8",
+    "partition=iid",
+    "num-clients=2",
+    "allocation=all",
+    "local-epochs=1",
+    "batch-size=8",
+    "device=cpu",
+    "num-server-rounds=6",
+]
 
 
 @pytest.fixture
@@ -119,11 +129,16 @@ def test_cli_exits_non_zero_naming_the_client_error(tmp_path, capsys, monkeypatc
 
 
 def test_client_error_text_keeps_the_raised_message():
-    ray = ("error: <class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::ClientAppActor.run() (pid=1)\n"
-           '  File "x.py", line 3, in run\n    raise ValueError("bad")\nflwr.clientapp.client_app.'
-           "ClientAppException: \nException ClientAppException occurred. Message: bad modality\n'>")
+    ray = (
+        "error: <class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::ClientAppActor.run() (pid=1)\n"
+        '  File "x.py", line 3, in run\n    raise ValueError("bad")\nflwr.clientapp.client_app.'
+        "ClientAppException: \nException ClientAppException occurred. Message: bad modality\n'>"
+    )
     assert client_error_text(ray) == "error: bad modality"
-    assert client_error_text("rejected: non-finite values in ['fusion.w']") == "rejected: non-finite values in ['fusion.w']"
+    assert (
+        client_error_text("rejected: non-finite values in ['fusion.w']")
+        == "rejected: non-finite values in ['fusion.w']"
+    )
     assert client_error_text("no-reply") == "no-reply"
 
 
@@ -139,8 +154,10 @@ def test_out_below_a_regular_file(tmp_path, capsys, no_ray):
     small = [a for s in SMALL for a in ("--set", s)]
     code, err = cli_error(capsys, "simulate", *small, "--out", str(blocker / "run"), "--quiet")
     assert code == 2
-    assert err.strip() == (f"fedmm: error: output path {str(blocker / 'run')!r} lies below {str(blocker)!r}, "
-                           "which is a file; pass a directory with --out")
+    assert err.strip() == (
+        f"fedmm: error: output path {str(blocker / 'run')!r} lies below {str(blocker)!r}, "
+        "which is a file; pass a directory with --out"
+    )
     code, err = cli_error(capsys, "simulate", *small, "--out", str(blocker), "--quiet")
     assert code == 2 and err.startswith(f"fedmm: error: output path {str(blocker)!r} is a file")
 
@@ -173,10 +190,21 @@ def test_bench_grid_stops_at_a_failed_run(tmp_path, monkeypatch):
 
     def fake_simulate(run, out, overwrite=False):
         if run.seed == 1:
-            return {"status": "failed", "reason": "no usable client reply in 3 consecutive rounds (1-3)",
-                    "first-client-error": "node 1 (partition 0): error: boom"}
-        return {"status": "completed", "final": {"test/acc": 0.5}, "best-test/acc": 0.5, "best-round": 1,
-                "total-bytes-up": 1.0, "total-seconds": 2.0, "loss-growth": 1.0, "diverged": False}
+            return {
+                "status": "failed",
+                "reason": "no usable client reply in 3 consecutive rounds (1-3)",
+                "first-client-error": "node 1 (partition 0): error: boom",
+            }
+        return {
+            "status": "completed",
+            "final": {"test/acc": 0.5},
+            "best-test/acc": 0.5,
+            "best-round": 1,
+            "total-bytes-up": 1.0,
+            "total-seconds": 2.0,
+            "loss-growth": 1.0,
+            "diverged": False,
+        }
 
     monkeypatch.setattr(simulate_module, "simulate", fake_simulate)
     csv = tmp_path / "grid.csv"
@@ -192,7 +220,8 @@ def test_a_reader_that_leaves_early_ends_fedmm_without_a_traceback():
 
     read, write = os.pipe()
     os.close(read)
-    proc = subprocess.run([sys.executable, "-m", "fedmm.cli", "config"], stdout=write, stderr=subprocess.PIPE,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedmm.cli", "config"], stdout=write, stderr=subprocess.PIPE, text=True, timeout=120
+    )
     os.close(write)
     assert proc.returncode == 141 and "Traceback" not in proc.stderr, proc.stderr

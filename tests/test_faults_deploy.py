@@ -78,10 +78,27 @@ def _default_signals() -> None:
 
 def deploy_local(workdir: Path, port: int, reaper: list) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{BIN}:{os.environ['PATH']}"}
-    proc = subprocess.Popen([sys.executable, "-m", "fedmm.cli", "deploy", "local", "--nodes", "1",
-                             "--port", str(port), "--workdir", str(workdir)],
-                            cwd=workdir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=_default_signals)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fedmm.cli",
+            "deploy",
+            "local",
+            "--nodes",
+            "1",
+            "--port",
+            str(port),
+            "--workdir",
+            str(workdir),
+        ],
+        cwd=workdir.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_signals,
+    )
     reaper.append(proc)
     return proc
 
@@ -160,8 +177,13 @@ class TwoNodes:
 
 
 def test_the_wait_for_nodes_is_bounded_and_names_both_numbers_and_the_command():
-    strategy = ModalityAwareFedAvg(policy=build_policy("all", seed=0), clients_per_round=3, min_available_nodes=3,
-                                   run_config="x", round_timeout=0.5)
+    strategy = ModalityAwareFedAvg(
+        policy=build_policy("all", seed=0),
+        clients_per_round=3,
+        min_available_nodes=3,
+        run_config="x",
+        round_timeout=0.5,
+    )
     raised: list[BaseException] = []
 
     def discover():
@@ -176,23 +198,35 @@ def test_the_wait_for_nodes_is_bounded_and_names_both_numbers_and_the_command():
     assert not thread.is_alive(), "discover still waits for a third node after 10 s (round-timeout was 0.5 s)"
     assert len(raised) == 1 and isinstance(raised[0], FederationTooSmall)
     message = str(raised[0])
-    assert "only 2 of the 3 nodes" in message and 'num-supernodes=3' in message and "min-available-nodes" in message
+    assert "only 2 of the 3 nodes" in message and "num-supernodes=3" in message and "min-available-nodes" in message
 
 
 # -- `flwr run .` ----------------------------------------------------------------------------------
 def flwr_env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "PATH": f"{BIN}:{os.environ['PATH']}",
-            "PYTHONPATH": str(REPO)}
+    return {
+        **os.environ,
+        "FLWR_HOME": str(tmp_path / "flwr-home"),
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "PYTHONPATH": str(REPO),
+    }
 
 
 @pytest.mark.integration
 def test_flwr_run_on_a_too_small_federation_ends_with_the_clear_message(tmp_path, reaper):
     # Flower's default local federation: 2 simulated SuperNodes; the run wants 3 clients
-    run_config = (f"dataset='synthetic' partition='iid' num-clients=3 allocation='all' num-server-rounds=1 "
-                  f"local-epochs=1 round-timeout=15.0 out-dir='{tmp_path / 'out'}'")
+    run_config = (
+        f"dataset='synthetic' partition='iid' num-clients=3 allocation='all' num-server-rounds=1 "
+        f"local-epochs=1 round-timeout=15.0 out-dir='{tmp_path / 'out'}'"
+    )
     env = {**flwr_env(tmp_path), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
-    proc = subprocess.Popen([str(BIN / "flwr"), "run", ".", "--stream", "--run-config", run_config], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [str(BIN / "flwr"), "run", ".", "--stream", "--run-config", run_config],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     reaper.append(proc)
     try:
         out, _ = proc.communicate(timeout=240)
@@ -218,13 +252,14 @@ def readme_flwr_demo_commands() -> list[str]:
 @pytest.mark.integration
 def test_the_readme_flwr_run_commands_run_the_demo_federation(tmp_path, reaper):
     export, run = readme_flwr_demo_commands()
-    assert re.search(r'num-supernodes=20\b', run) and "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1" in export
+    assert re.search(r"num-supernodes=20\b", run) and "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1" in export
     out_dir = tmp_path / "out"
     # the README's commands as written; only shorter (1 round of 1 epoch) and into the test's directory
     script = f"{export}\n{run} --run-config \"num-server-rounds=1 local-epochs=1 out-dir='{out_dir}'\"\n"
     env = {k: v for k, v in flwr_env(tmp_path).items() if k != "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"}
-    proc = subprocess.Popen(["bash", "-c", script], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        ["bash", "-c", script], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     reaper.append(proc)
     try:
         out, _ = proc.communicate(timeout=400)

@@ -20,14 +20,33 @@ import pytest
 
 from fedmm.checkpoint import CHECKPOINT_ARRAYS, CHECKPOINT_STATE, load_checkpoint, save_checkpoint
 from fedmm.config import load_config
-from fedmm.results import CONFIG_FILE, SUMMARY_FILE, ResultsWriter, prepare_out_dir
 from fedmm.inline import InlineGrid
+from fedmm.results import CONFIG_FILE, SUMMARY_FILE, ResultsWriter, prepare_out_dir
 
 #: Every file a run writes (README's results table).
-RUN_FILES = ("rounds.csv", "clients.csv", "config.toml", "summary.json", "model.safetensors", "accuracy.png",
-             "checkpoint.safetensors", "checkpoint.json")
-BASE = ["dataset=synthetic", "dataset.num_train=40", "dataset.num_test=8", "partition=iid", "num-clients=2",
-        "allocation=all", "clients-per-round=2", "local-epochs=1", "batch-size=8", "device=cpu", "seed=3"]
+RUN_FILES = (
+    "rounds.csv",
+    "clients.csv",
+    "config.toml",
+    "summary.json",
+    "model.safetensors",
+    "accuracy.png",
+    "checkpoint.safetensors",
+    "checkpoint.json",
+)
+BASE = [
+    "dataset=synthetic",
+    "dataset.num_train=40",
+    "dataset.num_test=8",
+    "partition=iid",
+    "num-clients=2",
+    "allocation=all",
+    "clients-per-round=2",
+    "local-epochs=1",
+    "batch-size=8",
+    "device=cpu",
+    "seed=3",
+]
 
 
 def federate(out_dir: Path, overrides: list[str], *, overwrite: bool = False) -> None:
@@ -110,7 +129,8 @@ def test_overwrite_removes_every_file_of_the_earlier_run_and_keeps_the_users(run
 
 
 def test_a_run_that_overwrote_and_died_before_its_first_checkpoint_is_not_resumed_from_the_old_one(
-        run_dir: Path, monkeypatch: pytest.MonkeyPatch, flower_identity: None) -> None:
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch, flower_identity: None
+) -> None:
     import fedmm.server.loop
     from fedmm.server.resume import resume_config
 
@@ -166,16 +186,19 @@ def _other_keys(run_dir: Path) -> None:
     save_checkpoint(run_dir, ckpt)
 
 
-@pytest.mark.parametrize(("damage", "file", "says"), [
-    (_empty, CHECKPOINT_STATE, "not readable JSON"),
-    (_garbage, CHECKPOINT_STATE, "not readable JSON"),
-    (_no_round, CHECKPOINT_STATE, "'round' is 'missing'"),
-    (_truncated_arrays, CHECKPOINT_ARRAYS, "not a readable safetensors file"),
-    (_wrong_shapes, CHECKPOINT_ARRAYS, "does not fit the model"),
-    (_other_keys, CHECKPOINT_ARRAYS, "does not fit the model"),
-], ids=["empty-json", "garbage-json", "json-without-round", "truncated-safetensors", "wrong-shapes", "other-keys"])
-def test_resume_refuses_a_damaged_checkpoint_naming_the_file(run_dir: Path, capsys, no_ray, damage, file,
-                                                             says) -> None:
+@pytest.mark.parametrize(
+    ("damage", "file", "says"),
+    [
+        (_empty, CHECKPOINT_STATE, "not readable JSON"),
+        (_garbage, CHECKPOINT_STATE, "not readable JSON"),
+        (_no_round, CHECKPOINT_STATE, "'round' is 'missing'"),
+        (_truncated_arrays, CHECKPOINT_ARRAYS, "not a readable safetensors file"),
+        (_wrong_shapes, CHECKPOINT_ARRAYS, "does not fit the model"),
+        (_other_keys, CHECKPOINT_ARRAYS, "does not fit the model"),
+    ],
+    ids=["empty-json", "garbage-json", "json-without-round", "truncated-safetensors", "wrong-shapes", "other-keys"],
+)
+def test_resume_refuses_a_damaged_checkpoint_naming_the_file(run_dir: Path, capsys, no_ray, damage, file, says) -> None:
     damage(run_dir)
     line = resume_error(run_dir, capsys)
     assert str(run_dir / file) in line and says in line, line
@@ -223,9 +246,9 @@ def test_a_truncated_or_garbage_hapt_cache_is_rebuilt(tmp_path: Path, monkeypatc
 
 def test_a_truncated_or_garbage_cremad_cache_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from safetensors.torch import load_file
+    from test_cremad import write_cremad_dir
 
     from fedmm.data.cremad import load_cremad
-    from test_cremad import write_cremad_dir
 
     monkeypatch.setenv("FEDMM_CACHE_DIR", str(tmp_path / "cache"))
     data_dir = write_cremad_dir(tmp_path / "CREMA-D")
@@ -242,7 +265,8 @@ def test_a_truncated_or_garbage_cremad_cache_is_rebuilt(tmp_path: Path, monkeypa
 
 # -- result files: the user's normal file mode, fsync before the rename -------------------------------------
 def test_result_checkpoint_cache_and_bench_files_get_the_umask_mode_and_are_fsynced(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flower_identity: None) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flower_identity: None
+) -> None:
     from fedmm import bench
     from fedmm.data import hapt
 
@@ -272,8 +296,11 @@ def test_result_checkpoint_cache_and_bench_files_get_the_umask_mode_and_are_fsyn
         bench._write_csv(pd.DataFrame({"a": [1]}), tmp_path / "bench" / "runs.csv")
     finally:
         os.umask(old_umask)
-    files = [*(tmp_path / "run").iterdir(), tmp_path / "cache" / f"{hapt.CACHE_VERSION}.npz",
-             tmp_path / "bench" / "runs.csv"]
+    files = [
+        *(tmp_path / "run").iterdir(),
+        tmp_path / "cache" / f"{hapt.CACHE_VERSION}.npz",
+        tmp_path / "bench" / "runs.csv",
+    ]
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(RUN_FILES)  # no temp file left
     modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
     assert set(modes.values()) == {"0o640"}, sorted(modes.items())

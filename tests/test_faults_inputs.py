@@ -26,12 +26,12 @@ def lying_npy(path: Path, rows: int = 2**40) -> Path:
 def _patch_header(data: bytes, rows: int) -> bytes:
     """``data`` (an .npy of shape (4, 3)) with its header's shape replaced by (rows, 3), padding kept."""
     start, length = 10, int.from_bytes(data[8:10], "little")
-    header = data[start:start + length].decode("latin1")
+    header = data[start : start + length].decode("latin1")
     new = header.replace("(4, 3)", f"({rows}, 3)")
     new = new.rstrip("\n").rstrip(" ")
     new = new + " " * (length - len(new) - 1) + "\n"
     assert len(new) == length
-    return data[:start] + new.encode("latin1") + data[start + length:]
+    return data[:start] + new.encode("latin1") + data[start + length :]
 
 
 def test_an_npy_header_claiming_2_to_the_40_rows_is_refused_before_any_allocation(tmp_path, monkeypatch):
@@ -82,7 +82,9 @@ def test_a_cache_dir_that_is_a_file_names_the_variable(tmp_path, monkeypatch, be
     monkeypatch.setattr(hapt, "read_recordings", lambda *a: None)
     with pytest.raises(ValueError, match=r"environment variable FEDMM_CACHE_DIR.*is a file, not a directory"):
         hapt.cached_windows()
-    monkeypatch.setattr(cremad, "decode_clips", lambda *a: pytest.fail("decoded before the cache directory was checked"))
+    monkeypatch.setattr(
+        cremad, "decode_clips", lambda *a: pytest.fail("decoded before the cache directory was checked")
+    )
     with pytest.raises(ValueError, match=r"environment variable FEDMM_CACHE_DIR"):
         cremad.cached_clips(tmp_path, [], 1, 8)
 
@@ -99,14 +101,23 @@ def plugin_path(tmp_path, monkeypatch):
         sys.modules.pop(name, None)
 
 
-@pytest.mark.parametrize(("plugin", "says"), [
-    ("raising_plugin", r"config key 'plugins': importing module 'raising_plugin' failed with RuntimeError: "
-                       r"the plugin is broken"),
-    (".relative", r"config key 'plugins' names '\.relative', which is not an absolute module name"),
-    ("needy_plugin", r"config key 'plugins': module 'needy_plugin' needs module 'no_such_dependency_xyz', "
-                     r"which is not installed"),
-    ("no_such_plugin_xyz", r"config key 'plugins' names module 'no_such_plugin_xyz', which cannot be imported"),
-])
+@pytest.mark.parametrize(
+    ("plugin", "says"),
+    [
+        (
+            "raising_plugin",
+            r"config key 'plugins': importing module 'raising_plugin' failed with RuntimeError: "
+            r"the plugin is broken",
+        ),
+        (".relative", r"config key 'plugins' names '\.relative', which is not an absolute module name"),
+        (
+            "needy_plugin",
+            r"config key 'plugins': module 'needy_plugin' needs module 'no_such_dependency_xyz', "
+            r"which is not installed",
+        ),
+        ("no_such_plugin_xyz", r"config key 'plugins' names module 'no_such_plugin_xyz', which cannot be imported"),
+    ],
+)
 def test_a_plugin_that_cannot_be_imported_is_one_error_naming_key_plugin_and_cause(plugin_path, plugin, says):
     with pytest.raises(ValueError, match=says):
         load_config(None, [f"plugins={plugin}"])
@@ -172,15 +183,20 @@ def _damaged_clients(run_dir: Path) -> None:
     (run_dir / "clients.csv").write_text("")
 
 
-@pytest.mark.parametrize(("damage", "file", "says"), [
-    (_deleted, "rounds.csv", "is missing"),
-    (_empty_table, "rounds.csv", "is damaged"),
-    (_garbage_table, "rounds.csv", "is damaged"),
-    (_cut_short, "rounds.csv", "lacks round 1 of the checkpoint's 0-1"),
-    (_damaged_clients, "clients.csv", "is damaged"),
-], ids=["deleted", "empty", "garbage", "cut-short", "clients-damaged"])
-def test_resume_refuses_a_damaged_or_deleted_table_instead_of_losing_its_rows(run_dir, capsys, no_ray, damage,
-                                                                              file, says):
+@pytest.mark.parametrize(
+    ("damage", "file", "says"),
+    [
+        (_deleted, "rounds.csv", "is missing"),
+        (_empty_table, "rounds.csv", "is damaged"),
+        (_garbage_table, "rounds.csv", "is damaged"),
+        (_cut_short, "rounds.csv", "lacks round 1 of the checkpoint's 0-1"),
+        (_damaged_clients, "clients.csv", "is damaged"),
+    ],
+    ids=["deleted", "empty", "garbage", "cut-short", "clients-damaged"],
+)
+def test_resume_refuses_a_damaged_or_deleted_table_instead_of_losing_its_rows(
+    run_dir, capsys, no_ray, damage, file, says
+):
     damage(run_dir)
     line = resume_error(run_dir, capsys)
     assert repr(str(run_dir / file)) in line and says in line, line
@@ -188,12 +204,15 @@ def test_resume_refuses_a_damaged_or_deleted_table_instead_of_losing_its_rows(ru
 
 
 # -- row 12: a malformed ray-address; fedmm report on damaged files ------------------------------------
-@pytest.mark.parametrize(("address", "says"), [
-    ("localhost", "is not an address of the form '<host>:<port>'"),
-    ("10.0.0.1:99999", "has port 99999, outside 1..65535"),
-    ("http://10.0.0.1:6379", "is not an address of the form"),
-    ("10.0.0.1:port", "is not an address of the form"),
-])
+@pytest.mark.parametrize(
+    ("address", "says"),
+    [
+        ("localhost", "is not an address of the form '<host>:<port>'"),
+        ("10.0.0.1:99999", "has port 99999, outside 1..65535"),
+        ("http://10.0.0.1:6379", "is not an address of the form"),
+        ("10.0.0.1:port", "is not an address of the form"),
+    ],
+)
 def test_a_malformed_ray_address_names_the_key(address, says):
     with pytest.raises(ValueError, match=rf"config key 'ray-address' = {address!r} {says}"):
         load_config(None, [f"ray-address={address!r}"])
@@ -213,16 +232,27 @@ def report_error(run_dir: Path, capsys) -> str:
     return err
 
 
-@pytest.mark.parametrize(("file", "content", "names", "says"), [
-    ("summary.json", b"{not json", "summary.json", "is damaged and cannot be read as JSON"),
-    ("summary.json", b"\xff\xfe", "summary.json", "is damaged and cannot be read as JSON"),
-    ("rounds.csv", b"", "rounds.csv", "is empty"),
-    ("rounds.csv", b"round,test/acc\n", "rounds.csv", "has no rounds yet"),
-    ("rounds.csv", b'\x00"x\n1,2,3\n', "rounds.csv", "has no 'round' column"),
-    ("rounds.csv", b"round,x\n0,1\n", "rounds.csv", "has no 'test/acc' column"),
-    ("rounds.csv", None, "", "holds no run (no rounds.csv"),
-], ids=["summary-garbage", "summary-not-utf8", "rounds-empty", "rounds-header-only", "rounds-garbage",
-        "rounds-other-columns", "rounds-deleted"])
+@pytest.mark.parametrize(
+    ("file", "content", "names", "says"),
+    [
+        ("summary.json", b"{not json", "summary.json", "is damaged and cannot be read as JSON"),
+        ("summary.json", b"\xff\xfe", "summary.json", "is damaged and cannot be read as JSON"),
+        ("rounds.csv", b"", "rounds.csv", "is empty"),
+        ("rounds.csv", b"round,test/acc\n", "rounds.csv", "has no rounds yet"),
+        ("rounds.csv", b'\x00"x\n1,2,3\n', "rounds.csv", "has no 'round' column"),
+        ("rounds.csv", b"round,x\n0,1\n", "rounds.csv", "has no 'test/acc' column"),
+        ("rounds.csv", None, "", "holds no run (no rounds.csv"),
+    ],
+    ids=[
+        "summary-garbage",
+        "summary-not-utf8",
+        "rounds-empty",
+        "rounds-header-only",
+        "rounds-garbage",
+        "rounds-other-columns",
+        "rounds-deleted",
+    ],
+)
 def test_report_on_a_damaged_file_names_it(run_dir, capsys, file, content, names, says):
     if content is None:
         (run_dir / file).unlink()

@@ -30,9 +30,29 @@ with directory_lock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(600)
 """
-SMALL = ["--set", "dataset=synthetic", "--set", "dataset.num_train=40", "--set", "dataset.num_test=8",
-         "--set", "partition=iid", "--set", "num-clients=2", "--set", "allocation=all", "--set", "local-epochs=1",
-         "--set", "batch-size=8", "--set", "device=cpu", "--set", "num-server-rounds=1", "--quiet"]
+SMALL = [
+    "--set",
+    "dataset=synthetic",
+    "--set",
+    "dataset.num_train=40",
+    "--set",
+    "dataset.num_test=8",
+    "--set",
+    "partition=iid",
+    "--set",
+    "num-clients=2",
+    "--set",
+    "allocation=all",
+    "--set",
+    "local-epochs=1",
+    "--set",
+    "batch-size=8",
+    "--set",
+    "device=cpu",
+    "--set",
+    "num-server-rounds=1",
+    "--quiet",
+]
 
 
 def _env() -> dict[str, str]:
@@ -48,8 +68,9 @@ def _stop(proc: subprocess.Popen) -> None:
 @contextmanager
 def held_by_another_process(directory: Path) -> Iterator[subprocess.Popen]:
     """A child process holding ``directory``'s lock until the body ends (killed by its pid)."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(directory)], stdout=subprocess.PIPE, text=True,
-                            env=_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(directory)], stdout=subprocess.PIPE, text=True, env=_env()
+    )
     try:
         assert proc.stdout.readline().strip() == "locked"
         yield proc
@@ -60,8 +81,11 @@ def held_by_another_process(directory: Path) -> Iterator[subprocess.Popen]:
 def test_a_locked_directory_is_refused_naming_it_and_the_holder_then_free_after_the_holder_is_killed(tmp_path):
     target = tmp_path / "run"
     with held_by_another_process(target) as holder:
-        with pytest.raises(DirectoryBusy, match=rf"output directory '{target}' is in use by another fedmm run "
-                                                rf"\(process {holder.pid}\).*choose another --out"):
+        with pytest.raises(
+            DirectoryBusy,
+            match=rf"output directory '{target}' is in use by another fedmm run "
+            rf"\(process {holder.pid}\).*choose another --out",
+        ):
             with directory_lock(target):
                 pass
         os.kill(holder.pid, signal.SIGKILL)
@@ -91,8 +115,9 @@ def cli_error(capsys, *argv: str) -> str:
 
 @pytest.mark.parametrize("engine", ["ray", "inline"])
 @pytest.mark.parametrize("flags", [(), ("--overwrite",)], ids=["plain", "overwrite"])
-def test_simulate_on_a_directory_another_run_writes_is_refused_before_anything_starts(tmp_path, capsys, no_ray,
-                                                                                     engine, flags):
+def test_simulate_on_a_directory_another_run_writes_is_refused_before_anything_starts(
+    tmp_path, capsys, no_ray, engine, flags
+):
     target = tmp_path / "run"
     with held_by_another_process(target) as holder:
         err = cli_error(capsys, "simulate", *SMALL, "--set", f"engine={engine}", "--out", str(target), *flags)
@@ -115,8 +140,11 @@ def test_a_benchmark_on_a_directory_another_benchmark_writes_is_refused(tmp_path
         raise AssertionError("a run started in a locked benchmark directory")
 
     with held_by_another_process(tmp_path / "bench") as holder:
-        with pytest.raises(DirectoryBusy, match=rf"benchmark directory '{tmp_path / 'bench'}' is in use by another "
-                                                rf"fedmm run \(process {holder.pid}\)"):
+        with pytest.raises(
+            DirectoryBusy,
+            match=rf"benchmark directory '{tmp_path / 'bench'}' is in use by another "
+            rf"fedmm run \(process {holder.pid}\)",
+        ):
             methods_benchmark(["synthetic"], ["fedavg"], [0], tmp_path / "bench", quick=True, simulate=never)
         with pytest.raises(DirectoryBusy, match=f"process {holder.pid}"):
             run_grid(None, [], [], [0], tmp_path / "bench" / "runs.csv", simulate=never)
@@ -126,10 +154,29 @@ def test_two_runs_started_together_on_one_out_one_runs_the_other_refuses(tmp_pat
     """Two real ``fedmm simulate`` processes (inline engine) on the same --out, started together: one
     finishes and owns every file; the other exits 2 naming the directory and the first's process."""
     out = tmp_path / "run"
-    procs = [subprocess.Popen([sys.executable, "-c", "from fedmm.cli import main; raise SystemExit(main())",
-                               "simulate", *SMALL, "--set", "engine=inline", "--set", f"seed={seed}", "--out",
-                               str(out), "--overwrite"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=_env()) for seed in (1, 2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from fedmm.cli import main; raise SystemExit(main())",
+                "simulate",
+                *SMALL,
+                "--set",
+                "engine=inline",
+                "--set",
+                f"seed={seed}",
+                "--out",
+                str(out),
+                "--overwrite",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        for seed in (1, 2)
+    ]
     try:
         results = [p.communicate(timeout=300) for p in procs]
     finally:

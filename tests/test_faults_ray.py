@@ -28,9 +28,24 @@ def test_a_ray_address_whose_listener_never_answers_is_an_error_within_the_bound
         listener.listen(16)
         port = listener.getsockname()[1]
         began = time.monotonic()
-        code = main(["simulate", "--set", "dataset=synthetic", "--set", "partition=iid", "--set", "num-clients=2",
-                     "--set", "num-server-rounds=1", "--set", f"ray-address=127.0.0.1:{port}", "--quiet",
-                     "--out", str(tmp_path / "run")])
+        code = main(
+            [
+                "simulate",
+                "--set",
+                "dataset=synthetic",
+                "--set",
+                "partition=iid",
+                "--set",
+                "num-clients=2",
+                "--set",
+                "num-server-rounds=1",
+                "--set",
+                f"ray-address=127.0.0.1:{port}",
+                "--quiet",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
         waited = time.monotonic() - began
     err = capsys.readouterr().err
     assert code == 2 and not started, err
@@ -53,9 +68,21 @@ from fedmm.results import SUMMARY_FILE  # noqa: E402
 
 #: 2 clients of 20000 synthetic examples, batch size 2: one client's local epoch takes tens of seconds
 #: on this machine, longer under load, so the Ctrl-C lands while both actors are mid-training.
-LONG_CLIENTS = ["dataset=synthetic", "partition=iid", "num-clients=2", "clients-per-round=2", "num-server-rounds=3",
-                "local-epochs=1", "batch-size=2", "device=cpu", "seed=1", "dataset.num_train=40000",
-                "dataset.num_test=200", "round-timeout=600", "client-num-cpus=1"]
+LONG_CLIENTS = [
+    "dataset=synthetic",
+    "partition=iid",
+    "num-clients=2",
+    "clients-per-round=2",
+    "num-server-rounds=3",
+    "local-epochs=1",
+    "batch-size=2",
+    "device=cpu",
+    "seed=1",
+    "dataset.num_train=40000",
+    "dataset.num_test=200",
+    "round-timeout=600",
+    "client-num-cpus=1",
+]
 #: A generous bound for the prompt to come back after Ctrl-C (the issue asks for 5 s; Ray's shutdown on a
 #: loaded 2-core machine is part of it); far below one client's training, which the old code waited for.
 PROMPT_WITHIN_S = 15.0
@@ -65,8 +92,13 @@ PROMPT_WITHIN_S = 15.0
 @pytest.mark.parametrize("engine", ["ray", "inline"])
 def test_ctrl_c_on_a_loaded_machine_returns_the_prompt_after_the_results_are_final(tmp_path, engine):
     out = tmp_path / "run"
-    args = ["simulate", *[a for s in [*LONG_CLIENTS, f"engine={engine}"] for a in ("--set", s)], "--out", str(out),
-            "--quiet"]
+    args = [
+        "simulate",
+        *[a for s in [*LONG_CLIENTS, f"engine={engine}"] for a in ("--set", s)],
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     load = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]  # a loaded machine
     try:
         with _fedmm(*args) as proc:
@@ -112,6 +144,7 @@ def test_a_ray_worker_is_a_simulated_client_and_this_process_is_not():
     assert not ray.is_initialized()
     ray.init(num_cpus=1, num_gpus=0, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
+
         @ray.remote(num_cpus=1)
         class Actor:
             def trusted(self) -> bool:

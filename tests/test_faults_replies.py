@@ -11,8 +11,19 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 
 from fedmm.facts import IMBALANCE_RATIO
-from fedmm.protocol import (ACC, ARRAYS, FACTS, INFO, LOSS, METRICS, MODALITIES, NUM_EXAMPLES, PARTITION_ID, SECONDS,
-                            TRAIN_LOSS)
+from fedmm.protocol import (
+    ACC,
+    ARRAYS,
+    FACTS,
+    INFO,
+    LOSS,
+    METRICS,
+    MODALITIES,
+    NUM_EXAMPLES,
+    PARTITION_ID,
+    SECONDS,
+    TRAIN_LOSS,
+)
 from fedmm.records import from_record, to_record
 from fedmm.server.loop import train_messages
 from fedmm.strategies import ModalityAwareFedAvg
@@ -51,8 +62,14 @@ def push(messages):
 
 
 def make_strategy(policy="all", **kw):
-    s = ModalityAwareFedAvg(policy=build_policy(policy, kw.pop("params", None), seed=0), clients_per_round=4,
-                            min_available_nodes=4, run_config="x", num_partitions=4, **kw)
+    s = ModalityAwareFedAvg(
+        policy=build_policy(policy, kw.pop("params", None), seed=0),
+        clients_per_round=4,
+        min_available_nodes=4,
+        run_config="x",
+        num_partitions=4,
+        **kw,
+    )
     for node, mods in HELD.items():
         s.roster.register(node, node - 1, mods, 10)
     s.roster.waited_for_nodes = True
@@ -60,8 +77,7 @@ def make_strategy(policy="all", **kw):
 
 
 def train_round(s):
-    return {m.metadata.dst_node_id: m for m in push(list(train_messages(s, 1, to_record(GLOBAL), FakeGrid(HELD),
-                                                                         600)))}
+    return {m.metadata.dst_node_id: m for m in push(list(train_messages(s, 1, to_record(GLOBAL), FakeGrid(HELD), 600)))}
 
 
 def good_arrays(node):
@@ -84,8 +100,13 @@ def reply(msg, arrays, metrics=None, **records):
 
 
 def undecodable():
-    record = to_record({"encoders.a.w": np.zeros(2, np.float32), "fusion.linear.weight": np.zeros(2, np.float32),
-                        "fusion.bn.num_batches_tracked": np.zeros((), np.int64)})
+    record = to_record(
+        {
+            "encoders.a.w": np.zeros(2, np.float32),
+            "fusion.linear.weight": np.zeros(2, np.float32),
+            "fusion.bn.num_batches_tracked": np.zeros((), np.int64),
+        }
+    )
     a = record["encoders.a.w"]
     record["encoders.a.w"] = Array(dtype=a.dtype, shape=a.shape, stype=a.stype, data=b"not numpy")
     return record
@@ -113,9 +134,10 @@ HOSTILE = {
     "key of no group": (node2(with_(evil=np.zeros(2, np.float32))), "unknown parameters"),
     "missing key": (node2(with_(**{"encoders.a.w": None})), "missing parameters"),
     "no arrays": (node2(arrays=ArrayRecord()), "missing parameters"),
-    "arrays not a record": (lambda m: Message(RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: 10,
-                                                                                    TRAIN_LOSS: 1.0})}),
-                                              reply_to=m), "no 'arrays' record"),
+    "arrays not a record": (
+        lambda m: Message(RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: 10, TRAIN_LOSS: 1.0})}), reply_to=m),
+        "no 'arrays' record",
+    ),
     "undecodable array": (node2(undecodable()), "cannot be read"),
     "num-examples 0": (node2(metrics={NUM_EXAMPLES: 0, TRAIN_LOSS: 0.5}), "num-examples 0"),
     "num-examples < 0": (node2(metrics={NUM_EXAMPLES: -3, TRAIN_LOSS: 0.5}), "num-examples -3"),
@@ -198,11 +220,16 @@ def test_discovery_skips_a_node_whose_info_is_bad(caplog):
         if node in BAD_INFO:
             info = BAD_INFO[node]
             return Message(RecordDict({} if info is None else {INFO: info}), reply_to=msg)
-        return Message(RecordDict({INFO: ConfigRecord({PARTITION_ID: node - 1, MODALITIES: ",".join(HELD[node]),
-                                                         NUM_EXAMPLES: 10})}), reply_to=msg)
+        return Message(
+            RecordDict(
+                {INFO: ConfigRecord({PARTITION_ID: node - 1, MODALITIES: ",".join(HELD[node]), NUM_EXAMPLES: 10})}
+            ),
+            reply_to=msg,
+        )
 
-    s = ModalityAwareFedAvg(policy=build_policy("all", seed=0), clients_per_round=4, min_available_nodes=1,
-                            run_config="x", num_partitions=4)
+    s = ModalityAwareFedAvg(
+        policy=build_policy("all", seed=0), clients_per_round=4, min_available_nodes=1, run_config="x", num_partitions=4
+    )
     with caplog.at_level(logging.WARNING, logger="fedmm"):
         msgs = list(train_messages(s, 1, to_record(GLOBAL), FakeGrid([*HELD, *BAD_INFO], answer), 600))
     assert s.roster.client_of == {1: 0, 2: 1, 3: 2, 4: 3}
@@ -222,10 +249,12 @@ def test_federated_evaluation_skips_replies_without_usable_metrics():
     s.roster.connected = set(HELD)
     sent = s.configure_evaluate(1, to_record(GLOBAL))
     msgs = {m.metadata.dst_node_id: m for m in sent}
-    replies = [evaluation(msgs[1], **{NUM_EXAMPLES: 10, ACC: 0.8, LOSS: 1.0}),
-               Message(RecordDict({}), reply_to=msgs[2]),
-               evaluation(msgs[3], **{NUM_EXAMPLES: 10, LOSS: 2.0}),
-               evaluation(msgs[4], **{NUM_EXAMPLES: 10, ACC: 0.1, LOSS: float("inf")})]
+    replies = [
+        evaluation(msgs[1], **{NUM_EXAMPLES: 10, ACC: 0.8, LOSS: 1.0}),
+        Message(RecordDict({}), reply_to=msgs[2]),
+        evaluation(msgs[3], **{NUM_EXAMPLES: 10, LOSS: 2.0}),
+        evaluation(msgs[4], **{NUM_EXAMPLES: 10, ACC: 0.1, LOSS: float("inf")}),
+    ]
     assert dict(s.aggregate_evaluate(1, replies)) == {"fedeval/acc": 0.8, "fedeval/loss": 1.0}
     assert s.aggregate_evaluate(1, replies[1:]) is None
 
@@ -250,11 +279,14 @@ def test_global_model_facts_skip_replies_without_metrics_or_with_bad_facts():
     s.last_accepted = [0, 1, 2, 3]
     s.roster.connected = set(HELD)
     answers = {
-        1: lambda m: Message(RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: 10}),
-                                         FACTS: MetricRecord({"proto.a": [1.0, 2.0]})}), reply_to=m),
+        1: lambda m: Message(
+            RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: 10}), FACTS: MetricRecord({"proto.a": [1.0, 2.0]})}),
+            reply_to=m,
+        ),
         2: lambda m: Message(RecordDict({FACTS: MetricRecord({"proto.a": [1.0]})}), reply_to=m),
-        3: lambda m: Message(RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: 10}),
-                                         FACTS: ConfigRecord({"proto.a": "x"})}), reply_to=m),
+        3: lambda m: Message(
+            RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: 10}), FACTS: ConfigRecord({"proto.a": "x"})}), reply_to=m
+        ),
         4: lambda m: Message(Error(code=0, reason="crashed"), reply_to=m),
     }
     grid = FakeGrid(HELD, lambda m: answers[m.metadata.dst_node_id](m))

@@ -32,9 +32,18 @@ ROUNDS = 4
 #: signal sent right after round 1's checkpoint lands while round 2 trains. With round-timeout 60
 #: the old code (every later client ``no-reply`` after Ctrl-C) would take minutes to exit.
 SETTINGS = [
-    "dataset=synthetic", "partition=iid", "num-clients=3", "clients-per-round=3", f"num-server-rounds={ROUNDS}",
-    "local-epochs=1", "batch-size=4", "device=cpu", "seed=1", "dataset.num_train=6000",
-    "dataset.strengths=0.4,0.2", "round-timeout=60",
+    "dataset=synthetic",
+    "partition=iid",
+    "num-clients=3",
+    "clients-per-round=3",
+    f"num-server-rounds={ROUNDS}",
+    "local-epochs=1",
+    "batch-size=4",
+    "device=cpu",
+    "seed=1",
+    "dataset.num_train=6000",
+    "dataset.strengths=0.4,0.2",
+    "round-timeout=60",
 ]
 STOP_WITHIN_S = 30.0
 
@@ -60,8 +69,14 @@ def _fedmm(*args: str) -> Iterator[subprocess.Popen]:
     session are killed by pid."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
-    proc = subprocess.Popen([sys.executable, "-m", "fedmm.cli", *args], start_new_session=True, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedmm.cli", *args],
+        start_new_session=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         yield proc
     finally:
@@ -104,8 +119,9 @@ def _wait_for_round_1(proc: subprocess.Popen, out: Path, timeout: float = 240) -
     raise AssertionError("round 1 did not finish in time")
 
 
-@pytest.mark.parametrize(("signum", "to_group"), [(signal.SIGINT, True), (signal.SIGTERM, False)],
-                         ids=["sigint-ctrl-c", "sigterm-kill"])
+@pytest.mark.parametrize(
+    ("signum", "to_group"), [(signal.SIGINT, True), (signal.SIGTERM, False)], ids=["sigint-ctrl-c", "sigterm-kill"]
+)
 def test_signal_after_round_1_stops_the_run_and_resume_matches(tmp_path, uninterrupted, signum, to_group):
     # Ctrl-C reaches the terminal's whole process group (twice: the second must print nothing);
     # `kill PID` reaches fedmm's process only
@@ -147,7 +163,9 @@ def test_signal_after_round_1_stops_the_run_and_resume_matches(tmp_path, uninter
     for key, value in whole["final"].items():
         assert resumed["final"][key] == pytest.approx(value, abs=1e-9), key
     cols = ["round", "partition-id", "modalities-trained", "status", "num-examples"]
-    pd.testing.assert_frame_equal(pd.read_csv(uninterrupted / CLIENTS_FILE)[cols], pd.read_csv(out / CLIENTS_FILE)[cols])
+    pd.testing.assert_frame_equal(
+        pd.read_csv(uninterrupted / CLIENTS_FILE)[cols], pd.read_csv(out / CLIENTS_FILE)[cols]
+    )
 
 
 def test_ctrl_c_stops_an_inline_run_and_its_resume_matches_the_ray_run(tmp_path, uninterrupted):

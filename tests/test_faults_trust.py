@@ -21,9 +21,20 @@ from fedmm.protocol import INFO, query_message
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 
-BASE = ["dataset=synthetic", "dataset.num_train=40", "dataset.num_test=8", "partition=iid", "num-clients=2",
-        "allocation=all", "clients-per-round=2", "local-epochs=1", "batch-size=8", "device=cpu", "seed=3",
-        "num-server-rounds=1"]
+BASE = [
+    "dataset=synthetic",
+    "dataset.num_train=40",
+    "dataset.num_test=8",
+    "partition=iid",
+    "num-clients=2",
+    "allocation=all",
+    "clients-per-round=2",
+    "local-epochs=1",
+    "batch-size=8",
+    "device=cpu",
+    "seed=3",
+    "num-server-rounds=1",
+]
 
 
 @pytest.fixture
@@ -45,17 +56,25 @@ def run_text(marker: Path) -> str:
 
 
 def ask(text: str, **node_config):
-    context = Context(run_id=1, node_id=7, state=RecordDict(), run_config={},
-                      node_config={"partition-id": 0, "num-partitions": 2, **node_config})
+    context = Context(
+        run_id=1,
+        node_id=7,
+        state=RecordDict(),
+        run_config={},
+        node_config={"partition-id": 0, "num-partitions": 2, **node_config},
+    )
     return app(query_message(7, text, MessageType.QUERY), context)
 
 
 def test_a_deployment_node_refuses_plugins_it_was_not_allowed_and_imports_nothing(marker_plugin):
     text = run_text(marker_plugin)
     assert not simulated_client()
-    with pytest.raises(PluginRefused, match=r"config key 'plugins' asks this node to import 'marker_plugin', which "
-                                            r"its operator has not allowed \(node config allowed-plugins='none'\)"
-                                            r".*allowed-plugins='marker_plugin'"):
+    with pytest.raises(
+        PluginRefused,
+        match=r"config key 'plugins' asks this node to import 'marker_plugin', which "
+        r"its operator has not allowed \(node config allowed-plugins='none'\)"
+        r".*allowed-plugins='marker_plugin'",
+    ):
         ask(text)
     with pytest.raises(PluginRefused, match="allowed-plugins='other.mod'"):
         ask(text, **{"allowed-plugins": "other.mod"})

@@ -10,8 +10,7 @@ import logging
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
-from test_faults_replies import (GLOBAL, HELD, FakeGrid, evaluation, good_arrays, make_strategy, reply,
-                                 train_round)
+from test_faults_replies import GLOBAL, HELD, FakeGrid, evaluation, good_arrays, make_strategy, reply, train_round
 
 from fedmm.facts import IMBALANCE_RATIO
 from fedmm.protocol import ACC, INFO, LOSS, MODALITIES, NUM_EXAMPLES, PARTITION_ID, SECONDS, TRAIN_LOSS
@@ -21,16 +20,21 @@ from fedmm.strategies.roster import Roster
 pytestmark = pytest.mark.usefixtures("flower_identity")
 
 
-@pytest.mark.parametrize(("metrics", "facts", "says"), [
-    ({NUM_EXAMPLES: 10, TRAIN_LOSS: 0.5}, {IMBALANCE_RATIO: -1.0}, "'imbalance-ratio' is -1.0, outside"),
-    ({NUM_EXAMPLES: 10, TRAIN_LOSS: 0.5, SECONDS: -2.0}, None, "'seconds' is -2.0, outside"),
-], ids=["imbalance-ratio -1", "seconds -2"])
+@pytest.mark.parametrize(
+    ("metrics", "facts", "says"),
+    [
+        ({NUM_EXAMPLES: 10, TRAIN_LOSS: 0.5}, {IMBALANCE_RATIO: -1.0}, "'imbalance-ratio' is -1.0, outside"),
+        ({NUM_EXAMPLES: 10, TRAIN_LOSS: 0.5, SECONDS: -2.0}, None, "'seconds' is -2.0, outside"),
+    ],
+    ids=["imbalance-ratio -1", "seconds -2"],
+)
 def test_a_training_reply_with_an_impossible_value_is_rejected(metrics, facts, says):
     s = make_strategy()
     msgs = train_round(s)
     extra = {"facts": MetricRecord(facts)} if facts else {}
-    replies = [reply(msgs[n], good_arrays(n)) for n in (1, 3, 4)] + [reply(msgs[2], good_arrays(2), metrics=metrics,
-                                                                           **extra)]
+    replies = [reply(msgs[n], good_arrays(n)) for n in (1, 3, 4)] + [
+        reply(msgs[2], good_arrays(2), metrics=metrics, **extra)
+    ]
     arrays, _ = s.aggregate_train(1, replies)
     status = {r["node-id"]: r["status"] for r in s.client_rows}
     assert status[2].startswith("rejected: ") and says in status[2]
@@ -53,8 +57,11 @@ def test_federated_evaluation_skips_an_accuracy_or_loss_out_of_range(bad, value,
     s.roster.connected = set(HELD)
     msgs = {m.metadata.dst_node_id: m for m in s.configure_evaluate(1, to_record(GLOBAL))}
     good = {NUM_EXAMPLES: 10, ACC: 0.8, LOSS: 1.0}
-    replies = [evaluation(msgs[1], **good), evaluation(msgs[2], **{**good, bad: value}),
-               evaluation(msgs[3], **{**good, ACC: 0.4, LOSS: 2.0})]
+    replies = [
+        evaluation(msgs[1], **good),
+        evaluation(msgs[2], **{**good, bad: value}),
+        evaluation(msgs[3], **{**good, ACC: 0.4, LOSS: 2.0}),
+    ]
     with caplog.at_level(logging.WARNING, logger="fedmm"):
         result = dict(s.aggregate_evaluate(1, replies))
     assert result == pytest.approx({"fedeval/acc": 0.6, "fedeval/loss": 1.5})  # nodes 1 and 3 only
@@ -67,16 +74,22 @@ def test_a_probe_with_a_negative_loss_is_skipped():
     losses = {1: 0.3, 2: -5.0, 3: 0.7, 4: 0.2}
     from fedmm.server.loop import train_messages
 
-    train_messages(s, 1, to_record(GLOBAL), FakeGrid(HELD, lambda m: evaluation(
-        m, **{NUM_EXAMPLES: 10, LOSS: losses[m.metadata.dst_node_id]})), 600)
+    train_messages(
+        s,
+        1,
+        to_record(GLOBAL),
+        FakeGrid(HELD, lambda m: evaluation(m, **{NUM_EXAMPLES: 10, LOSS: losses[m.metadata.dst_node_id]})),
+        600,
+    )
     assert [s.roster.clients[c].loss for c in range(4)] == [0.3, None, 0.7, 0.2]
 
 
 # -- row 10: a node that leaves before it is discovered ------------------------------------------------
 def info(msg: Message) -> Message:
     node = msg.metadata.dst_node_id
-    return Message(RecordDict({INFO: ConfigRecord({PARTITION_ID: node - 1, MODALITIES: "a,b", NUM_EXAMPLES: 10})}),
-                   reply_to=msg)
+    return Message(
+        RecordDict({INFO: ConfigRecord({PARTITION_ID: node - 1, MODALITIES: "a,b", NUM_EXAMPLES: 10})}), reply_to=msg
+    )
 
 
 def test_a_node_gone_before_discovery_gets_no_row_and_a_known_one_its_partition(caplog):

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedmm.config import load_config
 from fedmm.data import load_dataset
 from fedmm.data.base import ModalitySpec
-from fedmm.config import load_config
 from fedmm.models.net import ModelConfig, MultimodalNet
 from fedmm.models.projectors import filled_slots, project
 from fedmm.objectives import RoundContext, build_objective
@@ -35,8 +35,9 @@ def mlps(num: int = 2) -> dict[str, str]:
 def fedcmi_model(num_modalities: int = 2, seed: int = 0, **params):
     objective = build_objective("fedcmi", params)
     torch.manual_seed(seed)
-    return objective, build_model(specs(num_modalities), 3, ModelConfig(embed_dim=4, encoders=mlps(num_modalities)),
-                                  objective)
+    return objective, build_model(
+        specs(num_modalities), 3, ModelConfig(embed_dim=4, encoders=mlps(num_modalities)), objective
+    )
 
 
 def ctx(modalities, server_round=2, global_model=None) -> RoundContext:
@@ -102,9 +103,11 @@ def test_class_confidences_come_from_the_received_models_self_branches():
     local = hand_model(objective, own=-1.0, infiltration=1.0)  # differs from the received model
     # self logits of the received model = x: class 0 confidences m0 0.9, 0.7 (mean 0.8) and
     # m1 0.2, 0.2; class 1 confidences 0.5 for both
-    data = {"m0": torch.tensor([[math.log(9.0), 0.0], [math.log(7.0 / 3.0), 0.0], [0.0, 0.0]]),
-            "m1": torch.tensor([[-math.log(4.0), 0.0], [-math.log(4.0), 0.0], [0.0, 0.0]]),
-            "y": torch.tensor([0, 0, 1])}
+    data = {
+        "m0": torch.tensor([[math.log(9.0), 0.0], [math.log(7.0 / 3.0), 0.0], [0.0, 0.0]]),
+        "m1": torch.tensor([[-math.log(4.0), 0.0], [-math.log(4.0), 0.0], [0.0, 0.0]]),
+        "y": torch.tensor([0, 0, 1]),
+    }
     objective.begin_round(local, data, ctx(["m0", "m1"], global_model=received))
     # r = [0.8 / 0.2, 0.5 / 0.5] = [4, 1], mean 2.5 > 1: m0 dominates, class 0 is above the mean
     # (the local model's self branches would give r = [0.25, 1] and tau_0 = 1 / (1 + 2 ln 2.5);
@@ -176,8 +179,11 @@ def test_infiltration_loss_with_a_class_wise_temperature_table():
     objective = build_objective("fedcmi", {})
     model = hand_model(objective)
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
-    batch = {"m0": torch.tensor([[2.0, 0.0], [0.0, 1.0]]), "m1": torch.tensor([[1.0, 0.0], [0.0, 0.0]]),
-             "y": torch.tensor([0, 1])}
+    batch = {
+        "m0": torch.tensor([[2.0, 0.0], [0.0, 1.0]]),
+        "m1": torch.tensor([[1.0, 0.0], [0.0, 0.0]]),
+        "y": torch.tensor([0, 1]),
+    }
     objective.begin_round(model, batch, ctx(["m0", "m1"], global_model=teacher))
     tau = torch.tensor([0.5, 1.0])
     objective.temperatures = {("m0", "m1"): tau, ("m1", "m0"): tau}
@@ -241,15 +247,21 @@ def test_class_wise_temperatures_come_from_the_received_model_per_round():
 
 
 # -- training and aggregation ---------------------------------------------------------------------------
-@pytest.mark.parametrize(("num_modalities", "held"), [(2, ["m0", "m1"]), (3, ["m0", "m1", "m2"]), (3, ["m0", "m2"]),
-                                                      (2, ["m1"])])
+@pytest.mark.parametrize(
+    ("num_modalities", "held"), [(2, ["m0", "m1"]), (3, ["m0", "m1", "m2"]), (3, ["m0", "m2"]), (2, ["m1"])]
+)
 def test_one_local_epoch_and_missing_modality_metrics(num_modalities, held):
     dataset = load_dataset("synthetic", num_modalities=num_modalities, num_classes=3, dim=4, num_train=120)
     objective, model = fedcmi_model(num_modalities)
     data = {**{m: dataset.train[m] for m in held}, "y": dataset.train["y"]}
     before = copy.deepcopy(model.state_dict())
-    result = train_local(model, data, objective, ctx(held, global_model=copy.deepcopy(model).eval()),
-                         TrainConfig(epochs=1, batch_size=16, lr=0.05))
+    result = train_local(
+        model,
+        data,
+        objective,
+        ctx(held, global_model=copy.deepcopy(model).eval()),
+        TrainConfig(epochs=1, batch_size=16, lr=0.05),
+    )
     assert math.isfinite(result.loss)
     for key, value in model.state_dict().items():
         modality = key.split(".")[1] if not key.startswith("fusion") else None
@@ -260,12 +272,16 @@ def test_one_local_epoch_and_missing_modality_metrics(num_modalities, held):
 
 
 def test_projector_parameters_aggregate_only_over_clients_holding_their_modality():
-    global_state = {"projectors.m0.own.weight": np.zeros(2, dtype=np.float32),
-                    "projectors.m1.own.weight": np.zeros(2, dtype=np.float32),
-                    "fusion.linear.bias": np.zeros(2, dtype=np.float32)}
+    global_state = {
+        "projectors.m0.own.weight": np.zeros(2, dtype=np.float32),
+        "projectors.m1.own.weight": np.zeros(2, dtype=np.float32),
+        "fusion.linear.bias": np.zeros(2, dtype=np.float32),
+    }
     both = {k: np.full(2, 1.0, dtype=np.float32) for k in global_state}
-    only_m0 = {"projectors.m0.own.weight": np.full(2, 4.0, dtype=np.float32),
-               "fusion.linear.bias": np.full(2, 4.0, dtype=np.float32)}
+    only_m0 = {
+        "projectors.m0.own.weight": np.full(2, 4.0, dtype=np.float32),
+        "fusion.linear.bias": np.full(2, 4.0, dtype=np.float32),
+    }
     out = aggregate(global_state, [(10, both), (30, only_m0)])
     assert out["projectors.m0.own.weight"] == pytest.approx([3.25, 3.25])  # (10*1 + 30*4) / 40
     assert out["projectors.m1.own.weight"] == pytest.approx([1.0, 1.0])  # only the multimodal client
@@ -280,15 +296,18 @@ def test_bad_parameters():
 
 
 # -- the proximal weight ----------------------------------------------------------------------------
-@pytest.mark.parametrize(("overrides", "mu"), [
-    (["strategy=fedcmi", "objective.proximal=true"], 1.0),  # the reference's --mu
-    (["strategy=fedcmi", "objective.proximal=true", "objective.mu=0.25"], 0.25),  # the user's value wins
-    (["strategy=fedcmi"], 0.0),
-    (["strategy=fedprox"], 0.01),
-    (["strategy=fedprox", "strategy.mu=0.3"], 0.3),
-    (["strategy=fedprox", "strategy.mu=2"], 2.0),  # an integer is a float here
-    (["strategy.name=fedprox", "strategy.mu=0.5"], 0.5),  # [strategy] name = "fedprox", mu = 0.5
-])
+@pytest.mark.parametrize(
+    ("overrides", "mu"),
+    [
+        (["strategy=fedcmi", "objective.proximal=true"], 1.0),  # the reference's --mu
+        (["strategy=fedcmi", "objective.proximal=true", "objective.mu=0.25"], 0.25),  # the user's value wins
+        (["strategy=fedcmi"], 0.0),
+        (["strategy=fedprox"], 0.01),
+        (["strategy=fedprox", "strategy.mu=0.3"], 0.3),
+        (["strategy=fedprox", "strategy.mu=2"], 2.0),  # an integer is a float here
+        (["strategy.name=fedprox", "strategy.mu=0.5"], 0.5),  # [strategy] name = "fedprox", mu = 0.5
+    ],
+)
 def test_proximal_weight_the_clients_use(overrides, mu):
     """FedProx sends its weight with every training request; FedCMI's client adds its objective's
     (``fedmm.clients.app.train``: request weight + objective weight)."""
@@ -301,14 +320,17 @@ def test_proximal_weight_the_clients_use(overrides, mu):
     assert sent == (pytest.approx(mu) if run.strategy == "fedprox" else 0.0)
 
 
-@pytest.mark.parametrize(("overrides", "match"), [
-    (["strategy=fedprox", "proximal-mu=0.3"], r"'proximal-mu' is now 'strategy.mu"),  # the old key
-    (["strategy=fedcmi", "objective.proximal=true", "strategy.mu=0.3"], r"strategy 'fedcmi' takes no param"),
-    (["strategy=fedprox", "strategy.mu=-0.1"], r"'strategy.mu' must be >= 0"),
-    (["strategy=fedprox", "strategy.mu='high'"], r"'strategy.mu' expects float"),
-    (["strategy=fedprox", "strategy.mu=true"], r"'strategy.mu' expects float"),
-    (["strategy=fedprox", "strategy.nu=0.3"], r"unknown parameter 'nu' of strategy 'fedprox'; did you mean 'mu'"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["strategy=fedprox", "proximal-mu=0.3"], r"'proximal-mu' is now 'strategy.mu"),  # the old key
+        (["strategy=fedcmi", "objective.proximal=true", "strategy.mu=0.3"], r"strategy 'fedcmi' takes no param"),
+        (["strategy=fedprox", "strategy.mu=-0.1"], r"'strategy.mu' must be >= 0"),
+        (["strategy=fedprox", "strategy.mu='high'"], r"'strategy.mu' expects float"),
+        (["strategy=fedprox", "strategy.mu=true"], r"'strategy.mu' expects float"),
+        (["strategy=fedprox", "strategy.nu=0.3"], r"unknown parameter 'nu' of strategy 'fedprox'; did you mean 'mu'"),
+    ],
+)
 def test_strategy_parameters_are_refused_where_they_do_not_apply(overrides, match):
     from fedmm.server.plan import prepare
 

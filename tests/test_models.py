@@ -16,7 +16,9 @@ ENCODERS = {"m0": "mlp", "m1": "cnn1d", "m2": "mlp"}
 def make(n: int, heads: bool = False, embed_dim: int = 8, num_classes: int = 3) -> MultimodalNet:
     torch.manual_seed(0)
     encoders = {s.name: ENCODERS[s.name] for s in SPECS[:n]}
-    return MultimodalNet(SPECS[:n], num_classes, ModelConfig(embed_dim=embed_dim, encoders=encoders, heads=heads)).eval()
+    return MultimodalNet(
+        SPECS[:n], num_classes, ModelConfig(embed_dim=embed_dim, encoders=encoders, heads=heads)
+    ).eval()
 
 
 def batch(n: int, rows: int = 5) -> dict[str, torch.Tensor]:

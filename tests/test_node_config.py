@@ -19,15 +19,34 @@ from test_cremad import write_cremad_dir
 from fedmm.clients.app import Node, app
 from fedmm.config import RunConfig, load_config
 from fedmm.groups import key_modality
-from fedmm.protocol import (ARRAYS, INFO, METRICS, MODALITIES, NUM_EXAMPLES, PARTITION_ID, TRAIN_LOSS, Request,
-                            query_message)
+from fedmm.protocol import (
+    ARRAYS,
+    INFO,
+    METRICS,
+    MODALITIES,
+    NUM_EXAMPLES,
+    PARTITION_ID,
+    TRAIN_LOSS,
+    Request,
+    query_message,
+)
 from fedmm.records import to_record
 from fedmm.workspace import model_of, objective_of
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 
-SYNTHETIC = ["dataset=synthetic", "dataset.num_train=60", "dataset.num_test=20", "partition=iid", "num-clients=3",
-             "allocation=all", "local-epochs=1", "batch-size=8", "device=cpu", "client-num-cpus=1"]
+SYNTHETIC = [
+    "dataset=synthetic",
+    "dataset.num_train=60",
+    "dataset.num_test=20",
+    "partition=iid",
+    "num-clients=3",
+    "allocation=all",
+    "local-epochs=1",
+    "batch-size=8",
+    "device=cpu",
+    "client-num-cpus=1",
+]
 
 
 @pytest.fixture
@@ -40,19 +59,33 @@ def cremad_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def cremad_run(tmp_path: Path) -> RunConfig:
     """A CREMA-D run whose server-side data-dir does not exist on this node: everything the node
     reads must come from its own data-dir."""
-    return load_config(None, [
-        "dataset=cremad", f"data-dir={str(tmp_path / 'server-copy')!r}", "dataset.image_size=16",
-        "encoder.audio=mlp", "encoder.visual=mlp", "embed-dim=8", "partition=iid", "num-clients=2",
-        "local-epochs=1", "batch-size=6", "lr=0.001", "device=cpu", "client-num-cpus=1",
-    ])
+    return load_config(
+        None,
+        [
+            "dataset=cremad",
+            f"data-dir={str(tmp_path / 'server-copy')!r}",
+            "dataset.image_size=16",
+            "encoder.audio=mlp",
+            "encoder.visual=mlp",
+            "embed-dim=8",
+            "partition=iid",
+            "num-clients=2",
+            "local-epochs=1",
+            "batch-size=6",
+            "lr=0.001",
+            "device=cpu",
+            "client-num-cpus=1",
+        ],
+    )
 
 
 def context(**node_config) -> Context:
     return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config={})
 
 
-def server_message(run: RunConfig, message_type: str, data_dir: str | None = None, /, modalities: str = "",
-                   **request) -> Message:
+def server_message(
+    run: RunConfig, message_type: str, data_dir: str | None = None, /, modalities: str = "", **request
+) -> Message:
     """A message as ModalityAwareFedAvg sends it; train/evaluate carry the global model's groups
     for ``modalities`` (comma-separated), built as the server builds them from its copy of the data
     (here the node's ``data_dir``, which has the same shapes), and the :class:`Request` ``request``."""
@@ -71,8 +104,9 @@ def query(run: RunConfig, /, **node_config) -> dict:
 
 def train(run: RunConfig, asked: str, /, **node_config) -> Message:
     """The node's reply to a train message for modalities ``asked`` (comma-separated)."""
-    msg = server_message(run, MessageType.TRAIN, node_config.get("data-dir"),
-                         server_round=1, modalities=asked, proximal_mu=0.0)
+    msg = server_message(
+        run, MessageType.TRAIN, node_config.get("data-dir"), server_round=1, modalities=asked, proximal_mu=0.0
+    )
     return app(msg, context(**node_config))
 
 
@@ -122,8 +156,10 @@ def test_a_node_with_its_own_data_dir_holds_its_whole_train_split(cremad_dir: Pa
     uploaded = {key_modality(k) for k in reply.content[ARRAYS].keys()}
     assert uploaded == {None, "audio", "visual"}
 
-    evaluation = app(server_message(run, MessageType.EVALUATE, str(cremad_dir),
-                                    server_round=1, modalities="audio,visual"), context(**keys))
+    evaluation = app(
+        server_message(run, MessageType.EVALUATE, str(cremad_dir), server_round=1, modalities="audio,visual"),
+        context(**keys),
+    )
     assert evaluation.content[METRICS][NUM_EXAMPLES] == 12
 
     with pytest.raises(ValueError, match="num-partitions=3 but the run has num-clients=2"):
@@ -149,11 +185,15 @@ def test_the_modalities_key_overrides_what_a_node_holds(cremad_dir: Path, tmp_pa
     assert set(allocated.data) == {"m0", "m1", "y"} and set(overridden.data) == {"m1", "y"}
     assert torch.equal(allocated.data["y"], overridden.data["y"])
     assert node(shared, **part, modalities="m1, m0").modalities == ("m0", "m1")
-    assert query(shared, **part, modalities="m1") == {PARTITION_ID: 2, MODALITIES: "m1",
-                                                        NUM_EXAMPLES: int(allocated.data["y"].shape[0])}
+    assert query(shared, **part, modalities="m1") == {
+        PARTITION_ID: 2,
+        MODALITIES: "m1",
+        NUM_EXAMPLES: int(allocated.data["y"].shape[0]),
+    }
     # another partition with the same override is another cache entry
-    assert not torch.equal(node(shared, **{**part, "partition-id": 0}, modalities="m1").data["m1"][:5],
-                           overridden.data["m1"][:5])
+    assert not torch.equal(
+        node(shared, **{**part, "partition-id": 0}, modalities="m1").data["m1"][:5], overridden.data["m1"][:5]
+    )
 
 
 @pytest.mark.integration
@@ -172,11 +212,22 @@ def test_with_supernode_auth_only_registered_nodes_join_the_run(tmp_path: Path) 
         # a node whose key was never registered is refused and exits
         intruder = deployment.workdir / "keys" / "intruder"
         generate_node_key(intruder)
-        deployment._spawn("intruder", [
-            "flower-supernode", "--root-certificates", str(deployment.certs.ca), "--superlink", deployment.address,
-            "--port", str(free_port()), "--node-config", "partition-id=0 num-partitions=2",
-            "--auth-supernode-private-key", str(intruder),
-        ])
+        deployment._spawn(
+            "intruder",
+            [
+                "flower-supernode",
+                "--root-certificates",
+                str(deployment.certs.ca),
+                "--superlink",
+                deployment.address,
+                "--port",
+                str(free_port()),
+                "--node-config",
+                "partition-id=0 num-partitions=2",
+                "--auth-supernode-private-key",
+                str(intruder),
+            ],
+        )
         assert deployment.processes["intruder"].wait(timeout=120) != 0
         assert "Failed to activate SuperNode" in (deployment.workdir / "intruder.log").read_text()
         proc = flwr_run(deployment, out, rounds=1)

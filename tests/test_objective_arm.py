@@ -27,8 +27,11 @@ def sigmoid(x: float) -> float:
 
 def hand_model(obj: ARMReconstruction) -> MultimodalNet:
     """Identity encoders (d = 2), k = 1, K = 2: z_a = [u0, -u0], z_v = [2 u0, 0]."""
-    model = MultimodalNet([ModalitySpec(m, (2,), "vector") for m in ("a", "v")], 2,
-                          ModelConfig(embed_dim=2, encoders=dict.fromkeys(("a", "v"), "mlp")))
+    model = MultimodalNet(
+        [ModalitySpec(m, (2,), "vector") for m in ("a", "v")],
+        2,
+        ModelConfig(embed_dim=2, encoders=dict.fromkeys(("a", "v"), "mlp")),
+    )
     obj.extend_model(model)
     with torch.no_grad():
         for m in ("a", "v"):
@@ -49,8 +52,16 @@ BATCH = {"a": torch.tensor([[1.0, 0.0]]), "v": torch.tensor([[0.5, 0.0]]), "y": 
 
 
 def test_loss_matches_hand_computation() -> None:
-    obj = ARMReconstruction(P(strong_modality="a", subspace_dim=1, distill_weight=1.0, temperature=2.0,
-                              ortho_weight=0.01, strong_ce_weight=1.0))
+    obj = ARMReconstruction(
+        P(
+            strong_modality="a",
+            subspace_dim=1,
+            distill_weight=1.0,
+            temperature=2.0,
+            ortho_weight=0.01,
+            strong_ce_weight=1.0,
+        )
+    )
     model = hand_model(obj)
     obj.begin_round(model, BATCH, ctx(["a", "v"]))
     # z_a = [1, -1] (strong), z_v = [1, 0] (weak), y = 0
@@ -96,19 +107,30 @@ def test_single_modality_loss_and_predict() -> None:
 
 def test_orthogonality_penalty_starts_at_zero() -> None:
     obj = ARMReconstruction(P())
-    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v")], 3,
-                          ModelConfig(embed_dim=8, encoders=dict.fromkeys(("a", "v"), "mlp")))
+    model = MultimodalNet(
+        [ModalitySpec(m, (5,), "vector") for m in ("a", "v")],
+        3,
+        ModelConfig(embed_dim=8, encoders=dict.fromkeys(("a", "v"), "mlp")),
+    )
     obj.extend_model(model)
     assert model.heads["a"].proj.weight.shape == (4, 8)
     assert model.heads["a"].orthogonality_penalty().item() == pytest.approx(0.0, abs=1e-10)
     assert {parameter_group(n) for n, _ in model.named_parameters()} == {
-        "encoders.a", "encoders.v", "heads.a", "heads.v", "fusion"}
+        "encoders.a",
+        "encoders.v",
+        "heads.a",
+        "heads.v",
+        "fusion",
+    }
 
 
 def hand_model3(obj: ARMReconstruction) -> MultimodalNet:
     """:func:`hand_model` plus a third modality ``t``: z_t = [0, u0], no penalty."""
-    model = MultimodalNet([ModalitySpec(m, (2,), "vector") for m in ("a", "v", "t")], 2,
-                          ModelConfig(embed_dim=2, encoders=dict.fromkeys(("a", "v", "t"), "mlp")))
+    model = MultimodalNet(
+        [ModalitySpec(m, (2,), "vector") for m in ("a", "v", "t")],
+        2,
+        ModelConfig(embed_dim=2, encoders=dict.fromkeys(("a", "v", "t"), "mlp")),
+    )
     obj.extend_model(model)
     two = hand_model(ARMReconstruction(obj.params))
     with torch.no_grad():
@@ -165,13 +187,19 @@ def two_modality_loss(obj: ARMReconstruction, model: MultimodalNet, batch: dict)
 def test_two_modalities_reduce_exactly_to_the_two_modality_loss(strong: str) -> None:
     torch.manual_seed(0)
     obj = ARMReconstruction(P(strong_modality=strong, distill_weight=0.7, temperature=1.5, ortho_weight=0.05))
-    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v")], 3,
-                          ModelConfig(embed_dim=8, encoders=dict.fromkeys(("a", "v"), "mlp")))
+    model = MultimodalNet(
+        [ModalitySpec(m, (5,), "vector") for m in ("a", "v")],
+        3,
+        ModelConfig(embed_dim=8, encoders=dict.fromkeys(("a", "v"), "mlp")),
+    )
     obj.extend_model(model)
     for seed in range(4):  # batches on which either modality is the more confident one
         g = torch.Generator().manual_seed(seed)
-        batch = {"a": torch.randn(6, 5, generator=g), "v": 3 * torch.randn(6, 5, generator=g),
-                 "y": torch.randint(0, 3, (6,), generator=g)}
+        batch = {
+            "a": torch.randn(6, 5, generator=g),
+            "v": 3 * torch.randn(6, 5, generator=g),
+            "y": torch.randint(0, 3, (6,), generator=g),
+        }
         obj.begin_round(model, batch, ctx(["a", "v"]))
         assert torch.equal(obj.loss(model, batch), two_modality_loss(obj, model, batch))
     if not strong:  # a tie in confidence: the first modality is the strong one, as `conf_a >= conf_v`
@@ -180,20 +208,28 @@ def test_two_modalities_reduce_exactly_to_the_two_modality_loss(strong: str) -> 
 
 
 def test_model_dependent_param_errors() -> None:
-    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v")], 3,
-                          ModelConfig(embed_dim=8, encoders=dict.fromkeys(("a", "v"), "mlp")))
+    model = MultimodalNet(
+        [ModalitySpec(m, (5,), "vector") for m in ("a", "v")],
+        3,
+        ModelConfig(embed_dim=8, encoders=dict.fromkeys(("a", "v"), "mlp")),
+    )
     with pytest.raises(ValueError, match="strong_modality"):
         ARMReconstruction(P(strong_modality="x")).extend_model(model)
     with pytest.raises(ValueError, match="subspace_dim"):
         ARMReconstruction(P(subspace_dim=8)).extend_model(model)
 
 
-@pytest.mark.parametrize(("params", "match"), [({"subspace_dim": -1}, "subspace_dim"),
-                                               ({"distill_weight": -1.0}, "distill_weight"),
-                                               ({"temperature": 0.0}, "temperature"),
-                                               ({"temperature": float("nan")}, "temperature"),
-                                               ({"ortho_weight": -0.1}, "ortho_weight"),
-                                               ({"strong_ce_weight": -1.0}, "strong_ce_weight")])
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"subspace_dim": -1}, "subspace_dim"),
+        ({"distill_weight": -1.0}, "distill_weight"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"ortho_weight": -0.1}, "ortho_weight"),
+        ({"strong_ce_weight": -1.0}, "strong_ce_weight"),
+    ],
+)
 def test_bad_params(params: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         ARMReconstruction(P(**params))
@@ -225,8 +261,7 @@ def test_one_local_epoch_by_hand(held: list[str]) -> None:
     else:
         p = [[sigmoid(1.0), sigmoid(-1.0)], [sigmoid(-1.0), sigmoid(1.0)]]  # softmax(z_a / 2)
         q = [[sigmoid(0.5), sigmoid(-0.5)], [sigmoid(0.25), sigmoid(-0.25)]]  # softmax(z_v / 2)
-        kl = sum(pc * math.log(pc / qc) for pr, qr in zip(p, q, strict=True)
-                 for pc, qc in zip(pr, qr, strict=True)) / 2
+        kl = sum(pc * math.log(pc / qc) for pr, qr in zip(p, q, strict=True) for pc, qc in zip(pr, qr, strict=True)) / 2
         hand = ce_v + kl + 0.01 * 9 + ce_a
 
     # the formula of docs/methods/arm.md §2 on plain tensors, for the gradient of the step
@@ -242,8 +277,9 @@ def test_one_local_epoch_by_hand(held: list[str]) -> None:
     assert spec.item() == pytest.approx(hand, rel=1e-6)
     spec.backward()
 
-    result = train_local(model, data, obj, ctx(held),
-                         TrainConfig(epochs=1, batch_size=2, lr=lr, momentum=0.0, weight_decay=0.0))
+    result = train_local(
+        model, data, obj, ctx(held), TrainConfig(epochs=1, batch_size=2, lr=lr, momentum=0.0, weight_decay=0.0)
+    )
     assert result.num_steps == 1
     assert result.loss == pytest.approx(hand, rel=1e-6)
     for m in held:
@@ -261,12 +297,27 @@ def test_one_round_federation_on_synthetic(flower_identity, num_modalities: int)
 
     from fedmm.config import load_config
 
-    run = load_config(None, ["dataset=synthetic", f"dataset.num_modalities={num_modalities}", "objective=arm",
-                             "num-server-rounds=1", "num-clients=3", "partition=iid", "local-epochs=1",
-                             "device=cpu", "client-num-cpus=1"])
+    run = load_config(
+        None,
+        [
+            "dataset=synthetic",
+            f"dataset.num_modalities={num_modalities}",
+            "objective=arm",
+            "num-server-rounds=1",
+            "num-clients=3",
+            "partition=iid",
+            "local-epochs=1",
+            "device=cpu",
+            "client-num-cpus=1",
+        ],
+    )
     heads = {}
-    rows = run_in_process(run, on_round=lambda plan, row: heads.update(
-        {m: plan.model.heads[m].proj.weight.shape for m in plan.model.modalities}))
+    rows = run_in_process(
+        run,
+        on_round=lambda plan, row: heads.update(
+            {m: plan.model.heads[m].proj.weight.shape for m in plan.model.modalities}
+        ),
+    )
     mods = [f"m{i}" for i in range(num_modalities)]
     assert [r["round"] for r in rows] == [0, 1] and rows[-1]["clients-ok"] == 3
     assert all(0.0 <= rows[-1][f"test/acc/{m}"] <= 1.0 for m in mods)

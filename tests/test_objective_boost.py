@@ -363,7 +363,9 @@ def test_one_local_epoch(names: list[str], single: bool) -> None:
     held = names[:1] if single else names
     data = synthetic(held)
     active = [2] + [1] * (len(names) - 1)
-    result = train_local(model, data, obj, ctx(held, {ACTIVE_KEY: active}), TrainConfig(epochs=1, batch_size=8, lr=0.05))
+    result = train_local(
+        model, data, obj, ctx(held, {ACTIVE_KEY: active}), TrainConfig(epochs=1, batch_size=8, lr=0.05)
+    )
     assert math.isfinite(result.loss)
     reported = {k for k in result.facts if k.startswith("boost-count-")}
     assert reported == {f"boost-count-{m}" for m in held}
@@ -424,9 +426,20 @@ def test_the_server_gets_the_runs_schedule() -> None:
 
 # -- federation: no evaluation scores a classifier before a round has trained it -------------------
 FEDERATION = [
-    "dataset=synthetic", "partition=iid", "num-clients=4", "allocation=all", "num-server-rounds=3",
-    "local-epochs=1", "batch-size=16", "device=cpu", "objective=boost", "objective.tau=0",
-    "objective.train_added_heads=true", "selection=powd", "clients-per-round=2", "fraction-evaluate=0.5",
+    "dataset=synthetic",
+    "partition=iid",
+    "num-clients=4",
+    "allocation=all",
+    "num-server-rounds=3",
+    "local-epochs=1",
+    "batch-size=16",
+    "device=cpu",
+    "objective=boost",
+    "objective.tau=0",
+    "objective.train_added_heads=true",
+    "selection=powd",
+    "clients-per-round=2",
+    "fraction-evaluate=0.5",
 ]
 
 
@@ -437,8 +450,16 @@ class InlineGrid:
     def __init__(self, num_nodes: int) -> None:
         from flwr.app import Context, RecordDict
 
-        self.contexts = {n: Context(run_id=1, node_id=n, node_config={"partition-id": n - 1, "num-partitions": num_nodes},
-                                    state=RecordDict(), run_config={}) for n in range(1, num_nodes + 1)}
+        self.contexts = {
+            n: Context(
+                run_id=1,
+                node_id=n,
+                node_config={"partition-id": n - 1, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
+            for n in range(1, num_nodes + 1)
+        }
 
     def get_node_ids(self) -> list[int]:
         return list(self.contexts)
@@ -478,7 +499,9 @@ class SlotLog:
 
 
 @pytest.mark.usefixtures("flower_identity")
-def test_no_evaluation_uses_an_untrained_classifier_and_a_resume_keeps_the_pending_decision(tmp_path, monkeypatch) -> None:
+def test_no_evaluation_uses_an_untrained_classifier_and_a_resume_keeps_the_pending_decision(
+    tmp_path, monkeypatch
+) -> None:
     from fedmm.checkpoint import load_checkpoint
     from fedmm.config import load_config
     from fedmm.server.loop import run_federation
@@ -541,13 +564,19 @@ def test_ray_federation_evaluates_only_classifiers_that_moved(tmp_path, monkeypa
         msg = message(strategy, client_id, server_round, arrays)
         extras = Request.from_message(msg).extras
         sent = msg.content[ARRAYS]
-        check(dict(zip(plan.objective.modalities, (int(c) for c in extras[ACTIVE_KEY]), strict=True)),
-              lambda key: sent[key].numpy())
+        check(
+            dict(zip(plan.objective.modalities, (int(c) for c in extras[ACTIVE_KEY]), strict=True)),
+            lambda key: sent[key].numpy(),
+        )
         return msg
 
     monkeypatch.setattr(ModalityAwareFedAvg, "_evaluate_message", checked_message)
-    simulate(run, tmp_path / "run", plan=plan,
-             on_round=lambda row: check(dict(plan.objective.active), lambda key: plan.model.state_dict()[key].cpu()))
+    simulate(
+        run,
+        tmp_path / "run",
+        plan=plan,
+        on_round=lambda row: check(dict(plan.objective.active), lambda key: plan.model.state_dict()[key].cpu()),
+    )
     assert [r for r, _ in plan.objective.decisions] == [1, 2, 3] and checked
     assert all(moved for *_, moved in checked), [c for c in checked if not c[2]]
 

@@ -7,10 +7,9 @@ import math
 
 import pytest
 import torch
+from schedules import scheduled_epochs
 from torch import nn
 from torch.nn import functional as F
-
-from schedules import scheduled_epochs
 
 from fedmm.data.base import ModalitySpec
 from fedmm.models.net import ModelConfig, MultimodalNet
@@ -46,8 +45,11 @@ def ctx(modalities: list[str], server_round: int = 1) -> RoundContext:
 
 def hand_model(names: tuple[str, ...], obj: MNL) -> MultimodalNet:
     """Identity encoders and identity heads (d = K = 2): z^m = x^m; fusion = mean of the z^m."""
-    model = MultimodalNet([ModalitySpec(m, (2,), "vector") for m in names], 2,
-                          ModelConfig(embed_dim=2, encoders=dict.fromkeys(names, "mlp")))
+    model = MultimodalNet(
+        [ModalitySpec(m, (2,), "vector") for m in names],
+        2,
+        ModelConfig(embed_dim=2, encoders=dict.fromkeys(names, "mlp")),
+    )
     obj.extend_model(model)
     with torch.no_grad():
         for m in names:
@@ -59,7 +61,9 @@ def hand_model(names: tuple[str, ...], obj: MNL) -> MultimodalNet:
     return model
 
 
-def reference_mnl_loss(out: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, y: torch.Tensor, w: float) -> torch.Tensor:
+def reference_mnl_loss(
+    out: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, y: torch.Tensor, w: float
+) -> torch.Tensor:
     """The reference ``model_forward`` loss for two modalities, transcribed with its masks."""
     k = out.shape[1]
     rows = torch.arange(y.shape[0])
@@ -107,8 +111,11 @@ def test_loss_matches_hand_computation() -> None:
     lam = 0.7
     obj = MNL(P(lam=lam))
     model = hand_model(("a", "v"), obj)
-    batch = {"a": torch.tensor([[2.0, 0.0], [0.0, 0.0]]), "v": torch.tensor([[1.0, 0.0], [0.0, 1.0]]),
-             "y": torch.tensor([0, 1])}
+    batch = {
+        "a": torch.tensor([[2.0, 0.0], [0.0, 0.0]]),
+        "v": torch.tensor([[1.0, 0.0], [0.0, 1.0]]),
+        "y": torch.tensor([0, 1]),
+    }
     obj.begin_round(model, batch, ctx(["a", "v"]))
     loss = obj.loss(model, batch)
     # Sample 0 (y=0): a = [2, 0] beats v = [1, 0] on margin and confidence -> a guides v.
@@ -127,8 +134,11 @@ def test_loss_matches_hand_computation() -> None:
 def test_loss_matches_the_reference_on_random_logits() -> None:
     torch.manual_seed(0)
     obj = MNL(P(lam=0.7))  # default fusion: the reference's out = 0.5 * z_a + 0.5 * z_v
-    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in ("a", "v")], 5,
-                          ModelConfig(embed_dim=5, encoders=dict.fromkeys(("a", "v"), "mlp")))
+    model = MultimodalNet(
+        [ModalitySpec(m, (5,), "vector") for m in ("a", "v")],
+        5,
+        ModelConfig(embed_dim=5, encoders=dict.fromkeys(("a", "v"), "mlp")),
+    )
     obj.extend_model(model)
     with torch.no_grad():
         for m in ("a", "v"):
@@ -163,8 +173,12 @@ def test_three_modalities_guide_every_other_modality() -> None:
     lam = 0.5
     obj = MNL(P(lam=lam))
     model = hand_model(("a", "v", "t"), obj)
-    batch = {"a": torch.tensor([[2.0, 0.0]]), "v": torch.tensor([[1.0, 0.0]]), "t": torch.tensor([[0.0, 0.0]]),
-             "y": torch.tensor([0])}
+    batch = {
+        "a": torch.tensor([[2.0, 0.0]]),
+        "v": torch.tensor([[1.0, 0.0]]),
+        "t": torch.tensor([[0.0, 0.0]]),
+        "y": torch.tensor([0]),
+    }
     obj.begin_round(model, batch, ctx(["a", "v", "t"]))
     loss = obj.loss(model, batch)
     assert obj.last_guides == ["a"]
@@ -209,9 +223,16 @@ def test_lambda_is_the_config_name() -> None:
     assert build_objective("mnl", {}).params.lam == pytest.approx(0.7)
 
 
-@pytest.mark.parametrize(("params", "match"), [({"lambda": -0.1}, "lambda"), ({"lambda": float("nan")}, "lambda"),
-                                               ({"start_round": -1}, "start_round"), ({"start": 1.5}, "start"),
-                                               ({"start": 0.25, "start_round": 3}, "not both")])
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"lambda": -0.1}, "lambda"),
+        ({"lambda": float("nan")}, "lambda"),
+        ({"start_round": -1}, "start_round"),
+        ({"start": 1.5}, "start"),
+        ({"start": 0.25, "start_round": 3}, "not both"),
+    ],
+)
 def test_bad_params(params: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         build_objective("mnl", params)
@@ -224,8 +245,11 @@ def test_bad_params(params: dict, match: str) -> None:
 def k3_model(obj: MNL) -> MultimodalNet:
     """d = K = 3, identity encoders and heads (z^m = x^m); the concat fusion head ignores its input
     and always says [0, 0, 3], so it differs from the mean of the heads."""
-    model = MultimodalNet([ModalitySpec(m, (3,), "vector") for m in ("a", "v")], 3,
-                          ModelConfig(embed_dim=3, encoders=dict.fromkeys(("a", "v"), "mlp")))
+    model = MultimodalNet(
+        [ModalitySpec(m, (3,), "vector") for m in ("a", "v")],
+        3,
+        ModelConfig(embed_dim=3, encoders=dict.fromkeys(("a", "v"), "mlp")),
+    )
     obj.extend_model(model)
     with torch.no_grad():
         for m in ("a", "v"):
@@ -333,29 +357,37 @@ def test_one_local_epoch_by_hand(held: list[str]) -> None:
     lam, lr = 0.7, 0.1
     names = ("m0", "m1", "m2")[: max(2, len(held))]
     obj = build_objective("mnl", {"lambda": lam})
-    model = MultimodalNet([ModalitySpec(m, (3,), "vector") for m in names], 3,
-                          ModelConfig(embed_dim=3, encoders=dict.fromkeys(names, "mlp")))
+    model = MultimodalNet(
+        [ModalitySpec(m, (3,), "vector") for m in names],
+        3,
+        ModelConfig(embed_dim=3, encoders=dict.fromkeys(names, "mlp")),
+    )
     obj.extend_model(model)
-    weights = {"m0": [[1.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
-               "m1": [[0.5, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 0.0, 1.0]],
-               "m2": [[2.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.5]]}
+    weights = {
+        "m0": [[1.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+        "m1": [[0.5, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 0.0, 1.0]],
+        "m2": [[2.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.5]],
+    }
     with torch.no_grad():
         for m in names:
             model.encoders[m] = nn.Identity()
             model.heads[m].weight.copy_(torch.tensor(weights[m]))
             model.heads[m].bias.copy_(torch.tensor([0.1, 0.0, -0.1]))
     fusion_before = model.fusion.linear.weight.detach().clone()
-    x = {"m0": torch.tensor([[2.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0]]),
-         "m1": torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0]]),
-         "m2": torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 2.0]])}
+    x = {
+        "m0": torch.tensor([[2.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0]]),
+        "m1": torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0]]),
+        "m2": torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 2.0]]),
+    }
     y = torch.tensor([0, 1, 2])
     w = {m: torch.tensor(weights[m], requires_grad=True) for m in held}
     bias = {m: torch.tensor([0.1, 0.0, -0.1], requires_grad=True) for m in held}
     expected = spec_mnl_loss({m: x[m] @ w[m].T + bias[m] for m in held}, y, lam)
     expected.backward()
     data = {**{m: x[m] for m in held}, "y": y}
-    result = train_local(model, data, obj, ctx(held),
-                         TrainConfig(epochs=1, batch_size=3, lr=lr, momentum=0.0, weight_decay=0.0))
+    result = train_local(
+        model, data, obj, ctx(held), TrainConfig(epochs=1, batch_size=3, lr=lr, momentum=0.0, weight_decay=0.0)
+    )
     assert result.num_steps == 1
     assert result.loss == pytest.approx(expected.item(), rel=1e-6)
     if len(held) > 1:

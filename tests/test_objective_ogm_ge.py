@@ -6,9 +6,8 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
 from schedules import scheduled_epochs
+from torch import nn
 
 from fedmm.data.base import ModalitySpec
 from fedmm.models.net import ModelConfig, MultimodalNet
@@ -45,8 +44,11 @@ def ctx(modalities: list[str], server_round: int = 1) -> RoundContext:
 
 def hand_model() -> MultimodalNet:
     """Linear identity encoders (d = 2, with a zero bias), K = 2, fusion [W_a | W_v] = [2 I | 0.5 I]."""
-    model = MultimodalNet([ModalitySpec(m, (2,), "vector") for m in ("a", "v")], 2,
-                          ModelConfig(embed_dim=2, encoders=dict.fromkeys(("a", "v"), "mlp")))
+    model = MultimodalNet(
+        [ModalitySpec(m, (2,), "vector") for m in ("a", "v")],
+        2,
+        ModelConfig(embed_dim=2, encoders=dict.fromkeys(("a", "v"), "mlp")),
+    )
     with torch.no_grad():
         for m in ("a", "v"):
             enc = nn.Linear(2, 2)
@@ -144,13 +146,15 @@ def test_three_modality_rule_by_hand() -> None:
     # s = (3, 1, 2): rho = 3 / 1.5 = 2, 1 / 2.5 = 0.4, 2 / 2 = 1 -> only a is damped.
     assert discrepancy_ratios({"a": 3.0, "v": 1.0, "t": 2.0}) == pytest.approx({"a": 2.0, "v": 0.4, "t": 1.0})
     assert modulation_coefficients({"a": 3.0, "v": 1.0, "t": 2.0}, 0.5) == pytest.approx(
-        {"a": 1 - math.tanh(1.0), "v": 1.0, "t": 1.0})
+        {"a": 1 - math.tanh(1.0), "v": 1.0, "t": 1.0}
+    )
     # s = (3, 3, 1): rho_a = rho_v = 3 / 2 -> both damped, t untouched.
     k = 1 - math.tanh(0.5 * 1.5)
     assert modulation_coefficients({"a": 3.0, "v": 3.0, "t": 1.0}, 0.5) == pytest.approx({"a": k, "v": k, "t": 1.0})
     # All equal: the first modality is damped with rho = 1.
     assert modulation_coefficients({"a": 1.0, "v": 1.0, "t": 1.0}, 0.5) == pytest.approx(
-        {"a": 1 - math.tanh(0.5), "v": 1.0, "t": 1.0})
+        {"a": 1 - math.tanh(0.5), "v": 1.0, "t": 1.0}
+    )
 
 
 def test_selector_takes_conv_kernels_and_linear_weights_only() -> None:
@@ -186,14 +190,18 @@ def test_ge_noise_has_the_gradient_std_and_spares_1d_tensors() -> None:
     assert facts == pytest.approx({f"ogm-coeff/{m}": coeffs[m] for m in ("a", "v")})
 
 
-@pytest.mark.parametrize(("params", "match"), [({"alpha": -0.1}, "alpha"),
-                                               ({"alpha": float("nan")}, "alpha"),
-                                               ({"modulation_start_round": -1}, "modulation_start_round"),
-                                               ({"modulation_start_round": 10, "modulation_end_round": 5},
-                                                "modulation_end_round"),
-                                               ({"modulation_start": 0.6, "modulation_end": 0.5}, "modulation_start"),
-                                               ({"modulation_end": 1.5}, "modulation_end"),
-                                               ({"modulation_end": 0.4, "modulation_end_round": 8}, "not both")])
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"alpha": -0.1}, "alpha"),
+        ({"alpha": float("nan")}, "alpha"),
+        ({"modulation_start_round": -1}, "modulation_start_round"),
+        ({"modulation_start_round": 10, "modulation_end_round": 5}, "modulation_end_round"),
+        ({"modulation_start": 0.6, "modulation_end": 0.5}, "modulation_start"),
+        ({"modulation_end": 1.5}, "modulation_end"),
+        ({"modulation_end": 0.4, "modulation_end_round": 8}, "not both"),
+    ],
+)
 def test_bad_params(params: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         OGMGE(P(**params))
@@ -247,12 +255,16 @@ def test_window_is_a_fraction_of_the_runs_local_epochs() -> None:
 
 def test_window_in_rounds_is_an_explicit_override() -> None:
     assert modulated_epochs(P(modulation_end_round=3), num_rounds=6, local_epochs=2) == [
-        (r, e) for r in (1, 2, 3) for e in (0, 1)]
+        (r, e) for r in (1, 2, 3) for e in (0, 1)
+    ]
     assert modulated_epochs(P(modulation_start_round=5), num_rounds=6, local_epochs=1) == [(5, 0), (6, 0)]
     assert modulated_epochs(P(modulation_start=0.5, modulation_end=0.75), num_rounds=4, local_epochs=1) == [
-        (3, 0), (4, 0)]
+        (3, 0),
+        (4, 0),
+    ]
     # the update pass before round 1 (round 0) is the start of training
     obj = OGMGE(P())
-    obj.begin_round(hand_model(), BATCH, RoundContext(server_round=0, num_rounds=20, local_epochs=2,
-                                                      modalities=["a", "v"]))
+    obj.begin_round(
+        hand_model(), BATCH, RoundContext(server_round=0, num_rounds=20, local_epochs=2, modalities=["a", "v"])
+    )
     assert obj.modulating()

@@ -32,8 +32,11 @@ def ctx(modalities: list[str], server_round: int = 1) -> RoundContext:
 
 def hand_model(num_classes: int = 2) -> MultimodalNet:
     """Linear identity encoders (d = 2), K classes, fusion [I_a | I_v] (zero bias) when K = 2."""
-    model = MultimodalNet([ModalitySpec(m, (2,), "vector") for m in ("a", "v")], num_classes,
-                          ModelConfig(embed_dim=2, encoders=dict.fromkeys(("a", "v"), "mlp")))
+    model = MultimodalNet(
+        [ModalitySpec(m, (2,), "vector") for m in ("a", "v")],
+        num_classes,
+        ModelConfig(embed_dim=2, encoders=dict.fromkeys(("a", "v"), "mlp")),
+    )
     with torch.no_grad():
         for m in ("a", "v"):
             enc = nn.Linear(2, 2)
@@ -53,8 +56,9 @@ def test_prototype_logits_are_negative_distances() -> None:
 
 
 def test_absent_class_is_masked_and_gets_no_probability() -> None:
-    protos = Prototypes(centers=torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0]]),
-                        present=torch.tensor([True, False, True]))
+    protos = Prototypes(
+        centers=torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0]]), present=torch.tensor([True, False, True])
+    )
     u = torch.tensor([[0.0, 0.0]], requires_grad=True)
     logits = prototype_logits(u, protos)
     assert logits[0, 1].item() == -math.inf
@@ -69,8 +73,11 @@ def test_absent_class_is_masked_and_gets_no_probability() -> None:
 
 def test_class_sums_counts_and_prototypes() -> None:
     model = hand_model(num_classes=3)
-    data = {"a": torch.tensor([[1.0, 0.0], [3.0, 2.0], [0.0, 5.0]]),
-            "v": torch.tensor([[0.0, 1.0], [1.0, 1.0], [2.0, 2.0]]), "y": torch.tensor([0, 0, 2])}
+    data = {
+        "a": torch.tensor([[1.0, 0.0], [3.0, 2.0], [0.0, 5.0]]),
+        "v": torch.tensor([[0.0, 1.0], [1.0, 1.0], [2.0, 2.0]]),
+        "y": torch.tensor([0, 0, 2]),
+    }
     sums, counts = class_feature_sums(model, data, ["a", "v"])
     assert torch.equal(counts, torch.tensor([2.0, 0.0, 1.0]))
     assert torch.allclose(sums["a"], torch.tensor([[4.0, 2.0], [0.0, 0.0], [0.0, 5.0]]))
@@ -92,9 +99,11 @@ def test_weak_modality_rule() -> None:
 
 # Data for the loss, y = [0, 0, 1, 1]. a: each sample sits on its class prototype ((1, 0) and
 # (0, 1)); v: prototypes (0.5, 0) and (0, 0.5), two samples at equal distance from both -> v is weak.
-DATA = {"a": torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]),
-        "v": torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 1.0]]),
-        "y": torch.tensor([0, 0, 1, 1])}
+DATA = {
+    "a": torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]),
+    "v": torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 1.0]]),
+    "y": torch.tensor([0, 0, 1, 1]),
+}
 
 
 def softplus(x: float) -> float:
@@ -157,8 +166,15 @@ def test_momentum_update_keeps_one_sided_classes() -> None:
     assert torch.equal(out.present, torch.tensor([True, True, True]))
 
 
-@pytest.mark.parametrize(("params", "match"), [({"alpha": -1.0}, "alpha"), ({"alpha": float("inf")}, "alpha"),
-                                               ({"momentum": 1.0}, "momentum"), ({"momentum": -0.1}, "momentum")])
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"alpha": -1.0}, "alpha"),
+        ({"alpha": float("inf")}, "alpha"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"momentum": -0.1}, "momentum"),
+    ],
+)
 def test_bad_params(params: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         PMR(P(**params))

@@ -6,9 +6,8 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
 from schedules import scheduled_epochs
+from torch import nn
 
 from fedmm.data.base import ModalitySpec
 from fedmm.models.net import ModelConfig, MultimodalNet
@@ -175,12 +174,17 @@ def test_unimodal_loss_uses_zero_filled_fusion() -> None:
     assert obj.loss(model, batch).item() == pytest.approx(math.log(1 + 2 / math.e), rel=1e-6)
 
 
-@pytest.mark.parametrize(("params", "match"), [({"warmup_rounds": -2}, "warmup_rounds"),
-                                               ({"warmup": 1.5}, "warmup"),
-                                               ({"warmup": 0.5, "warmup_rounds": 2}, "not both"),
-                                               ({"warmup_head_weight": -0.5}, "warmup_head_weight"),
-                                               ({"head_weight": -1.0}, "head_weight"),
-                                               ({"head_weight": float("inf")}, "head_weight")])
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"warmup_rounds": -2}, "warmup_rounds"),
+        ({"warmup": 1.5}, "warmup"),
+        ({"warmup": 0.5, "warmup_rounds": 2}, "not both"),
+        ({"warmup_head_weight": -0.5}, "warmup_head_weight"),
+        ({"head_weight": -1.0}, "head_weight"),
+        ({"head_weight": float("inf")}, "head_weight"),
+    ],
+)
 def test_bad_params(params: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         DataRemixing(P(**params))
@@ -202,8 +206,11 @@ def synthetic(names: list[str], n: int = 30, num_classes: int = 3) -> dict[str, 
 def test_one_local_epoch(names: list[str], single: bool, server_round: int) -> None:
     obj = build_objective("remix", {"warmup_rounds": 2})
     torch.manual_seed(0)
-    model = MultimodalNet([ModalitySpec(m, (5,), "vector") for m in names], 3,
-                          ModelConfig(embed_dim=8, encoders=dict.fromkeys(names, "mlp")))
+    model = MultimodalNet(
+        [ModalitySpec(m, (5,), "vector") for m in names],
+        3,
+        ModelConfig(embed_dim=8, encoders=dict.fromkeys(names, "mlp")),
+    )
     obj.extend_model(model)
     held = names[:1] if single else names
     data = synthetic(held)
@@ -221,7 +228,9 @@ def warmup_epochs(params: DataRemixing.Params, num_rounds: int, local_epochs: in
     data = remix_data()
 
     def joint(epoch: int) -> bool:
-        batches = [set(b) == {"a", "v", "y"} for b in obj.batches(model, data, epoch, 4, torch.Generator().manual_seed(0))]
+        batches = [
+            set(b) == {"a", "v", "y"} for b in obj.batches(model, data, epoch, 4, torch.Generator().manual_seed(0))
+        ]
         assert all(batches) or not any(batches)
         return all(batches)
 

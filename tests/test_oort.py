@@ -18,15 +18,24 @@ from fedmm.strategies.selection.oort import (
 
 
 def clients(n: int, seconds: list[float] | None = None, examples: list[int] | None = None) -> list[ClientState]:
-    return [ClientState(client_id=i + 1, modalities=("a", "v") if i % 2 else ("a",),
-                        num_examples=examples[i] if examples else 10,
-                        sim_seconds=seconds[i] if seconds else None) for i in range(n)]
+    return [
+        ClientState(
+            client_id=i + 1,
+            modalities=("a", "v") if i % 2 else ("a",),
+            num_examples=examples[i] if examples else 10,
+            sim_seconds=seconds[i] if seconds else None,
+        )
+        for i in range(n)
+    ]
 
 
-def feedback(policy: Oort, server_round: int, losses: dict[int, float], n: int = 10,
-             sim: dict[int, float] | None = None) -> None:
-    policy.observe(server_round, [ClientUpdate(c, ("a",), n, loss=loss, sim_seconds=(sim or {}).get(c))
-                                  for c, loss in losses.items()])
+def feedback(
+    policy: Oort, server_round: int, losses: dict[int, float], n: int = 10, sim: dict[int, float] | None = None
+) -> None:
+    policy.observe(
+        server_round,
+        [ClientUpdate(c, ("a",), n, loss=loss, sim_seconds=(sim or {}).get(c)) for c, loss in losses.items()],
+    )
 
 
 def test_statistical_utility_on_hand_values() -> None:
@@ -142,8 +151,13 @@ def test_wall_seconds_when_the_clock_is_off() -> None:
     p = build_policy("oort", None, seed=0)
     states = clients(3)
     p.select(1, states, 3)
-    p.observe(1, [ClientUpdate(1, ("a",), 10, loss=1.0, seconds=2.5),
-                  ClientUpdate(2, ("a",), 10, loss=1.0, sim_seconds=7.0, seconds=2.5)])
+    p.observe(
+        1,
+        [
+            ClientUpdate(1, ("a",), 10, loss=1.0, seconds=2.5),
+            ClientUpdate(2, ("a",), 10, loss=1.0, sim_seconds=7.0, seconds=2.5),
+        ],
+    )
     assert p._duration[1] == 2.5 and p._duration[2] == 7.0 and math.isnan(p._duration[3])
     p.select(2, states, 3)
     assert p.preferred == 2.5  # the percentile of the known durations only
@@ -175,11 +189,26 @@ def test_oort_on_the_clock_resumes_with_the_same_selections(tmp_path) -> None:
     from fedmm.config import load_config
     from fedmm.simulation import simulate
 
-    run = load_config(None, [
-        "dataset=synthetic", "partition=iid", "num-clients=12", "allocation=multi-ratio", "multi-ratio=0.5",
-        "strategy=fedavg", "selection=oort", "clients-per-round=3", "num-server-rounds=4", "local-epochs=1",
-        "batch-size=16", "device=cpu", "seed=3", "engine=inline", "devices=model",
-    ])
+    run = load_config(
+        None,
+        [
+            "dataset=synthetic",
+            "partition=iid",
+            "num-clients=12",
+            "allocation=multi-ratio",
+            "multi-ratio=0.5",
+            "strategy=fedavg",
+            "selection=oort",
+            "clients-per-round=3",
+            "num-server-rounds=4",
+            "local-epochs=1",
+            "batch-size=16",
+            "device=cpu",
+            "seed=3",
+            "engine=inline",
+            "devices=model",
+        ],
+    )
     simulate(run, tmp_path / "whole")
 
     class Stop(Exception):

@@ -23,15 +23,19 @@ def accepted(interval: Interval, value: float) -> bool:
 
 
 # -- Interval ----------------------------------------------------------------------------------
-@pytest.mark.parametrize(("closed", "at_left", "at_right"), [("both", True, True), ("left", True, False),
-                                                            ("right", False, True), ("neither", False, False)])
+@pytest.mark.parametrize(
+    ("closed", "at_left", "at_right"),
+    [("both", True, True), ("left", True, False), ("right", False, True), ("neither", False, False)],
+)
 def test_interval_ends_belong_to_it_as_closed_says(closed: str, at_left: bool, at_right: bool) -> None:
     interval = Interval(float, 0.0, 1.0, closed=closed)
     assert accepted(interval, 0.0) is at_left
     assert accepted(interval, 1.0) is at_right
     assert accepted(interval, 0.5) and not accepted(interval, -1e-9) and not accepted(interval, 1.0 + 1e-9)
-    assert interval.describe() == {"both": "[0.0, 1.0]", "left": "[0.0, 1.0)", "right": "(0.0, 1.0]",
-                                   "neither": "(0.0, 1.0)"}[closed]
+    assert (
+        interval.describe()
+        == {"both": "[0.0, 1.0]", "left": "[0.0, 1.0)", "right": "(0.0, 1.0]", "neither": "(0.0, 1.0)"}[closed]
+    )
 
 
 def test_interval_messages_name_the_bound_and_its_side() -> None:
@@ -65,8 +69,10 @@ def test_strings_from_the_command_line_are_converted_to_the_declared_type() -> N
         check_value("config key 'x'", "30", spec(int, Interval(int, 1, 29)))
 
 
-@pytest.mark.parametrize(("value", "annotation"), [("abc", float), ("1.5", int), (True, int), (True, float),
-                                                    (3, str), ("maybe", bool), ({"a": 1}, list[float])])
+@pytest.mark.parametrize(
+    ("value", "annotation"),
+    [("abc", float), ("1.5", int), (True, int), (True, float), (3, str), ("maybe", bool), ({"a": 1}, list[float])],
+)
 def test_a_value_of_the_wrong_type_names_the_label_and_the_type(value, annotation) -> None:
     with pytest.raises(ValueError, match=r"^config key 'x' expects "):
         check_value("config key 'x'", value, spec(annotation))
@@ -89,8 +95,9 @@ def test_nan_and_infinity_are_refused_even_without_a_constraint(value) -> None:
 def test_options_name_the_nearest_choice() -> None:
     options = Options("natural", "iid", "dirichlet")
     assert options.violation("iid") is None
-    assert options.violation("dirichlt") == ("must be one of ['natural', 'iid', 'dirichlet'], got 'dirichlt' "
-                                             "(did you mean 'dirichlet'?)")
+    assert options.violation("dirichlt") == (
+        "must be one of ['natural', 'iid', 'dirichlet'], got 'dirichlt' (did you mean 'dirichlet'?)"
+    )
     assert options.violation("zzz") == "must be one of ['natural', 'iid', 'dirichlet'], got 'zzz'"
     with pytest.raises(ValueError, match=r"config key 'partition' must be one of .*did you mean 'dirichlet'"):
         RunConfig.from_mapping({"partition": "dirichlt", "num-clients": 4})
@@ -124,8 +131,12 @@ def test_specs_read_constraints_defaults_and_help_also_from_a_base_class_docstri
         mode: Annotated[str, Options("a", "b")] = "a"
 
     rate, mode = specs(Child)
-    assert (rate.name, rate.default, rate.help, rate.allowed()) == ("rate", 0.5, "How fast, in steps.",
-                                                                    "float in [0.0, 1.0)")
+    assert (rate.name, rate.default, rate.help, rate.allowed()) == (
+        "rate",
+        0.5,
+        "How fast, in steps.",
+        "float in [0.0, 1.0)",
+    )
     assert (mode.name, mode.default, mode.help, mode.allowed()) == ("mode", "a", "Which mode.", "str in a, b")
     assert Child(rate="0.25").rate == 0.25  # Checked converts a direct build too
     with pytest.raises(ValueError, match=r"\.Child\.rate must be < 1\.0, got 1\.0$"):
@@ -152,24 +163,37 @@ def test_the_model_takes_encoder_keys_over_the_dataset_defaults() -> None:
 
     from fedmm.workspace import model_of, objective_of
 
-    run = RunConfig.from_mapping({"dataset": "synthetic", "dataset.kind": "series", "dataset.num_train": 40,
-                                  "dataset.num_test": 8, "dataset.dim": 8, "partition": "iid", "num-clients": 2,
-                                  "encoder.m1": "mlp", "embed-dim": 4})
+    run = RunConfig.from_mapping(
+        {
+            "dataset": "synthetic",
+            "dataset.kind": "series",
+            "dataset.num_train": 40,
+            "dataset.num_test": 8,
+            "dataset.dim": 8,
+            "partition": "iid",
+            "num-clients": 2,
+            "encoder.m1": "mlp",
+            "embed-dim": 4,
+        }
+    )
     model = model_of(run, objective_of(run))
     assert isinstance(model.encoders["m0"][0], nn.Conv1d)  # the entry's default for kind "series"
     assert isinstance(model.encoders["m1"][0], nn.Flatten)  # encoder.m1 = "mlp"
 
 
-@pytest.mark.parametrize(("dataset", "options", "message"), [
-    ("hapt", {"test_users": 30}, "option 'dataset.test_users' of dataset 'hapt' must be <= 29, got 30"),
-    ("hapt", {"test_users": 0}, "must be >= 1, got 0"),
-    ("cremad", {"test_fraction": 1.0}, "option 'dataset.test_fraction' of dataset 'cremad' must be < 1.0, got 1.0"),
-    ("cremad", {"test_fraction": 0}, "must be > 0.0, got 0.0"),
-    ("cremad", {"image_size": 7}, "must be >= 8, got 7"),
-    ("cremad", {"num_frames": 0}, "must be >= 1, got 0"),
-    ("synthetic", {"kind": "vectr"}, "must be one of ['vector', 'series'], got 'vectr' (did you mean 'vector'?)"),
-    ("synthetic", {"num_classes": 1}, "must be >= 2, got 1"),
-])
+@pytest.mark.parametrize(
+    ("dataset", "options", "message"),
+    [
+        ("hapt", {"test_users": 30}, "option 'dataset.test_users' of dataset 'hapt' must be <= 29, got 30"),
+        ("hapt", {"test_users": 0}, "must be >= 1, got 0"),
+        ("cremad", {"test_fraction": 1.0}, "option 'dataset.test_fraction' of dataset 'cremad' must be < 1.0, got 1.0"),
+        ("cremad", {"test_fraction": 0}, "must be > 0.0, got 0.0"),
+        ("cremad", {"image_size": 7}, "must be >= 8, got 7"),
+        ("cremad", {"num_frames": 0}, "must be >= 1, got 0"),
+        ("synthetic", {"kind": "vectr"}, "must be one of ['vector', 'series'], got 'vectr' (did you mean 'vector'?)"),
+        ("synthetic", {"num_classes": 1}, "must be >= 2, got 1"),
+    ],
+)
 def test_dataset_option_ranges_are_declared_constraints(dataset: str, options: dict, message: str) -> None:
     with pytest.raises(ValueError) as err:
         check_options(dataset, options)
@@ -179,8 +203,7 @@ def test_dataset_option_ranges_are_declared_constraints(dataset: str, options: d
 def test_dataset_options_at_their_bounds_pass_converted() -> None:
     assert check_options("hapt", {"test_users": "29"}) == {"test_users": 29}
     assert check_options("hapt", {"test_users": 1}) == {"test_users": 1}
-    assert check_options("cremad", {"test_fraction": "0.5", "image_size": 8}) == {"test_fraction": 0.5,
-                                                                                   "image_size": 8}
+    assert check_options("cremad", {"test_fraction": "0.5", "image_size": 8}) == {"test_fraction": 0.5, "image_size": 8}
     with pytest.raises(ValueError, match=r"^config key 'dataset.test_users' must be <= 29, got 30$"):
         RunConfig.from_mapping({"dataset.test_users": 30})
 
@@ -192,8 +215,9 @@ def test_the_prepare_subcommands_come_from_the_entries() -> None:
         parser.add_argument("--size", type=int, required=True)
         return lambda args: 40 + args.size
 
-    register_dataset("toy-owned", description="a toy", encoders={"vector": "mlp"}, user_owned=True,
-                     prepare=prepare)(lambda *, data_dir, seed: None)
+    register_dataset("toy-owned", description="a toy", encoders={"vector": "mlp"}, user_owned=True, prepare=prepare)(
+        lambda *, data_dir, seed: None
+    )
     try:
         assert is_user_owned("toy-owned")
         args = _parser().parse_args(["prepare", "toy-owned", "--size", "2"])
@@ -275,9 +299,20 @@ def test_parameters_are_validated_once_per_process_not_per_message(monkeypatch, 
 
     monkeypatch.setattr(params, "check_value", counting)
     parse_run_config.cache_clear()
-    run = load_config(None, ["dataset=synthetic", "partition=iid", "num-clients=3", "num-server-rounds=2",
-                             "local-epochs=1", "objective=ogm-ge", "objective.alpha=0.5", "selection=random",
-                             "clients-per-round=3"])
+    run = load_config(
+        None,
+        [
+            "dataset=synthetic",
+            "partition=iid",
+            "num-clients=3",
+            "num-server-rounds=2",
+            "local-epochs=1",
+            "objective=ogm-ge",
+            "objective.alpha=0.5",
+            "selection=random",
+            "clients-per-round=3",
+        ],
+    )
     loaded = counts["parameter 'alpha' of objective 'ogm-ge'"]
     assert loaded == 1
     run_in_process(run)

@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from fedmm.data import allocate_modalities, build_scenario, client_data, load_dataset, parse_fractions, partition_indices
+from fedmm.data import (
+    allocate_modalities,
+    build_scenario,
+    client_data,
+    load_dataset,
+    parse_fractions,
+    partition_indices,
+)
 from fedmm.data.partition import dirichlet_partition
 
 LABELS = np.repeat(np.arange(5), 100)
@@ -78,8 +85,12 @@ def test_fractions_allocation_and_parse_errors():
     assert fr == {("acc",): 0.25, ("gyro",): 0.25, ("acc", "gyro"): 0.5}
     mods = allocate_modalities(8, ["acc", "gyro"], mode="fractions", seed=0, fractions=fr)
     assert mods.count(("acc", "gyro")) == 4 and mods.count(("acc",)) == 2
-    for bad, message in [("acc=0.5", "sum to 1"), ("acc=x,gyro=1", "not a number"), ("mag=1", "modalities of the dataset"),
-                         ("acc", "subset=fraction")]:
+    for bad, message in [
+        ("acc=0.5", "sum to 1"),
+        ("acc=x,gyro=1", "not a number"),
+        ("mag=1", "modalities of the dataset"),
+        ("acc", "subset=fraction"),
+    ]:
         with pytest.raises(ValueError, match=message):
             parse_fractions(bad, ["acc", "gyro"])
 

@@ -22,13 +22,18 @@ def test_auto_resolves_to_natural_with_groups_else_dirichlet_over_20_clients() -
     assert partition_note("hapt", "auto", None, True, 3.0) is None  # natural clients need no note
     assert partition_note("segment", "dirichlet", 20, False, 3.0) is None  # an explicit choice neither
     note = partition_note("segment", "auto", None, False, 3.0)
-    assert note == ("partition: segment has no natural clients, so partition='auto' splits it Dirichlet (alpha 3) "
-                    "over 20 clients; set partition (iid, dirichlet) and num-clients to choose")
+    assert note == (
+        "partition: segment has no natural clients, so partition='auto' splits it Dirichlet (alpha 3) "
+        "over 20 clients; set partition (iid, dirichlet) and num-clients to choose"
+    )
 
 
 def _same(a, b) -> bool:
-    return (len(a.partitions) == len(b.partitions) and a.modalities == b.modalities
-            and all(np.array_equal(x, y) for x, y in zip(a.partitions, b.partitions)))
+    return (
+        len(a.partitions) == len(b.partitions)
+        and a.modalities == b.modalities
+        and all(np.array_equal(x, y) for x, y in zip(a.partitions, b.partitions))
+    )
 
 
 @pytest.mark.parametrize("dataset", ["segment", "mfeat", "synthetic"])
@@ -41,8 +46,10 @@ def test_a_dataset_without_natural_clients_gets_the_explicit_dirichlet_split(dat
     assert "Dirichlet (alpha 3) over 20 clients" in scenario_note(auto)
     assert scenario_note(explicit) is None
     ten = load_config(None, [f"dataset={dataset}", "num-clients=10"])
-    assert _same(scenario_of(ten), scenario_of(load_config(None, [f"dataset={dataset}", "partition=dirichlet",
-                                                                      "num-clients=10"])))
+    assert _same(
+        scenario_of(ten),
+        scenario_of(load_config(None, [f"dataset={dataset}", "partition=dirichlet", "num-clients=10"])),
+    )
 
 
 def test_hapt_by_default_is_its_natural_split_as_before() -> None:
@@ -62,8 +69,24 @@ def test_explicit_natural_on_a_dataset_without_groups_is_still_the_error(tmp_pat
 
 def test_simulate_says_which_partition_once(tmp_path, capsys) -> None:
     out = tmp_path / "run"
-    assert main(["simulate", "--set", "dataset=synthetic", "--set", "num-server-rounds=1", "--set", "local-epochs=1",
-                 "--set", "engine=inline", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--set",
+                "dataset=synthetic",
+                "--set",
+                "num-server-rounds=1",
+                "--set",
+                "local-epochs=1",
+                "--set",
+                "engine=inline",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     stdout = capsys.readouterr().out
     assert stdout.count("partition='auto' splits it Dirichlet (alpha 3) over 20 clients") == 1
     assert 'partition = "auto"' in (out / "config.toml").read_text()

@@ -8,8 +8,14 @@ import pytest
 
 import fedmm.plots as plots
 
-CONFIG = {"dataset": "synthetic", "strategy": "fedcmi", "objective": "fedcmi", "selection": "random", "seed": 3,
-          "lr": 0.05}
+CONFIG = {
+    "dataset": "synthetic",
+    "strategy": "fedcmi",
+    "objective": "fedcmi",
+    "selection": "random",
+    "seed": 3,
+    "lr": 0.05,
+}
 
 
 @pytest.fixture
@@ -23,8 +29,15 @@ def figures(monkeypatch):
 def rounds(num_rounds=20, fill=True):
     rows = []
     for r in range(num_rounds + 1):
-        row = {"round": r, "test/acc": 0.5 + r / 100, "test/acc/a": 0.4 + r / 100, "test/acc/b": 0.3,
-               "test/loss": 1.0 / (r + 1), "test/imbalance": 1.2, "train/loss": float("nan") if r == 0 else 0.9}
+        row = {
+            "round": r,
+            "test/acc": 0.5 + r / 100,
+            "test/acc/a": 0.4 + r / 100,
+            "test/acc/b": 0.3,
+            "test/loss": 1.0 / (r + 1),
+            "test/imbalance": 1.2,
+            "train/loss": float("nan") if r == 0 else 0.9,
+        }
         if fill:
             row.update({"test/acc-fill/a": 0.45, "test/acc-fill/b": 0.35})
         rows.append(row)
@@ -64,13 +77,15 @@ def test_run_figure_without_fill_or_imbalance_has_two_panels(tmp_path, figures):
 
 
 def test_selection_plot_shows_who_trained_which_modalities(tmp_path, figures):
-    clients = pd.DataFrame([
-        {"round": 0, "partition-id": 0, "modalities-trained": "a+b", "status": "ok"},  # update pass
-        {"round": 1, "partition-id": 0, "modalities-trained": "a", "status": "ok"},
-        {"round": 1, "partition-id": 2, "modalities-trained": "a+b", "status": "ok", "modalities-held": "a+b"},
-        {"round": 2, "partition-id": 1, "modalities-trained": "b", "status": "error: boom"},
-        {"round": 2, "partition-id": 2, "modalities-trained": "a", "status": "ok"},
-    ])
+    clients = pd.DataFrame(
+        [
+            {"round": 0, "partition-id": 0, "modalities-trained": "a+b", "status": "ok"},  # update pass
+            {"round": 1, "partition-id": 0, "modalities-trained": "a", "status": "ok"},
+            {"round": 1, "partition-id": 2, "modalities-trained": "a+b", "status": "ok", "modalities-held": "a+b"},
+            {"round": 2, "partition-id": 1, "modalities-trained": "b", "status": "error: boom"},
+            {"round": 2, "partition-id": 2, "modalities-trained": "a", "status": "ok"},
+        ]
+    )
     path = plots.plot_selection(clients, tmp_path / "selection.png", CONFIG)
     assert path.is_file()
     (fig,) = figures
@@ -93,8 +108,21 @@ def test_results_writer_writes_the_selection_plot_for_selection_runs_only(tmp_pa
         writer = ResultsWriter(out, run)
         for _, row in rounds(2).iterrows():
             r = int(row["round"])
-            writer.add_round(row.to_dict(), [{"round": r, "node-id": 1, "partition-id": 1, "modalities-held": "a",
-                                              "modalities-trained": "a", "status": "ok"}] if r else [])
+            writer.add_round(
+                row.to_dict(),
+                [
+                    {
+                        "round": r,
+                        "node-id": 1,
+                        "partition-id": 1,
+                        "modalities-held": "a",
+                        "modalities-trained": "a",
+                        "status": "ok",
+                    }
+                ]
+                if r
+                else [],
+            )
         writer.finish({}, {"rounds": 2})
         assert (out / PLOT_FILE).is_file()
         assert (out / SELECTION_PLOT_FILE).is_file() == (selection != "all")

@@ -12,8 +12,8 @@ from torch.nn import functional as F
 
 from fedmm.config import RunConfig, load_config
 from fedmm.data import load_dataset
-from fedmm.data.registry import dataset_entry
 from fedmm.data.base import LABEL_KEY, Dataset, TensorDict
+from fedmm.data.registry import dataset_entry
 from fedmm.models.net import ModelConfig, MultimodalNet
 from fedmm.objectives import Objective, RoundContext, build_objective
 from fedmm.objectives.base import FP32, Precision
@@ -24,8 +24,7 @@ from fedmm.workspace import round_lr, train_config_of
 
 # -- learning-rate schedule ------------------------------------------------------------------------
 def schedule(**keys: object) -> RunConfig:
-    return RunConfig.from_mapping({"lr": 1e-3, "lr-min": 1e-4, "lr-decay-start": 80, "num-server-rounds": 180,
-                                   **keys})
+    return RunConfig.from_mapping({"lr": 1e-3, "lr-min": 1e-4, "lr-decay-start": 80, "num-server-rounds": 180, **keys})
 
 
 def test_constant_phase_then_linear_decay_to_lr_min() -> None:
@@ -126,8 +125,13 @@ def test_half_precision_epoch_runs_under_autocast(precision: str, dtype: torch.d
     model = model_for(dataset, objective)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     seen = record_output_dtypes(model.fusion)
-    result = train_local(model, dataset.train, objective, round_ctx(dataset),
-                         TrainConfig(epochs=1, batch_size=16, lr=0.05, precision=precision))
+    result = train_local(
+        model,
+        dataset.train,
+        objective,
+        round_ctx(dataset),
+        TrainConfig(epochs=1, batch_size=16, lr=0.05, precision=precision),
+    )
     assert seen and set(seen) == {dtype}  # the fusion layer ran in the half type at every step
     assert math.isfinite(result.loss) and result.num_steps == 15
     used = objective.ctx.precision
@@ -146,8 +150,13 @@ def test_boost_steps_under_bf16_autocast() -> None:
     objective = build_objective("boost", {"n_max": 3})
     model = model_for(dataset, objective)
     seen = record_output_dtypes(model.fusion.boost_out)
-    result = train_local(model, dataset.train, objective, round_ctx(dataset, {ACTIVE_KEY: [2, 2]}),
-                         TrainConfig(epochs=1, batch_size=16, lr=0.05, precision="bf16"))
+    result = train_local(
+        model,
+        dataset.train,
+        objective,
+        round_ctx(dataset, {ACTIVE_KEY: [2, 2]}),
+        TrainConfig(epochs=1, batch_size=16, lr=0.05, precision="bf16"),
+    )
     assert seen and set(seen) == {torch.bfloat16}
     assert math.isfinite(result.loss)
     for m in dataset.modality_names:  # the confidences are true probabilities summed per sample
@@ -262,8 +271,9 @@ def test_fp32_gives_bit_identical_weights_to_the_step_before_precision(
         if label == "old":
             objective.train_step = types.MethodType(old_step, objective)
         model = model_for(dataset, objective)
-        config = TrainConfig(epochs=2, batch_size=16, lr=0.05, proximal_mu=0.1, seed=7,
-                             **({"precision": precision} if precision else {}))
+        config = TrainConfig(
+            epochs=2, batch_size=16, lr=0.05, proximal_mu=0.1, seed=7, **({"precision": precision} if precision else {})
+        )
         torch.manual_seed(11)  # OGM-GE's noise
         result = train_local(model, dataset.train, objective, round_ctx(dataset, extras), config)
         runs[label] = (model.state_dict(), result)

@@ -41,7 +41,9 @@ def documented() -> dict[str, dict[str, tuple[object, str]]]:
 
 def test_the_presets_equal_the_documented_table():
     table = documented()
-    code = {method: {k: (v.value, v.source) for k, v in entries.items()} for method, entries in PAPER.items() if entries}
+    code = {
+        method: {k: (v.value, v.source) for k, v in entries.items()} for method, entries in PAPER.items() if entries
+    }
     assert table == code
     assert "| arm | (none) |" in DOC.read_text()  # no public code: documented as such, nothing set
     for entries in table.values():
@@ -65,15 +67,17 @@ def test_pmr_paper_preset_is_adam_with_the_reference_window():
 
 
 def test_user_keys_win_over_the_preset():
-    run = RunConfig.from_mapping({"objective": "pmr", "preset": "paper", "lr": 0.01, "objective.alpha": 3.0,
-                                  "batch-size": 8})
+    run = RunConfig.from_mapping(
+        {"objective": "pmr", "preset": "paper", "lr": 0.01, "objective.alpha": 3.0, "batch-size": 8}
+    )
     assert (run.lr, run.batch_size, run.parsed["objective"].alpha) == (0.01, 8, 3.0)
     assert run.optimizer == "adam"  # the rest of the preset stays
 
 
 def test_preset_none_keeps_todays_defaults_and_the_resolved_config_reads_back():
     assert RunConfig.from_mapping({"objective": "pmr"}).to_flat() == {
-        **RunConfig.from_mapping({"objective": "pmr", "preset": "none"}).to_flat()}
+        **RunConfig.from_mapping({"objective": "pmr", "preset": "none"}).to_flat()
+    }
     default = RunConfig.from_mapping({"objective": "pmr"})
     assert (default.lr, default.optimizer, default.batch_size, default.objective_params) == (0.05, "sgd", 32, {})
     run = RunConfig.from_mapping({"strategy": "cmsfed", "preset": "paper", "num-server-rounds": 20})
@@ -84,7 +88,9 @@ def test_strategy_presets_scale_the_decay_round_and_respect_the_components():
     run = RunConfig.from_mapping({"strategy": "cmsfed", "preset": "paper", "num-server-rounds": 180})
     assert (run.lr, run.lr_min, run.lr_decay_start, run.batch_size) == (1e-3, 1e-4, 80, 64)
     assert run.selection_params == {"delta": 1.5, "sketch_dim": 0}
-    assert RunConfig.from_mapping({"strategy": "cmsfed", "preset": "paper", "num-server-rounds": 20}).lr_decay_start == 9
+    assert (
+        RunConfig.from_mapping({"strategy": "cmsfed", "preset": "paper", "num-server-rounds": 20}).lr_decay_start == 9
+    )
     assert RunConfig.from_mapping({"strategy": "cmsfed", "preset": "paper", "num-server-rounds": 1}).lr_decay_start == 0
     other = RunConfig.from_mapping({"strategy": "cmsfed", "preset": "paper", "selection": "random"})
     assert other.selection_params == {} and other.objective_params == {"alpha": 2.0} and other.lr == 1e-3

@@ -44,31 +44,61 @@ GLOBAL = {
 
 
 def test_a_train_request_travels_as_these_config_keys_and_comes_back_equal():
-    request = Request("x = 1", 0, ("a", "b"), proximal_mu=0.25, client_facts=(IMBALANCE_RATIO,),
-                      order=("c", "a", "b"), epochs=1, extras={"active": [1, 2], "protos": np.eye(2, dtype=np.float32)})
+    request = Request(
+        "x = 1",
+        0,
+        ("a", "b"),
+        proximal_mu=0.25,
+        client_facts=(IMBALANCE_RATIO,),
+        order=("c", "a", "b"),
+        epochs=1,
+        extras={"active": [1, 2], "protos": np.eye(2, dtype=np.float32)},
+    )
     msg = request.to_message(3, MessageType.TRAIN, to_record(GLOBAL), ("a", "b"))
     assert msg.metadata.dst_node_id == 3 and msg.metadata.message_type == MessageType.TRAIN
-    assert dict(msg.content[CONFIG]) == {RUN_CONFIG: "x = 1", SERVER_ROUND: 0, MODALITIES: "a,b", PROXIMAL_MU: 0.25,
-                                         CLIENT_FACTS_KEY: "imbalance-ratio", IMBALANCE_ORDER: "c,a,b",
-                                         LOCAL_EPOCHS: 1}
+    assert dict(msg.content[CONFIG]) == {
+        RUN_CONFIG: "x = 1",
+        SERVER_ROUND: 0,
+        MODALITIES: "a,b",
+        PROXIMAL_MU: 0.25,
+        CLIENT_FACTS_KEY: "imbalance-ratio",
+        IMBALANCE_ORDER: "c,a,b",
+        LOCAL_EPOCHS: 1,
+    }
     assert sorted(msg.content[ARRAYS].keys()) == ["encoders.a.w", "encoders.b.w", "fusion.linear.weight"]
     assert list(msg.content[EXTRAS]["active"]) == [1, 2] and list(msg.content[EXTRA_ARRAYS].keys()) == ["protos"]
     back = Request.from_message(msg)
     np.testing.assert_array_equal(back.extras.pop("protos"), np.eye(2))
-    assert back == Request("x = 1", 0, ("a", "b"), proximal_mu=0.25, client_facts=(IMBALANCE_RATIO,),
-                           order=("c", "a", "b"), epochs=1, extras={"active": [1, 2]})
+    assert back == Request(
+        "x = 1",
+        0,
+        ("a", "b"),
+        proximal_mu=0.25,
+        client_facts=(IMBALANCE_RATIO,),
+        order=("c", "a", "b"),
+        epochs=1,
+        extras={"active": [1, 2]},
+    )
 
 
 def test_an_evaluate_request_carries_only_round_modalities_and_the_facts_ask():
-    msg = Request("x", 4, ("c",), global_model_facts=True).to_message(2, MessageType.EVALUATE, to_record(GLOBAL), ("c",))
-    assert dict(msg.content[CONFIG]) == {RUN_CONFIG: "x", SERVER_ROUND: 4, MODALITIES: "c", GLOBAL_MODEL_FACTS_KEY: True}
+    msg = Request("x", 4, ("c",), global_model_facts=True).to_message(
+        2, MessageType.EVALUATE, to_record(GLOBAL), ("c",)
+    )
+    assert dict(msg.content[CONFIG]) == {
+        RUN_CONFIG: "x",
+        SERVER_ROUND: 4,
+        MODALITIES: "c",
+        GLOBAL_MODEL_FACTS_KEY: True,
+    }
     assert Request.from_message(msg) == Request("x", 4, ("c",), global_model_facts=True)
 
 
 def test_bytes_down_count_the_extras_arrays_of_training_messages_only():
     extras = {"protos": np.zeros(5, np.float32)}
-    train = Request("x", 1, ("a",), proximal_mu=0.0, extras=extras).to_message(1, MessageType.TRAIN,
-                                                                                 to_record(GLOBAL), ("a",))
+    train = Request("x", 1, ("a",), proximal_mu=0.0, extras=extras).to_message(
+        1, MessageType.TRAIN, to_record(GLOBAL), ("a",)
+    )
     probe = Request("x", 1, ("a",), extras=extras).to_message(1, MessageType.EVALUATE, to_record(GLOBAL), ("a",))
     groups = to_record({k: GLOBAL[k] for k in ("encoders.a.w", "fusion.linear.weight")}).count_bytes()
     assert message_bytes(train, extras=True) == groups + to_record(extras).count_bytes()
@@ -77,8 +107,13 @@ def test_bytes_down_count_the_extras_arrays_of_training_messages_only():
 
 def train_reply_with(facts):
     arrays = {k: GLOBAL[k] for k in ("encoders.a.w", "fusion.linear.weight")}
-    content = RecordDict({ARRAYS: to_record(arrays), METRICS: MetricRecord({NUM_EXAMPLES: 4, TRAIN_LOSS: 0.5}),
-                          FACTS: MetricRecord(facts)})
+    content = RecordDict(
+        {
+            ARRAYS: to_record(arrays),
+            METRICS: MetricRecord({NUM_EXAMPLES: 4, TRAIN_LOSS: 0.5}),
+            FACTS: MetricRecord(facts),
+        }
+    )
     return Message(content, reply_to=Message(RecordDict(), dst_node_id=1, message_type=MessageType.TRAIN))
 
 
@@ -91,7 +126,9 @@ def test_a_requested_fact_must_be_one_finite_number():
         decode_train_reply(reply, **vet, client_facts=("my-fact",))
     with pytest.raises(RecordMismatch, match="'my-fact' is \\[1.0, 2.0\\]"):
         decode_train_reply(train_reply_with({"my-fact": [1.0, 2.0]}), **vet, client_facts=("my-fact",))
-    assert decode_train_reply(train_reply_with({"my-fact": 2}), **vet, client_facts=("my-fact",)).facts == {"my-fact": 2.0}
+    assert decode_train_reply(train_reply_with({"my-fact": 2}), **vet, client_facts=("my-fact",)).facts == {
+        "my-fact": 2.0
+    }
 
 
 def test_a_policy_asks_for_the_imbalance_ratio_exactly_when_it_has_an_imbalance_order():
@@ -122,17 +159,35 @@ def test_the_client_measures_each_requested_fact_from_the_received_or_the_traine
     from fedmm.clients.app import app
     from fedmm.workspace import model_of, objective_of
 
-    run = load_config(None, ["dataset=synthetic", "partition=iid", "num-clients=2", "local-epochs=1", "lr=0.5",
-                             "device=cpu", "batch-size=8"])
+    run = load_config(
+        None,
+        [
+            "dataset=synthetic",
+            "partition=iid",
+            "num-clients=2",
+            "local-epochs=1",
+            "lr=0.5",
+            "device=cpu",
+            "batch-size=8",
+        ],
+    )
     received = model_of(run, objective_of(run))
     with torch.no_grad():
         received.state_dict()[KEY].fill_(0.25)
     sent = received.state_dict()
     mods = ("m0", "m1")
-    request = Request(run.to_toml(), server_round, mods, proximal_mu=0.0, order=("m1", "m0", "m1"),
-                      client_facts=("test-weight-sum-early", "test-weight-sum-late"))
-    reply = app(request.to_message(7, MessageType.TRAIN, to_record(sent), mods),
-                context(**{"partition-id": 0, "num-partitions": 2}))
+    request = Request(
+        run.to_toml(),
+        server_round,
+        mods,
+        proximal_mu=0.0,
+        order=("m1", "m0", "m1"),
+        client_facts=("test-weight-sum-early", "test-weight-sum-late"),
+    )
+    reply = app(
+        request.to_message(7, MessageType.TRAIN, to_record(sent), mods),
+        context(**{"partition-id": 0, "num-partitions": 2}),
+    )
     facts = dict(reply.content[FACTS])
     trained = float(reply.content[ARRAYS][KEY].numpy().astype(np.float64).sum()) + 3000.0
     from_received = 0.25 * sent[KEY].numel() + 3000.0

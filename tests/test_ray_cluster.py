@@ -58,17 +58,52 @@ def test_simulate_runs_on_a_ray_cluster_it_joins(tmp_path):
     port = free_port()
     temp = tempfile.mkdtemp(prefix="fedmm-ray-", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
     head = subprocess.Popen(
-        [str(RAY), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-         "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        [
+            str(RAY),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            "--num-gpus=0",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         _wait_for_port(port, head)
         out = tmp_path / "run"
         proc = subprocess.run(
-            [sys.executable, "-m", "fedmm.cli", "simulate", "--quiet", "--out", str(out), "--set", "dataset=synthetic",
-             "--set", "num-clients=4", "--set", "partition=iid", "--set", "num-server-rounds=2",
-             "--set", "local-epochs=1", "--set", f"ray-address=127.0.0.1:{port}"],
-            capture_output=True, text=True, timeout=400)
+            [
+                sys.executable,
+                "-m",
+                "fedmm.cli",
+                "simulate",
+                "--quiet",
+                "--out",
+                str(out),
+                "--set",
+                "dataset=synthetic",
+                "--set",
+                "num-clients=4",
+                "--set",
+                "partition=iid",
+                "--set",
+                "num-server-rounds=2",
+                "--set",
+                "local-epochs=1",
+                "--set",
+                f"ray-address=127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         summary = json.loads((out / SUMMARY_FILE).read_text())
         assert summary["status"] == "completed" and summary["rounds"] == 2
@@ -84,9 +119,29 @@ def test_simulate_runs_on_a_ray_cluster_it_joins(tmp_path):
 def test_a_ray_address_where_no_cluster_answers_is_one_error_naming_the_key(tmp_path):
     port = free_port()
     proc = subprocess.run(
-        [sys.executable, "-m", "fedmm.cli", "simulate", "--quiet", "--out", str(tmp_path / "run"), "--set",
-         "dataset=synthetic", "--set", "num-clients=2", "--set", "partition=iid", "--set", "num-server-rounds=1",
-         "--set", f"ray-address=127.0.0.1:{port}"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_gcs_rpc_server_connect_timeout_s": "5"})
+        [
+            sys.executable,
+            "-m",
+            "fedmm.cli",
+            "simulate",
+            "--quiet",
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            "dataset=synthetic",
+            "--set",
+            "num-clients=2",
+            "--set",
+            "partition=iid",
+            "--set",
+            "num-server-rounds=1",
+            "--set",
+            f"ray-address=127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "RAY_gcs_rpc_server_connect_timeout_s": "5"},
+    )
     assert proc.returncode != 0
     assert "ray-address" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]

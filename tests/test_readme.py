@@ -81,9 +81,10 @@ def test_the_readme_has_commands_and_a_skip_marker_names_its_reason() -> None:
     skipped = {c.text.split()[0] for c in COMMANDS if c.skip}
     assert skipped == {"make", ".venv/bin/fedmm", "export", "flwr"}, skipped
     assert all("test" in c.skip for c in COMMANDS if c.skip)  # each names the tests that cover it
-    assert readme_commands("x\n<!-- readme-test: skip (covered by tests/a.py) -->\n```bash\na \\\n  b  # c\n"
-                           "# note\nd\n```\n```bash\ne\n```\n") == [
-        Command("a b", "covered by tests/a.py"), Command("d", "covered by tests/a.py"), Command("e")]
+    assert readme_commands(
+        "x\n<!-- readme-test: skip (covered by tests/a.py) -->\n```bash\na \\\n  b  # c\n"
+        "# note\nd\n```\n```bash\ne\n```\n"
+    ) == [Command("a b", "covered by tests/a.py"), Command("d", "covered by tests/a.py"), Command("e")]
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +94,9 @@ def workdir(tmp_path_factory) -> Path:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("command", [c.text for c in COMMANDS if c.skip is None],
-                         ids=lambda text: text.removeprefix(".venv/bin/")[:70])
+@pytest.mark.parametrize(
+    "command", [c.text for c in COMMANDS if c.skip is None], ids=lambda text: text.removeprefix(".venv/bin/")[:70]
+)
 def test_every_readme_command_runs_as_written(command: str, workdir: Path, monkeypatch, capsys) -> None:
     from fedmm.cli import _parser, main
 
@@ -127,9 +129,15 @@ def test_the_first_minute_output_shown_is_what_the_command_prints() -> None:
     assert [int(re.match(r"round +(\d+)/", line).group(1)) for line in lines] == list(range(rounds + 1))
     for line in lines:  # the same fields, in the same format, as round_line prints
         n, acc, weak, weak_acc, loss, seconds = re.match(
-            r"round +(\d+)/\d+  test/acc (\S+)  weak (\S+) (\S+)  loss (\S+)  (\S+) s$", line).groups()
-        row = {"round": int(n), "test/acc": float(acc), f"test/acc/{weak}": float(weak_acc),
-               "train/loss": float("nan") if loss == "-" else float(loss), "seconds": float(seconds)}
+            r"round +(\d+)/\d+  test/acc (\S+)  weak (\S+) (\S+)  loss (\S+)  (\S+) s$", line
+        ).groups()
+        row = {
+            "round": int(n),
+            "test/acc": float(acc),
+            f"test/acc/{weak}": float(weak_acc),
+            "train/loss": float("nan") if loss == "-" else float(loss),
+            "seconds": float(seconds),
+        }
         assert round_line(row, rounds) == line
     assert shown[0].startswith("partition: segment has no natural clients")
     assert shown[-2].startswith(f"test/acc {lines[-1].split()[3]} (best ")

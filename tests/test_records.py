@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from fedmm.groups import keys_for_modalities, parameter_group as key_group
+from fedmm.groups import keys_for_modalities
+from fedmm.groups import parameter_group as key_group
 from fedmm.protocol import decode_extras, encode_extras
 from fedmm.records import aggregate, from_record, non_finite_keys, to_record
-
 
 GLOBAL = {
     "encoders.a.w": np.zeros(2, dtype=np.float32),
@@ -15,11 +15,19 @@ GLOBAL = {
 
 
 def test_each_key_averaged_over_the_clients_that_sent_it():
-    c1 = {"encoders.a.w": np.array([1.0, 1.0], np.float32), "fusion.linear.weight": np.array([1.0, 0.0], np.float32),
-          "encoders.a.bn.num_batches_tracked": np.array(10)}
-    c2 = {"encoders.a.w": np.array([4.0, 4.0], np.float32), "fusion.linear.weight": np.array([4.0, 3.0], np.float32),
-          "encoders.a.bn.num_batches_tracked": np.array(20)}
-    c3 = {"fusion.linear.weight": np.array([0.0, 3.0], np.float32)}  # a client holding only modality b... trained only fusion
+    c1 = {
+        "encoders.a.w": np.array([1.0, 1.0], np.float32),
+        "fusion.linear.weight": np.array([1.0, 0.0], np.float32),
+        "encoders.a.bn.num_batches_tracked": np.array(10),
+    }
+    c2 = {
+        "encoders.a.w": np.array([4.0, 4.0], np.float32),
+        "fusion.linear.weight": np.array([4.0, 3.0], np.float32),
+        "encoders.a.bn.num_batches_tracked": np.array(20),
+    }
+    c3 = {
+        "fusion.linear.weight": np.array([0.0, 3.0], np.float32)
+    }  # a client holding only modality b... trained only fusion
     out = aggregate(GLOBAL, [(1, c1), (2, c2), (3, c3)])
     # encoders.a: (1*1 + 2*4) / 3 = 3
     np.testing.assert_allclose(out["encoders.a.w"], [3.0, 3.0])

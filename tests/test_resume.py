@@ -36,11 +36,23 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     from fedmm.cli import main
     from fedmm.simulation import simulate
 
-    run = load_config(None, [
-        "dataset=synthetic", "partition=iid", "num-clients=4", "allocation=multi-ratio", "multi-ratio=0.5",
-        "strategy=cmsfed", "clients-per-round=2", "num-server-rounds=3", "local-epochs=1", "batch-size=16",
-        "device=cpu", "seed=3",
-    ])
+    run = load_config(
+        None,
+        [
+            "dataset=synthetic",
+            "partition=iid",
+            "num-clients=4",
+            "allocation=multi-ratio",
+            "multi-ratio=0.5",
+            "strategy=cmsfed",
+            "clients-per-round=2",
+            "num-server-rounds=3",
+            "local-epochs=1",
+            "batch-size=16",
+            "device=cpu",
+            "seed=3",
+        ],
+    )
     whole = simulate(run, tmp_path / "whole")
 
     def stop_after_round_1(row):

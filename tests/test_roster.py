@@ -5,17 +5,27 @@ import dataclasses
 import pandas as pd
 import pytest
 from flwr.app import ArrayRecord, Context, MessageType, RecordDict
-
-from fedmm.config import load_config
-from fedmm.results import CLIENTS_FILE
-
-from fedmm.inline import InlineGrid
 from inprocess import simulate_in_process
 
+from fedmm.config import load_config
+from fedmm.inline import InlineGrid
+from fedmm.results import CLIENTS_FILE
+
 FEDERATION = [
-    "dataset=synthetic", "partition=dirichlet", "dirichlet-alpha=0.5", "num-clients=6", "allocation=multi-ratio",
-    "multi-ratio=0.5", "strategy=fedavg", "selection=random", "clients-per-round=3", "num-server-rounds=3",
-    "local-epochs=1", "batch-size=16", "device=cpu", "seed=5",
+    "dataset=synthetic",
+    "partition=dirichlet",
+    "dirichlet-alpha=0.5",
+    "num-clients=6",
+    "allocation=multi-ratio",
+    "multi-ratio=0.5",
+    "strategy=fedavg",
+    "selection=random",
+    "clients-per-round=3",
+    "num-server-rounds=3",
+    "local-epochs=1",
+    "batch-size=16",
+    "device=cpu",
+    "seed=5",
 ]
 
 
@@ -64,10 +74,14 @@ def test_a_node_holds_the_partition_its_messages_name_and_refuses_one_outside_it
     text = run.to_toml()
 
     def node(partition_id, **node_config):
-        msg = Request(text, 1, ("m0",), partition_id=partition_id).to_message(7, MessageType.TRAIN,
-                                                                              ArrayRecord(), ())
-        context = Context(run_id=1, node_id=7, state=RecordDict(), run_config={},
-                          node_config={"partition-id": 0, "num-partitions": 6, **node_config})
+        msg = Request(text, 1, ("m0",), partition_id=partition_id).to_message(7, MessageType.TRAIN, ArrayRecord(), ())
+        context = Context(
+            run_id=1,
+            node_id=7,
+            state=RecordDict(),
+            run_config={},
+            node_config={"partition-id": 0, "num-partitions": 6, **node_config},
+        )
         return Node.from_message(msg, context)
 
     assert node(4).partition_id == 4
@@ -128,13 +142,21 @@ def test_a_client_copies_the_received_model_only_for_an_objective_that_uses_it(m
     plan = prepare(run)
     seen = []
     original = client.train_local
-    monkeypatch.setattr(client, "train_local", lambda model, data, obj, ctx, *a, **k: (
-        seen.append(ctx.global_model), original(model, data, obj, ctx, *a, **k))[1])
+    monkeypatch.setattr(
+        client,
+        "train_local",
+        lambda model, data, obj, ctx, *a, **k: (
+            seen.append(ctx.global_model),
+            original(model, data, obj, ctx, *a, **k),
+        )[1],
+    )
     mods = tuple(plan.scenario.modalities[2])
-    msg = Request(run.to_toml(), 1, mods, partition_id=2).to_message(3, MessageType.TRAIN,
-                                                                     to_record(plan.model.state_dict()), mods)
-    context = Context(run_id=1, node_id=3, state=RecordDict(), run_config={},
-                      node_config={"partition-id": 2, "num-partitions": 6})
+    msg = Request(run.to_toml(), 1, mods, partition_id=2).to_message(
+        3, MessageType.TRAIN, to_record(plan.model.state_dict()), mods
+    )
+    context = Context(
+        run_id=1, node_id=3, state=RecordDict(), run_config={}, node_config={"partition-id": 2, "num-partitions": 6}
+    )
     reply = client.app(msg, context)
     assert not reply.has_error()
     assert (seen[0] is not None) is copied

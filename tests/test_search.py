@@ -20,7 +20,11 @@ def _module(tmp_path, monkeypatch, name: str, body: str) -> None:
 def test_an_objective_whose_search_range_leaves_the_valid_range_is_refused_at_import(tmp_path, monkeypatch):
     from fedmm.objectives.registry import OBJECTIVES
 
-    _module(tmp_path, monkeypatch, "bad_search_objective", """
+    _module(
+        tmp_path,
+        monkeypatch,
+        "bad_search_objective",
+        """
         from dataclasses import dataclass
         from typing import Annotated
         from fedmm.objectives.base import Objective
@@ -34,15 +38,23 @@ def test_an_objective_whose_search_range_leaves_the_valid_range_is_refused_at_im
             @dataclass
             class Params(Checked):
                 weight: Annotated[float, FRACTION, Search(0.5, 1.5)] = 0.7
-    """)
-    with pytest.raises(ValueError, match=r"search range \[0.5, 1.5\] of parameter 'weight' of objective 'bad-search': "
-                                         r"high 1.5 is outside the valid range: must be <= 1.0"):
+    """,
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"search range \[0.5, 1.5\] of parameter 'weight' of objective 'bad-search': "
+        r"high 1.5 is outside the valid range: must be <= 1.0",
+    ):
         import bad_search_objective  # noqa: F401
     assert "bad-search" not in OBJECTIVES
 
 
 def test_a_policy_whose_search_range_leaves_the_valid_range_is_refused_at_import(tmp_path, monkeypatch):
-    _module(tmp_path, monkeypatch, "bad_search_policy", """
+    _module(
+        tmp_path,
+        monkeypatch,
+        "bad_search_policy",
+        """
         from dataclasses import dataclass
         from typing import Annotated
         from fedmm.params import Checked, Interval, Search
@@ -56,19 +68,26 @@ def test_a_policy_whose_search_range_leaves_the_valid_range_is_refused_at_import
             @dataclass
             class Params(Checked):
                 d: Annotated[int, Interval(int, 1, None, closed="left"), Search(0, 5)] = 2
-    """)
-    with pytest.raises(ValueError, match=r"parameter 'd' of selection 'bad-search': low 0 is outside the valid range: "
-                                         r"must be >= 1"):
+    """,
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"parameter 'd' of selection 'bad-search': low 0 is outside the valid range: "
+        r"must be >= 1",
+    ):
         import bad_search_policy  # noqa: F401
 
 
-@pytest.mark.parametrize("search, problem", [
-    (Search(-0.1, 0.5), "low -0.1 is outside the valid range: must be >= 0.0"),  # NON_NEGATIVE
-    (Search(0.0, 0.5, log=True), "a log range needs low > 0"),
-    (Search(0.5, 0.1), "low 0.5 must be below high 0.1"),
-    (Search(choices=(0.1, -2.0)), "choice -2.0 is outside the valid range"),
-    (Search(0.1), "needs low and high"),
-])
+@pytest.mark.parametrize(
+    "search, problem",
+    [
+        (Search(-0.1, 0.5), "low -0.1 is outside the valid range: must be >= 0.0"),  # NON_NEGATIVE
+        (Search(0.0, 0.5, log=True), "a log range needs low > 0"),
+        (Search(0.5, 0.1), "low 0.5 must be below high 0.1"),
+        (Search(choices=(0.1, -2.0)), "choice -2.0 is outside the valid range"),
+        (Search(0.1), "needs low and high"),
+    ],
+)
 def test_check_search_names_the_problem(search, problem):
     @dataclass
     class Params(Checked):
@@ -118,8 +137,9 @@ def test_fedmm_config_shows_the_ranges(capsys):
     out = capsys.readouterr().out
     alpha = next(line for line in out.splitlines() if line.startswith("objective.alpha"))
     assert alpha.endswith("(search log[0.05, 1])")
-    assert "objective.ge" in out and "(search" not in next(line for line in out.splitlines()
-                                                            if line.startswith("objective.ge "))
+    assert "objective.ge" in out and "(search" not in next(
+        line for line in out.splitlines() if line.startswith("objective.ge ")
+    )
 
 
 def test_a_trial_draws_inside_the_range_with_the_parameters_type():

@@ -54,8 +54,14 @@ def test_params_accept_kebab_and_snake_case() -> None:
     assert (p.params.sketch_dim, p.params.delta, p.params.subsample, p.params.stochastic) == (16, 2.0, 0.5, False)
     assert build_policy("divfl", {"sketch_dim": 0}, seed=1).params.sketch_dim == 0
     assert build_policy("powd", {"d": 3.0}, seed=1).params.d == 3
-    assert [build_policy(n, None, seed=0).uses_updates for n in policy_names()] == [False, True, True, False, False,
-                                                                                      False]
+    assert [build_policy(n, None, seed=0).uses_updates for n in policy_names()] == [
+        False,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
 
 
 def test_register_policy_rejects_duplicates() -> None:
@@ -128,8 +134,10 @@ def test_powd_probes_at_least_budget_and_weights_by_examples() -> None:
 
 # -- update vectors --------------------------------------------------------------------------------------
 def updates_for(assignments: list[Assignment], vectors: dict[int, dict[str, np.ndarray]]) -> list[ClientUpdate]:
-    return [ClientUpdate(a.client_id, a.modalities, 10, {m: vectors[a.client_id][m] for m in a.modalities})
-            for a in assignments]
+    return [
+        ClientUpdate(a.client_id, a.modalities, 10, {m: vectors[a.client_id][m] for m in a.modalities})
+        for a in assignments
+    ]
 
 
 def test_divfl_picks_unseen_first_then_one_per_cluster() -> None:
@@ -263,8 +271,10 @@ def test_stochastic_greedy_sample_size_is_max_of_budget_and_a_tenth(name: str, n
 
 def test_cmsfed_slices_are_refreshed_by_the_pass_and_by_one_modality_updates() -> None:
     clients = states(3)
-    vecs = {100: {"a": np.array([1.0, 0.0]), "v": np.array([0.0, 1.0])},
-            101: {"a": np.array([4.0, 4.0]), "v": np.array([4.0, 4.0])}}  # 102 lost its update-pass reply
+    vecs = {
+        100: {"a": np.array([1.0, 0.0]), "v": np.array([0.0, 1.0])},
+        101: {"a": np.array([4.0, 4.0]), "v": np.array([4.0, 4.0])},
+    }  # 102 lost its update-pass reply
     pol = cms_policy()
     pol.select(0, clients, budget=3)
     pol.observe(0, updates_for([Assignment(100, AV), Assignment(101, AV)], vecs))
@@ -300,11 +310,13 @@ def test_cmsfed_slices_are_refreshed_by_the_pass_and_by_one_modality_updates() -
 def test_cmsfed_unimodal_clients() -> None:
     # 100..102 multimodal and balanced (rho 1.2, so weak = v); 103 holds only v, 104 only a.
     clients = states(3, imbalance_ratio=1.2) + [ClientState(103, ("v",), 10), ClientState(104, ("a",), 10)]
-    vecs = {100: {"a": np.array([1.0, 0.0]), "v": np.array([1.0, 0.0])},
-            101: {"a": np.array([-1.0, 0.0]), "v": np.array([-1.0, 0.0])},
-            102: {"a": np.array([0.0, 1.0]), "v": np.array([0.0, 1.0])},
-            103: {"v": np.array([0.0, 0.0])},  # the centre of the v space
-            104: {"a": np.array([0.0, 0.0])}}
+    vecs = {
+        100: {"a": np.array([1.0, 0.0]), "v": np.array([1.0, 0.0])},
+        101: {"a": np.array([-1.0, 0.0]), "v": np.array([-1.0, 0.0])},
+        102: {"a": np.array([0.0, 1.0]), "v": np.array([0.0, 1.0])},
+        103: {"v": np.array([0.0, 0.0])},  # the centre of the v space
+        104: {"a": np.array([0.0, 0.0])},
+    }
     pol = cms_policy()
     feed(pol, clients, vecs)
     np.testing.assert_array_equal(pol.store.full_features([103, 104]), [[0, 0, 0, 0], [0, 0, 0, 0]])
@@ -318,8 +330,12 @@ def test_cmsfed_unimodal_clients() -> None:
 
 
 def test_global_imbalance_ratio_by_hand() -> None:
-    clients = [ClientState(1, AV, 10, imbalance_ratio=2.0), ClientState(2, AV, 30, imbalance_ratio=1.0),
-               ClientState(3, ("a",), 20), ClientState(4, AV, 50)]  # unimodal: 1.0; unreported: left out
+    clients = [
+        ClientState(1, AV, 10, imbalance_ratio=2.0),
+        ClientState(2, AV, 30, imbalance_ratio=1.0),
+        ClientState(3, ("a",), 20),
+        ClientState(4, AV, 50),
+    ]  # unimodal: 1.0; unreported: left out
     assert global_imbalance_ratio(clients) == pytest.approx((10 * 2.0 + 30 * 1.0 + 20 * 1.0) / 60)
     assert global_imbalance_ratio([ClientState(4, AV, 50)]) == 1.0
 
@@ -370,13 +386,17 @@ def test_cmsfed_three_modalities_partial_holders() -> None:
     # a dominates (rho 1.2 for the three-modality clients); 103 holds only (v, t), the weak modalities,
     # and is the centre of the joint [v; t] space: a weak pick whatever its rho. 104 holds (a, v) and is
     # biased (rho 3): in weak mode it trains v, the weak modality it holds.
-    clients = states(3, AVT, imbalance_ratio=1.2) + [ClientState(103, ("v", "t"), 10),
-                                                        ClientState(104, ("a", "v"), 10, imbalance_ratio=3.0)]
-    vecs = {100: {"a": np.array([0.0, 0.0]), "v": np.array([1.0, 0.0]), "t": np.array([1.0, 0.0])},
-            101: {"a": np.array([0.0, 0.0]), "v": np.array([-1.0, 0.0]), "t": np.array([-1.0, 0.0])},
-            102: {"a": np.array([0.0, 0.0]), "v": np.array([0.0, 1.0]), "t": np.array([0.0, 1.0])},
-            103: {"v": np.array([0.0, 0.0]), "t": np.array([0.0, 0.0])},
-            104: {"a": np.array([0.0, 0.0]), "v": np.array([0.0, -3.0])}}
+    clients = states(3, AVT, imbalance_ratio=1.2) + [
+        ClientState(103, ("v", "t"), 10),
+        ClientState(104, ("a", "v"), 10, imbalance_ratio=3.0),
+    ]
+    vecs = {
+        100: {"a": np.array([0.0, 0.0]), "v": np.array([1.0, 0.0]), "t": np.array([1.0, 0.0])},
+        101: {"a": np.array([0.0, 0.0]), "v": np.array([-1.0, 0.0]), "t": np.array([-1.0, 0.0])},
+        102: {"a": np.array([0.0, 0.0]), "v": np.array([0.0, 1.0]), "t": np.array([0.0, 1.0])},
+        103: {"v": np.array([0.0, 0.0]), "t": np.array([0.0, 0.0])},
+        104: {"a": np.array([0.0, 0.0]), "v": np.array([0.0, -3.0])},
+    }
     pol = cms_policy()
     feed(pol, clients, vecs)
     out = pol.select(1, clients, budget=2)
@@ -394,7 +414,9 @@ def test_cmsfed_three_modalities_partial_holders() -> None:
     feed(sketched, clients, vecs)
     ids = [c.client_id for c in clients]
     joint = sketched.store.slice_features(ids, ("v", "t"))
-    np.testing.assert_array_equal(joint, sketched.store.slice_features(ids, "v") + sketched.store.slice_features(ids, "t"))
+    np.testing.assert_array_equal(
+        joint, sketched.store.slice_features(ids, "v") + sketched.store.slice_features(ids, "t")
+    )
     assert np.abs(joint).sum() > 0
 
 
@@ -419,12 +441,19 @@ def run_rounds(pol: SelectionPolicy, rounds: range, clients: list[ClientState]) 
 def make_clients() -> list[ClientState]:
     rng = np.random.default_rng(0)
     mods = [AV, AV, ("a",), ("v",)]
-    return [ClientState(i, mods[i % 4], 10 + i, imbalance_ratio=float(rng.lognormal(0.3, 0.5)) if i % 4 < 2 else 1.0)
-            for i in range(40)]
+    return [
+        ClientState(i, mods[i % 4], 10 + i, imbalance_ratio=float(rng.lognormal(0.3, 0.5)) if i % 4 < 2 else 1.0)
+        for i in range(40)
+    ]
 
 
-PARAMS = {"all": {}, "random": {}, "powd": {"d": 8}, "divfl": {"sketch-dim": 32},
-          "cmsfed": {"sketch-dim": 32, "subsample": 0.2}}
+PARAMS = {
+    "all": {},
+    "random": {},
+    "powd": {"d": 8},
+    "divfl": {"sketch-dim": 32},
+    "cmsfed": {"sketch-dim": 32, "subsample": 0.2},
+}
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
@@ -465,8 +494,9 @@ def test_load_state_dict_of_another_policy_fails() -> None:
 @pytest.mark.parametrize("name", ["divfl", "cmsfed"])
 def test_kept_supports_do_not_change_the_picks(name: str) -> None:
     with_supports = run_rounds(build_policy(name, PARAMS[name], seed=2), range(5), make_clients())
-    without = run_rounds(build_policy(name, {**PARAMS[name], "support-fraction": 0.0}, seed=2), range(5),
-                         make_clients())
+    without = run_rounds(
+        build_policy(name, {**PARAMS[name], "support-fraction": 0.0}, seed=2), range(5), make_clients()
+    )
     assert with_supports == without
     with pytest.raises(ValueError, match="support-fraction"):
         build_policy(name, {"support-fraction": 1.5}, seed=0)

@@ -40,9 +40,22 @@ class DyingGrid(InlineGrid):
 
 
 def context(out: Path, **extra) -> Context:
-    run_config = {**DECLARED, "dataset": "synthetic", "partition": "iid", "num-clients": 4, "allocation": "multi-ratio",
-                  "clients-per-round": 2, "selection": "random", "num-server-rounds": 4, "local-epochs": 1,
-                  "batch-size": 16, "device": "cpu", "seed": 5, "out-dir": str(out), **extra}
+    run_config = {
+        **DECLARED,
+        "dataset": "synthetic",
+        "partition": "iid",
+        "num-clients": 4,
+        "allocation": "multi-ratio",
+        "clients-per-round": 2,
+        "selection": "random",
+        "num-server-rounds": 4,
+        "local-epochs": 1,
+        "batch-size": 16,
+        "device": "cpu",
+        "seed": 5,
+        "out-dir": str(out),
+        **extra,
+    }
     return Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
 
 
@@ -76,11 +89,17 @@ def test_without_resume_the_same_run_config_starts_the_run_over(tmp_path):
     assert pd.read_csv(tmp_path / "out" / ROUNDS_FILE)["round"].tolist() == [0, 1]
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"lr": 0.01}, r"differs from its .*config\.toml: lr = 0\.01 \(the run has 0\.05\); submit the run's "
-                   r"--run-config again with resume=true"),
-    ({"resume": "yes"}, r"run-config key 'resume' must be true or false, got 'yes'"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"lr": 0.01},
+            r"differs from its .*config\.toml: lr = 0\.01 \(the run has 0\.05\); submit the run's "
+            r"--run-config again with resume=true",
+        ),
+        ({"resume": "yes"}, r"run-config key 'resume' must be true or false, got 'yes'"),
+    ],
+)
 def test_a_resume_that_does_not_match_the_run_is_one_error_and_changes_nothing(tmp_path, caplog, change, message):
     out = tmp_path / "out"
     killed_in_round_3(out)

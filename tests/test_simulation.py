@@ -16,9 +16,18 @@ def test_two_round_ray_simulation_writes_every_result_file(tmp_path):
     from fedmm.simulation import simulate
 
     overrides = [
-        "dataset=synthetic", "partition=iid", "num-clients=6", "allocation=multi-ratio", "multi-ratio=0.5",
-        "num-server-rounds=2", "selection=random", "clients-per-round=4", "local-epochs=1", "batch-size=16",
-        "client-num-cpus=1", "device=cpu",
+        "dataset=synthetic",
+        "partition=iid",
+        "num-clients=6",
+        "allocation=multi-ratio",
+        "multi-ratio=0.5",
+        "num-server-rounds=2",
+        "selection=random",
+        "clients-per-round=4",
+        "local-epochs=1",
+        "batch-size=16",
+        "client-num-cpus=1",
+        "device=cpu",
     ]
     run = load_config(None, overrides)
     rows = []
@@ -65,8 +74,21 @@ def test_bad_input_fails_before_any_file_is_written(tmp_path):
     from fedmm.cli import main
 
     out = tmp_path / "never"
-    code = main(["simulate", "--set", "dataset=synthetic", "--set", "partition=iid", "--set", "num-clients=4",
-                 "--set", "objective=nope", "--out", str(out)])
+    code = main(
+        [
+            "simulate",
+            "--set",
+            "dataset=synthetic",
+            "--set",
+            "partition=iid",
+            "--set",
+            "num-clients=4",
+            "--set",
+            "objective=nope",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 2
     assert not out.exists()
     code = main(["simulate", "--set", "dataset=synthetic", "--set", "partition=natural", "--out", str(out)])
@@ -76,11 +98,23 @@ def test_bad_input_fails_before_any_file_is_written(tmp_path):
 def test_fedcmi_simulation_with_unimodal_and_multimodal_clients(tmp_path):
     from fedmm.simulation import simulate
 
-    run = load_config(None, [
-        "dataset=synthetic", "partition=iid", "num-clients=4", "allocation=multi-ratio", "multi-ratio=0.5",
-        "strategy=fedcmi", "num-server-rounds=2", "local-epochs=1", "batch-size=16", "device=cpu",
-        "objective.proximal=true", "objective.mu=0.1",
-    ])
+    run = load_config(
+        None,
+        [
+            "dataset=synthetic",
+            "partition=iid",
+            "num-clients=4",
+            "allocation=multi-ratio",
+            "multi-ratio=0.5",
+            "strategy=fedcmi",
+            "num-server-rounds=2",
+            "local-epochs=1",
+            "batch-size=16",
+            "device=cpu",
+            "objective.proximal=true",
+            "objective.mu=0.1",
+        ],
+    )
     assert run.objective == "fedcmi"
     summary = simulate(run, tmp_path / "run")
     rounds = pd.read_csv(tmp_path / "run" / ROUNDS_FILE)
@@ -93,11 +127,23 @@ def test_fedcmi_simulation_with_unimodal_and_multimodal_clients(tmp_path):
 def test_cmsfed_simulation_runs_the_update_pass_and_selects_modalities(tmp_path):
     from fedmm.simulation import simulate
 
-    run = load_config(None, [
-        "dataset=synthetic", "partition=iid", "num-clients=6", "allocation=multi-ratio", "multi-ratio=0.5",
-        "strategy=cmsfed", "clients-per-round=3", "num-server-rounds=2", "local-epochs=1", "batch-size=16",
-        "device=cpu", "selection.delta=1.0",
-    ])
+    run = load_config(
+        None,
+        [
+            "dataset=synthetic",
+            "partition=iid",
+            "num-clients=6",
+            "allocation=multi-ratio",
+            "multi-ratio=0.5",
+            "strategy=cmsfed",
+            "clients-per-round=3",
+            "num-server-rounds=2",
+            "local-epochs=1",
+            "batch-size=16",
+            "device=cpu",
+            "selection.delta=1.0",
+        ],
+    )
     assert (run.objective, run.selection) == ("cmsfed", "cmsfed")
     summary = simulate(run, tmp_path / "run")
     assert summary["status"] == "completed"

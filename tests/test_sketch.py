@@ -51,8 +51,9 @@ def test_full_sketch_is_the_sum_of_modality_sketches_and_tracks_full_distances()
     rng = np.random.default_rng(2)
     store = UpdateStore(sketch_dim=512, seed=0)
     P = 30_000
-    ups = [{"a": rng.normal(size=P).astype(np.float32), "v": rng.normal(size=2 * P).astype(np.float32)}
-           for _ in range(12)]
+    ups = [
+        {"a": rng.normal(size=P).astype(np.float32), "v": rng.normal(size=2 * P).astype(np.float32)} for _ in range(12)
+    ]
     for i, u in enumerate(ups):
         store.add(i, u, server_round=0, full=True)
     full = store.full_features(range(12))

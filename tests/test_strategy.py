@@ -31,8 +31,13 @@ class FakeGrid:
 
 
 def make_strategy():
-    s = ModalityAwareFedAvg(policy=build_policy("all", seed=0), clients_per_round=4, min_available_nodes=4,
-                            run_config="x", extras_fn=lambda r: {"active": [1, 2]})
+    s = ModalityAwareFedAvg(
+        policy=build_policy("all", seed=0),
+        clients_per_round=4,
+        min_available_nodes=4,
+        run_config="x",
+        extras_fn=lambda r: {"active": [1, 2]},
+    )
     for node, mods in HELD.items():  # as discovery would have filled it: node n serves partition n - 1
         s.roster.register(node, node - 1, mods, 10)
     s.roster.waited_for_nodes = True
@@ -59,10 +64,20 @@ def test_each_node_gets_its_own_config_and_only_its_groups():
 def test_failures_are_recorded_and_left_out_of_the_average():
     s = make_strategy()
     msgs = {m.metadata.dst_node_id: m for m in train_messages(s, 1, to_record(GLOBAL), FakeGrid(HELD), 600)}
-    good = reply(msgs[2], {"encoders.a.w": np.full(2, 4.0, np.float32), "fusion.linear.weight": np.full(2, 2.0, np.float32)})
-    nan = reply(msgs[1], {"encoders.a.w": np.array([np.nan, 0], np.float32), "encoders.b.w": np.zeros(2, np.float32),
-                          "fusion.linear.weight": np.zeros(2, np.float32)})
-    sneaky = reply(msgs[3], {"encoders.a.w": np.full(2, 9.0, np.float32), "fusion.linear.weight": np.zeros(2, np.float32)})
+    good = reply(
+        msgs[2], {"encoders.a.w": np.full(2, 4.0, np.float32), "fusion.linear.weight": np.full(2, 2.0, np.float32)}
+    )
+    nan = reply(
+        msgs[1],
+        {
+            "encoders.a.w": np.array([np.nan, 0], np.float32),
+            "encoders.b.w": np.zeros(2, np.float32),
+            "fusion.linear.weight": np.zeros(2, np.float32),
+        },
+    )
+    sneaky = reply(
+        msgs[3], {"encoders.a.w": np.full(2, 9.0, np.float32), "fusion.linear.weight": np.zeros(2, np.float32)}
+    )
     # node 4 never answers; node 3 sends a parameter of a modality it was not asked to train
     error = Message(Error(code=0, reason="crashed"), reply_to=msgs[4])
     arrays, metrics = s.aggregate_train(1, [good, nan, sneaky, error])
@@ -96,12 +111,17 @@ def test_every_round_a_client_misses_while_its_node_is_away_is_recorded_once():
     outcomes = []
 
     def round_(server_round, nodes, replies=()):
-        msgs = {m.metadata.dst_node_id: m for m in train_messages(s, server_round, to_record(GLOBAL),
-                                                                   FakeGrid(nodes), 600)}
+        msgs = {
+            m.metadata.dst_node_id: m for m in train_messages(s, server_round, to_record(GLOBAL), FakeGrid(nodes), 600)
+        }
         start = len(s.client_rows)
-        s.aggregate_train(server_round, [reply(msgs[n], {k: v for k, v in GLOBAL.items()
-                                                          if not k.startswith("encoders.b") or n != 2})
-                                         for n in replies])
+        s.aggregate_train(
+            server_round,
+            [
+                reply(msgs[n], {k: v for k, v in GLOBAL.items() if not k.startswith("encoders.b") or n != 2})
+                for n in replies
+            ],
+        )
         outcomes.append(sorted((r["partition-id"], r["node-id"], r["status"]) for r in s.client_rows[start:]))
         return msgs
 
@@ -144,15 +164,24 @@ class TrainingGrid(FakeGrid):
         out = []
         for msg in messages:
             trained = str(msg.content[CONFIG][MODALITIES]).split(",")
-            out.append(reply(msg, {k: self.moved(k, v.numpy()) for k, v in msg.content[ARRAYS].items()
-                                   if k.split(".")[1] in trained or k.startswith("fusion")}))
+            out.append(
+                reply(
+                    msg,
+                    {
+                        k: self.moved(k, v.numpy())
+                        for k, v in msg.content[ARRAYS].items()
+                        if k.split(".")[1] in trained or k.startswith("fusion")
+                    },
+                )
+            )
         return out
 
 
 def test_update_vectors_hold_the_encoder_parameters_only():
     policy = build_policy("divfl", {"sketch-dim": 0}, seed=0)
-    s = ModalityAwareFedAvg(policy=policy, clients_per_round=1, min_available_nodes=1,
-                            run_config="x", parameter_keys=BN_PARAMETERS)
+    s = ModalityAwareFedAvg(
+        policy=policy, clients_per_round=1, min_available_nodes=1, run_config="x", parameter_keys=BN_PARAMETERS
+    )
     s.roster.register(1, 0, ("a", "b"), 10)
     s.roster.waited_for_nodes = True
     list(train_messages(s, 1, to_record(BN_GLOBAL), TrainingGrid({1: 0}), 600))  # the update pass
@@ -161,5 +190,4 @@ def test_update_vectors_hold_the_encoder_parameters_only():
     np.testing.assert_array_equal(policy.store.full_features([0]), [[0.5, 0.5, 0.5, 0.5]])
     np.testing.assert_array_equal(policy.store.slice_features([0], "a"), [[0.5, 0.5, 0.5]])
     with pytest.raises(ValueError, match="pass their names as parameter_keys"):
-        ModalityAwareFedAvg(policy=policy, clients_per_round=1, min_available_nodes=1,
-                            run_config="x")
+        ModalityAwareFedAvg(policy=policy, clients_per_round=1, min_available_nodes=1, run_config="x")

@@ -12,8 +12,16 @@ import pytest
 from fedmm.config import load_config
 from fedmm.tracking import flat_params, round_metrics
 
-BASE = ["dataset=synthetic", "partition=iid", "num-clients=4", "num-server-rounds=2", "local-epochs=1",
-        "engine=inline", "selection=random", "clients-per-round=2"]
+BASE = [
+    "dataset=synthetic",
+    "partition=iid",
+    "num-clients=4",
+    "num-server-rounds=2",
+    "local-epochs=1",
+    "engine=inline",
+    "selection=random",
+    "clients-per-round=2",
+]
 
 
 def simulate(out, *sets):
@@ -39,8 +47,12 @@ def test_round_metrics_are_the_finite_numbers_of_the_row_and_the_trained_modalit
         {"round": 2, "modalities-trained": "b", "status": "rejected: bad"},
         {"round": 0, "modalities-trained": "a+b", "status": "ok"},  # the update pass: not round 2's
     ]
-    assert round_metrics(row, clients) == {"test/acc": 0.5, "test/acc/a": 0.25,
-                                           "clients/trained/a": 2.0, "clients/trained/b": 1.0}
+    assert round_metrics(row, clients) == {
+        "test/acc": 0.5,
+        "test/acc/a": 0.25,
+        "clients/trained/a": 2.0,
+        "clients/trained/b": 1.0,
+    }
 
 
 def test_tracking_is_off_by_default_same_numbers_and_same_config_text(tracked):
@@ -61,8 +73,9 @@ def test_tensorboard_events_read_back(tracked):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     rounds = pd.read_csv(tracked / "on" / "rounds.csv")
-    events = EventAccumulator(str(tracked / "on" / "tensorboard"),
-                              size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    events = EventAccumulator(
+        str(tracked / "on" / "tensorboard"), size_guidance={"scalars": 0, "images": 0, "tensors": 0}
+    )
     events.Reload()
     tags = events.Tags()
     for column in ("test/acc", "test/acc/m0", "test/acc/m1", "test/loss", "bytes-up"):
@@ -96,8 +109,10 @@ def test_mlflow_run_read_back(tracked):
     assert run.data.metrics["summary/last-rounds-test/acc"] == pytest.approx(rounds["test/acc"][1:].mean())
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"plots", "summary.json", "config.toml"} <= artifacts
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {"plots/accuracy.png",
-                                                                                 "plots/selection.png"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {
+        "plots/accuracy.png",
+        "plots/selection.png",
+    }
 
 
 def test_resumed_run_logs_to_the_same_mlflow_run(tmp_path):

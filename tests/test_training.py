@@ -106,8 +106,17 @@ def test_build_model_rejects_parameters_outside_the_groups() -> None:
 
 @pytest.mark.parametrize(
     "kw",
-    [{"epochs": 0}, {"batch_size": 1}, {"lr": 0.0}, {"lr": float("nan")}, {"momentum": 1.0}, {"weight_decay": -1e-4},
-     {"proximal_mu": -0.1}, {"epochs": 2.5}, {"seed": True}],
+    [
+        {"epochs": 0},
+        {"batch_size": 1},
+        {"lr": 0.0},
+        {"lr": float("nan")},
+        {"momentum": 1.0},
+        {"weight_decay": -1e-4},
+        {"proximal_mu": -0.1},
+        {"epochs": 2.5},
+        {"seed": True},
+    ],
 )
 def test_train_config_validation(kw: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(kw))):

@@ -27,13 +27,20 @@ from fedmm.tune import (  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A federation of a few seconds on the inline engine.
-TINY = ["dataset=synthetic", "partition=iid", "num-clients=4", "clients-per-round=4", "num-server-rounds=4",
-        "local-epochs=1"]
+TINY = [
+    "dataset=synthetic",
+    "partition=iid",
+    "num-clients=4",
+    "clients-per-round=4",
+    "num-server-rounds=4",
+    "local-epochs=1",
+]
 
 
 def fake_simulate(curves):
     """A ``simulate`` that reports the rows of ``curves(run)``: ``[(val/acc, test/acc, train/loss), ...]``
     for rounds 1..R, and returns a summary (status from the last tuple's 4th item, default completed)."""
+
     def simulate(run, out_dir, on_round=None, **_):
         rows = [{"round": 0, "val/acc": 0.1, "test/acc": 0.1, "train/loss": math.nan}]
         on_round(rows[0])
@@ -42,8 +49,8 @@ def fake_simulate(curves):
             status = rest[0] if rest else status
             rows.append({"round": r, "val/acc": val, "test/acc": test, "train/loss": loss})
             on_round(rows[-1])
-        return {"status": status, "reason": "3 rounds without a usable reply", "diverged": False,
-                "total-seconds": 1.0}
+        return {"status": status, "reason": "3 rounds without a usable reply", "diverged": False, "total-seconds": 1.0}
+
     return simulate
 
 
@@ -56,12 +63,19 @@ def one_trial(simulate, params=("lr",)):
 
 def test_the_search_space_is_the_runs_keys_and_its_components_parameters():
     run = load_config(None, [*TINY, "objective=pmr"])
-    assert list(search_space(run)) == ["local-epochs", "lr", "momentum", "weight-decay", "objective.alpha",
-                                       "objective.momentum"]
+    assert list(search_space(run)) == [
+        "local-epochs",
+        "lr",
+        "momentum",
+        "weight-decay",
+        "objective.alpha",
+        "objective.momentum",
+    ]
     fedprox = load_config(None, [*TINY, "strategy=fedprox", "selection=powd"])
     assert {"strategy.mu", "selection.d"} <= set(search_space(fedprox))
-    with pytest.raises(ValueError, match="'objective.lambda' is not a tunable parameter of this run; tunable: "
-                                         "local-epochs, lr"):
+    with pytest.raises(
+        ValueError, match="'objective.lambda' is not a tunable parameter of this run; tunable: local-epochs, lr"
+    ):
         search_space(run, ["lr", "objective.lambda"])
 
 
@@ -74,10 +88,13 @@ def test_the_value_is_the_mean_validation_accuracy_of_the_last_rounds_never_test
     assert trial.user_attrs["best-val-round"] == 6 and trial.user_attrs["rounds"] == 6
 
 
-@pytest.mark.parametrize("curve, reason", [
-    ([(0.5, 0.5, 1.0), (0.3, 0.3, math.nan)], "round 2: non-finite train/loss"),
-    ([(0.5, 0.5, 1.0), (0.5, 0.5, 1.0, "failed")], "run failed: 3 rounds without a usable reply"),
-])
+@pytest.mark.parametrize(
+    "curve, reason",
+    [
+        ([(0.5, 0.5, 1.0), (0.3, 0.3, math.nan)], "round 2: non-finite train/loss"),
+        ([(0.5, 0.5, 1.0), (0.5, 0.5, 1.0, "failed")], "run failed: 3 rounds without a usable reply"),
+    ],
+)
 def test_a_trial_that_diverges_or_fails_is_pruned_with_its_reason(curve, reason):
     trial = one_trial(fake_simulate(lambda run: curve))
     assert trial.state == optuna.trial.TrialState.PRUNED
@@ -130,11 +147,14 @@ def test_the_best_trial_is_a_config_that_fedmm_simulate_reruns(tmp_path):
         return fake_simulate(lambda r: [(1 - abs(math.log10(r.lr) + 1.5), 0.0, 1.0)] * 3)(run, out_dir, on_round)
 
     base = load_config(None, [*TINY, "objective=mnl", "engine=ray"])
-    result = tune(base, tmp_path, TuneSettings(trials=4, pruner="none", params=("lr", "objective.lambda")),
-                  simulate=simulate)
+    result = tune(
+        base, tmp_path, TuneSettings(trials=4, pruner="none", params=("lr", "objective.lambda")), simulate=simulate
+    )
     assert result.status == "completed" and result.best_config == tmp_path / BEST_FILE
     rerun = load_config(result.best_config)
-    assert rerun == base.replace(**{"lr": result.best_params["lr"], "objective.lambda": result.best_params["objective.lambda"]})
+    assert rerun == base.replace(
+        **{"lr": result.best_params["lr"], "objective.lambda": result.best_params["objective.lambda"]}
+    )
     assert rerun.engine == "ray"  # the base config's, not the trials' inline engine
     for name in ("history.png", "importance.png", TRIALS_FILE, "study.journal"):
         assert (tmp_path / name).is_file(), name
@@ -146,12 +166,25 @@ def test_the_best_trial_is_a_config_that_fedmm_simulate_reruns(tmp_path):
 
 # -- real federations (inline engine) in other processes ---------------------------------------------
 def _tune_process(out: Path, trials: int, jobs: int = 1) -> subprocess.Popen:
-    args = ["tune", "--out", str(out), "--trials", str(trials), "--jobs", str(jobs), "--params", "lr,momentum",
-            "--pruner", "none", *(a for kv in TINY for a in ("--set", kv))]
+    args = [
+        "tune",
+        "--out",
+        str(out),
+        "--trials",
+        str(trials),
+        "--jobs",
+        str(jobs),
+        "--params",
+        "lr,momentum",
+        "--pruner",
+        "none",
+        *(a for kv in TINY for a in ("--set", kv)),
+    ]
     code = f"import sys; from fedmm.cli import main; sys.exit(main({args!r}))"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _finished(out: Path) -> list:

@@ -3,15 +3,23 @@ replies at a time, and the run is the one the pass in a single batch gives."""
 
 import pandas as pd
 import pytest
+from inprocess import simulate_in_process
 
 from fedmm.config import load_config
 from fedmm.results import CLIENTS_FILE, ROUNDS_FILE
 
-from inprocess import simulate_in_process
-
 FEDERATION = [
-    "dataset=synthetic", "partition=dirichlet", "dirichlet-alpha=0.5", "num-clients=8", "multi-ratio=0.5",
-    "clients-per-round=3", "num-server-rounds=3", "local-epochs=1", "batch-size=16", "device=cpu", "seed=3",
+    "dataset=synthetic",
+    "partition=dirichlet",
+    "dirichlet-alpha=0.5",
+    "num-clients=8",
+    "multi-ratio=0.5",
+    "clients-per-round=3",
+    "num-server-rounds=3",
+    "local-epochs=1",
+    "batch-size=16",
+    "device=cpu",
+    "seed=3",
 ]
 
 
@@ -35,5 +43,8 @@ def test_an_update_pass_in_batches_gives_the_run_of_one_batch(tmp_path, monkeypa
     simulate_in_process(run, tmp_path / "batched", overwrite=True)
     assert sent[:4] == [3, 3, 2, 0]  # 8 clients in batches of 3, then the loop's last call gets none
     for name in (ROUNDS_FILE, CLIENTS_FILE):
-        whole, batched = (pd.read_csv(tmp_path / d / name).drop(columns=["seconds", "selection-seconds"], errors="ignore") for d in ("whole", "batched"))
+        whole, batched = (
+            pd.read_csv(tmp_path / d / name).drop(columns=["seconds", "selection-seconds"], errors="ignore")
+            for d in ("whole", "batched")
+        )
         pd.testing.assert_frame_equal(whole, batched)

@@ -18,8 +18,16 @@ from fedmm.model_selection import best_on_validation, last_rounds_val
 from fedmm.results import summarize
 from fedmm.workspace import dataset_of, scenario_of
 
-BASE = {"dataset": "synthetic", "partition": "iid", "num-clients": 4, "clients-per-round": 4, "num-server-rounds": 3,
-        "engine": "inline", "device": "cpu", "local-epochs": 1}
+BASE = {
+    "dataset": "synthetic",
+    "partition": "iid",
+    "num-clients": 4,
+    "clients-per-round": 4,
+    "num-server-rounds": 3,
+    "engine": "inline",
+    "device": "cpu",
+    "local-epochs": 1,
+}
 
 
 def _rows_of(split: dict[str, torch.Tensor]) -> set[bytes]:
@@ -34,8 +42,14 @@ def _grouped(users: int = 10, per_user: int = 12) -> Dataset:
     x = torch.from_numpy(rng.standard_normal((n, 3)).astype(np.float32))
     y = torch.from_numpy(np.arange(n) % 3)
     test = {"a": torch.from_numpy(rng.standard_normal((9, 3)).astype(np.float32)), "y": torch.arange(9) % 3}
-    return Dataset("g", [ModalitySpec("a", (3,), "vector")], ["c0", "c1", "c2"], {"a": x, "y": y}, test,
-                   train_groups=np.repeat(np.arange(100, 100 + users), per_user))
+    return Dataset(
+        "g",
+        [ModalitySpec("a", (3,), "vector")],
+        ["c0", "c1", "c2"],
+        {"a": x, "y": y},
+        test,
+        train_groups=np.repeat(np.arange(100, 100 + users), per_user),
+    )
 
 
 def test_val_is_disjoint_from_train_and_test_and_stratified():
@@ -143,8 +157,16 @@ def test_the_run_reports_test_at_the_round_best_on_validation(flower_identity, t
 
 
 def _row(r, val, test):
-    return {"round": r, "val/acc": val, "test/acc": test, "test/loss": 1.0, "train/loss": 1.0, "seconds": 1.0,
-            "bytes-up": 0.0, "bytes-down": 0.0}
+    return {
+        "round": r,
+        "val/acc": val,
+        "test/acc": test,
+        "test/loss": 1.0,
+        "train/loss": 1.0,
+        "seconds": 1.0,
+        "bytes-up": 0.0,
+        "bytes-down": 0.0,
+    }
 
 
 def test_the_best_round_is_chosen_on_validation_not_on_test():

@@ -45,8 +45,12 @@ OUT = Path("experiments/out/clock")
 VARIANTS = {
     "off": [],
     "model, all online": ["devices=model"],
-    "model, 30 % online, deadline": ["devices=model", "devices.online-share=0.3", "round-close=deadline",
-                                     "round-deadline=30"],
+    "model, 30 % online, deadline": [
+        "devices=model",
+        "devices.online-share=0.3",
+        "round-close=deadline",
+        "round-deadline=30",
+    ],
 }
 
 
@@ -101,10 +105,20 @@ def round_times(flat: list[str]) -> tuple[list[float], list[float], float]:
 
 
 def part1(args: argparse.Namespace) -> str:
-    base = ["dataset=synthetic", f"dataset.num_train={20 * args.clients}", "partition=iid",
-            f"num-clients={args.clients}", "selection=random", f"clients-per-round={args.k}",
-            f"num-server-rounds={args.rounds}", "local-epochs=1", "batch-size=32", "device=cpu", "seed=0",
-            "engine=inline"]
+    base = [
+        "dataset=synthetic",
+        f"dataset.num_train={20 * args.clients}",
+        "partition=iid",
+        f"num-clients={args.clients}",
+        "selection=random",
+        f"clients-per-round={args.k}",
+        f"num-server-rounds={args.rounds}",
+        "local-epochs=1",
+        "batch-size=32",
+        "device=cpu",
+        "seed=0",
+        "engine=inline",
+    ]
     _time_clock_steps()
     medians: dict[str, list[float]] = {name: [] for name in VARIANTS}
     cpus: dict[str, list[float]] = {name: [] for name in VARIANTS}
@@ -113,20 +127,25 @@ def part1(args: argparse.Namespace) -> str:
     for i in range(args.repeats):
         # interleaved, so drift of the machine hits all alike, and rotated: each variant also runs
         # first in some repeats (later runs in one process may be slower: a larger heap, caches)
-        for name in names[i % len(names):] + names[:i % len(names)]:
+        for name in names[i % len(names) :] + names[: i % len(names)]:
             rounds, cpu_rounds, in_clock = round_times([*base, *VARIANTS[name]])
             medians[name].append(statistics.median(rounds[1:]))
             cpus[name].append(statistics.median(cpu_rounds[1:]))
             clock[name].append(in_clock)
     off, off_cpu = statistics.median(medians["off"]), statistics.median(cpus["off"])
-    lines = [f"Part 1: {args.clients} clients, K = {args.k}, {args.rounds} rounds, engine inline, "
-             f"{args.repeats} interleaved repeats (medians over the repeats of each run's median later round)\n",
-             "| devices | wall s per round | ratio to off | CPU s per round | ratio to off | clock steps, CPU ms "
-             "per round | clock steps / round CPU |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Part 1: {args.clients} clients, K = {args.k}, {args.rounds} rounds, engine inline, "
+        f"{args.repeats} interleaved repeats (medians over the repeats of each run's median later round)\n",
+        "| devices | wall s per round | ratio to off | CPU s per round | ratio to off | clock steps, CPU ms "
+        "per round | clock steps / round CPU |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name in VARIANTS:
         m, c, k = (statistics.median(v[name]) for v in (medians, cpus, clock))
-        lines.append(f"| {name} | {m:.3f} | {m / off:.3f} | {c:.3f} | **{c / off_cpu:.3f}** | {1e3 * k:.2f} | "
-                     f"{100 * k / c:.2f} % |")
+        lines.append(
+            f"| {name} | {m:.3f} | {m / off:.3f} | {c:.3f} | **{c / off_cpu:.3f}** | {1e3 * k:.2f} | "
+            f"{100 * k / c:.2f} % |"
+        )
     return "\n".join(lines)
 
 
@@ -162,15 +181,19 @@ def part2(args: argparse.Namespace) -> str:
         if proc.returncode != 0 or not lines:
             sys.stderr.write(proc.stderr[-3000:])
             raise SystemExit(f"scale run {name} failed (exit {proc.returncode})")
-        results[name] = json.loads(lines[-1][len("RESULT "):])
+        results[name] = json.loads(lines[-1][len("RESULT ") :])
         print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
-    out = [f"Part 2: N = {n:,}, K = 100 random, {args.scale_rounds} rounds, Ray (scale.py's harness, scenario "
-           f"roster); the trace ({len(profiles.starts):,} online intervals) drawn and written in {made:.1f} s\n",
-           "| devices | round 1 (s) | median later round (s) | whole run (s) | peak RSS GB: driver / all Ray |",
-           "|---|---|---|---|---|"]
+    out = [
+        f"Part 2: N = {n:,}, K = 100 random, {args.scale_rounds} rounds, Ray (scale.py's harness, scenario "
+        f"roster); the trace ({len(profiles.starts):,} online intervals) drawn and written in {made:.1f} s\n",
+        "| devices | round 1 (s) | median later round (s) | whole run (s) | peak RSS GB: driver / all Ray |",
+        "|---|---|---|---|---|",
+    ]
     for name, r in results.items():
-        out.append(f"| {name} | {r['round1']:.2f} | {r['later']:.2f} | {r['wall']:.1f} | "
-                   f"{r['rss-driver'] / 2**30:.2f} / {r['rss-ray'] / 2**30:.2f} |")
+        out.append(
+            f"| {name} | {r['round1']:.2f} | {r['later']:.2f} | {r['wall']:.1f} | "
+            f"{r['rss-driver'] / 2**30:.2f} / {r['rss-ray'] / 2**30:.2f} |"
+        )
     return "\n".join(out)
 
 
@@ -188,8 +211,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.one:
         n, trace, rounds, k = args.one
-        print("RESULT " + json.dumps(one_scale_run(int(n), "" if trace == "-" else trace, int(rounds), int(k))),
-              flush=True)
+        print(
+            "RESULT " + json.dumps(one_scale_run(int(n), "" if trace == "-" else trace, int(rounds), int(k))),
+            flush=True,
+        )
         return
     if not args.no_rounds:
         print(part1(args), flush=True)

@@ -36,9 +36,18 @@ def loss_stats(rounds: pd.DataFrame) -> dict[str, float]:
 
 
 def markdown(df: pd.DataFrame) -> str:
-    return mean_std_table(df, ["dataset", "strategy"], {
-        "loss-round-1": "train loss round 1", "loss-max": "largest train loss", "loss-growth": "largest / round 1",
-        "test/acc": "final acc", "best-test/acc": "best acc"}, sort=False)
+    return mean_std_table(
+        df,
+        ["dataset", "strategy"],
+        {
+            "loss-round-1": "train loss round 1",
+            "loss-max": "largest train loss",
+            "loss-growth": "largest / round 1",
+            "test/acc": "final acc",
+            "best-test/acc": "best acc",
+        },
+        sort=False,
+    )
 
 
 def main() -> None:
@@ -48,13 +57,22 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("experiments/out/cmsfed-stability"))
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    cases = [Case({"dataset": d, "strategy": s}, (*FEDERATIONS[d], f"strategy={s}"))
-             for d in args.datasets.split(",") for s in STRATEGIES]
+    cases = [
+        Case({"dataset": d, "strategy": s}, (*FEDERATIONS[d], f"strategy={s}"))
+        for d in args.datasets.split(",")
+        for s in STRATEGIES
+    ]
     runs_dir = args.out / "runs"
-    df = run_grid(None, [], cases, seeds, args.out / "runs.csv", runs_dir,
-                  on_row=lambda row: print({k: row[k] for k in ("dataset", "strategy", "seed", "test/acc")},
-                                           flush=True),
-                  on_start=lambda line: print(line, flush=True))
+    df = run_grid(
+        None,
+        [],
+        cases,
+        seeds,
+        args.out / "runs.csv",
+        runs_dir,
+        on_row=lambda row: print({k: row[k] for k in ("dataset", "strategy", "seed", "test/acc")}, flush=True),
+        on_start=lambda line: print(line, flush=True),
+    )
     stats = pd.DataFrame([loss_stats(pd.read_csv(runs_dir / c.slug(s) / ROUNDS_FILE)) for c in cases for s in seeds])
     labels = pd.DataFrame([{**c.labels, "seed": s} for c in cases for s in seeds])
     df = labels.merge(df, on=["dataset", "strategy", "seed"]).join(stats)

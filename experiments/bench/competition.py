@@ -30,8 +30,15 @@ import pandas as pd
 from fedmm.bench import Case, mean_std_table, run_grid
 from fedmm.results import SUMMARY_FILE
 
-FEDERATION = ("dataset=competition", "partition=iid", "num-clients=10", "clients-per-round=10",
-              "num-server-rounds=20", "engine=inline", "device=cpu")
+FEDERATION = (
+    "dataset=competition",
+    "partition=iid",
+    "num-clients=10",
+    "clients-per-round=10",
+    "num-server-rounds=20",
+    "engine=inline",
+    "device=cpu",
+)
 VARIANTS = {
     "default": (),
     "shift": ("dataset.strong_present=1.0", "dataset.test_strong_present=0.5"),
@@ -43,8 +50,13 @@ METHODS = {
     "remix": ("allocation=all", "objective=remix"),
     "m1-alone": ("allocation=fractions", "modality-fractions=m1=1.0", "objective=ce"),
 }
-COLUMNS = {"test/acc": "final acc", "test/acc-at-best-val": "acc at best val round", "test/acc/m1": "m1 via joint model",
-           "test/acc-hard": "hard rows (m0 no signal)", "test/probe/m1": "linear probe m1"}
+COLUMNS = {
+    "test/acc": "final acc",
+    "test/acc-at-best-val": "acc at best val round",
+    "test/acc/m1": "m1 via joint model",
+    "test/acc-hard": "hard rows (m0 no signal)",
+    "test/probe/m1": "linear probe m1",
+}
 
 
 def main() -> None:
@@ -57,14 +69,38 @@ def main() -> None:
     from fedmm.simulation import simulate
 
     seeds = [int(s) for s in args.seeds.split(",")]
-    cases = [Case({"variant": v, "method": m}, (*FEDERATION, *VARIANTS[v], *METHODS[m]))
-             for v in args.variants.split(",") for m in args.methods.split(",")]
+    cases = [
+        Case({"variant": v, "method": m}, (*FEDERATION, *VARIANTS[v], *METHODS[m]))
+        for v in args.variants.split(",")
+        for m in args.methods.split(",")
+    ]
     runs_dir = args.out / "runs"
-    df = run_grid(None, [], cases, seeds, args.out / "runs.csv", runs_dir, simulate=simulate,
-                  on_row=lambda row: print({k: row.get(k) for k in ("variant", "method", "seed", "test/acc",
-                                                                      "test/acc/m1", "test/probe/m1")}, flush=True))
-    at_best = pd.DataFrame([{**c.labels, "seed": s, "test/acc-at-best-val": json.loads(
-        (runs_dir / c.slug(s) / SUMMARY_FILE).read_text())["test/acc-at-best-val"]} for c in cases for s in seeds])
+    df = run_grid(
+        None,
+        [],
+        cases,
+        seeds,
+        args.out / "runs.csv",
+        runs_dir,
+        simulate=simulate,
+        on_row=lambda row: print(
+            {k: row.get(k) for k in ("variant", "method", "seed", "test/acc", "test/acc/m1", "test/probe/m1")},
+            flush=True,
+        ),
+    )
+    at_best = pd.DataFrame(
+        [
+            {
+                **c.labels,
+                "seed": s,
+                "test/acc-at-best-val": json.loads((runs_dir / c.slug(s) / SUMMARY_FILE).read_text())[
+                    "test/acc-at-best-val"
+                ],
+            }
+            for c in cases
+            for s in seeds
+        ]
+    )
     df = df.merge(at_best, on=["variant", "method", "seed"])
     table = mean_std_table(df, ["variant", "method"], COLUMNS, sort=False)
     (args.out / "competition.md").write_text(table + "\n")

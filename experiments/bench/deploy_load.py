@@ -83,7 +83,7 @@ def processes_below(root: Path) -> dict[int, str]:
             continue
         for value in env:
             if value.startswith(prefix):
-                found[int(pid)] = value[len(prefix):].decode().split("/")[0]
+                found[int(pid)] = value[len(prefix) :].decode().split("/")[0]
                 break
     return found
 
@@ -121,8 +121,21 @@ class Sampler(threading.Thread):
                 status = _status(pid)
                 total += _pss(pid)
                 cmd = _cmdline(pid)
-                kind = next((k for k in ("flwr-serverapp", "flwr-clientapp", "flower-superexec", "flower-superlink",
-                                         "flower-supernode", "flwr ") if k in cmd), "other")
+                kind = next(
+                    (
+                        k
+                        for k in (
+                            "flwr-serverapp",
+                            "flwr-clientapp",
+                            "flower-superexec",
+                            "flower-superlink",
+                            "flower-supernode",
+                            "flwr ",
+                        )
+                        if k in cmd
+                    ),
+                    "other",
+                )
                 clientapps += kind == "flwr-clientapp"
                 key = (home, kind)
                 self.peak[key] = max(self.peak.get(key, 0), _kib(status.get("VmHWM")))
@@ -140,26 +153,45 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients-per-round", type=int, default=0, help="nodes that train each round (0: all)")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory")
-    parser.add_argument("--state", choices=("memory", "file"), default="memory",
-                        help="the SuperLink's state: in memory (Flower's default), or in a SQLite file (--database)")
+    parser.add_argument(
+        "--state",
+        choices=("memory", "file"),
+        default="memory",
+        help="the SuperLink's state: in memory (Flower's default), or in a SQLite file (--database)",
+    )
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fedmm-deploy-load-"))
     out = workdir / "out"
     started = time.perf_counter()
-    with stop_on_signals(), LocalDeployment(workdir / "deploy", args.nodes, tls=True, auth=True,
-                         state_file=args.state == "file") as deployment:
+    with (
+        stop_on_signals(),
+        LocalDeployment(
+            workdir / "deploy", args.nodes, tls=True, auth=True, state_file=args.state == "file"
+        ) as deployment,
+    ):
         up = time.perf_counter() - started
         sampler = Sampler(deployment.workdir)
         sampler.start()
-        run_config = (f"dataset='synthetic' partition='iid' num-clients={args.nodes} allocation='all' "
-                      f"clients-per-round={args.clients_per_round or args.nodes} num-server-rounds={args.rounds} "
-                      "local-epochs=1 "
-                      f"round-timeout=900.0 out-dir='{out}'")
-        env = {**os.environ, "FLWR_HOME": str(deployment.flwr_home), "PATH": f"{BIN}:{os.environ['PATH']}",
-               "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+        run_config = (
+            f"dataset='synthetic' partition='iid' num-clients={args.nodes} allocation='all' "
+            f"clients-per-round={args.clients_per_round or args.nodes} num-server-rounds={args.rounds} "
+            "local-epochs=1 "
+            f"round-timeout=900.0 out-dir='{out}'"
+        )
+        env = {
+            **os.environ,
+            "FLWR_HOME": str(deployment.flwr_home),
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        }
         submitted = time.perf_counter()
-        proc = subprocess.Popen([str(BIN / "flwr"), "run", ".", CONNECTION, "--stream", "--run-config", run_config],
-                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [str(BIN / "flwr"), "run", ".", CONNECTION, "--stream", "--run-config", run_config],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
         stopped = ""
         try:
             deadline = time.monotonic() + 600 + 300 * args.rounds
@@ -186,12 +218,16 @@ def main() -> None:
     mib = lambda kib: f"{kib / 1024:.0f}"  # noqa: E731
     node0 = {kind: v for (home, kind), v in peak.items() if home == "node0"}
     link = {kind: v for (home, kind), v in peak.items() if home == "superlink"}
-    print(f"deployment: {args.nodes} SuperNodes + SuperLink on 127.0.0.1, TLS, SuperNode authentication "
-          f"(registered keys), SuperLink state {args.state}; {args.rounds} rounds, "
-          f"{args.clients_per_round or args.nodes} nodes train each round (synthetic, iid, 1 epoch)")
-    print(f"started (certificates, {args.nodes} key registrations, processes) in {up:.0f} s; "
-          f"flwr run to {'summary.json' if not stopped else 'the stop'} {total:.0f} s; "
-          f"load average at the end {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    print(
+        f"deployment: {args.nodes} SuperNodes + SuperLink on 127.0.0.1, TLS, SuperNode authentication "
+        f"(registered keys), SuperLink state {args.state}; {args.rounds} rounds, "
+        f"{args.clients_per_round or args.nodes} nodes train each round (synthetic, iid, 1 epoch)"
+    )
+    print(
+        f"started (certificates, {args.nodes} key registrations, processes) in {up:.0f} s; "
+        f"flwr run to {'summary.json' if not stopped else 'the stop'} {total:.0f} s; "
+        f"load average at the end {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
+    )
     print()
     print("| round | seconds | clients ok |")
     print("|---:|---:|---:|")
@@ -207,8 +243,10 @@ def main() -> None:
     print(f"| its SuperExec (flower-superexec) | {mib(node0.get('flower-superexec', 0))} |")
     print(f"| its largest ClientApp (flwr-clientapp, one per message) | {mib(node0.get('flwr-clientapp', 0))} |")
     print(f"| all processes together (peak of the summed PSS) | {mib(sampler.peak_total)} |")
-    print(f"\nat most {sampler.most_clientapps} ClientApp processes at once; the machine's available memory fell "
-          f"to {mib(sampler.least_available)} MiB (other work on the machine included)")
+    print(
+        f"\nat most {sampler.most_clientapps} ClientApp processes at once; the machine's available memory fell "
+        f"to {mib(sampler.least_available)} MiB (other work on the machine included)"
+    )
     ok = (clients["status"] == "ok").sum()
     print(f"\nclients.csv: {ok} ok of {len(clients)} rows; run status {summary['status']} {summary.get('reason', '')}")
 

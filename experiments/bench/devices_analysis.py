@@ -97,8 +97,11 @@ def selection_table_of(out_dir: Path) -> str:
     df["mb-up"] = df.groupby(["policy", "seed"])["bytes-up"].cumsum() / 1e6
     seeds = df.groupby("policy")["seed"].nunique()
     policies = _order(order)
-    return selection_table(df, policies, pd.concat(parts, ignore_index=True)) + "\n\nseeds per policy: " + ", ".join(
-        f"{p} {seeds[p]}" for p in policies)
+    return (
+        selection_table(df, policies, pd.concat(parts, ignore_index=True))
+        + "\n\nseeds per policy: "
+        + ", ".join(f"{p} {seeds[p]}" for p in policies)
+    )
 
 
 def main(argv: list[str]) -> int:

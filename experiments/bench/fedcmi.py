@@ -24,8 +24,11 @@ MODALITIES = ("acc", "gyro")
 
 
 def markdown(df: pd.DataFrame) -> str:
-    columns = {"test/acc": "multimodal acc", **{f"test/acc/{m}": f"{m} alone (zero fill)" for m in MODALITIES},
-               **{f"test/acc-fill/{m}": f"{m} alone (infiltration fill)" for m in MODALITIES}}
+    columns = {
+        "test/acc": "multimodal acc",
+        **{f"test/acc/{m}": f"{m} alone (zero fill)" for m in MODALITIES},
+        **{f"test/acc-fill/{m}": f"{m} alone (infiltration fill)" for m in MODALITIES},
+    }
     return mean_std_table(df, ["multi-ratio", "strategy"], columns)
 
 
@@ -35,13 +38,21 @@ def main() -> None:
     parser.add_argument("--ratios", default="0.2,0.5,1.0")
     parser.add_argument("--out", type=Path, default=Path("experiments/out/fedcmi"))
     args = parser.parse_args()
-    cases = [Case({"multi-ratio": float(r), "strategy": s}, (f"strategy={s}", f"multi-ratio={r}"))
-             for r in args.ratios.split(",") for s in STRATEGIES]
+    cases = [
+        Case({"multi-ratio": float(r), "strategy": s}, (f"strategy={s}", f"multi-ratio={r}"))
+        for r in args.ratios.split(",")
+        for s in STRATEGIES
+    ]
     seeds = [int(s) for s in args.seeds.split(",")]
-    df = run_grid(CONFIG, [], cases, seeds, args.out / "fedcmi.csv",
-                  on_row=lambda row: print({k: row[k] for k in ("multi-ratio", "strategy", "seed", "test/acc")},
-                                           flush=True),
-                  on_start=lambda line: print(line, flush=True))
+    df = run_grid(
+        CONFIG,
+        [],
+        cases,
+        seeds,
+        args.out / "fedcmi.csv",
+        on_row=lambda row: print({k: row[k] for k in ("multi-ratio", "strategy", "seed", "test/acc")}, flush=True),
+        on_start=lambda line: print(line, flush=True),
+    )
     table = markdown(df)
     (args.out / "fedcmi.md").write_text(table + "\n")
     print(table)

@@ -107,13 +107,21 @@ def plain_epoch(model: MultimodalNet, data: TensorDict, batch_size: int, precisi
     return float(total) / batches
 
 
-def fedmm_epoch(model: MultimodalNet, objective: Objective, data: TensorDict, batch_size: int, precision: str,
-                seed: int) -> float:
+def fedmm_epoch(
+    model: MultimodalNet, objective: Objective, data: TensorDict, batch_size: int, precision: str, seed: int
+) -> float:
     """One local epoch of :func:`fedmm.training.train_local` over ``data``; returns its mean loss."""
     device = data[LABEL_KEY].device
     ctx = RoundContext(server_round=1, num_rounds=1, modalities=list(model.modalities), device=device)
-    config = TrainConfig(epochs=1, batch_size=batch_size, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
-                         seed=seed, precision=precision)
+    config = TrainConfig(
+        epochs=1,
+        batch_size=batch_size,
+        lr=LR,
+        momentum=MOMENTUM,
+        weight_decay=WEIGHT_DECAY,
+        seed=seed,
+        precision=precision,
+    )
     return train_local(model, data, objective, ctx, config).loss
 
 
@@ -128,8 +136,15 @@ def timed(run: Callable[[], float], device: torch.device) -> tuple[float, float]
     return time.perf_counter() - started, loss
 
 
-def measure(base: MultimodalNet, objective: Objective, data: TensorDict, warmup: TensorDict, batch_size: int,
-            precision: str, repeats: int) -> dict[str, float]:
+def measure(
+    base: MultimodalNet,
+    objective: Objective,
+    data: TensorDict,
+    warmup: TensorDict,
+    batch_size: int,
+    precision: str,
+    repeats: int,
+) -> dict[str, float]:
     """Samples/second of the plain loop and of fedmm at ``precision`` (median of ``repeats``)."""
     device = data[LABEL_KEY].device
     rows = int(data[LABEL_KEY].shape[0])
@@ -143,7 +158,8 @@ def measure(base: MultimodalNet, objective: Objective, data: TensorDict, warmup:
         s, losses["plain"] = timed(lambda: plain_epoch(plain_model, data, batch_size, precision, seed=r + 1), device)
         seconds["plain"].append(s)
         s, losses["fedmm"] = timed(
-            lambda: fedmm_epoch(fedmm_model, objective, data, batch_size, precision, seed=r + 1), device)
+            lambda: fedmm_epoch(fedmm_model, objective, data, batch_size, precision, seed=r + 1), device
+        )
         seconds["fedmm"].append(s)
     return {
         "plain": rows / statistics.median(seconds["plain"]),
@@ -161,12 +177,21 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--num-frames", type=int, default=1, help="frames per clip (the configs use 1)")
-    parser.add_argument("--precisions", default="", help="comma-separated subset of fp32,bf16,fp16; default "
-                        "fp32,bf16 plus fp16 on CUDA")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default (1 with "
-                        "--small: a busy small machine loses most of its time to oversubscribed threads)")
-    parser.add_argument("--small", action="store_true", help="32x24 spectrograms, 32x32 frames, batch 4, 2 steps, "
-                        "1 repeat: a CPU smoke run")
+    parser.add_argument(
+        "--precisions", default="", help="comma-separated subset of fp32,bf16,fp16; default fp32,bf16 plus fp16 on CUDA"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads; 0 = torch's default (1 with "
+        "--small: a busy small machine loses most of its time to oversubscribed threads)",
+    )
+    parser.add_argument(
+        "--small",
+        action="store_true",
+        help="32x24 spectrograms, 32x32 frames, batch 4, 2 steps, 1 repeat: a CPU smoke run",
+    )
     args = parser.parse_args()
     device = resolve_device(args.device)
     audio_shape: tuple[int, ...] = (1, 257, 188)
@@ -181,8 +206,10 @@ def main() -> None:
         precisions = ["fp32", "bf16", *(["fp16"] if device.type == "cuda" else [])]
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad or "fp32" not in precisions:
-        parser.error(f"--precisions must be a comma-separated subset of {','.join(PRECISIONS)} including fp32, "
-                     f"got {args.precisions!r}")
+        parser.error(
+            f"--precisions must be a comma-separated subset of {','.join(PRECISIONS)} including fp32, "
+            f"got {args.precisions!r}"
+        )
     if args.batch_size < 2 or args.steps < 1 or args.warmup_steps < 1 or args.repeats < 1:
         parser.error("--batch-size must be >= 2 and --steps, --warmup-steps, --repeats >= 1")
     if args.threads < 0:
@@ -198,21 +225,30 @@ def main() -> None:
     warmup = random_data(specs, args.batch_size * args.warmup_steps, device, seed=2)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
     params = sum(p.numel() for p in base.parameters())
-    print(f"# Training throughput: fedmm train_local vs a plain PyTorch loop ({device}: {name}, torch "
-          f"{torch.__version__})")
-    print(f"# model: resnet18-audio {audio_shape} + resnet18-video {visual_shape}, embed-dim 512, "
-          f"{NUM_CLASSES} classes, {params / 1e6:.1f} M parameters; batch {args.batch_size}, {args.steps} steps "
-          f"per measurement, median of {args.repeats}\n")
-    print("| precision | plain (samples/s) | fedmm (samples/s) | ratio fedmm/plain | plain speedup vs fp32 "
-          "| fedmm speedup vs fp32 | last loss plain / fedmm |")
+    print(
+        f"# Training throughput: fedmm train_local vs a plain PyTorch loop ({device}: {name}, torch "
+        f"{torch.__version__})"
+    )
+    print(
+        f"# model: resnet18-audio {audio_shape} + resnet18-video {visual_shape}, embed-dim 512, "
+        f"{NUM_CLASSES} classes, {params / 1e6:.1f} M parameters; batch {args.batch_size}, {args.steps} steps "
+        f"per measurement, median of {args.repeats}\n"
+    )
+    print(
+        "| precision | plain (samples/s) | fedmm (samples/s) | ratio fedmm/plain | plain speedup vs fp32 "
+        "| fedmm speedup vs fp32 | last loss plain / fedmm |"
+    )
     print("|---|---|---|---|---|---|---|")
     results: dict[str, dict[str, float]] = {}
     for precision in sorted(precisions, key=PRECISIONS.index):
         results[precision] = r = measure(base, objective, data, warmup, args.batch_size, precision, args.repeats)
         ref = results["fp32"]
-        print(f"| {precision} | {r['plain']:.1f} | {r['fedmm']:.1f} | **{r['fedmm'] / r['plain']:.3f}** "
-              f"| {r['plain'] / ref['plain']:.2f}x | {r['fedmm'] / ref['fedmm']:.2f}x "
-              f"| {r['plain-loss']:.4f} / {r['fedmm-loss']:.4f} |", flush=True)
+        print(
+            f"| {precision} | {r['plain']:.1f} | {r['fedmm']:.1f} | **{r['fedmm'] / r['plain']:.3f}** "
+            f"| {r['plain'] / ref['plain']:.2f}x | {r['fedmm'] / ref['fedmm']:.2f}x "
+            f"| {r['plain-loss']:.4f} / {r['fedmm-loss']:.4f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from fedmm.bench import Case, mean_std_table, run_grid
-from fedmm.strategies import STRATEGIES
 from fedmm.objectives import objective_names
+from fedmm.strategies import STRATEGIES
 
 CONFIG = Path("experiments/configs/demo.toml")
 SETTINGS = {
@@ -33,27 +33,44 @@ SETTINGS = {
 
 def markdown(df: pd.DataFrame) -> str:
     df = df.assign(imbalance=df["test/acc/acc"] / df["test/acc/gyro"].clip(lower=1e-9))
-    return mean_std_table(df, ["setting", "objective"], {
-        "test/acc": "multimodal acc", "test/acc/acc": "acc alone", "test/acc/gyro": "gyro alone",
-        "imbalance": "imbalance (acc/gyro)"})
+    return mean_std_table(
+        df,
+        ["setting", "objective"],
+        {
+            "test/acc": "multimodal acc",
+            "test/acc/acc": "acc alone",
+            "test/acc/gyro": "gyro alone",
+            "imbalance": "imbalance (acc/gyro)",
+        },
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    local = [n for n in objective_names() if n not in {r.objective for _, r in STRATEGIES.items()}]  # fedcmi, cmsfed: strategies
+    local = [
+        n for n in objective_names() if n not in {r.objective for _, r in STRATEGIES.items()}
+    ]  # fedcmi, cmsfed: strategies
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--objectives", default=",".join(local))
     parser.add_argument("--settings", default="federated,centralized")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--out", type=Path, default=Path("experiments/out"))
     args = parser.parse_args()
-    cases = [Case({"setting": s, "objective": o}, (*SETTINGS[s], f"objective={o}"))
-             for s in args.settings.split(",") for o in args.objectives.split(",")]
+    cases = [
+        Case({"setting": s, "objective": o}, (*SETTINGS[s], f"objective={o}"))
+        for s in args.settings.split(",")
+        for o in args.objectives.split(",")
+    ]
     seeds = [int(s) for s in args.seeds.split(",")]
-    df = run_grid(CONFIG, [f"num-server-rounds={args.rounds}"], cases, seeds, args.out / "objectives.csv",
-                  on_row=lambda row: print({k: row[k] for k in ("setting", "objective", "seed", "test/acc")},
-                                           flush=True),
-                  on_start=lambda line: print(line, flush=True))
+    df = run_grid(
+        CONFIG,
+        [f"num-server-rounds={args.rounds}"],
+        cases,
+        seeds,
+        args.out / "objectives.csv",
+        on_row=lambda row: print({k: row[k] for k in ("setting", "objective", "seed", "test/acc")}, flush=True),
+        on_start=lambda line: print(line, flush=True),
+    )
     table = markdown(df)
     (args.out / "objectives.md").write_text(table + "\n")
     print(table)

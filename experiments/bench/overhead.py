@@ -105,8 +105,14 @@ def main() -> None:
     parser.add_argument("--engines", default="ray,inline", help="comma-separated fedmm engines to time")
     args = parser.parse_args()
     flat = [
-        f"dataset={args.dataset}", "partition=iid", f"num-clients={args.clients}", "allocation=all",
-        "selection=all", f"num-server-rounds={args.rounds}", f"local-epochs={args.epochs}", "device=cpu",
+        f"dataset={args.dataset}",
+        "partition=iid",
+        f"num-clients={args.clients}",
+        "allocation=all",
+        "selection=all",
+        f"num-server-rounds={args.rounds}",
+        f"local-epochs={args.epochs}",
+        "device=cpu",
     ]
     run = load_config(None, flat)
     out_dir = Path("experiments/out/overhead")
@@ -124,24 +130,39 @@ def main() -> None:
         try:
             engine_run = load_config(None, [*flat, "engine=inline"])
             fedmm_runs["inline, np.load decoder"] = fedmm_simulation(
-                prepare(engine_run, out_dir / "inline-npload", overwrite=True), out_dir / "inline-npload")
+                prepare(engine_run, out_dir / "inline-npload", overwrite=True), out_dir / "inline-npload"
+            )
         finally:
             fedmm.records.array_numpy = fedmm.protocol.array_numpy = fast
 
     plain_steady = statistics.median(plain_times[1:])
     steady = {e: statistics.median(times[1:]) for e, (times, *_) in fedmm_runs.items()}
-    print(f"# fedmm overhead: {args.dataset}, {args.clients} clients (all selected), {args.rounds} rounds, "
-          f"{args.epochs} local epoch(s), {torch.get_num_threads()} torch threads in the plain loop and inline\n")
+    print(
+        f"# fedmm overhead: {args.dataset}, {args.clients} clients (all selected), {args.rounds} rounds, "
+        f"{args.epochs} local epoch(s), {torch.get_num_threads()} torch threads in the plain loop and inline\n"
+    )
     print("| | plain PyTorch loop | " + " | ".join(f"fedmm, engine {e}" for e in fedmm_runs) + " |")
     print("|---|---|" + "---|" * len(fedmm_runs))
-    print(f"| start-up (s, until round 1 starts) | {plain_startup:.2f} | "
-          + " | ".join(f"{fedmm_runs[e][3]:.2f}" for e in fedmm_runs) + " |")
-    print(f"| steady-state round (s, median of rounds 2..{args.rounds}) | {plain_steady:.2f} | "
-          + " | ".join(f"{steady[e]:.2f}" for e in fedmm_runs) + " |")
-    print("| ratio fedmm / plain (steady round) | | "
-          + " | ".join(f"**{steady[e] / plain_steady:.2f}**" for e in fedmm_runs) + " |")
-    print(f"| final test accuracy | {plain_acc:.4f} | " + " | ".join(f"{fedmm_runs[e][1]:.4f}" for e in fedmm_runs) + " |")
+    print(
+        f"| start-up (s, until round 1 starts) | {plain_startup:.2f} | "
+        + " | ".join(f"{fedmm_runs[e][3]:.2f}" for e in fedmm_runs)
+        + " |"
+    )
+    print(
+        f"| steady-state round (s, median of rounds 2..{args.rounds}) | {plain_steady:.2f} | "
+        + " | ".join(f"{steady[e]:.2f}" for e in fedmm_runs)
+        + " |"
+    )
+    print(
+        "| ratio fedmm / plain (steady round) | | "
+        + " | ".join(f"**{steady[e] / plain_steady:.2f}**" for e in fedmm_runs)
+        + " |"
+    )
+    print(
+        f"| final test accuracy | {plain_acc:.4f} | " + " | ".join(f"{fedmm_runs[e][1]:.4f}" for e in fedmm_runs) + " |"
+    )
     print("| wall time of the whole run (s) | | " + " | ".join(f"{fedmm_runs[e][2]:.1f}" for e in fedmm_runs) + " |")
+
 
 if __name__ == "__main__":
     main()

@@ -11,10 +11,10 @@ Per (N, path), a ``random`` run of ``--rounds`` rounds gives round 1 and the med
 rounds (the ``seconds`` of each round row: Ray's start-up is not in them; round 1 has the
 discovery, timed alone as ``discovery s``), and a one-round ``divfl`` run gives the update pass
 (every client trains one epoch before round 1, in batches; timed from the strategy's first
-``configure_update_pass`` to the end of its last ``aggregate_update_pass``, in the server thread) and its cost per client. Each
-run is its own process, so the peak RSS is that run's: the driver's (``ru_maxrss``: the server
-loop, Flower's in-memory SuperLink state, the scenario) and the largest Ray worker's and all of
-Ray's processes together (sampled from ``/proc`` every 0.2 s).
+``configure_update_pass`` to the end of its last ``aggregate_update_pass``, in the server thread)
+and its cost per client. Each run is its own process, so the peak RSS is that run's: the
+driver's (``ru_maxrss``: the server loop, Flower's in-memory SuperLink state, the scenario) and
+the largest Ray worker's and all of Ray's processes together (sampled from ``/proc`` every 0.2 s).
 
 Both paths use fedmm's message delivery in the engine (``fedmm.delivery.fast_delivery``); for
 the numbers of an older fedmm (Flower's own delivery, no scenario roster) run this script with
@@ -60,10 +60,22 @@ DEVICE_OVERRIDES = ("devices=model", "devices.online-share=0.3")
 def _config(n: int, selection: str, rounds: int, k: int, engine: str = "ray", devices: str = "off") -> list[str]:
     extra = [f"engine={engine}"] if engine != "ray" else []  # the default engine's config text stays as before
     extra += list(DEVICE_OVERRIDES) if devices == "model" else []
-    return ["dataset=synthetic", f"dataset.num_train={ROWS_PER_CLIENT * n}", "partition=iid", f"num-clients={n}",
-            "strategy=fedavg", f"selection={selection}", f"clients-per-round={min(k, n)}",
-            f"num-server-rounds={rounds}", "local-epochs=1", "batch-size=32", "device=cpu", "seed=0",
-            "client-num-cpus=1", *extra]
+    return [
+        "dataset=synthetic",
+        f"dataset.num_train={ROWS_PER_CLIENT * n}",
+        "partition=iid",
+        f"num-clients={n}",
+        "strategy=fedavg",
+        f"selection={selection}",
+        f"clients-per-round={min(k, n)}",
+        f"num-server-rounds={rounds}",
+        "local-epochs=1",
+        "batch-size=32",
+        "device=cpu",
+        "seed=0",
+        "client-num-cpus=1",
+        *extra,
+    ]
 
 
 def _descendants_rss() -> tuple[int, int]:
@@ -151,11 +163,19 @@ def one_run(n: int, path: str, selection: str, rounds: int, k: int, engine: str 
         return timers[f"{name}-end"] - timers[f"{name}-start"] if f"{name}-end" in timers else float("nan")
 
     return {
-        "n": n, "path": path, "selection": selection, "engine": engine, "devices": devices, "round1": seconds[0],
+        "n": n,
+        "path": path,
+        "selection": selection,
+        "engine": engine,
+        "devices": devices,
+        "round1": seconds[0],
         "later": statistics.median(seconds[1:]) if len(seconds) > 1 else float("nan"),
-        "discovery": span("discovery"), "pass": span("pass"), "pass-clients": sum(passed),
+        "discovery": span("discovery"),
+        "pass": span("pass"),
+        "pass-clients": sum(passed),
         "rss-driver": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "rss-worker": peak["worker"], "rss-ray": peak["ray"],
+        "rss-worker": peak["worker"],
+        "rss-ray": peak["ray"],
     }
 
 
@@ -168,7 +188,7 @@ def _child(n: int, path: str, selection: str, rounds: int, k: int, engine: str =
     if out.returncode != 0 or not lines:
         sys.stderr.write(out.stderr[-3000:])
         raise SystemExit(f"run N={n} {path} {selection} failed (exit {out.returncode})")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def _gb(value: float) -> str:
@@ -177,8 +197,10 @@ def _gb(value: float) -> str:
 
 def table(results: list[dict]) -> str:
     """The Markdown table: one row per (N, path, engine, devices) and round-timing selection."""
-    head = ("| N | path | engine | devices | selection | round 1 s | discovery s | median later round s | "
-            "update pass s (divfl) | pass ms/client | peak RSS GB: driver / largest worker / all Ray |")
+    head = (
+        "| N | path | engine | devices | selection | round 1 s | discovery s | median later round s | "
+        "update pass s (divfl) | pass ms/client | peak RSS GB: driver / largest worker / all Ray |"
+    )
     lines = [head, "|" + "---|" * 11]
     setup = [(r["n"], r["path"], r.get("engine", "ray"), r.get("devices", "off")) for r in results]
     keyed = {(*s, r["selection"]): r for s, r in zip(setup, results)}
@@ -211,21 +233,39 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=4, help="rounds of the random run (round 1 + later ones)")
     parser.add_argument("--clients-per-round", type=int, default=100)
     parser.add_argument("--no-divfl", action="store_true", help="skip the update-pass runs")
-    parser.add_argument("--skip-divfl-old", action="store_true",
-                        help="the update pass on the new path only (the pass is the same; old adds discovery)")
-    parser.add_argument("--engine", choices=("ray", "inline"), default="ray",
-                        help="ray: Flower's simulation engine; inline: every client in this process")
-    parser.add_argument("--devices", nargs="+", choices=("off", "model"), default=["off"],
-                        help="model: device profiles and the simulated clock on (30 %% of the clients online)")
-    parser.add_argument("--selections", nargs="+", default=["random"],
-                        help="policies of the timed rounds (random, oort, ...), each its own run")
-    parser.add_argument("--one", nargs=7, metavar=("N", "PATH", "SELECTION", "ROUNDS", "K", "ENGINE", "DEVICES"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--skip-divfl-old",
+        action="store_true",
+        help="the update pass on the new path only (the pass is the same; old adds discovery)",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("ray", "inline"),
+        default="ray",
+        help="ray: Flower's simulation engine; inline: every client in this process",
+    )
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        choices=("off", "model"),
+        default=["off"],
+        help="model: device profiles and the simulated clock on (30 %% of the clients online)",
+    )
+    parser.add_argument(
+        "--selections",
+        nargs="+",
+        default=["random"],
+        help="policies of the timed rounds (random, oort, ...), each its own run",
+    )
+    parser.add_argument(
+        "--one", nargs=7, metavar=("N", "PATH", "SELECTION", "ROUNDS", "K", "ENGINE", "DEVICES"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.one:
         n, path, selection, rounds, k, engine, devices = args.one
-        print("RESULT " + json.dumps(one_run(int(n), path, selection, int(rounds), int(k), engine, devices)),
-              flush=True)
+        print(
+            "RESULT " + json.dumps(one_run(int(n), path, selection, int(rounds), int(k), engine, devices)), flush=True
+        )
         return
     results = []
     for n in args.sizes:
@@ -237,8 +277,12 @@ def main(argv: list[str] | None = None) -> None:
                 for selection, rounds in runs:
                     started = time.perf_counter()
                     results.append(_child(n, path, selection, rounds, args.clients_per_round, args.engine, devices))
-                    print(f"N={n} {path} {args.engine} devices={devices} {selection}: {json.dumps(results[-1])} "
-                          f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+                    print(
+                        f"N={n} {path} {args.engine} devices={devices} {selection}: {json.dumps(results[-1])} "
+                        f"({time.perf_counter() - started:.0f} s)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     print(table(results))
 
 

@@ -97,13 +97,23 @@ def scale(n: int, params: int, budget: int, rows: list[dict], repeats: int = 3) 
         divfl.observe(0, batch)
         sketch_s += time.perf_counter() - t
     policies = {"divfl": divfl}
-    for name, kind, extra in (("cmsfed", "cmsfed", {}), (f"divfl {NO_SUPPORTS}", "divfl", {"support-fraction": 0.0}),
-                              (f"cmsfed {NO_SUPPORTS}", "cmsfed", {"support-fraction": 0.0})):
+    for name, kind, extra in (
+        ("cmsfed", "cmsfed", {}),
+        (f"divfl {NO_SUPPORTS}", "divfl", {"support-fraction": 0.0}),
+        (f"cmsfed {NO_SUPPORTS}", "cmsfed", {"support-fraction": 0.0}),
+    ):
         policies[name] = build_policy(kind, extra, seed=0)
         policies[name].store.load_state_dict(divfl.store.state_dict())  # same seed, same sketches
     common = {"n_clients": n, "budget": budget, "params_per_modality": params, "sketch_dim": 256}
-    rows.append({"section": "scale", "policy": "sketch", **common, "metric": "sketch_ms_per_client",
-                 "value": 1e3 * sketch_s / n})
+    rows.append(
+        {
+            "section": "scale",
+            "policy": "sketch",
+            **common,
+            "metric": "sketch_ms_per_client",
+            "value": 1e3 * sketch_s / n,
+        }
+    )
     for name, policy in policies.items():
         times = []
         for r in range(repeats):  # each call draws new stochastic-greedy subsets from the policy's generator
@@ -115,9 +125,14 @@ def scale(n: int, params: int, budget: int, rows: list[dict], repeats: int = 3) 
         peak = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
         weak = policy.history[0]["modes"].count("weak")
-        for metric, value in (("select_s", float(np.median(times))), ("select_s_max", max(times)),
-                              ("select_peak_mb", peak), ("max_rss_mb", max_rss_mb()),
-                              ("selected", len(picks)), ("weak_only_picks", weak)):
+        for metric, value in (
+            ("select_s", float(np.median(times))),
+            ("select_s_max", max(times)),
+            ("select_peak_mb", peak),
+            ("max_rss_mb", max_rss_mb()),
+            ("selected", len(picks)),
+            ("weak_only_picks", weak),
+        ):
             rows.append({"section": "scale", "policy": name, **common, "metric": metric, "value": value})
 
 
@@ -125,8 +140,9 @@ def scale(n: int, params: int, budget: int, rows: list[dict], repeats: int = 3) 
 ALL_POLICIES = ("random", "powd", "oort", "divfl", "cmsfed")
 
 
-def policies(n: int, params: int, budget: int, rows: list[dict], repeats: int = 3,
-             names: tuple[str, ...] = ALL_POLICIES) -> None:
+def policies(
+    n: int, params: int, budget: int, rows: list[dict], repeats: int = 3, names: tuple[str, ...] = ALL_POLICIES
+) -> None:
     """Every policy selects ``budget`` of ``n`` clients, each client with a simulated duration
     (log-normal, multimodal clients 1.5x slower) as the clock gives it; all ``n`` are handed to the
     policy (every client online: the worst case). DivFL and CMSFed first observe every client's
@@ -166,16 +182,23 @@ def policies(n: int, params: int, budget: int, rows: list[dict], repeats: int = 
         peak = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
         common = {"n_clients": n, "budget": budget, "params_per_modality": params, "sketch_dim": 256}
-        for metric, value in (("select_first_s", first), ("select_s", float(np.median(times))),
-                              ("select_s_max", max(times)), ("select_peak_mb", peak), ("prepare_s", prep),
-                              ("max_rss_mb", max_rss_mb())):
+        for metric, value in (
+            ("select_first_s", first),
+            ("select_s", float(np.median(times))),
+            ("select_s_max", max(times)),
+            ("select_peak_mb", peak),
+            ("prepare_s", prep),
+            ("max_rss_mb", max_rss_mb()),
+        ):
             rows.append({"section": "policies", "policy": name, **common, "metric": metric, "value": value})
-        print(f"policies N={n} {name}: select {np.median(times):.2f} s (first {first:.2f} s)", file=sys.stderr,
-              flush=True)
+        print(
+            f"policies N={n} {name}: select {np.median(times):.2f} s (first {first:.2f} s)", file=sys.stderr, flush=True
+        )
 
 
-def _timed_round(policy, server_round: int, states: list[ClientState], budget: int, seconds: np.ndarray,
-                 rng: np.random.Generator) -> float:
+def _timed_round(
+    policy, server_round: int, states: list[ClientState], budget: int, seconds: np.ndarray, rng: np.random.Generator
+) -> float:
     """One round of ``policy``: PowD's probe answered with random losses, the timed ``select``, and
     Oort's feedback (random losses, the clients' durations); returns the select seconds."""
     if policy.name == "powd":
@@ -185,27 +208,50 @@ def _timed_round(policy, server_round: int, states: list[ClientState], budget: i
     picks = policy.select(server_round, states, budget)
     elapsed = time.perf_counter() - started
     if policy.name == "oort":
-        policy.observe(server_round, [ClientUpdate(a.client_id, a.modalities, states[a.client_id].num_examples,
-                                                   loss=float(rng.random()), sim_seconds=float(seconds[a.client_id]))
-                                      for a in picks])
+        policy.observe(
+            server_round,
+            [
+                ClientUpdate(
+                    a.client_id,
+                    a.modalities,
+                    states[a.client_id].num_examples,
+                    loss=float(rng.random()),
+                    sim_seconds=float(seconds[a.client_id]),
+                )
+                for a in picks
+            ],
+        )
     return elapsed
 
 
 def policies_markdown(rows: list[dict]) -> str:
     get = {(r["policy"], r["n_clients"], r["metric"]): r["value"] for r in rows if r["section"] == "policies"}
-    lines = [("| N | policy | first select (s) | select (s, median of 3) | slowest (s) | select peak (MiB) | "
-              "max RSS (MiB) |"), "|---|---|---|---|---|---|---|"]
+    lines = [
+        (
+            "| N | policy | first select (s) | select (s, median of 3) | slowest (s) | select peak (MiB) | "
+            "max RSS (MiB) |"
+        ),
+        "|---|---|---|---|---|---|---|",
+    ]
     for n in sorted({k[1] for k in get}):
         for p in ALL_POLICIES:
             if (p, n, "select_s") in get:
-                lines.append(f"| {n:,} | {p} | {get[(p, n, 'select_first_s')]:.2f} | {get[(p, n, 'select_s')]:.2f} | "
-                             f"{get[(p, n, 'select_s_max')]:.2f} | {get[(p, n, 'select_peak_mb')]:.1f} | "
-                             f"{get[(p, n, 'max_rss_mb')]:.0f} |")
+                lines.append(
+                    f"| {n:,} | {p} | {get[(p, n, 'select_first_s')]:.2f} | {get[(p, n, 'select_s')]:.2f} | "
+                    f"{get[(p, n, 'select_s_max')]:.2f} | {get[(p, n, 'select_peak_mb')]:.1f} | "
+                    f"{get[(p, n, 'max_rss_mb')]:.0f} |"
+                )
     return "\n".join(lines)
 
 
-def fidelity(params: int, rows: list[dict], n: int = 200, budget: int = 20, seeds: int = 5,
-             dims: tuple[int, ...] = (64, 256, 512, 1024)) -> None:
+def fidelity(
+    params: int,
+    rows: list[dict],
+    n: int = 200,
+    budget: int = 20,
+    seeds: int = 5,
+    dims: tuple[int, ...] = (64, 256, 512, 1024),
+) -> None:
     ratios: dict[str, list[float]] = {**{f"sketch-{d}": [] for d in dims}, "random": []}
     for seed in range(seeds):
         rng = np.random.default_rng(1000 + seed)
@@ -215,7 +261,7 @@ def fidelity(params: int, rows: list[dict], n: int = 200, budget: int = 20, seed
         for u in ups:
             for m, x in u.deltas.items():
                 j = MODALITIES.index(m)
-                full[u.client_id, j * params:(j + 1) * params] = x
+                full[u.client_id, j * params : (j + 1) * params] = x
         gram = full.astype(np.float64) @ full.T.astype(np.float64)
         sq = np.diag(gram)
         exact_d = MatrixDistances(np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * gram, 0.0)))
@@ -232,22 +278,35 @@ def fidelity(params: int, rows: list[dict], n: int = 200, budget: int = 20, seed
         ratios["random"].append(float(np.mean(rand)))
     for name, values in ratios.items():
         for metric, value in (("G_ratio_mean", float(np.mean(values))), ("G_ratio_max", float(np.max(values)))):
-            rows.append({"section": "fidelity", "policy": f"divfl {name}", "n_clients": n, "budget": budget,
-                         "params_per_modality": params, "sketch_dim": name.split("-")[-1], "metric": metric,
-                         "value": value})
+            rows.append(
+                {
+                    "section": "fidelity",
+                    "policy": f"divfl {name}",
+                    "n_clients": n,
+                    "budget": budget,
+                    "params_per_modality": params,
+                    "sketch_dim": name.split("-")[-1],
+                    "metric": metric,
+                    "value": value,
+                }
+            )
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| N | policy | select (s, median of 3) | slowest (s) | select peak (MiB, tracemalloc) | max RSS (MiB) "
-             "| weak-only picks |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| N | policy | select (s, median of 3) | slowest (s) | select peak (MiB, tracemalloc) | max RSS (MiB) "
+        "| weak-only picks |",
+        "|---|---|---|---|---|---|---|",
+    ]
     get = {(r["section"], r["policy"], r["n_clients"], r["metric"]): r["value"] for r in rows}
     for n in sorted({r["n_clients"] for r in rows if r["section"] == "scale"}):
         for p in ("divfl", "cmsfed", f"divfl {NO_SUPPORTS}", f"cmsfed {NO_SUPPORTS}"):
-            lines.append(f"| {n:,} | {p} | {get[('scale', p, n, 'select_s')]:.3f} | "
-                         f"{get[('scale', p, n, 'select_s_max')]:.3f} | "
-                         f"{get[('scale', p, n, 'select_peak_mb')]:.1f} | {get[('scale', p, n, 'max_rss_mb')]:.0f} | "
-                         f"{int(get[('scale', p, n, 'weak_only_picks')])} |")
+            lines.append(
+                f"| {n:,} | {p} | {get[('scale', p, n, 'select_s')]:.3f} | "
+                f"{get[('scale', p, n, 'select_s_max')]:.3f} | "
+                f"{get[('scale', p, n, 'select_peak_mb')]:.1f} | {get[('scale', p, n, 'max_rss_mb')]:.0f} | "
+                f"{int(get[('scale', p, n, 'weak_only_picks')])} |"
+            )
     lines.append("")
     lines.append("| N | policy | select time with supports / without (same run, same sketches) |")
     lines.append("|---|---|---|")
@@ -276,13 +335,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000], help="numbers of clients")
     parser.add_argument("--budget", type=int, default=100, help="clients per round K")
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--policy-sizes", type=int, nargs="*", default=[],
-                        help="numbers of clients of the every-policy section (e.g. 10000 100000); none by default")
-    parser.add_argument("--policy-params", type=int, default=1000,
-                        help="parameters per modality of the every-policy section's updates")
+    parser.add_argument(
+        "--policy-sizes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="numbers of clients of the every-policy section (e.g. 10000 100000); none by default",
+    )
+    parser.add_argument(
+        "--policy-params", type=int, default=1000, help="parameters per modality of the every-policy section's updates"
+    )
     parser.add_argument("--only-policies", action="store_true", help="run only the every-policy section")
-    parser.add_argument("--policies", default=",".join(ALL_POLICIES),
-                        help="comma-separated policies of the every-policy section")
+    parser.add_argument(
+        "--policies", default=",".join(ALL_POLICIES), help="comma-separated policies of the every-policy section"
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     rows: list[dict] = []

@@ -38,8 +38,14 @@ def study(base, out: Path, trials: int, pruner: str, jobs: int) -> dict:
 
         summary = simulate(load_config(result.best_config, ["engine=inline"]), None)
         test = summary.get("test/acc-at-best-val", float("nan"))
-    return {"rounds": result.rounds, "wall": wall, "complete": result.complete, "pruned": result.pruned,
-            "best": result.best_value, "test": test}
+    return {
+        "rounds": result.rounds,
+        "wall": wall,
+        "complete": result.complete,
+        "pruned": result.pruned,
+        "best": result.best_value,
+        "test": test,
+    }
 
 
 def main() -> None:
@@ -50,27 +56,47 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("experiments/out/tune_speed"))
     parser.add_argument("--pruner", default="asha", choices=["asha", "median"], help="the pruned studies' pruner")
     args = parser.parse_args()
-    base = load_config(None, [*METHOD_FEDERATIONS["segment"], *METHOD_COMMON, *METHODS[args.method],
-                              f"num-server-rounds={args.rounds}", "engine=inline", "device=cpu"])
+    base = load_config(
+        None,
+        [
+            *METHOD_FEDERATIONS["segment"],
+            *METHOD_COMMON,
+            *METHODS[args.method],
+            f"num-server-rounds={args.rounds}",
+            "engine=inline",
+            "device=cpu",
+        ],
+    )
     label = {"asha": "ASHA", "median": "median"}[args.pruner]
-    cases = {f"{label} pruning, --jobs 1": (args.pruner, 1), "no pruning, --jobs 1": ("none", 1),
-             f"{label} pruning, --jobs 2": (args.pruner, 2)}
+    cases = {
+        f"{label} pruning, --jobs 1": (args.pruner, 1),
+        "no pruning, --jobs 1": ("none", 1),
+        f"{label} pruning, --jobs 2": (args.pruner, 2),
+    }
     results = {}
     for name, (pruner, jobs) in cases.items():
         results[name] = study(base, args.out / f"{pruner}-jobs{jobs}", args.trials, pruner, jobs)
         print(f"{name}: {results[name]}", flush=True)  # partial results survive an interrupted benchmark
-    print(f"# fedmm tune: {args.trials} trials of {args.method} on segment (Dirichlet 0.5, 20 clients), "
-          f"{args.rounds} rounds each, sampler seed 0, {os.cpu_count()} CPUs\n")
-    print("| study | trials complete / pruned | rounds trained | wall time (s) | best mean val acc (last rounds) | "
-          "test acc of its config (rerun, at best-val round) |")
+    print(
+        f"# fedmm tune: {args.trials} trials of {args.method} on segment (Dirichlet 0.5, 20 clients), "
+        f"{args.rounds} rounds each, sampler seed 0, {os.cpu_count()} CPUs\n"
+    )
+    print(
+        "| study | trials complete / pruned | rounds trained | wall time (s) | best mean val acc (last rounds) | "
+        "test acc of its config (rerun, at best-val round) |"
+    )
     print("|---|---|---|---|---|---|")
     for name, r in results.items():
         best = "n/a" if r["best"] is None else f"{r['best']:.4f}"
-        print(f"| {name} | {r['complete']} / {r['pruned']} | {r['rounds']} | {r['wall']:.0f} | {best} | {r['test']:.4f} |")
+        print(
+            f"| {name} | {r['complete']} / {r['pruned']} | {r['rounds']} | {r['wall']:.0f} | {best} | {r['test']:.4f} |"
+        )
     pruned, full, two = results.values()
-    print(f"\npruning saved {1 - pruned['rounds'] / full['rounds']:.0%} of the trained rounds "
-          f"({pruned['rounds']} of {full['rounds']}) and {1 - pruned['wall'] / full['wall']:.0%} of the wall time; "
-          f"--jobs 2 over --jobs 1 (both pruned): {pruned['wall'] / two['wall']:.2f}x")
+    print(
+        f"\npruning saved {1 - pruned['rounds'] / full['rounds']:.0%} of the trained rounds "
+        f"({pruned['rounds']} of {full['rounds']}) and {1 - pruned['wall'] / full['wall']:.0%} of the wall time; "
+        f"--jobs 2 over --jobs 1 (both pruned): {pruned['wall'] / two['wall']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

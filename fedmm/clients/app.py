@@ -32,16 +32,32 @@ from flwr.clientapp import ClientApp
 
 from fedmm.clients.trust import check_plugins
 from fedmm.config import RunConfig
-from fedmm.data.registry import DATASETS, is_user_owned
 from fedmm.data import LABEL_KEY, TensorDict, subset
+from fedmm.data.registry import DATASETS, is_user_owned
 from fedmm.facts import CLIENT_FACTS
 from fedmm.groups import keys_for_modalities
 from fedmm.objectives import RoundContext
-from fedmm.protocol import (ARRAYS, Request, evaluate_reply, info_reply, model_facts_reply, requested_partition,
-                            run_config_text, train_reply)
+from fedmm.protocol import (
+    ARRAYS,
+    Request,
+    evaluate_reply,
+    info_reply,
+    model_facts_reply,
+    requested_partition,
+    run_config_text,
+    train_reply,
+)
 from fedmm.records import to_record, torch_state
 from fedmm.training import evaluate, resolve_device, train_local
-from fedmm.workspace import dataset_of, loaded_dataset, model_of, objective_of, parse_run_config, scenario_of, train_config_of
+from fedmm.workspace import (
+    dataset_of,
+    loaded_dataset,
+    model_of,
+    objective_of,
+    parse_run_config,
+    scenario_of,
+    train_config_of,
+)
 
 app = ClientApp()
 
@@ -91,7 +107,7 @@ class Node:
         if missing:
             raise ValueError(
                 f"this node has no {', '.join(missing)} in its node config; start the SuperNode with "
-                "--node-config \"partition-id=<i> num-partitions=<n>\""
+                '--node-config "partition-id=<i> num-partitions=<n>"'
             )
         pid, nparts = int(node_config["partition-id"]), int(node_config["num-partitions"])
         data_dir = str(node_config.get("data-dir", "")).strip() or None
@@ -106,21 +122,26 @@ class Node:
             if not is_user_owned(run.dataset):  # only user-owned data can come from a node's own data-dir
                 raise ValueError(
                     f"node config data-dir={data_dir!r} applies to user-owned datasets such as "
-                    f"{', '.join(n for n, e in DATASETS.items() if e.user_owned)}; the run's dataset {run.dataset!r} ships with the "
-                    "install and has no directory to read: remove data-dir from this node's --node-config "
+                    f"{', '.join(n for n, e in DATASETS.items() if e.user_owned)}; the run's dataset "
+                    f"{run.dataset!r} ships with the install and has no directory to read: remove data-dir from "
+                    "this node's --node-config "
                     "(the node then holds partition partition-id of the shared dataset)"
                 )
             if run.num_clients and nparts != run.num_clients:
-                raise ValueError(f"node config says num-partitions={nparts} but the run has num-clients="
-                                 f"{run.num_clients}; make them agree")
+                raise ValueError(
+                    f"node config says num-partitions={nparts} but the run has num-clients="
+                    f"{run.num_clients}; make them agree"
+                )
             run = dataclasses.replace(run, data_dir=data_dir)
         if not 0 <= pid < nparts:
             raise ValueError(f"partition-id={pid} is outside 0..{nparts - 1}")
         requested = requested_partition(msg)
         if requested is not None and data_dir is None and "modalities" not in node_config:
             if not 0 <= requested < nparts:
-                raise ValueError(f"the server asked this node to hold partition {requested}, outside "
-                                 f"0..{nparts - 1} (its num-partitions)")
+                raise ValueError(
+                    f"the server asked this node to hold partition {requested}, outside "
+                    f"0..{nparts - 1} (its num-partitions)"
+                )
             pid = requested
         dataset = dataset_of(run)
         if "modalities" in node_config:
@@ -143,14 +164,15 @@ def _parse_modalities(text: str, valid: list[str]) -> tuple[str, ...]:
     unknown = sorted(names - set(valid))
     if unknown or not names:
         what = f"names {', '.join(repr(m) for m in unknown)}, not" if unknown else "names no modality of"
-        raise ValueError(f"node config modalities={text!r} {what} the dataset's modalities; give a "
-                         f"comma-separated subset of: {', '.join(valid)} (e.g. modalities='{valid[0]}')")
+        raise ValueError(
+            f"node config modalities={text!r} {what} the dataset's modalities; give a "
+            f"comma-separated subset of: {', '.join(valid)} (e.g. modalities='{valid[0]}')"
+        )
     return tuple(m for m in valid if m in names)
 
 
 @functools.lru_cache(maxsize=64)
-def _local_data(run: RunConfig, partition_id: int, data_dir: str | None, modalities: tuple[str, ...]
-                ) -> TensorDict:
+def _local_data(run: RunConfig, partition_id: int, data_dir: str | None, modalities: tuple[str, ...]) -> TensorDict:
     """A node's training data, cached per (run, partition id, data-dir, modalities), so nodes that
     share a process (simulation) never share an entry.
 
@@ -176,8 +198,9 @@ def _set_threads(run: RunConfig) -> None:
     torch.set_num_threads(max(1, int(run.client_num_cpus)))
 
 
-def _round_context(request: Request, run: RunConfig, modalities: list[str], device: torch.device,
-                   global_model: torch.nn.Module | None) -> RoundContext:
+def _round_context(
+    request: Request, run: RunConfig, modalities: list[str], device: torch.device, global_model: torch.nn.Module | None
+) -> RoundContext:
     return RoundContext(
         server_round=request.server_round,
         num_rounds=run.num_server_rounds,
@@ -207,8 +230,9 @@ def train(msg: Message, context: Context) -> Message:
     server_round = request.server_round
     modalities = [m for m in request.modalities if m in node.modalities]
     if not modalities:
-        raise ValueError(f"server asked for modalities {','.join(request.modalities)!r}; "
-                         f"this node holds {node.modalities}")
+        raise ValueError(
+            f"server asked for modalities {','.join(request.modalities)!r}; this node holds {node.modalities}"
+        )
     device = resolve_device(run.device)
     objective = objective_of(run)
     model = model_of(run, objective)
@@ -218,7 +242,9 @@ def train(msg: Message, context: Context) -> Message:
     ctx = _round_context(request, run, modalities, device, teacher)
     data = node.data
     train_config = train_config_of(
-        run, server_round=server_round, proximal_mu=(request.proximal_mu or 0.0) + objective.proximal_mu,
+        run,
+        server_round=server_round,
+        proximal_mu=(request.proximal_mu or 0.0) + objective.proximal_mu,
         seed=run.seed * 100_003 + server_round * 1_009 + node.partition_id,
     )
     if request.epochs is not None:  # the strategy's update pass before round 1 trains a single epoch
@@ -227,8 +253,11 @@ def train(msg: Message, context: Context) -> Message:
     # sends the groups of all of them), each measured when its entry says: from the received model
     # in the update pass, after training in the rounds (docs/methods/cmsfed.md §5.1, §5.5)
     asked = {name: CLIENT_FACTS.get(name) for name in request.client_facts}
-    early = {name: fact.compute(model, data, request.order) for name, fact in asked.items()
-             if fact.before_training_in_update_pass and server_round == 0}
+    early = {
+        name: fact.compute(model, data, request.order)
+        for name, fact in asked.items()
+        if fact.before_training_in_update_pass and server_round == 0
+    }
     result = train_local(model, data, objective, ctx, train_config, augment=dataset_of(run).train_augment)
     facts = dict(result.facts)
     for name, fact in asked.items():

@@ -36,9 +36,16 @@ def parse_fractions(text: str, modalities: list[str]) -> dict[tuple[str, ...], f
     return out
 
 
-def allocate_modalities(num_clients: int, modalities: list[str], *, mode: str, seed: int, multi_ratio: float = 1.0,
-                        fractions: dict[tuple[str, ...], float] | str | None = None,
-                        missing_rate: float = 0.0) -> list[tuple[str, ...]]:
+def allocate_modalities(
+    num_clients: int,
+    modalities: list[str],
+    *,
+    mode: str,
+    seed: int,
+    multi_ratio: float = 1.0,
+    fractions: dict[tuple[str, ...], float] | str | None = None,
+    missing_rate: float = 0.0,
+) -> list[tuple[str, ...]]:
     """The modalities of each client, each tuple in canonical order.
 
     Parameters

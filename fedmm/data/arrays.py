@@ -101,9 +101,11 @@ def check_npy_header(stream: BinaryIO, size: int, where: str) -> None:
         return  # refused by allow_pickle=False, with its own message
     announced = math.prod(shape) * dtype.itemsize
     if stream.tell() + announced > size:
-        raise ImplausibleArray(f"{where} is a damaged or implausible file: its header announces an array of shape "
-                         f"{tuple(shape)} and dtype {dtype} ({announced} bytes), but the file holds {size} bytes; "
-                         "write it again with numpy.save")
+        raise ImplausibleArray(
+            f"{where} is a damaged or implausible file: its header announces an array of shape "
+            f"{tuple(shape)} and dtype {dtype} ({announced} bytes), but the file holds {size} bytes; "
+            "write it again with numpy.save"
+        )
 
 
 def read_npy(path: Path) -> Array:
@@ -117,8 +119,10 @@ def read_npy(path: Path) -> Array:
     except ImplausibleArray:
         raise
     except (OSError, ValueError, EOFError) as err:
-        raise ValueError(f"cannot read {where} as a numpy array without pickle ({err}); expected a file written "
-                         f"by numpy.save of a numeric array (no object dtype)") from None
+        raise ValueError(
+            f"cannot read {where} as a numpy array without pickle ({err}); expected a file written "
+            f"by numpy.save of a numeric array (no object dtype)"
+        ) from None
 
 
 def read_npz(path: Path) -> dict[str, Array]:
@@ -134,8 +138,10 @@ def read_npz(path: Path) -> dict[str, Array]:
     except ImplausibleArray:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"cannot read {str(path)!r} as a numpy .npz archive without pickle ({err}); expected a "
-                         f"file written by numpy.savez of numeric arrays (no object dtype)") from None
+        raise ValueError(
+            f"cannot read {str(path)!r} as a numpy .npz archive without pickle ({err}); expected a "
+            f"file written by numpy.savez of numeric arrays (no object dtype)"
+        ) from None
 
 
 def read_split(root: Path, split: str) -> dict[str, Array]:
@@ -150,11 +156,13 @@ def read_split(root: Path, split: str) -> dict[str, Array]:
         arrays = {p.stem: read_npy(p) for p in sorted(folder.glob("*.npy"))}
         labels_at = repr(str(folder / f"{LABELS}.npy"))
     else:
-        raise FileNotFoundError(f"data-dir {str(root)!r} has no {split} split: expected {split}/ or {split}.npz\n"
-                                f"{LAYOUT}")
+        raise FileNotFoundError(
+            f"data-dir {str(root)!r} has no {split} split: expected {split}/ or {split}.npz\n{LAYOUT}"
+        )
     if LABELS not in arrays:
-        raise FileNotFoundError(f"the {split} split has no labels: expected {labels_at}, integers 0..C-1 of "
-                                f"shape (N,)\n{LAYOUT}")
+        raise FileNotFoundError(
+            f"the {split} split has no labels: expected {labels_at}, integers 0..C-1 of shape (N,)\n{LAYOUT}"
+        )
     return arrays
 
 
@@ -191,8 +199,10 @@ def read_meta(root: Path) -> Meta:
         raise ValueError(f"{str(path)!r}: class_names must be a list of strings, one per class, got {names!r}")
     kinds = meta.get("modalities", {})
     if not isinstance(kinds, dict) or not all(k in KIND_AXES for k in kinds.values()):
-        raise ValueError(f"{str(path)!r}: modalities must map each modality to one of the kinds "
-                         f"{', '.join(KIND_AXES)}, got {kinds!r}")
+        raise ValueError(
+            f"{str(path)!r}: modalities must map each modality to one of the kinds "
+            f"{', '.join(KIND_AXES)}, got {kinds!r}"
+        )
     return Meta(list(names), dict(kinds), repr(str(path)))
 
 
@@ -205,8 +215,10 @@ def example_shape(array: Array, kind: str) -> tuple[int, ...]:
     if len(shape) == axes - 1:
         return (1, *shape)
     if len(shape) != axes:
-        raise ValueError(f"{array.where} has examples of shape {shape}, which kind {kind!r} cannot read: it takes "
-                         f"{axes} axes per example (or {axes - 1}, given one leading axis of size 1)\n{LAYOUT}")
+        raise ValueError(
+            f"{array.where} has examples of shape {shape}, which kind {kind!r} cannot read: it takes "
+            f"{axes} axes per example (or {axes - 1}, given one leading axis of size 1)\n{LAYOUT}"
+        )
     return shape
 
 
@@ -214,8 +226,7 @@ def check_modality(array: Array, rows: int, labels_at: str) -> np.ndarray:
     """``array`` as float32 after checking its rows, dtype and values."""
     x = array.value
     if x.ndim == 0 or x.shape[0] != rows:
-        raise ValueError(f"{array.where} has shape {x.shape}, expected ({rows}, ...): one row per label of "
-                         f"{labels_at}")
+        raise ValueError(f"{array.where} has shape {x.shape}, expected ({rows}, ...): one row per label of {labels_at}")
     if x.dtype.kind not in "biuf":
         raise ValueError(f"{array.where} has dtype {x.dtype}, expected a numeric dtype (float32, float64, int, bool)")
     with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf, reported below
@@ -223,8 +234,10 @@ def check_modality(array: Array, rows: int, labels_at: str) -> np.ndarray:
     bad = ~np.isfinite(out)
     if bad.any():
         first = int(np.argwhere(bad)[0][0])
-        raise ValueError(f"{array.where} has {int(bad.sum())} values that are NaN or infinite as float32 "
-                         f"(first in row {first}); expected finite values")
+        raise ValueError(
+            f"{array.where} has {int(bad.sum())} values that are NaN or infinite as float32 "
+            f"(first in row {first}); expected finite values"
+        )
     return out
 
 
@@ -234,8 +247,9 @@ def check_labels(array: Array) -> np.ndarray:
     if y.ndim != 1 or y.shape[0] == 0:
         raise ValueError(f"{array.where} has shape {y.shape}, expected (N,) with N >= 1: one integer label per row")
     if y.dtype.kind not in "iu":
-        raise ValueError(f"{array.where} has dtype {y.dtype}, expected integer labels 0..C-1 "
-                         "(e.g. labels.astype(numpy.int64))")
+        raise ValueError(
+            f"{array.where} has dtype {y.dtype}, expected integer labels 0..C-1 (e.g. labels.astype(numpy.int64))"
+        )
     return y.astype(np.int64)
 
 
@@ -243,8 +257,10 @@ def check_groups(array: Array, rows: int) -> np.ndarray:
     """The natural client of every train row, after checking shape and dtype."""
     g = array.value
     if g.shape != (rows,) or g.dtype.kind not in "iuU":
-        raise ValueError(f"{array.where} has shape {g.shape} and dtype {g.dtype}, expected shape ({rows},) of "
-                         "integers or strings: the natural client of each train row")
+        raise ValueError(
+            f"{array.where} has shape {g.shape} and dtype {g.dtype}, expected shape ({rows},) of "
+            "integers or strings: the natural client of each train row"
+        )
     return g.copy()
 
 
@@ -253,48 +269,63 @@ def modality_order(found: list[str], meta: Meta, where: str) -> list[str]:
     ``modalities``, else sorted by name."""
     bad = [m for m in found if not NAME.fullmatch(m) or m == LABEL_KEY]
     if bad:
-        raise ValueError(f"modality name {bad[0]!r} of {where} is not usable: a modality is named by a letter then "
-                         f"letters, digits, '_' or '-' (not {LABEL_KEY!r}); rename the file or key")
+        raise ValueError(
+            f"modality name {bad[0]!r} of {where} is not usable: a modality is named by a letter then "
+            f"letters, digits, '_' or '-' (not {LABEL_KEY!r}); rename the file or key"
+        )
     if not found:
         raise ValueError(f"{where} holds labels but no modality array\n{LAYOUT}")
     if not meta.kinds:
         return sorted(found)
     if set(meta.kinds) != set(found):
-        raise ValueError(f"{meta.where} lists the modalities {list(meta.kinds)} but the train split has "
-                         f"{sorted(found)}; list every modality once")
+        raise ValueError(
+            f"{meta.where} lists the modalities {list(meta.kinds)} but the train split has "
+            f"{sorted(found)}; list every modality once"
+        )
     return list(meta.kinds)
 
 
-def read_modality(name: str, train: Array, test: Array | None, labels: dict[str, Array], kind: str | None,
-                  val: Array | None = None) -> tuple[tuple[int, ...], str, dict[str, torch.Tensor]]:
+def read_modality(
+    name: str, train: Array, test: Array | None, labels: dict[str, Array], kind: str | None, val: Array | None = None
+) -> tuple[tuple[int, ...], str, dict[str, torch.Tensor]]:
     """Modality ``name`` of every split (``val`` only when the data has a validation split): its
     example shape, its kind (``kind``, else the default for its axes) and its float32 tensors per
     split, after every check."""
     others = {"test": test, **({"val": val} if "val" in labels else {})}
     for split, array in others.items():
         if array is None:
-            raise FileNotFoundError(f"the {split} split has no array {name!r} ({split}/{name}.npy or key {name!r} of "
-                                    f"{split}.npz) but the train split has {train.where}; expected shape "
-                                    f"(M, {', '.join(map(str, train.value.shape[1:]))})\n{LAYOUT}")
+            raise FileNotFoundError(
+                f"the {split} split has no array {name!r} ({split}/{name}.npy or key {name!r} of "
+                f"{split}.npz) but the train split has {train.where}; expected shape "
+                f"(M, {', '.join(map(str, train.value.shape[1:]))})\n{LAYOUT}"
+            )
     arrays = {"train": train, **others}
-    values = {split: check_modality(a, labels[split].value.shape[0], labels[split].where) for split, a in arrays.items()}
+    values = {
+        split: check_modality(a, labels[split].value.shape[0], labels[split].where) for split, a in arrays.items()
+    }
     for array in others.values():
         if array.value.shape[1:] != train.value.shape[1:]:
-            raise ValueError(f"{array.where} has shape {array.value.shape}, expected (M, "
-                             f"{', '.join(map(str, train.value.shape[1:]))}) as {train.where}")
+            raise ValueError(
+                f"{array.where} has shape {array.value.shape}, expected (M, "
+                f"{', '.join(map(str, train.value.shape[1:]))}) as {train.where}"
+            )
     kind = kind or DEFAULT_KIND.get(train.value.ndim - 1)
     if kind is None:
-        raise ValueError(f"{train.where} has examples of shape {train.value.shape[1:]}: more axes than any kind reads; "
-                         "set its kind in the metadata file (modalities: \"vector\" flattens it)\n" + LAYOUT)
+        raise ValueError(
+            f"{train.where} has examples of shape {train.value.shape[1:]}: more axes than any kind reads; "
+            'set its kind in the metadata file (modalities: "vector" flattens it)\n' + LAYOUT
+        )
     shape = example_shape(train, kind)
     tensors = {split: torch.from_numpy(np.ascontiguousarray(x.reshape(len(x), *shape))) for split, x in values.items()}
     return shape, kind, tensors
 
 
-@register_dataset("arrays", description="your own numpy arrays, per split one .npy per modality or one .npz "
-                  "(user-owned: set data-dir)", user_owned=True,
-                  encoders={"vector": "mlp", "series": "cnn1d", "spectrogram": "resnet18-audio",
-                            "frames": "resnet18-video"})
+@register_dataset(
+    "arrays",
+    description="your own numpy arrays, per split one .npy per modality or one .npz (user-owned: set data-dir)",
+    user_owned=True,
+    encoders={"vector": "mlp", "series": "cnn1d", "spectrogram": "resnet18-audio", "frames": "resnet18-video"},
+)
 def load_arrays(*, data_dir: str | None = None, seed: int = 0) -> Dataset:
     """The dataset in ``data_dir`` (config key ``data-dir``), laid out as :data:`LAYOUT`.
 
@@ -330,21 +361,26 @@ def load_arrays(*, data_dir: str | None = None, seed: int = 0) -> Dataset:
     for split in splits[1:]:
         extra = sorted(set(raw[split]) - set(names))
         if extra:
-            raise ValueError(f"{raw[split][extra[0]].where} is a modality the train split lacks; the {split} split "
-                             f"holds the train split's modalities {names} only")
+            raise ValueError(
+                f"{raw[split][extra[0]].where} is a modality the train split lacks; the {split} split "
+                f"holds the train split's modalities {names} only"
+            )
     y = {split: check_labels(labels[split]) for split in splits}
     num_classes = len(meta.class_names) or max(int(v.max()) for v in y.values()) + 1
     for split in splits:
         if y[split].min() < 0 or y[split].max() >= num_classes:
             bound = f"{num_classes} class_names in {meta.where}" if meta.class_names else "C = largest label + 1"
-            raise ValueError(f"{labels[split].where} has labels {int(y[split].min())}..{int(y[split].max())}, "
-                             f"expected 0..{num_classes - 1} ({bound})")
+            raise ValueError(
+                f"{labels[split].where} has labels {int(y[split].min())}..{int(y[split].max())}, "
+                f"expected 0..{num_classes - 1} ({bound})"
+            )
     if num_classes < 2:
         raise ValueError(f"{labels['train'].where}: the labels give {num_classes} class, expected at least 2")
     specs, data = [], {split: {} for split in splits}
     for m in names:
-        shape, kind, tensors = read_modality(m, raw["train"][m], raw["test"].get(m), labels, meta.kinds.get(m),
-                                             raw[VAL].get(m) if VAL in raw else None)
+        shape, kind, tensors = read_modality(
+            m, raw["train"][m], raw["test"].get(m), labels, meta.kinds.get(m), raw[VAL].get(m) if VAL in raw else None
+        )
         specs.append(ModalitySpec(m, shape, kind))
         for split in splits:
             data[split][m] = tensors[split]

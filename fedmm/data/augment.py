@@ -21,9 +21,14 @@ from fedmm.data.base import TensorDict
 Augment = Callable[[TensorDict, torch.Generator], TensorDict]
 
 
-def random_resized_crop_flip(images: torch.Tensor, generator: torch.Generator, *,
-                             scale: tuple[float, float] = (0.08, 1.0),
-                             ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: float = 0.5) -> torch.Tensor:
+def random_resized_crop_flip(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip: float = 0.5,
+) -> torch.Tensor:
     """torchvision's RandomResizedCrop + RandomHorizontalFlip, one draw per image, vectorised.
 
     Each image gets a crop of area fraction ``s ~ U(scale)`` and aspect ratio ``r`` log-uniform in

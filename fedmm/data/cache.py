@@ -33,6 +33,12 @@ def make_cache_dir() -> Path:
 
 
 def _unusable(path: Path, why: str) -> str:
-    source = f"environment variable {CACHE_ENV}" if CACHE_ENV in os.environ else f"the default cache directory (set {CACHE_ENV} to move it)"
-    return (f"cannot use {str(path)!r} as the dataset cache, {source}: {why}; point {CACHE_ENV} at a directory "
-            "fedmm may create and write (or unset it for ~/.cache/fedmm)")
+    source = (
+        f"environment variable {CACHE_ENV}"
+        if CACHE_ENV in os.environ
+        else f"the default cache directory (set {CACHE_ENV} to move it)"
+    )
+    return (
+        f"cannot use {str(path)!r} as the dataset cache, {source}: {why}; point {CACHE_ENV} at a directory "
+        "fedmm may create and write (or unset it for ~/.cache/fedmm)"
+    )

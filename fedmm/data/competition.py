@@ -49,10 +49,21 @@ def class_vectors(rng: np.random.Generator, num_classes: int, dim: int) -> np.nd
     return q[:, :num_classes].T.copy()
 
 
-def draw_split(rng: np.random.Generator, n: int, num_classes: int, vectors: tuple[np.ndarray, np.ndarray], *,
-               num_patches: int, noise: float, strong_amp: float, strong_present: float, weak_amp: float,
-               weak_present: float, weak_sign_flip: bool, random_position: bool
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def draw_split(
+    rng: np.random.Generator,
+    n: int,
+    num_classes: int,
+    vectors: tuple[np.ndarray, np.ndarray],
+    *,
+    num_patches: int,
+    noise: float,
+    strong_amp: float,
+    strong_present: float,
+    weak_amp: float,
+    weak_present: float,
+    weak_sign_flip: bool,
+    random_position: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One split: ``(m0, m1, y, m0_has_signal)`` with ``m0``, ``m1`` of shape ``(n, P, d)``."""
     y = rng.permutation(np.arange(n) % num_classes)
     dim = vectors[0].shape[1]
@@ -69,23 +80,30 @@ def draw_split(rng: np.random.Generator, n: int, num_classes: int, vectors: tupl
     return out[0], out[1], y.astype(np.int64), masks[0]
 
 
-@register_dataset("competition", description="generated: strong linear m0 vs weak sign-ambiguous m1 (modality "
-                  "competition, Huang et al. 2022)", encoders={"vector": "mlp", "series": "cnn1d"})
-def load_competition(*, data_dir: str | None = None, seed: int = 0,
-                     num_classes: Annotated[int, Interval(int, 2, None, closed="left")] = 4,
-                     num_patches: Annotated[int, POSITIVE_INT] = 4,
-                     patch_dim: Annotated[int, Interval(int, 2, None, closed="left")] = 16,
-                     num_train: Annotated[int, POSITIVE_INT] = 2000,
-                     num_test: Annotated[int, POSITIVE_INT] = 2000,
-                     noise: Annotated[float, Interval(float, 0.0, None, closed="neither")] = 1.0,
-                     strong_amp: Annotated[float, NON_NEGATIVE_FLOAT] = 4.0,
-                     strong_present: Annotated[float, FRACTION] = 0.95,
-                     weak_amp: Annotated[float, NON_NEGATIVE_FLOAT] = 2.5,
-                     weak_present: Annotated[float, FRACTION] = 1.0,
-                     weak_sign_flip: bool = True,
-                     test_strong_present: Annotated[float, Interval(float, -1.0, 1.0, closed="both")] = -1.0,
-                     signal_position: Annotated[str, Options("fixed", "random")] = "fixed",
-                     kind: Annotated[str, Options("vector", "series")] = "vector") -> Dataset:
+@register_dataset(
+    "competition",
+    description="generated: strong linear m0 vs weak sign-ambiguous m1 (modality competition, Huang et al. 2022)",
+    encoders={"vector": "mlp", "series": "cnn1d"},
+)
+def load_competition(
+    *,
+    data_dir: str | None = None,
+    seed: int = 0,
+    num_classes: Annotated[int, Interval(int, 2, None, closed="left")] = 4,
+    num_patches: Annotated[int, POSITIVE_INT] = 4,
+    patch_dim: Annotated[int, Interval(int, 2, None, closed="left")] = 16,
+    num_train: Annotated[int, POSITIVE_INT] = 2000,
+    num_test: Annotated[int, POSITIVE_INT] = 2000,
+    noise: Annotated[float, Interval(float, 0.0, None, closed="neither")] = 1.0,
+    strong_amp: Annotated[float, NON_NEGATIVE_FLOAT] = 4.0,
+    strong_present: Annotated[float, FRACTION] = 0.95,
+    weak_amp: Annotated[float, NON_NEGATIVE_FLOAT] = 2.5,
+    weak_present: Annotated[float, FRACTION] = 1.0,
+    weak_sign_flip: bool = True,
+    test_strong_present: Annotated[float, Interval(float, -1.0, 1.0, closed="both")] = -1.0,
+    signal_position: Annotated[str, Options("fixed", "random")] = "fixed",
+    kind: Annotated[str, Options("vector", "series")] = "vector",
+) -> Dataset:
     """The competition generator (module docstring); the same data for every run (``seed`` fixed at 0).
 
     Parameters
@@ -120,13 +138,21 @@ def load_competition(*, data_dir: str | None = None, seed: int = 0,
         vector ((P*d,) inputs, MLP) or series ((d, P): d channels x P positions, 1-D CNN).
     """
     if num_classes > patch_dim:
-        raise ValueError(f"dataset.num_classes ({num_classes}) must be at most dataset.patch_dim ({patch_dim}): "
-                         "each class needs its own orthonormal signal vector")
+        raise ValueError(
+            f"dataset.num_classes ({num_classes}) must be at most dataset.patch_dim ({patch_dim}): "
+            "each class needs its own orthonormal signal vector"
+        )
     rng = np.random.default_rng(seed)
     vectors = (class_vectors(rng, num_classes, patch_dim), class_vectors(rng, num_classes, patch_dim))
-    common = dict(num_patches=num_patches, noise=noise, strong_amp=strong_amp, weak_amp=weak_amp,
-                  weak_present=weak_present, weak_sign_flip=bool(weak_sign_flip),
-                  random_position=signal_position == "random")
+    common = dict(
+        num_patches=num_patches,
+        noise=noise,
+        strong_amp=strong_amp,
+        weak_amp=weak_amp,
+        weak_present=weak_present,
+        weak_sign_flip=bool(weak_sign_flip),
+        random_position=signal_position == "random",
+    )
     test_present = strong_present if test_strong_present < 0 else test_strong_present
     train = draw_split(rng, num_train, num_classes, vectors, strong_present=strong_present, **common)
     test = draw_split(rng, num_test, num_classes, vectors, strong_present=test_present, **common)
@@ -135,8 +161,11 @@ def load_competition(*, data_dir: str | None = None, seed: int = 0,
     def tensors(split: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> dict[str, torch.Tensor]:
         m0, m1, y, _ = split
         view = (lambda x: x.reshape(len(x), -1)) if kind == "vector" else (lambda x: x.transpose(0, 2, 1))
-        return {"m0": torch.from_numpy(np.ascontiguousarray(view(m0))),
-                "m1": torch.from_numpy(np.ascontiguousarray(view(m1))), "y": torch.from_numpy(y)}
+        return {
+            "m0": torch.from_numpy(np.ascontiguousarray(view(m0))),
+            "m1": torch.from_numpy(np.ascontiguousarray(view(m1))),
+            "y": torch.from_numpy(y),
+        }
 
     return Dataset(
         name="competition",

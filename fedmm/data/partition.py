@@ -53,13 +53,24 @@ def partition_note(dataset: str, scheme: str, num_clients: int | None, has_group
     resolved, clients = resolve_partition(scheme, num_clients, has_groups)
     if scheme != "auto" or resolved == "natural":
         return None
-    return (f"partition: {dataset} has no natural clients, so partition='auto' splits it Dirichlet (alpha {alpha:g}) "
-            f"over {clients} clients; set partition (iid, dirichlet) and num-clients to choose")
+    return (
+        f"partition: {dataset} has no natural clients, so partition='auto' splits it Dirichlet (alpha {alpha:g}) "
+        f"over {clients} clients; set partition (iid, dirichlet) and num-clients to choose"
+    )
 
 
-def partition_indices(labels: np.ndarray, num_clients: int | None, scheme: str, *, seed: int,
-                      alpha: float | None = None, groups: np.ndarray | None = None, cap_factor: float = 1.1,
-                      min_size: int = 2, max_tries: int = 100) -> list[np.ndarray]:
+def partition_indices(
+    labels: np.ndarray,
+    num_clients: int | None,
+    scheme: str,
+    *,
+    seed: int,
+    alpha: float | None = None,
+    groups: np.ndarray | None = None,
+    cap_factor: float = 1.1,
+    min_size: int = 2,
+    max_tries: int = 100,
+) -> list[np.ndarray]:
     """Row indices of each client; every row goes to exactly one client.
 
     Parameters
@@ -88,12 +99,16 @@ def partition_indices(labels: np.ndarray, num_clients: int | None, scheme: str, 
         raise ValueError(f"partition must be one of {list(SCHEMES)}, got {scheme!r}")
     if scheme == "natural":
         if groups is None:
-            raise ValueError("partition='natural' needs a dataset with natural clients (such as hapt); "
-                             "use partition='iid' or 'dirichlet' with num-clients")
+            raise ValueError(
+                "partition='natural' needs a dataset with natural clients (such as hapt); "
+                "use partition='iid' or 'dirichlet' with num-clients"
+            )
         ids = np.unique(groups)
         if num_clients and num_clients != len(ids):
-            raise ValueError(f"partition='natural' gives one client per group: this dataset has {len(ids)}, "
-                             f"so num-clients must be 0 or {len(ids)}, got {num_clients}")
+            raise ValueError(
+                f"partition='natural' gives one client per group: this dataset has {len(ids)}, "
+                f"so num-clients must be 0 or {len(ids)}, got {num_clients}"
+            )
         return [np.flatnonzero(groups == g) for g in ids]
     if not num_clients or num_clients < 1:
         raise ValueError(f"partition={scheme!r} needs num-clients >= 1, got {num_clients}")
@@ -108,12 +123,15 @@ def partition_indices(labels: np.ndarray, num_clients: int | None, scheme: str, 
         parts = dirichlet_partition(labels, num_clients, alpha, rng, cap_factor)
         if min(len(p) for p in parts) >= min_size:
             return parts
-    raise ValueError(f"Dirichlet alpha={alpha} left a client with fewer than {min_size} rows in {max_tries} draws; "
-                     "raise dirichlet-alpha or lower num-clients")
+    raise ValueError(
+        f"Dirichlet alpha={alpha} left a client with fewer than {min_size} rows in {max_tries} draws; "
+        "raise dirichlet-alpha or lower num-clients"
+    )
 
 
-def dirichlet_partition(labels: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator,
-                        cap_factor: float = 1.1) -> list[np.ndarray]:
+def dirichlet_partition(
+    labels: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator, cap_factor: float = 1.1
+) -> list[np.ndarray]:
     """One draw of the reference label-skew split.
 
     For each class in turn, client shares ``p ~ Dir(alpha * 1)``; a client that already holds more

@@ -24,8 +24,10 @@ from typing import Any
 from fedmm.data.cremad_layout import AUDIO_DIR, FRAMES_DIR
 
 VIDEO_SUFFIXES = (".flv", ".mp4", ".avi", ".mkv")
-INSTALL_HINT = ("no video decoder found: install ffmpeg (e.g. `apt-get install ffmpeg`, `conda install ffmpeg`) "
-                "or PyAV (`pip install av`), then rerun `fedmm prepare cremad`")
+INSTALL_HINT = (
+    "no video decoder found: install ffmpeg (e.g. `apt-get install ffmpeg`, `conda install ffmpeg`) "
+    "or PyAV (`pip install av`), then rerun `fedmm prepare cremad`"
+)
 
 
 @dataclass
@@ -66,8 +68,20 @@ def find_decoder() -> str:
 def extract_ffmpeg(video: Path, folder: Path, fps: float) -> None:
     """Write the frames of ``video`` at ``fps`` per second into ``folder`` with the ffmpeg binary."""
     binary = shutil.which("ffmpeg") or "ffmpeg"
-    cmd = [binary, "-nostdin", "-loglevel", "error", "-y", "-i", str(video), "-vf", f"fps={fps}", "-q:v", "2",
-           str(folder / "%05d.jpg")]
+    cmd = [
+        binary,
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-y",
+        "-i",
+        str(video),
+        "-vf",
+        f"fps={fps}",
+        "-q:v",
+        "2",
+        str(folder / "%05d.jpg"),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"ffmpeg exited with {done.returncode}: {done.stderr.strip()[-300:]}")
@@ -90,8 +104,15 @@ def extract_av(video: Path, folder: Path, fps: float) -> None:
 EXTRACTORS: dict[str, Callable[[Path, Path, float], None]] = {"ffmpeg": extract_ffmpeg, "av": extract_av}
 
 
-def prepare_cremad(video_dir: str | Path, out: str | Path, *, audio_dir: str | Path | None = None, fps: float = 1.0,
-                   overwrite: bool = False, decoder: str | None = None) -> PrepareReport:
+def prepare_cremad(
+    video_dir: str | Path,
+    out: str | Path,
+    *,
+    audio_dir: str | Path | None = None,
+    fps: float = 1.0,
+    overwrite: bool = False,
+    decoder: str | None = None,
+) -> PrepareReport:
     """Extract frames for every video of ``video_dir`` into ``<out>/Image-01-FPS/<clip>/``.
 
     Parameters
@@ -124,14 +145,18 @@ def prepare_cremad(video_dir: str | Path, out: str | Path, *, audio_dir: str | P
         raise FileNotFoundError(f"--video-dir {str(video_dir)!r} does not exist; pass CREMA-D's VideoFlash folder")
     videos = sorted(p for p in video_dir.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
     if not videos:
-        raise FileNotFoundError(f"--video-dir {str(video_dir)!r} holds no {'/'.join(VIDEO_SUFFIXES)} files; pass "
-                                "CREMA-D's VideoFlash folder")
+        raise FileNotFoundError(
+            f"--video-dir {str(video_dir)!r} holds no {'/'.join(VIDEO_SUFFIXES)} files; pass "
+            "CREMA-D's VideoFlash folder"
+        )
     wavs: list[Path] = []
     if audio_dir is not None:
         audio_dir = Path(audio_dir).expanduser()
         wavs = sorted(audio_dir.glob("*.wav")) if audio_dir.is_dir() else []
         if not wavs:
-            raise FileNotFoundError(f"--audio-dir {str(audio_dir)!r} holds no .wav files; pass CREMA-D's AudioWAV folder")
+            raise FileNotFoundError(
+                f"--audio-dir {str(audio_dir)!r} holds no .wav files; pass CREMA-D's AudioWAV folder"
+            )
     if decoder is None:
         decoder = find_decoder()
     elif decoder not in EXTRACTORS:
@@ -181,10 +206,11 @@ def prepare_command(parser: Any) -> Callable[[Any], int]:
     parser.add_argument("--overwrite", action="store_true", help="re-extract clips that already have frames")
 
     def run(args: Any) -> int:
-        rep = prepare_cremad(args.video_dir, args.out, audio_dir=args.audio_dir, fps=args.fps,
-                             overwrite=args.overwrite)
-        print(f"{args.out}: frames extracted for {rep.extracted} clips with {rep.decoder}, {rep.skipped} already "
-              f"present, {rep.audio_copied} WAV files copied, {len(rep.failed)} failed")
+        rep = prepare_cremad(args.video_dir, args.out, audio_dir=args.audio_dir, fps=args.fps, overwrite=args.overwrite)
+        print(
+            f"{args.out}: frames extracted for {rep.extracted} clips with {rep.decoder}, {rep.skipped} already "
+            f"present, {rep.audio_copied} WAV files copied, {len(rep.failed)} failed"
+        )
         for clip, reason in rep.failed[:20]:
             print(f"  failed {clip}: {reason}", file=sys.stderr)
         return 1 if rep.failed else 0

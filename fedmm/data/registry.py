@@ -68,8 +68,10 @@ class DatasetEntry:
         as the loader returned them; a kind without one is an error naming the config key to set."""
         missing = [m for m in modalities if m.kind not in self.encoders]
         if missing:
-            raise ValueError(f"dataset {self.name!r} names no default encoder for kind {missing[0].kind!r} of "
-                             f"modality {missing[0].name!r} (it has {dict(self.encoders)}); set encoder.{missing[0].name}")
+            raise ValueError(
+                f"dataset {self.name!r} names no default encoder for kind {missing[0].kind!r} of "
+                f"modality {missing[0].name!r} (it has {dict(self.encoders)}); set encoder.{missing[0].name}"
+            )
         return {m.name: self.encoders[m.kind] for m in modalities}
 
 
@@ -78,13 +80,22 @@ DATASETS: Registry[DatasetEntry] = Registry("dataset")
 _CACHE: dict[tuple, Dataset] = {}
 
 
-def register_dataset(name: str, *, description: str, encoders: Mapping[str, str], package: str | None = None,
-                     module: str | None = None, user_owned: bool = False,
-                     prepare: Callable[[Any], Callable[[Any], int]] | None = None) -> Callable[[Loader], Loader]:
+def register_dataset(
+    name: str,
+    *,
+    description: str,
+    encoders: Mapping[str, str],
+    package: str | None = None,
+    module: str | None = None,
+    user_owned: bool = False,
+    prepare: Callable[[Any], Callable[[Any], int]] | None = None,
+) -> Callable[[Loader], Loader]:
     """Decorator: register the loader as dataset ``name`` with the facts of :class:`DatasetEntry`."""
+
     def deco(loader: Loader) -> Loader:
-        DATASETS.add(name, DatasetEntry(name, loader, description, dict(encoders), package, module, user_owned,
-                                        prepare))
+        DATASETS.add(
+            name, DatasetEntry(name, loader, description, dict(encoders), package, module, user_owned, prepare)
+        )
         return loader
 
     return deco
@@ -106,8 +117,14 @@ def is_user_owned(name: str) -> bool:
 def check_options(name: str, options: Mapping[str, Any], *, label: Label | None = None) -> dict[str, Any]:
     """Dataset ``name``'s ``options`` converted and checked by :func:`fedmm.params.parse_values`;
     an option its loader does not take is an error naming the valid ones."""
-    return parse_values(dataset_entry(name).options(), options, component=f"dataset {name!r}", noun="option",
-                        shown=lambda key: f"dataset.{key}", label=label)
+    return parse_values(
+        dataset_entry(name).options(),
+        options,
+        component=f"dataset {name!r}",
+        noun="option",
+        shown=lambda key: f"dataset.{key}",
+        label=label,
+    )
 
 
 def load_dataset(name: str, *, data_dir: str | None = None, seed: int = 0, **options: Any) -> Dataset:
@@ -137,7 +154,11 @@ def dataset_table() -> list[dict[str, Any]]:
             except (FileNotFoundError, ValueError) as err:
                 row["description"] += f" ({err})"
             else:
-                row.update(modalities={m.name: m.shape for m in d.modalities}, num_classes=d.num_classes,
-                           train=num_examples(d.train), test=num_examples(d.test))
+                row.update(
+                    modalities={m.name: m.shape for m in d.modalities},
+                    num_classes=d.num_classes,
+                    train=num_examples(d.train),
+                    test=num_examples(d.test),
+                )
         rows.append(row)
     return rows

@@ -12,14 +12,23 @@ from fedmm.data.registry import register_dataset
 from fedmm.params import Interval, Options
 
 
-@register_dataset("synthetic", description="Gaussian classes, modality m0 strongest to m{M-1} weakest",
-                  encoders={"vector": "mlp", "series": "cnn1d"})
-def load_synthetic(*, data_dir: str | None = None, seed: int = 0,
-                   num_modalities: Annotated[int, Interval(int, 1, None, closed="left")] = 2,
-                   num_classes: Annotated[int, Interval(int, 2, None, closed="left")] = 4,
-                   num_train: int = 600, num_test: int = 200,
-                   dim: Annotated[int, Interval(int, 2, None, closed="left")] = 16, strengths: str = "",
-                   kind: Annotated[str, Options("vector", "series")] = "vector") -> Dataset:
+@register_dataset(
+    "synthetic",
+    description="Gaussian classes, modality m0 strongest to m{M-1} weakest",
+    encoders={"vector": "mlp", "series": "cnn1d"},
+)
+def load_synthetic(
+    *,
+    data_dir: str | None = None,
+    seed: int = 0,
+    num_modalities: Annotated[int, Interval(int, 1, None, closed="left")] = 2,
+    num_classes: Annotated[int, Interval(int, 2, None, closed="left")] = 4,
+    num_train: int = 600,
+    num_test: int = 200,
+    dim: Annotated[int, Interval(int, 2, None, closed="left")] = 16,
+    strengths: str = "",
+    kind: Annotated[str, Options("vector", "series")] = "vector",
+) -> Dataset:
     """Class-conditional Gaussians per modality, ``x = strength * mean[y] + noise``.
 
     Parameters
@@ -51,8 +60,10 @@ def load_synthetic(*, data_dir: str | None = None, seed: int = 0,
     means = [rng.standard_normal((num_classes, size)) for _ in range(num_modalities)]
     n = num_train + num_test
     y = rng.permutation(np.arange(n) % num_classes)
-    data = {f"m{i}": (values[i] * means[i][y] + rng.standard_normal((n, size))).astype(np.float32).reshape(n, *shape)
-            for i in range(num_modalities)}
+    data = {
+        f"m{i}": (values[i] * means[i][y] + rng.standard_normal((n, size))).astype(np.float32).reshape(n, *shape)
+        for i in range(num_modalities)
+    }
 
     def split(rows: slice) -> dict[str, torch.Tensor]:
         out = {m: torch.from_numpy(x[rows]) for m, x in data.items()}

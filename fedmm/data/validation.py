@@ -45,8 +45,10 @@ def held_out_users(groups: np.ndarray, fraction: float, seed: int) -> np.ndarray
     """
     users = np.unique(groups)
     if users.size < 2:
-        raise ValueError(f"the train split has {users.size} natural user(s); a validation split of held-out users "
-                         "needs at least 2 (set validation = \"off\")")
+        raise ValueError(
+            f"the train split has {users.size} natural user(s); a validation split of held-out users "
+            'needs at least 2 (set validation = "off")'
+        )
     k = min(max(int(round(fraction * users.size)), 1), users.size - 1)
     return np.sort(np.random.default_rng(seed).choice(users, size=k, replace=False))
 
@@ -73,8 +75,10 @@ def validation_rows(dataset: Dataset, fraction: float, seed: int) -> tuple[np.nd
         return np.flatnonzero(~is_val), np.flatnonzero(is_val), how
     train_rows, val_rows = stratified_split(dataset.train["y"].numpy(), fraction, draw)
     if val_rows.size == 0 or train_rows.size == 0:
-        raise ValueError(f"validation-fraction = {fraction} of the {n} train rows leaves an empty split; "
-                         "choose another fraction or set validation = \"off\"")
+        raise ValueError(
+            f"validation-fraction = {fraction} of the {n} train rows leaves an empty split; "
+            'choose another fraction or set validation = "off"'
+        )
     return train_rows, val_rows, f"stratified {fraction:g} of every class ({val_rows.size} of {n} rows)"
 
 

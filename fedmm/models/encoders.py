@@ -91,8 +91,9 @@ class ResNet18Audio(nn.Module):
     def __init__(self, input_shape: tuple[int, ...], embed_dim: int) -> None:
         super().__init__()
         if len(input_shape) != 3:
-            raise ValueError(f"resnet18-audio expects (channels, freq, time) inputs such as (1, 257, 188), "
-                             f"got shape {input_shape}")
+            raise ValueError(
+                f"resnet18-audio expects (channels, freq, time) inputs such as (1, 257, 188), got shape {input_shape}"
+            )
         self.net = _resnet18_trunk(input_shape[0])
         self.proj = nn.Identity() if embed_dim == 512 else nn.Linear(512, embed_dim)
 
@@ -108,8 +109,10 @@ class ResNet18Video(nn.Module):
     def __init__(self, input_shape: tuple[int, ...], embed_dim: int) -> None:
         super().__init__()
         if len(input_shape) != 4:
-            raise ValueError(f"resnet18-video expects (frames, channels, height, width) inputs such as "
-                             f"(1, 3, 224, 224), got shape {input_shape}")
+            raise ValueError(
+                f"resnet18-video expects (frames, channels, height, width) inputs such as "
+                f"(1, 3, 224, 224), got shape {input_shape}"
+            )
         self.net = _resnet18_trunk(input_shape[1])
         self.proj = nn.Identity() if embed_dim == 512 else nn.Linear(512, embed_dim)
 

@@ -15,6 +15,7 @@ from torch import nn
 from fedmm.data.base import ModalitySpec, TensorDict
 from fedmm.models.encoders import build_encoder
 
+
 @dataclass
 class ModelConfig:
     """How to build a :class:`MultimodalNet`.
@@ -70,7 +71,9 @@ class MultimodalNet(nn.Module):
         self.num_classes = num_classes
         unknown = set(config.encoders) - set(self.modalities)
         if unknown:
-            raise ValueError(f"encoders given for unknown modalities {sorted(unknown)}; the dataset has {self.modalities}")
+            raise ValueError(
+                f"encoders given for unknown modalities {sorted(unknown)}; the dataset has {self.modalities}"
+            )
         missing = [m for m in self.modalities if m not in config.encoders]
         if missing:
             raise ValueError(f"no encoder named for modalities {missing}: ModelConfig.encoders needs one per modality")

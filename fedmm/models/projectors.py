@@ -49,7 +49,9 @@ def add_projectors(model: nn.Module, kind: str = "linear") -> None:
     init_weights(model.projectors)
 
 
-def project(model: nn.Module, feats: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def project(
+    model: nn.Module, feats: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """``(u, u~)``: self-projector and infiltration-projector outputs of every modality in ``feats``."""
     own = {m: model.projectors[m].own(h) for m, h in feats.items()}
     infiltrated = {m: model.projectors[m].infiltration(h) for m, h in feats.items()}

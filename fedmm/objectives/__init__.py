@@ -24,6 +24,9 @@ and :func:`describe_objective` list its parameters with types, defaults and help
 docs/objectives.md says what each objective does.
 """
 
+# One import per objective module; importing registers it ("ce" is the base class, registered by
+# the registry itself).
+from fedmm.objectives import arm, boost, cmsfed, fedcmi, mnl, ogm_ge, pmr, remix, uniform  # noqa: E402,F401,I001
 from fedmm.objectives.base import Objective, RoundContext, Schedule
 from fedmm.objectives.registry import (
     build_objective,
@@ -32,10 +35,6 @@ from fedmm.objectives.registry import (
     objective_names,
     register_objective,
 )
-
-# One import per objective module; importing registers it ("ce" is the base class, registered by
-# the registry itself).
-from fedmm.objectives import arm, boost, cmsfed, fedcmi, mnl, ogm_ge, pmr, remix, uniform  # noqa: E402,F401,I001
 
 __all__ = [
     "Objective",

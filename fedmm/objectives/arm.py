@@ -128,7 +128,9 @@ class ARMReconstruction(Objective):
         for m in modalities:
             model.heads[m] = SubspaceClassifier(model.embed_dim, k, model.num_classes)
 
-    def logits(self, model: nn.Module, batch: TensorDict, modalities: list[str] | None = None) -> dict[str, torch.Tensor]:
+    def logits(
+        self, model: nn.Module, batch: TensorDict, modalities: list[str] | None = None
+    ) -> dict[str, torch.Tensor]:
         """``z_m = f_m(P_m^T u_m)`` for ``modalities`` (default: all present in ``batch``)."""
         mods = [m for m in model.modalities if m in batch] if modalities is None else modalities
         feats = model.encode({m: batch[m] for m in mods})

@@ -296,8 +296,9 @@ class Objective:
     #: Whether the server half needs :meth:`global_model_facts` from the clients of every round.
     observes_global_model: ClassVar[bool] = False
 
-    def global_model_facts(self, model: nn.Module, data: TensorDict, modalities: list[str]
-                           ) -> dict[str, float | list[float]]:
+    def global_model_facts(
+        self, model: nn.Module, data: TensorDict, modalities: list[str]
+    ) -> dict[str, float | list[float]]:
         """Facts about the received global ``model`` on the client's ``data`` for its held
         ``modalities``, measured without training (asked after aggregation when
         :attr:`observes_global_model`). None by default."""

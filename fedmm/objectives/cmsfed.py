@@ -136,10 +136,13 @@ class CMSFedObjective(PMR):
         trained = self.trained_modalities(model, data)
         received = {
             m: Prototypes(
-                centers=torch.as_tensor(np.asarray(ctx.extras[global_proto_key(m)]), device=ref.device, dtype=ref.dtype),
+                centers=torch.as_tensor(
+                    np.asarray(ctx.extras[global_proto_key(m)]), device=ref.device, dtype=ref.dtype
+                ),
                 present=torch.as_tensor(np.asarray(ctx.extras[global_present_key(m)]) > 0, device=ref.device),
             )
-            for m in trained if global_proto_key(m) in ctx.extras
+            for m in trained
+            if global_proto_key(m) in ctx.extras
         }
         update_pass = ctx.server_round == UPDATE_PASS_ROUND
         need = [m for m in trained if update_pass or m not in received]
@@ -165,8 +168,9 @@ class CMSFedObjective(PMR):
     #: The global prototypes come from the aggregated model on each round's clients.
     observes_global_model: ClassVar[bool] = True
 
-    def global_model_facts(self, model: nn.Module, data: TensorDict, modalities: list[str]
-                           ) -> dict[str, float | list[float]]:
+    def global_model_facts(
+        self, model: nn.Module, data: TensorDict, modalities: list[str]
+    ) -> dict[str, float | list[float]]:
         """The class feature sums and counts of the received global model, per held modality."""
         return prototype_facts(model, data, modalities)
 
@@ -179,7 +183,7 @@ class CMSFedObjective(PMR):
             for key, value in f.items():
                 if not key.startswith(prefix):
                     continue
-                m = key[len(prefix):]
+                m = key[len(prefix) :]
                 c = np.asarray(f[proto_count_key(m)], dtype=np.float64)
                 s = np.asarray(value, dtype=np.float64).reshape(c.size, -1)
                 sums[m] = s if m not in sums else sums[m] + s

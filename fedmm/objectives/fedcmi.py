@@ -49,8 +49,9 @@ from fedmm.objectives.registry import register_objective
 from fedmm.params import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Checked, Search
 
 
-def class_wise_temperature(p_first: torch.Tensor, p_second: torch.Tensor, present: torch.Tensor,
-                           kappa: float) -> torch.Tensor:
+def class_wise_temperature(
+    p_first: torch.Tensor, p_second: torch.Tensor, present: torch.Tensor, kappa: float
+) -> torch.Tensor:
     """FedCMI's per-class temperatures ``tau_c`` for one pair of modalities (docs/methods/fedcmi.md §4).
 
     Parameters
@@ -180,8 +181,9 @@ class FedCMI(Objective):
             self.temperatures[(a, b)] = self.temperatures[(b, a)] = tau
 
     @torch.no_grad()
-    def class_confidences(self, model: nn.Module, data: TensorDict, modalities: list[str],
-                          chunk: int = 512) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def class_confidences(
+        self, model: nn.Module, data: TensorDict, modalities: list[str], chunk: int = 512
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Per modality the ``(K,)`` mean of ``softmax(C_m(u_m))_c`` over the local samples of
         class ``c``, from ``model``'s self branches ``C_m(S_m(.))`` (in eval mode), and which
         classes are present."""
@@ -221,17 +223,26 @@ class FedCMI(Objective):
         """The batch's dominant modality: largest summed target confidence of the local self
         branches; ties go to the later modality in canonical order."""
         with torch.no_grad():
-            scores = [(float(z.softmax(dim=1).gather(1, y[:, None]).sum()), i, m)
-                      for i, (m, z) in enumerate(self_logits.items())]
+            scores = [
+                (float(z.softmax(dim=1).gather(1, y[:, None]).sum()), i, m)
+                for i, (m, z) in enumerate(self_logits.items())
+            ]
         return max(scores)[2]
 
-    def infiltration_loss(self, model: nn.Module, batch: TensorDict, self_logits: dict[str, torch.Tensor],
-                          infiltrated: dict[str, torch.Tensor]) -> torch.Tensor:
+    def infiltration_loss(
+        self,
+        model: nn.Module,
+        batch: TensorDict,
+        self_logits: dict[str, torch.Tensor],
+        infiltrated: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
         """``L_CMI``: the global model's dominant self branch teaches every weaker modality's
         local infiltration branch, both sharpened by the class-wise temperature of the pair."""
         teacher_model = self.ctx.global_model if self.ctx is not None else None
         if teacher_model is None:
-            raise RuntimeError("fedcmi: the infiltration loss needs the received global model (RoundContext.global_model)")
+            raise RuntimeError(
+                "fedcmi: the infiltration loss needs the received global model (RoundContext.global_model)"
+            )
         y = batch[LABEL_KEY]
         d = self.dominant(self_logits, y)
         self.last_dominant = d

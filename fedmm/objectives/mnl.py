@@ -137,8 +137,10 @@ class MNL(Objective):
         def validate(self) -> None:
             """Refuse both ways of setting the start."""
             if self.start_round and self.start:
-                raise ValueError("mnl: set the start of the guidance either as a fraction (start) or as a round "
-                                 "(start_round), not both")
+                raise ValueError(
+                    "mnl: set the start of the guidance either as a fraction (start) or as a round "
+                    "(start_round), not both"
+                )
 
     params: Params
 

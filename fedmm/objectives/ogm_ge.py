@@ -163,7 +163,9 @@ class OGMGE(Objective):
                     f"modulation_start_round ({self.modulation_start_round})"
                 )
             if self.uses_rounds() and (self.modulation_start, self.modulation_end) != (
-                    self.default("modulation_start"), self.default("modulation_end")):
+                self.default("modulation_start"),
+                self.default("modulation_end"),
+            ):
                 raise ValueError(
                     "ogm-ge: set the window either as fractions (modulation_start, modulation_end) or as "
                     "rounds (modulation_start_round, modulation_end_round), not both"

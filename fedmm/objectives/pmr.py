@@ -163,8 +163,10 @@ class PMR(Objective):
         def validate(self) -> None:
             super().validate()
             if not self.modulation_start <= self.modulation_end:
-                raise ValueError(f"pmr: the window needs modulation_start <= modulation_end (fractions of training), "
-                                 f"got modulation_start={self.modulation_start}, modulation_end={self.modulation_end}")
+                raise ValueError(
+                    f"pmr: the window needs modulation_start <= modulation_end (fractions of training), "
+                    f"got modulation_start={self.modulation_start}, modulation_end={self.modulation_end}"
+                )
 
     params: Params
 
@@ -222,8 +224,9 @@ class PMR(Objective):
 
 
 @torch.no_grad()
-def prototype_accuracies(model: nn.Module, data: TensorDict, modalities: list[str], chunk: int = 256
-                         ) -> dict[str, float]:
+def prototype_accuracies(
+    model: nn.Module, data: TensorDict, modalities: list[str], chunk: int = 256
+) -> dict[str, float]:
     """Nearest-class-mean accuracy of each modality on ``data``, with prototypes computed from
     ``data`` itself (CMSFed's rho_k ingredients, docs/methods/cmsfed.md §3.3); eval mode, one encoder
     pass (the features serve both the prototypes and the predictions)."""
@@ -235,8 +238,9 @@ def prototype_accuracies(model: nn.Module, data: TensorDict, modalities: list[st
     try:
         ref = next(model.parameters())
         y = data[LABEL_KEY].to(ref.device)
-        chunks = [model.encode({m: data[m][s : s + chunk].to(ref.device) for m in modalities})
-                  for s in range(0, n, chunk)]
+        chunks = [
+            model.encode({m: data[m][s : s + chunk].to(ref.device) for m in modalities}) for s in range(0, n, chunk)
+        ]
         counts = torch.bincount(y, minlength=model.num_classes).to(ref.dtype)
         out = {}
         for m in modalities:
@@ -249,8 +253,7 @@ def prototype_accuracies(model: nn.Module, data: TensorDict, modalities: list[st
         model.train(was_training)
 
 
-def prototype_imbalance_ratio(model: nn.Module, data: TensorDict, order: Sequence[str],
-                              floor: float = 1e-3) -> float:
+def prototype_imbalance_ratio(model: nn.Module, data: TensorDict, order: Sequence[str], floor: float = 1e-3) -> float:
     """rho_k = Acc_pivot / min_{m in rest} Acc_m of the prototype (nearest-class-mean) classifiers on
     the client's data, for ``order = (pivot, *rest)``: how far the pivot modality is ahead of the
     client's weakest other modality (CMSFed, docs/methods/cmsfed.md §3.3 and §4.4).
@@ -269,5 +272,7 @@ def prototype_imbalance_ratio(model: nn.Module, data: TensorDict, order: Sequenc
 
 #: CMSFed's rho_k, asked for by the cmsfed selection policy: from the received model in the update
 #: pass, from the trained one in later rounds (docs/methods/cmsfed.md §5.1, §5.5).
-CLIENT_FACTS.add(IMBALANCE_RATIO, ClientFact(prototype_imbalance_ratio, before_training_in_update_pass=True,
-                                             valid=IMBALANCE_RATIO_VALID))
+CLIENT_FACTS.add(
+    IMBALANCE_RATIO,
+    ClientFact(prototype_imbalance_ratio, before_training_in_update_pass=True, valid=IMBALANCE_RATIO_VALID),
+)

@@ -65,7 +65,9 @@ def register_objective(cls: ObjectiveType) -> ObjectiveType:
         raise ValueError(f"objective {name!r}: Params fields {required} need defaults")
     bad_aliases = {a: f for a, f in _aliases(cls).items() if f not in fields}
     if bad_aliases:
-        raise ValueError(f"objective {name!r}: param_aliases {bad_aliases} point at no Params field; fields are {sorted(fields)}")
+        raise ValueError(
+            f"objective {name!r}: param_aliases {bad_aliases} point at no Params field; fields are {sorted(fields)}"
+        )
     check_search(cls.Params, f"objective {name!r}")  # a search range outside the valid one fails at import
     OBJECTIVES.add(name, cls)
     # a directly built Params names its fields as build_objective does (fedmm.params.Checked)
@@ -118,8 +120,14 @@ def parse_params(cls: type[Objective], params: Mapping[str, Any], *, label: Labe
         Config name -> how messages name it; default ``"parameter '<name>' of objective '<objective>'"``.
     """
     to_config = {field: alias for alias, field in _aliases(cls).items()}
-    return parse(cls.Params, params, component=f"objective {cls.name!r}", aliases=_aliases(cls),
-                 shown=lambda key: to_config.get(key, key), label=label)
+    return parse(
+        cls.Params,
+        params,
+        component=f"objective {cls.name!r}",
+        aliases=_aliases(cls),
+        shown=lambda key: to_config.get(key, key),
+        label=label,
+    )
 
 
 def describe_objective(name: str) -> dict[str, Any]:
@@ -132,8 +140,10 @@ def describe_objective(name: str) -> dict[str, Any]:
     docstring's numpy-style ``Parameters`` section, empty when it has none).
     """
     cls = objective_class(name)
-    described = {s.name: {"type": type_name(s.annotation), "default": s.default, "help": s.help}
-                 for s in config_specs(cls.Params)}
+    described = {
+        s.name: {"type": type_name(s.annotation), "default": s.default, "help": s.help}
+        for s in config_specs(cls.Params)
+    }
     doc = (cls.__doc__ or "").strip()
     return {
         "name": cls.name,

@@ -117,8 +117,9 @@ class DataRemixing(Objective):
         def validate(self) -> None:
             """Refuse both ways of setting the warm-up."""
             if self.warmup_rounds >= 0 and self.warmup != DataRemixing.Params.default("warmup"):
-                raise ValueError("remix: set the warm-up either as a fraction (warmup) or in rounds (warmup_rounds), "
-                                 "not both")
+                raise ValueError(
+                    "remix: set the warm-up either as a fraction (warmup) or in rounds (warmup_rounds), not both"
+                )
 
     params: Params
 
@@ -202,4 +203,3 @@ class DataRemixing(Objective):
         super().begin_round(model, data, ctx)
         self.last_assignment = None
         self._assigned = {}
-

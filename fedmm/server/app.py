@@ -55,16 +55,20 @@ def check_resumable(run: RunConfig, out_dir: Path) -> None:
     Raises ``ValueError`` naming the directory, or the keys that differ, and what to do.
     """
     if not run.out_dir:
-        raise ValueError(f"run-config key {RESUME_KEY!r} needs out-dir: the directory of the run to resume "
-                         "(its config.toml and checkpoint)")
+        raise ValueError(
+            f"run-config key {RESUME_KEY!r} needs out-dir: the directory of the run to resume "
+            "(its config.toml and checkpoint)"
+        )
     stored = resume_config(out_dir)
     now, then = run.to_flat(), stored.to_flat()
     changed = sorted(k for k in now.keys() | then.keys() if now.get(k) != then.get(k))
     if changed:
         shown = ", ".join(f"{k} = {now.get(k)!r} (the run has {then.get(k)!r})" for k in changed[:3])
-        raise ValueError(f"{RESUME_KEY}=true continues the run in {str(out_dir)!r} exactly as it was started, but "
-                         f"this run config differs from its {out_dir / CONFIG_FILE}: {shown}; submit the run's "
-                         f"--run-config again with {RESUME_KEY}=true, or drop {RESUME_KEY} to start it over")
+        raise ValueError(
+            f"{RESUME_KEY}=true continues the run in {str(out_dir)!r} exactly as it was started, but "
+            f"this run config differs from its {out_dir / CONFIG_FILE}: {shown}; submit the run's "
+            f"--run-config again with {RESUME_KEY}=true, or drop {RESUME_KEY} to start it over"
+        )
 
 
 def is_resume(values: dict) -> bool:
@@ -105,8 +109,11 @@ def main(grid: Grid, context: Context) -> None:
     if summary.get("status") == "failed":
         log.error("fedmm: run failed: %s; first client error: %s", summary["reason"], summary["first-client-error"])
         return
-    chosen = (f"at best val round {summary['best-val-round']}: {summary['test/acc-at-best-val']:.4f}"
-              if "best-val-round" in summary else "no validation split")
+    chosen = (
+        f"at best val round {summary['best-val-round']}: {summary['test/acc-at-best-val']:.4f}"
+        if "best-val-round" in summary
+        else "no validation split"
+    )
     say(f"fedmm: final test/acc {summary['final']['test/acc']:.4f} ({chosen}); results in {plan.out_dir}")
 
 

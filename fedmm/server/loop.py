@@ -62,22 +62,29 @@ def restore_state(plan: Plan, strategy: RoundStrategy, checkpoint: Checkpoint) -
         raise unreadable_state(plan.out_dir or Path("."), err) from None
 
 
-def train_messages(strategy: RoundStrategy, server_round: int, arrays: ArrayRecord, grid: Grid,
-                   timeout: float) -> list[Message]:
+def train_messages(
+    strategy: RoundStrategy, server_round: int, arrays: ArrayRecord, grid: Grid, timeout: float
+) -> list[Message]:
     """The steps of a round before training, each one exchange with the nodes: discovery of new
     nodes, the update pass (round 0 of an update-vector policy), the loss probes (Power-of-Choice);
     then the round's training messages."""
     strategy.begin_round(server_round, arrays)
-    strategy.aggregate_discovery(server_round, exchange(grid, strategy.configure_discovery(server_round, grid),
-                                                        timeout))
+    strategy.aggregate_discovery(
+        server_round, exchange(grid, strategy.configure_discovery(server_round, grid), timeout)
+    )
     while update_pass := strategy.configure_update_pass(arrays):  # in batches, until none is left
         strategy.aggregate_update_pass(exchange(grid, update_pass, timeout))
     strategy.aggregate_probe(server_round, exchange(grid, strategy.configure_probe(server_round, arrays), timeout))
     return strategy.configure_train(server_round, arrays)
 
 
-def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None,
-                   resume: Checkpoint | None = None, stop: StopRequest | None = None) -> dict[str, Any]:
+def run_federation(
+    grid: Grid,
+    plan: Plan,
+    on_round: RoundCallback | None = None,
+    resume: Checkpoint | None = None,
+    stop: StopRequest | None = None,
+) -> dict[str, Any]:
     """Run ``num-server-rounds`` rounds on ``grid``; returns the summary (also written to disk).
 
     With an output directory, the server checkpoints after every round (:mod:`fedmm.checkpoint`);
@@ -115,22 +122,32 @@ def run_federation(grid: Grid, plan: Plan, on_round: RoundCallback | None = None
         metrics = evaluate(model, plan.dataset.test, plan.objective, device=device)
         row = {"round": server_round, **{f"test/{k}": v for k, v in metrics.items()}}
         if plan.dataset.val is not None:  # the validation split (validation = "auto"): what selects rounds
-            row.update({f"val/{k}": v for k, v in evaluate(model, plan.dataset.val, plan.objective,
-                                                            device=device).items()})
+            row.update(
+                {f"val/{k}": v for k, v in evaluate(model, plan.dataset.val, plan.objective, device=device).items()}
+            )
         row.update(round_diagnostics(model, plan.dataset, plan.objective, device=device))  # competition's
         row.update({**stats, "seconds": seconds})
         if writer:
             writer.add_round(row, strategy.client_rows[clients_from:])
-            save_checkpoint(plan.out_dir, Checkpoint(server_round, from_record(arrays), {
-                **prefixed("strategy-state.", strategy.state_dict()),
-                **prefixed("objective.", plan.objective.server_state()),
-            }, config_sha256=digest))
+            save_checkpoint(
+                plan.out_dir,
+                Checkpoint(
+                    server_round,
+                    from_record(arrays),
+                    {
+                        **prefixed("strategy-state.", strategy.state_dict()),
+                        **prefixed("objective.", plan.objective.server_state()),
+                    },
+                    config_sha256=digest,
+                ),
+            )
         else:
             rows.append(row)
         if not diverged and (hit := divergence(rows)):
             diverged.append(hit)
-            log.warning("round %d: training diverged: %s (summary.json records it as diverged)", hit["round"],
-                        hit["reason"])
+            log.warning(
+                "round %d: training diverged: %s (summary.json records it as diverged)", hit["round"], hit["reason"]
+            )
         if on_round:
             on_round(row)
 
@@ -192,8 +209,11 @@ def _failure(strategy: RoundStrategy, rounds: list[int]) -> dict[str, Any]:
     cut to the message the client raised (one line)."""
     outcomes = [r for r in strategy.client_rows if r["round"] in rounds and r["status"] != "ok"]
     first = outcomes[0] if outcomes else None
-    error = (f"node {first['node-id']} (partition {first['partition-id']}): {client_error_text(first['status'])}"
-             if first else "no client was selected")
+    error = (
+        f"node {first['node-id']} (partition {first['partition-id']}): {client_error_text(first['status'])}"
+        if first
+        else "no client was selected"
+    )
     reason = f"no usable client reply in {len(rounds)} consecutive rounds ({rounds[0]}-{rounds[-1]})"
     return {"status": "failed", "reason": reason, "first-client-error": error}
 
@@ -226,4 +246,3 @@ def _round_stats(strategy: RoundStrategy, server_round: int, clients_from: int) 
     stats["clients-ok"] = sum(r["status"] == "ok" for r in rows)
     stats["clients-failed"] = sum(r["status"] != "ok" for r in rows)
     return stats
-

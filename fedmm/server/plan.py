@@ -44,8 +44,9 @@ class Plan:
     profiles: Any = None
 
 
-def prepare(run: RunConfig, out_dir: str | Path | None = None, *, overwrite: bool = False,
-            resume: bool = False) -> Plan:
+def prepare(
+    run: RunConfig, out_dir: str | Path | None = None, *, overwrite: bool = False, resume: bool = False
+) -> Plan:
     """Load the data, build the scenario, objective, model and policy; check the output directory.
 
     Every config error (unknown dataset, modality names, objective parameters, policy parameters,
@@ -78,15 +79,27 @@ def strategy_context(plan: Plan) -> StrategyContext:
     federation settings; with ``plan.roster_from_scenario`` (a simulation) also the scenario's
     clients, so that the roster is registered from them instead of by discovery."""
     run, sc = plan.run, plan.scenario
-    clients = ([ClientInfo(p, tuple(sc.modalities[p]), len(sc.partitions[p])) for p in range(len(sc.partitions))]
-               if plan.roster_from_scenario else None)
+    clients = (
+        [ClientInfo(p, tuple(sc.modalities[p]), len(sc.partitions[p])) for p in range(len(sc.partitions))]
+        if plan.roster_from_scenario
+        else None
+    )
     return StrategyContext(
-        policy=plan.policy, clients_per_round=run.clients_per_round,
-        min_available_nodes=run.min_available_nodes or len(sc.partitions), run_config=run.to_toml(),
-        extras_fn=plan.objective.server_extras, observe_fn=plan.objective.server_observe,
-        fraction_evaluate=run.fraction_evaluate, round_timeout=run.round_timeout, seed=run.seed,
-        parameter_keys=[name for name, _ in plan.model.named_parameters()], num_partitions=len(sc.partitions),
-        scenario=clients, observes_global_model=plan.objective.observes_global_model, clock=clock_of(plan))
+        policy=plan.policy,
+        clients_per_round=run.clients_per_round,
+        min_available_nodes=run.min_available_nodes or len(sc.partitions),
+        run_config=run.to_toml(),
+        extras_fn=plan.objective.server_extras,
+        observe_fn=plan.objective.server_observe,
+        fraction_evaluate=run.fraction_evaluate,
+        round_timeout=run.round_timeout,
+        seed=run.seed,
+        parameter_keys=[name for name, _ in plan.model.named_parameters()],
+        num_partitions=len(sc.partitions),
+        scenario=clients,
+        observes_global_model=plan.objective.observes_global_model,
+        clock=clock_of(plan),
+    )
 
 
 def clock_of(plan: Plan) -> SimClock | None:

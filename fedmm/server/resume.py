@@ -73,8 +73,11 @@ def resume_checkpoint(run_dir: str | Path, run: RunConfig, model: torch.nn.Modul
     run_dir = Path(run_dir)
     checkpoint = load_checkpoint(run_dir, arrays=model is not None)
     if checkpoint.config_sha256 is None:
-        log.warning("the checkpoint in %s does not record its config (an older fedmm wrote it); "
-                    "resuming under %s unchecked", run_dir, run_dir / CONFIG_FILE)
+        log.warning(
+            "the checkpoint in %s does not record its config (an older fedmm wrote it); resuming under %s unchecked",
+            run_dir,
+            run_dir / CONFIG_FILE,
+        )
     elif checkpoint.config_sha256 != config_digest(run.to_toml()):
         raise ValueError(
             f"{str(run_dir / CONFIG_FILE)!r} is not the config the checkpoint in {str(run_dir)!r} was trained under "

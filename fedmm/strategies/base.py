@@ -56,8 +56,9 @@ class RoundStrategy(Protocol):
     def configure_train(self, server_round: int, arrays: ArrayRecord) -> list[Message]:
         """Select, and build each selected node's training message."""
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """The new global model and its training metrics; ``(None, None)`` without a usable reply."""
 
     def configure_global_model_facts(self, server_round: int, arrays: ArrayRecord) -> list[Message]:

@@ -96,14 +96,28 @@ class ModalityAwareFedAvg:
         message (the others get a ``late`` or ``dropped`` row); ``None`` (default): no clock.
     """
 
-    def __init__(self, *, policy: SelectionPolicy, clients_per_round: int, min_available_nodes: int, run_config: str,
-                 extras_fn: ExtrasFn | None = None, observe_fn: ObserveFn | None = None,
-                 fraction_evaluate: float = 0.0, round_timeout: float = 600.0, seed: int = 0,
-                 parameter_keys: Collection[str] | None = None, num_partitions: int | None = None,
-                 scenario: Sequence[ClientInfo] | None = None, clock: SimClock | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        policy: SelectionPolicy,
+        clients_per_round: int,
+        min_available_nodes: int,
+        run_config: str,
+        extras_fn: ExtrasFn | None = None,
+        observe_fn: ObserveFn | None = None,
+        fraction_evaluate: float = 0.0,
+        round_timeout: float = 600.0,
+        seed: int = 0,
+        parameter_keys: Collection[str] | None = None,
+        num_partitions: int | None = None,
+        scenario: Sequence[ClientInfo] | None = None,
+        clock: SimClock | None = None,
+    ) -> None:
         if policy.uses_updates and parameter_keys is None:
-            raise ValueError(f"selection {policy.name!r} builds update vectors from the model's parameters: "
-                             "pass their names as parameter_keys")
+            raise ValueError(
+                f"selection {policy.name!r} builds update vectors from the model's parameters: "
+                "pass their names as parameter_keys"
+            )
         self.policy, self.parameter_keys = policy, frozenset(parameter_keys or ())
         self.clients_per_round, self.run_config = clients_per_round, run_config
         self.extras_fn, self.observe_fn = extras_fn or (lambda server_round: {}), observe_fn
@@ -138,14 +152,26 @@ class ModalityAwareFedAvg:
     def from_context(cls, context: StrategyContext, params: Any, **overrides: Any) -> ModalityAwareFedAvg:
         """The strategy of ``context``'s run (then a subclass's ``overrides``); it takes no params."""
         c = context
-        return cls(**{"policy": c.policy, "clients_per_round": c.clients_per_round,
-                      "min_available_nodes": c.min_available_nodes, "run_config": c.run_config,
-                      "extras_fn": c.extras_fn, "observe_fn": c.observe_fn, "fraction_evaluate": c.fraction_evaluate,
-                      "round_timeout": c.round_timeout, "seed": c.seed, "parameter_keys": c.parameter_keys,
-                      "num_partitions": c.num_partitions, "scenario": c.scenario, "clock": c.clock, **overrides})
+        return cls(
+            **{
+                "policy": c.policy,
+                "clients_per_round": c.clients_per_round,
+                "min_available_nodes": c.min_available_nodes,
+                "run_config": c.run_config,
+                "extras_fn": c.extras_fn,
+                "observe_fn": c.observe_fn,
+                "fraction_evaluate": c.fraction_evaluate,
+                "round_timeout": c.round_timeout,
+                "seed": c.seed,
+                "parameter_keys": c.parameter_keys,
+                "num_partitions": c.num_partitions,
+                "scenario": c.scenario,
+                "clock": c.clock,
+                **overrides,
+            }
+        )
 
-    def combine(self, global_arrays: Mapping[str, np.ndarray], accepted: Sequence[Accepted]
-                ) -> dict[str, np.ndarray]:
+    def combine(self, global_arrays: Mapping[str, np.ndarray], accepted: Sequence[Accepted]) -> dict[str, np.ndarray]:
         """The new global arrays from the round's accepted replies: each key averaged over the
         clients that sent it, weighted by their examples, in client-id order; a key nobody sent
         keeps its value (:func:`fedmm.records.aggregate`). Override it for another rule.
@@ -209,8 +235,10 @@ class ModalityAwareFedAvg:
         if self.clock is not None:  # the pass runs in parallel on every device: it lasts its longest client
             times = self._plan_times(list(self._sent.values()), UPDATE_PASS_EPOCHS)
             self._pass_seconds = max([self._pass_seconds, *(t.total for t in times.values())])
-        self._messages = {node: self._train_message(node, a, arrays, UPDATE_PASS_ROUND, UPDATE_PASS_EPOCHS)
-                          for node, a in self._sent.items()}
+        self._messages = {
+            node: self._train_message(node, a, arrays, UPDATE_PASS_ROUND, UPDATE_PASS_EPOCHS)
+            for node, a in self._sent.items()
+        }
         return list(self._messages.values())
 
     def aggregate_update_pass(self, replies: Iterable[Message]) -> None:
@@ -246,12 +274,12 @@ class ModalityAwareFedAvg:
         self._sent = {self.roster.node_of[a.client_id]: a for a in assignments}
         if self.clock is not None:
             self._close(server_round, assignments)
-        self._messages = {node: self._train_message(node, a, arrays, server_round)
-                          for node, a in self._sent.items()}
+        self._messages = {node: self._train_message(node, a, arrays, server_round) for node, a in self._sent.items()}
         return list(self._messages.values())
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         accepted = self._accept(server_round, replies)
         self.last_accepted = [r.client_id for r in accepted]
         self._observe(server_round, accepted)
@@ -268,8 +296,11 @@ class ModalityAwareFedAvg:
     def configure_global_model_facts(self, server_round: int, arrays: ArrayRecord) -> list[Message]:
         """Ask the connected clients of :attr:`last_accepted` for the objective's facts of the
         aggregated model on their data (``Objective.global_model_facts``); no training."""
-        self._messages = {self.roster.node_of[c]: self._evaluate_message(c, server_round, arrays, facts=True)
-                          for c in self.last_accepted if self.roster.node_of.get(c) in self.roster.connected}
+        self._messages = {
+            self.roster.node_of[c]: self._evaluate_message(c, server_round, arrays, facts=True)
+            for c in self.last_accepted
+            if self.roster.node_of.get(c) in self.roster.connected
+        }
         return list(self._messages.values())
 
     def aggregate_global_model_facts(self, server_round: int, replies: Iterable[Message]) -> None:
@@ -294,8 +325,12 @@ class ModalityAwareFedAvg:
         generator and the policy state (node ids are not kept, nodes are discovered again); with a
         clock, its time and the digest of the device profiles."""
         clock = self.clock.state_dict() if self.clock is not None else {}
-        return {**self.roster.state_dict(), "strategy.rng": json.dumps(self._rng.bit_generator.state),
-                **prefixed("policy.", self.policy.state_dict()), **clock}
+        return {
+            **self.roster.state_dict(),
+            "strategy.rng": json.dumps(self._rng.bit_generator.state),
+            **prefixed("policy.", self.policy.state_dict()),
+            **clock,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict` (the policy must be of the same kind)."""
@@ -323,9 +358,12 @@ class ModalityAwareFedAvg:
                 online = self.clock.online(ids)
             fresh = [s for s in states if s.sim_seconds is None]
             if fresh:
-                times = self.clock.times([s.client_id for s in fresh], [s.modalities for s in fresh],
-                                         [s.modalities for s in fresh],
-                                         [s.num_examples * self.clock.local_epochs for s in fresh])
+                times = self.clock.times(
+                    [s.client_id for s in fresh],
+                    [s.modalities for s in fresh],
+                    [s.modalities for s in fresh],
+                    [s.num_examples * self.clock.local_epochs for s in fresh],
+                )
                 for s, t in zip(fresh, times):
                     s.sim_seconds = t.total
             for s, on in zip(states, online.tolist()):
@@ -338,8 +376,12 @@ class ModalityAwareFedAvg:
         as the client's ``sim_seconds`` and kept for its ``clients.csv`` row."""
         clients = self.roster.clients
         received = [clients[a.client_id].modalities if self._asked[0] else a.modalities for a in assignments]
-        times = self.clock.times([a.client_id for a in assignments], received, [a.modalities for a in assignments],
-                                 [clients[a.client_id].num_examples * epochs for a in assignments])
+        times = self.clock.times(
+            [a.client_id for a in assignments],
+            received,
+            [a.modalities for a in assignments],
+            [clients[a.client_id].num_examples * epochs for a in assignments],
+        )
         planned = {a.client_id: t for a, t in zip(assignments, times)}
         for c, t in planned.items():
             clients[c].sim_seconds = t.total
@@ -374,24 +416,47 @@ class ModalityAwareFedAvg:
         facts = tuple(self.policy.client_facts(states))
         return facts, tuple(self.policy.imbalance_order(states) or ()) if facts else ()
 
-    def _train_message(self, node: int, a: Assignment, arrays: ArrayRecord, server_round: int,
-                       epochs: int | None = None) -> Message:
+    def _train_message(
+        self, node: int, a: Assignment, arrays: ArrayRecord, server_round: int, epochs: int | None = None
+    ) -> Message:
         """The training message of one node; when the step asks for client facts, the node gets the
         groups of every modality it holds (to measure them with all); ``epochs``: the update pass's."""
         facts, order = self._asked
         groups = self.roster.clients[a.client_id].modalities if facts else a.modalities
-        return self._message(a.client_id, MessageType.TRAIN, arrays, groups, Request(
-            self.run_config, server_round, a.modalities, client_facts=facts, order=order, epochs=epochs,
-            extras=dict(self.extras_fn(server_round)), **self.training_options()))
+        return self._message(
+            a.client_id,
+            MessageType.TRAIN,
+            arrays,
+            groups,
+            Request(
+                self.run_config,
+                server_round,
+                a.modalities,
+                client_facts=facts,
+                order=order,
+                epochs=epochs,
+                extras=dict(self.extras_fn(server_round)),
+                **self.training_options(),
+            ),
+        )
 
-    def _evaluate_message(self, client_id: int, server_round: int, arrays: ArrayRecord, *, facts: bool = False
-                          ) -> Message:
+    def _evaluate_message(
+        self, client_id: int, server_round: int, arrays: ArrayRecord, *, facts: bool = False
+    ) -> Message:
         mods = self.roster.clients[client_id].modalities
-        return self._message(client_id, MessageType.EVALUATE, arrays, mods, Request(
-            self.run_config, server_round, mods, global_model_facts=facts, extras=dict(self.extras_fn(server_round))))
+        return self._message(
+            client_id,
+            MessageType.EVALUATE,
+            arrays,
+            mods,
+            Request(
+                self.run_config, server_round, mods, global_model_facts=facts, extras=dict(self.extras_fn(server_round))
+            ),
+        )
 
-    def _message(self, client_id: int, message_type: str, arrays: ArrayRecord, groups: tuple[str, ...],
-                 request: Request) -> Message:
+    def _message(
+        self, client_id: int, message_type: str, arrays: ArrayRecord, groups: tuple[str, ...], request: Request
+    ) -> Message:
         """``request`` to ``client_id`` with ``groups``, counted in ``bytes-down`` (train: + extras)."""
         request = dataclasses.replace(request, partition_id=self.roster.partition_of(client_id))
         msg = request.to_message(self.roster.node_of[client_id], message_type, arrays, groups)
@@ -401,8 +466,16 @@ class ModalityAwareFedAvg:
 
     def _accept(self, server_round: int, replies: Iterable[Message]) -> list[Accepted]:
         """The usable replies to the last training step's messages; every outcome goes to the rows."""
-        accepted, rows, uploaded = accept(self.roster, server_round, replies, self._sent, self._messages,
-                                          self._global, self._asked[0], self.round_timeout)
+        accepted, rows, uploaded = accept(
+            self.roster,
+            server_round,
+            replies,
+            self._sent,
+            self._messages,
+            self._global,
+            self._asked[0],
+            self.round_timeout,
+        )
         self.round_stats["bytes-up"] = self.round_stats.get("bytes-up", 0.0) + uploaded
         if self.clock is not None:
             rows = sorted([*rows, *self._closed_rows], key=lambda r: r["partition-id"])

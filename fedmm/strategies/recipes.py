@@ -70,7 +70,9 @@ class StrategyRecipe:
     params: type = NoParams
 
     def __post_init__(self) -> None:
-        check_search(self.params, f"strategy {self.params.__qualname__}")  # a search range outside the valid one fails at import
+        check_search(
+            self.params, f"strategy {self.params.__qualname__}"
+        )  # a search range outside the valid one fails at import
 
     def parse_params(self, name: str, given: Mapping[str, Any], *, label: Label | None = None) -> Any:
         """``params`` built from the ``strategy.*`` values ``given`` by :func:`fedmm.params.parse`.
@@ -98,12 +100,29 @@ class StrategyRecipe:
 #: global prototypes) and, by default, the CMSFed selection policy (whose update pass runs first).
 STRATEGIES: Registry[StrategyRecipe] = Registry("strategy")
 _FEDAVG = "fedmm.strategies.fedavg:ModalityAwareFedAvg"
-STRATEGIES.add("fedavg", StrategyRecipe(_FEDAVG, "modality-aware FedAvg: each parameter averaged over the "
-                                                 "clients that trained it"))
-STRATEGIES.add("fedprox", StrategyRecipe("fedmm.strategies.fedprox:FedProx", "fedavg whose clients add the "
-                                         "proximal term strategy.mu / 2 * ||w - w_global||^2", params=FedProxParams))
-STRATEGIES.add("fedcmi", StrategyRecipe(_FEDAVG, "fedavg with FedCMI's client objective (the global model "
-                                        "is the teacher)", objective="fedcmi"))
-STRATEGIES.add("cmsfed", StrategyRecipe(_FEDAVG, "fedavg with CMSFed's objective (global prototypes) and "
-                                        "selection (balanced greedy)", objective="cmsfed", selection="cmsfed"))
-
+STRATEGIES.add(
+    "fedavg", StrategyRecipe(_FEDAVG, "modality-aware FedAvg: each parameter averaged over the clients that trained it")
+)
+STRATEGIES.add(
+    "fedprox",
+    StrategyRecipe(
+        "fedmm.strategies.fedprox:FedProx",
+        "fedavg whose clients add the proximal term strategy.mu / 2 * ||w - w_global||^2",
+        params=FedProxParams,
+    ),
+)
+STRATEGIES.add(
+    "fedcmi",
+    StrategyRecipe(
+        _FEDAVG, "fedavg with FedCMI's client objective (the global model is the teacher)", objective="fedcmi"
+    ),
+)
+STRATEGIES.add(
+    "cmsfed",
+    StrategyRecipe(
+        _FEDAVG,
+        "fedavg with CMSFed's objective (global prototypes) and selection (balanced greedy)",
+        objective="cmsfed",
+        selection="cmsfed",
+    ),
+)

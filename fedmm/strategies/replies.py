@@ -17,7 +17,6 @@ from fedmm.records import RecordMismatch
 from fedmm.strategies.roster import Roster, answered_nodes, client_row
 from fedmm.strategies.selection.base import Assignment, ClientUpdate
 
-
 log = logging.getLogger("fedmm")
 
 
@@ -34,9 +33,16 @@ class Accepted:
     seconds: float = 0.0
 
 
-def accept(roster: Roster, server_round: int, replies: Iterable[Message], sent: Mapping[int, Assignment],
-           messages: Mapping[int, Message], global_state: Mapping[str, np.ndarray], client_facts: Collection[str],
-           timeout: float) -> tuple[list[Accepted], list[dict[str, Any]], int]:
+def accept(
+    roster: Roster,
+    server_round: int,
+    replies: Iterable[Message],
+    sent: Mapping[int, Assignment],
+    messages: Mapping[int, Message],
+    global_state: Mapping[str, np.ndarray],
+    client_facts: Collection[str],
+    timeout: float,
+) -> tuple[list[Accepted], list[dict[str, Any]], int]:
     """Vet every training reply (:func:`~fedmm.protocol.decode_train_reply`: arrays exactly the
     trained groups of ``global_state``, the ``client_facts`` asked for numbers): the usable ones (by
     client id), every client's outcome row (ok, error, rejected, no-reply, and in a training round
@@ -66,21 +72,34 @@ def accept(roster: Roster, server_round: int, replies: Iterable[Message], sent: 
         try:
             if assignment is None:
                 raise RecordMismatch("no training request was sent to this node")
-            r = decode_train_reply(reply, limit=roster.limit(node), global_state=global_state,
-                                   expected=keys_for_modalities(global_state, assignment.modalities),
-                                   client_facts=client_facts)
-            item = Accepted(assignment.client_id, assignment.modalities, r.num_examples, r.loss, r.arrays, r.facts,
-                            r.seconds)
+            r = decode_train_reply(
+                reply,
+                limit=roster.limit(node),
+                global_state=global_state,
+                expected=keys_for_modalities(global_state, assignment.modalities),
+                client_facts=client_facts,
+            )
+            item = Accepted(
+                assignment.client_id, assignment.modalities, r.num_examples, r.loss, r.arrays, r.facts, r.seconds
+            )
         except RecordMismatch as err:
             row["status"] = f"rejected: {err}"
-            log.warning("round %d: rejected reply of node %d (partition %d): %s", server_round, node,
-                        row["partition-id"], err)
+            log.warning(
+                "round %d: rejected reply of node %d (partition %d): %s", server_round, node, row["partition-id"], err
+            )
             continue
         accepted.append(item)
         size = reply_bytes(reply)
         uploaded += size
-        row.update({"status": "ok", "num-examples": item.num_examples, "train-loss": item.loss,
-                    "bytes-up": size, "seconds": item.seconds})
+        row.update(
+            {
+                "status": "ok",
+                "num-examples": item.num_examples,
+                "train-loss": item.loss,
+                "bytes-up": size,
+                "seconds": item.seconds,
+            }
+        )
     for node in sorted(set(sent) - answered):
         row = client_row(roster, server_round, node, sent[node])
         row["status"] = "no-reply"
@@ -91,8 +110,9 @@ def accept(roster: Roster, server_round: int, replies: Iterable[Message], sent: 
     return sorted(accepted, key=lambda r: r.client_id), sorted(rows, key=lambda r: r["partition-id"]), uploaded
 
 
-def probed_losses(roster: Roster, server_round: int, replies: Iterable[Message], messages: Mapping[int, Message]
-                  ) -> None:
+def probed_losses(
+    roster: Roster, server_round: int, replies: Iterable[Message], messages: Mapping[int, Message]
+) -> None:
     """Set each probed client's ``loss`` from its reply to a Power-of-Choice probe (``messages``, by
     node); error replies are skipped, unusable ones left out (logged)."""
     for node, reply in answered_nodes(replies, messages):
@@ -105,15 +125,17 @@ def probed_losses(roster: Roster, server_round: int, replies: Iterable[Message],
             log.warning("round %d: node %d's loss probe is left out: %s", server_round, node, err)
 
 
-def model_facts(roster: Roster, server_round: int, replies: Iterable[Message], messages: Mapping[int, Message]
-                ) -> list[tuple[int, dict[str, Any]]]:
+def model_facts(
+    roster: Roster, server_round: int, replies: Iterable[Message], messages: Mapping[int, Message]
+) -> list[tuple[int, dict[str, Any]]]:
     """``(num-examples, facts)`` of every usable reply with facts of the global model; a client that
     does not answer, or answers without facts, is left out (logged)."""
     facts = []
     for node, reply in answered_nodes(replies, messages):
         if reply.has_error():
-            log.warning("round %d: node %d did not report on the global model: %s", server_round,
-                        node, reply.error.reason)
+            log.warning(
+                "round %d: node %d did not report on the global model: %s", server_round, node, reply.error.reason
+            )
             continue
         try:
             n, node_facts = decode_model_facts(reply, roster.limit(node))
@@ -141,12 +163,18 @@ def evaluation(roster: Roster, server_round: int, replies: Iterable[Message]) ->
     if not rows:
         return None
     n, acc, loss = zip(*rows)
-    return MetricRecord({"fedeval/acc": float(np.average(acc, weights=n)),
-                         "fedeval/loss": float(np.average(loss, weights=n))})
+    return MetricRecord(
+        {"fedeval/acc": float(np.average(acc, weights=n)), "fedeval/loss": float(np.average(loss, weights=n))}
+    )
 
 
-def client_updates(roster: Roster, server_round: int, accepted: list[Accepted], global_state: Mapping[str, np.ndarray],
-                   parameter_keys: Collection[str] | None) -> list[ClientUpdate]:
+def client_updates(
+    roster: Roster,
+    server_round: int,
+    accepted: list[Accepted],
+    global_state: Mapping[str, np.ndarray],
+    parameter_keys: Collection[str] | None,
+) -> list[ClientUpdate]:
     """Record each accepted client's loss, round and imbalance ratio in its state and return what the
     policy observes of it (its facts included); with ``parameter_keys`` (a policy that uses update vectors) its update
     vectors (:func:`update_vectors`), else none."""
@@ -157,15 +185,24 @@ def client_updates(roster: Roster, server_round: int, accepted: list[Accepted], 
         if IMBALANCE_RATIO in r.facts:
             state.imbalance_ratio = float(r.facts[IMBALANCE_RATIO])
         deltas = update_vectors(global_state, parameter_keys, r) if parameter_keys is not None else {}
-        updates.append(ClientUpdate(client_id=r.client_id, modalities=r.modalities, num_examples=r.num_examples,
-                                    deltas=deltas, loss=r.loss, imbalance_ratio=state.imbalance_ratio,
-                                    facts=dict(r.facts)))
+        updates.append(
+            ClientUpdate(
+                client_id=r.client_id,
+                modalities=r.modalities,
+                num_examples=r.num_examples,
+                deltas=deltas,
+                loss=r.loss,
+                imbalance_ratio=state.imbalance_ratio,
+                facts=dict(r.facts),
+            )
+        )
         updates[-1].seconds = r.seconds
     return updates
 
 
-def update_vectors(global_state: Mapping[str, np.ndarray], parameter_keys: Collection[str], r: Accepted
-                   ) -> dict[str, np.ndarray]:
+def update_vectors(
+    global_state: Mapping[str, np.ndarray], parameter_keys: Collection[str], r: Accepted
+) -> dict[str, np.ndarray]:
     """The client's update per trained modality, ``global - local`` over that modality's encoder
     parameters (``parameter_keys``; buffers never enter), in the global model's key order."""
     deltas: dict[str, np.ndarray] = {}

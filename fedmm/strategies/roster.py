@@ -63,8 +63,13 @@ class Roster:
         ``None`` (deployment, ``flwr run``): discovery by ``query`` messages.
     """
 
-    def __init__(self, min_available_nodes: int, round_timeout: float, num_partitions: int | None = None,
-                 scenario: Sequence[ClientInfo] | None = None) -> None:
+    def __init__(
+        self,
+        min_available_nodes: int,
+        round_timeout: float,
+        num_partitions: int | None = None,
+        scenario: Sequence[ClientInfo] | None = None,
+    ) -> None:
         self.min_available_nodes = min_available_nodes
         self.round_timeout = round_timeout
         self.num_partitions = num_partitions
@@ -124,10 +129,12 @@ class Roster:
             info = self.scenario[p]
             self.register(node, p, info.modalities, info.num_examples)
         if len(nodes) > len(free):
-            log.warning("%d nodes beyond the scenario's %d clients are left out", len(nodes) - len(free),
-                        len(self.scenario))
-        log.info("registered %d nodes from the scenario (%d clients known)", min(len(nodes), len(free)),
-                 len(self.clients))
+            log.warning(
+                "%d nodes beyond the scenario's %d clients are left out", len(nodes) - len(free), len(self.scenario)
+            )
+        log.info(
+            "registered %d nodes from the scenario (%d clients known)", min(len(nodes), len(free)), len(self.clients)
+        )
 
     def absent_rows(self, server_round: int, skip: Collection[int] = ()) -> list[dict[str, Any]]:
         """One ``disconnected`` ``clients.csv`` row for every known client whose node was not
@@ -169,9 +176,12 @@ class Roster:
             try:
                 info = decode_info(reply, self.num_partitions, known)
             except RecordMismatch as err:
-                log.warning("node %d is skipped: its discovery reply %s; fix that SuperNode's --node-config "
-                            "(partition-id, num-partitions, modalities) or run the server's fedmm version on it",
-                            node, err)
+                log.warning(
+                    "node %d is skipped: its discovery reply %s; fix that SuperNode's --node-config "
+                    "(partition-id, num-partitions, modalities) or run the server's fedmm version on it",
+                    node,
+                    err,
+                )
                 continue
             self.register(node, info.partition_id, info.modalities, info.num_examples)
         log.info("discovered %d nodes (%d clients known)", len(queries), len(self.clients))
@@ -187,10 +197,16 @@ class Roster:
             if now >= deadline:
                 raise FederationTooSmall(connected, self.min_available_nodes, now - started)
             if now >= next_log:
-                log.warning("waiting for nodes: %d of %d connected after %.0f s (giving up after %.0f s, "
-                            "round-timeout); for `flwr run .` set the federation size with "
-                            '--federation-config "num-supernodes=%d"', connected, self.min_available_nodes,
-                            now - started, self.round_timeout, self.min_available_nodes)
+                log.warning(
+                    "waiting for nodes: %d of %d connected after %.0f s (giving up after %.0f s, "
+                    "round-timeout); for `flwr run .` set the federation size with "
+                    '--federation-config "num-supernodes=%d"',
+                    connected,
+                    self.min_available_nodes,
+                    now - started,
+                    self.round_timeout,
+                    self.min_available_nodes,
+                )
                 next_log = now + NODE_WAIT_LOG_EVERY
             time.sleep(min(0.1, deadline - now))
 

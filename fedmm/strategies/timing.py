@@ -16,9 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from fedmm.clock import CLOSE_ALL, CLOSE_OVERCOMMIT, ClientTimes, RoundClose, close_round, train_seconds, transfer_seconds
+from fedmm.clock import (
+    CLOSE_ALL,
+    CLOSE_OVERCOMMIT,
+    ClientTimes,
+    RoundClose,
+    close_round,
+    train_seconds,
+    transfer_seconds,
+)
 from fedmm.devices import Profiles
-
 
 #: ``clients.csv`` columns of a run with device profiles (simulated seconds of each part).
 SIM_COLUMNS = ("sim-download", "sim-train", "sim-upload")
@@ -61,8 +68,14 @@ class SimClock:
         Local epochs of a training round (a client trains examples x epochs samples).
     """
 
-    def __init__(self, profiles: Profiles, group_bytes: Mapping[str | None, int], costs: Mapping[str | None, float],
-                 settings: ClockSettings | None = None, local_epochs: int = 1) -> None:
+    def __init__(
+        self,
+        profiles: Profiles,
+        group_bytes: Mapping[str | None, int],
+        costs: Mapping[str | None, float],
+        settings: ClockSettings | None = None,
+        local_epochs: int = 1,
+    ) -> None:
         self.profiles, self.settings, self.local_epochs = profiles, settings or ClockSettings(), local_epochs
         self.group_bytes, self.costs = dict(group_bytes), dict(costs)
         self._per_set: dict[tuple[str, ...], tuple[int, float]] = {}  # modalities -> (bytes, share)
@@ -78,8 +91,13 @@ class SimClock:
         """Cost of training ``modalities`` (and the shared head) relative to the full model."""
         return self.costs.get(None, 0.0) + sum(self.costs.get(m, 0.0) for m in modalities)
 
-    def times(self, client_ids: Sequence[int], received: Sequence[Sequence[str]], trained: Sequence[Sequence[str]],
-              samples: Sequence[float]) -> list[ClientTimes]:
+    def times(
+        self,
+        client_ids: Sequence[int],
+        received: Sequence[Sequence[str]],
+        trained: Sequence[Sequence[str]],
+        samples: Sequence[float],
+    ) -> list[ClientTimes]:
         """Each client's download (the groups it ``received``), training (``samples`` = examples x
         epochs on the ``trained`` modalities) and upload (the groups it trained) seconds."""
         ids = np.asarray(client_ids, dtype=np.int64)
@@ -87,8 +105,11 @@ class SimClock:
         got, sent = [self._of(tuple(r)) for r in received], [self._of(tuple(t)) for t in trained]
         down = transfer_seconds(np.array([b for b, _ in got], dtype=np.float64), p.down_kbps[ids])
         up = transfer_seconds(np.array([b for b, _ in sent], dtype=np.float64), p.up_kbps[ids])
-        work = train_seconds(np.asarray(samples, dtype=np.float64), p.compute_ms_per_sample[ids],
-                             np.array([c for _, c in sent], dtype=np.float64))
+        work = train_seconds(
+            np.asarray(samples, dtype=np.float64),
+            p.compute_ms_per_sample[ids],
+            np.array([c for _, c in sent], dtype=np.float64),
+        )
         return list(map(ClientTimes, down.tolist(), work.tolist(), up.tolist()))
 
     def _of(self, modalities: tuple[str, ...]) -> tuple[int, float]:
@@ -110,8 +131,9 @@ class SimClock:
     def close(self, client_ids: Sequence[int], times: Sequence[ClientTimes], keep: int) -> RoundClose:
         """Apply the close rule to a round that starts now (``keep``: the budget K)."""
         left = self.profiles.online_for(np.asarray(client_ids, dtype=np.int64), self.seconds)
-        return close_round([t.total for t in times], left, self.settings.rule, keep=keep,
-                           deadline=self.settings.deadline)
+        return close_round(
+            [t.total for t in times], left, self.settings.rule, keep=keep, deadline=self.settings.deadline
+        )
 
     def wait_for_clients(self) -> float:
         """Move the clock to the next time some client is online (when none is now); the wait."""
@@ -131,12 +153,16 @@ class SimClock:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; a run whose profiles differ from the checkpoint's is refused."""
         if "clock.seconds" not in state:
-            raise ValueError("the checkpoint has no simulated clock: it was written with devices = 'off'; "
-                             "resume with the same config")
+            raise ValueError(
+                "the checkpoint has no simulated clock: it was written with devices = 'off'; "
+                "resume with the same config"
+            )
         digest = str(state.get("clock.profiles-sha256", ""))
         if digest != self.profiles.digest():
-            raise ValueError(f"the device profiles ({self.profiles.source}) differ from the checkpoint's: the "
-                             "trace file or devices.* changed since the run started; restore them to resume")
+            raise ValueError(
+                f"the device profiles ({self.profiles.source}) differ from the checkpoint's: the "
+                "trace file or devices.* changed since the run started; restore them to resume"
+            )
         self.seconds = float(state["clock.seconds"])
 
 

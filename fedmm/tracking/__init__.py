@@ -72,8 +72,10 @@ def require(module: str, key: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ImportError(f"config key '{key}' = true needs the {module.split('.')[0]} package; install it with "
-                          f"{INSTALL_HINT} or set {key} = false") from None
+        raise ImportError(
+            f"config key '{key}' = true needs the {module.split('.')[0]} package; install it with "
+            f"{INSTALL_HINT} or set {key} = false"
+        ) from None
 
 
 def round_metrics(row: Mapping[str, Any], client_rows: Sequence[Mapping[str, Any]] = ()) -> dict[str, float]:

@@ -82,18 +82,26 @@ class MlflowTracker:
         self.run_id = self._resumed_run() if resume_after is not None else None
         if self.run_id is None:
             experiment = self.client.get_experiment_by_name(config.mlflow_experiment)
-            experiment_id = (experiment.experiment_id if experiment is not None else
-                             self.client.create_experiment(config.mlflow_experiment,
-                                                           artifact_location=artifact_location(self.uri)))
-            tags = {"fedmm.out-dir": str(self.out_dir.resolve()),
-                    **{f"fedmm.{k}": str(getattr(config, k)) for k in ("dataset", "strategy", "objective", "selection")}}
+            experiment_id = (
+                experiment.experiment_id
+                if experiment is not None
+                else self.client.create_experiment(
+                    config.mlflow_experiment, artifact_location=artifact_location(self.uri)
+                )
+            )
+            tags = {
+                "fedmm.out-dir": str(self.out_dir.resolve()),
+                **{f"fedmm.{k}": str(getattr(config, k)) for k in ("dataset", "strategy", "objective", "selection")},
+            }
             run = self.client.create_run(experiment_id, run_name=self.out_dir.name, tags=tags)
             self.run_id = run.info.run_id
             params = [Param(k, v[:6000]) for k, v in flat_params(config).items()]
             for i in range(0, len(params), _BATCH):
-                self.client.log_batch(self.run_id, params=params[i:i + _BATCH])
-            atomic_write(self.out_dir / MLFLOW_RUN_FILE,
-                         json.dumps({"tracking-uri": self.uri, "run-id": self.run_id}, indent=2) + "\n")
+                self.client.log_batch(self.run_id, params=params[i : i + _BATCH])
+            atomic_write(
+                self.out_dir / MLFLOW_RUN_FILE,
+                json.dumps({"tracking-uri": self.uri, "run-id": self.run_id}, indent=2) + "\n",
+            )
         else:
             self.client.update_run(self.run_id, status="RUNNING")
 
@@ -115,14 +123,17 @@ class MlflowTracker:
         step, now = int(row["round"]), int(time.time() * 1000)
         metrics = [Metric(k, v, now, step) for k, v in round_metrics(row, client_rows).items()]
         for i in range(0, len(metrics), _BATCH):
-            self.client.log_batch(self.run_id, metrics=metrics[i:i + _BATCH])
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + _BATCH])
 
     def finish(self, summary: Mapping[str, Any], plots: Sequence[Path], out_dir: Path) -> None:
         from mlflow.entities import Metric
 
         now, step = int(time.time() * 1000), int(summary.get("rounds", 0))
-        numbers = {f"summary/{k}": float(v) for k, v in summary.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+        numbers = {
+            f"summary/{k}": float(v)
+            for k, v in summary.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+        }
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in numbers.items()])
         for path in plots:
             self.client.log_artifact(self.run_id, str(path), "plots")

@@ -70,8 +70,7 @@ def parse_policy_params(name: str, params: Mapping[str, Any] | None, *, label: L
     """
     cls = policy_class(name)
     aliases = {_kebab(s.name): s.name for s in specs(cls.Params)}
-    return parse(cls.Params, params or {}, component=f"selection {name!r}", aliases=aliases, shown=_kebab,
-                 label=label)
+    return parse(cls.Params, params or {}, component=f"selection {name!r}", aliases=aliases, shown=_kebab, label=label)
 
 
 def build_policy(name: str, params: Mapping[str, Any] | None = None, *, seed: int) -> SelectionPolicy:

@@ -270,15 +270,18 @@ class SelectionPolicy(ABC):
             raise ValueError(f"selection {self.name!r}: server_round must be >= 0, got {server_round}")
         return min(int(budget), len(clients))
 
-    def _record(self, server_round: int, assignments: Sequence[Assignment], modes: Sequence[str],
-                started: float, **extra: Any) -> list[Assignment]:
+    def _record(
+        self, server_round: int, assignments: Sequence[Assignment], modes: Sequence[str], started: float, **extra: Any
+    ) -> list[Assignment]:
         """Append one history record and return ``assignments`` as a list."""
-        self.history.append({
-            "round": int(server_round),
-            "client_ids": [int(a.client_id) for a in assignments],
-            "modalities": [list(a.modalities) for a in assignments],
-            "modes": list(modes),
-            "seconds": time.perf_counter() - started,
-            **extra,
-        })
+        self.history.append(
+            {
+                "round": int(server_round),
+                "client_ids": [int(a.client_id) for a in assignments],
+                "modalities": [list(a.modalities) for a in assignments],
+                "modes": list(modes),
+                "seconds": time.perf_counter() - started,
+                **extra,
+            }
+        )
         return list(assignments)

@@ -116,9 +116,14 @@ class PowerOfChoice(SelectionPolicy):
         losses = np.array([np.inf if c.loss is None else float(c.loss) for c in cands], dtype=np.float64)
         order = np.argsort(-losses, kind="stable")[:k]
         out = [Assignment(cands[i].client_id, tuple(cands[i].modalities)) for i in order]
-        return self._record(server_round, out, [MODE_ALL] * len(out), started,
-                            candidates=[c.client_id for c in cands],
-                            losses=[None if c.loss is None else float(c.loss) for c in cands])
+        return self._record(
+            server_round,
+            out,
+            [MODE_ALL] * len(out),
+            started,
+            candidates=[c.client_id for c in cands],
+            losses=[None if c.loss is None else float(c.loss) for c in cands],
+        )
 
     def state_dict(self) -> dict[str, StateValue]:
         state = super().state_dict()

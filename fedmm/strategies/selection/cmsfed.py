@@ -36,7 +36,6 @@ from fedmm.strategies.selection.base import (
 from fedmm.strategies.selection.divfl import pick_unseen
 from fedmm.strategies.selection.sketch import UpdateVectorPolicy
 
-
 #: Values of the ``slice_refresh`` parameter.
 SLICE_REFRESH = ("unimodal", "every")
 
@@ -201,15 +200,17 @@ class CMSFed(UpdateVectorPolicy):
         rest = k - len(picks)
         if rest > 0 and mm_ground.size:
             fl_mm = self._facility(self.store.full_features([ids[i] for i in mm_ground]))
-            fl_w = (self._facility(self.store.slice_features([ids[i] for i in w_ground], weak))
-                    if w_ground.size else None)
+            fl_w = (
+                self._facility(self.store.slice_features([ids[i] for i in w_ground], weak)) if w_ground.size else None
+            )
             m = self._sample_size(n, k)
             for _ in range(rest):
                 remaining = np.flatnonzero(avail)
                 if remaining.size == 0:
                     break
-                pool = remaining if m is None or m >= remaining.size else self.rng.choice(
-                    remaining, size=m, replace=False)
+                pool = (
+                    remaining if m is None or m >= remaining.size else self.rng.choice(remaining, size=m, replace=False)
+                )
                 # i_w first: i_mm matters only when i_w is not picked, so it is computed only then
                 # (the same picks as computing both, with about half the multimodal evaluations).
                 i_w, mode = -1, MODE_MULTIMODAL
@@ -233,6 +234,13 @@ class CMSFed(UpdateVectorPolicy):
                 picks.append(pick)
                 modes.append(mode)
         out = [Assignment(ids[p], mod) for p, mod in zip(picks, mods)]
-        return self._record(server_round, out, modes, started, rho_bar=rho_bar, weak=",".join(weak),
-                            dominant=",".join(dominant),
-                            staleness=self.store.staleness([a.client_id for a in out], server_round).tolist())
+        return self._record(
+            server_round,
+            out,
+            modes,
+            started,
+            rho_bar=rho_bar,
+            weak=",".join(weak),
+            dominant=",".join(dominant),
+            staleness=self.store.staleness([a.client_id for a in out], server_round).tolist(),
+        )

@@ -73,5 +73,10 @@ class DivFL(UpdateVectorPolicy):
             picks += [int(seen[j]) for j in local]
             modes += [MODE_MULTIMODAL] * len(local)
         out = [Assignment(ids[p], tuple(clients[p].modalities)) for p in picks]
-        return self._record(server_round, out, modes, started,
-                            staleness=self.store.staleness([a.client_id for a in out], server_round).tolist())
+        return self._record(
+            server_round,
+            out,
+            modes,
+            started,
+            staleness=self.store.staleness([a.client_id for a in out], server_round).tolist(),
+        )

@@ -168,8 +168,14 @@ class FacilityLocation:
         Gains computed from kept supports instead of distance columns.
     """
 
-    def __init__(self, oracle: DistanceOracle, *, block_elements: int = 1 << 22, support_fraction: float = 0.25,
-                 support_elements: int = 1 << 24) -> None:
+    def __init__(
+        self,
+        oracle: DistanceOracle,
+        *,
+        block_elements: int = 1 << 22,
+        support_fraction: float = 0.25,
+        support_elements: int = 1 << 24,
+    ) -> None:
         self.oracle = oracle
         self.n = int(oracle.n)
         self.block_elements = int(block_elements)
@@ -215,8 +221,9 @@ class FacilityLocation:
         if kept.any():
             parts = [self._support[int(j)] for j in cols[kept]]
             counts = np.array([p[0].size for p in parts], dtype=np.intp)
-            out[kept] = self._segment_gains(counts, np.concatenate([p[0] for p in parts]),
-                                            np.concatenate([p[1] for p in parts]))
+            out[kept] = self._segment_gains(
+                counts, np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            )
             self.support_evaluations += len(parts)
         fresh = np.flatnonzero(~kept)
         for s in self._chunks(fresh.size):
@@ -249,7 +256,7 @@ class FacilityLocation:
         for j, count, end in zip(cols.tolist(), counts.tolist(), ends.tolist()):
             fits = count <= self.support_limit and self._support_size + count <= self.support_elements
             if fits and j not in self._support:
-                self._support[j] = (k[end - count:end].copy(), d[end - count:end].copy())
+                self._support[j] = (k[end - count : end].copy(), d[end - count : end].copy())
                 self._support_size += count
 
     def add(self, j: int) -> None:
@@ -292,16 +299,22 @@ class FacilityLocation:
         for start in range(0, stale.size, LAZY_BATCH):
             if bound[stale[start]] * (1.0 + BOUND_SLACK) < top:
                 break
-            batch = stale[start:start + LAZY_BATCH]
+            batch = stale[start : start + LAZY_BATCH]
             gains[batch] = g = self.gains(cols[batch])
             self._bound[cols[batch]] = g
             top = max(top, float(g.max()))
         return int(cols[np.argmax(gains)])
 
 
-def greedy(fl: FacilityLocation, budget: int, *, candidates: Sequence[int] | np.ndarray | None = None,
-           sample_size: int | None = None, rng: np.random.Generator | None = None,
-           lazy: bool = True) -> list[int]:
+def greedy(
+    fl: FacilityLocation,
+    budget: int,
+    *,
+    candidates: Sequence[int] | np.ndarray | None = None,
+    sample_size: int | None = None,
+    rng: np.random.Generator | None = None,
+    lazy: bool = True,
+) -> list[int]:
     """Greedy minimisation of G: ``budget`` picks from ``candidates`` (default: the whole ground set).
 
     Parameters

@@ -196,9 +196,10 @@ class Oort(SelectionPolicy):
         ``blacklist_max_len`` of all arms (FedScale's rule, with an int length)."""
         if self.params.blacklist_rounds < 0:
             return set()
-        over = sorted((c for c, n in self._count.items() if n > self.params.blacklist_rounds),
-                      key=lambda c: (-self._count[c], c))
-        return set(over[:int(self.params.blacklist_max_len * len(self._count))])
+        over = sorted(
+            (c for c, n in self._count.items() if n > self.params.blacklist_rounds), key=lambda c: (-self._count[c], c)
+        )
+        return set(over[: int(self.params.blacklist_max_len * len(self._count))])
 
     def _pace(self, server_round: int) -> None:
         """Record last selection's exploited utility, then move T's percentile every ``pacer_step``."""
@@ -207,7 +208,7 @@ class Oort(SelectionPolicy):
         self._fed_back = set()
         w = self.params.pacer_step
         if server_round >= 2 * w and server_round % w == 0 and len(self._exploit_util) >= 2 * w:
-            previous = sum(self._exploit_util[-2 * w:-w])
+            previous = sum(self._exploit_util[-2 * w : -w])
             current = sum(self._exploit_util[-w:])
             self.threshold = pacer_step(self.threshold, previous, current, self.params.pacer_delta)
 
@@ -222,8 +223,7 @@ class Oort(SelectionPolicy):
         return float(known[min(int(known.size * self.threshold / 100.0), known.size - 1)])
 
     # -- selection -------------------------------------------------------------------------------
-    def scores(self, server_round: int, ids: np.ndarray, preferred: float, feasible: np.ndarray
-               ) -> np.ndarray:
+    def scores(self, server_round: int, ids: np.ndarray, preferred: float, feasible: np.ndarray) -> np.ndarray:
         """Exploitation scores of the explored clients ``ids`` (FedScale's ``getTopK``): utility
         clipped at the ``clip_bound`` quantile of the positive utilities of the ``feasible`` clients
         and min-max normalised, plus the staleness bonus, times the speed penalty; absolute value.
@@ -271,19 +271,30 @@ class Oort(SelectionPolicy):
         n_explore = min(unexplored.size, k - len(exploit))
         explore = self._explore(unexplored, n_explore, preferred)
         picked = [*exploit, *explore]
-        rest = np.setdiff1d(feasible if feasible.size >= k else np.array([int(c.client_id) for c in clients]),
-                            np.array(picked, dtype=np.int64))
-        fill = [int(c) for c in self.rng.permutation(rest)[:max(k - len(picked), 0)]]
+        rest = np.setdiff1d(
+            feasible if feasible.size >= k else np.array([int(c.client_id) for c in clients]),
+            np.array(picked, dtype=np.int64),
+        )
+        fill = [int(c) for c in self.rng.permutation(rest)[: max(k - len(picked), 0)]]
         self._exploited = exploit
         by_id = {int(c.client_id): c for c in clients}
         out = [Assignment(c, tuple(by_id[c].modalities)) for c in (*picked, *fill)]
-        return self._record(server_round, out, [MODE_ALL] * len(out), started,
-                            preferred_seconds=None if math.isinf(preferred) else preferred,
-                            threshold=self.threshold, epsilon=self.epsilon, exploited=len(exploit),
-                            explored=len(explore), filled=len(fill))
+        return self._record(
+            server_round,
+            out,
+            [MODE_ALL] * len(out),
+            started,
+            preferred_seconds=None if math.isinf(preferred) else preferred,
+            threshold=self.threshold,
+            epsilon=self.epsilon,
+            exploited=len(exploit),
+            explored=len(explore),
+            filled=len(fill),
+        )
 
-    def _exploit(self, server_round: int, explored: np.ndarray, n: int, preferred: float,
-                 feasible: np.ndarray) -> list[int]:
+    def _exploit(
+        self, server_round: int, explored: np.ndarray, n: int, preferred: float, feasible: np.ndarray
+    ) -> list[int]:
         """``n`` explored clients drawn proportional to their score among the best ones."""
         if n <= 0:
             return []
@@ -303,7 +314,7 @@ class Oort(SelectionPolicy):
         size = np.array([self._reward[int(c)] for c in unexplored], dtype=np.float64)
         t = np.array([self._duration[int(c)] for c in unexplored], dtype=np.float64)
         init = size * speed_penalty(t, preferred, self.params.round_penalty)
-        pool = np.argsort(-init, kind="stable")[:min(int(self.params.sample_window * n), unexplored.size)]
+        pool = np.argsort(-init, kind="stable")[: min(int(self.params.sample_window * n), unexplored.size)]
         return [int(unexplored[i]) for i in self._draw(pool, init[pool], n)]
 
     def _draw(self, items: np.ndarray, weights: np.ndarray, n: int) -> np.ndarray:
@@ -335,17 +346,25 @@ class Oort(SelectionPolicy):
     def state_dict(self) -> dict[str, StateValue]:
         state = super().state_dict()
         ids = np.array(sorted(self._reward), dtype=np.int64)
-        state.update({
-            "arm-ids": ids,
-            "arm-reward": np.array([self._reward[int(c)] for c in ids], dtype=np.float64),
-            "arm-duration": np.array([self._duration[int(c)] for c in ids], dtype=np.float64),
-            "arm-stamp": np.array([self._stamp[int(c)] for c in ids], dtype=np.int64),
-            "arm-count": np.array([self._count[int(c)] for c in ids], dtype=np.int64),
-            "oort": json.dumps({"epsilon": self.epsilon, "threshold": self.threshold,
-                                "exploit-util": self._exploit_util, "exploited": self._exploited,
-                                "fed-back": sorted(self._fed_back),
-                                "preferred": None if math.isinf(self.preferred) else self.preferred}),
-        })
+        state.update(
+            {
+                "arm-ids": ids,
+                "arm-reward": np.array([self._reward[int(c)] for c in ids], dtype=np.float64),
+                "arm-duration": np.array([self._duration[int(c)] for c in ids], dtype=np.float64),
+                "arm-stamp": np.array([self._stamp[int(c)] for c in ids], dtype=np.int64),
+                "arm-count": np.array([self._count[int(c)] for c in ids], dtype=np.int64),
+                "oort": json.dumps(
+                    {
+                        "epsilon": self.epsilon,
+                        "threshold": self.threshold,
+                        "exploit-util": self._exploit_util,
+                        "exploited": self._exploited,
+                        "fed-back": sorted(self._fed_back),
+                        "preferred": None if math.isinf(self.preferred) else self.preferred,
+                    }
+                ),
+            }
+        )
         return state
 
     def load_state_dict(self, state: Mapping[str, StateValue]) -> None:

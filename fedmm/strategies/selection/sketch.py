@@ -112,9 +112,9 @@ class CountSketch:
         x = np.asarray(x, dtype=np.float32).ravel()
         out = np.zeros(self.dim, dtype=np.float64)
         for c in range(math.ceil(x.size / self.CHUNK)):
-            part = x[c * self.CHUNK:(c + 1) * self.CHUNK]
+            part = x[c * self.CHUNK : (c + 1) * self.CHUNK]
             bucket, sign = self._chunk(key, c)
-            out += np.bincount(bucket[:part.size], weights=part * sign[:part.size], minlength=self.dim)
+            out += np.bincount(bucket[: part.size], weights=part * sign[: part.size], minlength=self.dim)
         return out.astype(np.float32)
 
 
@@ -204,8 +204,15 @@ class UpdateStore:
             raise ValueError(f"update of modality {modality!r} has non-finite values")
         return self.sketch(x, modality) if self.sketch is not None else x.copy()
 
-    def add(self, client_id: int, deltas: Mapping[str, np.ndarray], server_round: int, *, full: bool,
-            slices: Collection[str] | None = None) -> None:
+    def add(
+        self,
+        client_id: int,
+        deltas: Mapping[str, np.ndarray],
+        server_round: int,
+        *,
+        full: bool,
+        slices: Collection[str] | None = None,
+    ) -> None:
         """Store a client's per-modality updates of ``server_round``.
 
         ``full`` says the update covers every modality the client holds: then its full vector is

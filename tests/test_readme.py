@@ -128,16 +128,17 @@ def test_the_first_minute_output_shown_is_what_the_command_prints() -> None:
     lines = [line for line in shown if line.startswith("round ")]
     assert [int(re.match(r"round +(\d+)/", line).group(1)) for line in lines] == list(range(rounds + 1))
     for line in lines:  # the same fields, in the same format, as round_line prints
-        n, acc, weak, weak_acc, loss, seconds = re.match(
-            r"round +(\d+)/\d+  test/acc (\S+)  weak (\S+) (\S+)  loss (\S+)  (\S+) s$", line
+        n, acc, val, weak, weak_acc, loss, seconds = re.match(
+            r"round +(\d+)/\d+  test/acc (\S+)  val/acc (\S+)  weak (\S+) (\S+)  loss (\S+)  (\S+) s$", line
         ).groups()
         row = {
             "round": int(n),
             "test/acc": float(acc),
+            "val/acc": float(val),
             f"test/acc/{weak}": float(weak_acc),
             "train/loss": float("nan") if loss == "-" else float(loss),
             "seconds": float(seconds),
         }
         assert round_line(row, rounds) == line
     assert shown[0].startswith("partition: segment has no natural clients")
-    assert shown[-2].startswith(f"test/acc {lines[-1].split()[3]} (best ")
+    assert shown[-2].startswith(f"test/acc {lines[-1].split()[3]} (at best val round ")

@@ -95,8 +95,18 @@ class Interval(Constraint):
         return None
 
     def describe(self) -> str:
-        left = "(-inf" if self.left is None else ("[" if self.closed in ("left", "both") else "(") + str(self.left)
-        right = "inf)" if self.right is None else str(self.right) + ("]" if self.closed in ("right", "both") else ")")
+        # by the declared type: Annotated caches equal constraints, so Interval(float, 0, 1) may be the
+        # instance another module built as Interval(float, 0.0, 1.0); both must read the same
+        left = (
+            "(-inf"
+            if self.left is None
+            else ("[" if self.closed in ("left", "both") else "(") + str(self.type(self.left))
+        )
+        right = (
+            "inf)"
+            if self.right is None
+            else str(self.type(self.right)) + ("]" if self.closed in ("right", "both") else ")")
+        )
         return f"{left}, {right}"
 
 

@@ -2,6 +2,10 @@
 
 Tables are rewritten atomically after every round (:func:`fedmm.files.atomic_write`), so a run that
 stops early keeps every finished round and never leaves a half-written file.
+
+Why one module of this size: one run directory's files: the tables written after every round, the
+summary (with the validation-chosen round and the collapse and divergence flags) and the model,
+which a resume reads back together.
 """
 
 from __future__ import annotations

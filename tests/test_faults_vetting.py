@@ -94,14 +94,15 @@ def info(msg: Message) -> Message:
 
 def test_a_node_gone_before_discovery_gets_no_row_and_a_known_one_its_partition(caplog):
     roster = Roster(min_available_nodes=1, round_timeout=5, num_partitions=4)
-    queries, rows = roster.connect(FakeGrid([1, 2, 3]), 1, "x")
-    assert sorted(queries) == [1, 2, 3] and rows == []
+    queries = roster.connect(FakeGrid([1, 2, 3]), 1, "x")
+    assert sorted(queries) == [1, 2, 3] and roster.absent_rows(1) == []
     # node 3 was killed before it answered: only 1 and 2 are discovered
     for m in queries.values():
         m.metadata.__dict__["_message_id"] = f"q{m.metadata.dst_node_id}"
     roster.admit([info(queries[1]), info(queries[2])], queries, {"a", "b"})
     assert roster.client_of == {1: 0, 2: 1}
     with caplog.at_level(logging.WARNING, logger="fedmm"):
-        _, rows = roster.connect(FakeGrid([1]), 2, "x")  # nodes 2 (known) and 3 (never discovered) are gone
+        roster.connect(FakeGrid([1]), 2, "x")  # nodes 2 (known) and 3 (never discovered) are gone
+    rows = roster.absent_rows(2)
     assert [(r["node-id"], r["partition-id"], r["status"]) for r in rows] == [(2, 1, "disconnected")]
     assert any("node 3 left before it was discovered" in r.getMessage() for r in caplog.records)

@@ -92,7 +92,7 @@ def main(grid: Grid, context: Context) -> None:
         plan = prepare(run, out_dir, overwrite=True, resume=resume)
         checkpoint = resume_checkpoint(out_dir, run, plan.model) if resume else None
     except ValueError as err:  # a config or run directory to fix: one line, no traceback
-        say(f"fedmm: error: {err}")
+        log.error("fedmm: error: %s", err)
         return
     # printed, not logged: the ServerApp process mirrors its stdout into `flwr run --stream` and the
     # deployment's logs, where fedmm's logger (no handler there) would say nothing

@@ -41,6 +41,9 @@ summation's grouping), and the coverage is the same. Supports larger than ``supp
 are not kept (a distance column is about as cheap then), nor beyond ``support_elements`` entries in
 all. With stochastic greedy most candidates are evaluated again a few steps after their first
 evaluation, so this halves the distance columns of a selection (N = 10,000, K = 100).
+
+Why one module of this size: the facility-location objective and its greedy (shared by DivFL and
+CMSFed) with the numerics that keep it exact.
 """
 
 from __future__ import annotations

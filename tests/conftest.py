@@ -12,6 +12,7 @@ def flower_identity():
         yield
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group markers
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist with ``--dist loadgroup`` (``make test``: ``-n 2``) every integration test
     goes to one worker, where they run one after the other as without xdist (each starts Ray, a

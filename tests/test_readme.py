@@ -93,6 +93,23 @@ def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("readme")
 
 
+def _produce_missing_inputs(argv: list[str], workdir: Path, main) -> None:
+    """Run the README command that writes a results directory ``argv`` reads (``fedmm report
+    results/demo``) when it is not there yet: under pytest-xdist the commands may run on two
+    workers, each with its own ``workdir``."""
+    if argv[0] not in ("report", "compare"):
+        return
+    writers = {}
+    for c in COMMANDS:
+        if c.skip is None:
+            other = argv_of(c.text, workdir)
+            if other[0] == "simulate" and "--out" in other:
+                writers[other[other.index("--out") + 1]] = other
+    for arg in argv[1:]:
+        if arg in writers and not (Path(arg) / "summary.json").is_file():
+            assert main(writers[arg]) == 0, writers[arg]
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize(
     "command", [c.text for c in COMMANDS if c.skip is None], ids=lambda text: text.removeprefix(".venv/bin/")[:70]
@@ -105,6 +122,8 @@ def test_every_readme_command_runs_as_written(command: str, workdir: Path, monke
     if argv[0] not in subcommands:  # a command of a branch not merged into this one yet
         pytest.skip(f"`fedmm {argv[0]}` is not in this build")
     monkeypatch.chdir(REPO)  # the README's relative paths (experiments/configs/...) are the repository's
+    _produce_missing_inputs(argv, workdir, main)  # another worker may have run the command that writes them
+    capsys.readouterr()
     code = main(argv)
     captured = capsys.readouterr()
     assert code == 0, f"{command}\n{captured.out[-2000:]}\n{captured.err[-2000:]}"

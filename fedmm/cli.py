@@ -365,7 +365,14 @@ def _tune(args: argparse.Namespace) -> int:
         seed=args.seed,
         params=tuple(_names(args.params)) if args.params else None,
     )
-    result = tune(run, args.out, settings)
+    try:
+        result = tune(run, args.out, settings)
+    except KeyboardInterrupt:  # a Ctrl-C outside a trial's own handlers: the finished trials are in the journal
+        return _interrupted(
+            signal.SIGINT,
+            f"interrupted; the study keeps its finished trials in {args.out / STUDY_FILE}; "
+            "run the same command again to continue (a trial under way is marked failed)",
+        )
     done = (
         f"{result.complete} complete and {result.pruned} pruned trials ({result.rounds} rounds trained) "
         f"in {result.seconds:.0f} s"

@@ -42,7 +42,7 @@ def cases() -> dict[str, tuple[str | None, list[str]]]:
 
     out: dict[str, tuple[str | None, list[str]]] = {
         "demo": (str(REPO / "experiments/configs/demo.toml"), ["engine=inline"]),
-        "m3-arm": (None, SMALL + ["dataset.num_modalities=3", "objective=arm"]),
+        "m3-arm": (None, SMALL + ["dataset.num-modalities=3", "objective=arm"]),
     }
     for name in STRATEGIES.names():
         out[f"strategy-{name}"] = (None, SMALL + [f"strategy={name}"])

@@ -242,7 +242,7 @@ METHOD_FEDERATIONS: dict[str, tuple[str, ...]] = {
     "mfeat": ("dataset=mfeat", "partition=dirichlet", "dirichlet-alpha=0.5", "num-clients=20"),
     "synthetic": (
         "dataset=synthetic",
-        "dataset.num_modalities=3",
+        "dataset.num-modalities=3",
         "partition=dirichlet",
         "dirichlet-alpha=0.5",
         "num-clients=20",

@@ -35,6 +35,7 @@ from fedmm.params import (
     Spec,
     check_search,
     check_value,
+    config_name,
     specs,
 )
 from fedmm.presets import preset_values
@@ -280,7 +281,7 @@ class RunConfig(Checked):
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
         """Validate flat ``values`` (kebab-case keys, dotted for namespaces) over the defaults."""
-        plain = {key_of(f.name): f.name for f in fields(cls) if f.name not in _NAMESPACE_FIELDS.values()}
+        plain = {config_name(f.name): f.name for f in fields(cls) if f.name not in _NAMESPACE_FIELDS.values()}
         kwargs: dict[str, Any] = {}
         namespaced: dict[str, dict[str, Any]] = {ns: {} for ns in NAMESPACES}
         for key, value in values.items():
@@ -293,6 +294,11 @@ class RunConfig(Checked):
                     continue
             if key in MOVED_KEYS:
                 raise ValueError(f"config key '{key}' is now '{MOVED_KEYS[key]}'; rename it in your config")
+            if key not in plain and config_name(key) in plain:
+                raise ValueError(
+                    f"config key '{key}' is now '{config_name(key)}': config keys are kebab-case, as in Flower's "
+                    "run config; rename it"
+                )
             if key not in plain:
                 raise ValueError(_unknown_key_message(key, [*plain, *(f"{ns}.<name>" for ns in NAMESPACES)]))
             kwargs[plain[key]] = value
@@ -302,7 +308,7 @@ class RunConfig(Checked):
             raise ValueError(f"config key 'strategy' {Options(*STRATEGIES.names()).violation(strategy)}")
         kwargs["objective"] = resolve_objective(strategy, kwargs.get("objective", cls.objective))
         kwargs["selection"] = resolve_selection(strategy, kwargs.get("selection", cls.selection))
-        given = {k.replace("-", "_") for k in values}
+        given = set(values)
         for key, value in preset_values(
             str(kwargs.get("preset", cls.preset)),
             strategy=strategy,
@@ -310,7 +316,7 @@ class RunConfig(Checked):
             selection=kwargs["selection"],
             num_server_rounds=kwargs.get("num_server_rounds", cls.num_server_rounds),
         ).items():  # preset = "paper": what the user did not set (fedmm/presets.py)
-            if key.replace("-", "_") not in given:
+            if key not in given:
                 head, dot, rest = key.partition(".")
                 if dot:
                     namespaced[head][rest] = value
@@ -395,22 +401,20 @@ class RunConfig(Checked):
                     self.selection, self.selection_params, label=_namespace_label("selection")
                 ),
                 "devices": parse(
-                    DeviceParams,
-                    self.devices_params,
-                    component="devices",
-                    label=_namespace_label("devices"),
-                    aliases={k.replace("_", "-"): k for k in DeviceParams.__dataclass_fields__},
-                    shown=lambda k: k.replace("_", "-"),
+                    DeviceParams, self.devices_params, component="devices", label=_namespace_label("devices")
                 ),
+                "dataset": check_options(
+                    self.dataset, self.dataset_options, label=lambda shown: f"config key '{shown}'"
+                ),  # the loader's keyword arguments
             },
         )
-        check_options(self.dataset, self.dataset_options, label=lambda shown: f"config key '{shown}'")  # dataset.<opt>
         for name in self.encoders.values():
             if name not in ENCODERS:
                 ENCODERS.get(name)  # raises naming the nearest encoder
 
-    #: ``"strategy"``, ``"objective"``, ``"selection"`` -> that component's validated ``Params``
-    #: instance, set by :meth:`validate` (not a field: it is derived from the namespaces).
+    #: ``"strategy"``, ``"objective"``, ``"selection"``, ``"devices"`` -> that component's validated
+    #: ``Params`` instance, ``"dataset"`` -> the loader's checked keyword arguments; set by
+    #: :meth:`validate` (not a field: it is derived from the namespaces).
     parsed: ClassVar[Mapping[str, Any]]
 
     def __hash__(self) -> int:  # the dict fields make the generated hash fail; the TOML text is canonical
@@ -432,10 +436,10 @@ class RunConfig(Checked):
                 out.update({f"{namespaces[f.name]}.{k}": v for k, v in sorted(value.items())})
             elif f.name == "plugins" and not value:
                 continue  # left out when empty: a run without plugins sends and records the same text as before
-            elif key_of(f.name) in QUIET_AT_DEFAULT and value == f.default:
+            elif config_name(f.name) in QUIET_AT_DEFAULT and value == f.default:
                 continue
             else:
-                out[key_of(f.name)] = value
+                out[config_name(f.name)] = value
         return out
 
     def to_toml(self) -> str:
@@ -457,12 +461,7 @@ _NAMESPACE_FIELDS = {
 }
 
 
-def key_of(name: str) -> str:
-    """The kebab-case config key of field ``name`` (``num_server_rounds`` -> ``num-server-rounds``)."""
-    return name.replace("_", "-")
-
-
-RunConfig.field_names = {f.name: key_of(f.name) for f in fields(RunConfig)}
+RunConfig.field_names = {f.name: config_name(f.name) for f in fields(RunConfig)}
 check_search(RunConfig, "the run config")  # a search range outside the valid one fails at import
 _PLUGINS = next(s for s in specs(RunConfig) if s.name == "plugins")
 

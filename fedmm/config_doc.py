@@ -9,8 +9,8 @@ from typing import Any
 
 import tomli_w
 
-from fedmm.config import key_of, param_classes, plain_specs
-from fedmm.params import Spec, config_specs
+from fedmm.config import param_classes, plain_specs
+from fedmm.params import Spec, config_name, config_specs
 from fedmm.registry import did_you_mean
 
 #: The command that writes the reference page; the page says it, and tests/test_config_doc.py
@@ -39,7 +39,9 @@ live in namespaces: `strategy.<param>`, `objective.<param>`, `selection.<param>`
 `dataset.<option>`, `encoder.<modality>` (`[objective]` with `name = "mnl"` in TOML is the same as
 `objective = "mnl"`; so is `[dataset]` with `name`, the way to give a dataset and its options in one
 file; through `flwr run` they travel in the declared key `overrides`:
-`--run-config "overrides='objective.lambda2=0.5'"`).
+`--run-config "overrides='objective.lambda2=0.5'"`). Namespaced parameters are kebab-case too
+(the field `n_max` of `boost` is `objective.n-max`), as in Flower's run config; a key spelled the
+old snake_case way is refused with a message that names its kebab-case spelling.
 
 Every key and every namespaced parameter is declared once, with its type and its range or choices
 in its annotation (`Annotated[float, Interval(float, 0, 1, closed="left")]`, `Options(...)`) and its
@@ -56,7 +58,7 @@ component). This page lists the built-in components; a plugin's (`plugins`, see
 
 def config_keys() -> list[tuple[str, Any, str]]:
     """``(key, default, help)`` for every plain key, in declaration order (for README and CLI)."""
-    return [(key_of(s.name), s.default, s.help) for s in plain_specs()]
+    return [(config_name(s.name), s.default, s.help) for s in plain_specs()]
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class ParamRow:
     Parameters
     ----------
     key:
-        The config key (``lr``, ``objective.lambda``, ``dataset.test_users``, ``encoder.<modality>``).
+        The config key (``lr``, ``objective.lambda``, ``dataset.test-users``, ``encoder.<modality>``).
     component:
         Whose parameter it is: ``""`` for a plain run key, else ``"<namespace> <name>"``
         (``"objective mnl"``, ``"dataset hapt"``) or ``"encoder"``.
@@ -108,7 +110,10 @@ def parameter_rows(namespace: str | None = None, name: str | None = None) -> lis
 
     components: dict[str, dict[str, list[ParamRow]]] = {
         "run": {
-            "": [ParamRow(key_of(s.name), "", s.allowed(), s.default, s.help, _search_text(s)) for s in plain_specs()]
+            "": [
+                ParamRow(config_name(s.name), "", s.allowed(), s.default, s.help, _search_text(s))
+                for s in plain_specs()
+            ]
         }
     }
     for ns, classes in param_classes().items():
@@ -122,7 +127,10 @@ def parameter_rows(namespace: str | None = None, name: str | None = None) -> lis
     encoder = f"one of {', '.join(ENCODERS.names())}"
     components["dataset"] = {
         n: [
-            *(ParamRow(f"dataset.{s.name}", f"dataset {n}", s.allowed(), s.default, s.help) for s in entry.options()),
+            *(
+                ParamRow(f"dataset.{config_name(s.name)}", f"dataset {n}", s.allowed(), s.default, s.help)
+                for s in entry.options()
+            ),
             ParamRow(
                 "encoder.<modality>",
                 f"dataset {n}",
@@ -148,7 +156,7 @@ def parameter_rows(namespace: str | None = None, name: str | None = None) -> lis
 
     components["devices"] = {
         "": [
-            ParamRow(f"devices.{key_of(s.name)}", "devices model", s.allowed(), s.default, s.help)
+            ParamRow(f"devices.{config_name(s.name)}", "devices model", s.allowed(), s.default, s.help)
             for s in config_specs(DeviceParams)
         ]
     }

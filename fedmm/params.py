@@ -281,9 +281,9 @@ def _checked_specs(cls: type) -> tuple[Spec, ...]:
 
 def config_specs(cls: type) -> list[Spec]:
     """:func:`specs` of dataclass ``cls``, each under its config name (``cls.field_names``, as
-    :class:`Checked` declares it; the field name when it has none), for listings."""
+    :class:`Checked` declares it; else :func:`config_name`), for listings."""
     names = getattr(cls, "field_names", {})
-    return [dataclasses.replace(s, name=names.get(s.name, s.name)) for s in specs(cls)]
+    return [dataclasses.replace(s, name=names.get(s.name, config_name(s.name))) for s in specs(cls)]
 
 
 def _spec(name: str, hint: Any, default: Any, helps: Mapping[str, str]) -> Spec:
@@ -330,6 +330,12 @@ def check_value(label: str, value: Any, spec: Spec) -> Any:
     return converted
 
 
+def config_name(field: str) -> str:
+    """The config spelling of parameter ``field``: kebab-case, as Flower's run config spells its
+    keys (``n_max`` -> ``n-max``). The one spelling of every config key and namespaced parameter."""
+    return field.replace("_", "-")
+
+
 def parse_values(
     declared: list[Spec],
     given: Mapping[str, Any],
@@ -342,6 +348,10 @@ def parse_values(
 ) -> dict[str, Any]:
     """Field name -> the checked value of every given parameter (:func:`check_value`).
 
+    A parameter has one config name: its field name in kebab-case (:func:`config_name`), or its
+    alias. Another spelling of it (the snake_case field name, the field name behind an alias) is
+    refused with a message naming the config name.
+
     Parameters
     ----------
     declared:
@@ -353,29 +363,34 @@ def parse_values(
     noun:
         What one parameter is called in messages (``"parameter"``, ``"option"``).
     aliases:
-        Further accepted names -> field name (``{"lambda": "lam"}``, ``{"sketch-dim": "sketch_dim"}``).
+        Config name -> field name, for a field whose kebab-case name cannot be its config name
+        (``{"lambda": "lam"}``: ``lambda`` is a Python keyword).
     shown:
-        Field or given name -> the name messages show (``"sketch_dim"`` -> ``"sketch-dim"``).
+        Config name -> the name messages show (``"test-users"`` -> ``"dataset.test-users"``).
     label:
         Shown name -> the label of messages about its value; default ``"<noun> '<name>' of <component>"``.
     """
-    aliases = dict(aliases or {})
     label = label or (lambda name: f"{noun} {name!r} of {component}")
     by_name = {s.name: s for s in declared}
+    spelled = {field: config_name(field) for field in by_name}  # field -> its one config name
+    spelled.update({field: alias for alias, field in (aliases or {}).items()})
+    names = {name: field for field, name in spelled.items()}
     out: dict[str, Any] = {}
     for key, raw in given.items():
-        field = aliases.get(key, key)
-        if field not in by_name:
-            valid = [shown(n) for n in by_name]
+        field = names.get(key)
+        if field is None:
+            other = key if key in by_name else names.get(config_name(str(key)))
+            if other is not None:
+                why = "config keys are kebab-case, as in Flower's run config" if "_" in str(key) else "its one spelling"
+                raise ValueError(f"{label(shown(key))} is now {label(shown(spelled[other]))} ({why}); rename it")
+            valid = [shown(n) for n in names]
             if not valid:
                 raise ValueError(f"{component} takes no {noun}s, got {shown(key)!r}")
             raise ValueError(
                 f"unknown {noun} {shown(key)!r} of {component}{did_you_mean(shown(key), valid)} "
                 f"Valid {noun}s: {', '.join(valid)}"
             )
-        if field in out:
-            raise ValueError(f"{noun} {shown(field)!r} of {component} given twice (as {key!r})")
-        out[field] = check_value(label(shown(field)), raw, by_name[field])
+        out[field] = check_value(label(shown(key)), raw, by_name[field])
     return out
 
 
@@ -394,8 +409,9 @@ class Checked:
     stores the converted value), so a directly built instance obeys the same rules as a parsed one.
 
     Messages name a field as :meth:`field_label` does: ``<ClassName>.<field>`` unless the class
-    sets ``label_format`` (``"parameter '{}' of objective 'mnl'"``) and ``field_names`` (field ->
-    config name), as the objective registry does for every ``Params``.
+    sets ``label_format`` (``"parameter '{}' of objective 'mnl'"``), under its config name
+    (``field_names``: field -> alias where it has one, else :func:`config_name`), as the registries
+    do for every ``Params``.
     """
 
     label_format: typing.ClassVar[str] = ""
@@ -426,7 +442,7 @@ class Checked:
         """How messages name field ``name``."""
         if not cls.label_format:
             return f"{cls.__qualname__}.{name}"
-        return cls.label_format.format(cls.field_names.get(name, name))
+        return cls.label_format.format(cls.field_names.get(name, config_name(name)))
 
 
 # -- value conversion --------------------------------------------------------------------------

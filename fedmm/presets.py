@@ -60,7 +60,7 @@ PAPER: dict[str, dict[str, Value]] = {
         "weight-decay": Value(1e-4, f"{OGM} main.py:246"),
         "batch-size": Value(64, f"{OGM} main.py:33"),
         "objective.alpha": Value(0.8, f"{OGM} README.md:150-151 (CREMA-D)"),
-        "objective.modulation_end": Value(0.5, f"{OGM} main.py:41-42, 132 (epochs 0..50 of 100)"),
+        "objective.modulation-end": Value(0.5, f"{OGM} main.py:41-42, 132 (epochs 0..50 of 100)"),
     },
     "pmr": {
         "optimizer": Value("adam", f"{PMR} bash.sh:222 (CREMA-D concat); main_Prototype_grad.py:463-470"),
@@ -70,7 +70,7 @@ PAPER: dict[str, dict[str, Value]] = {
         "batch-size": Value(64, f"{PMR} main_Prototype_grad.py:36"),
         "objective.alpha": Value(2.0, f"{PMR} bash.sh:222"),
         "objective.momentum": Value(0.0, f"{PMR} bash.sh:222"),
-        "objective.modulation_end": Value(
+        "objective.modulation-end": Value(
             70 / 130, f"{PMR} bash.sh:222; main_Prototype_grad.py:47-48, 156 (epochs 0..70 of 130)"
         ),
     },
@@ -80,16 +80,16 @@ PAPER: dict[str, dict[str, Value]] = {
         "momentum": Value(0.9, f"{AUG} data/crema.json:25-26"),
         "weight-decay": Value(1e-4, f"{AUG} data/crema.json:28"),
         "batch-size": Value(64, f"{AUG} data/crema.json:17"),
-        "objective.lam": Value(0.5, f"{AUG} train_CREMAD.py:57, 70"),
-        "objective.merge_weights": Value([0.4, 0.6], f"{AUG} train_CREMAD.py:128, 166 (audio 0.4, video 0.6)"),
-        "objective.decision_window": Value("last-epoch", f"{AUG} train_CREMAD.py:96, 220"),
+        "objective.lambda": Value(0.5, f"{AUG} train_CREMAD.py:57, 70"),
+        "objective.merge-weights": Value([0.4, 0.6], f"{AUG} train_CREMAD.py:128, 166 (audio 0.4, video 0.6)"),
+        "objective.decision-window": Value("last-epoch", f"{AUG} train_CREMAD.py:96, 220"),
     },
     "mnl": {
         "optimizer": Value("adam", f"{MNL} train_latefusion.py:79"),
         "lr": Value(2e-5, f"{MNL} shell/train_MVSA_latefusion.sh:12"),
         "weight-decay": Value(0.0, f"{MNL} train_latefusion.py:62, 72-77"),
         "batch-size": Value(16, f"{MNL} shell/train_MVSA_latefusion.sh:9"),
-        "objective.lam": Value(0.7, f"{MNL} train_latefusion.py:63, 159-168"),
+        "objective.lambda": Value(0.7, f"{MNL} train_latefusion.py:63, 159-168"),
     },
     "remix": {
         "optimizer": Value("adam", f"{RMX} train.py:37, 231-233"),
@@ -103,7 +103,7 @@ PAPER: dict[str, dict[str, Value]] = {
         "lr": Value(1e-3, f"{RMX} baseline.py:33-42"),
         "weight-decay": Value(1e-4, f"{RMX} baseline.py:33-42"),
         "batch-size": Value(64, f"{RMX} scripts/run_baseline.sh:1"),
-        "objective.head_weight": Value(0.5, f"{RMX} baseline.py:137-141"),
+        "objective.head-weight": Value(0.5, f"{RMX} baseline.py:137-141"),
     },
     "arm": {},  # no public code and no paper text: fedmm's arm is a reconstruction (docs/presets.md)
     "fedcmi": {
@@ -114,7 +114,7 @@ PAPER: dict[str, dict[str, Value]] = {
         "lr-min": Value(1e-4, f"{BMS} run.sh:2-5 (the sibling CMSFed script; FedCMI has none)"),
         "lr-decay-start": Value(RoundsFraction(80, 180), f"{BMS} client/FedCMI.py:81-84 (round 80 of 180)"),
         "batch-size": Value(16, f"{BMS} config/utils.py:44"),
-        "objective.class_wise": Value(True, f"{BMS} config/utils.py:90 (--class_wise_t, the method)"),
+        "objective.class-wise": Value(True, f"{BMS} config/utils.py:90 (--class_wise_t, the method)"),
         "objective.proximal": Value(True, f"{BMS} config/utils.py:78-79; client/FedCMI.py:253-256 (--prox)"),
         "objective.mu": Value(1.0, f"{BMS} config/utils.py:78-79"),
     },
@@ -128,7 +128,7 @@ PAPER: dict[str, dict[str, Value]] = {
         "batch-size": Value(64, f"{BMS} run.sh:2-5"),
         "objective.alpha": Value(2.0, f"{BMS} run.sh:2-5 (--MI_alpha)"),
         "selection.delta": Value(1.5, f"{BMS} run.sh:3-4"),
-        "selection.sketch_dim": Value(0, f"{BMS} server/mmdrop.py:94-106 (exact update vectors)"),
+        "selection.sketch-dim": Value(0, f"{BMS} server/mmdrop.py:94-106 (exact update vectors)"),
     },
 }
 #: Strategies whose preset replaces their objective's (their objective has the strategy's name).

@@ -1,7 +1,10 @@
 """One registry helper for every extension point: objectives, selection policies, datasets,
 encoders and strategies each keep a :class:`Registry` of their entries (no torch, no flwr here).
 
-An entry is whatever the extension point needs (a class, or a small dataclass that carries the
+Every extension point registers in one style: ``register_<kind>(name, **facts)`` applied to what it
+registers, as a decorator (``@register_objective("mnl")``, ``@register_dataset("hapt", description=...)``)
+or called on a lazy reference (a built-in strategy's ``"module:Class"``); :func:`registered_name`
+checks the name. An entry is whatever the extension point needs (a class, or a small dataclass that carries the
 entry's facts, such as a dataset's loader and whether the user owns its files). Names are unique per
 registry; registering the same object again (a module imported twice) is allowed.
 """
@@ -78,6 +81,28 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def registered_name(decorator: str, name: object) -> str:
+    """The ``name`` that ``register_<kind>(name, **facts)`` got, checked (fedmm's one registration
+    style: the name first, the facts as keywords, applied to what it registers).
+
+    Parameters
+    ----------
+    decorator:
+        The registering function's name, for messages (``"register_objective"``).
+    name:
+        What it got first. A class or function there is the old bare ``@register_<kind>`` form,
+        refused naming the new one.
+    """
+    if callable(name):
+        raise TypeError(
+            f'{decorator} takes the registered name first: write @{decorator}("<name>") above '
+            f"{getattr(name, '__qualname__', name)} (every extension registers as register_<kind>(name, **facts))"
+        )
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{decorator} needs a non-empty string name, got {name!r}")
+    return name
 
 
 def did_you_mean(word: str, candidates: list[str]) -> str:

@@ -140,10 +140,11 @@ def _read_config(path: Path) -> dict[str, Any]:
 def _plain_defaults() -> dict[str, Any]:
     from dataclasses import MISSING, fields
 
-    from fedmm.config import RunConfig, key_of
+    from fedmm.config import RunConfig
+    from fedmm.params import config_name
 
     return {
-        key_of(f.name): f.default
+        config_name(f.name): f.default
         for f in fields(RunConfig)
         if f.default is not MISSING and not isinstance(f.default, tuple)
     }

@@ -42,7 +42,7 @@ from typing import Any
 
 from fedmm.config import RunConfig, param_classes
 from fedmm.files import atomic_write
-from fedmm.params import Spec, config_specs, specs
+from fedmm.params import Spec, config_name, config_specs, specs
 from fedmm.results import LAST_ROUNDS
 
 log = logging.getLogger("fedmm")
@@ -73,7 +73,7 @@ def search_space(run: RunConfig, only: Sequence[str] | None = None) -> dict[str,
         Tune just these keys (``["lr", "objective.alpha"]``); ``None``: all of them. A key that is
         not tunable for this run is a ``ValueError`` naming the tunable ones.
     """
-    space = {s.name.replace("_", "-"): s for s in specs(RunConfig) if s.search is not None}
+    space = {config_name(s.name): s for s in specs(RunConfig) if s.search is not None}
     classes = param_classes()
     for namespace, name in (("strategy", run.strategy), ("objective", run.objective), ("selection", run.selection)):
         space.update(

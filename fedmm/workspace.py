@@ -30,7 +30,7 @@ def parse_run_config(toml_text: str) -> RunConfig:
 def loaded_dataset(run: RunConfig) -> Dataset:
     """The run's dataset as its loader returns it, before the validation split (a node's own
     ``data-dir`` trains on all of it)."""
-    return load_dataset(run.dataset, data_dir=run.data_dir or None, **run.dataset_options)
+    return load_dataset(run.dataset, data_dir=run.data_dir or None, **run.parsed["dataset"])
 
 
 @functools.lru_cache(maxsize=8)

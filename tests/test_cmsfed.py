@@ -276,7 +276,7 @@ def test_cmsfed_on_one_modality_or_foreign_names_fails_before_any_file(tmp_path)
 
     base = ["dataset=synthetic", "partition=iid", "num-clients=3", "strategy=cmsfed"]
     with pytest.raises(ValueError, match="needs 2 or more modalities"):
-        prepare(load_config(None, [*base, "dataset.num_modalities=1"]), tmp_path / "a")
+        prepare(load_config(None, [*base, "dataset.num-modalities=1"]), tmp_path / "a")
     with pytest.raises(ValueError, match="was given modalities"):
         prepare(load_config(None, [*base, "selection.modalities=audio,visual"]), tmp_path / "b")
     assert not list(tmp_path.iterdir())
@@ -293,7 +293,7 @@ def test_one_round_of_cmsfed_on_synthetic(num_modalities):
         None,
         [
             "dataset=synthetic",
-            f"dataset.num_modalities={num_modalities}",
+            f"dataset.num-modalities={num_modalities}",
             "strategy=cmsfed",
             "num-server-rounds=1",
             "num-clients=6",
@@ -326,8 +326,8 @@ def cmsfed_run():
         None,
         [
             "dataset=synthetic",
-            "dataset.num_train=40",
-            "dataset.num_test=8",
+            "dataset.num-train=40",
+            "dataset.num-test=8",
             "partition=iid",
             "num-clients=2",
             "allocation=all",

@@ -60,10 +60,10 @@ def test_series_kind_and_the_options_are_checked():
     assert torch.equal(
         load_dataset("competition", **SMALL).train["m1"], load_dataset("competition", **SMALL).train["m1"]
     )
-    with pytest.raises(ValueError, match="num_classes"):
+    with pytest.raises(ValueError, match="dataset.num-classes"):
         load_dataset("competition", num_classes=20, **SMALL)
-    with pytest.raises(ValueError, match="dataset.strong_present"):
-        RunConfig.from_mapping({"dataset": "competition", "dataset.strong_present": 1.5})
+    with pytest.raises(ValueError, match="dataset.strong-present"):
+        RunConfig.from_mapping({"dataset": "competition", "dataset.strong-present": 1.5})
 
 
 class _Encoders(nn.Module):
@@ -91,8 +91,8 @@ def test_a_competition_run_records_the_hard_rows_and_the_probe(flower_identity):
     run = RunConfig.from_mapping(
         {
             "dataset": "competition",
-            "dataset.num_train": 300,
-            "dataset.num_test": 300,
+            "dataset.num-train": 300,
+            "dataset.num-test": 300,
             "partition": "iid",
             "num-clients": 2,
             "clients-per-round": 2,

@@ -25,9 +25,13 @@ def test_toml_file_with_nested_tables(tmp_path):
 def test_a_dataset_table_names_its_dataset_and_options(tmp_path):
     # TOML cannot hold both `dataset = "synthetic"` and a [dataset] table of its options
     path = tmp_path / "run.toml"
-    path.write_text('partition = "iid"\nnum-clients = 4\n[dataset]\nname = "synthetic"\nnum_classes = 5\n')
+    path.write_text('partition = "iid"\nnum-clients = 4\n[dataset]\nname = "synthetic"\nnum-classes = 5\n')
     run = load_config(path)
-    assert run.dataset == "synthetic" and run.dataset_options == {"num_classes": 5}
+    assert (
+        run.dataset == "synthetic"
+        and run.dataset_options == {"num-classes": 5}
+        and run.parsed["dataset"] == {"num_classes": 5}
+    )
 
 
 @pytest.mark.parametrize(
@@ -137,3 +141,26 @@ def test_namespaced_values_are_parsed_once_when_the_config_loads(monkeypatch):
     assert objective.params.lam == 0.25 and objective.params is not run.parsed["objective"]
     plan = prepare(run)
     assert plan.strategy_params.mu == 0.3 and plan.policy.name == "random"
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("num_server_rounds=3", "num-server-rounds"),
+        ("objective.n_max=3", "objective.n-max"),
+        ("objective.lam=0.3", "objective.lambda"),
+        ("selection.sketch_dim=8", "selection.sketch-dim"),
+        ("dataset.num_modalities=3", "dataset.num-modalities"),
+        ("devices.online_share=0.3", "devices.online-share"),
+    ],
+)
+def test_one_key_spelling_the_old_one_is_refused_naming_the_new(old: str, new: str) -> None:
+    base = {
+        "objective": ["objective=boost"],
+        "selection": ["selection=divfl"],
+        "dataset": ["dataset=synthetic"],
+        "devices": ["devices=model"],
+    }.get(old.partition(".")[0] if "." in old else "", [])
+    with pytest.raises(ValueError, match=rf"config key '{old.partition('=')[0]}' is now (config key )?'{new}'"):
+        load_config(None, [*base, old])
+    assert load_config(None, [*base, f"{new}={old.partition('=')[2]}"])  # the new spelling is taken

@@ -198,7 +198,7 @@ def test_missing_or_incomplete_directory_errors_show_the_layout(tmp_path: Path) 
     (root / "Image-01-FPS").mkdir()
     with pytest.raises(ValueError, match="1 of 1 clips have a WAV file but no frames") as err:
         load_cremad(data_dir=str(root))
-    assert "dataset.skip_incomplete" in str(err.value)
+    assert "dataset.skip-incomplete" in str(err.value)
     write_wav(root / "AudioWAV" / "1001_DFA_XYZ_XX.wav", 400.0)
     write_frames(root / "Image-01-FPS" / "1001_DFA_XYZ_XX")
     with pytest.raises(ValueError, match="no emotion code"):
@@ -208,7 +208,7 @@ def test_missing_or_incomplete_directory_errors_show_the_layout(tmp_path: Path) 
 def test_registry_passes_dataset_options(data_dir: Path) -> None:
     from fedmm.data import load_dataset
 
-    with pytest.raises(ValueError, match="num_frames"):
+    with pytest.raises(ValueError, match="dataset.num-frames"):
         load_dataset("cremad", data_dir=str(data_dir), num_frame=2)
     d = load_dataset("cremad", data_dir=str(data_dir), image_size=12, num_frames=3)
     assert d.spec("visual").shape == (3, 3, 12, 12)
@@ -348,7 +348,7 @@ def test_one_round_simulation_on_the_fixture(data_dir: Path, tmp_path: Path) -> 
         [
             "dataset=cremad",
             f"data-dir={str(data_dir)!r}",
-            "dataset.image_size=16",
+            "dataset.image-size=16",
             "encoder.audio=mlp",
             "encoder.visual=mlp",
             "embed-dim=16",

@@ -57,7 +57,10 @@ def test_synthetic_has_a_strong_and_a_weak_modality():
 def test_registry_errors():
     with pytest.raises(ValueError, match="did you mean 'hapt'"):
         load_dataset("hapd")
-    with pytest.raises(ValueError, match="unknown option 'dataset.num_modality'"):
+    with pytest.raises(
+        ValueError,
+        match="unknown option 'dataset.num-modality' of dataset 'synthetic'; did you mean 'dataset.num-modalities'",
+    ):
         load_dataset("synthetic", num_modality=3)
     names = [row["name"] for row in dataset_table()]
     assert {"hapt", "segment", "mfeat", "synthetic"} <= set(names)

@@ -152,7 +152,7 @@ def test_the_policy_receives_the_client_fact_by_name(plugin_dir, flower_identity
         *SYN,
         "partition=dirichlet",
         "num-clients=4",
-        "dataset.num_classes=4",
+        "dataset.num-classes=4",
         "dirichlet-alpha=0.5",
         "selection=all-majority-share",
     )
@@ -228,7 +228,7 @@ def test_a_federation_with_fedavgm_moves_by_server_lr(plugin_dir, flower_identit
         return states[-1], states[0]  # after round 1, and the initial model (row of round 0)
 
     fedavg, init = final_and_initial(load_config(None, [*SYN, "strategy=fedavg"]))
-    fedavgm, init_m = final_and_initial(config("ext_fedavgm", *SYN, "strategy=fedavgm", "strategy.server_lr=0.5"))
+    fedavgm, init_m = final_and_initial(config("ext_fedavgm", *SYN, "strategy=fedavgm", "strategy.server-lr=0.5"))
     floats = [k for k, v in init.items() if np.issubdtype(v.dtype, np.floating)]
     assert all(np.array_equal(init[k], init_m[k]) for k in init)
     moved = [k for k in floats if not np.array_equal(fedavg[k], init[k])]

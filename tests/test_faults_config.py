@@ -17,8 +17,8 @@ from fedmm.server.plan import prepare
 
 SMALL = [
     "dataset=synthetic",
-    "dataset.num_train=40",
-    "dataset.num_test=8",
+    "dataset.num-train=40",
+    "dataset.num-test=8",
     "partition=iid",
     "num-clients=2",
     "allocation=all",
@@ -67,8 +67,8 @@ def test_objective_param_refuses_non_finite(tmp_path):
     path.write_text('[objective]\nname = "mnl"\nlambda = nan\n')
     with pytest.raises(ValueError, match=r"config key 'objective.lambda' must be a finite number"):
         load_config(path)
-    with pytest.raises(ValueError, match=r"config key 'objective.merge_weights' must be a finite number"):
-        load_config(None, ["objective=boost", "objective.merge_weights=[1.0, inf]"])
+    with pytest.raises(ValueError, match=r"config key 'objective.merge-weights' must be a finite number"):
+        load_config(None, ["objective=boost", "objective.merge-weights=[1.0, inf]"])
 
 
 def test_selection_param_refuses_non_finite():

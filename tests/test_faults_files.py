@@ -36,8 +36,8 @@ RUN_FILES = (
 )
 BASE = [
     "dataset=synthetic",
-    "dataset.num_train=40",
-    "dataset.num_test=8",
+    "dataset.num-train=40",
+    "dataset.num-test=8",
     "partition=iid",
     "num-clients=2",
     "allocation=all",

@@ -78,8 +78,8 @@ LONG_CLIENTS = [
     "batch-size=2",
     "device=cpu",
     "seed=1",
-    "dataset.num_train=40000",
-    "dataset.num_test=200",
+    "dataset.num-train=40000",
+    "dataset.num-test=200",
     "round-timeout=600",
     "client-num-cpus=1",
 ]

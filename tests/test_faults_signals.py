@@ -41,7 +41,7 @@ SETTINGS = [
     "batch-size=4",
     "device=cpu",
     "seed=1",
-    "dataset.num_train=6000",
+    "dataset.num-train=6000",
     "dataset.strengths=0.4,0.2",
     "round-timeout=60",
 ]

@@ -19,6 +19,7 @@ from fedmm.models.net import ModelConfig, MultimodalNet
 from fedmm.models.projectors import filled_slots, project
 from fedmm.objectives import RoundContext, build_objective
 from fedmm.objectives.fedcmi import class_wise_temperature
+from fedmm.params import config_name
 from fedmm.records import aggregate
 from fedmm.training import TrainConfig, build_model, evaluate, train_local
 
@@ -33,7 +34,7 @@ def mlps(num: int = 2) -> dict[str, str]:
 
 
 def fedcmi_model(num_modalities: int = 2, seed: int = 0, **params):
-    objective = build_objective("fedcmi", params)
+    objective = build_objective("fedcmi", {config_name(k): v for k, v in params.items()})
     torch.manual_seed(seed)
     return objective, build_model(
         specs(num_modalities), 3, ModelConfig(embed_dim=4, encoders=mlps(num_modalities)), objective

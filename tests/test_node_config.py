@@ -37,8 +37,8 @@ pytestmark = pytest.mark.usefixtures("flower_identity")
 
 SYNTHETIC = [
     "dataset=synthetic",
-    "dataset.num_train=60",
-    "dataset.num_test=20",
+    "dataset.num-train=60",
+    "dataset.num-test=20",
     "partition=iid",
     "num-clients=3",
     "allocation=all",
@@ -64,7 +64,7 @@ def cremad_run(tmp_path: Path) -> RunConfig:
         [
             "dataset=cremad",
             f"data-dir={str(tmp_path / 'server-copy')!r}",
-            "dataset.image_size=16",
+            "dataset.image-size=16",
             "encoder.audio=mlp",
             "encoder.visual=mlp",
             "embed-dim=8",

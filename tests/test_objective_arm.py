@@ -16,6 +16,7 @@ from fedmm.models.net import ModelConfig, MultimodalNet
 from fedmm.objectives.arm import ARMReconstruction, distillation_kl
 from fedmm.objectives.base import RoundContext
 from fedmm.objectives.registry import build_objective
+from fedmm.params import config_name
 from fedmm.training import TrainConfig, train_local
 
 P = ARMReconstruction.Params
@@ -213,28 +214,28 @@ def test_model_dependent_param_errors() -> None:
         3,
         ModelConfig(embed_dim=8, encoders=dict.fromkeys(("a", "v"), "mlp")),
     )
-    with pytest.raises(ValueError, match="strong_modality"):
+    with pytest.raises(ValueError, match="strong-modality"):
         ARMReconstruction(P(strong_modality="x")).extend_model(model)
-    with pytest.raises(ValueError, match="subspace_dim"):
+    with pytest.raises(ValueError, match="subspace-dim"):
         ARMReconstruction(P(subspace_dim=8)).extend_model(model)
 
 
 @pytest.mark.parametrize(
     ("params", "match"),
     [
-        ({"subspace_dim": -1}, "subspace_dim"),
-        ({"distill_weight": -1.0}, "distill_weight"),
+        ({"subspace_dim": -1}, "subspace-dim"),
+        ({"distill_weight": -1.0}, "distill-weight"),
         ({"temperature": 0.0}, "temperature"),
         ({"temperature": float("nan")}, "temperature"),
-        ({"ortho_weight": -0.1}, "ortho_weight"),
-        ({"strong_ce_weight": -1.0}, "strong_ce_weight"),
+        ({"ortho_weight": -0.1}, "ortho-weight"),
+        ({"strong_ce_weight": -1.0}, "strong-ce-weight"),
     ],
 )
 def test_bad_params(params: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         ARMReconstruction(P(**params))
     with pytest.raises(ValueError):
-        build_objective("arm", params)
+        build_objective("arm", {config_name(k): v for k, v in params.items()})
 
 
 def softplus(x: float) -> float:
@@ -301,7 +302,7 @@ def test_one_round_federation_on_synthetic(flower_identity, num_modalities: int)
         None,
         [
             "dataset=synthetic",
-            f"dataset.num_modalities={num_modalities}",
+            f"dataset.num-modalities={num_modalities}",
             "objective=arm",
             "num-server-rounds=1",
             "num-clients=3",

@@ -320,18 +320,18 @@ def test_predict_weights_present_modalities() -> None:
     [
         ({"lam": -0.1}, "lam"),
         ({"lam": 1.5}, "lam"),
-        ({"n_max": 0}, "n_max"),
+        ({"n_max": 0}, "n-max"),
         ({"tau": -0.01}, "tau"),
         ({"sigma": 0.0}, "sigma"),
         ({"sigma": float("nan")}, "sigma"),
         ({"lam": float("nan")}, "lam"),
-        ({"assign_every": -1}, "assign_every"),
-        ({"assign_interval": 0.0}, "assign_interval"),
-        ({"assign_interval": 1.5}, "assign_interval"),
+        ({"assign_every": -1}, "assign-every"),
+        ({"assign_interval": 0.0}, "assign-interval"),
+        ({"assign_interval": 1.5}, "assign-interval"),
         ({"assign_every": 2, "assign_interval": 0.2}, "not both"),
-        ({"hidden_dim": -1}, "hidden_dim"),
-        ({"merge_weights": [0.5, -0.5]}, "merge_weights"),
-        ({"freeze_previous_heads": True}, "train_added_heads"),
+        ({"hidden_dim": -1}, "hidden-dim"),
+        ({"merge_weights": [0.5, -0.5]}, "merge-weights"),
+        ({"freeze_previous_heads": True}, "train-added-heads"),
     ],
 )
 def test_bad_params(params: dict, match: str) -> None:
@@ -342,15 +342,15 @@ def test_bad_params(params: dict, match: str) -> None:
 def test_registry_builds_and_validates() -> None:
     obj = build_objective("boost", {})
     assert isinstance(obj, SustainedBoosting)
-    assert build_objective("boost", {"lambda": 0.2, "merge_weights": "0.4, 0.6"}).params.lam == 0.2
+    assert build_objective("boost", {"lambda": 0.2, "merge-weights": "0.4, 0.6"}).params.lam == 0.2
     with pytest.raises(ValueError, match="lam"):
         build_objective("boost", {"lambda": -1.0})
-    with pytest.raises(ValueError, match="n_max"):
-        build_objective("boost", {"n_max": 0})
+    with pytest.raises(ValueError, match="n-max"):
+        build_objective("boost", {"n-max": 0})
 
 
 def test_merge_weights_length_must_match_modalities() -> None:
-    with pytest.raises(ValueError, match="merge_weights"):
+    with pytest.raises(ValueError, match="merge-weights"):
         make_model(SustainedBoosting(P(merge_weights=[1.0, 1.0, 1.0])))
 
 
@@ -358,7 +358,7 @@ def test_merge_weights_length_must_match_modalities() -> None:
 @pytest.mark.parametrize("names", [["a", "v"], ["a", "v", "t"]])
 @pytest.mark.parametrize("single", [False, True])
 def test_one_local_epoch(names: list[str], single: bool) -> None:
-    obj = build_objective("boost", {"n_max": 3})
+    obj = build_objective("boost", {"n-max": 3})
     model = make_model(obj, names=tuple(names))
     held = names[:1] if single else names
     data = synthetic(held)
@@ -436,7 +436,7 @@ FEDERATION = [
     "device=cpu",
     "objective=boost",
     "objective.tau=0",
-    "objective.train_added_heads=true",
+    "objective.train-added-heads=true",
     "selection=powd",
     "clients-per-round=2",
     "fraction-evaluate=0.5",

@@ -228,15 +228,15 @@ def test_lambda_is_the_config_name() -> None:
     [
         ({"lambda": -0.1}, "lambda"),
         ({"lambda": float("nan")}, "lambda"),
-        ({"start_round": -1}, "start_round"),
+        ({"start-round": -1}, "start-round"),
         ({"start": 1.5}, "start"),
-        ({"start": 0.25, "start_round": 3}, "not both"),
+        ({"start": 0.25, "start-round": 3}, "not both"),
     ],
 )
 def test_bad_params(params: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         build_objective("mnl", params)
-    direct = {("lam" if k == "lambda" else k): v for k, v in params.items()}
+    direct = {("lam" if k == "lambda" else k.replace("-", "_")): v for k, v in params.items()}
     with pytest.raises(ValueError, match=match):
         MNL(P(**direct))
 

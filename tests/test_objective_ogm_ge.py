@@ -20,6 +20,7 @@ from fedmm.objectives.ogm_ge import (
     modulation_coefficients,
 )
 from fedmm.objectives.registry import build_objective
+from fedmm.params import config_name
 from fedmm.training import TrainConfig, build_model, train_local
 
 P = OGMGE.Params
@@ -195,10 +196,10 @@ def test_ge_noise_has_the_gradient_std_and_spares_1d_tensors() -> None:
     [
         ({"alpha": -0.1}, "alpha"),
         ({"alpha": float("nan")}, "alpha"),
-        ({"modulation_start_round": -1}, "modulation_start_round"),
-        ({"modulation_start_round": 10, "modulation_end_round": 5}, "modulation_end_round"),
-        ({"modulation_start": 0.6, "modulation_end": 0.5}, "modulation_start"),
-        ({"modulation_end": 1.5}, "modulation_end"),
+        ({"modulation_start_round": -1}, "modulation-start-round"),
+        ({"modulation_start_round": 10, "modulation_end_round": 5}, "modulation-end-round"),
+        ({"modulation_start": 0.6, "modulation_end": 0.5}, "modulation-start"),
+        ({"modulation_end": 1.5}, "modulation-end"),
         ({"modulation_end": 0.4, "modulation_end_round": 8}, "not both"),
     ],
 )
@@ -206,7 +207,7 @@ def test_bad_params(params: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         OGMGE(P(**params))
     with pytest.raises(ValueError, match=match):
-        build_objective("ogm-ge", params)
+        build_objective("ogm-ge", {config_name(k): v for k, v in params.items()})
 
 
 @pytest.mark.parametrize("held", [["m0", "m1"], ["m0", "m1", "m2"], ["m0"]])

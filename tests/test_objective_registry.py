@@ -15,7 +15,6 @@ from fedmm.registry import Registry
 class Toy(Objective):
     """A toy objective for the registry tests."""
 
-    name: ClassVar[str] = "toy"
     param_aliases: ClassVar[dict[str, str]] = {"lambda": "lam"}
     validated: ClassVar[int] = 0
 
@@ -53,7 +52,7 @@ def toy(monkeypatch: pytest.MonkeyPatch) -> type[Toy]:
         fresh.add(name, cls)
     monkeypatch.setattr(registry, "OBJECTIVES", fresh)
     Toy.validated = 0
-    return registry.register_objective(Toy)
+    return registry.register_objective("toy")(Toy)
 
 
 def test_builtin_names() -> None:
@@ -61,7 +60,7 @@ def test_builtin_names() -> None:
     assert {"ce", "uniform"} <= set(names)
     assert names == sorted(names)
     assert type(build_objective("ce")) is Objective
-    obj = build_objective("uniform", {"head_weight": "0.5"})
+    obj = build_objective("uniform", {"head-weight": "0.5"})
     assert isinstance(obj, Uniform) and obj.params.head_weight == 0.5 and obj.needs_heads
 
 
@@ -117,15 +116,14 @@ def test_validate_is_called(toy: type[Toy]) -> None:
     assert Toy.validated == 1
     with pytest.raises(ValueError, match="rate must be >= 0"):
         build_objective("toy", {"rate": "-1"})
-    with pytest.raises(ValueError, match="head_weight"):
-        build_objective("uniform", {"head_weight": -1})
+    with pytest.raises(ValueError, match="head-weight"):
+        build_objective("uniform", {"head-weight": -1})
 
 
 def test_aliases(toy: type[Toy]) -> None:
     assert build_objective("toy", {"lambda": 0.3}).params.lam == 0.3
-    assert build_objective("toy", {"lam": 0.4}).params.lam == 0.4  # the field name works too
-    with pytest.raises(ValueError, match="given twice"):
-        build_objective("toy", {"lambda": 0.3, "lam": 0.4})
+    with pytest.raises(ValueError, match="parameter 'lam' of objective 'toy' is now parameter 'lambda'"):
+        build_objective("toy", {"lam": 0.4})  # one spelling: the field name behind an alias is refused
 
 
 def test_describe(toy: type[Toy]) -> None:
@@ -136,24 +134,27 @@ def test_describe(toy: type[Toy]) -> None:
     assert d["params"]["lambda"]["help"] == "Config name ``lambda``."
     assert d["params"]["weights"]["type"] == "list[float]" and d["params"]["weights"]["default"] == []
     assert describe_objective("ce")["params"] == {}
-    assert describe_objective("uniform")["params"]["head_weight"]["default"] == 1.0
+    assert describe_objective("uniform")["params"]["head-weight"]["default"] == 1.0
 
 
 def test_registration_errors(toy: type[Toy]) -> None:
     with pytest.raises(TypeError, match="subclass of Objective"):
-        registry.register_objective(dict)  # type: ignore[arg-type]
+        registry.register_objective("dict")(dict)  # type: ignore[arg-type]
 
     class Other(Objective):
-        name: ClassVar[str] = "toy"
+        pass
 
     with pytest.raises(ValueError, match="already registered"):
-        registry.register_objective(Other)
+        registry.register_objective("toy")(Other)
+    assert "name" not in vars(Other)  # not renamed by a refused registration
 
     class BadAlias(Objective):
-        name: ClassVar[str] = "bad-alias"
         param_aliases: ClassVar[dict[str, str]] = {"x": "missing"}
 
     with pytest.raises(ValueError, match="param_aliases"):
-        registry.register_objective(BadAlias)
+        registry.register_objective("bad-alias")(BadAlias)
     assert "bad-alias" not in objective_names()
-    assert registry.register_objective(Toy) is Toy  # the same class again is fine
+    assert registry.register_objective("toy")(Toy) is Toy and Toy.name == "toy"  # the same class again is fine
+    # the one registration style: the old bare decorator is refused, naming the new form
+    with pytest.raises(TypeError, match=r'write @register_objective\("<name>"\) above Toy'):
+        registry.register_objective(Toy)  # type: ignore[arg-type]

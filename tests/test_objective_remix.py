@@ -14,6 +14,7 @@ from fedmm.models.net import ModelConfig, MultimodalNet
 from fedmm.objectives.base import RoundContext
 from fedmm.objectives.registry import build_objective
 from fedmm.objectives.remix import DataRemixing, interleaved_order, kl_to_uniform, split_batches
+from fedmm.params import config_name
 from fedmm.training import TrainConfig, train_local
 
 P = DataRemixing.Params
@@ -177,19 +178,19 @@ def test_unimodal_loss_uses_zero_filled_fusion() -> None:
 @pytest.mark.parametrize(
     ("params", "match"),
     [
-        ({"warmup_rounds": -2}, "warmup_rounds"),
+        ({"warmup_rounds": -2}, "warmup-rounds"),
         ({"warmup": 1.5}, "warmup"),
         ({"warmup": 0.5, "warmup_rounds": 2}, "not both"),
-        ({"warmup_head_weight": -0.5}, "warmup_head_weight"),
-        ({"head_weight": -1.0}, "head_weight"),
-        ({"head_weight": float("inf")}, "head_weight"),
+        ({"warmup_head_weight": -0.5}, "warmup-head-weight"),
+        ({"head_weight": -1.0}, "head-weight"),
+        ({"head_weight": float("inf")}, "head-weight"),
     ],
 )
 def test_bad_params(params: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         DataRemixing(P(**params))
     with pytest.raises(ValueError):
-        build_objective("remix", params)
+        build_objective("remix", {config_name(k): v for k, v in params.items()})
 
 
 def synthetic(names: list[str], n: int = 30, num_classes: int = 3) -> dict[str, torch.Tensor]:
@@ -204,7 +205,7 @@ def synthetic(names: list[str], n: int = 30, num_classes: int = 3) -> dict[str, 
 @pytest.mark.parametrize("single", [False, True])
 @pytest.mark.parametrize("server_round", [1, 5])
 def test_one_local_epoch(names: list[str], single: bool, server_round: int) -> None:
-    obj = build_objective("remix", {"warmup_rounds": 2})
+    obj = build_objective("remix", {"warmup-rounds": 2})
     torch.manual_seed(0)
     model = MultimodalNet(
         [ModalitySpec(m, (5,), "vector") for m in names],

@@ -11,7 +11,7 @@ from fedmm.config import RunConfig
 from fedmm.config_doc import parameter_rows
 from fedmm.data.base import ModalitySpec
 from fedmm.data.registry import DATASETS, check_options, dataset_entry, is_user_owned, register_dataset
-from fedmm.params import Checked, Interval, Options, Spec, check_value, specs
+from fedmm.params import Checked, Interval, Options, Spec, check_value, config_name, specs
 
 
 def spec(annotation, *constraints) -> Spec:
@@ -167,8 +167,8 @@ def test_the_model_takes_encoder_keys_over_the_dataset_defaults() -> None:
         {
             "dataset": "synthetic",
             "dataset.kind": "series",
-            "dataset.num_train": 40,
-            "dataset.num_test": 8,
+            "dataset.num-train": 40,
+            "dataset.num-test": 8,
             "dataset.dim": 8,
             "partition": "iid",
             "num-clients": 2,
@@ -184,14 +184,14 @@ def test_the_model_takes_encoder_keys_over_the_dataset_defaults() -> None:
 @pytest.mark.parametrize(
     ("dataset", "options", "message"),
     [
-        ("hapt", {"test_users": 30}, "option 'dataset.test_users' of dataset 'hapt' must be <= 29, got 30"),
-        ("hapt", {"test_users": 0}, "must be >= 1, got 0"),
-        ("cremad", {"test_fraction": 1.0}, "option 'dataset.test_fraction' of dataset 'cremad' must be < 1.0, got 1.0"),
-        ("cremad", {"test_fraction": 0}, "must be > 0.0, got 0.0"),
-        ("cremad", {"image_size": 7}, "must be >= 8, got 7"),
-        ("cremad", {"num_frames": 0}, "must be >= 1, got 0"),
+        ("hapt", {"test-users": 30}, "option 'dataset.test-users' of dataset 'hapt' must be <= 29, got 30"),
+        ("hapt", {"test-users": 0}, "must be >= 1, got 0"),
+        ("cremad", {"test-fraction": 1.0}, "option 'dataset.test-fraction' of dataset 'cremad' must be < 1.0, got 1.0"),
+        ("cremad", {"test-fraction": 0}, "must be > 0.0, got 0.0"),
+        ("cremad", {"image-size": 7}, "must be >= 8, got 7"),
+        ("cremad", {"num-frames": 0}, "must be >= 1, got 0"),
         ("synthetic", {"kind": "vectr"}, "must be one of ['vector', 'series'], got 'vectr' (did you mean 'vector'?)"),
-        ("synthetic", {"num_classes": 1}, "must be >= 2, got 1"),
+        ("synthetic", {"num-classes": 1}, "must be >= 2, got 1"),
     ],
 )
 def test_dataset_option_ranges_are_declared_constraints(dataset: str, options: dict, message: str) -> None:
@@ -201,11 +201,11 @@ def test_dataset_option_ranges_are_declared_constraints(dataset: str, options: d
 
 
 def test_dataset_options_at_their_bounds_pass_converted() -> None:
-    assert check_options("hapt", {"test_users": "29"}) == {"test_users": 29}
-    assert check_options("hapt", {"test_users": 1}) == {"test_users": 1}
-    assert check_options("cremad", {"test_fraction": "0.5", "image_size": 8}) == {"test_fraction": 0.5, "image_size": 8}
-    with pytest.raises(ValueError, match=r"^config key 'dataset.test_users' must be <= 29, got 30$"):
-        RunConfig.from_mapping({"dataset.test_users": 30})
+    assert check_options("hapt", {"test-users": "29"}) == {"test_users": 29}
+    assert check_options("hapt", {"test-users": 1}) == {"test_users": 1}
+    assert check_options("cremad", {"test-fraction": "0.5", "image-size": 8}) == {"test_fraction": 0.5, "image_size": 8}
+    with pytest.raises(ValueError, match=r"^config key 'dataset.test-users' must be <= 29, got 30$"):
+        RunConfig.from_mapping({"dataset.test-users": 30})
 
 
 def test_the_prepare_subcommands_come_from_the_entries() -> None:
@@ -251,13 +251,13 @@ def test_config_rows_list_every_component_parameter_with_default_and_help() -> N
     delta = by_component["selection cmsfed"]["selection.delta"]
     assert (delta.default, delta.allowed) == (1.5, "float in [1.0, inf)")
     assert by_component["selection cmsfed"]["selection.sketch-dim"].help  # inherited from DivFL's docstring
-    test_users = by_component["dataset hapt"]["dataset.test_users"]
+    test_users = by_component["dataset hapt"]["dataset.test-users"]
     assert (test_users.default, test_users.allowed) == (6, "int in [1, 29]") and test_users.help
     for name, entry in DATASETS.items():
         keys = set(by_component[f"dataset {name}"])
-        assert keys == {f"dataset.{s.name}" for s in entry.options()} | {"encoder.<modality>"}, name
+        assert keys == {f"dataset.{config_name(s.name)}" for s in entry.options()} | {"encoder.<modality>"}, name
         assert by_component[f"dataset {name}"]["encoder.<modality>"].default == dict(entry.encoders)
-    assert by_component["dataset cremad"]["dataset.test_fraction"].allowed == "float in (0.0, 1.0)"
+    assert by_component["dataset cremad"]["dataset.test-fraction"].allowed == "float in (0.0, 1.0)"
     assert by_component["encoder"]["encoder.<modality>"].allowed == "one of cnn1d, mlp, resnet18-audio, resnet18-video"
 
 

@@ -147,7 +147,7 @@ def test_half_precision_epoch_runs_under_autocast(precision: str, dtype: torch.d
 
 def test_boost_steps_under_bf16_autocast() -> None:
     dataset = synthetic()
-    objective = build_objective("boost", {"n_max": 3})
+    objective = build_objective("boost", {"n-max": 3})
     model = model_for(dataset, objective)
     seen = record_output_dtypes(model.fusion.boost_out)
     result = train_local(
@@ -258,7 +258,7 @@ def old_boost_train_step(self, model: nn.Module, batch: TensorDict, optimizer: t
     [
         ("ce", {}, old_train_step, {}),
         ("ogm-ge", {"alpha": 0.8}, old_train_step, {}),  # adjust_gradients with Gaussian noise (global RNG)
-        ("boost", {"n_max": 3}, old_boost_train_step, {ACTIVE_KEY: [2, 1]}),
+        ("boost", {"n-max": 3}, old_boost_train_step, {ACTIVE_KEY: [2, 1]}),
     ],
 )
 def test_fp32_gives_bit_identical_weights_to_the_step_before_precision(

@@ -87,7 +87,7 @@ def test_preset_none_keeps_todays_defaults_and_the_resolved_config_reads_back():
 def test_strategy_presets_scale_the_decay_round_and_respect_the_components():
     run = RunConfig.from_mapping({"strategy": "cmsfed", "preset": "paper", "num-server-rounds": 180})
     assert (run.lr, run.lr_min, run.lr_decay_start, run.batch_size) == (1e-3, 1e-4, 80, 64)
-    assert run.selection_params == {"delta": 1.5, "sketch_dim": 0}
+    assert run.selection_params == {"delta": 1.5, "sketch-dim": 0}
     assert (
         RunConfig.from_mapping({"strategy": "cmsfed", "preset": "paper", "num-server-rounds": 20}).lr_decay_start == 9
     )
@@ -141,7 +141,7 @@ def test_pmr_acts_inside_its_window_and_is_plain_ce_after_it():
     assert inside > ce + 0.1  # the prototype CE is added (window inclusive at its end)
     assert after == pytest.approx(ce_after)  # plain fused CE outside the window
     assert _pmr_loss(1.0, 10)[0] > ce + 0.1  # the default window covers the whole run
-    with pytest.raises(ValueError, match="modulation_start <= modulation_end"):
+    with pytest.raises(ValueError, match="modulation-start <= modulation-end"):
         PMR(PMR.Params(modulation_start=0.6, modulation_end=0.5))
 
 

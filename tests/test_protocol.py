@@ -8,7 +8,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
 from fedmm.config import load_config
-from fedmm.facts import CLIENT_FACTS, IMBALANCE_RATIO, ClientFact
+from fedmm.facts import CLIENT_FACTS, IMBALANCE_RATIO, register_client_fact
 from fedmm.protocol import (
     ARRAYS,
     CLIENT_FACTS_KEY,
@@ -146,10 +146,8 @@ def _weight_sum(model: torch.nn.Module, data, order) -> float:
     return float(model.state_dict()[KEY].double().sum()) + 1000.0 * len(order)
 
 
-EARLY = ClientFact(_weight_sum, before_training_in_update_pass=True)
-LATE = ClientFact(_weight_sum, before_training_in_update_pass=False)
-CLIENT_FACTS.add("test-weight-sum-early", EARLY)
-CLIENT_FACTS.add("test-weight-sum-late", LATE)
+register_client_fact("test-weight-sum-early", before_training_in_update_pass=True)(_weight_sum)
+register_client_fact("test-weight-sum-late", before_training_in_update_pass=False)(_weight_sum)
 
 
 @pytest.mark.parametrize("server_round", [0, 1])

@@ -31,9 +31,8 @@ def test_an_objective_whose_search_range_leaves_the_valid_range_is_refused_at_im
         from fedmm.objectives.registry import register_objective
         from fedmm.params import FRACTION, Checked, Search
 
-        @register_objective
+        @register_objective("bad-search")
         class Bad(Objective):
-            name = "bad-search"
 
             @dataclass
             class Params(Checked):
@@ -61,9 +60,8 @@ def test_a_policy_whose_search_range_leaves_the_valid_range_is_refused_at_import
         from fedmm.strategies.selection import register_policy
         from fedmm.strategies.selection.basic import RandomClients
 
-        @register_policy
+        @register_policy("bad-search")
         class Bad(RandomClients):
-            name = "bad-search"
 
             @dataclass
             class Params(Checked):

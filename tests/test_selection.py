@@ -49,10 +49,11 @@ def test_registry_names_and_errors() -> None:
     assert build_policy("cmsfed", {"modalities": "a,b,c"}, seed=0).order == ("a", "b", "c")
 
 
-def test_params_accept_kebab_and_snake_case() -> None:
+def test_params_are_kebab_case_and_the_snake_spelling_is_refused_naming_it() -> None:
     p = build_policy("cmsfed", {"sketch-dim": 16, "delta": 2, "subsample": 0.5, "stochastic": False}, seed=1)
     assert (p.params.sketch_dim, p.params.delta, p.params.subsample, p.params.stochastic) == (16, 2.0, 0.5, False)
-    assert build_policy("divfl", {"sketch_dim": 0}, seed=1).params.sketch_dim == 0
+    with pytest.raises(ValueError, match="parameter 'sketch_dim' of selection 'divfl' is now parameter 'sketch-dim'"):
+        build_policy("divfl", {"sketch_dim": 0}, seed=1)
     assert build_policy("powd", {"d": 3.0}, seed=1).params.d == 3
     assert [build_policy(n, None, seed=0).uses_updates for n in policy_names()] == [
         False,
@@ -64,15 +65,15 @@ def test_params_accept_kebab_and_snake_case() -> None:
     ]
 
 
-def test_register_policy_rejects_duplicates() -> None:
+def test_register_policy_rejects_duplicates_and_the_old_bare_form() -> None:
     class Other(SelectionPolicy):
-        name = "random"
-
         def select(self, server_round, clients, budget):  # pragma: no cover - never called
             return []
 
     with pytest.raises(ValueError, match="already registered"):
-        register_policy(Other)
+        register_policy("random")(Other)
+    with pytest.raises(TypeError, match=r'write @register_policy\("<name>"\) above .*Other'):
+        register_policy(Other)  # type: ignore[arg-type]
 
 
 # -- all / random --------------------------------------------------------------------------------------
@@ -297,14 +298,14 @@ def test_cmsfed_slices_are_refreshed_by_the_pass_and_by_one_modality_updates() -
     np.testing.assert_array_equal(store.slice_features([102], "a"), [[6, 0]])
 
     # the former rule, as an explicit choice: every update replaces the slices of what it trained
-    every = cms_policy(slice_refresh="every")
+    every = cms_policy(**{"slice-refresh": "every"})
     every.select(0, clients, budget=3)
     every.observe(0, updates_for([Assignment(100, AV)], vecs))
     every.observe(1, [ClientUpdate(100, AV, 10, {"a": np.array([2.0, 2.0]), "v": np.array([3.0, 3.0])})])
     np.testing.assert_array_equal(every.store.slice_features([100], "a"), [[2, 2]])
     np.testing.assert_array_equal(every.store.slice_features([100], "v"), [[3, 3]])
     with pytest.raises(ValueError, match="'slice-refresh' of selection 'cmsfed' must be one of"):
-        cms_policy(slice_refresh="never")
+        cms_policy(**{"slice-refresh": "never"})
 
 
 def test_cmsfed_unimodal_clients() -> None:

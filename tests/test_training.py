@@ -304,7 +304,7 @@ def test_uniform_loss_by_hand() -> None:
         )
         assert obj.loss(model, data).item() == pytest.approx(both.item(), rel=1e-6)
         assert obj.loss(model, {"m0": data["m0"], "y": y}).item() == pytest.approx(alone.item(), rel=1e-6)
-        half = build_objective("uniform", {"head_weight": 0.5})
+        half = build_objective("uniform", {"head-weight": 0.5})
         expected = F.cross_entropy(model(data), y) + 0.5 * (both - F.cross_entropy(model(data), y))
         assert half.loss(model, data).item() == pytest.approx(expected.item(), rel=1e-6)
         assert torch.equal(obj.predict(model, data), model(data))

@@ -107,7 +107,7 @@ def round_times(flat: list[str]) -> tuple[list[float], list[float], float]:
 def part1(args: argparse.Namespace) -> str:
     base = [
         "dataset=synthetic",
-        f"dataset.num_train={20 * args.clients}",
+        f"dataset.num-train={20 * args.clients}",
         "partition=iid",
         f"num-clients={args.clients}",
         "selection=random",

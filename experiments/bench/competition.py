@@ -41,8 +41,8 @@ FEDERATION = (
 )
 VARIANTS = {
     "default": (),
-    "shift": ("dataset.strong_present=1.0", "dataset.test_strong_present=0.5"),
-    "control": ("dataset.weak_sign_flip=false",),
+    "shift": ("dataset.strong-present=1.0", "dataset.test-strong-present=0.5"),
+    "control": ("dataset.weak-sign-flip=false",),
 }
 METHODS = {
     "ce": ("allocation=all", "objective=ce"),

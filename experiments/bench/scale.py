@@ -62,7 +62,7 @@ def _config(n: int, selection: str, rounds: int, k: int, engine: str = "ray", de
     extra += list(DEVICE_OVERRIDES) if devices == "model" else []
     return [
         "dataset=synthetic",
-        f"dataset.num_train={ROWS_PER_CLIENT * n}",
+        f"dataset.num-train={ROWS_PER_CLIENT * n}",
         "partition=iid",
         f"num-clients={n}",
         "strategy=fedavg",

@@ -10,15 +10,15 @@ sign per row, so that ``E[x_m1 | y] = 0`` and no linear read-out exists (the enc
 rows), in the manner of the XOR modality of Zhang, Latham & Saxe (ICML 2024, arXiv:2312.00935) and
 the slabs of Shah et al. (NeurIPS 2020, arXiv:2006.07710).
 
-Each modality is ``num_patches`` patches of ``patch_dim`` values, all ``N(0, noise^2)``; one
-patch of a row carries the signal: ``strong_amp * v0[y]`` in ``m0`` with probability
-``strong_present`` and ``eps * weak_amp * v1[y]`` in ``m1`` with probability ``weak_present``
-(``eps`` = +-1 per row with ``weak_sign_flip``, else +1), where ``v_r[c]`` are orthonormal class
-vectors of each modality. ``weak_amp`` is the gap knob (4 = as strong as ``m0``; 2 = a large gap).
+Each modality is ``num-patches`` patches of ``patch-dim`` values, all ``N(0, noise^2)``; one
+patch of a row carries the signal: ``strong-amp * v0[y]`` in ``m0`` with probability
+``strong-present`` and ``eps * weak-amp * v1[y]`` in ``m1`` with probability ``weak-present``
+(``eps`` = +-1 per row with ``weak-sign-flip``, else +1), where ``v_r[c]`` are orthonormal class
+vectors of each modality. ``weak-amp`` is the gap knob (4 = as strong as ``m0``; 2 = a large gap).
 
-Variants: ``test_strong_present`` < ``strong_present`` is the shift variant (the strong modality
+Variants: ``test-strong-present`` < ``strong-present`` is the shift variant (the strong modality
 is less reliable at test time, as the colour bias of Colored MNIST in Wu et al.);
-``weak_sign_flip = false`` is the negative control (``m1`` a plain mean shift, no competition
+``weak-sign-flip = false`` is the negative control (``m1`` a plain mean shift, no competition
 expected, the regime of ``synthetic``).
 
 The test rows where ``m0`` carries no signal are the ``hard`` subset (``Dataset.test_subsets``):
@@ -44,7 +44,7 @@ HARD = "hard"
 
 
 def class_vectors(rng: np.random.Generator, num_classes: int, dim: int) -> np.ndarray:
-    """``(num_classes, dim)`` orthonormal rows: the first columns of the Q of a Gaussian matrix's QR."""
+    """``(num-classes, dim)`` orthonormal rows: the first columns of the Q of a Gaussian matrix's QR."""
     q, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
     return q[:, :num_classes].T.copy()
 
@@ -109,7 +109,7 @@ def load_competition(
     Parameters
     ----------
     num_classes:
-        Number of classes (at most ``patch_dim``).
+        Number of classes (at most ``patch-dim``).
     num_patches:
         Patches per modality.
     patch_dim:
@@ -121,7 +121,7 @@ def load_competition(
     strong_amp:
         Signal amplitude of the strong modality m0.
     strong_present:
-        Share of train rows (and of test rows, unless test_strong_present) whose m0 carries the signal.
+        Share of train rows (and of test rows, unless test-strong-present) whose m0 carries the signal.
     weak_amp:
         Signal amplitude of the weak modality m1: the gap knob (4 = as strong as m0, 2 = a large gap).
     weak_present:
@@ -130,7 +130,7 @@ def load_competition(
         m1's signal has a random sign per row (no linear read-out); false = the negative control (a
         plain mean shift).
     test_strong_present:
-        Share of test rows whose m0 carries the signal; negative = strong_present. Below
+        Share of test rows whose m0 carries the signal; negative = strong-present. Below
         strong_present: the shift variant.
     signal_position:
         fixed (patch 0) or random (a random patch per row and modality; use kind=series).
@@ -139,7 +139,7 @@ def load_competition(
     """
     if num_classes > patch_dim:
         raise ValueError(
-            f"dataset.num_classes ({num_classes}) must be at most dataset.patch_dim ({patch_dim}): "
+            f"dataset.num-classes ({num_classes}) must be at most dataset.patch-dim ({patch_dim}): "
             "each class needs its own orthonormal signal vector"
         )
     rng = np.random.default_rng(seed)

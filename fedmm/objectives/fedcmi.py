@@ -19,7 +19,7 @@ Loss of a client training two or more modalities ``S``, batch ``B``, received gl
   softmax(C_w(u~_w,i) / tau_{y_i}))``: the frozen global model's dominant self branch teaches
   every weaker modality's local infiltration branch (with two modalities: the reference's one
   term); ``H(p, q) = -sum_c p_c log q_c``, no ``tau^2`` rescaling, the same ``tau`` on both sides;
-* ``L = L_task + lambda2 * L_CMI``, with ``L_CMI`` off in the first ``warmup_rounds`` rounds;
+* ``L = L_task + lambda2 * L_CMI``, with ``L_CMI`` off in the first ``warmup-rounds`` rounds;
   with ``proximal`` on, the clients' steps add the gradient of ``mu / 2 * ||w - w_g||^2``
   (``mu`` default 1.0, the reference's ``--mu``; :attr:`FedCMI.proximal_mu`).
 
@@ -87,12 +87,11 @@ def class_wise_temperature(
     return tau.to(p_first.dtype)
 
 
-@register_objective
+@register_objective("fedcmi")
 class FedCMI(Objective):
     """FedCMI: self-branch CEs plus cross-modal infiltration from the global dominant modality."""
 
     uses_global_model: ClassVar[bool] = True  # the teacher of the infiltration loss
-    name: ClassVar[str] = "fedcmi"
     needs_heads: ClassVar[bool] = True
     fills_missing: ClassVar[bool] = True
 
@@ -111,7 +110,7 @@ class FedCMI(Objective):
         class_wise:
             Use the class-wise temperature; ``false`` uses ``temperature`` for every class.
         temperature:
-            The single temperature when ``class_wise`` is off (``--temp``, default 1).
+            The single temperature when ``class-wise`` is off (``--temp``, default 1).
         warmup_rounds:
             Rounds at the start without the infiltration loss (``--warmup_epoch``, default 1).
         projector:

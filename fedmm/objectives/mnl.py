@@ -77,7 +77,7 @@ def negative_learning_term(
     return (per_sample * mask.to(weak.dtype)).sum() / (b * k)
 
 
-@register_objective
+@register_objective("mnl")
 class MNL(Objective):
     """MNL: fused CE + per-head CEs + non-target guidance from the robust dominant modality.
 
@@ -98,7 +98,6 @@ class MNL(Objective):
     is neither trained nor used; it stays in the model so that every client has the same shape.
     """
 
-    name: ClassVar[str] = "mnl"
     needs_heads: ClassVar[bool] = True
     #: Config names that differ from the ``Params`` field names (``lambda`` is a Python keyword).
     param_aliases: ClassVar[dict[str, str]] = {"lambda": "lam"}
@@ -139,7 +138,7 @@ class MNL(Objective):
             if self.start_round and self.start:
                 raise ValueError(
                     "mnl: set the start of the guidance either as a fraction (start) or as a round "
-                    "(start_round), not both"
+                    "(start-round), not both"
                 )
 
     params: Params
@@ -157,7 +156,7 @@ class MNL(Objective):
 
     def guiding(self) -> bool:
         """Whether the current local epoch adds the negative-learning term (from ``start`` of
-        training on, or from round ``start_round`` when it is set)."""
+        training on, or from round ``start-round`` when it is set)."""
         if self.params.start_round:
             return self.training_round() >= self.params.start_round
         return self.progress() >= self.params.start

@@ -85,7 +85,7 @@ def modulated_parameters(model: nn.Module, modality: str) -> list[nn.Parameter]:
     return [p for p in model.encoders[modality].parameters() if p.ndim >= 2]
 
 
-@register_objective
+@register_objective("ogm-ge")
 class OGMGE(Objective):
     """OGM-GE: fused CE; the dominant modality's encoder gradients are damped per batch.
 
@@ -105,7 +105,6 @@ class OGMGE(Objective):
     single modality: plain fused CE, no modulation, no noise.
     """
 
-    name: ClassVar[str] = "ogm-ge"
     needs_heads: ClassVar[bool] = False
 
     @dataclass
@@ -123,7 +122,7 @@ class OGMGE(Objective):
             First fraction of the run's training in the inclusive modulation window: training is
             ``T = num-server-rounds x local-epochs`` local epochs (see
             :class:`~fedmm.objectives.base.Schedule`), and local epoch ``g`` (0-based, counted over
-            the run) is modulated when ``modulation_start <= g / T <= modulation_end``; other epochs
+            the run) is modulated when ``modulation-start <= g / T <= modulation-end``; other epochs
             train with plain CE. The window acts per local epoch, so a round can lie partly inside
             it. Default 0 (the reference's ``modulation_starts = 0``).
         modulation_end:
@@ -133,12 +132,12 @@ class OGMGE(Objective):
         modulation_start_round:
             An explicit window in server rounds instead of the fractions: first round (1-based) of
             the inclusive window, every local epoch of a round inside it being modulated. 0
-            (default) = not set; set only ``modulation_end_round`` and the window starts at round 1.
-            Setting a round bound together with a non-default ``modulation_start`` or
-            ``modulation_end`` is an error.
+            (default) = not set; set only ``modulation-end-round`` and the window starts at round 1.
+            Setting a round bound together with a non-default ``modulation-start`` or
+            ``modulation-end`` is an error.
         modulation_end_round:
             Last round of the explicit window; 0 (default) = not set, i.e. the last round when only
-            ``modulation_start_round`` is set.
+            ``modulation-start-round`` is set.
         ge:
             Add the Gaussian generalisation-enhancement noise (OGM-GE); ``False`` gives plain OGM.
         """
@@ -154,12 +153,12 @@ class OGMGE(Objective):
             """The window's order, and one way of setting it."""
             if not self.modulation_start <= self.modulation_end:
                 raise ValueError(
-                    "ogm-ge: the window needs 0 <= modulation_start <= modulation_end <= 1 (fractions of "
-                    f"training), got modulation_start={self.modulation_start}, modulation_end={self.modulation_end}"
+                    "ogm-ge: the window needs 0 <= modulation-start <= modulation-end <= 1 (fractions of "
+                    f"training), got modulation-start={self.modulation_start}, modulation-end={self.modulation_end}"
                 )
             if self.modulation_end_round and self.modulation_end_round < self.modulation_start_round:
                 raise ValueError(
-                    f"ogm-ge: modulation_end_round ({self.modulation_end_round}) must be >= "
+                    f"ogm-ge: modulation-end-round ({self.modulation_end_round}) must be >= "
                     f"modulation_start_round ({self.modulation_start_round})"
                 )
             if self.uses_rounds() and (self.modulation_start, self.modulation_end) != (
@@ -167,8 +166,8 @@ class OGMGE(Objective):
                 self.default("modulation_end"),
             ):
                 raise ValueError(
-                    "ogm-ge: set the window either as fractions (modulation_start, modulation_end) or as "
-                    "rounds (modulation_start_round, modulation_end_round), not both"
+                    "ogm-ge: set the window either as fractions (modulation-start, modulation-end) or as "
+                    "rounds (modulation-start-round, modulation-end-round), not both"
                 )
 
         def uses_rounds(self) -> bool:

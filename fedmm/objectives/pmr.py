@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedmm.data.base import LABEL_KEY, TensorDict, num_examples
-from fedmm.facts import CLIENT_FACTS, IMBALANCE_RATIO, IMBALANCE_RATIO_VALID, ClientFact
+from fedmm.facts import IMBALANCE_RATIO, IMBALANCE_RATIO_VALID, register_client_fact
 from fedmm.objectives.base import Objective, RoundContext
 from fedmm.objectives.registry import register_objective
 from fedmm.params import FRACTION, NON_NEGATIVE, Checked, Interval, Search
@@ -105,7 +105,7 @@ def weak_modalities(scores: dict[str, float]) -> list[str]:
     return [m for m, s in scores.items() if s == low]
 
 
-@register_objective
+@register_objective("pmr")
 class PMR(Objective):
     """PMR: fused CE plus a prototype CE for the batch's weak modality.
 
@@ -129,7 +129,6 @@ class PMR(Objective):
     from scratch each round from the received model (no prototype state crosses rounds).
     """
 
-    name: ClassVar[str] = "pmr"
     needs_heads: ClassVar[bool] = False
 
     @dataclass
@@ -146,7 +145,7 @@ class PMR(Objective):
             default 0.2 (``--momentum_coef``; its scripts use 0, no EMA).
         modulation_start:
             First fraction of the run's local epochs in which the prototype CE acts: local epoch
-            ``g`` of ``T`` is modulated when ``modulation_start <= g / T <= modulation_end`` (the
+            ``g`` of ``T`` is modulated when ``modulation-start <= g / T <= modulation-end`` (the
             reference's ``--modulation_starts``/``--modulation_ends``, epochs 0..70 of 130 in its
             CREMA-D scripts: ``[0, 70/130]``); outside the window the loss is plain fused CE (the
             prototypes are still computed). Default 0.
@@ -164,8 +163,8 @@ class PMR(Objective):
             super().validate()
             if not self.modulation_start <= self.modulation_end:
                 raise ValueError(
-                    f"pmr: the window needs modulation_start <= modulation_end (fractions of training), "
-                    f"got modulation_start={self.modulation_start}, modulation_end={self.modulation_end}"
+                    f"pmr: the window needs modulation-start <= modulation-end (fractions of training), "
+                    f"got modulation-start={self.modulation_start}, modulation-end={self.modulation_end}"
                 )
 
     params: Params
@@ -253,6 +252,9 @@ def prototype_accuracies(
         model.train(was_training)
 
 
+#: CMSFed's rho_k, asked for by the cmsfed selection policy: from the received model in the update
+#: pass, from the trained one in later rounds (docs/methods/cmsfed.md §5.1, §5.5).
+@register_client_fact(IMBALANCE_RATIO, before_training_in_update_pass=True, valid=IMBALANCE_RATIO_VALID)
 def prototype_imbalance_ratio(model: nn.Module, data: TensorDict, order: Sequence[str], floor: float = 1e-3) -> float:
     """rho_k = Acc_pivot / min_{m in rest} Acc_m of the prototype (nearest-class-mean) classifiers on
     the client's data, for ``order = (pivot, *rest)``: how far the pivot modality is ahead of the
@@ -268,11 +270,3 @@ def prototype_imbalance_ratio(model: nn.Module, data: TensorDict, order: Sequenc
         return 1.0
     acc = prototype_accuracies(model, data, [pivot, *rest])
     return acc[pivot] / max(min(acc[m] for m in rest), floor)
-
-
-#: CMSFed's rho_k, asked for by the cmsfed selection policy: from the received model in the update
-#: pass, from the trained one in later rounds (docs/methods/cmsfed.md §5.1, §5.5).
-CLIENT_FACTS.add(
-    IMBALANCE_RATIO,
-    ClientFact(prototype_imbalance_ratio, before_training_in_update_pass=True, valid=IMBALANCE_RATIO_VALID),
-)

@@ -2,12 +2,13 @@
 
 An objective is a subclass of :class:`~fedmm.objectives.base.Objective` with a unique ``name`` and
 a nested ``Params`` dataclass (a :class:`fedmm.params.Checked` one, so that a directly built
-``Params`` obeys the same rules). Decorating it with :func:`register_objective` makes it available
+``Params`` obeys the same rules). Decorating it with ``@register_objective("<name>")`` makes it available
 to :func:`build_objective`, which turns a mapping from a TOML file or from
 ``--set objective.x=...`` into a validated ``Params`` instance with :func:`fedmm.params.parse`:
 
-- keys are the ``Params`` field names, except where the class maps a config name onto a field
-  through ``param_aliases`` (``{"lambda": "lam"}``: ``lambda`` is a Python keyword);
+- keys are the ``Params`` field names in kebab-case (:func:`fedmm.params.config_name`: ``n_max`` is
+  ``n-max``), except where the class maps a config name onto a field through ``param_aliases``
+  (``{"lambda": "lam"}``: ``lambda`` is a Python keyword); another spelling is refused naming it;
 - values are converted to the field's annotated type (``bool``, ``int``, ``float``, ``str``,
   ``list[...]``, ``tuple[...]``, ``Literal[...]``, ``X | None``); strings such as ``"0.7"`` or
   ``"true"`` from the command line are parsed, an ``int`` is accepted for a ``float`` field;
@@ -22,12 +23,12 @@ Every error is a ``ValueError`` that names the objective, the key and the neares
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from fedmm.objectives.base import Objective
 from fedmm.params import Label, check_search, config_specs, parse, type_name
-from fedmm.registry import Registry
+from fedmm.registry import Registry, registered_name
 
 #: Every registered objective class, by name.
 OBJECTIVES: Registry[type[Objective]] = Registry("objective")
@@ -35,45 +36,48 @@ OBJECTIVES: Registry[type[Objective]] = Registry("objective")
 ObjectiveType = TypeVar("ObjectiveType", bound=type[Objective])
 
 
-def register_objective(cls: ObjectiveType) -> ObjectiveType:
-    """Class decorator: register objective ``cls`` under ``cls.name``.
+def register_objective(name: str) -> Callable[[ObjectiveType], ObjectiveType]:
+    """Class decorator: register an objective class as ``name`` (``@register_objective("mnl")``).
 
     Parameters
     ----------
-    cls:
-        A subclass of :class:`Objective` with a non-empty ``name`` and a ``Params`` dataclass whose
-        fields all have defaults.
+    name:
+        Its registry name, the value of config key ``objective``; set as the class's ``name``.
 
     Returns
     -------
-    The class itself, so that it can be used as ``@register_objective``.
+    A decorator that registers a subclass of :class:`Objective` whose ``Params`` dataclass has a
+    default for every field, and returns the class.
     """
-    if not (isinstance(cls, type) and issubclass(cls, Objective)):
-        raise TypeError(f"register_objective expects a subclass of Objective, got {cls!r}")
-    name = getattr(cls, "name", "")
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"objective class {cls.__qualname__} needs a non-empty string `name`")
-    if not dataclasses.is_dataclass(cls.Params):
-        raise TypeError(f"objective {name!r}: `Params` must be a dataclass")
-    fields = {f.name for f in dataclasses.fields(cls.Params)}
-    required = [
-        f.name
-        for f in dataclasses.fields(cls.Params)
-        if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    if required:
-        raise ValueError(f"objective {name!r}: Params fields {required} need defaults")
-    bad_aliases = {a: f for a, f in _aliases(cls).items() if f not in fields}
-    if bad_aliases:
-        raise ValueError(
-            f"objective {name!r}: param_aliases {bad_aliases} point at no Params field; fields are {sorted(fields)}"
-        )
-    check_search(cls.Params, f"objective {name!r}")  # a search range outside the valid one fails at import
-    OBJECTIVES.add(name, cls)
-    # a directly built Params names its fields as build_objective does (fedmm.params.Checked)
-    cls.Params.label_format = f"parameter '{{}}' of objective {name!r}"
-    cls.Params.field_names = {field: alias for alias, field in _aliases(cls).items()}
-    return cls
+    name = registered_name("register_objective", name)
+
+    def register(cls: ObjectiveType) -> ObjectiveType:
+        if not (isinstance(cls, type) and issubclass(cls, Objective)):
+            raise TypeError(f"register_objective({name!r}) expects a subclass of Objective, got {cls!r}")
+        if not dataclasses.is_dataclass(cls.Params):
+            raise TypeError(f"objective {name!r}: `Params` must be a dataclass")
+        fields = {f.name for f in dataclasses.fields(cls.Params)}
+        required = [
+            f.name
+            for f in dataclasses.fields(cls.Params)
+            if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        if required:
+            raise ValueError(f"objective {name!r}: Params fields {required} need defaults")
+        bad_aliases = {a: f for a, f in _aliases(cls).items() if f not in fields}
+        if bad_aliases:
+            raise ValueError(
+                f"objective {name!r}: param_aliases {bad_aliases} point at no Params field; fields are {sorted(fields)}"
+            )
+        check_search(cls.Params, f"objective {name!r}")  # a search range outside the valid one fails at import
+        OBJECTIVES.add(name, cls)
+        cls.name = name
+        # a directly built Params names its fields as build_objective does (fedmm.params.Checked)
+        cls.Params.label_format = f"parameter '{{}}' of objective {name!r}"
+        cls.Params.field_names = {field: alias for alias, field in _aliases(cls).items()}  # else kebab-case
+        return cls
+
+    return register
 
 
 def objective_names() -> list[str]:
@@ -119,15 +123,7 @@ def parse_params(cls: type[Objective], params: Mapping[str, Any], *, label: Labe
     label:
         Config name -> how messages name it; default ``"parameter '<name>' of objective '<objective>'"``.
     """
-    to_config = {field: alias for alias, field in _aliases(cls).items()}
-    return parse(
-        cls.Params,
-        params,
-        component=f"objective {cls.name!r}",
-        aliases=_aliases(cls),
-        shown=lambda key: to_config.get(key, key),
-        label=label,
-    )
+    return parse(cls.Params, params, component=f"objective {cls.name!r}", aliases=_aliases(cls), label=label)
 
 
 def describe_objective(name: str) -> dict[str, Any]:
@@ -158,4 +154,4 @@ def _aliases(cls: type[Objective]) -> dict[str, str]:
     return dict(getattr(cls, "param_aliases", {}) or {})
 
 
-register_objective(Objective)
+register_objective("ce")(Objective)

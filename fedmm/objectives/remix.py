@@ -60,14 +60,14 @@ def interleaved_order(counts: list[int]) -> list[int]:
     return [i for _, i in sorted(keys)]
 
 
-@register_objective
+@register_objective("remix")
 class DataRemixing(Objective):
     """Data Remixing: per-epoch sample -> modality assignment and unimodal batches.
 
     Model: the fusion head plus a linear head ``h_m`` per modality (``heads.<m>``).
     Loss of a batch over its modalities ``S``: ``CE(g(slots of S, others zero), y) + w sum_{m in S}
-    CE(h_m(u_m), y)`` with ``w = warmup_head_weight`` during warm-up (joint batches, ``S`` = all
-    trained modalities) and ``w = head_weight`` afterwards (unimodal batches, ``|S| = 1``).
+    CE(h_m(u_m), y)`` with ``w = warmup-head-weight`` during warm-up (joint batches, ``S`` = all
+    trained modalities) and ``w = head-weight`` afterwards (unimodal batches, ``|S| = 1``).
     Inference: the fusion head with absent slots zero-filled (the default ``predict``).
 
     A client training one modality runs exactly the remix loss on that modality every epoch
@@ -76,7 +76,6 @@ class DataRemixing(Objective):
     updates its batch-norm statistics).
     """
 
-    name: ClassVar[str] = "remix"
     needs_heads: ClassVar[bool] = True
 
     @dataclass
@@ -94,7 +93,7 @@ class DataRemixing(Objective):
             epochs. 0 remixes from the first epoch.
         warmup_rounds:
             An explicit warm-up in server rounds instead of the fraction: rounds
-            ``1 .. warmup_rounds`` warm up (0: no warm-up). -1 (default) = not set, use
+            ``1 .. warmup-rounds`` warm up (0: no warm-up). -1 (default) = not set, use
             ``warmup``; setting it together with a non-default ``warmup`` is an error.
         warmup_head_weight:
             Weight of each per-modality head CE during warm-up (reference ``alpha = beta = 0.5``);
@@ -118,7 +117,7 @@ class DataRemixing(Objective):
             """Refuse both ways of setting the warm-up."""
             if self.warmup_rounds >= 0 and self.warmup != DataRemixing.Params.default("warmup"):
                 raise ValueError(
-                    "remix: set the warm-up either as a fraction (warmup) or in rounds (warmup_rounds), not both"
+                    "remix: set the warm-up either as a fraction (warmup) or in rounds (warmup-rounds), not both"
                 )
 
     params: Params
@@ -131,7 +130,7 @@ class DataRemixing(Objective):
 
     def in_warmup(self) -> bool:
         """Whether the current local epoch trains jointly: it starts before the ``warmup`` fraction
-        of training, or with ``warmup_rounds`` set, its round is ``<= warmup_rounds`` (the update
+        of training, or with ``warmup-rounds`` set, its round is ``<= warmup-rounds`` (the update
         pass counts as round 1). ``False`` before :meth:`begin_round`."""
         if self.ctx is None:
             return False

@@ -2,7 +2,7 @@
 
 The fusion head and one linear head per modality are trained together with equal weights:
 ``L = CE(g([u_1; ...; u_M]), y) + w * sum_{m in S} CE(h_m(u_m), y)`` over the trained modalities
-``S`` present in the batch (``w = head_weight``, 1 for the uniform baseline; the Data Remixing
+``S`` present in the batch (``w = head-weight``, 1 for the uniform baseline; the Data Remixing
 paper's baseline uses 0.5). A client holding one modality ``m`` trains
 ``CE(g([.., u_m, .., 0, ..]), y) + w * CE(h_m(u_m), y)``: absent slots are zero-filled by the
 model. Inference is the fusion head (the default ``predict``).
@@ -23,11 +23,10 @@ from fedmm.objectives.registry import register_objective
 from fedmm.params import NON_NEGATIVE, Checked, Search
 
 
-@register_objective
+@register_objective("uniform")
 class Uniform(Objective):
     """Uniform multitask: fused CE plus the CE of every present modality's own head."""
 
-    name: ClassVar[str] = "uniform"
     needs_heads: ClassVar[bool] = True
 
     @dataclass

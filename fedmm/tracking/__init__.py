@@ -115,12 +115,12 @@ def flat_params(config: RunConfig) -> dict[str, str]:
     """The config as ``key -> text`` parameters (every key, defaults included)."""
     from dataclasses import fields
 
-    from fedmm.config import key_of
+    from fedmm.params import config_name
 
     out = {}
     for key, value in config.to_flat().items():
         out[key] = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
     for f in fields(config):  # the tracking keys themselves, left out of to_flat at their defaults
         if f.name in ("tensorboard", "mlflow", "mlflow_uri", "mlflow_experiment"):
-            out.setdefault(key_of(f.name), str(getattr(config, f.name)))
+            out.setdefault(config_name(f.name), str(getattr(config, f.name)))
     return out

@@ -21,12 +21,12 @@ from fedmm.strategies.selection.base import (
     SelectionPolicy,
     StateValue,
 )
+from fedmm.strategies.selection.registry import register_policy
 
 
+@register_policy("all")
 class AllClients(SelectionPolicy):
     """Every client, every round, with all its modalities (``budget`` is ignored)."""
-
-    name = "all"
 
     def select(self, server_round: int, clients: Sequence[ClientState], budget: int) -> list[Assignment]:
         started = time.perf_counter()
@@ -35,10 +35,9 @@ class AllClients(SelectionPolicy):
         return self._record(server_round, out, [MODE_ALL] * len(out), started)
 
 
+@register_policy("random")
 class RandomClients(SelectionPolicy):
     """A uniform sample of ``budget`` clients without replacement (FedAvg), all their modalities."""
-
-    name = "random"
 
     def select(self, server_round: int, clients: Sequence[ClientState], budget: int) -> list[Assignment]:
         started = time.perf_counter()
@@ -48,6 +47,7 @@ class RandomClients(SelectionPolicy):
         return self._record(server_round, out, [MODE_ALL] * len(out), started)
 
 
+@register_policy("powd")
 class PowerOfChoice(SelectionPolicy):
     """Power-of-Choice (Cho, Wang and Joshi, AISTATS 2022): probe d candidates, keep the highest losses.
 
@@ -64,8 +64,6 @@ class PowerOfChoice(SelectionPolicy):
     a NumPy array). If :meth:`select` is called for a round without a :meth:`probe` for that round, it
     draws the candidates itself and uses whatever losses the states hold.
     """
-
-    name = "powd"
 
     @dataclass
     class Params(Checked):

@@ -34,6 +34,7 @@ from fedmm.strategies.selection.base import (
     ClientState,
 )
 from fedmm.strategies.selection.divfl import pick_unseen
+from fedmm.strategies.selection.registry import register_policy
 from fedmm.strategies.selection.sketch import UpdateVectorPolicy
 
 #: Values of the ``slice_refresh`` parameter.
@@ -58,6 +59,7 @@ def global_imbalance_ratio(clients: Sequence[ClientState]) -> float:
     return num / den if den > 0 else 1.0
 
 
+@register_policy("cmsfed")
 class CMSFed(UpdateVectorPolicy):
     """CMSFed balanced stochastic greedy over (client, modality-subset) pairs, for M >= 2 modalities.
 
@@ -88,8 +90,8 @@ class CMSFed(UpdateVectorPolicy):
 
     Stored vectors (docs/methods/cmsfed.md §4.1, §8): the update pass gives every client its full vector
     g and its slices g^m; afterwards an update of every held modality replaces g only and a
-    weak-mode update replaces the slices of what it trained only (``slice_refresh = 'unimodal'``,
-    the reference's ``server/mmdrop.py``). ``slice_refresh = 'every'`` lets every update replace
+    weak-mode update replaces the slices of what it trained only (``slice-refresh = 'unimodal'``,
+    the reference's ``server/mmdrop.py``). ``slice-refresh = 'every'`` lets every update replace
     the slices of the modalities it trained. A unimodal client's update is both: its full vector
     and its one slice.
 
@@ -101,14 +103,12 @@ class CMSFed(UpdateVectorPolicy):
     Parameters
     ----------
     params:
-        :class:`CMSFed.Params`: ``sketch_dim`` (256; 0 = exact vectors, as the reference), ``stochastic``
-        (True), ``subsample`` (0.1), ``support_fraction`` (0.25), ``delta`` (1.5), ``modalities``
-        ("" = inferred order), ``slice_refresh`` ("unimodal").
+        :class:`CMSFed.Params`: ``sketch-dim`` (256; 0 = exact vectors, as the reference), ``stochastic``
+        (True), ``subsample`` (0.1), ``support-fraction`` (0.25), ``delta`` (1.5), ``modalities``
+        ("" = inferred order), ``slice-refresh`` ("unimodal").
     seed:
         Seed of the policy's generator and of the sketch hash.
     """
-
-    name = "cmsfed"
 
     @dataclass
     class Params(UpdateVectorPolicy.Params):
@@ -141,7 +141,7 @@ class CMSFed(UpdateVectorPolicy):
         self.order: tuple[str, ...] = order
 
     def refreshes_slices(self, server_round: int, trained: Sequence[str], held: Sequence[str]) -> bool:
-        """The reference rule (:meth:`UpdateVectorPolicy.refreshes_slices`) with ``slice_refresh =
+        """The reference rule (:meth:`UpdateVectorPolicy.refreshes_slices`) with ``slice-refresh =
         'unimodal'``; with ``'every'`` every update replaces the slices of the modalities it trained."""
         return self.params.slice_refresh == "every" or super().refreshes_slices(server_round, trained, held)
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from fedmm.strategies.selection.base import MODE_MULTIMODAL, MODE_UNSEEN, Assignment, ClientState
 from fedmm.strategies.selection.facility import greedy
+from fedmm.strategies.selection.registry import register_policy
 from fedmm.strategies.selection.sketch import UpdateVectorPolicy
 
 
@@ -24,6 +25,7 @@ def pick_unseen(rng: np.random.Generator, unseen: np.ndarray, budget: int) -> np
     return rng.permutation(unseen)
 
 
+@register_policy("divfl")
 class DivFL(UpdateVectorPolicy):
     """Facility-location selection on full update vectors (DivFL).
 
@@ -49,14 +51,12 @@ class DivFL(UpdateVectorPolicy):
     Parameters
     ----------
     params:
-        :class:`DivFL.Params`: ``sketch_dim`` (default 256; 0 = exact vectors), ``stochastic``
-        (default True), ``subsample`` (default 0.1), ``support_fraction`` (default 0.25; see
+        :class:`DivFL.Params`: ``sketch-dim`` (default 256; 0 = exact vectors), ``stochastic``
+        (default True), ``subsample`` (default 0.1), ``support-fraction`` (default 0.25; see
         :mod:`fedmm.strategies.selection.facility`).
     seed:
         Seed of the policy's generator and of the sketch hash.
     """
-
-    name = "divfl"
 
     def select(self, server_round: int, clients: Sequence[ClientState], budget: int) -> list[Assignment]:
         started = time.perf_counter()

@@ -37,7 +37,7 @@ adding a candidate updates the coverage on its support only. A distance block is
 supports in squared distances (against a slightly enlarged cov ** 2), so only the entries found
 need a square root. A gain from a support equals the gain from a new distance column up to the
 summation order (points the coverage has reached since add exact zeros, which shift the pairwise
-summation's grouping), and the coverage is the same. Supports larger than ``support_fraction * n``
+summation's grouping), and the coverage is the same. Supports larger than ``support-fraction * n``
 are not kept (a distance column is about as cheap then), nor beyond ``support_elements`` entries in
 all. With stochastic greedy most candidates are evaluated again a few steps after their first
 evaluation, so this halves the distance columns of a selection (N = 10,000, K = 100).

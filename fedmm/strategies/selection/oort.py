@@ -6,20 +6,20 @@ Each client is an arm with a statistical utility (``reward``), a duration (``dur
 its round), the round of its last feedback (``stamp``) and how often it gave feedback (``count``).
 A round's selection:
 
-1. The pacer: every ``pacer_step`` rounds it compares the summed utility of the clients exploited in
-   the last ``pacer_step`` rounds with the ``pacer_step`` rounds before; when it is flat (changed by at
-   most 10 %) the preferred-duration percentile grows by ``pacer_delta`` (slower clients admitted),
+1. The pacer: every ``pacer-step`` rounds it compares the summed utility of the clients exploited in
+   the last ``pacer-step`` rounds with the ``pacer-step`` rounds before; when it is flat (changed by at
+   most 10 %) the preferred-duration percentile grows by ``pacer-delta`` (slower clients admitted),
    when it changed sharply (5x) it shrinks.
-2. The preferred round duration ``T`` = the ``round_threshold`` percentile of every registered
+2. The preferred round duration ``T`` = the ``round-threshold`` percentile of every registered
    client's duration.
 3. Explored clients are scored: clipped, min-max normalised utility plus the staleness (temporal
-   uncertainty) bonus ``sqrt(staleness_weight * ln R / L_i)`` (``L_i`` = round of the last feedback),
-   times ``(T / t_i) ** round_penalty`` for a client slower than ``T``.
-4. ``epsilon`` decays (``epsilon * exploration_decay``, floor ``exploration_min``); ``K (1 - eps)``
+   uncertainty) bonus ``sqrt(staleness-weight * ln R / L_i)`` (``L_i`` = round of the last feedback),
+   times ``(T / t_i) ** round-penalty`` for a client slower than ``T``.
+4. ``epsilon`` decays (``epsilon * exploration-decay``, floor ``exploration-min``); ``K (1 - eps)``
    clients are exploited (drawn with probability proportional to the score among those above
-   ``cut_off_util`` times the cut-off score, at least 10x as many candidates), the rest explored:
+   ``cut-off-util`` times the cut-off score, at least 10x as many candidates), the rest explored:
    unexplored clients ranked by data size times the same speed penalty, the best
-   ``sample_window`` x drawn proportional to that.
+   ``sample-window`` x drawn proportional to that.
 5. Whatever is still missing to reach ``K`` is drawn uniformly from the remaining feasible clients.
 
 The statistical utility is ``|B_i| * sqrt(mean_k loss_k ** 2)`` in the paper. fedmm's clients
@@ -51,6 +51,7 @@ from fedmm.strategies.selection.base import (
     SelectionPolicy,
     StateValue,
 )
+from fedmm.strategies.selection.registry import register_policy
 
 
 def statistical_utility(num_examples: int, loss: float) -> float:
@@ -77,7 +78,7 @@ def speed_penalty(duration: np.ndarray | float, preferred: float, alpha: float) 
     preferred:
         The preferred round duration ``T`` (seconds; ``inf``: no penalty).
     alpha:
-        The exponent ``round_penalty``.
+        The exponent ``round-penalty``.
     """
     t = np.asarray(duration, dtype=np.float64)
     slow = np.isfinite(t) & (t > preferred)
@@ -108,12 +109,11 @@ def pacer_step(threshold: float, previous: float, current: float, delta: float) 
     return threshold
 
 
+@register_policy("oort")
 class Oort(SelectionPolicy):
     """Oort's guided participant selection (OSDI 2021, FedScale's version): statistical utility
     times a penalty for slow clients, epsilon-greedy exploration, the pacer; every selected client
     trains all its modalities (see the module docstring and docs/selection.md)."""
-
-    name = "oort"
 
     @dataclass
     class Params(Checked):
@@ -192,8 +192,8 @@ class Oort(SelectionPolicy):
                 self._duration[cid] = float(c.sim_seconds)
 
     def _blacklist(self) -> set[int]:
-        """Clients with more than ``blacklist_rounds`` feedbacks, most frequent first, at most
-        ``blacklist_max_len`` of all arms (FedScale's rule, with an int length)."""
+        """Clients with more than ``blacklist-rounds`` feedbacks, most frequent first, at most
+        ``blacklist-max-len`` of all arms (FedScale's rule, with an int length)."""
         if self.params.blacklist_rounds < 0:
             return set()
         over = sorted(
@@ -202,7 +202,7 @@ class Oort(SelectionPolicy):
         return set(over[: int(self.params.blacklist_max_len * len(self._count))])
 
     def _pace(self, server_round: int) -> None:
-        """Record last selection's exploited utility, then move T's percentile every ``pacer_step``."""
+        """Record last selection's exploited utility, then move T's percentile every ``pacer-step``."""
         got = [self._reward[c] for c in self._exploited if c in self._fed_back]
         self._exploit_util.append(sum(got) / (len(got) + 1e-4))
         self._fed_back = set()
@@ -225,7 +225,7 @@ class Oort(SelectionPolicy):
     # -- selection -------------------------------------------------------------------------------
     def scores(self, server_round: int, ids: np.ndarray, preferred: float, feasible: np.ndarray) -> np.ndarray:
         """Exploitation scores of the explored clients ``ids`` (FedScale's ``getTopK``): utility
-        clipped at the ``clip_bound`` quantile of the positive utilities of the ``feasible`` clients
+        clipped at the ``clip-bound`` quantile of the positive utilities of the ``feasible`` clients
         and min-max normalised, plus the staleness bonus, times the speed penalty; absolute value.
 
         Parameters
@@ -307,7 +307,7 @@ class Oort(SelectionPolicy):
         return [int(explored[i]) for i in self._draw(cands, s[cands], n)]
 
     def _explore(self, unexplored: np.ndarray, n: int, preferred: float) -> list[int]:
-        """``n`` unexplored clients: the best ``sample_window * n`` by data size times the speed
+        """``n`` unexplored clients: the best ``sample-window * n`` by data size times the speed
         penalty, drawn proportional to that."""
         if n <= 0:
             return []

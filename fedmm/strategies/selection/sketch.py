@@ -5,7 +5,7 @@ Why a count sketch
 ------------------
 DivFL and CMSFed compare clients by the Euclidean distance between their model updates. Updates have
 P = 1e5 to 1e7 entries per modality, and the server keeps one (or three) per client, so they are
-stored as k-dimensional random projections (``sketch_dim = k``, default 256). A dense Gaussian or
+stored as k-dimensional random projections (``sketch-dim = k``, default 256). A dense Gaussian or
 Rademacher k x P matrix would be 4 k P bytes (1 GB for k = 256, P = 1e6) and O(kP) work per vector.
 We use the *count sketch* (hashing trick with sign hashing; Charikar et al. 2002, Weinberger et al.
 2009), the sparsest JL transform: coordinate j goes to bucket h(j) in [0, k) with sign s(j) = +-1,
@@ -35,9 +35,9 @@ code, where the untrained encoder's delta is 0).
 We use the sum, not the concatenation [S_a g_a; S_v g_v] (the block-diagonal projection, also an
 unbiased sketch, with M k dimensions): the distance blocks of the greedy cost O(dimension) per
 entry and dominate selection time, and the sum keeps the multimodal function at k dimensions (the
-same accuracy as each per-modality sketch) instead of M k. Raise ``sketch_dim`` for more accuracy.
+same accuracy as each per-modality sketch) instead of M k. Raise ``sketch-dim`` for more accuracy.
 
-``sketch_dim = 0`` stores the exact vectors instead (memory N x P per modality).
+``sketch-dim = 0`` stores the exact vectors instead (memory N x P per modality).
 
 Why one module of this size: the count sketch and the streaming update vectors are one algorithm
 with its numerics.
@@ -119,7 +119,7 @@ class CountSketch:
 
 
 class UpdateStore:
-    """Per-client update vectors (sketched, or exact with ``sketch_dim = 0``) and their staleness.
+    """Per-client update vectors (sketched, or exact with ``sketch-dim = 0``) and their staleness.
 
     For every client row and modality m it keeps
 
@@ -131,7 +131,7 @@ class UpdateStore:
 
     The full vector of a client (docs/methods/cmsfed.md §4.1: g_k) is the sum of its ``full[m]`` sketches,
     or the concatenation of its exact ``full[m]`` blocks in :attr:`modalities` order when
-    ``sketch_dim = 0``.
+    ``sketch-dim = 0``.
 
     Parameters
     ----------
@@ -262,7 +262,7 @@ class UpdateStore:
     def full_features(self, client_ids: Sequence[int]) -> np.ndarray:
         """Full vectors of ``client_ids`` (caller checks :meth:`has_full`), float32.
 
-        Sketched: (len, sketch_dim), the sum of the per-modality sketches (the count sketch of the
+        Sketched: (len, sketch-dim), the sum of the per-modality sketches (the count sketch of the
         concatenation). Exact: (len, sum of dims), the concatenation.
         """
         rows = self._rows_of(client_ids)

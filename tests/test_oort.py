@@ -147,8 +147,9 @@ def test_blacklist_and_fill_up() -> None:
     assert sorted(a.client_id for a in got) == [1, 2, 3, 4, 5]
 
 
-def test_wall_seconds_when_the_clock_is_off() -> None:
-    p = build_policy("oort", None, seed=0)
+@pytest.mark.parametrize("wall_seconds", [False, True])
+def test_wall_seconds_only_when_asked_with_the_clock_off(wall_seconds: bool) -> None:
+    p = build_policy("oort", {"wall-seconds": wall_seconds}, seed=0)
     states = clients(3)
     p.select(1, states, 3)
     p.observe(
@@ -158,9 +159,12 @@ def test_wall_seconds_when_the_clock_is_off() -> None:
             ClientUpdate(2, ("a",), 10, loss=1.0, sim_seconds=7.0, seconds=2.5),
         ],
     )
-    assert p._duration[1] == 2.5 and p._duration[2] == 7.0 and math.isnan(p._duration[3])
+    assert p._duration[2] == 7.0 and math.isnan(p._duration[3])  # the clock's seconds always win
     p.select(2, states, 3)
-    assert p.preferred == 2.5  # the percentile of the known durations only
+    if wall_seconds:  # a deployment: the client's own wall seconds
+        assert p._duration[1] == 2.5 and p.preferred == 2.5  # the percentile of the known durations only
+    else:  # a simulation stays a function of its seed: the machine's wall time is never read
+        assert math.isnan(p._duration[1]) and p.preferred == 7.0
 
 
 def test_state_dict_round_trip_continues_identically() -> None:

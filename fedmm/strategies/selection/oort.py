@@ -147,6 +147,11 @@ class Oort(SelectionPolicy):
             clients that gave feedback more than this many times are left out (-1: never)
         blacklist_max_len:
             at most this share of the clients is left out by the blacklist
+        wall_seconds:
+            with the simulated clock off (devices = off), take the wall seconds a client reports for
+            its training as its duration: true in a deployment, where they are the client's own;
+            false (default) in a simulation, where they time the simulating machine and would make
+            the run differ from its seed (durations unknown then: no speed penalty)
         """
 
         exploration_factor: Annotated[float, Interval(float, 0, 1, closed="both")] = 0.9
@@ -162,6 +167,7 @@ class Oort(SelectionPolicy):
         staleness_weight: Annotated[float, Interval(float, 0, None, closed="left")] = 0.1
         blacklist_rounds: Annotated[int, Interval(int, -1, None, closed="left")] = -1
         blacklist_max_len: Annotated[float, Interval(float, 0, 1, closed="both")] = 0.3
+        wall_seconds: bool = False
 
     def __init__(self, params: Oort.Params | None = None, *, seed: int = 0) -> None:
         super().__init__(params, seed=seed)
@@ -327,7 +333,8 @@ class Oort(SelectionPolicy):
 
     def observe(self, server_round: int, updates: Sequence[ClientUpdate]) -> None:
         """Feedback of the clients that trained: utility ``num_examples * loss``, their duration (the
-        simulated one; the reported wall seconds when the clock is off), this round as last seen."""
+        simulated one; with the clock off, the reported wall seconds if ``wall-seconds``), this round
+        as last seen."""
         for u in updates:
             cid = int(u.client_id)
             if cid not in self._reward:
@@ -335,7 +342,7 @@ class Oort(SelectionPolicy):
                 self._count[cid] = 0
             if u.loss is not None and math.isfinite(u.loss):
                 self._reward[cid] = statistical_utility(u.num_examples, u.loss)
-            duration = u.sim_seconds if u.sim_seconds is not None else u.seconds
+            duration = u.sim_seconds if u.sim_seconds is not None else u.seconds if self.params.wall_seconds else None
             if duration is not None and math.isfinite(duration):
                 self._duration[cid] = float(duration)
             self._stamp[cid] = int(server_round)

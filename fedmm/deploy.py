@@ -476,10 +476,19 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else ""
 
 
-def _kill_by_flwr_home(home: Path) -> None:
-    """Flower's SuperExec and ClientApp processes start sessions of their own and outlive their
-    parent; they inherit its ``FLWR_HOME``, which identifies them."""
-    marker = b"FLWR_HOME=" + str(home).encode()
+def processes_by_flwr_home(root: Path) -> dict[int, Path]:
+    """Live processes whose ``FLWR_HOME`` is ``root`` or lies below it, with that ``FLWR_HOME``.
+
+    Flower's SuperExec and ClientApp processes start sessions of their own and outlive their
+    parent; they inherit its ``FLWR_HOME``, which identifies them (Linux: read from ``/proc``).
+
+    Parameters
+    ----------
+    root:
+        The deployment's work directory, or one process's ``FLWR_HOME``.
+    """
+    key, below = b"FLWR_HOME=" + str(root).encode(), b"FLWR_HOME=" + str(root).encode() + b"/"
+    found = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -487,8 +496,17 @@ def _kill_by_flwr_home(home: Path) -> None:
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if marker in env:
+        home = next((v for v in env if v == key or v.startswith(below)), None)
+        if home is not None:
+            found[int(pid)] = Path(home[len(b"FLWR_HOME=") :].decode())
+    return found
+
+
+def _kill_by_flwr_home(home: Path) -> None:
+    """SIGKILL every process of ``FLWR_HOME`` ``home`` (:func:`processes_by_flwr_home`)."""
+    for pid, found in processes_by_flwr_home(home).items():
+        if found == home:
             try:
-                os.kill(int(pid), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass

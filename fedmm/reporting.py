@@ -17,10 +17,7 @@ from typing import Any
 import pandas as pd
 
 from fedmm.progress import weak_modality
-
-#: The files of a run that this module reads (the names of :mod:`fedmm.results`, repeated here so
-#: that reading a run never imports the server's modules).
-ROUNDS_FILE, CLIENTS_FILE, CONFIG_FILE, SUMMARY_FILE = "rounds.csv", "clients.csv", "config.toml", "summary.json"
+from fedmm.run_files import CLIENTS_FILE, CONFIG_FILE, ROUNDS_FILE, SUMMARY_FILE
 
 
 @dataclass

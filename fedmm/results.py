@@ -23,18 +23,17 @@ from fedmm.collapse import collapse
 from fedmm.config import RunConfig
 from fedmm.files import atomic_write
 from fedmm.model_selection import ORACLE_KEYS, best_on_validation, last_rounds_val
+from fedmm.run_files import (
+    CLIENTS_FILE,
+    CONFIG_FILE,
+    LOCK_FILE,
+    MODEL_FILE,
+    PLOT_FILE,
+    ROUNDS_FILE,
+    SELECTION_PLOT_FILE,
+    SUMMARY_FILE,
+)
 
-ROUNDS_FILE = "rounds.csv"
-CLIENTS_FILE = "clients.csv"
-CONFIG_FILE = "config.toml"
-SUMMARY_FILE = "summary.json"
-MODEL_FILE = "model.safetensors"
-PLOT_FILE = "accuracy.png"
-#: The lock file of a directory a fedmm process is writing (:mod:`fedmm.runlock`; removed again
-#: when the lock is released).
-LOCK_FILE = ".fedmm.lock"
-#: Who trained in each round and which modalities (runs whose selection is not ``all``).
-SELECTION_PLOT_FILE = "selection.png"
 #: Every file a run writes into its directory; a new run (``--overwrite``) removes all of them and
 #: leaves any other file alone.
 RUN_FILES = (

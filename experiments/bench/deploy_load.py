@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedmm.deploy import CONNECTION, LocalDeployment, stop_on_signals
+from fedmm.deploy import CONNECTION, LocalDeployment, processes_by_flwr_home, stop_on_signals
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -72,20 +72,7 @@ def _cmdline(pid: int) -> str:
 def processes_below(root: Path) -> dict[int, str]:
     """Live processes whose ``FLWR_HOME`` lies below ``root`` (everything the deployment and the
     processes Flower starts from it), with the name of the ``FLWR_HOME`` directory."""
-    prefix = b"FLWR_HOME=" + str(root).encode() + b"/"
-    found = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        for value in env:
-            if value.startswith(prefix):
-                found[int(pid)] = value[len(prefix) :].decode().split("/")[0]
-                break
-    return found
+    return {pid: home.relative_to(root).parts[0] for pid, home in processes_by_flwr_home(root).items() if home != root}
 
 
 #: The bench stops the deployment when the machine's available memory falls below this (it is shared).

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 from fedmm.config import RunConfig
 from fedmm.files import atomic_write
+from fedmm.run_files import CONFIG_FILE, SUMMARY_FILE
 from fedmm.tracking import flat_params, require, round_metrics
 
 #: The database of the default store, in the run directory.
@@ -137,7 +138,7 @@ class MlflowTracker:
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in numbers.items()])
         for path in plots:
             self.client.log_artifact(self.run_id, str(path), "plots")
-        for name in ("summary.json", "config.toml"):
+        for name in (SUMMARY_FILE, CONFIG_FILE):
             if (Path(out_dir) / name).is_file():
                 self.client.log_artifact(self.run_id, str(Path(out_dir) / name))
         self.client.set_terminated(self.run_id, status="FINISHED")

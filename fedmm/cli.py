@@ -75,6 +75,11 @@ def _plugin_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _overrides_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """The repeatable ``--set KEY=VALUE`` of the commands that build run configs."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def _import_plugin_option(argv: Sequence[str]) -> tuple[str, ...]:
     """Import the modules of ``--plugins`` (before the command's parser is built); one error naming
     the option and the module when one cannot be imported."""
@@ -111,14 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sim.add_argument("--config", type=Path, help="TOML file of config keys (see README)")
-    sim.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key; repeatable (e.g. --set num-server-rounds=5)",
-    )
+    _overrides_option(sim, "override a config key; repeatable (e.g. --set num-server-rounds=5)")
     sim.add_argument("--out", type=Path, help="results directory (default: the config's out-dir)")
     sim.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     sim.add_argument(
@@ -178,14 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     sel = bench_sub.add_parser("selection", help="the same federation and budget under each selection policy")
     sel.add_argument("--config", type=Path, help="TOML file of the federation (see README)")
-    sel.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key of every run; repeatable",
-    )
+    _overrides_option(sel, "override a config key of every run; repeatable")
     sel.add_argument("--policies", default="random,powd,divfl,cmsfed", help="comma-separated selection policies")
     sel.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     sel.add_argument(
@@ -202,14 +193,7 @@ def _parser() -> argparse.ArgumentParser:
     meth.add_argument("--methods", help="comma-separated methods (default: all; see README)")
     meth.add_argument("--seeds", help="comma-separated seeds (default 0,1,2; with --quick: 0)")
     meth.add_argument("--quick", action="store_true", help="smoke runs: 2 rounds of 1 local epoch, 6 clients")
-    meth.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key of every run; repeatable",
-    )
+    _overrides_option(meth, "override a config key of every run; repeatable")
     meth.add_argument(
         "--out",
         type=Path,
@@ -235,14 +219,7 @@ def _parser() -> argparse.ArgumentParser:
         help="tune one method on one federation on validation accuracy (Optuna study in --out; run again to resume)",
     )
     tune.add_argument("--config", type=Path, help="TOML file of the method and federation")
-    tune.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key of the base config; repeatable",
-    )
+    _overrides_option(tune, "override a config key of the base config; repeatable")
     tune.add_argument(
         "--out",
         type=Path,

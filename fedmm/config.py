@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -43,23 +44,17 @@ from fedmm.registry import did_you_mean
 from fedmm.strategies.recipes import STRATEGIES
 
 NAMESPACES = ("strategy", "objective", "selection", "dataset", "encoder", "devices")
-#: Keys left out of the config text while they hold their default (the simulated clock and
-#: experiment tracking off, SGD, no preset), so a run without them sends and records the same text,
-#: byte counts and checkpoint digest as before they existed. (``validation`` is never left out: a
-#: checkpoint trained without a validation split must not resume with one.)
-QUIET_AT_DEFAULT = (
-    "devices",
-    "round-close",
-    "round-deadline",
-    "overcommit",
-    "tensorboard",
-    "mlflow",
-    "mlflow-uri",
-    "mlflow-experiment",
-    "optimizer",
-    "adam-beta2",
-    "preset",
-)
+
+
+class QuietAtDefault:
+    """Annotation marker of a key left out of the config text while it holds its default (the
+    simulated clock and experiment tracking off, SGD, no preset, no plugins), so that a run without
+    it sends and records the same text, byte counts and checkpoint digest as before the key existed.
+    (``validation`` is never left out: a checkpoint trained without a validation split must not
+    resume with one.)"""
+
+
+QUIET = QuietAtDefault()
 #: Keys that moved, and where to: an old config that sets one gets an error naming the new key.
 MOVED_KEYS = {"proximal-mu": "strategy.mu (with strategy=fedprox)"}
 
@@ -243,9 +238,9 @@ class RunConfig(Checked):
     lr_decay_start: Annotated[int, NON_NEGATIVE_INT] = 0
     momentum: Annotated[float, MOMENTUM, Search(0.0, 0.95)] = 0.9
     weight_decay: Annotated[float, WEIGHT_DECAY, Search(1e-6, 1e-2, log=True)] = 0.0001
-    optimizer: Annotated[str, OPTIMIZER] = "sgd"
-    adam_beta2: Annotated[float, ADAM_BETA2] = 0.999
-    preset: Annotated[str, Options("none", "paper")] = "none"
+    optimizer: Annotated[str, OPTIMIZER, QUIET] = "sgd"
+    adam_beta2: Annotated[float, ADAM_BETA2, QUIET] = 0.999
+    preset: Annotated[str, Options("none", "paper"), QUIET] = "none"
     precision: Annotated[str, PRECISION] = "fp32"
     # model
     embed_dim: Annotated[int, Interval(int, 1, None, closed="left")] = 64
@@ -258,17 +253,17 @@ class RunConfig(Checked):
     # output
     out_dir: str = ""
     # experiment tracking (fedmm.tracking), off by default; left out of the config text when off
-    tensorboard: bool = False
-    mlflow: bool = False
-    mlflow_uri: str = ""
-    mlflow_experiment: str = "fedmm"
+    tensorboard: Annotated[bool, QUIET] = False
+    mlflow: Annotated[bool, QUIET] = False
+    mlflow_uri: Annotated[str, QUIET] = ""
+    mlflow_experiment: Annotated[str, QUIET] = "fedmm"
     # simulated devices and clock (fedmm.devices, fedmm.clock)
-    devices: str = "off"
-    round_close: Annotated[str, Options("all", "deadline", "overcommit")] = "all"
-    round_deadline: Annotated[float, POSITIVE] = 600.0
-    overcommit: Annotated[float, NON_NEGATIVE] = 0.3
+    devices: Annotated[str, QUIET] = "off"
+    round_close: Annotated[str, Options("all", "deadline", "overcommit"), QUIET] = "all"
+    round_deadline: Annotated[float, POSITIVE, QUIET] = 600.0
+    overcommit: Annotated[float, NON_NEGATIVE, QUIET] = 0.3
     # extensions
-    plugins: tuple[str, ...] = ()
+    plugins: Annotated[tuple[str, ...], QUIET] = ()
     # namespaced parameters, validated by their component
     strategy_params: dict[str, Any] = field(default_factory=dict)
     objective_params: dict[str, Any] = field(default_factory=dict)
@@ -434,9 +429,7 @@ class RunConfig(Checked):
             value = getattr(self, f.name)
             if f.name in namespaces:
                 out.update({f"{namespaces[f.name]}.{k}": v for k, v in sorted(value.items())})
-            elif f.name == "plugins" and not value:
-                continue  # left out when empty: a run without plugins sends and records the same text as before
-            elif config_name(f.name) in QUIET_AT_DEFAULT and value == f.default:
+            elif f.name in _QUIET_FIELDS and value == f.default:
                 continue
             else:
                 out[config_name(f.name)] = value
@@ -462,6 +455,12 @@ _NAMESPACE_FIELDS = {
 
 
 RunConfig.field_names = {f.name: config_name(f.name) for f in fields(RunConfig)}
+#: The fields marked :data:`QUIET` in their annotation.
+_QUIET_FIELDS = frozenset(
+    name
+    for name, hint in typing.get_type_hints(RunConfig, include_extras=True).items()
+    if typing.get_origin(hint) is Annotated and any(isinstance(m, QuietAtDefault) for m in typing.get_args(hint)[1:])
+)
 check_search(RunConfig, "the run config")  # a search range outside the valid one fails at import
 _PLUGINS = next(s for s in specs(RunConfig) if s.name == "plugins")
 

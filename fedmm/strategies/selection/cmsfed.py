@@ -102,8 +102,8 @@ class CMSFed(UpdateVectorPolicy):
     ----------
     params:
         :class:`CMSFed.Params`: ``sketch_dim`` (256; 0 = exact vectors, as the reference), ``stochastic``
-        (True), ``subsample`` (0.1), ``support_fraction`` (0.25), ``delta`` (1.5), ``modalities``
-        ("" = inferred order), ``slice_refresh`` ("unimodal").
+        (True), ``subsample`` (0.1), ``support_fraction`` (0.25), ``ground_limit`` (10,000), ``delta``
+        (1.5), ``modalities`` ("" = inferred order), ``slice_refresh`` ("unimodal").
     seed:
         Seed of the policy's generator and of the sketch hash.
     """

@@ -170,3 +170,19 @@ def test_sampled_selection_is_deterministic_for_a_seed(name: str) -> None:
     assert a == rounds(name, {"ground-limit": 20}, seed=4)
     assert a != rounds(name, {"ground-limit": 20}, seed=5)
     assert all(len(set(picks)) == 6 for picks in a)
+
+
+@pytest.mark.parametrize("name", ["divfl", "cmsfed"])
+def test_sampled_selection_resumes_from_its_state_dict(name: str) -> None:
+    """The ground samples come from the policy's generator, which the state dict carries: a restored
+    policy draws the same samples and picks the same clients."""
+    clients, ups = federation()
+    params = {"sketch-dim": 16, "subsample": 0.2, "ground-limit": 20}
+    original = build_policy(name, params, seed=7)
+    original._remember(clients)
+    original.observe(0, ups)
+    original.select(1, clients, 6)
+    restored = build_policy(name, params, seed=99)
+    restored.load_state_dict(original.state_dict())
+    for r in (2, 3):
+        assert restored.select(r, clients, 6) == original.select(r, clients, 6)

@@ -24,9 +24,17 @@ multimodal clients is log-normal around 1.3 (audio dominant), 1 for unimodal cli
    K of N clients that carry simulated durations (see :func:`policies`); ``--only-policies`` runs
    this section alone.
 
+4. Sampled ground set (``--ground-sizes 20000 100000``): on the every-policy section's federation,
+   DivFL selects K of N with ``ground-limit`` 0 (the exact greedy: G summed over all N clients) and
+   with each of ``--ground-limits`` (G summed over a seeded sample of ceil(L^2 / N) clients), for
+   ``--ground-seeds`` policy seeds each (each seed draws its own stochastic-greedy subsets and
+   sample); every selected set is scored by G over ALL N clients (the same sketch distances).
+   ``G ratio`` = G(picks) / mean G(exact greedy's picks over the seeds); the exact greedy's own
+   spread over seeds and a random set's ratio are shown for scale.
+
 Writes ``experiments/out/selection_scale.csv`` (tidy: one metric per row) and prints Markdown tables.
 Usage: ``.venv/bin/python experiments/bench/selection_scale.py [--params 100000] [--sizes 1000 10000]
-[--policy-sizes 10000 100000] [--only-policies]``
+[--policy-sizes 10000 100000] [--only-policies] [--ground-sizes 20000 100000]``
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from fedmm.strategies.selection import ClientState, ClientUpdate, build_policy
-from fedmm.strategies.selection.facility import MatrixDistances, facility_value
+from fedmm.strategies.selection.facility import EuclideanDistances, MatrixDistances, facility_value
 
 MODALITIES = ("audio", "video")
 OUT = Path(__file__).resolve().parents[1] / "out" / "selection_scale.csv"
@@ -244,6 +252,66 @@ def policies_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def ground(n: int, params: int, budget: int, rows: list[dict], limits: tuple[int, ...], seeds: int = 2) -> None:
+    """DivFL's picks with the exact greedy (``ground-limit`` 0) and with sampled ground sets
+    (``limits``), each scored by G over all ``n`` clients; the federation of :func:`policies`."""
+    rng = np.random.default_rng(n + 1)
+    states, updates = federation(n, params, rng)
+    observer = build_policy("divfl", {}, seed=0)
+    batch: list[ClientUpdate] = []
+    for u in updates():
+        batch.append(u)
+        if len(batch) == 1000:
+            observer.observe(0, batch)
+            batch = []
+    if batch:
+        observer.observe(0, batch)
+    sketches = observer.store.state_dict()
+    everyone = EuclideanDistances(observer.store.full_features([s.client_id for s in states]))
+    found: dict[int, list[tuple[float, float]]] = {}
+    for limit in (0, *limits):
+        for seed in range(seeds):
+            policy = build_policy("divfl", {"ground-limit": limit}, seed=seed)
+            policy.store.load_state_dict(sketches)
+            started = time.perf_counter()
+            picks = [a.client_id for a in policy.select(1, states, budget)]
+            elapsed = time.perf_counter() - started
+            found.setdefault(limit, []).append((facility_value(everyone, picks), elapsed))
+            print(f"ground N={n} limit={limit} seed={seed}: {elapsed:.2f} s", file=sys.stderr, flush=True)
+    exact = float(np.mean([g for g, _ in found[0]]))
+    sampler = np.random.default_rng(n + 2)
+    rand = [facility_value(everyone, sampler.choice(n, budget, replace=False)) for _ in range(5)]
+    found[-1] = [(g, 0.0) for g in rand]  # -1: a random set
+    common = {"section": "ground", "n_clients": n, "budget": budget, "params_per_modality": params, "sketch_dim": 256}
+    for limit, results in found.items():
+        sample = n if limit == 0 else -(-limit * limit // n) if limit > 0 else 0
+        name = "random set" if limit < 0 else f"divfl ground-limit={limit}"
+        ratios = [g / exact for g, _ in results]
+        for metric, value in (
+            ("ground_points", sample),
+            ("G_ratio_mean", float(np.mean(ratios))),
+            ("G_ratio_max", float(np.max(ratios))),
+            ("select_s_mean", float(np.mean([t for _, t in results]))),
+        ):
+            rows.append({**common, "policy": name, "metric": metric, "value": value})
+
+
+def ground_markdown(rows: list[dict]) -> str:
+    get = {(r["policy"], r["n_clients"], r["metric"]): r["value"] for r in rows if r["section"] == "ground"}
+    lines = [
+        "| N | selection | ground points | G ratio (mean over seeds) | G ratio (max) | select (s, mean) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n, p in dict.fromkeys((k[1], k[0]) for k in get):
+        t = get[(p, n, "select_s_mean")]
+        points = "-" if p == "random set" else f"{int(get[(p, n, 'ground_points')]):,}"
+        lines.append(
+            f"| {n:,} | {p} | {points} | {get[(p, n, 'G_ratio_mean')]:.4f} | "
+            f"{get[(p, n, 'G_ratio_max')]:.4f} | {'-' if p == 'random set' else f'{t:.2f}'} |"
+        )
+    return "\n".join(lines)
+
+
 def fidelity(
     params: int,
     rows: list[dict],
@@ -347,6 +415,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only-policies", action="store_true", help="run only the every-policy section")
     parser.add_argument(
+        "--ground-sizes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="numbers of clients of the sampled-ground-set section (e.g. 20000 100000); none by default",
+    )
+    parser.add_argument(
+        "--ground-limits", type=int, nargs="+", default=[10_000, 20_000], help="ground-limit values to compare"
+    )
+    parser.add_argument("--ground-seeds", type=int, default=2, help="policy seeds per ground-limit")
+    parser.add_argument("--only-ground", action="store_true", help="run only the sampled-ground-set section")
+    parser.add_argument(
         "--policies", default=",".join(ALL_POLICIES), help="comma-separated policies of the every-policy section"
     )
     args = parser.parse_args(argv)
@@ -354,13 +434,18 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     for n in args.policy_sizes:
         policies(n, args.policy_params, args.budget, rows, names=tuple(args.policies.split(",")))
-    if args.only_policies:
+    for n in args.ground_sizes:
+        ground(n, args.policy_params, args.budget, rows, tuple(args.ground_limits), seeds=args.ground_seeds)
+    if args.only_policies or args.only_ground:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        print(policies_markdown(rows))
+        if args.policy_sizes:
+            print(policies_markdown(rows))
+        if args.ground_sizes:
+            print(ground_markdown(rows))
         return 0
     for n in args.sizes:
         scale(n, args.params, args.budget, rows)
@@ -374,6 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.policy_sizes:
         print()
         print(policies_markdown(rows))
+    if args.ground_sizes:
+        print()
+        print(ground_markdown(rows))
     print(f"\nwrote {args.out} ({len(rows)} rows) in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return 0
 

@@ -104,8 +104,8 @@ class CMSFed(UpdateVectorPolicy):
     ----------
     params:
         :class:`CMSFed.Params`: ``sketch-dim`` (256; 0 = exact vectors, as the reference), ``stochastic``
-        (True), ``subsample`` (0.1), ``support-fraction`` (0.25), ``delta`` (1.5), ``modalities``
-        ("" = inferred order), ``slice-refresh`` ("unimodal").
+        (True), ``subsample`` (0.1), ``support-fraction`` (0.25), ``ground-limit`` (10,000), ``delta``
+        (1.5), ``modalities`` ("" = inferred order), ``slice-refresh`` ("unimodal").
     seed:
         Seed of the policy's generator and of the sketch hash.
     """

@@ -52,8 +52,9 @@ class DivFL(UpdateVectorPolicy):
     ----------
     params:
         :class:`DivFL.Params`: ``sketch-dim`` (default 256; 0 = exact vectors), ``stochastic``
-        (default True), ``subsample`` (default 0.1), ``support-fraction`` (default 0.25; see
-        :mod:`fedmm.strategies.selection.facility`).
+        (default True), ``subsample`` (default 0.1), ``support-fraction`` (default 0.25),
+        ``ground-limit`` (default 10,000: with more clients the greedy's objective is summed over a
+        seeded sample of them; see :mod:`fedmm.strategies.selection.facility`).
     seed:
         Seed of the policy's generator and of the sketch hash.
     """

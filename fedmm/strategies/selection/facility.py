@@ -42,6 +42,16 @@ are not kept (a distance column is about as cheap then), nor beyond ``support_el
 all. With stochastic greedy most candidates are evaluated again a few steps after their first
 evaluation, so this halves the distance columns of a selection (N = 10,000, K = 100).
 
+Sampled ground set (large federations only). Lazy stochastic greedy still evaluates about every
+client once as a candidate (K steps of ``subsample x N`` draws leave few never drawn), and each
+evaluation is a column of n ground-set distances, so a selection costs O(N^2 d) and takes minutes at
+N = 100,000. :class:`EuclideanDistances` can therefore sum G over a given subset of the clients
+(``ground``: a seeded uniform sample, drawn by the caller) while every client stays a candidate:
+candidates are indices 0..n_candidates-1 of the feature rows, the coverage and the supports live on
+the sampled points. A uniform sample's sum is an unbiased estimate of (sample size / N) G(S), so
+the greedy maximises an unbiased estimate of the same objective; the policies use it only above a
+size threshold (``ground_limit``; :meth:`~fedmm.strategies.selection.sketch.UpdateVectorPolicy.ground_sample`).
+
 Why one module of this size: the facility-location objective and its greedy (shared by DivFL and
 CMSFed) with the numerics that keep it exact.
 """
@@ -68,9 +78,13 @@ class DistanceOracle(ABC):
     ----------
     n:
         Number of ground-set points.
+    n_candidates:
+        Number of candidates (indices 0..n_candidates-1); equal to ``n`` unless the ground set is a
+        sample of the candidates.
     """
 
     n: int
+    n_candidates: int
 
     @abstractmethod
     def squared_rows(self, cols: np.ndarray) -> np.ndarray:
@@ -100,7 +114,7 @@ class MatrixDistances(DistanceOracle):
         if np.any(D < 0) or not np.all(np.isfinite(D)):
             raise ValueError("distances must be finite and non-negative")
         self.D = D
-        self.n = D.shape[0]
+        self.n = self.n_candidates = D.shape[0]
 
     def squared_rows(self, cols: np.ndarray) -> np.ndarray:
         # sqrt(fl(x * x)) == x in binary floating point, so rows() gives back D exactly
@@ -115,33 +129,57 @@ class EuclideanDistances(DistanceOracle):
     directly, from the augmented rows ``[-2 x_j, 1, |x_j|^2] . [x_k, |x_k|^2, 1]``, and sets
     self-distances to exactly 0 (rounding can leave tiny negatives elsewhere).
 
+    With ``ground`` the ground set is the rows ``X[ground]`` only, while every row of ``X`` stays a
+    candidate (module docstring, "Sampled ground set"); a candidate's distance to its own ground row
+    is exactly 0.
+
     Parameters
     ----------
     X:
-        (n, d) features, one row per ground-set point.
+        (n, d) features, one row per candidate (and per ground-set point when ``ground`` is None).
+    ground:
+        Distinct row indices of the ground-set points, or None for all rows.
     """
 
-    def __init__(self, X: np.ndarray) -> None:
+    def __init__(self, X: np.ndarray, ground: Sequence[int] | np.ndarray | None = None) -> None:
         X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2:
             raise ValueError(f"features must be a 2-d array, got shape {X.shape}")
         n, d = X.shape
+        rows: slice | np.ndarray = slice(None)
+        size = n
+        self._position: np.ndarray | None = None  # candidate -> its ground row (-1: none); None: identity
+        if ground is not None:
+            rows = np.asarray(ground, dtype=np.intp)
+            size = rows.size
+            if rows.ndim != 1 or (size and (rows.min() < 0 or rows.max() >= n)):
+                raise ValueError(f"ground must be a 1-d array of row indices in [0, {n}), got shape {rows.shape}")
+            self._position = np.full(n, -1, dtype=np.intp)
+            self._position[rows] = np.arange(size)
+            if np.count_nonzero(self._position >= 0) != size:
+                raise ValueError("ground row indices must be distinct")
         centred = X - X.mean(axis=0, dtype=np.float64).astype(np.float32) if n else X
         sq = np.einsum("ij,ij->i", centred, centred, dtype=np.float64).astype(np.float32)
-        self.ground = np.empty((n, d + 2), dtype=np.float32)  # [x, |x|^2, 1]
-        self.ground[:, :d] = centred
-        self.ground[:, d] = sq
+        self.ground = np.empty((size, d + 2), dtype=np.float32)  # [x, |x|^2, 1]
+        self.ground[:, :d] = centred[rows]
+        self.ground[:, d] = sq[rows]
         self.ground[:, d + 1] = 1.0
-        self.candidates = np.empty_like(self.ground)  # [-2 x, 1, |x|^2]
+        self.candidates = np.empty((n, d + 2), dtype=np.float32)  # [-2 x, 1, |x|^2]
         self.candidates[:, :d] = -2.0 * centred
         self.candidates[:, d] = 1.0
         self.candidates[:, d + 1] = sq
-        self.n = n
+        self.n = self.ground.shape[0]
+        self.n_candidates = n
 
     def squared_rows(self, cols: np.ndarray) -> np.ndarray:
         cols = np.asarray(cols, dtype=np.intp)
         out = self.candidates[cols] @ self.ground.T
-        out[np.arange(cols.size), cols] = 0.0
+        if self._position is None:
+            out[np.arange(cols.size), cols] = 0.0
+        else:
+            own = self._position[cols]
+            hit = np.flatnonzero(own >= 0)
+            out[hit, own[hit]] = 0.0
         return out
 
 
@@ -151,7 +189,8 @@ class FacilityLocation:
     Parameters
     ----------
     oracle:
-        Distances from candidates to the ground set; candidates are ground-set indices 0..n-1.
+        Distances from candidates to the ground set; candidates are indices 0..oracle.n_candidates-1
+        (the ground-set indices 0..n-1 unless the oracle's ground set is a sample).
     block_elements:
         Most entries of one distance block (bounds the temporary memory: 4 bytes each).
     support_fraction:
@@ -181,6 +220,7 @@ class FacilityLocation:
     ) -> None:
         self.oracle = oracle
         self.n = int(oracle.n)
+        self.n_candidates = int(oracle.n_candidates)
         self.block_elements = int(block_elements)
         self.support_limit = int(support_fraction * self.n)
         self.support_elements = int(support_elements)
@@ -188,8 +228,8 @@ class FacilityLocation:
         self.selected: list[int] = []
         self.evaluations = 0
         self.support_evaluations = 0
-        self._bound = np.full(self.n, np.inf, dtype=np.float64)  # stale gains (+inf: none yet)
-        self._empty_cost = np.full(self.n, np.nan, dtype=np.float64)  # G({j}), exact while S is empty
+        self._bound = np.full(self.n_candidates, np.inf, dtype=np.float64)  # stale gains (+inf: none yet)
+        self._empty_cost = np.full(self.n_candidates, np.nan, dtype=np.float64)  # G({j}), exact while S is empty
         self._support: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # j -> (points k, D[k, j])
         self._support_size = 0
         self._reach = self.coverage.copy()  # coverage ** 2, a little enlarged: prefilter of supports
@@ -327,7 +367,7 @@ def greedy(
     budget:
         Number of picks (fewer if the candidates run out).
     candidates:
-        Ground-set indices that may be picked.
+        Candidate indices that may be picked (default: every candidate of ``fl``).
     sample_size:
         Stochastic greedy (Mirzasoleiman et al. 2015): each step considers a uniform random subset of
         this many remaining candidates (all of them if fewer remain). ``None``: the full greedy.
@@ -336,8 +376,8 @@ def greedy(
     lazy:
         Use stale gain bounds to skip evaluations (same picks).
     """
-    avail = np.zeros(fl.n, dtype=bool)
-    avail[np.arange(fl.n) if candidates is None else np.asarray(candidates, dtype=np.intp)] = True
+    avail = np.zeros(fl.n_candidates, dtype=bool)
+    avail[np.arange(fl.n_candidates) if candidates is None else np.asarray(candidates, dtype=np.intp)] = True
     if sample_size is not None and rng is None:
         raise ValueError("stochastic greedy needs an rng")
     picks: list[int] = []

@@ -366,12 +366,17 @@ class UpdateVectorPolicy(SelectionPolicy):
         support_fraction:
             largest share of the clients a candidate's kept support may hold (0 keeps none: less
             memory, slower selection)
+        ground_limit:
+            most clients L over which the greedy sums its objective G exactly; with n > L clients G
+            is summed over a seeded uniform sample of ceil(L^2 / n) of them (every client stays a
+            candidate), so a selection costs about as much as at L clients (0: always exact)
         """
 
         sketch_dim: Annotated[int, NON_NEGATIVE_INT] = 256
         stochastic: bool = True
         subsample: Annotated[float, Interval(float, 0.0, 1.0, closed="right"), Search(0.05, 0.5)] = 0.1
         support_fraction: Annotated[float, FRACTION, Search(0.1, 0.5)] = 0.25
+        ground_limit: Annotated[int, NON_NEGATIVE_INT] = 10_000
 
     def __init__(self, params: UpdateVectorPolicy.Params | None = None, *, seed: int = 0) -> None:
         super().__init__(params, seed=seed)
@@ -384,9 +389,30 @@ class UpdateVectorPolicy(SelectionPolicy):
     def _remember(self, clients: Sequence[ClientState]) -> None:
         self._held = {int(c.client_id): tuple(c.modalities) for c in clients}
 
+    def ground_sample(self, n: int) -> np.ndarray | None:
+        """The sampled ground set of a facility-location function over ``n`` clients: None (all of
+        them, the exact objective) when ``ground-limit`` is 0 or n <= ``ground-limit``; otherwise
+        ceil(ground-limit ** 2 / n) distinct sorted row indices drawn uniformly from the policy's
+        generator (which is left untouched in the exact case, so below the limit the selections are
+        those of the exact greedy).
+
+        Parameters
+        ----------
+        n:
+            Number of clients (feature rows) of the function.
+        """
+        limit = self.params.ground_limit
+        if limit <= 0 or n <= limit:
+            return None
+        size = min(n, -(-limit * limit // n))
+        return np.sort(self.rng.choice(n, size=size, replace=False))
+
     def _facility(self, features: np.ndarray) -> FacilityLocation:
-        """The facility-location function over ``features`` (one row per client)."""
-        return FacilityLocation(EuclideanDistances(features), support_fraction=self.params.support_fraction)
+        """The facility-location function over ``features`` (one row per client; its ground set is
+        :meth:`ground_sample`'s sample of them above ``ground-limit``, see
+        :mod:`fedmm.strategies.selection.facility`)."""
+        ground = self.ground_sample(features.shape[0])
+        return FacilityLocation(EuclideanDistances(features, ground), support_fraction=self.params.support_fraction)
 
     def _sample_size(self, n_clients: int, budget: int) -> int | None:
         """Stochastic-greedy m = max(K, floor(subsample * N)); None for the full greedy."""

@@ -162,6 +162,7 @@ def main() -> None:
         run_config = (
             f"dataset='synthetic' partition='iid' num-clients={args.nodes} allocation='all' "
             f"clients-per-round={args.clients_per_round or args.nodes} num-server-rounds={args.rounds} "
+            f"{'selection=' + repr('random') + ' ' if args.clients_per_round else ''}"  # all ignores the budget
             "local-epochs=1 "
             f"round-timeout=900.0 out-dir='{out}'"
         )

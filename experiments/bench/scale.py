@@ -51,6 +51,10 @@ except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 ROWS_PER_CLIENT = 20
+#: The server's validation set: a fixed number of rows at every N (a cross-device server's held-out
+#: set does not grow with the number of clients), so that a later round at 100,000 clients and one
+#: at 10,000 do the same central evaluation and differ by what grows with N only.
+VALIDATION_ROWS = 3000
 
 
 #: ``--devices model``: device profiles and the simulated clock on, 30 % of the clients online.
@@ -63,6 +67,7 @@ def _config(n: int, selection: str, rounds: int, k: int, engine: str = "ray", de
     return [
         "dataset=synthetic",
         f"dataset.num-train={ROWS_PER_CLIENT * n}",
+        f"validation-fraction={min(0.15, VALIDATION_ROWS / (ROWS_PER_CLIENT * n))}",
         "partition=iid",
         f"num-clients={n}",
         "strategy=fedavg",

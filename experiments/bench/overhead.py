@@ -4,7 +4,8 @@ plain in-process PyTorch loop, side by side in one run.
 Both train the same model (same init), on the same client partitions, with the same seed, rounds,
 epochs, batch size and optimizer, every client selected every round. The plain loop is hand-written
 (model.train(), shuffled mini-batches, cross-entropy, SGD step; FedAvg of state dicts) and runs
-the clients one after another in this process with torch using all cores; fedmm runs them as Ray
+the clients one after another in this process with one torch thread, as every fedmm client trains
+(``client-num-cpus`` = 1); fedmm runs them as Ray
 actors with `client-num-cpus` CPUs each (engine ray) and one after another in this process (engine
 inline, the same threads as the plain loop).
 
@@ -87,7 +88,7 @@ def fedmm_simulation(plan, out_dir: Path) -> tuple[list[float], float, float, fl
         rows.append(row)
 
     started = time.perf_counter()
-    simulate(plan.run, out_dir, plan=plan, on_round=on_round)
+    simulate(plan.run, out_dir, plan=plan, on_round=on_round, overwrite=True)  # a rerun replaces its results
     wall = time.perf_counter() - started
     times = [r["seconds"] for r in rows if r["round"] > 0]
     # round 0's row arrives after the engine started and the initial model was evaluated; round 1
@@ -115,6 +116,10 @@ def main() -> None:
         "device=cpu",
     ]
     run = load_config(None, flat)
+    # every fedmm client trains with client-num-cpus = 1 torch thread (fedmm/clients/app.py); the
+    # plain loop gets the same, so that the ratio compares the frameworks, not thread counts (two
+    # OpenMP threads on a busy 2-core machine spin-wait: the plain loop measured 2.7x slower so)
+    torch.set_num_threads(max(1, int(run.client_num_cpus)))
     out_dir = Path("experiments/out/overhead")
     plain_times, plain_acc, plain_startup = plain_loop(prepare(run), args.rounds)
     fedmm_runs = {}

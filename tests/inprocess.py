@@ -8,6 +8,21 @@ import dataclasses
 
 from fedmm.inline import InlineGrid
 
+#: A federation of two clients on a few synthetic rows, for tests of what happens around a run.
+TWO_CLIENTS = [
+    "dataset=synthetic",
+    "dataset.num-train=40",
+    "dataset.num-test=8",
+    "partition=iid",
+    "num-clients=2",
+    "allocation=all",
+    "clients-per-round=2",
+    "local-epochs=1",
+    "batch-size=8",
+    "device=cpu",
+    "seed=3",
+]
+
 
 def run_in_process(run, on_round=None, *, roster_from_scenario=True, shuffle=None):
     """Prepare ``run`` and run its federation on an :class:`InlineGrid`; returns the round rows.

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from inprocess import TWO_CLIENTS
 
 from fedmm.checkpoint import CHECKPOINT_ARRAYS, CHECKPOINT_STATE, load_checkpoint, save_checkpoint
 from fedmm.config import load_config
@@ -34,19 +35,7 @@ RUN_FILES = (
     "checkpoint.safetensors",
     "checkpoint.json",
 )
-BASE = [
-    "dataset=synthetic",
-    "dataset.num-train=40",
-    "dataset.num-test=8",
-    "partition=iid",
-    "num-clients=2",
-    "allocation=all",
-    "clients-per-round=2",
-    "local-epochs=1",
-    "batch-size=8",
-    "device=cpu",
-    "seed=3",
-]
+BASE = TWO_CLIENTS
 
 
 def federate(out_dir: Path, overrides: list[str], *, overwrite: bool = False) -> None:

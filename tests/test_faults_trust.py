@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from flwr.app import Context, MessageType, RecordDict
+from inprocess import TWO_CLIENTS
 
 from fedmm.clients.app import app
 from fedmm.clients.trust import PluginRefused, allowed_plugins, requested_plugins, simulated_client
@@ -21,20 +22,7 @@ from fedmm.protocol import INFO, query_message
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 
-BASE = [
-    "dataset=synthetic",
-    "dataset.num-train=40",
-    "dataset.num-test=8",
-    "partition=iid",
-    "num-clients=2",
-    "allocation=all",
-    "clients-per-round=2",
-    "local-epochs=1",
-    "batch-size=8",
-    "device=cpu",
-    "seed=3",
-    "num-server-rounds=1",
-]
+BASE = [*TWO_CLIENTS, "num-server-rounds=1"]
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ weakest modality alone) of one or more `--protocol defaults` directories and of 
 `--protocol tuned` directory, and prints per dataset one table with a row per method and the two
 protocols side by side. Then, from the tuned directory's studies (`tune/<dataset>-<method>/
 trials.csv`), what tuning chose for each method (the best complete trial's values, which
-`best.toml` holds) and what each study cost (trials complete / pruned, rounds trained, seconds).
-Nothing here selects anything: the numbers are the benchmark's own. Usage:
+`best.toml` holds, each with fedmm's default in brackets) and what each study cost (trials
+complete / pruned, rounds trained, seconds). Nothing here selects anything: the numbers are the benchmark's own. Usage:
 
     .venv/bin/python experiments/bench/tuned_tables.py --tuned DIR --defaults DIR[,DIR...]
 """
@@ -19,6 +19,10 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
+
+from fedmm.bench import METHOD_COMMON, METHOD_FEDERATIONS, METHODS
+from fedmm.config import load_config
+from fedmm.tune import search_space
 
 PRIMARY = "test/acc-at-best-val"
 LAST = "last-test/acc"
@@ -88,7 +92,8 @@ def side_by_side(tuned: pd.DataFrame, defaults: pd.DataFrame, datasets: list[str
 
 def chosen(tuned_dir: Path, datasets: list[str], methods: list[str]) -> str:
     """Per study: the best complete trial's values and the study's cost."""
-    header = ["dataset", "method", "best trial: mean val acc, last 5 rounds", "chosen values", "complete / pruned"]
+    header = ["dataset", "method", "best trial: mean val acc, last 5 rounds", "chosen values (default)"]
+    header += ["complete / pruned"]
     header += ["rounds trained", "trial seconds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for d in datasets:
@@ -101,11 +106,12 @@ def chosen(tuned_dir: Path, datasets: list[str], methods: list[str]) -> str:
             if done.empty:
                 continue
             best = done.loc[done["value"].idxmax()]
+            space = search_space(load_config(None, [*METHOD_COMMON, *METHOD_FEDERATIONS[d], *METHODS[m]]))
             values = []
             for c in trials.columns:
                 if c.startswith("params_"):
-                    v = best[c]
-                    values.append(f"{c.removeprefix('params_')} {v:.3g}" if isinstance(v, float) else f"{c[7:]} {v}")
+                    key = c.removeprefix("params_")
+                    values.append(f"{key} {_fmt(best[c])} ({_fmt(space[key].default)})")
             pruned = int((trials["state"] == "PRUNED").sum())
             lines.append(
                 "| "
@@ -123,6 +129,10 @@ def chosen(tuned_dir: Path, datasets: list[str], methods: list[str]) -> str:
                 + " |"
             )
     return "\n".join(lines)
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def main() -> None:

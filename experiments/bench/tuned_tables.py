@@ -1,14 +1,15 @@
 """Tuned against defaults, side by side: the Markdown tables of docs/benchmarks.md's section
 "Tuned against defaults" from the output directories of `fedmm bench methods`.
 
-Reads `comparison.csv` (the tidy comparison: test accuracy at the validation-chosen round, its
-95 % t interval, the paired t-test against FedAvg on the same seeds, the last-rounds mean, the
-weakest modality alone) of one or more `--protocol defaults` directories and of a
-`--protocol tuned` directory, and prints per dataset one table with a row per method and the two
-protocols side by side. Then, from the tuned directory's studies (`tune/<dataset>-<method>/
-trials.csv`), what tuning chose for each method (the best complete trial's values, which
-`best.toml` holds, each with fedmm's default in brackets) and what each study cost (trials
-complete / pruned, rounds trained, seconds). Nothing here selects anything: the numbers are the benchmark's own. Usage:
+Reads the `runs.csv` of one or more `--protocol defaults` directories and of a `--protocol tuned`
+directory and computes their comparison (`fedmm.bench_protocol.comparison`: test accuracy at the
+validation-chosen round, its 95 % t interval, the paired t-test against FedAvg on the same seeds,
+the last-rounds mean, the weakest modality alone); prints per dataset one table with a row per
+method and the two protocols side by side. Then, from the tuned directory's studies
+(`tune/<dataset>-<method>/trials.csv`), what tuning chose for each method (the best complete
+trial's values, which `best.toml` holds, each with fedmm's default in brackets) and what each study
+cost (trials complete / pruned, rounds trained, seconds). Nothing here selects anything: the
+numbers are the benchmark's own. Usage:
 
     .venv/bin/python experiments/bench/tuned_tables.py --tuned DIR --defaults DIR[,DIR...]
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from fedmm.bench import METHOD_COMMON, METHOD_FEDERATIONS, METHODS
+from fedmm.bench_protocol import comparison
 from fedmm.config import load_config
 from fedmm.tune import search_space
 
@@ -28,9 +30,12 @@ PRIMARY = "test/acc-at-best-val"
 LAST = "last-test/acc"
 
 
-def load(dirs: list[Path]) -> pd.DataFrame:
-    """The concatenated `comparison.csv` of ``dirs``."""
-    return pd.concat([pd.read_csv(d / "comparison.csv") for d in dirs], ignore_index=True)
+def load(dirs: list[Path], datasets: list[str]) -> pd.DataFrame:
+    """The comparison (:func:`fedmm.bench_protocol.comparison`) of the runs in ``dirs``' `runs.csv`,
+    every method of :data:`fedmm.bench.METHODS` they hold, in its order (a benchmark run one
+    method at a time rewrites its `comparison.csv` with that method only; `runs.csv` holds all)."""
+    runs = pd.concat([pd.read_csv(d / "runs.csv") for d in dirs], ignore_index=True)
+    return comparison(runs, datasets, [m for m in METHODS if m in set(runs["method"])])
 
 
 def cell(rows: pd.DataFrame, metric: str, *, ci: bool = False, test: bool = False) -> str:
@@ -142,9 +147,9 @@ def main() -> None:
     parser.add_argument("--datasets", default="competition,segment")
     parser.add_argument("--methods", help="comma-separated, table order (default: the tuned directory's)")
     args = parser.parse_args()
-    tuned = load([args.tuned])
-    defaults = load([Path(p) for p in args.defaults.split(",")])
     datasets = args.datasets.split(",")
+    tuned = load([args.tuned], datasets)
+    defaults = load([Path(p) for p in args.defaults.split(",")], datasets)
     methods = args.methods.split(",") if args.methods else list(dict.fromkeys(tuned["method"]))
     print(side_by_side(tuned, defaults, datasets, methods))
     print()

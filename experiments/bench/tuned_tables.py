@@ -8,7 +8,8 @@ the last-rounds mean, the weakest modality alone); prints per dataset one table 
 method and the two protocols side by side. Then, from the tuned directory's studies
 (`tune/<dataset>-<method>/trials.csv`), what tuning chose for each method (the best complete
 trial's values, which `best.toml` holds, each with fedmm's default in brackets) and what each study
-cost (trials complete / pruned, rounds trained, seconds). Nothing here selects anything: the
+cost (trials complete / pruned, rounds trained, seconds); last, the runs whose `summary.json`
+flags a collapse under each protocol. Nothing here selects anything: the
 numbers are the benchmark's own. Usage:
 
     .venv/bin/python experiments/bench/tuned_tables.py --tuned DIR --defaults DIR[,DIR...]
@@ -17,6 +18,7 @@ numbers are the benchmark's own. Usage:
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -136,6 +138,31 @@ def chosen(tuned_dir: Path, datasets: list[str], methods: list[str]) -> str:
     return "\n".join(lines)
 
 
+def collapses(dirs: list[Path], dataset: str, method: str) -> str:
+    """``k/n`` runs of ``method`` on ``dataset`` whose `summary.json` flags a collapse, with the
+    rounds and rules of the flagged ones (``r18 loss``)."""
+    flags, n = [], 0
+    for d in dirs:
+        for path in sorted((d / "runs").glob(f"{dataset}-{method}-seed*/summary.json")):
+            n += 1
+            flag = json.loads(path.read_text()).get("collapsed")
+            if flag:
+                flags.append(f"r{flag['round']} {flag['rule']}")
+    return f"{len(flags)}/{n}" + (f" ({', '.join(flags)})" if flags else "")
+
+
+def collapse_table(tuned: Path, defaults: list[Path], datasets: list[str], methods: list[str]) -> str:
+    """Per dataset and method, the collapsed runs under each protocol (:func:`collapses`)."""
+    lines = [
+        "| dataset | method | tuned: runs flagged collapsed | defaults: runs flagged collapsed |",
+        "|---|---|---|---|",
+    ]
+    for d in datasets:
+        for m in methods:
+            lines.append(f"| {d} | {m} | {collapses([tuned], d, m)} | {collapses(defaults, d, m)} |")
+    return "\n".join(lines)
+
+
 def _fmt(value: object) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
@@ -154,6 +181,8 @@ def main() -> None:
     print(side_by_side(tuned, defaults, datasets, methods))
     print()
     print(chosen(args.tuned, datasets, methods))
+    print()
+    print(collapse_table(args.tuned, [Path(p) for p in args.defaults.split(",")], datasets, methods))
 
 
 if __name__ == "__main__":

@@ -50,7 +50,8 @@ def cell(rows: pd.DataFrame, metric: str, *, ci: bool = False, test: bool = Fals
     if ci:
         text += f" [{r['ci-low']:.3f}, {r['ci-high']:.3f}]"
     if test:
-        text = "—" if pd.isna(r.get("diff")) else f"{r['diff']:+.3f} (p {r['t-p']:.3f})"
+        p = "n/a" if pd.isna(r["t-p"]) else f"{r['t-p']:.3f}"  # n/a: every paired difference 0
+        text = "—" if pd.isna(r.get("diff")) else f"{r['diff']:+.3f} (p {p})"
     return text
 
 
@@ -152,14 +153,17 @@ def collapses(dirs: list[Path], dataset: str, method: str) -> str:
 
 
 def collapse_table(tuned: Path, defaults: list[Path], datasets: list[str], methods: list[str]) -> str:
-    """Per dataset and method, the collapsed runs under each protocol (:func:`collapses`)."""
+    """Per dataset and method with a flagged run under either protocol, the collapsed runs under
+    each (:func:`collapses`); the other methods had none."""
     lines = [
         "| dataset | method | tuned: runs flagged collapsed | defaults: runs flagged collapsed |",
         "|---|---|---|---|",
     ]
     for d in datasets:
         for m in methods:
-            lines.append(f"| {d} | {m} | {collapses([tuned], d, m)} | {collapses(defaults, d, m)} |")
+            cells = collapses([tuned], d, m), collapses(defaults, d, m)
+            if any(not c.startswith("0/") for c in cells):
+                lines.append(f"| {d} | {m} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 
@@ -177,7 +181,7 @@ def main() -> None:
     datasets = args.datasets.split(",")
     tuned = load([args.tuned], datasets)
     defaults = load([Path(p) for p in args.defaults.split(",")], datasets)
-    methods = args.methods.split(",") if args.methods else list(dict.fromkeys(tuned["method"]))
+    methods = args.methods.split(",") if args.methods else [m for m in METHODS if m in set(tuned["method"])]
     print(side_by_side(tuned, defaults, datasets, methods))
     print()
     print(chosen(args.tuned, datasets, methods))

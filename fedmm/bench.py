@@ -234,8 +234,10 @@ def selection_benchmark(
 
 # -- fedmm bench methods -----------------------------------------------------------------------------
 #: Every shipped dataset's federation in ``fedmm bench methods``: hapt's natural clients (its 24
-#: users), the others Dirichlet alpha 0.5 over 20 clients (synthetic with 3 modalities); half of
-#: the clients multimodal everywhere.
+#: users), segment, mfeat and synthetic (3 modalities) Dirichlet alpha 0.5 over 20 clients with
+#: half of the clients multimodal (:data:`METHOD_COMMON`); ``competition`` the federation of its
+#: benchmark (docs/competition.md): 10 IID clients, every one holding both modalities and trained
+#: every round. A federation's keys come after :data:`METHOD_COMMON`, so they may replace it.
 METHOD_FEDERATIONS: dict[str, tuple[str, ...]] = {
     "hapt": ("dataset=hapt", "partition=natural"),
     "segment": ("dataset=segment", "partition=dirichlet", "dirichlet-alpha=0.5", "num-clients=20"),
@@ -246,6 +248,13 @@ METHOD_FEDERATIONS: dict[str, tuple[str, ...]] = {
         "partition=dirichlet",
         "dirichlet-alpha=0.5",
         "num-clients=20",
+    ),
+    "competition": (
+        "dataset=competition",
+        "partition=iid",
+        "num-clients=10",
+        "clients-per-round=10",
+        "allocation=all",
     ),
 }
 METHOD_COMMON = ("allocation=multi-ratio", "multi-ratio=0.5")
@@ -335,8 +344,8 @@ def methods_benchmark(
             )
     base = {
         (d, m): (
-            *METHOD_FEDERATIONS[d],
             *METHOD_COMMON,
+            *METHOD_FEDERATIONS[d],
             *METHODS[m],
             *(QUICK_OVERRIDES if quick else ()),
             *overrides,

@@ -188,7 +188,8 @@ def _parser() -> argparse.ArgumentParser:
     sel.set_defaults(func=_bench_selection)
     meth = bench_sub.add_parser("methods", help="every strategy and objective on every shipped dataset")
     meth.add_argument(
-        "--datasets", help="comma-separated datasets (default: hapt,segment,mfeat,synthetic; with --quick: synthetic)"
+        "--datasets",
+        help="comma-separated datasets (default: hapt,segment,mfeat,synthetic,competition; with --quick: synthetic)",
     )
     meth.add_argument("--methods", help="comma-separated methods (default: all; see README)")
     meth.add_argument("--seeds", help="comma-separated seeds (default 0,1,2; with --quick: 0)")

@@ -97,3 +97,21 @@ def test_methods_table_takes_each_datasets_weakest_modality_among_its_own():
     assert "**a** (weakest modality: y)" in table and "**b** (weakest modality: u)" in table
     assert "| fedavg | 0.700 | 0.750 | 0.800 | 0.600 | 1.100 | 4.000 | 1/1 |" in table
     assert "| fedavg | 0.900 | n/a | 0.900 | 0.500 |" in table  # a row without the column (an older CSV)
+
+
+def test_the_competition_federation_replaces_the_common_half_unimodal_allocation(tmp_path):
+    """competition runs the federation of its benchmark (docs/competition.md): 10 IID clients, all
+    holding both modalities and all trained; the Dirichlet datasets keep half of the clients unimodal."""
+    seen = []
+
+    def record(run, out_dir, **_):
+        seen.append(run)
+        raise KeyboardInterrupt  # the config is all this test needs
+
+    for dataset in ("competition", "segment"):
+        with pytest.raises(KeyboardInterrupt):
+            methods_benchmark([dataset], ["fedavg+mnl"], [0], tmp_path / dataset, simulate=record)
+    competition, segment = seen
+    assert (competition.dataset, competition.partition, competition.allocation) == ("competition", "iid", "all")
+    assert (competition.num_clients, competition.clients_per_round, competition.objective) == (10, 10, "mnl")
+    assert (segment.allocation, segment.multi_ratio, segment.partition) == ("multi-ratio", 0.5, "dirichlet")

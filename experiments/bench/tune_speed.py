@@ -59,8 +59,8 @@ def main() -> None:
     base = load_config(
         None,
         [
-            *METHOD_FEDERATIONS["segment"],
             *METHOD_COMMON,
+            *METHOD_FEDERATIONS["segment"],
             *METHODS[args.method],
             f"num-server-rounds={args.rounds}",
             "engine=inline",

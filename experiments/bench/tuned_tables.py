@@ -1,0 +1,193 @@
+"""Tuned against defaults, side by side: the Markdown tables of docs/benchmarks.md's section
+"Tuned against defaults" from the output directories of `fedmm bench methods`.
+
+Reads the `runs.csv` of one or more `--protocol defaults` directories and of a `--protocol tuned`
+directory and computes their comparison (`fedmm.bench_protocol.comparison`: test accuracy at the
+validation-chosen round, its 95 % t interval, the paired t-test against FedAvg on the same seeds,
+the last-rounds mean, the weakest modality alone); prints per dataset one table with a row per
+method and the two protocols side by side. Then, from the tuned directory's studies
+(`tune/<dataset>-<method>/trials.csv`), what tuning chose for each method (the best complete
+trial's values, which `best.toml` holds, each with fedmm's default in brackets) and what each study
+cost (trials complete / pruned, rounds trained, seconds); last, the runs whose `summary.json`
+flags a collapse under each protocol. Nothing here selects anything: the
+numbers are the benchmark's own. Usage:
+
+    .venv/bin/python experiments/bench/tuned_tables.py --tuned DIR --defaults DIR[,DIR...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from fedmm.bench import METHOD_COMMON, METHOD_FEDERATIONS, METHODS
+from fedmm.bench_protocol import comparison
+from fedmm.config import load_config
+from fedmm.tune import search_space
+
+PRIMARY = "test/acc-at-best-val"
+LAST = "last-test/acc"
+
+
+def load(dirs: list[Path], datasets: list[str]) -> pd.DataFrame:
+    """The comparison (:func:`fedmm.bench_protocol.comparison`) of the runs in ``dirs``' `runs.csv`,
+    every method of :data:`fedmm.bench.METHODS` they hold, in its order (a benchmark run one
+    method at a time rewrites its `comparison.csv` with that method only; `runs.csv` holds all)."""
+    runs = pd.concat([pd.read_csv(d / "runs.csv") for d in dirs], ignore_index=True)
+    return comparison(runs, datasets, [m for m in METHODS if m in set(runs["method"])])
+
+
+def cell(rows: pd.DataFrame, metric: str, *, ci: bool = False, test: bool = False) -> str:
+    """``mean ± std``, with ``[low, high]`` and the paired difference and t-test p when asked."""
+    row = rows[rows["metric"] == metric]
+    if row.empty:
+        return "n/a"
+    r = row.iloc[0]
+    text = f"{r['mean']:.3f} ± {r['std']:.3f}"
+    if ci:
+        text += f" [{r['ci-low']:.3f}, {r['ci-high']:.3f}]"
+    if test:
+        p = "n/a" if pd.isna(r["t-p"]) else f"{r['t-p']:.3f}"  # n/a: every paired difference 0
+        text = "—" if pd.isna(r.get("diff")) else f"{r['diff']:+.3f} (p {p})"
+    return text
+
+
+def side_by_side(tuned: pd.DataFrame, defaults: pd.DataFrame, datasets: list[str], methods: list[str]) -> str:
+    """Per dataset, a row per method: tuned and defaults, each test acc at the best-val round with
+    its 95 % CI, the paired difference from FedAvg (t-test p), the last-rounds mean and the weak
+    modality alone."""
+    sections = []
+    for d in datasets:
+        t_d, d_d = tuned[tuned["dataset"] == d], defaults[defaults["dataset"] == d]
+        weak_metric = next((m for m in t_d["metric"].unique() if m not in (PRIMARY, LAST)), "")
+        weak = weak_metric.split("/")[-1].removesuffix("-at-best-val")
+        header = [
+            "method",
+            "tuned: test acc at best-val round [95 % CI]",
+            "tuned: diff vs fedavg (t p)",
+            "tuned: last rounds",
+            f"tuned: {weak} alone",
+            "defaults: test acc at best-val round [95 % CI]",
+            "defaults: diff vs fedavg (t p)",
+            "defaults: last rounds",
+            f"defaults: {weak} alone",
+        ]
+        lines = [
+            f"**{d}** (weakest modality: {weak})",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+        ]
+        for m in methods:
+            t_m, d_m = t_d[t_d["method"] == m], d_d[d_d["method"] == m]
+            if t_m.empty and d_m.empty:
+                continue
+            cells = [m]
+            for rows in (t_m, d_m):
+                cells += [
+                    cell(rows, PRIMARY, ci=True),
+                    cell(rows, PRIMARY, test=True),
+                    cell(rows, LAST),
+                    cell(rows, weak_metric),
+                ]
+            lines.append("| " + " | ".join(cells) + " |")
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections)
+
+
+def chosen(tuned_dir: Path, datasets: list[str], methods: list[str]) -> str:
+    """Per study: the best complete trial's values and the study's cost."""
+    header = ["dataset", "method", "best trial: mean val acc, last 5 rounds", "chosen values (default)"]
+    header += ["complete / pruned"]
+    header += ["rounds trained", "trial seconds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for d in datasets:
+        for m in methods:
+            path = tuned_dir / "tune" / f"{d}-{m}" / "trials.csv"
+            if not path.is_file():
+                continue
+            trials = pd.read_csv(path)
+            done = trials[trials["state"] == "COMPLETE"]
+            if done.empty:
+                continue
+            best = done.loc[done["value"].idxmax()]
+            space = search_space(load_config(None, [*METHOD_COMMON, *METHOD_FEDERATIONS[d], *METHODS[m]]))
+            values = []
+            for c in trials.columns:
+                if c.startswith("params_"):
+                    key = c.removeprefix("params_")
+                    values.append(f"{key} {_fmt(best[c])} ({_fmt(space[key].default)})")
+            pruned = int((trials["state"] == "PRUNED").sum())
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        d,
+                        m,
+                        f"{best['value']:.4f}",
+                        ", ".join(values),
+                        f"{len(done)} / {pruned}",
+                        str(int(trials["user_attrs_rounds"].sum())),
+                        f"{trials['user_attrs_seconds'].sum():.0f}",
+                    ]
+                )
+                + " |"
+            )
+    return "\n".join(lines)
+
+
+def collapses(dirs: list[Path], dataset: str, method: str) -> str:
+    """``k/n`` runs of ``method`` on ``dataset`` whose `summary.json` flags a collapse, with the
+    rounds and rules of the flagged ones (``r18 loss``)."""
+    flags, n = [], 0
+    for d in dirs:
+        for path in sorted((d / "runs").glob(f"{dataset}-{method}-seed*/summary.json")):
+            n += 1
+            flag = json.loads(path.read_text()).get("collapsed")
+            if flag:
+                flags.append(f"r{flag['round']} {flag['rule']}")
+    return f"{len(flags)}/{n}" + (f" ({', '.join(flags)})" if flags else "")
+
+
+def collapse_table(tuned: Path, defaults: list[Path], datasets: list[str], methods: list[str]) -> str:
+    """Per dataset and method with a flagged run under either protocol, the collapsed runs under
+    each (:func:`collapses`); the other methods had none."""
+    lines = [
+        "| dataset | method | tuned: runs flagged collapsed | defaults: runs flagged collapsed |",
+        "|---|---|---|---|",
+    ]
+    for d in datasets:
+        for m in methods:
+            cells = collapses([tuned], d, m), collapses(defaults, d, m)
+            if any(not c.startswith("0/") for c in cells):
+                lines.append(f"| {d} | {m} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tuned", type=Path, required=True)
+    parser.add_argument("--defaults", required=True, help="comma-separated `--protocol defaults` directories")
+    parser.add_argument("--datasets", default="competition,segment")
+    parser.add_argument("--methods", help="comma-separated, table order (default: the tuned directory's)")
+    args = parser.parse_args()
+    datasets = args.datasets.split(",")
+    tuned = load([args.tuned], datasets)
+    defaults = load([Path(p) for p in args.defaults.split(",")], datasets)
+    methods = args.methods.split(",") if args.methods else [m for m in METHODS if m in set(tuned["method"])]
+    print(side_by_side(tuned, defaults, datasets, methods))
+    print()
+    print(chosen(args.tuned, datasets, methods))
+    print()
+    print(collapse_table(args.tuned, [Path(p) for p in args.defaults.split(",")], datasets, methods))
+
+
+if __name__ == "__main__":
+    main()

@@ -217,8 +217,9 @@ def plain_listing(namespace: str | None = None, name: str | None = None) -> list
             lines += ["", f"[{component}]"]
         if not rows:
             lines.append("(no parameters)")
+        width = max([22, *(len(r.key) for r in rows)])  # a section's keys line up, however long
         lines += [
-            f"{r.key:22s} {r.default!r:14s} {r.allowed:24s} {r.help}" + (f" ({r.search})" if r.search else "")
+            f"{r.key:{width}s} {r.default!r:14s} {r.allowed:24s} {r.help}" + (f" ({r.search})" if r.search else "")
             for r in rows
         ]
     return lines

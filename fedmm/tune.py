@@ -277,7 +277,7 @@ def _pruner(settings: TuneSettings, rounds: int) -> Any:
     if settings.pruner == "asha":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, rounds // 8), reduction_factor=3)
     if settings.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, rounds // 4))
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, rounds // 4))
     return optuna.pruners.NopPruner()
 
 

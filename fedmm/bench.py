@@ -24,6 +24,7 @@ from fedmm.files import atomic_write
 from fedmm.reporting import weakest_modality
 from fedmm.results import CLIENTS_FILE, LAST_ROUNDS, ROUNDS_FILE
 from fedmm.runlock import directory_lock
+from fedmm.tables import markdown_lines, markdown_row
 from fedmm.tta import (
     CLOCK_COLUMN,
     accuracy_column,
@@ -385,8 +386,7 @@ def methods_table(runs: pd.DataFrame, datasets: Sequence[str], methods: Sequence
         lines = [
             f"**{d}** (weakest modality: {weak})",
             "",
-            "| " + " | ".join(header) + " |",
-            "|" + "---|" * len(header),
+            *markdown_lines(header),
         ]
         for m in methods:
             run = rows[rows["method"] == m]
@@ -397,7 +397,7 @@ def methods_table(runs: pd.DataFrame, datasets: Sequence[str], methods: Sequence
                 for c in (*list(columns)[:3], f"test/acc/{weak}", *list(columns)[3:])
             ]
             diverged = int(run["diverged-round"].notna().sum())
-            lines.append("| " + " | ".join([m, *cells, f"{diverged}/{len(run)}"]) + " |")
+            lines.append(markdown_row([m, *cells, f"{diverged}/{len(run)}"]))
         sections.append("\n".join(lines))
     return "\n\n".join(sections)
 
@@ -428,7 +428,7 @@ def selection_table(curves: pd.DataFrame, policies: Sequence[str], part: pd.Data
     header += ["uploaded MB", "selection ms/round"]
     if part is not None:
         header += ["multimodal share selected / trained"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = markdown_lines(header)
     for p in policies:
         runs = curves[curves["policy"] == p]
         per_seed = runs.groupby("seed")
@@ -457,7 +457,7 @@ def selection_table(curves: pd.DataFrame, policies: Sequence[str], part: pd.Data
                 if len(shares)
                 else "n/a"
             )
-        lines.append(f"| {p} | " + " | ".join(cells) + " |")
+        lines.append(markdown_row([p, *cells]))
     return "\n".join(lines)
 
 
@@ -505,11 +505,11 @@ def mean_std_table(df: pd.DataFrame, by: Sequence[str], columns: Mapping[str, st
         Sort the groups by their labels (else keep their order of first appearance).
     """
     header = [*by, *columns.values()]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = markdown_lines(header)
     for keys, group in df.groupby(list(by), sort=sort):
         labels = keys if isinstance(keys, tuple) else (keys,)
         cells = [_mean_std(group[c]) if c in group else "n/a" for c in columns]
-        lines.append("| " + " | ".join([*map(str, labels), *cells]) + " |")
+        lines.append(markdown_row([*labels, *cells]))
     return "\n".join(lines)
 
 

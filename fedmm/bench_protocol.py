@@ -25,6 +25,7 @@ import tomli_w
 from fedmm.files import atomic_write
 from fedmm.reporting import weakest_modality
 from fedmm.stats import mean_ci, paired_tests
+from fedmm.tables import markdown_lines, markdown_row
 
 PROTOCOLS = ("defaults", "paper", "tuned")
 #: The method every other is compared with, seed by seed.
@@ -143,8 +144,7 @@ def comparison_table(
         lines = [
             f"**{d}** (protocol {protocol}; weakest modality: {weak})",
             "",
-            "| " + " | ".join(header) + " |",
-            "|" + "---|" * len(header),
+            *markdown_lines(header),
         ]
         for m in methods:
             cell = {r["metric"]: r for _, r in at_d[at_d["method"] == m].iterrows()}
@@ -157,8 +157,7 @@ def comparison_table(
                 else [f"{p['diff']:+.3f}", _p(p["t-p"]), _p(p["wilcoxon-p"])]
             )
             lines.append(
-                "| "
-                + " | ".join(
+                markdown_row(
                     [
                         m,
                         _ms(p),
@@ -169,7 +168,6 @@ def comparison_table(
                         str(int(p["n"])),
                     ]
                 )
-                + " |"
             )
         sections.append("\n".join(lines))
     note = (

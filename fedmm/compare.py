@@ -19,6 +19,7 @@ import pandas as pd
 
 from fedmm.files import atomic_write
 from fedmm.reporting import ROUNDS_FILE, Run, format_bytes, load_run, run_facts
+from fedmm.tables import markdown_lines
 
 #: Config keys never shown as a difference (where a run was written, not how it ran).
 IGNORED_KEYS = ("out-dir",)
@@ -155,9 +156,7 @@ def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 def markdown(table: pd.DataFrame) -> str:
     """The table as GitHub Markdown (rounded as :func:`display_rows`)."""
     header, rows = display_rows(table)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join(markdown_lines(header, ([cell.replace("|", "\\|") for cell in row] for row in rows)))
 
 
 def rich_table(table: pd.DataFrame):  # -> rich.table.Table

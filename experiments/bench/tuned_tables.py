@@ -26,6 +26,7 @@ import pandas as pd
 from fedmm.bench import METHOD_COMMON, METHOD_FEDERATIONS, METHODS
 from fedmm.bench_protocol import comparison
 from fedmm.config import load_config
+from fedmm.tables import markdown_lines, markdown_row
 from fedmm.tune import search_space
 
 PRIMARY = "test/acc-at-best-val"
@@ -78,8 +79,7 @@ def side_by_side(tuned: pd.DataFrame, defaults: pd.DataFrame, datasets: list[str
         lines = [
             f"**{d}** (weakest modality: {weak})",
             "",
-            "| " + " | ".join(header) + " |",
-            "|" + "---|" * len(header),
+            *markdown_lines(header),
         ]
         for m in methods:
             t_m, d_m = t_d[t_d["method"] == m], d_d[d_d["method"] == m]
@@ -93,7 +93,7 @@ def side_by_side(tuned: pd.DataFrame, defaults: pd.DataFrame, datasets: list[str
                     cell(rows, LAST),
                     cell(rows, weak_metric),
                 ]
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(markdown_row(cells))
         sections.append("\n".join(lines))
     return "\n\n".join(sections)
 
@@ -103,7 +103,7 @@ def chosen(tuned_dir: Path, datasets: list[str], methods: list[str]) -> str:
     header = ["dataset", "method", "best trial: mean val acc, last 5 rounds", "chosen values (default)"]
     header += ["complete / pruned"]
     header += ["rounds trained", "trial seconds"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = markdown_lines(header)
     for d in datasets:
         for m in methods:
             path = tuned_dir / "tune" / f"{d}-{m}" / "trials.csv"
@@ -122,8 +122,7 @@ def chosen(tuned_dir: Path, datasets: list[str], methods: list[str]) -> str:
                     values.append(f"{key} {_fmt(best[c])} ({_fmt(space[key].default)})")
             pruned = int((trials["state"] == "PRUNED").sum())
             lines.append(
-                "| "
-                + " | ".join(
+                markdown_row(
                     [
                         d,
                         m,
@@ -134,7 +133,6 @@ def chosen(tuned_dir: Path, datasets: list[str], methods: list[str]) -> str:
                         f"{trials['user_attrs_seconds'].sum():.0f}",
                     ]
                 )
-                + " |"
             )
     return "\n".join(lines)
 

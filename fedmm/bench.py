@@ -186,6 +186,9 @@ def selection_benchmark(
     out_dir: Path,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     on_start: Callable[[str], None] | None = None,
+    protocol: str = "defaults",
+    tune_settings: Any = None,
+    simulate: Simulate | None = None,
 ) -> str:
     """The same federation and budget (``clients-per-round``) under each selection policy.
 
@@ -195,17 +198,48 @@ def selection_benchmark(
     round and held-modality combination: clients selected and trained, :func:`fedmm.tta.participation`),
     ``selection.md`` (the table below) and ``selection.png`` (accuracy against rounds, uploaded
     megabytes and simulated minutes). Returns the Markdown table of :func:`selection_table`.
+
+    Parameters
+    ----------
+    config, overrides:
+        The federation: a TOML file (``None``: the defaults) and ``key=value`` overrides.
+    policies:
+        Selection policies, one case each.
+    seeds:
+        Seeds of every policy.
+    out_dir:
+        Where the runs, CSVs, tables and plots go (finished runs are not repeated).
+    on_row, on_start:
+        As in :func:`run_grid`.
+    protocol:
+        How each policy's configuration is chosen (:mod:`fedmm.bench_protocol`): ``defaults``,
+        ``paper`` or ``tuned`` (the policy's own parameters and the shared ones tuned on
+        validation with ``tune_settings``, the same budget for every policy, into
+        ``out_dir/tune/<dataset>-<policy>``). With a validation split the runs' comparison against
+        ``random`` on the same seeds (or the first policy when ``random`` is not benchmarked) goes to
+        ``comparison.md``/``.csv``/``.png`` and follows the selection table in what this returns.
+    simulate:
+        Runs one federation (default: on Ray).
     """
+    from fedmm.bench_protocol import protocol_overrides, tuned_overrides, write_comparison
     from fedmm.strategies.selection import policy_class
 
     if not policies:
         raise ValueError("give at least one selection policy, e.g. --policies random,powd,divfl,cmsfed")
     for p in policies:
         policy_class(p)  # an unknown name fails here, naming the valid ones
-    cases = [Case({"policy": p}, (f"selection={p}",)) for p in policies]
+    overrides = (*overrides, *protocol_overrides(protocol))
+    dataset = load_config(config, overrides).dataset
     runs_dir = out_dir / "runs"
     with directory_lock(out_dir, "benchmark directory"):  # one benchmark per directory (fedmm.runlock)
-        run_grid(config, overrides, cases, seeds, out_dir / "runs.csv", runs_dir, on_row, on_start=on_start)
+        chosen = {
+            p: tuned_overrides(dataset, p, (*overrides, f"selection={p}"), out_dir, tune_settings, simulate, config)
+            if protocol == "tuned"
+            else ()
+            for p in policies
+        }
+        cases = [Case({"policy": p}, (f"selection={p}", *chosen[p])) for p in policies]
+        runs = run_grid(config, overrides, cases, seeds, out_dir / "runs.csv", runs_dir, on_row, simulate, on_start)
         curves = pd.concat(
             [
                 pd.read_csv(runs_dir / c.slug(s) / ROUNDS_FILE).assign(policy=c.labels["policy"], seed=s)
@@ -230,33 +264,39 @@ def selection_benchmark(
         table = selection_table(curves, policies, part)
         (out_dir / "selection.md").write_text(table + "\n")
         plot_selection(curves, policies, out_dir / "selection.png")
-    return table
+        compared = write_comparison(
+            runs.assign(dataset=dataset, method=runs["policy"]),
+            [dataset],
+            policies,
+            out_dir,
+            protocol,
+            baseline="random" if "random" in policies else policies[0],
+        )
+    return table if compared is None else f"{table}\n\n{compared}"
 
 
 # -- fedmm bench methods -----------------------------------------------------------------------------
-#: Every shipped dataset's federation in ``fedmm bench methods``: hapt's natural clients (its 24
-#: users), segment, mfeat and synthetic (3 modalities) Dirichlet alpha 0.5 over 20 clients with
-#: half of the clients multimodal (:data:`METHOD_COMMON`); ``competition`` the federation of its
-#: benchmark (docs/competition.md): 10 IID clients, every one holding both modalities and trained
-#: every round. A federation's keys come after :data:`METHOD_COMMON`, so they may replace it.
+#: Every shipped dataset in two federations for ``fedmm bench methods``: its natural or IID one and
+#: a strongly skewed one. The skewed ones (``segment``, ``mfeat``, ``synthetic`` with 3 modalities,
+#: ``competition-skewed``, ``hapt-skewed``): Dirichlet alpha 0.5 over 20 clients, half of them
+#: multimodal (:data:`METHOD_COMMON`), ``clients-per-round`` (10) of them a round. The natural and IID
+#: ones: hapt's natural clients (its 24 users, half multimodal); ``competition`` (the federation of
+#: its benchmark, docs/competition.md), ``segment-iid``, ``mfeat-iid`` and ``synthetic-iid``: 10 IID
+#: clients, every one holding every modality and trained every round. A federation's keys come
+#: after :data:`METHOD_COMMON`, so they may replace it.
+_SKEWED = ("partition=dirichlet", "dirichlet-alpha=0.5", "num-clients=20")
+_IID_ALL = ("partition=iid", "num-clients=10", "clients-per-round=10", "allocation=all")
 METHOD_FEDERATIONS: dict[str, tuple[str, ...]] = {
     "hapt": ("dataset=hapt", "partition=natural"),
-    "segment": ("dataset=segment", "partition=dirichlet", "dirichlet-alpha=0.5", "num-clients=20"),
-    "mfeat": ("dataset=mfeat", "partition=dirichlet", "dirichlet-alpha=0.5", "num-clients=20"),
-    "synthetic": (
-        "dataset=synthetic",
-        "dataset.num-modalities=3",
-        "partition=dirichlet",
-        "dirichlet-alpha=0.5",
-        "num-clients=20",
-    ),
-    "competition": (
-        "dataset=competition",
-        "partition=iid",
-        "num-clients=10",
-        "clients-per-round=10",
-        "allocation=all",
-    ),
+    "segment": ("dataset=segment", *_SKEWED),
+    "mfeat": ("dataset=mfeat", *_SKEWED),
+    "synthetic": ("dataset=synthetic", "dataset.num-modalities=3", *_SKEWED),
+    "competition": ("dataset=competition", *_IID_ALL),
+    "hapt-skewed": ("dataset=hapt", *_SKEWED),
+    "segment-iid": ("dataset=segment", *_IID_ALL),
+    "mfeat-iid": ("dataset=mfeat", *_IID_ALL),
+    "synthetic-iid": ("dataset=synthetic", "dataset.num-modalities=3", *_IID_ALL),
+    "competition-skewed": ("dataset=competition", *_SKEWED),
 }
 METHOD_COMMON = ("allocation=multi-ratio", "multi-ratio=0.5")
 #: Every strategy with its own objective and selection, CMSFed also with random selection, and
@@ -331,10 +371,9 @@ def methods_benchmark(
         FedAvg) goes to ``comparison.md``/``.csv``/``.png``; its table is returned (``defaults``:
         the ``methods.md`` table, as before).
     """
-    from fedmm.bench_protocol import PROTOCOLS, tuned_overrides, write_comparison
+    from fedmm.bench_protocol import protocol_overrides, tuned_overrides, write_comparison
 
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    preset = protocol_overrides(protocol)
     for name, valid, what in ((datasets, METHOD_FEDERATIONS, "dataset"), (methods, METHODS, "method")):
         unknown = [n for n in name if n not in valid]
         if unknown or not name:
@@ -350,7 +389,7 @@ def methods_benchmark(
             *METHODS[m],
             *(QUICK_OVERRIDES if quick else ()),
             *overrides,
-            *(("preset=paper",) if protocol == "paper" else ()),
+            *preset,
         )
         for d in datasets
         for m in methods

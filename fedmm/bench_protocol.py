@@ -1,5 +1,5 @@
-"""``fedmm bench methods --protocol``: how each method's configuration is chosen before its seeds
-run, and the comparison table that reviewers accept.
+"""``fedmm bench methods|selection --protocol``: how each method's (or selection policy's)
+configuration is chosen before its seeds run, and the comparison table that reviewers accept.
 
 - ``defaults``: every method with fedmm's defaults (as ``fedmm bench methods`` always ran);
 - ``paper``: every method with its paper's or reference code's settings (config key ``preset = "paper"``);
@@ -9,8 +9,8 @@ run, and the comparison table that reviewers accept.
 The comparison (:func:`comparison`) reports, per dataset and method, the test accuracy at the round
 chosen on validation (``test/acc-at-best-val``), the mean test accuracy of the last rounds, the weak
 modality alone at the chosen round: mean ± std over seeds, the 95 % t interval, and the paired
-difference from the baseline (FedAvg with ``ce``) on the same seeds with the paired t-test's and
-the Wilcoxon signed-rank test's p-values (:mod:`fedmm.stats`).
+difference from the baseline (FedAvg with ``ce``; ``random`` for selection policies) on the same
+seeds with the paired t-test's and the Wilcoxon signed-rank test's p-values (:mod:`fedmm.stats`).
 """
 
 from __future__ import annotations
@@ -36,24 +36,37 @@ REPORTED = {"test/acc-at-best-val": "test acc at best-val round", "last-test/acc
 PRIMARY = "test/acc-at-best-val"
 
 
+def protocol_overrides(protocol: str) -> tuple[str, ...]:
+    """The overrides ``protocol`` adds to every run (``paper``: ``preset=paper``); refuses an unknown one."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    return ("preset=paper",) if protocol == "paper" else ()
+
+
 def toml_value(value: Any) -> str:
     """``value`` as a TOML literal for a ``key=value`` override (strings quoted, floats exact)."""
     return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
 
 
 def tuned_overrides(
-    dataset: str, method: str, base: Sequence[str], out_dir: Path, settings: Any, simulate: Any = None
+    dataset: str,
+    method: str,
+    base: Sequence[str],
+    out_dir: Path,
+    settings: Any,
+    simulate: Any = None,
+    config: Path | None = None,
 ) -> tuple[str, ...]:
-    """Tune ``method`` on ``dataset``'s federation (config ``base``, seed 0) into
-    ``out_dir/tune/<dataset>-<method>`` (a finished study is not run again) and return its best
-    values as overrides.
+    """Tune ``method`` on ``dataset``'s federation (the TOML ``config`` with the overrides ``base``,
+    seed 0) into ``out_dir/tune/<dataset>-<method>`` (a finished study is not run again) and return
+    its best values as overrides.
 
     Raises ``ValueError`` when no trial of the study completed (every one pruned).
     """
     from fedmm.config import load_config
     from fedmm.tune import tune
 
-    result = tune(load_config(None, base), out_dir / "tune" / f"{dataset}-{method}", settings, simulate=simulate)
+    result = tune(load_config(config, base), out_dir / "tune" / f"{dataset}-{method}", settings, simulate=simulate)
     if result.status != "completed":
         raise KeyboardInterrupt  # the study keeps its finished trials; the CLI says so
     if result.best_config is None:
@@ -211,15 +224,21 @@ def plot_comparison(tidy: pd.DataFrame, datasets: Sequence[str], methods: Sequen
 
 
 def write_comparison(
-    runs: pd.DataFrame, datasets: Sequence[str], methods: Sequence[str], out_dir: Path, protocol: str
+    runs: pd.DataFrame,
+    datasets: Sequence[str],
+    methods: Sequence[str],
+    out_dir: Path,
+    protocol: str,
+    baseline: str = BASELINE,
 ) -> str | None:
     """``comparison.csv`` (tidy), ``comparison.md`` and ``comparison.png`` in ``out_dir``; returns the
-    table, or ``None`` when the runs have no validation-chosen round (``validation = "off"``)."""
+    table, or ``None`` when the runs have no validation-chosen round (``validation = "off"``).
+    ``baseline``: the method the others are compared with, seed by seed."""
     if PRIMARY not in runs:
         return None
-    tidy = comparison(runs, datasets, methods)
+    tidy = comparison(runs, datasets, methods, baseline)
     atomic_write(out_dir / "comparison.csv", tidy.to_csv(index=False))
-    table = comparison_table(tidy, datasets, methods, protocol)
+    table = comparison_table(tidy, datasets, methods, protocol, baseline)
     atomic_write(out_dir / "comparison.md", table + "\n")
     plot_comparison(tidy, datasets, methods, out_dir / "comparison.png")
     return table

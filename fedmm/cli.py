@@ -80,6 +80,33 @@ def _overrides_option(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
+def _protocol_options(parser: argparse.ArgumentParser, case: str, note: str) -> None:
+    """``--protocol``, ``--trials``, ``--jobs`` and ``--pruner`` of a benchmark over ``case``s."""
+    parser.add_argument(
+        "--protocol",
+        default="defaults",
+        help=f"defaults (fedmm's defaults), paper (preset=paper) or tuned (each {case} tuned on validation "
+        f"with --trials trials, {note}, then run on the seeds)",
+    )
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=20,
+        help=f"--protocol tuned: trials per {case} (the same budget for every {case})",
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="--protocol tuned: worker processes per study")
+    parser.add_argument("--pruner", default="median", help="--protocol tuned: median, asha or none")
+
+
+def _tune_settings(args: argparse.Namespace) -> Any:
+    """The :class:`fedmm.tune.TuneSettings` of a benchmark's ``--protocol tuned``, else ``None``."""
+    if args.protocol != "tuned":
+        return None
+    from fedmm.tune import TuneSettings
+
+    return TuneSettings(trials=args.trials, jobs=args.jobs, pruner=args.pruner)
+
+
 def _import_plugin_option(argv: Sequence[str]) -> tuple[str, ...]:
     """Import the modules of ``--plugins`` (before the command's parser is built); one error naming
     the option and the module when one cannot be imported."""
@@ -185,11 +212,14 @@ def _parser() -> argparse.ArgumentParser:
         default=Path("experiments/out/selection"),
         help="directory of the runs, CSVs, table and plot (finished runs are not repeated)",
     )
+    _protocol_options(sel, "policy", "its own parameters and the shared ones")
     sel.set_defaults(func=_bench_selection)
     meth = bench_sub.add_parser("methods", help="every strategy and objective on every shipped dataset")
     meth.add_argument(
         "--datasets",
-        help="comma-separated datasets (default: hapt,segment,mfeat,synthetic,competition; with --quick: synthetic)",
+        help="comma-separated federations: a dataset's name is its skewed federation (hapt: its natural "
+        "users, competition: IID), <name>-iid or <name>-skewed the other one (default: all ten; with --quick: "
+        "synthetic)",
     )
     meth.add_argument("--methods", help="comma-separated methods (default: all; see README)")
     meth.add_argument("--seeds", help="comma-separated seeds (default 0,1,2; with --quick: 0)")
@@ -201,18 +231,7 @@ def _parser() -> argparse.ArgumentParser:
         default=Path("experiments/out/methods"),
         help="directory of the runs, the CSV and the table (finished runs are not repeated)",
     )
-    meth.add_argument(
-        "--protocol",
-        default="defaults",
-        help="defaults (fedmm's defaults), paper (preset=paper) or "
-        "tuned (each method tuned on validation with --trials trials, then run on the seeds; default "
-        "seeds 0-4)",
-    )
-    meth.add_argument(
-        "--trials", type=int, default=20, help="--protocol tuned: trials per method (the same budget for every method)"
-    )
-    meth.add_argument("--jobs", type=int, default=1, help="--protocol tuned: worker processes per study")
-    meth.add_argument("--pruner", default="median", help="--protocol tuned: median, asha or none")
+    _protocol_options(meth, "method", "default seeds 0-4")
     meth.set_defaults(func=_bench_methods)
 
     tune = sub.add_parser(
@@ -388,11 +407,6 @@ def _bench_methods(args: argparse.Namespace) -> int:
     datasets = _names(args.datasets or ("synthetic" if args.quick else ",".join(METHOD_FEDERATIONS)))
     methods = _names(args.methods or ",".join(METHODS))
     seeds = _seeds(args.seeds or ("0" if args.quick else "0,1,2" if args.protocol == "defaults" else "0,1,2,3,4"))
-    settings = None
-    if args.protocol == "tuned":
-        from fedmm.tune import TuneSettings
-
-        settings = TuneSettings(trials=args.trials, jobs=args.jobs, pruner=args.pruner)
 
     def progress(row: dict) -> None:
         print(
@@ -411,7 +425,7 @@ def _bench_methods(args: argparse.Namespace) -> int:
         on_row=progress,
         on_start=_say,
         protocol=args.protocol,
-        tune_settings=settings,
+        tune_settings=_tune_settings(args),
     )
     print(table)
     print(f"results: {args.out}")
@@ -429,7 +443,17 @@ def _bench_selection(args: argparse.Namespace) -> int:
             f"{row['policy']} seed {row['seed']}: test/acc {row['test/acc']:.4f} in {row['seconds']:.0f} s", flush=True
         )
 
-    table = selection_benchmark(args.config, args.overrides, policies, seeds, args.out, on_row=progress, on_start=_say)
+    table = selection_benchmark(
+        args.config,
+        args.overrides,
+        policies,
+        seeds,
+        args.out,
+        on_row=progress,
+        on_start=_say,
+        protocol=args.protocol,
+        tune_settings=_tune_settings(args),
+    )
     print(table)
     print(f"results: {args.out}")
     return 0

@@ -94,3 +94,4 @@ def test_selection_benchmark_end_to_end(tmp_path):
     table = (tmp_path / "selection.md").read_text()
     assert "| random |" in table and "| cmsfed |" in table
     assert main(["bench", "selection", "--policies", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert main(["bench", "selection", "--protocol", "best", "--out", str(tmp_path / "y")]) == 2

@@ -115,3 +115,24 @@ def test_the_competition_federation_replaces_the_common_half_unimodal_allocation
     assert (competition.dataset, competition.partition, competition.allocation) == ("competition", "iid", "all")
     assert (competition.num_clients, competition.clients_per_round, competition.objective) == (10, 10, "mnl")
     assert (segment.allocation, segment.multi_ratio, segment.partition) == ("multi-ratio", 0.5, "dirichlet")
+
+
+def test_every_shipped_dataset_has_a_natural_or_iid_and_a_strongly_skewed_federation():
+    """Item 8 of the comparison issue: two federations per shipped dataset; the skewed one is
+    Dirichlet alpha <= 0.5 over at least 20 clients with part of them unimodal."""
+    from fedmm.bench import METHOD_COMMON, METHOD_FEDERATIONS
+    from fedmm.config import load_config
+
+    kinds: dict[str, set[str]] = {}
+    for federation in METHOD_FEDERATIONS.values():
+        run = load_config(None, [*METHOD_COMMON, *federation])
+        if run.partition == "dirichlet":
+            assert run.dirichlet_alpha <= 0.5 and run.num_clients >= 20
+            assert run.allocation == "multi-ratio" and 0 < run.multi_ratio < 1
+            kind = "skewed"
+        else:
+            assert run.partition in ("natural", "iid")
+            kind = "natural or iid"
+        kinds.setdefault(run.dataset, set()).add(kind)
+    assert set(kinds) == {"hapt", "segment", "mfeat", "synthetic", "competition"}
+    assert all(k == {"skewed", "natural or iid"} for k in kinds.values()), kinds

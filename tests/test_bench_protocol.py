@@ -112,3 +112,39 @@ def test_the_paper_protocol_sets_the_preset_and_an_unknown_protocol_is_refused(t
         assert "preset" in str(err)
         return
     assert seen[0].preset == "paper"
+
+
+def test_a_tuned_selection_benchmark_tunes_each_policy_and_compares_it_with_random(flower_identity, tmp_path):
+    from fedmm.bench import selection_benchmark
+    from fedmm.tune import TuneSettings
+
+    overrides = [
+        "dataset=synthetic",
+        "partition=iid",
+        "num-clients=4",
+        "clients-per-round=2",
+        "num-server-rounds=2",
+        "local-epochs=1",
+    ]
+    table = selection_benchmark(
+        None,
+        overrides,
+        ["powd", "random"],
+        [0, 1],
+        tmp_path,
+        simulate=simulate_in_process,
+        protocol="tuned",
+        tune_settings=TuneSettings(trials=2, pruner="none", params=("lr",)),
+    )
+    for policy in ("powd", "random"):
+        best = tomllib.loads((tmp_path / "tune" / f"synthetic-{policy}" / "best.toml").read_text())
+        assert best["selection"] == policy
+        for seed in (0, 1):
+            run = tomllib.loads((tmp_path / "runs" / f"{policy}-seed{seed}" / "config.toml").read_text())
+            assert run["lr"] == best["lr"] and run["seed"] == seed and run["selection"] == policy
+    assert "| powd |" in table and "diff vs random" in table and "(protocol tuned;" in table
+    tidy = pd.read_csv(tmp_path / "comparison.csv")
+    assert set(tidy["method"]) == {"powd", "random"} and (tidy["n"] == 2).all()
+    assert (
+        tidy[tidy["method"] == "random"]["diff"].isna().all() and tidy[tidy["method"] == "powd"]["diff"].notna().all()
+    )

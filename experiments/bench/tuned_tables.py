@@ -13,12 +13,17 @@ flags a collapse under each protocol. Nothing here selects anything: the
 numbers are the benchmark's own. Usage:
 
     .venv/bin/python experiments/bench/tuned_tables.py --tuned DIR --defaults DIR[,DIR...]
+
+With `--selection FEDERATION` the directories are `fedmm bench selection`'s, run on the
+federation FEDERATION of `fedmm.bench.METHOD_FEDERATIONS`: a row per policy, compared with
+`random`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -33,12 +38,41 @@ PRIMARY = "test/acc-at-best-val"
 LAST = "last-test/acc"
 
 
-def load(dirs: list[Path], datasets: list[str]) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Layout:
+    """Where a benchmark keeps a (federation, method) cell: `fedmm bench methods`' or, with
+    ``selection`` set to a federation, `fedmm bench selection`'s (its methods are policies)."""
+
+    selection: str | None = None
+
+    @property
+    def baseline(self) -> str:
+        return "random" if self.selection else "fedavg"
+
+    def runs(self, out: Path) -> pd.DataFrame:
+        runs = pd.read_csv(out / "runs.csv")
+        return runs.assign(dataset=self.selection, method=runs["policy"]) if self.selection else runs
+
+    def base(self, d: str, m: str) -> list[str]:
+        return [*METHOD_COMMON, *METHOD_FEDERATIONS[d], *((f"selection={m}",) if self.selection else METHODS[m])]
+
+    def study(self, out: Path, d: str, m: str) -> Path:
+        name = load_config(None, self.base(d, m)).dataset if self.selection else d  # the bench's own name
+        return out / "tune" / f"{name}-{m}"
+
+    def run_glob(self, d: str, m: str) -> str:
+        return f"{m}-seed*" if self.selection else f"{d}-{m}-seed*"
+
+
+def load(dirs: list[Path], datasets: list[str], layout: Layout = Layout()) -> pd.DataFrame:
     """The comparison (:func:`fedmm.bench_protocol.comparison`) of the runs in ``dirs``' `runs.csv`,
-    every method of :data:`fedmm.bench.METHODS` they hold, in its order (a benchmark run one
-    method at a time rewrites its `comparison.csv` with that method only; `runs.csv` holds all)."""
-    runs = pd.concat([pd.read_csv(d / "runs.csv") for d in dirs], ignore_index=True)
-    return comparison(runs, datasets, [m for m in METHODS if m in set(runs["method"])])
+    every method of :data:`fedmm.bench.METHODS` (or policy) they hold, in its order (a benchmark run
+    one method at a time rewrites its `comparison.csv` with that method only; `runs.csv` holds all)."""
+    runs = pd.concat([layout.runs(d) for d in dirs], ignore_index=True)
+    order = (
+        list(dict.fromkeys(runs["method"])) if layout.selection else [m for m in METHODS if m in set(runs["method"])]
+    )
+    return comparison(runs, datasets, order, layout.baseline)
 
 
 def cell(rows: pd.DataFrame, metric: str, *, ci: bool = False, test: bool = False) -> str:
@@ -56,10 +90,12 @@ def cell(rows: pd.DataFrame, metric: str, *, ci: bool = False, test: bool = Fals
     return text
 
 
-def side_by_side(tuned: pd.DataFrame, defaults: pd.DataFrame, datasets: list[str], methods: list[str]) -> str:
+def side_by_side(
+    tuned: pd.DataFrame, defaults: pd.DataFrame, datasets: list[str], methods: list[str], baseline: str = "fedavg"
+) -> str:
     """Per dataset, a row per method: tuned and defaults, each test acc at the best-val round with
-    its 95 % CI, the paired difference from FedAvg (t-test p), the last-rounds mean and the weak
-    modality alone."""
+    its 95 % CI, the paired difference from ``baseline`` (t-test p), the last-rounds mean and the
+    weak modality alone."""
     sections = []
     for d in datasets:
         t_d, d_d = tuned[tuned["dataset"] == d], defaults[defaults["dataset"] == d]
@@ -68,11 +104,11 @@ def side_by_side(tuned: pd.DataFrame, defaults: pd.DataFrame, datasets: list[str
         header = [
             "method",
             "tuned: test acc at best-val round [95 % CI]",
-            "tuned: diff vs fedavg (t p)",
+            f"tuned: diff vs {baseline} (t p)",
             "tuned: last rounds",
             f"tuned: {weak} alone",
             "defaults: test acc at best-val round [95 % CI]",
-            "defaults: diff vs fedavg (t p)",
+            f"defaults: diff vs {baseline} (t p)",
             "defaults: last rounds",
             f"defaults: {weak} alone",
         ]
@@ -98,7 +134,7 @@ def side_by_side(tuned: pd.DataFrame, defaults: pd.DataFrame, datasets: list[str
     return "\n\n".join(sections)
 
 
-def chosen(tuned_dir: Path, datasets: list[str], methods: list[str]) -> str:
+def chosen(tuned_dir: Path, datasets: list[str], methods: list[str], layout: Layout = Layout()) -> str:
     """Per study: the best complete trial's values and the study's cost."""
     header = ["dataset", "method", "best trial: mean val acc, last 5 rounds", "chosen values (default)"]
     header += ["complete / pruned"]
@@ -106,7 +142,7 @@ def chosen(tuned_dir: Path, datasets: list[str], methods: list[str]) -> str:
     lines = markdown_lines(header)
     for d in datasets:
         for m in methods:
-            path = tuned_dir / "tune" / f"{d}-{m}" / "trials.csv"
+            path = layout.study(tuned_dir, d, m) / "trials.csv"
             if not path.is_file():
                 continue
             trials = pd.read_csv(path)
@@ -114,7 +150,7 @@ def chosen(tuned_dir: Path, datasets: list[str], methods: list[str]) -> str:
             if done.empty:
                 continue
             best = done.loc[done["value"].idxmax()]
-            space = search_space(load_config(None, [*METHOD_COMMON, *METHOD_FEDERATIONS[d], *METHODS[m]]))
+            space = search_space(load_config(None, layout.base(d, m)))
             values = []
             for c in trials.columns:
                 if c.startswith("params_"):
@@ -137,12 +173,12 @@ def chosen(tuned_dir: Path, datasets: list[str], methods: list[str]) -> str:
     return "\n".join(lines)
 
 
-def collapses(dirs: list[Path], dataset: str, method: str) -> str:
+def collapses(dirs: list[Path], dataset: str, method: str, layout: Layout = Layout()) -> str:
     """``k/n`` runs of ``method`` on ``dataset`` whose `summary.json` flags a collapse, with the
     rounds and rules of the flagged ones (``r18 loss``)."""
     flags, n = [], 0
     for d in dirs:
-        for path in sorted((d / "runs").glob(f"{dataset}-{method}-seed*/summary.json")):
+        for path in sorted((d / "runs").glob(f"{layout.run_glob(dataset, method)}/summary.json")):
             n += 1
             flag = json.loads(path.read_text()).get("collapsed")
             if flag:
@@ -150,7 +186,9 @@ def collapses(dirs: list[Path], dataset: str, method: str) -> str:
     return f"{len(flags)}/{n}" + (f" ({', '.join(flags)})" if flags else "")
 
 
-def collapse_table(tuned: Path, defaults: list[Path], datasets: list[str], methods: list[str]) -> str:
+def collapse_table(
+    tuned: Path, defaults: list[Path], datasets: list[str], methods: list[str], layout: Layout = Layout()
+) -> str:
     """Per dataset and method with a flagged run under either protocol, the collapsed runs under
     each (:func:`collapses`); the other methods had none."""
     lines = [
@@ -159,7 +197,7 @@ def collapse_table(tuned: Path, defaults: list[Path], datasets: list[str], metho
     ]
     for d in datasets:
         for m in methods:
-            cells = collapses([tuned], d, m), collapses(defaults, d, m)
+            cells = collapses([tuned], d, m, layout), collapses(defaults, d, m, layout)
             if any(not c.startswith("0/") for c in cells):
                 lines.append(f"| {d} | {m} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
@@ -175,16 +213,19 @@ def main() -> None:
     parser.add_argument("--defaults", required=True, help="comma-separated `--protocol defaults` directories")
     parser.add_argument("--datasets", default="competition,segment")
     parser.add_argument("--methods", help="comma-separated, table order (default: the tuned directory's)")
+    parser.add_argument("--selection", metavar="FEDERATION", help="`fedmm bench selection` directories of FEDERATION")
     args = parser.parse_args()
-    datasets = args.datasets.split(",")
-    tuned = load([args.tuned], datasets)
-    defaults = load([Path(p) for p in args.defaults.split(",")], datasets)
-    methods = args.methods.split(",") if args.methods else [m for m in METHODS if m in set(tuned["method"])]
-    print(side_by_side(tuned, defaults, datasets, methods))
+    layout = Layout(args.selection)
+    datasets = [args.selection] if args.selection else args.datasets.split(",")
+    defaults_dirs = [Path(p) for p in args.defaults.split(",")]
+    tuned = load([args.tuned], datasets, layout)
+    defaults = load(defaults_dirs, datasets, layout)
+    methods = args.methods.split(",") if args.methods else list(dict.fromkeys(tuned["method"]))
+    print(side_by_side(tuned, defaults, datasets, methods, layout.baseline))
     print()
-    print(chosen(args.tuned, datasets, methods))
+    print(chosen(args.tuned, datasets, methods, layout))
     print()
-    print(collapse_table(args.tuned, [Path(p) for p in args.defaults.split(",")], datasets, methods))
+    print(collapse_table(args.tuned, defaults_dirs, datasets, methods, layout))
 
 
 if __name__ == "__main__":

@@ -204,7 +204,7 @@ class TuneSettings:
         Worker processes (each runs trials on the inline engine, with ``cpus / jobs`` torch threads).
     pruner:
         ``median`` (default: stop a trial below the median of earlier trials at the same round,
-        from the sixth trial and after a quarter of the rounds), ``asha`` (asynchronous successive
+        from the fourth trial and after a quarter of the rounds), ``asha`` (asynchronous successive
         halving: rungs at 1/8, 3/8 of the rounds, ...; keeps the best third; saves more rounds but
         chose a worse configuration in ``experiments/bench/tune_speed.py``) or ``none``.
     seed:

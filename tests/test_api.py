@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 import fedmm
 from fedmm.config import load_config
@@ -45,6 +47,8 @@ def test_simulate_from_a_dict_returns_the_runs_frames(tmp_path):
     rows = []
     run = fedmm.simulate({**SMALL, "objective": {"name": "ogm-ge"}}, tmp_path / "a", on_round=rows.append)
     assert run.out_dir == tmp_path / "a" and run.summary["status"] == "completed"
+    assert run.summary["software"]["torch"] == torch.__version__
+    assert run.summary["software"]["fedmm"] == fedmm.__version__ and run.summary["software"]["flwr"] != "not installed"
     assert isinstance(run.rounds, pd.DataFrame) and run.rounds["round"].tolist() == [0, 1, 2]
     assert isinstance(run.clients, pd.DataFrame) and set(run.clients["round"]) == {1, 2}
     assert run.config["objective"] == "ogm-ge" and run.config["num-clients"] == 4
@@ -87,3 +91,12 @@ def test_to_config_refuses_what_it_cannot_read():
         to_config({"rounds": 3})
     assert to_config(None) == load_config()
     assert to_config({"objective": {"name": "mnl"}}).objective == "mnl"
+
+
+def test_software_names_a_missing_package(monkeypatch):
+    from fedmm import provenance
+
+    monkeypatch.setattr(provenance, "PACKAGES", ("numpy", "no-such-package-fedmm"))
+    versions = provenance.software()
+    assert versions["numpy"] == metadata.version("numpy") and versions["no-such-package-fedmm"] == "not installed"
+    assert set(versions) == {"python", "machine", "numpy", "no-such-package-fedmm"}

@@ -19,6 +19,7 @@ from flwr.serverapp import Grid
 from fedmm.checkpoint import Checkpoint, config_digest, prefixed, save_checkpoint, unprefixed, unreadable_state
 from fedmm.diagnostics import round_diagnostics
 from fedmm.protocol import NUM_EXAMPLES
+from fedmm.provenance import software
 from fedmm.records import from_record, to_record, torch_state
 from fedmm.results import ResultsWriter, divergence, summarize, write_interrupted, write_summary
 from fedmm.server.plan import Plan, build_strategy
@@ -151,7 +152,13 @@ def run_federation(
         if on_round:
             on_round(row)
 
-    meta = {"dataset": run.dataset, "strategy": run.strategy, "objective": run.objective, "selection": run.selection}
+    meta = {
+        "dataset": run.dataset,
+        "strategy": run.strategy,
+        "objective": run.objective,
+        "selection": run.selection,
+        "software": software(),
+    }
     failed_rounds: list[int] = []
     failure: dict[str, Any] | None = None
     try:

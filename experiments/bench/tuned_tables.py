@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,14 +85,19 @@ def cell(rows: pd.DataFrame, metric: str, *, ci: bool = False, test: bool = Fals
     text = f"{r['mean']:.3f} ± {r['std']:.3f}"
     if ci:
         text += f" [{r['ci-low']:.3f}, {r['ci-high']:.3f}]"
-    if test:
-        p = "n/a" if pd.isna(r["t-p"]) else f"{r['t-p']:.3f}"  # n/a: every paired difference 0
-        text = "—" if pd.isna(r.get("diff")) else f"{r['diff']:+.3f} (p {p})"
+    if test:  # "—": the baseline itself, or no baseline runs; p n/a: every paired difference 0
+        diff, p = r.get("diff", math.nan), r.get("t-p", math.nan)
+        text = "—" if pd.isna(diff) else f"{diff:+.3f} (p {'n/a' if pd.isna(p) else f'{p:.3f}'})"
     return text
 
 
 def side_by_side(
-    tuned: pd.DataFrame, defaults: pd.DataFrame, datasets: list[str], methods: list[str], baseline: str = "fedavg"
+    tuned: pd.DataFrame,
+    defaults: pd.DataFrame,
+    datasets: list[str],
+    methods: list[str],
+    baseline: str = "fedavg",
+    case: str = "method",
 ) -> str:
     """Per dataset, a row per method: tuned and defaults, each test acc at the best-val round with
     its 95 % CI, the paired difference from ``baseline`` (t-test p), the last-rounds mean and the
@@ -102,7 +108,7 @@ def side_by_side(
         weak_metric = next((m for m in t_d["metric"].unique() if m not in (PRIMARY, LAST)), "")
         weak = weak_metric.split("/")[-1].removesuffix("-at-best-val")
         header = [
-            "method",
+            case,
             "tuned: test acc at best-val round [95 % CI]",
             f"tuned: diff vs {baseline} (t p)",
             "tuned: last rounds",
@@ -136,7 +142,8 @@ def side_by_side(
 
 def chosen(tuned_dir: Path, datasets: list[str], methods: list[str], layout: Layout = Layout()) -> str:
     """Per study: the best complete trial's values and the study's cost."""
-    header = ["dataset", "method", "best trial: mean val acc, last 5 rounds", "chosen values (default)"]
+    header = ["dataset", "policy" if layout.selection else "method", "best trial: mean val acc, last 5 rounds"]
+    header += ["chosen values (default)"]
     header += ["complete / pruned"]
     header += ["rounds trained", "trial seconds"]
     lines = markdown_lines(header)
@@ -191,15 +198,15 @@ def collapse_table(
 ) -> str:
     """Per dataset and method with a flagged run under either protocol, the collapsed runs under
     each (:func:`collapses`); the other methods had none."""
-    lines = [
-        "| dataset | method | tuned: runs flagged collapsed | defaults: runs flagged collapsed |",
-        "|---|---|---|---|",
-    ]
+    lines = markdown_lines(
+        ["dataset", "policy" if layout.selection else "method", "tuned: runs flagged collapsed"]
+        + ["defaults: runs flagged collapsed"]
+    )
     for d in datasets:
         for m in methods:
             cells = collapses([tuned], d, m, layout), collapses(defaults, d, m, layout)
             if any(not c.startswith("0/") for c in cells):
-                lines.append(f"| {d} | {m} | {cells[0]} | {cells[1]} |")
+                lines.append(markdown_row([d, m, *cells]))
     return "\n".join(lines)
 
 
@@ -221,7 +228,7 @@ def main() -> None:
     tuned = load([args.tuned], datasets, layout)
     defaults = load(defaults_dirs, datasets, layout)
     methods = args.methods.split(",") if args.methods else list(dict.fromkeys(tuned["method"]))
-    print(side_by_side(tuned, defaults, datasets, methods, layout.baseline))
+    print(side_by_side(tuned, defaults, datasets, methods, layout.baseline, "policy" if args.selection else "method"))
     print()
     print(chosen(args.tuned, datasets, methods, layout))
     print()

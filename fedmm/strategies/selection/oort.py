@@ -42,7 +42,7 @@ from typing import Annotated, Any
 
 import numpy as np
 
-from fedmm.params import Checked, Interval
+from fedmm.params import Checked, Interval, Search
 from fedmm.strategies.selection.base import (
     MODE_ALL,
     Assignment,
@@ -154,9 +154,9 @@ class Oort(SelectionPolicy):
             the run differ from its seed (durations unknown then: no speed penalty)
         """
 
-        exploration_factor: Annotated[float, Interval(float, 0, 1, closed="both")] = 0.9
-        exploration_decay: Annotated[float, Interval(float, 0, 1, closed="right")] = 0.98
-        exploration_min: Annotated[float, Interval(float, 0, 1, closed="both")] = 0.3
+        exploration_factor: Annotated[float, Interval(float, 0, 1, closed="both"), Search(0.1, 0.9)] = 0.9
+        exploration_decay: Annotated[float, Interval(float, 0, 1, closed="right"), Search(0.9, 1.0)] = 0.98
+        exploration_min: Annotated[float, Interval(float, 0, 1, closed="both"), Search(0.0, 0.5)] = 0.3
         round_threshold: Annotated[float, Interval(float, 0, 100, closed="both")] = 30.0
         round_penalty: Annotated[float, Interval(float, 0, None, closed="left")] = 2.0
         pacer_step: Annotated[int, Interval(int, 1, None, closed="left")] = 20
@@ -164,7 +164,7 @@ class Oort(SelectionPolicy):
         clip_bound: Annotated[float, Interval(float, 0, 1, closed="both")] = 0.9
         cut_off_util: Annotated[float, Interval(float, 0, 1, closed="both")] = 0.05
         sample_window: Annotated[float, Interval(float, 1, None, closed="left")] = 5.0
-        staleness_weight: Annotated[float, Interval(float, 0, None, closed="left")] = 0.1
+        staleness_weight: Annotated[float, Interval(float, 0, None, closed="left"), Search(0.0, 1.0)] = 0.1
         blacklist_rounds: Annotated[int, Interval(int, -1, None, closed="left")] = -1
         blacklist_max_len: Annotated[float, Interval(float, 0, 1, closed="both")] = 0.3
         wall_seconds: bool = False

@@ -12,7 +12,7 @@ cost (trials complete / pruned, rounds trained, seconds); last, the runs whose `
 flags a collapse under each protocol. Nothing here selects anything: the
 numbers are the benchmark's own. Usage:
 
-    .venv/bin/python experiments/bench/tuned_tables.py --tuned DIR --defaults DIR[,DIR...]
+    .venv/bin/python experiments/bench/tuned_tables.py --tuned DIR[,DIR...] --defaults DIR[,DIR...]
 
 With `--selection FEDERATION` the directories are `fedmm bench selection`'s, run on the
 federation FEDERATION of `fedmm.bench.METHOD_FEDERATIONS`: a row per policy, compared with
@@ -140,7 +140,7 @@ def side_by_side(
     return "\n\n".join(sections)
 
 
-def chosen(tuned_dir: Path, datasets: list[str], methods: list[str], layout: Layout = Layout()) -> str:
+def chosen(tuned_dirs: list[Path], datasets: list[str], methods: list[str], layout: Layout = Layout()) -> str:
     """Per study: the best complete trial's values and the study's cost."""
     header = ["dataset", "policy" if layout.selection else "method", "best trial: mean val acc, last 5 rounds"]
     header += ["chosen values (default)"]
@@ -149,8 +149,8 @@ def chosen(tuned_dir: Path, datasets: list[str], methods: list[str], layout: Lay
     lines = markdown_lines(header)
     for d in datasets:
         for m in methods:
-            path = layout.study(tuned_dir, d, m) / "trials.csv"
-            if not path.is_file():
+            path = next((p for t in tuned_dirs if (p := layout.study(t, d, m) / "trials.csv").is_file()), None)
+            if path is None:
                 continue
             trials = pd.read_csv(path)
             done = trials[trials["state"] == "COMPLETE"]
@@ -194,7 +194,7 @@ def collapses(dirs: list[Path], dataset: str, method: str, layout: Layout = Layo
 
 
 def collapse_table(
-    tuned: Path, defaults: list[Path], datasets: list[str], methods: list[str], layout: Layout = Layout()
+    tuned: list[Path], defaults: list[Path], datasets: list[str], methods: list[str], layout: Layout = Layout()
 ) -> str:
     """Per dataset and method with a flagged run under either protocol, the collapsed runs under
     each (:func:`collapses`); the other methods had none."""
@@ -204,7 +204,7 @@ def collapse_table(
     )
     for d in datasets:
         for m in methods:
-            cells = collapses([tuned], d, m, layout), collapses(defaults, d, m, layout)
+            cells = collapses(tuned, d, m, layout), collapses(defaults, d, m, layout)
             if any(not c.startswith("0/") for c in cells):
                 lines.append(markdown_row([d, m, *cells]))
     return "\n".join(lines)
@@ -216,7 +216,7 @@ def _fmt(value: object) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tuned", type=Path, required=True)
+    parser.add_argument("--tuned", required=True, help="comma-separated `--protocol tuned` directories")
     parser.add_argument("--defaults", required=True, help="comma-separated `--protocol defaults` directories")
     parser.add_argument("--datasets", default="competition,segment")
     parser.add_argument("--methods", help="comma-separated, table order (default: the tuned directory's)")
@@ -225,14 +225,15 @@ def main() -> None:
     layout = Layout(args.selection)
     datasets = [args.selection] if args.selection else args.datasets.split(",")
     defaults_dirs = [Path(p) for p in args.defaults.split(",")]
-    tuned = load([args.tuned], datasets, layout)
+    tuned_dirs = [Path(p) for p in args.tuned.split(",")]
+    tuned = load(tuned_dirs, datasets, layout)
     defaults = load(defaults_dirs, datasets, layout)
     methods = args.methods.split(",") if args.methods else list(dict.fromkeys(tuned["method"]))
     print(side_by_side(tuned, defaults, datasets, methods, layout.baseline, "policy" if args.selection else "method"))
     print()
-    print(chosen(args.tuned, datasets, methods, layout))
+    print(chosen(tuned_dirs, datasets, methods, layout))
     print()
-    print(collapse_table(args.tuned, defaults_dirs, datasets, methods, layout))
+    print(collapse_table(tuned_dirs, defaults_dirs, datasets, methods, layout))
 
 
 if __name__ == "__main__":

@@ -81,12 +81,13 @@ def _overrides_option(parser: argparse.ArgumentParser, help: str) -> None:
 
 
 def _protocol_options(parser: argparse.ArgumentParser, case: str, note: str) -> None:
-    """``--protocol``, ``--trials``, ``--jobs`` and ``--pruner`` of a benchmark over ``case``s."""
+    """``--protocol``, ``--trials``, ``--jobs`` and ``--pruner`` of a benchmark over ``case``s
+    (``note``: what of a case is tuned, shown after its name)."""
     parser.add_argument(
         "--protocol",
         default="defaults",
-        help=f"defaults (fedmm's defaults), paper (preset=paper) or tuned (each {case} tuned on validation "
-        f"with --trials trials, {note}, then run on the seeds)",
+        help=f"defaults (fedmm's defaults), paper (preset=paper) or tuned (each {case}{note} tuned on "
+        "validation with --trials trials, then run on the seeds)",
     )
     parser.add_argument(
         "--trials",
@@ -212,7 +213,7 @@ def _parser() -> argparse.ArgumentParser:
         default=Path("experiments/out/selection"),
         help="directory of the runs, CSVs, table and plot (finished runs are not repeated)",
     )
-    _protocol_options(sel, "policy", "its own parameters and the shared ones")
+    _protocol_options(sel, "policy", ", its own parameters and the shared ones,")
     sel.set_defaults(func=_bench_selection)
     meth = bench_sub.add_parser("methods", help="every strategy and objective on every shipped dataset")
     meth.add_argument(
@@ -222,7 +223,9 @@ def _parser() -> argparse.ArgumentParser:
         "synthetic)",
     )
     meth.add_argument("--methods", help="comma-separated methods (default: all; see README)")
-    meth.add_argument("--seeds", help="comma-separated seeds (default 0,1,2; with --quick: 0)")
+    meth.add_argument(
+        "--seeds", help="comma-separated seeds (default 0,1,2; --protocol paper or tuned: 0-4; with --quick: 0)"
+    )
     meth.add_argument("--quick", action="store_true", help="smoke runs: 2 rounds of 1 local epoch, 6 clients")
     _overrides_option(meth, "override a config key of every run; repeatable")
     meth.add_argument(
@@ -231,7 +234,7 @@ def _parser() -> argparse.ArgumentParser:
         default=Path("experiments/out/methods"),
         help="directory of the runs, the CSV and the table (finished runs are not repeated)",
     )
-    _protocol_options(meth, "method", "default seeds 0-4")
+    _protocol_options(meth, "method", "")
     meth.set_defaults(func=_bench_methods)
 
     tune = sub.add_parser(

@@ -48,6 +48,11 @@ def toml_value(value: Any) -> str:
     return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
 
 
+def study_dir(out_dir: Path, dataset: str, method: str) -> Path:
+    """Where a benchmark in ``out_dir`` keeps the study of ``method`` on ``dataset``."""
+    return Path(out_dir) / "tune" / f"{dataset}-{method}"
+
+
 def tuned_overrides(
     dataset: str,
     method: str,
@@ -66,13 +71,14 @@ def tuned_overrides(
     from fedmm.config import load_config
     from fedmm.tune import tune
 
-    result = tune(load_config(config, base), out_dir / "tune" / f"{dataset}-{method}", settings, simulate=simulate)
+    study = study_dir(out_dir, dataset, method)
+    result = tune(load_config(config, base), study, settings, simulate=simulate)
     if result.status != "completed":
         raise KeyboardInterrupt  # the study keeps its finished trials; the CLI says so
     if result.best_config is None:
         raise ValueError(
             f"tuning {method} on {dataset}: all {result.pruned} trials were pruned (diverged or failed); "
-            f"see {out_dir / 'tune' / f'{dataset}-{method}' / 'trials.csv'}"
+            f"see {study / 'trials.csv'}"
         )
     return tuple(f"{k}={toml_value(v)}" for k, v in sorted(result.best_params.items()))
 

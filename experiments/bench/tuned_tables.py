@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from fedmm.bench import METHOD_COMMON, METHOD_FEDERATIONS, METHODS
-from fedmm.bench_protocol import comparison
+from fedmm.bench_protocol import comparison, study_dir
 from fedmm.config import load_config
 from fedmm.tables import markdown_lines, markdown_row
 from fedmm.tune import search_space
@@ -59,7 +59,7 @@ class Layout:
 
     def study(self, out: Path, d: str, m: str) -> Path:
         name = load_config(None, self.base(d, m)).dataset if self.selection else d  # the bench's own name
-        return out / "tune" / f"{name}-{m}"
+        return study_dir(out, name, m)
 
     def run_glob(self, d: str, m: str) -> str:
         return f"{m}-seed*" if self.selection else f"{d}-{m}-seed*"

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench docs clean
+.PHONY: install demo test test-slow lint bench docs clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,11 +25,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check fedmm tests experiments
 	$(VENV)/bin/lint-imports
 
-# Every test, on 2 workers (pytest-xdist): the integration tests one after the other on one of them
-# (tests/conftest.py puts them in one xdist group), the unit tests on the other; `pytest -q` alone
-# runs the same tests serially.
+# Every test but the slow set, on 2 workers (pytest-xdist): the integration tests one after the
+# other on one of them (tests/conftest.py puts them in one xdist group), the unit tests on the other;
+# `pytest -q -m "not slow"` alone runs the same tests serially.
 test: $(STAMP) lint
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow"
+
+# The slow set (marker `slow`: real deployments with a node or the ServerApp killed, about 8 minutes
+# on 2 cores); run it before changing fedmm/deploy.py, fedmm/server or the roster.
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)
 	$(PY) experiments/bench/overhead.py

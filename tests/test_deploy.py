@@ -16,7 +16,7 @@ import pytest
 
 from fedmm.deploy import CONNECTION, LocalDeployment
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

@@ -203,9 +203,16 @@ def test_the_wait_for_nodes_is_bounded_and_names_both_numbers_and_the_command():
 
 # -- `flwr run .` ----------------------------------------------------------------------------------
 def flwr_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a test's `flwr run .`: its own ``FLWR_HOME`` and its own local SuperLink.
+
+    Flower's CLI starts the local SuperLink on fixed ports (39091, 39093) whatever ``FLWR_HOME`` is,
+    and reuses any SuperLink that answers there: without ports of its own, a test's run would go to
+    an earlier test's SuperLink, which that test's reaper then kills in the middle of the stream."""
     return {
         **os.environ,
         "FLWR_HOME": str(tmp_path / "flwr-home"),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
         "PATH": f"{BIN}:{os.environ['PATH']}",
         "PYTHONPATH": str(REPO),
     }
@@ -266,6 +273,7 @@ def test_the_readme_flwr_run_commands_run_the_demo_federation(tmp_path, reaper):
     except subprocess.TimeoutExpired:
         pytest.fail("the README's `flwr run .` did not finish within 400 s")
     assert proc.returncode == 0, out[-3000:]
+    assert "Starting local SuperLink" in out, out[-3000:]  # its own, not one another run left
     assert "20 simulated SuperNodes" in out, out[-3000:]
     # the ServerApp's progress reaches the stream: one line per round, then the final accuracy
     assert re.search(r"round 1/1  test/acc \d\.\d{4}  val/acc \d\.\d{4}  weak ", out), out[-3000:]

@@ -8,7 +8,8 @@ parameters of the run's strategy, objective and selection policy. Every trial is
 it reports the validation accuracy (``val/acc``) to the trial, so the pruner can stop a trial that
 falls behind the others at the same round. The trial's value is the mean validation accuracy of its
 last :data:`~fedmm.results.LAST_ROUNDS` rounds; the test split is never read by a trial. A trial
-whose run diverges, fails or raises is pruned with the reason (``pruned-reason``), not an error.
+whose run diverges, fails or raises is pruned with the reason (``pruned-reason``), not an error;
+an error that says the code is wrong (:data:`CODE_ERRORS`: a ``NameError``, ...) stops the study.
 
 The study lives in ``<out>/study.journal`` (Optuna's ``JournalStorage`` on a file: an append-only log
 with a file lock, safe for several processes, no database server), so ``--jobs N`` worker processes
@@ -124,7 +125,8 @@ def run_trial(
 
     Returns the mean ``val/acc`` of the last :data:`LAST_ROUNDS` rounds. Raises
     ``optuna.TrialPruned`` when the pruner stops it, or when the run diverges (non-finite loss),
-    fails, or raises (the reason is the trial's ``pruned-reason`` attribute). ``stopped``: signals
+    fails, or raises (the reason is the trial's ``pruned-reason`` attribute), except for an error of
+    :data:`CODE_ERRORS`, which propagates. ``stopped``: signals
     received before the run installed its own handlers; the run stops after its next round.
     """
     from fedmm.server.loop import Interrupted
@@ -165,7 +167,9 @@ def run_trial(
         if f"no {VAL_METRIC!r}" in str(err):
             raise
         return _prune(trial, trained(), f"run raised {type(err).__name__}: {err}")
-    except Exception as err:  # a run that breaks is a bad configuration, not a broken study
+    except CODE_ERRORS:  # a bug in fedmm or a plugin: pruning it would report the method as unstable
+        raise
+    except Exception as err:  # a run that breaks numerically is a bad configuration, not a broken study
         return _prune(trial, trained(), f"run raised {type(err).__name__}: {err}")
     trial.set_user_attr("rounds", trained())
     trial.set_user_attr("seconds", float(summary.get("total-seconds", 0.0)))
@@ -181,6 +185,12 @@ def run_trial(
     trial.set_user_attr("best-val/acc", float(best[VAL_METRIC]))
     trial.set_user_attr("best-val-round", int(best["round"]))
     return sum(last) / len(last)
+
+
+#: Exceptions that say the code is wrong, whatever the configuration: a trial that raises one stops
+#: the study with its traceback instead of being pruned (every trial of a method would be pruned, and
+#: the method read as one that collapses).
+CODE_ERRORS = (NameError, AttributeError, TypeError, ImportError, LookupError, AssertionError, NotImplementedError)
 
 
 def _prune(trial: Any, rounds: int, reason: str) -> float:

@@ -111,6 +111,16 @@ def test_a_trial_whose_run_raises_is_pruned_not_an_error():
     assert trial.user_attrs["pruned-reason"] == "run raised RuntimeError: CUDA out of memory"
 
 
+@pytest.mark.parametrize("error", [NameError("name 'logits' is not defined"), AttributeError("no attribute 'x'")])
+def test_a_trial_whose_run_has_a_programming_error_stops_the_study(error):
+    def buggy(run, out_dir, on_round=None, **_):
+        on_round({"round": 0, "val/acc": 0.1})
+        raise error
+
+    with pytest.raises(type(error), match=str(error)):
+        one_trial(buggy)
+
+
 def test_a_run_without_validation_accuracy_is_an_error_not_a_pruned_trial():
     def no_val(run, out_dir, on_round=None, **_):
         on_round({"round": 0, "test/acc": 0.1})

@@ -57,6 +57,33 @@ def test_selection_table_by_hand():
     assert "y alone" in lines[0] and "rounds to 0.855" in lines[0]  # 0.95 x the best final (0.9)
     assert lines[2] == "| a | 0.900 ± 0.000 | 0.900 ± 0.000 | 0.250 ± 0.071 | 2.0 | 3.0 ± 0.0 | 1.00 ± 0.00 |"
     assert lines[3].startswith("| b | 0.800 ± 0.000 | 0.800 ± 0.000 |") and "| never |" in lines[3]
+    assert lines[0].startswith("| policy | final acc | best acc (oracle: round chosen on test) |")  # no val/acc
+
+
+def test_the_selection_table_reports_the_test_accuracy_of_the_round_chosen_on_validation():
+    # seed 0: validation peaks in round 1 (test 0.6) while test peaks in round 2; seed 1: ties in
+    # rounds 2 and 3 go to the earlier (test 0.7); round 0 (the untrained model) is never chosen
+    curves = {
+        0: [(0.9, 0.1), (0.6, 0.8), (0.95, 0.7), (0.5, 0.2)],
+        1: [(0.9, 0.9), (0.4, 0.1), (0.7, 0.5), (0.8, 0.5)],
+    }
+    rows = [
+        {
+            "policy": "a",
+            "seed": seed,
+            "round": r,
+            "test/acc": test,
+            "val/acc": val,
+            "test/acc/x": 0.5,
+            "bytes-up": 0.0,
+            "selection-seconds": 0.0,
+        }
+        for seed, curve in curves.items()
+        for r, (test, val) in enumerate(curve)
+    ]
+    lines = selection_table(pd.DataFrame(rows), ["a"]).splitlines()
+    assert lines[0].startswith("| policy | final acc | test acc at best-val round | x alone (final) |")
+    assert lines[2].startswith("| a | 0.650 ± 0.212 | 0.650 ± 0.071 |")  # (0.6 + 0.7) / 2
 
 
 @pytest.mark.integration

@@ -97,6 +97,10 @@ def test_methods_table_takes_each_datasets_weakest_modality_among_its_own():
     assert "**a** (weakest modality: y)" in table and "**b** (weakest modality: u)" in table
     assert "| fedavg | 0.700 | 0.750 | 0.800 | 0.600 | 1.100 | 4.000 | 1/1 |" in table
     assert "| fedavg | 0.900 | n/a | 0.900 | 0.500 |" in table  # a row without the column (an older CSV)
+    assert "| last 5 rounds acc | best acc (oracle: round chosen on test) |" in table  # no validation split
+    chosen = methods_table(runs.assign(**{"test/acc-at-best-val": [0.85, 0.65]}), ["a", "b"], ["fedavg"])
+    assert "| last 5 rounds acc | test acc at best-val round |" in chosen and "oracle" not in chosen
+    assert "| fedavg | 0.700 | 0.750 | 0.650 | 0.600 |" in chosen  # the round chosen on validation, not 0.8
 
 
 def test_the_competition_federation_replaces_the_common_half_unimodal_allocation(tmp_path):

@@ -25,11 +25,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check fedmm tests experiments
 	$(VENV)/bin/lint-imports
 
-# Every test but the slow set, on 2 workers (pytest-xdist): the integration tests one after the
-# other on one of them (tests/conftest.py puts them in one xdist group), the unit tests on the other;
+# Every test but the slow set, on 2 workers (pytest-xdist), integration tests included: no two tests
+# share a port, a directory or a FLWR_HOME, so they may run at the same time (an xdist group that
+# kept the integration tests on one worker has had no effect since pytest 9.2, pytest-xdist#1386).
 # `pytest -q -m "not slow"` alone runs the same tests serially.
 test: $(STAMP) lint
-	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow"
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 # The slow set (marker `slow`: real deployments with a node or the ServerApp killed, about 8 minutes
 # on 2 cores); run it before changing fedmm/deploy.py, fedmm/server or the roster.

@@ -189,11 +189,13 @@ def comparison_table(
                 )
             )
         sections.append("\n".join(lines))
+    pairs = int(tidy["pairs"].max()) if "pairs" in tidy and tidy["pairs"].notna().any() else 0
+    # the exact two-sided signed-rank p of n pairs that all differ in one direction: 2 / 2^n
+    floor = f" (with {pairs} seeds its smallest possible p is {2.0 ** (1 - pairs):.4g})" if pairs else ""
     note = (
         f"Mean ± std over seeds; 95 % CI: Student t interval of the mean; diff: mean paired difference from "
         f"{baseline} on the same seeds, with the two-sided p of the paired t-test and of the Wilcoxon signed-rank "
-        "test (with 5 seeds its smallest possible p is 0.0625). The round of each run is chosen on validation "
-        "accuracy; the test split is only reported."
+        f"test{floor}. The round of each run is chosen on validation accuracy; the test split is only reported."
     )
     return "\n\n".join([*sections, note])
 

@@ -62,7 +62,9 @@ def test_the_comparison_pairs_seeds_with_the_baseline_and_gives_the_t_interval()
         "0.808 ± 0.031 | 0.518 ± 0.031 | 5 |" in table
     )
     assert "| fedavg | 0.800 ± 0.000 | [0.800, 0.800] | — | — | — |" in table
-    assert "Wilcoxon signed-rank" in table
+    assert "Wilcoxon signed-rank test (with 5 seeds its smallest possible p is 0.0625)" in table
+    three = comparison(runs_frame().query("seed < 3"), ["d"], ["fedavg", "fedavg+mnl"])
+    assert "(with 3 seeds its smallest possible p is 0.25)" in comparison_table(three, ["d"], ["fedavg"], "tuned")
 
 
 def test_override_values_are_toml_literals():

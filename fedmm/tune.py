@@ -114,6 +114,12 @@ class _Pruned(Exception):
     """Raised from the round callback to stop a trial's federation (the pruner asked)."""
 
 
+#: Exceptions that say the code is wrong, whatever the configuration: a trial that raises one stops
+#: the study with its traceback instead of being pruned (every trial of a method would be pruned, and
+#: the method read as one that collapses).
+CODE_ERRORS = (NameError, AttributeError, TypeError, ImportError, LookupError, AssertionError, NotImplementedError)
+
+
 def run_trial(
     trial: Any,
     base: RunConfig,
@@ -185,12 +191,6 @@ def run_trial(
     trial.set_user_attr("best-val/acc", float(best[VAL_METRIC]))
     trial.set_user_attr("best-val-round", int(best["round"]))
     return sum(last) / len(last)
-
-
-#: Exceptions that say the code is wrong, whatever the configuration: a trial that raises one stops
-#: the study with its traceback instead of being pruned (every trial of a method would be pruned, and
-#: the method read as one that collapses).
-CODE_ERRORS = (NameError, AttributeError, TypeError, ImportError, LookupError, AssertionError, NotImplementedError)
 
 
 def _prune(trial: Any, rounds: int, reason: str) -> float:

@@ -32,7 +32,7 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(PY) -m pytest -q -n 2 -m "not slow"
 
-# The slow set (marker `slow`: real deployments with a node or the ServerApp killed, about 8 minutes
+# The slow set (marker `slow`: real deployments with a node or the ServerApp killed, 5.6 minutes
 # on 2 cores); run it before changing fedmm/deploy.py, fedmm/server or the roster.
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

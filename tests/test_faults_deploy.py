@@ -207,7 +207,8 @@ def flwr_env(tmp_path: Path) -> dict[str, str]:
 
     Flower's CLI starts the local SuperLink on fixed ports (39091, 39093) whatever ``FLWR_HOME`` is,
     and reuses any SuperLink that answers there: without ports of its own, a test's run would go to
-    an earlier test's SuperLink, which that test's reaper then kills in the middle of the stream."""
+    the SuperLink of the other `flwr run` test running at the same time on the other xdist worker,
+    which that test's reaper then kills in the middle of the stream."""
     return {
         **os.environ,
         "FLWR_HOME": str(tmp_path / "flwr-home"),

@@ -79,3 +79,26 @@ def test_the_loss_rule_follows_its_factor(rise, expected):
     rows = _rounds([0.5] * 5, [0, 1.0, 0.5, 0.5, 1.5], [2, 1.0, 0.5, 0.5, 1.5])
     hit = loss_growth(rows, rise=rise)
     assert (hit and hit["round"]) == expected or (hit is None and expected is None)
+
+
+def test_small_noisy_losses_of_a_well_trained_model_are_not_a_collapse():
+    # mfeat at lr 0.2 (measured): validation loss 0.1 -> 0.22 while the training loss of the selected
+    # clients doubles; both over 2x their lowest, but the held-out rise (0.12) is under 0.1 x round 0's 2.3
+    train = [0, 1.0, 0.3, 0.12, 0.5, 0.3]
+    held = [2.3, 0.9, 0.3, 0.1, 0.22, 0.15]
+    rows = _rounds([0.1, 0.8, 0.93, 0.95, 0.94, 0.95], train, held)
+    assert loss_growth(rows) is None
+    assert loss_growth(rows, floor=0.0)["round"] == 4  # the rule without the floor fires
+    held[4] = 0.35  # a rise of 0.25 > 0.23
+    assert loss_growth(_rounds([0.5] * 6, train, held))["round"] == 4
+
+
+def test_the_loss_floor_scales_with_round_0s_loss():
+    # the same losses after round 0: a rise of 0.12 is over 0.1 x ln 2 (a two-class task), not 0.1 x ln 10
+    train, held = [0, 1.0, 0.3, 0.12, 0.5], [0, 0.9, 0.3, 0.1, 0.22]
+    held[0] = 0.693
+    assert loss_growth(_rounds([0.5] * 5, train, held))["round"] == 4
+    held[0] = 2.303
+    assert loss_growth(_rounds([0.5] * 5, train, held)) is None
+    held[0] = float("nan")  # no initial evaluation: no floor
+    assert loss_growth(_rounds([0.5] * 5, train, held))["round"] == 4

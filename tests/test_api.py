@@ -99,4 +99,16 @@ def test_software_names_a_missing_package(monkeypatch):
     monkeypatch.setattr(provenance, "PACKAGES", ("numpy", "no-such-package-fedmm"))
     versions = provenance.software()
     assert versions["numpy"] == metadata.version("numpy") and versions["no-such-package-fedmm"] == "not installed"
-    assert set(versions) == {"python", "machine", "numpy", "no-such-package-fedmm"}
+    assert set(versions) == {"python", "machine", "cpu", "numpy", "no-such-package-fedmm"}
+
+
+def test_software_names_the_processor_and_torchs_cpu_kernels(monkeypatch):
+    import torch
+
+    from fedmm import provenance
+
+    monkeypatch.setattr(provenance, "PACKAGES", ("torch",))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    versions = provenance.software()
+    assert versions["torch-cpu-capability"] == "AVX512" and versions["torch"] == torch.__version__
+    assert versions["cpu"] == provenance.cpu_model() and versions["cpu"]

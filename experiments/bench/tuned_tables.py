@@ -226,6 +226,9 @@ def main() -> None:
     datasets = [args.selection] if args.selection else args.datasets.split(",")
     defaults_dirs = [Path(p) for p in args.defaults.split(",")]
     tuned_dirs = [Path(p) for p in args.tuned.split(",")]
+    missing = [str(d) for d in tuned_dirs + defaults_dirs if not (d / "runs.csv").is_file()]
+    if missing:
+        parser.error(f"no runs.csv in {', '.join(missing)}: name the directories a finished `fedmm bench` wrote")
     tuned = load(tuned_dirs, datasets, layout)
     defaults = load(defaults_dirs, datasets, layout)
     methods = args.methods.split(",") if args.methods else list(dict.fromkeys(tuned["method"]))

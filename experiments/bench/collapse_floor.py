@@ -8,8 +8,8 @@ rounds), seeds 0-2: 54 runs, about 25 minutes on one core. High learning rates a
 give both kinds: well-trained models with small noisy losses, and runs that break down.
 
 For every run that the rule flags at some floor, the table prints the round it fires at for each
-floor (``-``: never) and the run's late drop, its best held-out accuracy less the mean of its last 5
-rounds: a breakdown loses accuracy, a false alarm does not. Nothing here selects anything; the
+floor (``-``: never) and the run's late drop, its best validation accuracy less the mean of its last
+5 rounds: a breakdown loses accuracy, a false alarm does not. Nothing here selects anything; the
 floor was chosen on mfeat's runs and checked on segment's and competition's (docs/benchmarks.md,
 "The loss rule's floor").
 
@@ -22,13 +22,16 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from fedmm.collapse import LOSS_FLOOR, held_out_prefix, loss_growth
+from fedmm.collapse import LOSS_FLOOR, loss_growth
+from fedmm.model_selection import best_on_validation, last_rounds_val
+from fedmm.results import LAST_ROUNDS
 
 FLOORS = (0.0, 0.05, LOSS_FLOOR, 0.2)
 DATASETS = ("mfeat", "segment", "competition")
@@ -62,10 +65,11 @@ def run_grid(out: Path) -> None:
                 subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
-def late_drop(rounds: list[dict], key: str) -> float:
-    """Best held-out accuracy of the training rounds less the mean of the last 5."""
-    accs = [float(r[key]) for r in rounds if int(r["round"]) >= 1]
-    return max(accs) - sum(accs[-5:]) / len(accs[-5:])
+def late_drop(rounds: list[dict]) -> float:
+    """The run's best validation accuracy less its mean over the last :data:`LAST_ROUNDS` rounds
+    (the summary's ``best-val/acc`` and ``last-rounds-val/acc``); NaN without a validation split."""
+    best = best_on_validation(rounds).get("best-val/acc", math.nan)
+    return best - last_rounds_val(rounds, LAST_ROUNDS).get("last-rounds-val/acc", math.nan)
 
 
 def table(dirs: list[Path]) -> str:
@@ -84,8 +88,7 @@ def table(dirs: list[Path]) -> str:
         for f, hit in hits.items():
             counts[f] += bool(hit)
         cells = " | ".join(f"r{hit['round']}" if hit else "-" for hit in hits.values())
-        drop = late_drop(rounds, f"{held_out_prefix(rounds)}/acc")
-        lines.append(f"| {path.parent.name} | {cells} | {drop:+.3f} |")
+        lines.append(f"| {path.parent.name} | {cells} | {late_drop(rounds):+.3f} |")
     lines.append(f"| **flagged, of {total} runs** | " + " | ".join(str(counts[f]) for f in FLOORS) + " | |")
     return "\n".join(lines)
 

@@ -32,8 +32,10 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(PY) -m pytest -q -n 2 -m "not slow"
 
-# The slow set (marker `slow`: real deployments with a node or the ServerApp killed, 5.6 minutes
-# on 2 cores); run it before changing fedmm/deploy.py, fedmm/server or the roster.
+# The slow set (marker `slow`): real deployments with a node or the ServerApp killed, and the longest
+# Ray and command-line runs (Ray resume, the CLI benchmarks, SuperNode auth, a Ray cluster), most
+# with a shorter sibling in `make test`; run it before changing fedmm/deploy.py, fedmm/server,
+# fedmm/simulation.py, fedmm/bench*.py or the roster.
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 

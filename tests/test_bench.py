@@ -87,6 +87,7 @@ def test_the_selection_table_reports_the_test_accuracy_of_the_round_chosen_on_va
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # over a minute on 2 cores: `make test-slow`
 def test_selection_benchmark_end_to_end(tmp_path):
     from fedmm.cli import main
 

@@ -38,6 +38,7 @@ def test_methods_benchmark_names_an_unknown_method(tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # over a minute on 2 cores: `make test-slow`
 def test_fedmm_bench_methods_quick_from_the_command_line(tmp_path):
     out = subprocess.run(
         [

@@ -220,6 +220,7 @@ def flwr_env(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # over a minute on 2 cores: `make test-slow`
 def test_flwr_run_on_a_too_small_federation_ends_with_the_clear_message(tmp_path, reaper):
     # Flower's default local federation: 2 simulated SuperNodes; the run wants 3 clients
     run_config = (

@@ -120,7 +120,11 @@ def _wait_for_round_1(proc: subprocess.Popen, out: Path, timeout: float = 240) -
 
 
 @pytest.mark.parametrize(
-    ("signum", "to_group"), [(signal.SIGINT, True), (signal.SIGTERM, False)], ids=["sigint-ctrl-c", "sigterm-kill"]
+    ("signum", "to_group"),
+    [
+        pytest.param(signal.SIGINT, True, id="sigint-ctrl-c"),
+        pytest.param(signal.SIGTERM, False, id="sigterm-kill", marks=pytest.mark.slow),  # `make test-slow`
+    ],
 )
 def test_signal_after_round_1_stops_the_run_and_resume_matches(tmp_path, uninterrupted, signum, to_group):
     # Ctrl-C reaches the terminal's whole process group (twice: the second must print nothing);

@@ -197,6 +197,7 @@ def test_the_modalities_key_overrides_what_a_node_holds(cremad_dir: Path, tmp_pa
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # over a minute on 2 cores: `make test-slow`
 def test_with_supernode_auth_only_registered_nodes_join_the_run(tmp_path: Path) -> None:
     import pandas as pd
     from test_deploy import flwr_run, wait_for_summary

@@ -536,6 +536,7 @@ def test_no_evaluation_uses_an_untrained_classifier_and_a_resume_keeps_the_pendi
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # over a minute on 2 cores: `make test-slow`
 def test_ray_federation_evaluates_only_classifiers_that_moved(tmp_path, monkeypatch) -> None:
     """With ``train_added_heads`` a classifier that trained has left its initial weights: every
     model the server evaluates, or sends out to be evaluated (federated evaluation, PowD's probes),

@@ -54,6 +54,7 @@ def _stop(head: subprocess.Popen) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # over a minute on 2 cores: `make test-slow`
 def test_simulate_runs_on_a_ray_cluster_it_joins(tmp_path):
     port = free_port()
     temp = tempfile.mkdtemp(prefix="fedmm-ray-", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes

@@ -3,10 +3,10 @@
 Each ```bash block of README.md is split into commands (a trailing backslash continues a line, a
 ``  #`` starts a comment) and each ``fedmm`` command runs in this process, in the README's order, as
 written except: a run is shorter (``num-server-rounds=2``, ``local-epochs=1``; one round and
-one seed for ``fedmm bench``) and on the inline engine, and every path under ``results/`` or ``experiments/out/``
-is moved into a temporary directory. A block whose fence is preceded by the line
-``<!-- readme-test: skip (reason) -->`` is not run here; the reason names the tests that cover it
-(``make demo``/``make test``, ``--resume``, ``flwr run``).
+one seed for ``fedmm bench``, two trials for ``fedmm tune``) and on the inline engine, and every
+path under ``results/`` or ``experiments/out/`` is moved into a temporary directory. A block
+whose fence is preceded by the line ``<!-- readme-test: skip (reason) -->`` is not run here; the
+reason names the tests that cover it (``make demo``/``make test``, ``--resume``, ``flwr run``).
 """
 
 from __future__ import annotations
@@ -73,6 +73,8 @@ def argv_of(command: str, tmp: Path) -> list[str]:
         args += SHORTER
     elif args[:1] == ["bench"]:
         args += [*SHORTER, "--set", "num-server-rounds=1", "--seeds", "0"]  # a grid: one round, one seed
+    elif args[:1] == ["tune"]:
+        args += [*SHORTER, "--trials", "2"]  # a study: two short trials
     return args
 
 

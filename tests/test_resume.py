@@ -32,6 +32,7 @@ class Interrupt(Exception):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # over a minute on 2 cores: `make test-slow`
 def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     from fedmm.cli import main
     from fedmm.simulation import simulate

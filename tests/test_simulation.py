@@ -95,6 +95,7 @@ def test_bad_input_fails_before_any_file_is_written(tmp_path):
     assert code == 2 and not out.exists()
 
 
+@pytest.mark.slow  # over a minute on 2 cores: `make test-slow`
 def test_fedcmi_simulation_with_unimodal_and_multimodal_clients(tmp_path):
     from fedmm.simulation import simulate
 

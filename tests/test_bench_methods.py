@@ -141,3 +141,26 @@ def test_every_shipped_dataset_has_a_natural_or_iid_and_a_strongly_skewed_federa
         kinds.setdefault(run.dataset, set()).add(kind)
     assert set(kinds) == {"hapt", "segment", "mfeat", "synthetic", "competition"}
     assert all(k == {"skewed", "natural or iid"} for k in kinds.values()), kinds
+
+
+def test_synthetic_hard_is_the_skewed_synthetic_federation_on_weaker_signals():
+    """``synthetic-hard`` differs from ``synthetic`` in its strengths only, and they reach the data:
+    a nearest-class-mean read of m0 is near perfect on ``synthetic`` and far from it on ``synthetic-hard``."""
+    import numpy as np
+
+    from fedmm.bench import METHOD_COMMON, METHOD_FEDERATIONS
+    from fedmm.config import load_config
+    from fedmm.data.registry import load_dataset
+
+    def nearest_mean_accuracy(federation: str) -> float:
+        run = load_config(None, [*METHOD_COMMON, *METHOD_FEDERATIONS[federation]])
+        data = load_dataset(run.dataset, seed=run.seed, **run.dataset_options)
+        x, y = data.train["m0"].numpy(), data.train["y"].numpy()
+        means = np.stack([x[y == c].mean(0) for c in range(len(data.class_names))])
+        distances = ((data.test["m0"].numpy()[:, None, :] - means[None]) ** 2).sum(-1)
+        return float((distances.argmin(1) == data.test["y"].numpy()).mean())
+
+    hard, easy = set(METHOD_FEDERATIONS["synthetic-hard"]), set(METHOD_FEDERATIONS["synthetic"])
+    assert hard - easy == {"dataset.strengths=0.6,0.4,0.25"} and easy <= hard
+    assert nearest_mean_accuracy("synthetic") > 0.95
+    assert 0.5 < nearest_mean_accuracy("synthetic-hard") < 0.9

@@ -4,8 +4,8 @@
 Reads the `runs.csv` of one or more `--protocol defaults` directories and of a `--protocol tuned`
 directory and computes their comparison (`fedmm.bench_protocol.comparison`: test accuracy at the
 validation-chosen round, its 95 % t interval, the paired t-test against FedAvg on the same seeds,
-the last-rounds mean, the weakest modality alone); prints per dataset one table with a row per
-method and the two protocols side by side. Then, from the tuned directory's studies
+the last-rounds mean, the weakest modality alone with its paired difference); prints per dataset
+one table with a row per method and the two protocols side by side. Then, from the tuned directory's studies
 (`tune/<dataset>-<method>/trials.csv`), what tuning chose for each method (the best complete
 trial's values, which `best.toml` holds, each with fedmm's default in brackets) and what each study
 cost (trials complete / pruned, rounds trained, seconds); last, the runs whose `summary.json`
@@ -76,8 +76,9 @@ def load(dirs: list[Path], datasets: list[str], layout: Layout = Layout()) -> pd
     return comparison(runs, datasets, order, layout.baseline)
 
 
-def cell(rows: pd.DataFrame, metric: str, *, ci: bool = False, test: bool = False) -> str:
-    """``mean ± std``, with ``[low, high]`` and the paired difference and t-test p when asked."""
+def cell(rows: pd.DataFrame, metric: str, *, ci: bool = False, test: bool = False, beside: bool = False) -> str:
+    """``mean ± std``, with ``[low, high]`` when asked; ``test``: the paired difference and t-test p
+    instead; ``beside``: the paired difference and p after the mean (nothing for the baseline)."""
     row = rows[rows["metric"] == metric]
     if row.empty:
         return "n/a"
@@ -85,9 +86,12 @@ def cell(rows: pd.DataFrame, metric: str, *, ci: bool = False, test: bool = Fals
     text = f"{r['mean']:.3f} ± {r['std']:.3f}"
     if ci:
         text += f" [{r['ci-low']:.3f}, {r['ci-high']:.3f}]"
+    diff, p = r.get("diff", math.nan), r.get("t-p", math.nan)
+    paired = "—" if pd.isna(diff) else f"{diff:+.3f} (p {'n/a' if pd.isna(p) else f'{p:.3f}'})"
     if test:  # "—": the baseline itself, or no baseline runs; p n/a: every paired difference 0
-        diff, p = r.get("diff", math.nan), r.get("t-p", math.nan)
-        text = "—" if pd.isna(diff) else f"{diff:+.3f} (p {'n/a' if pd.isna(p) else f'{p:.3f}'})"
+        return paired
+    if beside and not pd.isna(diff):
+        text += f", {paired}"
     return text
 
 
@@ -112,11 +116,11 @@ def side_by_side(
             "tuned: test acc at best-val round [95 % CI]",
             f"tuned: diff vs {baseline} (t p)",
             "tuned: last rounds",
-            f"tuned: {weak} alone",
+            f"tuned: {weak} alone, diff (t p)",
             "defaults: test acc at best-val round [95 % CI]",
             f"defaults: diff vs {baseline} (t p)",
             "defaults: last rounds",
-            f"defaults: {weak} alone",
+            f"defaults: {weak} alone, diff (t p)",
         ]
         lines = [
             f"**{d}** (weakest modality: {weak})",
@@ -133,7 +137,7 @@ def side_by_side(
                     cell(rows, PRIMARY, ci=True),
                     cell(rows, PRIMARY, test=True),
                     cell(rows, LAST),
-                    cell(rows, weak_metric),
+                    cell(rows, weak_metric, beside=True),
                 ]
             lines.append(markdown_row(cells))
         sections.append("\n".join(lines))

@@ -5,12 +5,12 @@ Reads the `runs.csv` of one or more `--protocol defaults` directories and of a `
 directory and computes their comparison (`fedmm.bench_protocol.comparison`: test accuracy at the
 validation-chosen round, its 95 % t interval, the paired t-test against FedAvg on the same seeds,
 the last-rounds mean, the weakest modality alone with its paired difference); prints per dataset
-one table with a row per method and the two protocols side by side. Then, from the tuned directory's studies
-(`tune/<dataset>-<method>/trials.csv`), what tuning chose for each method (the best complete
-trial's values, which `best.toml` holds, each with fedmm's default in brackets) and what each study
-cost (trials complete / pruned, rounds trained, seconds); last, the runs whose `summary.json`
-flags a collapse under each protocol. Nothing here selects anything: the
-numbers are the benchmark's own. Usage:
+one table with a row per method and the two protocols side by side. Then, from the tuned
+directory's studies (`tune/<dataset>-<method>/trials.csv`), what tuning chose for each method (the
+best complete trial's values, which `best.toml` holds, each with fedmm's default in brackets) and
+what each study cost (trials complete / pruned, rounds trained, seconds); last, the runs whose
+`summary.json` flags a collapse under each protocol. Nothing here selects anything: the numbers
+are the benchmark's own. Usage:
 
     .venv/bin/python experiments/bench/tuned_tables.py --tuned DIR[,DIR...] --defaults DIR[,DIR...]
 

@@ -288,6 +288,7 @@ def selection_benchmark(
 #: above saturate. A federation's keys come after :data:`METHOD_COMMON`, so they may replace it.
 _SKEWED = ("partition=dirichlet", "dirichlet-alpha=0.5", "num-clients=20")
 _IID_ALL = ("partition=iid", "num-clients=10", "clients-per-round=10", "allocation=all")
+_SYNTHETIC = ("dataset=synthetic", "dataset.num-modalities=3")
 #: m0, m1, m2's signal strengths of ``synthetic-hard``: a logistic regression on 600 centralised
 #: training rows reaches 0.84, 0.67 and 0.52 test accuracy on each alone and 0.91 on all three (seed 0),
 #: against 1.00, 0.98, 0.68 and 1.00 at the defaults (1.5, 0.95, 0.4).
@@ -296,19 +297,14 @@ METHOD_FEDERATIONS: dict[str, tuple[str, ...]] = {
     "hapt": ("dataset=hapt", "partition=natural"),
     "segment": ("dataset=segment", *_SKEWED),
     "mfeat": ("dataset=mfeat", *_SKEWED),
-    "synthetic": ("dataset=synthetic", "dataset.num-modalities=3", *_SKEWED),
+    "synthetic": (*_SYNTHETIC, *_SKEWED),
     "competition": ("dataset=competition", *_IID_ALL),
     "hapt-skewed": ("dataset=hapt", *_SKEWED),
     "segment-iid": ("dataset=segment", *_IID_ALL),
     "mfeat-iid": ("dataset=mfeat", *_IID_ALL),
-    "synthetic-iid": ("dataset=synthetic", "dataset.num-modalities=3", *_IID_ALL),
+    "synthetic-iid": (*_SYNTHETIC, *_IID_ALL),
     "competition-skewed": ("dataset=competition", *_SKEWED),
-    "synthetic-hard": (
-        "dataset=synthetic",
-        "dataset.num-modalities=3",
-        f"dataset.strengths={HARD_SYNTHETIC_STRENGTHS}",
-        *_SKEWED,
-    ),
+    "synthetic-hard": (*_SYNTHETIC, f"dataset.strengths={HARD_SYNTHETIC_STRENGTHS}", *_SKEWED),
 }
 METHOD_COMMON = ("allocation=multi-ratio", "multi-ratio=0.5")
 #: Every strategy with its own objective and selection, CMSFed also with random selection, and
